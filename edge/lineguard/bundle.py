@@ -1,0 +1,262 @@
+"""Model bundle format: a directory with ``manifest.json``, ONNX engines, golden images, report.
+
+Written by the training toolkit (``lineguard_models``), read by the edge. Loading verifies every
+file's sha256 against the manifest, refuses unknown or missing files, and refuses thresholds that
+are missing, NaN or inverted; the golden self-test (running the engines) lives with the engines
+(``lineguard.engines.selftest``) because it needs a runtime. Installation is atomic: files are
+written to a temporary sibling directory, fsynced, then renamed into place.
+
+Must never: load an engine from a bundle that has not been verified, or guess a missing field.
+See docs/bundle-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lineguard.errors import BundleError
+from lineguard.preprocess import InputSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # detached Ed25519 signature over manifest.json (optional)
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSpec(BaseModel):
+    """One ONNX graph in the bundle; outputs are bound by name, never by index."""
+
+    model_config = _Strict
+
+    file: str = Field(description="path of the ONNX file, relative to the bundle root")
+    input_name: str = Field("image", description="name of the graph input (float32 NCHW, raw units)")
+    outputs: dict[str, str] = Field(
+        description="role -> graph output name, e.g. {'score': 'anomaly_score', 'map': 'anomaly_map'}"
+    )
+
+
+class Thresholds(BaseModel):
+    """Accept below ``lower``, reject at or above ``upper``, recheck in between."""
+
+    model_config = _Strict
+
+    lower: float = Field(description="anomaly score below which a part is accepted")
+    upper: float = Field(description="anomaly score at or above which a part is rejected")
+    policy: dict[str, Any] = Field(default_factory=dict, description="how they were chosen")
+
+    @model_validator(mode="after")
+    def verify_finite_and_ordered(self) -> Thresholds:
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
+            raise ValueError(f"thresholds must be finite numbers, got lower={self.lower} upper={self.upper}")
+        if self.lower > self.upper:
+            raise ValueError(f"lower threshold {self.lower} is above upper threshold {self.upper}")
+        return self
+
+
+class ClassifierSpec(BaseModel):
+    """Defect classifier head: class list, per-class confidence thresholds, unknown routing."""
+
+    model_config = _Strict
+
+    classes: list[str] = Field(min_length=1, description="defect class names, aligned with class_probs")
+    min_confidence: dict[str, float] = Field(
+        description="per class: below this probability the defect is reported as 'unknown'"
+    )
+    camera_profile: dict[str, Any] = Field(default_factory=dict, description="augmentation profile used")
+
+    @model_validator(mode="after")
+    def verify_thresholds(self) -> ClassifierSpec:
+        for name in self.classes:
+            value = self.min_confidence.get(name)
+            if value is None or not (0.0 <= value <= 1.0):
+                raise ValueError(f"class {name!r} needs a min_confidence in [0, 1], got {value}")
+        return self
+
+
+class GoldenImage(BaseModel):
+    """A self-test image with the scores the bundle must reproduce on the target."""
+
+    model_config = _Strict
+
+    file: str
+    expected_score: float
+    expected_verdict: Literal["accept", "reject", "recheck"]
+    label: str = Field(description="'good' or the defect class of the image")
+    expected_class: str = ""
+
+
+class Manifest(BaseModel):
+    """``manifest.json``. Every file of the bundle is listed in ``files`` with its sha256."""
+
+    model_config = _Strict
+
+    schema_version: int = Field(description="bundle format version")
+    bundle_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    product: str = Field(min_length=1, max_length=64)
+    recipe: int = Field(0, ge=0, le=65535, description="PLC recipe number this bundle serves")
+    created_utc: str
+    input: InputSpec
+    engines: dict[str, EngineSpec] = Field(description="role ('anomaly', 'classifier') -> engine")
+    thresholds: Thresholds
+    score_tolerance: float = Field(
+        1e-3, gt=0, description="relative tolerance for golden scores across runtimes"
+    )
+    classifier: ClassifierSpec | None = None
+    calibration: dict[str, Any] = Field(default_factory=dict, description="calibration summary")
+    golden: list[GoldenImage] = Field(default_factory=list)
+    provenance: dict[str, Any] = Field(default_factory=dict, description="dataset fingerprint, seed, versions")
+    files: dict[str, str] = Field(description="relative path -> sha256 of every other file in the bundle")
+
+    @model_validator(mode="after")
+    def verify_references(self) -> Manifest:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} not supported (this build: {SCHEMA_VERSION})")
+        if "anomaly" not in self.engines:
+            raise ValueError("the bundle has no 'anomaly' engine")
+        if self.classifier is not None and "classifier" not in self.engines:
+            raise ValueError("classifier section present but no 'classifier' engine")
+        referenced = [e.file for e in self.engines.values()] + [g.file for g in self.golden]
+        missing = [f for f in referenced if f not in self.files]
+        if missing:
+            raise ValueError(f"files referenced but not listed with a hash: {missing}")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A verified bundle on disk. Only :func:`load_bundle` makes these."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(manifest)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and validate ``manifest.json`` without checking file hashes."""
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} does not exist or is not a directory")
+    if not path.is_file():
+        raise BundleError(f"bundle {root} has no {MANIFEST}: incomplete copy?")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c: float(c))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: invalid manifest: {_format_validation(exc)}") from exc
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Read and verify a bundle: manifest schema, thresholds, every file's presence and sha256.
+
+    Files on disk that the manifest does not list are refused too (a tampered bundle may add them).
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems: list[str] = []
+    for rel, digest in sorted(manifest.files.items()):
+        p = root / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            problems.append(f"{rel}: path escapes the bundle")
+        elif not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel}: sha256 mismatch (file changed after the bundle was made)")
+    listed = set(manifest.files) | {MANIFEST, SIGNATURE}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in listed:
+            problems.append(f"{rel}: not listed in the manifest")
+    if problems:
+        raise BundleError(f"bundle {root} failed verification: " + "; ".join(problems))
+    return Bundle(root=root, manifest=manifest)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bundle(staging: Path, manifest: dict[str, Any], out: Path, *, overwrite: bool = False) -> Bundle:
+    """Hash every file in ``staging``, write the manifest, and move it atomically to ``out``.
+
+    ``manifest`` is everything but ``files`` and ``schema_version``, which are filled in here.
+    ``staging`` must be on the same filesystem as ``out`` (use :func:`staging_dir`).
+    """
+    files = {
+        p.relative_to(staging).as_posix(): sha256_file(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
+    }
+    doc = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
+    try:
+        Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise BundleError(f"refusing to write an invalid bundle: {_format_validation(exc)}") from exc
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    _fsync_tree(staging)
+    if out.exists():
+        if not overwrite:
+            raise BundleError(f"{out} already exists (choose another --out or remove it)")
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, trash)
+        os.rename(staging, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return load_bundle(out)
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary directory beside ``out`` (same filesystem, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
