@@ -1,0 +1,248 @@
+"""Uncertain-frame publisher: decisions worth a human look -> ZeroMQ PUSH -> collection sink.
+
+Data flow: the inspection thread calls :meth:`UncertainPublisher.offer` (or ``publish``) after each
+decision; that call only draws the audit lottery and puts a reference on a bounded queue. The
+publisher's own thread encodes the PNG (:mod:`lineguard.wire`) and sends without blocking.
+
+What it must never do: block or slow the inspection loop (not when the sink is down, not when
+the network stalls, not when PNG encoding is slow), or drop anything without counting it. Best
+effort by design: the PLC path is the one that never drops; this one drops and counts, by reason
+(``queue_full`` in process, ``hwm`` at ZeroMQ's send high-water mark, ``encode_error``,
+``send_error``, ``closed`` after shutdown).
+
+The queue holds references to the frame's image, not copies: sources hand over images they no
+longer write to (contracts.Frame), so the inspection thread pays no copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+import zmq.auth
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineguard.contracts import Decision, Frame, Verdict
+from lineguard.errors import ConfigError, PublisherError
+from lineguard.metrics import EdgeMetrics
+from lineguard.wire import MessageKind, WireFormatError, build_header, encode_message
+
+log = logging.getLogger(__name__)
+
+
+class CurveClientConfig(BaseModel):
+    """CurveZMQ key files (made with ``zmq.auth.create_certificates``) for an encrypted, authenticated link."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_public_key_file: Path = Field(description="the sink's public certificate (.key)")
+    client_secret_key_file: Path = Field(description="this edge box's secret certificate (.key_secret); "
+                                                     "it also holds the client public key")
+
+
+class PublisherConfig(BaseModel):
+    """Config section ``publisher``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="false builds a NullPublisher")
+    endpoint: str = Field(default="tcp://127.0.0.1:5560", min_length=6, max_length=256,
+                          description="sink endpoint to connect to, e.g. tcp://10.0.0.5:5560")
+    sndhwm_msgs: int = Field(default=64, ge=1, le=100_000,
+                             description="ZeroMQ send high-water mark in messages (queued while the sink is away)")
+    linger_ms: int = Field(default=200, ge=0, le=10_000, description="how long close() may flush pending sends")
+    queue_size_msgs: int = Field(default=32, ge=1, le=10_000,
+                                 description="in-process queue between the inspection thread and the encoder")
+    audit_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
+                                  description="share of confident (accept/reject) frames also sent as audit")
+    audit_seed: int | None = Field(default=None, description="seed for the audit lottery (tests); none = random")
+    include_anomaly_map: bool = Field(default=True, description="send the anomaly map as frame 3 when present")
+    png_compression: int = Field(default=1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
+    curve: CurveClientConfig | None = Field(default=None, description="CurveZMQ keys; none = plain TCP")
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    decision: Decision
+    frame: Frame
+    anomaly_map: npt.NDArray[np.floating] | None
+    kind: MessageKind
+    thresholds: Mapping[str, float] | None
+
+
+class Publisher(Protocol):
+    """What the pipeline sees: UncertainPublisher or NullPublisher."""
+
+    def offer(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None, *,
+              thresholds: Mapping[str, float] | None = None) -> MessageKind | None: ...
+
+    def publish(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None,
+                kind: MessageKind, *, thresholds: Mapping[str, float] | None = None) -> bool: ...
+
+    def close(self, timeout_s: float = 2.0) -> None: ...
+
+
+def classify(decision: Decision) -> MessageKind | None:
+    """The kind a decision is published as, or None when it is confident (audit lottery aside)."""
+    if decision.verdict in (Verdict.RECHECK, Verdict.FAILSAFE):
+        return MessageKind.UNCERTAIN
+    if decision.defect_class == "unknown":
+        return MessageKind.UNKNOWN_DEFECT
+    return None
+
+
+def _apply_curve(sock: zmq.Socket[bytes], curve: CurveClientConfig) -> None:
+    try:
+        server_public, _ = zmq.auth.load_certificate(curve.server_public_key_file)
+        client_public, client_secret = zmq.auth.load_certificate(curve.client_secret_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"publisher.curve: cannot load key files ({exc}); create them with "
+                          "zmq.auth.create_certificates") from exc
+    if client_secret is None:
+        raise ConfigError(f"publisher.curve.client_secret_key_file {curve.client_secret_key_file} holds no "
+                          "secret key (use the .key_secret file)")
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = client_public
+    sock.curve_secretkey = client_secret
+
+
+class UncertainPublisher:
+    """Bounded queue + one sender thread owning a ZeroMQ PUSH socket."""
+
+    def __init__(self, *, socket: zmq.Socket[bytes], config: PublisherConfig, metrics: EdgeMetrics) -> None:
+        self._sock = socket  # used only by the sender thread from here on
+        self._cfg = config
+        self._m = metrics
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=config.queue_size_msgs)
+        self._rng = random.Random(config.audit_seed)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lineguard-publisher", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, cfg: PublisherConfig, *, metrics: EdgeMetrics,
+                    context: zmq.Context[zmq.Socket[bytes]] | None = None) -> UncertainPublisher:
+        """Create and connect the PUSH socket (connect never waits for the sink to be up)."""
+        ctx = context or zmq.Context.instance()
+        sock = ctx.socket(zmq.PUSH)
+        try:
+            sock.setsockopt(zmq.SNDHWM, cfg.sndhwm_msgs)
+            sock.setsockopt(zmq.LINGER, cfg.linger_ms)
+            # Bound the kernel-side buffering too, so "sink stalled" turns into counted hwm drops.
+            sock.setsockopt(zmq.SNDBUF, 4 * 1024 * 1024)
+            if cfg.curve is not None:
+                _apply_curve(sock, cfg.curve)
+            sock.connect(cfg.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ConfigError(f"publisher.endpoint {cfg.endpoint!r}: {exc}") from exc
+        except ConfigError:
+            sock.close(0)
+            raise
+        log.info("uncertain-frame publisher -> %s (hwm %d, queue %d, audit %.3f, curve %s)", cfg.endpoint,
+                 cfg.sndhwm_msgs, cfg.queue_size_msgs, cfg.audit_fraction, cfg.curve is not None)
+        return cls(socket=sock, config=cfg, metrics=metrics)
+
+    # --- inspection thread -------------------------------------------------------------------
+    def offer(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None, *,
+              thresholds: Mapping[str, float] | None = None) -> MessageKind | None:
+        """Publish ``decision`` if it is uncertain, an unknown defect, or wins the audit lottery."""
+        kind = classify(decision)
+        if kind is None and self._cfg.audit_fraction > 0.0 and self._rng.random() < self._cfg.audit_fraction:
+            kind = MessageKind.AUDIT
+        if kind is None:
+            return None
+        self.publish(decision, frame, anomaly_map, kind, thresholds=thresholds)
+        return kind
+
+    def publish(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None,
+                kind: MessageKind, *, thresholds: Mapping[str, float] | None = None) -> bool:
+        """Queue one message; never blocks. False (and a counted drop) when it cannot be queued."""
+        if self._closed.is_set():
+            self._m.publisher_drops_total.labels(reason="closed").inc()
+            return False
+        amap = anomaly_map if self._cfg.include_anomaly_map else None
+        try:
+            self._queue.put_nowait(_Job(decision, frame, amap, kind, thresholds))
+        except queue.Full:
+            self._m.publisher_drops_total.labels(reason="queue_full").inc()
+            return False
+        return True
+
+    # --- sender thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                self._m.publisher_queue_depth.set(self._queue.qsize())
+                if job is None:
+                    break
+                self._send(job)
+        finally:
+            self._sock.close(self._cfg.linger_ms)
+
+    def _send(self, job: _Job) -> None:
+        try:
+            header = build_header(decision=job.decision, frame=job.frame, kind=job.kind,
+                                  anomaly_map=job.anomaly_map, thresholds=job.thresholds)
+            parts = encode_message(header, job.frame.image, job.anomaly_map,
+                                   png_compression=self._cfg.png_compression)
+        except (WireFormatError, ValueError) as exc:
+            log.warning("publisher: frame seq %d not encodable: %s", job.decision.seq, exc)
+            self._m.publisher_drops_total.labels(reason="encode_error").inc()
+            return
+        try:
+            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._m.publisher_drops_total.labels(reason="hwm").inc()
+            return
+        except zmq.ZMQError as exc:
+            log.warning("publisher: send failed: %s", exc)
+            self._m.publisher_drops_total.labels(reason="send_error").inc()
+            return
+        self._m.publisher_sent_total.labels(kind=job.kind.value).inc()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop accepting, send what is queued (bounded by LINGER), close the socket. Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        # Discard nothing silently: if the queue is full the sentinel waits at most timeout_s.
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full as exc:
+            raise PublisherError("publisher thread did not drain its queue in time") from exc
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise PublisherError(f"publisher thread still running after {timeout_s} s")
+
+
+class NullPublisher:
+    """Same API, sends nothing (publisher disabled); counts nothing because nothing is dropped."""
+
+    def offer(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None, *,
+              thresholds: Mapping[str, float] | None = None) -> MessageKind | None:
+        return None
+
+    def publish(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None,
+                kind: MessageKind, *, thresholds: Mapping[str, float] | None = None) -> bool:
+        return False
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        return None
+
+
+def build_publisher(cfg: PublisherConfig, *, metrics: EdgeMetrics) -> Publisher:
+    """The composition root's one call: a real publisher, or the null one when disabled."""
+    if not cfg.enabled:
+        return NullPublisher()
+    return UncertainPublisher.from_config(cfg, metrics=metrics)

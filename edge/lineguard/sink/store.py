@@ -1,0 +1,339 @@
+"""Crash-safe frame store of the collection sink: image files + a SQLite (WAL) index.
+
+Data flow: sink server (validated :class:`~lineguard.wire.WireMessage`) -> :meth:`FrameStore.store_batch`
+-> ``frames/<day>/<message_id>.png`` (+ ``.f16`` anomaly map) and one index row each. Later readers
+(labelling, retraining) read the index and the files; they set ``labelled``.
+
+Commit protocol, so a kill -9 at any instant leaves a consistent store:
+
+1. each file is written under ``tmp/``, flushed and fsynced, then renamed into ``frames/<day>/``
+   (rename is atomic: a visible file is always complete); the day folder is fsynced;
+2. one SQLite transaction inserts the rows (and deletes rows evicted for the quota); the commit
+   is the moment a frame counts as stored;
+3. evicted files are unlinked after the commit.
+
+A kill between 1 and 2 leaves complete but unindexed files; between 2 and 3 leaves files of
+deleted rows. :meth:`FrameStore.open` removes both kinds and everything under ``tmp/``, so every
+indexed row has its file and no file outlives its row. The store must never delete a labelled
+frame and never index a file before it is durable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lineguard.errors import PublisherError
+from lineguard.wire import WireMessage
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,      -- arrival order; eviction goes oldest first
+    message_id TEXT NOT NULL UNIQUE,           -- de-duplication key from the wire header
+    kind TEXT NOT NULL,
+    received_utc TEXT NOT NULL,
+    image_path TEXT NOT NULL,                  -- relative to the store root
+    map_path TEXT,                             -- raw float16, shape in map_height/map_width
+    map_height INTEGER,
+    map_width INTEGER,
+    bytes INTEGER NOT NULL,                    -- image + map file sizes, for the quota
+    camera_id TEXT NOT NULL,
+    bundle_id TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    anomaly_score REAL,
+    defect_class TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    part_id INTEGER NOT NULL,
+    header_json TEXT NOT NULL,                 -- the full wire header, verbatim
+    labelled INTEGER NOT NULL DEFAULT 0        -- set by the labelling tool; never evicted when 1
+);
+CREATE INDEX IF NOT EXISTS frames_unlabelled ON frames (labelled, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """One index row, as readers see it."""
+
+    message_id: str
+    kind: str
+    image_path: Path  # absolute
+    map_path: Path | None
+    map_shape: tuple[int, int] | None
+    bytes: int
+    labelled: bool
+    header_json: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one :meth:`FrameStore.store_batch` call did; the server turns it into metrics."""
+
+    stored_kinds: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    quota_refused: int = 0
+    store_errors: int = 0
+    evicted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Eviction:
+    row_id: int
+    paths: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    temp_files_removed: int
+    orphan_files_removed: int
+    rows_without_file: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FrameStore:
+    """Single-writer store; one instance per process (the sink's receive thread)."""
+
+    def __init__(self, *, root: Path, db: sqlite3.Connection, quota_bytes: int, fsync: bool,
+                 recovery: RecoveryReport) -> None:
+        self.root = root
+        self._db = db
+        self._quota = quota_bytes
+        self._fsync = fsync
+        self.recovery = recovery
+        total, count = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM frames").fetchone()
+        self._total_bytes = int(total)
+        self._count = int(count)
+
+    @classmethod
+    def open(cls, root: str | Path, *, quota_bytes: int, fsync: bool = True) -> FrameStore:
+        """Open (or create) a store and clean up whatever a crash left behind."""
+        base = Path(root)
+        try:
+            (base / "tmp").mkdir(parents=True, exist_ok=True)
+            (base / "frames").mkdir(exist_ok=True)
+            db = sqlite3.connect(base / "index.sqlite3", isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            recovery = _recover(base, db)
+        except (OSError, sqlite3.Error) as exc:
+            raise PublisherError(f"sink store {base}: cannot open ({exc}); check the path and free space") from exc
+        if recovery.temp_files_removed or recovery.orphan_files_removed or recovery.rows_without_file:
+            log.warning("sink store %s recovered after an unclean stop: %s", base, recovery)
+        return cls(root=base, db=db, quota_bytes=quota_bytes, fsync=fsync, recovery=recovery)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- writing ---------------------------------------------------------------------------
+    def store_batch(self, messages: Sequence[WireMessage]) -> BatchResult:
+        """Store validated messages durably; duplicates and over-quota ones are skipped and counted."""
+        result = BatchResult()
+        fresh, evict = self._fit_quota(self._new_messages(messages, result), result)
+        if not fresh and not evict:
+            return result
+        now = dt.datetime.now(dt.timezone.utc)
+        rows: list[tuple[object, ...]] = []
+        dirs: set[Path] = set()
+        added = 0
+        for msg in fresh:
+            try:
+                rows.append(self._write_files(msg, now, dirs))
+            except OSError as exc:
+                log.error("sink store: cannot write frame %s: %s", msg.header.message_id, exc)
+                result.store_errors += 1
+                continue
+            added += _size(msg)
+            result.stored_kinds.append(msg.header.kind)
+        if self._fsync:
+            for d in dirs:
+                _fsync_dir(d)
+        self._commit(rows, [e.row_id for e in evict])
+        for e in evict:
+            for rel in e.paths:
+                (self.root / rel).unlink(missing_ok=True)
+        result.evicted = len(evict)
+        self._total_bytes += added - sum(e.size for e in evict)
+        self._count += len(rows) - len(evict)
+        return result
+
+    def _new_messages(self, messages: Sequence[WireMessage], result: BatchResult) -> list[WireMessage]:
+        seen: set[str] = set()
+        ids = [m.header.message_id for m in messages]
+        marks = ",".join("?" * len(ids))
+        if ids:
+            seen.update(r[0] for r in self._db.execute(
+                f"SELECT message_id FROM frames WHERE message_id IN ({marks})", ids))
+        fresh = []
+        for m in messages:
+            if m.header.message_id in seen:
+                result.duplicates += 1
+                continue
+            seen.add(m.header.message_id)
+            fresh.append(m)
+        return fresh
+
+    def _fit_quota(self, fresh: list[WireMessage], result: BatchResult
+                   ) -> tuple[list[WireMessage], list[_Eviction]]:
+        """Plan evictions (oldest unlabelled first) so the batch fits; refuse what still does not."""
+        evict: list[_Eviction] = []
+        need = self._total_bytes + sum(_size(m) for m in fresh) - self._quota
+        if need <= 0:
+            return fresh, evict
+        freed = 0
+        for row_id, img, mp, size in self._db.execute(
+                "SELECT id, image_path, map_path, bytes FROM frames WHERE labelled = 0 ORDER BY id"):
+            if freed >= need:
+                break
+            evict.append(_Eviction(int(row_id), tuple(p for p in (img, mp) if p), int(size)))
+            freed += int(size)
+        # Labelled frames are never evicted: when that is not enough, the newest arrivals lose.
+        while fresh and freed < need:
+            need -= _size(fresh.pop())
+            result.quota_refused += 1
+        # Keep only the evictions the remaining batch needs (none if nothing new is stored).
+        kept: list[_Eviction] = []
+        freed = 0
+        for e in evict:
+            if freed >= need or not fresh:
+                break
+            kept.append(e)
+            freed += e.size
+        return fresh, kept
+
+    def _write_files(self, msg: WireMessage, now: dt.datetime, dirs: set[Path]) -> tuple[object, ...]:
+        h = msg.header
+        day_rel = Path("frames") / now.strftime("%Y-%m-%d")
+        (self.root / day_rel).mkdir(parents=True, exist_ok=True)
+        dirs.add(self.root / day_rel)
+        image_rel = day_rel / f"{h.message_id}.png"
+        self._atomic_write(image_rel, msg.image_png)
+        map_rel = None
+        if msg.map_bytes is not None:
+            map_rel = day_rel / f"{h.message_id}.f16"
+            self._atomic_write(map_rel, msg.map_bytes)
+        m = h.anomaly_map
+        return (h.message_id, h.kind, now.isoformat(timespec="microseconds"), str(image_rel),
+                str(map_rel) if map_rel else None, m.height if m else None, m.width if m else None,
+                h.camera_id, _size(msg), h.bundle_id, h.verdict, h.anomaly_score, h.defect_class,
+                h.seq, h.part_id, h.model_dump_json())
+
+    def _atomic_write(self, rel: Path, data: bytes) -> None:
+        tmp = self.root / "tmp" / (rel.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.root / rel)
+
+    def _commit(self, rows: list[tuple[object, ...]], evict_ids: list[int]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            if evict_ids:
+                self._db.executemany("DELETE FROM frames WHERE id = ?", [(i,) for i in evict_ids])
+            self._db.executemany(
+                "INSERT INTO frames (message_id, kind, received_utc, image_path, map_path, map_height, "
+                "map_width, camera_id, bytes, bundle_id, verdict, anomaly_score, defect_class, seq, part_id, "
+                "header_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise PublisherError(f"sink index commit failed ({exc}); files are cleaned up at next start") from exc
+
+    # --- reading ---------------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        return self._total_bytes
+
+    def count(self) -> int:
+        return self._count
+
+    def contains(self, message_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM frames WHERE message_id = ?", (message_id,)).fetchone() is not None
+
+    def frames(self) -> Iterator[StoredFrame]:
+        """Every indexed frame in arrival order."""
+        for mid, kind, img, mp, mh, mw, size, lab, hj in self._db.execute(
+                "SELECT message_id, kind, image_path, map_path, map_height, map_width, bytes, labelled, "
+                "header_json FROM frames ORDER BY id"):
+            yield StoredFrame(message_id=mid, kind=kind, image_path=self.root / img,
+                              map_path=self.root / mp if mp else None,
+                              map_shape=(int(mh), int(mw)) if mp else None, bytes=int(size),
+                              labelled=bool(lab), header_json=hj)
+
+    def set_labelled(self, message_id: str, labelled: bool = True) -> None:
+        """Mark a frame (the labelling tool's hook); labelled frames are never evicted."""
+        self._db.execute("UPDATE frames SET labelled = ? WHERE message_id = ?", (int(labelled), message_id))
+
+
+def _size(msg: WireMessage) -> int:
+    return len(msg.image_png) + (len(msg.map_bytes) if msg.map_bytes is not None else 0)
+
+
+def _recover(root: Path, db: sqlite3.Connection) -> RecoveryReport:
+    temp = 0
+    for p in (root / "tmp").iterdir():
+        p.unlink()
+        temp += 1
+    indexed: set[str] = set()
+    missing: list[str] = []
+    for mid, img, mp in db.execute("SELECT message_id, image_path, map_path FROM frames"):
+        paths = [p for p in (img, mp) if p]
+        if not all((root / p).is_file() for p in paths):
+            missing.append(mid)
+        indexed.update(paths)
+    if missing:  # should not happen with the commit protocol; refuse to keep a dangling row
+        log.error("sink store: %d indexed frames have no file; removing their rows", len(missing))
+        db.executemany("DELETE FROM frames WHERE message_id = ?", [(m,) for m in missing])
+    orphans = 0
+    for p in (root / "frames").rglob("*"):
+        if p.is_file() and str(p.relative_to(root)) not in indexed:
+            p.unlink()
+            orphans += 1
+    return RecoveryReport(temp_files_removed=temp, orphan_files_removed=orphans, rows_without_file=len(missing))
+
+
+def verify_store(root: str | Path) -> list[str]:
+    """Problems in a store, read-only: rows whose files are missing or do not decode to the header's size."""
+    import json
+
+    base = Path(root)
+    problems: list[str] = []
+    db = sqlite3.connect(f"file:{base / 'index.sqlite3'}?mode=ro", uri=True)
+    try:
+        for mid, img, mp, mh, mw, hj in db.execute(
+                "SELECT message_id, image_path, map_path, map_height, map_width, header_json FROM frames"):
+            spec = json.loads(hj)["image"]
+            data = np.fromfile(base / img, dtype=np.uint8) if (base / img).is_file() else None
+            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
+            if decoded is None:
+                problems.append(f"{mid}: image {img} missing or undecodable")
+            elif decoded.shape[:2] != (spec["height"], spec["width"]):
+                problems.append(f"{mid}: image {img} is {decoded.shape}, header says {spec}")
+            if mp and (not (base / mp).is_file() or (base / mp).stat().st_size != 2 * int(mh) * int(mw)):
+                problems.append(f"{mid}: map {mp} missing or wrong size")
+    finally:
+        db.close()
+    return problems
