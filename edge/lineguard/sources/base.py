@@ -1,0 +1,289 @@
+"""The Source protocol, its counters, pacing, and the registry of source back-ends.
+
+Where it sits: first stage of the edge data flow. A source turns a camera (or files, or a
+generator) into :class:`lineguard.contracts.Frame` objects on the acquisition thread; the
+composition root builds one with :func:`build_source` from the ``source:`` config and reads it
+with ``read(timeout_s)`` or ``frames()``.
+
+Never: block longer than the timeout it is given, raise on a single bad frame (count it and go
+on), or import a back-end's third-party package before that back-end is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lineguard.contracts import Frame
+from lineguard.errors import SourceError
+
+if TYPE_CHECKING:
+    from lineguard.sources.config import SourceConfig
+
+PartIdFn = Callable[[int], int]
+"""Maps a frame's ``seq`` to its ``part_id``. The default counts parts from 1; the PLC link can
+replace it with the part id latched at the trigger."""
+
+
+def default_part_id(seq: int) -> int:
+    """Part ids count from 1 with the frames (0 is left free to mean "no part")."""
+    return seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What the frames of a source look like, known after ``open()``."""
+
+    camera_id: str
+    width: int
+    height: int
+    channels: int  # 1 (mono, HxW) or 3 (RGB, HxWx3)
+    dtype: str  # "uint8" or "uint16"
+    max_value: int  # 255, 1023 (Mono10), 4095 (Mono12), 65535; the preprocessing scales by this
+    description: str = ""  # e.g. "Machine Vision Games Ltd. Viky serial 0", "replay of 120 files"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatsSnapshot:
+    """A consistent copy of the counters, safe to hand to another thread."""
+
+    frames: int
+    incomplete: int
+    dropped: int
+    timeouts: int
+    unreadable: int
+    reconnects: int
+    reconnect_failures: int
+    connected: bool
+    last_frame_ns: int | None
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Counters of one source. Written only by the acquisition thread; read from any thread via
+    :meth:`snapshot` (the lock makes a snapshot consistent, it is not needed for the writes' sake
+    of the GIL but for the reader's)."""
+
+    frames: int = 0  # frames delivered
+    incomplete: int = 0  # buffers the camera delivered incomplete, skipped
+    dropped: int = 0  # frames the camera/pacer produced that never reached read()
+    timeouts: int = 0  # read() calls that ended without a frame
+    unreadable: int = 0  # replay files that failed to decode, skipped
+    reconnects: int = 0  # successful reopenings of a lost device
+    reconnect_failures: int = 0  # failed reopen attempts
+    connected: bool = False
+    last_frame_ns: int | None = None  # monotonic time of the last frame, for liveness
+    # The last unreadable paths with the reason, for the operator (bounded on purpose).
+    unreadable_paths: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=32))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to named counters in one locked step, e.g. ``add(frames=1, dropped=3)``."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def set_connected(self, connected: bool) -> None:
+        with self._lock:
+            self.connected = connected
+
+    def snapshot(self) -> SourceStatsSnapshot:
+        with self._lock:
+            return SourceStatsSnapshot(
+                frames=self.frames,
+                incomplete=self.incomplete,
+                dropped=self.dropped,
+                timeouts=self.timeouts,
+                unreadable=self.unreadable,
+                reconnects=self.reconnects,
+                reconnect_failures=self.reconnect_failures,
+                connected=self.connected,
+                last_frame_ns=self.last_frame_ns,
+            )
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the acquisition loop needs from any image source."""
+
+    camera_id: str
+    stats: SourceStats
+
+    @property
+    def info(self) -> SourceInfo | None:
+        """Frame geometry, known after open() (None before, or for a source of mixed sizes)."""
+
+    @property
+    def finished(self) -> bool:
+        """True once a finite source has delivered its last frame; read() then returns None."""
+
+    def open(self) -> None: ...
+
+    def read(self, timeout_s: float) -> Frame | None:
+        """The next frame, or None when none came within ``timeout_s`` (or the source finished)."""
+
+    def frames(self, *, timeout_s: float = 1.0, stop: threading.Event | None = None) -> Iterator[Frame]:
+        """Frames until ``stop`` is set or the source finishes; timeouts are skipped."""
+
+    def close(self) -> None: ...
+
+
+class BaseSource:
+    """Shared plumbing: frame numbering, part ids, counters, iteration, context manager.
+
+    Subclasses implement ``open``, ``read`` and ``close`` and build frames with :meth:`_emit`.
+    """
+
+    def __init__(self, *, camera_id: str, part_id_fn: PartIdFn | None = None) -> None:
+        self.camera_id = camera_id
+        self.stats = SourceStats()
+        self._part_id_fn: PartIdFn = part_id_fn or default_part_id
+        self._seq = 0
+        self._info: SourceInfo | None = None
+        self._finished = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, part_id_fn: PartIdFn | None = None) -> BaseSource:
+        """Build the source from its config model; checks files, does not open devices."""
+        raise NotImplementedError
+
+    @property
+    def info(self) -> SourceInfo | None:
+        return self._info
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self, timeout_s: float) -> Frame | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _emit(
+        self,
+        image: np.ndarray,
+        *,
+        t_capture_ns: int,
+        camera_timestamp_ns: int | None = None,
+        source_ref: str = "",
+    ) -> Frame:
+        """Number the frame, ask for its part id and count it."""
+        seq = self._seq
+        self._seq += 1
+        frame = Frame(
+            seq=seq,
+            part_id=self._part_id_fn(seq),
+            t_capture_ns=t_capture_ns,
+            image=image,
+            camera_id=self.camera_id,
+            camera_timestamp_ns=camera_timestamp_ns,
+            source_ref=source_ref,
+        )
+        with self.stats._lock:
+            self.stats.frames += 1
+            self.stats.last_frame_ns = t_capture_ns
+        return frame
+
+    def frames(self, *, timeout_s: float = 1.0, stop: threading.Event | None = None) -> Iterator[Frame]:
+        while not (stop is not None and stop.is_set()):
+            frame = self.read(timeout_s)
+            if frame is not None:
+                yield frame
+            elif self.finished:
+                return
+
+    def __enter__(self) -> BaseSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Pacer:
+    """Releases frame slots at a fixed rate, with a named policy for a late consumer.
+
+    ``rate_per_s=None`` releases every slot at once (as fast as the consumer reads).
+    """
+
+    def __init__(self, *, rate_per_s: float | None, late_policy: str = "keep") -> None:
+        self._period_ns = None if rate_per_s is None else round(1e9 / rate_per_s)
+        self._late_policy = late_policy
+        self._next_due_ns: int | None = None
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the next slot. Returns how many slots were skipped (0 under "keep"), or None
+        when the slot is not due within ``timeout_s`` (the caller then returns no frame)."""
+        if self._period_ns is None:
+            return 0
+        now = time.monotonic_ns()
+        if self._next_due_ns is None:
+            self._next_due_ns = now  # the first frame is due at once
+        wait_ns = self._next_due_ns - now
+        if wait_ns > timeout_s * 1e9:
+            time.sleep(max(timeout_s, 0.0))
+            return None
+        if wait_ns > 0:
+            time.sleep(wait_ns / 1e9)
+            now = time.monotonic_ns()
+        skipped = 0
+        if self._late_policy == "skip":
+            # Like a free-running camera: the slots that passed while nobody read are lost.
+            skipped = max(0, (now - self._next_due_ns) // self._period_ns)
+            self._next_due_ns += (skipped + 1) * self._period_ns
+        else:
+            # A ceiling only: never burst to catch up after a slow consumer.
+            self._next_due_ns = max(self._next_due_ns + self._period_ns, now)
+        return int(skipped)
+
+
+# type key -> "module:Class". Imported only when chosen, so harvesters loads only for genicam.
+REGISTRY: dict[str, str] = {
+    "genicam": "lineguard.sources.genicam:GenICamSource",
+    "replay": "lineguard.sources.replay:ReplaySource",
+    "synthetic": "lineguard.sources.synthetic:SyntheticSource",
+}
+
+_INSTALL_HINT: dict[str, str] = {
+    "genicam": "the genicam source needs the 'harvesters' and 'genicam' packages "
+    "(pip install 'harvesters>=1.4' 'genicam>=1.4') and the camera vendor's GenTL producer (.cti)",
+}
+
+
+def source_class(type_key: str) -> type[BaseSource]:
+    """The back-end class for a config ``type``; fails loudly when its packages are missing."""
+    try:
+        target = REGISTRY[type_key]
+    except KeyError:
+        raise SourceError(f"unknown source type {type_key!r}; known: {sorted(REGISTRY)}") from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("lineguard"):
+            raise
+        hint = _INSTALL_HINT.get(type_key, f"install the package {exc.name!r}")
+        raise SourceError(f"source type {type_key!r} is unavailable: {hint}") from exc
+    cls: type[BaseSource] = getattr(module, class_name)
+    return cls
+
+
+def build_source(cfg: SourceConfig, *, part_id_fn: PartIdFn | None = None) -> BaseSource:
+    """Build (not open) the source described by ``cfg``; call ``open()`` or use ``with``."""
+    cls = source_class(cfg.type)
+    return cls.from_config(cfg, part_id_fn=part_id_fn)

@@ -1,0 +1,379 @@
+"""GenICam source: any GenTL producer (.cti) through harvesters.
+
+Where it sits: head of the edge pipeline on a real line. ``read(timeout_s)`` waits for one
+buffer (never longer than the timeout), copies its pixels into an owned Frame image and queues
+the buffer back to the producer before returning, on every path (``with buffer:``). Incomplete
+buffers are counted and skipped, gaps in the producer's frame ids are counted as dropped frames,
+and a device that fails is closed and reopened with exponential backoff inside ``read`` (counted
+in ``stats.reconnects``); the process never has to restart for a cable pull.
+
+Never: hold a camera buffer after ``read`` returns, raise on a single bad buffer, or touch a
+camera feature the config did not ask for (a missing feature that *was* asked for fails loudly).
+Call ``read``/``close`` from one thread (harvesters objects are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from genicam.genapi import GenericException as GenApiError
+from genicam.gentl import GenericException as GenTLError
+from harvesters.core import Harvester, ImageAcquirer
+
+from lineguard.contracts import Frame
+from lineguard.errors import ImageError, SourceError
+from lineguard.sources import pixels
+from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
+from lineguard.sources.config import GenICamSourceConfig
+from lineguard.sources.genicam_nodes import configure_device
+
+log = logging.getLogger(__name__)
+
+# Anything harvesters raises while talking to a device: GenTL/GenApi errors, and the plain
+# Python errors harvesters 1.4 lets through on a torn-down acquirer (IndexError, AttributeError).
+DEVICE_ERRORS: tuple[type[BaseException], ...] = (GenTLError, GenApiError, IndexError, AttributeError)
+# harvesters.create() reports "no such device" as ValueError; a reopen may also fail our checks.
+_OPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, ValueError)
+_REOPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, SourceError)
+
+
+def viky_cti_path() -> Path | None:
+    """The GenTL simulator shipped inside the ``genicam`` wheel (tests, demos), if present."""
+    import genicam
+
+    path = Path(genicam.__file__).parent / "viky.cti"
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDescription:
+    """One device as the producer lists it (``lineguard cameras``)."""
+
+    index: int
+    vendor: str
+    model: str
+    serial: str
+    device_id: str
+    display_name: str
+    access_status: int
+
+
+def _info_str(info: Any, name: str) -> str:
+    try:
+        value = getattr(info, name)
+    except DEVICE_ERRORS:
+        return ""
+    return "" if value is None else str(value)
+
+
+def list_devices(cti_path: str | Path) -> list[DeviceDescription]:
+    """Every device the producer sees; loads and releases the producer."""
+    with open_harvester(cti_path) as harvester:
+        return [
+            DeviceDescription(
+                index=i,
+                vendor=_info_str(d, "vendor"),
+                model=_info_str(d, "model"),
+                serial=_info_str(d, "serial_number"),
+                device_id=_info_str(d, "id_"),
+                display_name=_info_str(d, "display_name"),
+                access_status=int(_info_str(d, "access_status") or -1),
+            )
+            for i, d in enumerate(harvester.device_info_list)
+        ]
+
+
+@contextmanager
+def open_harvester(cti_path: str | Path) -> Iterator[Any]:
+    """A Harvester with one producer loaded; always reset (producer released) on exit."""
+    harvester = _load_producer(cti_path)
+    try:
+        yield harvester
+    finally:
+        _reset_quietly(harvester)
+
+
+def _load_producer(cti_path: str | Path) -> Any:
+    path = Path(cti_path)
+    if not path.is_file():
+        raise SourceError(f"GenTL producer {str(path)!r} not found; set source.cti_path to the vendor's .cti")
+    harvester = Harvester()
+    try:
+        harvester.add_file(str(path))
+        harvester.update()
+    except DEVICE_ERRORS as exc:
+        _reset_quietly(harvester)
+        raise SourceError(f"cannot load GenTL producer {path}: {exc}") from exc
+    return harvester
+
+
+def _reset_quietly(harvester: Any) -> None:
+    try:
+        harvester.reset()
+    except DEVICE_ERRORS as exc:  # releasing a dead producer may fail; nothing left to save
+        log.debug("harvester reset failed: %s", exc)
+
+
+def select_device(devices: list[DeviceDescription], *, serial: str | None, model: str | None) -> int:
+    """Index of the device matching serial and/or model (first device when neither is given)."""
+    matches = [
+        d
+        for d in devices
+        if (serial is None or d.serial == serial) and (model is None or d.model == model)
+    ]
+    seen = ", ".join(f"{d.vendor} {d.model} serial {d.serial}" for d in devices) or "none"
+    if not matches:
+        raise SourceError(f"no camera with serial={serial!r} model={model!r}; the producer sees: {seen}")
+    if len(matches) > 1 and (serial is not None or model is not None):
+        log.warning("%d cameras match model=%r; taking serial %s", len(matches), model, matches[0].serial)
+    return matches[0].index
+
+
+class _IncompleteCounter:
+    """harvesters' INCOMPLETE_BUFFER callback: it queues the buffer back itself, we count."""
+
+    def __init__(self, on_incomplete: Callable[[], None]) -> None:
+        self._on_incomplete = on_incomplete
+        self.count = 0
+
+    def emit(self, context: object | None = None) -> None:
+        self.count += 1
+        self._on_incomplete()
+
+
+class GenICamSource(BaseSource):
+    """One GenICam camera: configured at open, streamed, reopened with backoff when lost."""
+
+    def __init__(self, *, cfg: GenICamSourceConfig, part_id_fn: PartIdFn | None = None) -> None:
+        super().__init__(camera_id=cfg.camera_id, part_id_fn=part_id_fn)
+        self._cfg = cfg
+        self._harvester: Any = None
+        self._ia: Any = None
+        self._incomplete = _IncompleteCounter(lambda: self.stats.add(incomplete=1))
+        self._last_frame_id: int | None = None
+        self._backoff_s = cfg.reconnect_initial_ms / 1000.0
+        self._next_attempt_ns = 0
+        self._lost = False
+        self._closed = True
+        self._last_progress_ns = 0
+        self.device: DeviceDescription | None = None
+
+    @classmethod
+    def from_config(cls, cfg: GenICamSourceConfig, *, part_id_fn: PartIdFn | None = None) -> GenICamSource:
+        if not Path(cfg.cti_path).is_file():
+            raise SourceError(f"GenTL producer {cfg.cti_path!r} not found; set source.cti_path")
+        return cls(cfg=cfg, part_id_fn=part_id_fn)
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the producer, open and configure the camera, start streaming. Fails loudly."""
+        self._open_device()
+        self._closed = False
+        self._lost = False
+
+    def close(self) -> None:
+        """Stop streaming and release camera and producer; never raises."""
+        self._closed = True
+        self._teardown()
+
+    def trigger(self) -> None:
+        """Fire one software trigger (``trigger: software``)."""
+        if self._cfg.trigger != "software":
+            raise SourceError("trigger() needs source.trigger: software")
+        if self._ia is None:
+            raise SourceError("camera is not open (lost or closed); the frame cannot be triggered")
+        try:
+            self._ia.remote_device.node_map.TriggerSoftware.execute()
+        except DEVICE_ERRORS as exc:
+            raise SourceError(f"software trigger failed: {exc}") from exc
+
+    def _open_device(self) -> None:
+        cfg = self._cfg
+        harvester = _load_producer(cfg.cti_path)
+        try:
+            devices = [
+                DeviceDescription(
+                    index=i,
+                    vendor=_info_str(d, "vendor"),
+                    model=_info_str(d, "model"),
+                    serial=_info_str(d, "serial_number"),
+                    device_id=_info_str(d, "id_"),
+                    display_name=_info_str(d, "display_name"),
+                    access_status=int(_info_str(d, "access_status") or -1),
+                )
+                for i, d in enumerate(harvester.device_info_list)
+            ]
+            index = select_device(devices, serial=cfg.serial, model=cfg.model)
+            try:
+                ia = harvester.create(index)
+            except _OPEN_ERRORS as exc:
+                raise SourceError(f"cannot open camera {devices[index].display_name}: {exc}") from exc
+            try:
+                pixel_format, width, height = configure_device(ia.remote_device.node_map, cfg)
+                ia.num_buffers = cfg.num_buffers
+                ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, self._incomplete)
+                ia.start()
+            except BaseException:
+                _destroy_quietly(ia)
+                raise
+        except BaseException:
+            _reset_quietly(harvester)
+            raise
+        self._harvester, self._ia, self.device = harvester, ia, devices[index]
+        self._last_frame_id = None
+        self._last_progress_ns = time.monotonic_ns()
+        lay = pixels.layout(pixel_format)
+        self._info = SourceInfo(
+            camera_id=self.camera_id,
+            width=width,
+            height=height,
+            channels=lay.channels_out,
+            dtype=np.dtype(lay.dtype).name,
+            max_value=pixels.max_value(pixel_format),
+            description=f"{self.device.vendor} {self.device.model} serial {self.device.serial} {pixel_format}",
+        )
+        self.stats.set_connected(True)
+        log.info("camera %s open: %s %dx%d", self.camera_id, self._info.description, width, height)
+
+    def _teardown(self) -> None:
+        ia, harvester = self._ia, self._harvester
+        self._ia = self._harvester = None
+        self.stats.set_connected(False)
+        if ia is not None:
+            _destroy_quietly(ia)
+        if harvester is not None:
+            _reset_quietly(harvester)
+
+    # ----- acquisition -----------------------------------------------------------------------
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self._closed:
+            raise SourceError("GenICamSource.read() on a closed source; call open() first")
+        deadline_ns = time.monotonic_ns() + int(max(timeout_s, 0.0) * 1e9)
+        if self._lost and not self._reconnect(deadline_ns):
+            return None
+        while True:
+            remaining_s = (deadline_ns - time.monotonic_ns()) / 1e9
+            # harvesters treats timeout=0 as "wait forever": never pass less than 1 ms.
+            remaining_s = max(remaining_s, 0.001)
+            incomplete_before = self._incomplete.count
+            try:
+                buffer = self._ia.try_fetch(timeout=min(remaining_s, self._cfg.fetch_timeout_ms / 1000.0))
+            except DEVICE_ERRORS as exc:
+                self._on_lost(exc)
+                return None
+            t_capture_ns = time.monotonic_ns()
+            if buffer is not None:
+                frame = self._frame_from(buffer, t_capture_ns)
+                if frame is not None:
+                    return frame
+            elif self._incomplete.count == incomplete_before:
+                # Not an incomplete buffer: the wait ran out.
+                if t_capture_ns >= deadline_ns:
+                    self.stats.add(timeouts=1)
+                    self._check_stall(t_capture_ns)
+                    return None
+                continue
+            if time.monotonic_ns() >= deadline_ns:
+                self.stats.add(timeouts=1)
+                return None
+
+    def _frame_from(self, buffer: Any, t_capture_ns: int) -> Frame | None:
+        """Copy the pixels out and queue the buffer back (the ``with`` does, on every path)."""
+        with buffer:
+            self._last_progress_ns = t_capture_ns
+            components = buffer.payload.components if buffer.payload is not None else []
+            if not components:
+                self.stats.add(incomplete=1)  # a buffer without an image part is as good as lost
+                return None
+            comp = components[0]
+            try:
+                image = pixels.to_image(comp.data, comp.data_format, comp.width, comp.height)
+            except ImageError as exc:
+                # A short or odd buffer is one bad frame, not a broken camera: count and go on.
+                self.stats.add(incomplete=1)
+                log.warning("camera %s: skipping unusable buffer: %s", self.camera_id, exc)
+                return None
+            camera_ts = _buffer_timestamp_ns(buffer)
+            self._count_gap(_buffer_frame_id(buffer))
+        return self._emit(image, t_capture_ns=t_capture_ns, camera_timestamp_ns=camera_ts)
+
+    def _count_gap(self, frame_id: int | None) -> None:
+        """Producer frame ids that never reached us are frames the camera took and we lost."""
+        if frame_id is None:
+            return
+        if self._last_frame_id is not None and frame_id > self._last_frame_id + 1:
+            self.stats.add(dropped=frame_id - self._last_frame_id - 1)
+        self._last_frame_id = frame_id
+
+    def _check_stall(self, now_ns: int) -> None:
+        stall_ms = self._cfg.stall_reconnect_ms
+        if stall_ms is not None and now_ns - self._last_progress_ns > stall_ms * 1_000_000:
+            self._on_lost(SourceError(f"no frame for {stall_ms} ms in free run"))
+
+    # ----- loss and reconnect ----------------------------------------------------------------
+
+    def _on_lost(self, exc: BaseException) -> None:
+        log.error("camera %s lost (%s: %s); reopening with backoff", self.camera_id, type(exc).__name__, exc)
+        self._teardown()
+        self._lost = True
+        self._backoff_s = self._cfg.reconnect_initial_ms / 1000.0
+        self._next_attempt_ns = time.monotonic_ns() + int(self._backoff_s * 1e9)
+
+    def _reconnect(self, deadline_ns: int) -> bool:
+        """Try to reopen when the backoff allows, waiting at most until ``deadline_ns``."""
+        now = time.monotonic_ns()
+        if now < self._next_attempt_ns:
+            time.sleep(max(0, min(self._next_attempt_ns, deadline_ns) - now) / 1e9)
+            if time.monotonic_ns() < self._next_attempt_ns:
+                self.stats.add(timeouts=1)
+                return False
+        try:
+            self._open_device()
+        except _REOPEN_ERRORS as exc:
+            self.stats.add(reconnect_failures=1)
+            self._backoff_s = min(self._backoff_s * 2.0, self._cfg.reconnect_max_ms / 1000.0)
+            self._next_attempt_ns = time.monotonic_ns() + int(self._backoff_s * 1e9)
+            log.warning("camera %s reopen failed (%s); next try in %.1f s", self.camera_id, exc, self._backoff_s)
+            return False
+        self._lost = False
+        self.stats.add(reconnects=1)
+        log.info("camera %s reconnected", self.camera_id)
+        return True
+
+
+def _destroy_quietly(ia: Any) -> None:
+    for step in (ia.stop, ia.destroy):
+        try:
+            step()
+        except DEVICE_ERRORS as exc:  # a lost device cannot be stopped cleanly; release the rest
+            log.debug("acquirer %s failed: %s", step.__name__, exc)
+
+
+def _buffer_timestamp_ns(buffer: Any) -> int | None:
+    """The camera's timestamp in ns, or None when the producer has none (viky reports 0)."""
+    try:
+        return int(buffer.module.timestamp_ns) or None
+    except DEVICE_ERRORS:
+        pass
+    try:
+        ticks = int(buffer.module.timestamp)
+        freq = int(buffer.module.parent.parent.timestamp_frequency)
+    except DEVICE_ERRORS:
+        return None
+    return ticks * 1_000_000_000 // freq if ticks and freq > 0 else None
+
+
+def _buffer_frame_id(buffer: Any) -> int | None:
+    try:
+        return int(buffer.module.frame_id)
+    except DEVICE_ERRORS:
+        return None
