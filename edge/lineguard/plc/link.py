@@ -1,0 +1,489 @@
+"""PLC link: the last stage of the edge data flow (Decision -> Modbus registers of the PLC).
+
+One writer thread owns the Modbus client, the deadline scheduler (``ResultBook``) and the
+heartbeat. Service threads only call the non-blocking methods ``expect``/``submit``/
+``set_status``/``poll_*``; those never touch the network. The writer puts results first,
+heartbeat/status second and PLC input polling third; it never retries on the hot path, never
+writes a part twice with different verdicts, and never writes a late verdict over a fail-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from lineguard.contracts import Decision
+from lineguard.plc.book import Event, Outcome, ResultBook
+from lineguard.plc.config import PlcConfig
+from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
+from lineguard.plc.metrics import PlcMetrics
+from lineguard.plc.recorder import FlightRecorder
+from lineguard.plc.regmap import STATUS_BITS, PlcResult, RegisterMap, status_word
+from lineguard.plc.transport import ModbusTransport
+
+log = logging.getLogger(__name__)
+TRIGGER_BACKLOG = 256  # announced part ids not yet taken by poll_trigger(); drop-oldest, counted
+_MS = 1_000_000
+
+
+class PlcLinkLike(Protocol):
+    """What the service sees; ``PlcLink`` and ``NullPlcLink`` both provide it."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def expect(self, part_id: int, t_trigger_ns: int) -> None: ...
+    def submit(self, decision: Decision) -> None: ...
+    def set_status(self, **bits: bool) -> None: ...
+    def set_active_recipe(self, recipe: int) -> None: ...
+    def set_defect_classes(self, classes: list[str]) -> None: ...
+    def poll_recipe_request(self) -> int | None: ...
+    def poll_trigger(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlcHealth:
+    """A snapshot for status pages and tests."""
+
+    connected: bool
+    t_lost_ns: int | None  # monotonic time the current outage was detected, None when connected
+    reconnects: int
+    queued_results: int
+    pending_deadlines: int
+    last_seq: int
+
+
+class PlcLink:
+    """Modbus link to the PLC with result handshake, heartbeat, deadlines and fail-safe verdicts."""
+
+    def __init__(
+        self,
+        *,
+        cfg: PlcConfig,
+        transport: ModbusTransport,
+        recorder: FlightRecorder,
+        metrics: PlcMetrics,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.cfg = cfg
+        self._t = transport
+        self._rec = recorder
+        self._m = metrics
+        self._clock = clock_ns
+        self._map = RegisterMap(cfg=cfg.registers)
+        self._book = ResultBook(
+            deadline_ns=int(cfg.deadline_ms * _MS),
+            failsafe_verdict=cfg.failsafe_code,
+            capacity=cfg.result_buffer_size,
+            acknowledged=cfg.handshake == "acknowledged",
+            unknown_code=cfg.registers.unknown_defect_code,
+        )
+        self._cv = threading.Condition()
+        self._inbox: collections.deque[tuple[str, object, int]] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # shared with service threads (guarded by _cv)
+        self._status: dict[str, bool] = dict.fromkeys(STATUS_BITS, False)
+        self._recipe = 0
+        self._status_dirty = True
+        self._triggers: collections.deque[int] = collections.deque()
+        self._recipe_req: int | None = None
+        self._recipe_req_reported: int | None = None
+        # writer-thread state
+        self._heartbeat = 0
+        self._next_hb = 0
+        self._next_poll = 0
+        self._next_connect = 0
+        self._backoff_ns = int(cfg.reconnect_backoff_initial_ms * _MS)
+        self._ever_connected = False
+        self._seq_synced = False
+        self._t_lost_ns: int | None = None
+        self._recovered_until = 0
+        self._overflow_until = 0
+        self._last_trigger_seq: int | None = None
+        self._reconnects = 0
+        self._fault_dumped = False
+
+    @classmethod
+    def from_config(cls, cfg: PlcConfig, *, metrics_registry: CollectorRegistry | None = None) -> PlcLink:
+        """Build client and metrics; ``metrics_registry=None`` uses a private registry (not exported)."""
+        recorder = FlightRecorder(capacity=cfg.flight_recorder_size)
+        metrics = PlcMetrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
+        return cls(cfg=cfg, transport=ModbusTransport.from_config(cfg, recorder=recorder), recorder=recorder,
+                   metrics=metrics)
+
+    # ---- service-facing API (any thread, never blocks on the network) ------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="plc-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the writer; tells the PLC ``ready=0`` on the way out when the link is up."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self._t.close()
+
+    def expect(self, part_id: int, t_trigger_ns: int) -> None:
+        """A part was triggered at ``t_trigger_ns`` (monotonic); its deadline starts now."""
+        self._post("expect", part_id, t_trigger_ns)
+
+    def submit(self, decision: Decision) -> None:
+        """The verdict for ``decision.part_id``; timestamped here so writer lag cannot make it late."""
+        self._post("submit", decision, self._clock())
+
+    def set_status(self, **bits: bool) -> None:
+        """Set any of ready, fault, degraded, model_loaded, camera_ok; written at once."""
+        unknown = set(bits) - {"ready", "fault", "degraded", "model_loaded", "camera_ok"}
+        if unknown:
+            raise ValueError(f"unknown status bits {sorted(unknown)}")
+        with self._cv:
+            self._status.update(bits)
+            self._status_dirty = True
+            self._cv.notify()
+
+    def set_active_recipe(self, recipe: int) -> None:
+        with self._cv:
+            self._recipe = int(recipe)
+            self._status_dirty = True
+            self._cv.notify()
+
+    def set_defect_classes(self, classes: list[str]) -> None:
+        """Defect class codes follow the bundle's class list: code = index + 1 (0 = no defect)."""
+        self._post("classes", {name: i + 1 for i, name in enumerate(classes)}, 0)
+
+    def poll_recipe_request(self) -> int | None:
+        """A recipe number the PLC asks for, once per change; None when nothing new."""
+        with self._cv:
+            req = self._recipe_req
+            if not req or req == self._recipe_req_reported:
+                return None
+            self._recipe_req_reported = req
+            return req
+
+    def poll_trigger(self) -> int | None:
+        """The oldest part id the PLC announced and nobody took yet, or None."""
+        with self._cv:
+            return self._triggers.popleft() if self._triggers else None
+
+    def health(self) -> PlcHealth:
+        return PlcHealth(connected=self._t.connected, t_lost_ns=self._t_lost_ns, reconnects=self._reconnects,
+                         queued_results=self._book.queued, pending_deadlines=self._book.pending_deadlines,
+                         last_seq=self._book.last_seq)
+
+    @property
+    def metrics(self) -> PlcMetrics:
+        return self._m
+
+    @property
+    def recorder(self) -> FlightRecorder:
+        return self._rec
+
+    def _post(self, kind: str, payload: object, t_ns: int) -> None:
+        with self._cv:
+            if len(self._inbox) >= self.cfg.inbox_capacity:
+                # reject-newest: the part's deadline (if expected) still yields a counted fail-safe
+                self._m.inbox_drops.inc()
+                return
+            self._inbox.append((kind, payload, t_ns))
+            self._cv.notify()
+
+    # ---- writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        self._apply_nice()
+        while True:
+            with self._cv:
+                if self._stopping:
+                    break
+                items = list(self._inbox)
+                self._inbox.clear()
+            now = self._clock()
+            for kind, payload, t_ns in items:
+                self._handle(kind, payload, t_ns, now)
+            self._on_events(self._book.expire(self._clock()))
+            if not self._t.connected:
+                self._maybe_connect()
+            if self._t.connected:
+                self._service_bus()
+            self._m.unacked.set(self._book.queued)
+            self._sleep_until_next()
+        self._say_goodbye()
+
+    def _handle(self, kind: str, payload: object, t_ns: int, now: int) -> None:
+        if kind == "expect":
+            assert isinstance(payload, int)
+            self._book.expect(payload, t_ns)
+        elif kind == "submit":
+            assert isinstance(payload, Decision)
+            self._on_events(self._book.submit(payload, t_ns, now))
+        elif kind == "classes":
+            assert isinstance(payload, dict)
+            self._book.set_class_codes(payload)
+
+    def _on_events(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.outcome is Outcome.FAILSAFE_QUEUED:
+                self._m.failsafe.labels(reason="deadline").inc()
+                log.warning("part %d: no verdict within %.0f ms; fail-safe %s queued (seq %d)",
+                            ev.part_id, self.cfg.deadline_ms, self.cfg.failsafe_verdict, ev.seq)
+            elif ev.outcome is Outcome.OVERFLOW:
+                self._m.failsafe.labels(reason="overflow").inc()
+                self._m.overflows.inc()
+                self._overflow_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
+                with self._cv:
+                    self._status_dirty = True
+                self._dump(f"result buffer overflow ({self.cfg.result_buffer_size} unacked), part {ev.part_id}")
+            elif ev.outcome is Outcome.LATE:
+                self._m.late.inc()
+                log.warning("part %d: verdict arrived after the fail-safe was written; not written", ev.part_id)
+            elif ev.outcome is Outcome.DUPLICATE:
+                self._m.duplicates.inc()
+                log.warning("part %d: second verdict ignored", ev.part_id)
+
+    def _service_bus(self) -> None:
+        try:
+            self._write_results()
+            now = self._clock()
+            with self._cv:
+                dirty = self._status_dirty
+            if dirty or now >= self._next_hb:
+                self._guard(self._write_heartbeat)
+            if self._t.connected and self._clock() >= self._next_poll:
+                self._guard(self._poll)
+                self._write_results()  # an ack may have freed the next result
+        except PlcTransactionError as exc:  # only connection-breaking kinds get here
+            self._on_connection_lost(exc)
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        """Run a non-result transaction; refusals are counted and retried next period."""
+        try:
+            fn()
+        except PlcTransactionError as exc:
+            if exc.kind.breaks_connection:
+                raise
+            self._m.errors.labels(kind=exc.kind.value).inc()
+            self._dump(str(exc))
+
+    def _write_results(self) -> None:
+        while (res := self._book.to_write()) is not None:
+            try:
+                self._write_runs("result", self._map.result_runs(res))
+            except PlcTransactionError as exc:
+                if exc.kind.breaks_connection:
+                    raise
+                self._m.errors.labels(kind=exc.kind.value).inc()
+                self._book.drop_head(res.seq)
+                self._m.failsafe.labels(reason="plc_rejected").inc()
+                self._dump(f"PLC refused result seq {res.seq} for part {res.part_id}: {exc}")
+                continue
+            self._mark_written(res)
+
+    def _mark_written(self, res: PlcResult) -> None:
+        self._book.mark_written(res.seq)
+        self._m.results.labels(verdict=str(res.verdict)).inc()
+        if self._book.awaiting_ack:
+            self._next_poll = min(self._next_poll, self._clock() + int(self.cfg.ack_poll_period_ms * _MS))
+
+    def _write_runs(self, op: str, runs: list[tuple[int, list[int]]]) -> None:
+        for address, words in runs:
+            t0 = self._clock()
+            self._t.write_registers(address, words)
+            self._m.write_latency.labels(op=op).observe((self._clock() - t0) / 1e9)
+        self._fault_dumped = False
+
+    def _write_heartbeat(self) -> None:
+        now = self._clock()
+        with self._cv:
+            bits = dict(self._status)
+            recipe = self._recipe
+            self._status_dirty = False
+        bits["link_recovered"] = now < self._recovered_until
+        bits["result_overflow"] = now < self._overflow_until
+        bits["fault"] = bits["fault"] or bits["result_overflow"]
+        self._next_hb = now + int(self.cfg.heartbeat_period_ms * _MS)
+        self._heartbeat = (self._heartbeat + 1) & 0xFFFF
+        self._write_runs("heartbeat", self._map.heartbeat_runs(
+            heartbeat=self._heartbeat, status=status_word(bits), recipe=recipe))
+        coils = self.cfg.registers.status_coils_address
+        if coils is not None:
+            order = sorted(STATUS_BITS, key=STATUS_BITS.__getitem__)
+            t0 = self._clock()
+            self._t.write_coils(coils, [bits[name] for name in order])
+            self._m.write_latency.labels(op="coils").observe((self._clock() - t0) / 1e9)
+
+    def _poll(self) -> None:
+        t0 = self._clock()
+        words = self._t.read_registers(self._map.input_start, self._map.input_count)
+        now = self._clock()
+        self._m.write_latency.labels(op="poll").observe((now - t0) / 1e9)
+        period = self.cfg.ack_poll_period_ms if self._book.awaiting_ack else self.cfg.poll_period_ms
+        self._next_poll = now + int(period * _MS)
+        inputs = self._map.decode_inputs(words)
+        if self._book.ack(inputs.result_ack) and self._book.awaiting_ack is False:
+            self._next_poll = now  # the next buffered result goes out without waiting a period
+        self._take_trigger(inputs.trigger_seq, inputs.trigger_part_id, t0)
+        with self._cv:
+            self._recipe_req = inputs.recipe_request
+
+    def _take_trigger(self, seq: int, part_id: int, t_read_ns: int) -> None:
+        last = self._last_trigger_seq
+        self._last_trigger_seq = seq
+        if last is None or seq == last:
+            return  # first read is the baseline: an old trigger must not start a new part
+        gap = (seq - last) % 0x10000
+        if gap > 1:
+            self._m.missed_triggers.inc(gap - 1)
+        self._m.triggers.inc()
+        if self.cfg.expect_on_trigger:
+            self._book.expect(part_id, t_read_ns)
+        with self._cv:
+            if len(self._triggers) >= TRIGGER_BACKLOG:
+                self._triggers.popleft()
+                self._m.missed_triggers.inc()
+            self._triggers.append(part_id)
+
+    # ---- connection management -------------------------------------------------------------
+    def _maybe_connect(self) -> None:
+        now = self._clock()
+        if now < self._next_connect:
+            return
+        try:
+            self._t.connect()
+            if not self._seq_synced:
+                self._sync_seq()
+        except PlcTransactionError as exc:
+            self._t.close()
+            self._m.errors.labels(kind=exc.kind.value).inc()
+            if self._t_lost_ns is None:
+                self._t_lost_ns = now
+                self._dump(f"cannot reach PLC: {exc}")
+            self._next_connect = self._clock() + self._backoff_ns
+            self._backoff_ns = min(self._backoff_ns * 2, int(self.cfg.reconnect_backoff_max_ms * _MS))
+            return
+        self._backoff_ns = int(self.cfg.reconnect_backoff_initial_ms * _MS)
+        self._m.connected.set(1)
+        if self._ever_connected:
+            self._reconnects += 1
+            self._m.reconnects.inc()
+            self._recovered_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
+            log.warning("PLC link %s re-established after %.0f ms", self._t.describe,
+                        (self._clock() - (self._t_lost_ns or now)) / _MS)
+        else:
+            log.info("PLC link %s connected", self._t.describe)
+        self._ever_connected = True
+        self._t_lost_ns = None
+        self._next_hb = 0  # status goes out at once, with link_recovered when it applies
+        self._next_poll = 0
+
+    def _sync_seq(self) -> None:
+        """Continue numbering after the seq the PLC holds, so a stale ack can never match."""
+        addr, count = self._map.seq_field_words()
+        try:
+            words = self._t.read_registers(addr, count)
+        except PlcTransactionError as exc:
+            if exc.kind.breaks_connection:
+                raise
+            self._m.errors.labels(kind=exc.kind.value).inc()
+            log.warning("cannot read result_seq from the PLC (%s); numbering starts at 1", exc)
+        else:
+            self._book.set_start_seq(self._map.decode_field(words, self.cfg.registers.result_seq, addr))
+        self._seq_synced = True
+
+    def _on_connection_lost(self, exc: PlcTransactionError) -> None:
+        self._t.close()
+        self._m.errors.labels(kind=exc.kind.value).inc()
+        self._m.connected.set(0)
+        self._t_lost_ns = self._clock()
+        self._book.connection_lost()
+        self._next_connect = self._t_lost_ns  # first retry at once, then back off
+        log.warning("PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
+        self._dump(str(exc))
+
+    def _dump(self, reason: str) -> None:
+        # one dump per fault episode: a PLC that stays away must not flood the log
+        if not self._fault_dumped:
+            self._fault_dumped = True
+            self._rec.dump(log, reason)
+
+    def _sleep_until_next(self) -> None:
+        wakes = [self._book.next_deadline_ns()]
+        if self._t.connected:
+            wakes += [self._next_hb, self._next_poll]
+        else:
+            wakes.append(self._next_connect)
+        nxt = min(w for w in wakes if w is not None)
+        with self._cv:
+            if self._inbox or self._stopping or (self._status_dirty and self._t.connected):
+                return
+            timeout = (nxt - self._clock()) / 1e9
+            if timeout > 0:
+                self._cv.wait(timeout)
+
+    def _apply_nice(self) -> None:
+        if self.cfg.writer_nice == 0:
+            return
+        try:
+            # Linux: PRIO_PROCESS with a thread id sets that thread's nice value only
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.writer_nice)
+        except OSError as exc:
+            log.warning("cannot set PLC writer nice %d (%s); running at default priority",
+                        self.cfg.writer_nice, exc)
+
+    def _say_goodbye(self) -> None:
+        if not self._t.connected:
+            return
+        with self._cv:
+            self._status["ready"] = False
+        try:
+            self._write_heartbeat()
+        except PlcTransactionError as exc:
+            log.info("could not write ready=0 on stop: %s", exc)
+
+
+class NullPlcLink:
+    """Stand-in for runs without a PLC: same API, accepts everything, writes nothing."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def expect(self, part_id: int, t_trigger_ns: int) -> None:
+        return None
+
+    def submit(self, decision: Decision) -> None:
+        self.submitted += 1
+
+    def set_status(self, **bits: bool) -> None:
+        return None
+
+    def set_active_recipe(self, recipe: int) -> None:
+        return None
+
+    def set_defect_classes(self, classes: list[str]) -> None:
+        return None
+
+    def poll_recipe_request(self) -> int | None:
+        return None
+
+    def poll_trigger(self) -> int | None:
+        return None
+
+
+__all__ = ["NullPlcLink", "PlcErrorKind", "PlcHealth", "PlcLink", "PlcLinkLike"]
