@@ -1,0 +1,188 @@
+"""Decision stage: EngineOutput + the bundle's thresholds -> Decision (accept / reject / recheck).
+
+Data flow: engines -> ``EngineOutput`` -> :func:`decide` -> ``Decision`` -> PLC writer, publisher,
+metrics, decision log. Pure functions: no clock (the caller passes ``t_decided_ns`` from
+``time.monotonic_ns()``), no I/O, no config files. Everything the audit needs travels in the
+``Decision``: bundle id, score, class, confidence and machine-readable reasons.
+
+Rules (thresholds come from the bundle's calibration, never from here):
+
+* score < lower -> ACCEPT; score >= upper -> REJECT; in between -> RECHECK (the uncertainty band).
+* With a classifier and a REJECT / RECHECK: the arg-max class is reported; when its probability is
+  below that class's ``min_confidence`` the defect is ``"unknown"`` (the verdict stays as it is,
+  reason ``unknown_defect``) so a person labels it and the next model learns it.
+* A frame that cannot be judged (unreadable, wrong size, engine error, NaN score, missed
+  deadline, no bundle) gets :func:`failsafe`: ``Verdict.FAILSAFE`` with ``failsafe=True`` and the
+  reason. The PLC link maps that code to what the line wants (``PlcConfig.failsafe_verdict``,
+  default reject), so an unjudged part is never silently accepted.
+
+``reasons[0]`` is always a token from a fixed set (usable as a metric label); later entries are
+human-readable details. Must never: accept a part whose score is not a finite number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from lineguard.bundle import Manifest
+from lineguard.contracts import Decision, EngineOutput, Frame, Verdict
+from lineguard.errors import ImageError
+
+UNKNOWN_CLASS = "unknown"
+
+# reasons[0] tokens of a judged frame
+BELOW_LOWER = "below_lower"
+IN_BAND = "in_uncertainty_band"
+AT_OR_ABOVE_UPPER = "at_or_above_upper"
+UNKNOWN_DEFECT = "unknown_defect"
+# reasons[0] tokens of a fail-safe frame (the same names as lineguard.metrics.FAILSAFE_REASONS)
+FAILSAFE_REASONS = ("deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionPolicy:
+    """What the decision needs from the active bundle; build with :meth:`from_manifest`."""
+
+    bundle_id: str
+    lower: float
+    upper: float
+    classes: tuple[str, ...] = ()
+    min_confidence: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper)) or self.lower > self.upper:
+            raise ValueError(f"thresholds must be finite with lower <= upper, got {self.lower}, {self.upper}")
+        missing = [c for c in self.classes if c not in self.min_confidence]
+        if missing:
+            raise ValueError(f"classes without min_confidence: {missing}")
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> DecisionPolicy:
+        clf = manifest.classifier
+        return cls(
+            bundle_id=manifest.bundle_id,
+            lower=manifest.thresholds.lower,
+            upper=manifest.thresholds.upper,
+            classes=tuple(clf.classes) if clf else (),
+            min_confidence=dict(clf.min_confidence) if clf else {},
+        )
+
+
+def verdict_for_score(score: float, lower: float, upper: float) -> Verdict:
+    """ACCEPT below ``lower``, REJECT at or above ``upper``, RECHECK in between.
+
+    Raises ``ValueError`` for a non-finite score: NaN compares false with everything and would
+    otherwise fall through to a verdict nobody chose.
+    """
+    if not math.isfinite(score):
+        raise ValueError(f"anomaly score {score} is not a finite number")
+    if score < lower:
+        return Verdict.ACCEPT
+    if score >= upper:
+        return Verdict.REJECT
+    return Verdict.RECHECK
+
+
+def _score_reason(verdict: Verdict, score: float, policy: DecisionPolicy) -> tuple[str, str]:
+    if verdict is Verdict.ACCEPT:
+        return BELOW_LOWER, f"score {score:.6g} < lower {policy.lower:.6g}"
+    if verdict is Verdict.REJECT:
+        return AT_OR_ABOVE_UPPER, f"score {score:.6g} >= upper {policy.upper:.6g}"
+    return IN_BAND, f"score {score:.6g} in [{policy.lower:.6g}, {policy.upper:.6g})"
+
+
+def classify(
+    probs: npt.NDArray[np.float32] | None, policy: DecisionPolicy
+) -> tuple[str, float, tuple[str, ...]]:
+    """(defect class, its probability, reasons) from the classifier output; pure.
+
+    No classifier in the bundle -> ("", nan, ()). Probabilities that do not match the class list
+    or are not finite -> "unknown" with a reason, never a guessed class.
+    """
+    if not policy.classes:
+        return "", float("nan"), ()
+    if probs is None:
+        return UNKNOWN_CLASS, float("nan"), (UNKNOWN_DEFECT, "classifier produced no probabilities")
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if p.size != len(policy.classes) or not np.all(np.isfinite(p)):
+        return UNKNOWN_CLASS, float("nan"), (UNKNOWN_DEFECT, f"invalid class probabilities {p.tolist()}")
+    best = int(np.argmax(p))
+    name, conf = policy.classes[best], float(p[best])
+    floor = policy.min_confidence[name]
+    if conf < floor:
+        return UNKNOWN_CLASS, conf, (UNKNOWN_DEFECT, f"best class {name} p={conf:.3f} < min_confidence {floor:.3f}")
+    return name, conf, (f"class {name} p={conf:.3f}",)
+
+
+def decide(output: EngineOutput, policy: DecisionPolicy, *, frame: Frame, t_decided_ns: int) -> Decision:
+    """Judge one frame. A non-finite score yields the fail-safe decision, never a verdict."""
+    score = float(output.anomaly_score)
+    try:
+        verdict = verdict_for_score(score, policy.lower, policy.upper)
+    except ValueError as exc:
+        return failsafe(frame, bundle_id=policy.bundle_id, reason="engine_error", detail=str(exc),
+                        t_decided_ns=t_decided_ns, timings_ms=output.timings_ms)
+    reasons: tuple[str, ...] = _score_reason(verdict, score, policy)
+    defect_class, confidence = "", float("nan")
+    if verdict is not Verdict.ACCEPT:
+        defect_class, confidence, class_reasons = classify(output.class_probs, policy)
+        # unknown_defect goes first: it is the actionable token (label this image)
+        unknown = defect_class == UNKNOWN_CLASS
+        reasons = (*class_reasons, *reasons) if unknown else (*reasons, *class_reasons)
+    return Decision(
+        seq=frame.seq, part_id=frame.part_id, verdict=verdict, anomaly_score=score,
+        bundle_id=policy.bundle_id, camera_id=frame.camera_id, t_capture_ns=frame.t_capture_ns,
+        t_decided_ns=t_decided_ns, defect_class=defect_class, class_confidence=confidence,
+        reasons=reasons, failsafe=False, timings_ms=dict(output.timings_ms),
+    )
+
+
+def failsafe(
+    frame: Frame,
+    *,
+    bundle_id: str,
+    reason: str,
+    detail: str,
+    t_decided_ns: int,
+    timings_ms: Mapping[str, float] | None = None,
+) -> Decision:
+    """The decision for a frame that could not be judged: ``Verdict.FAILSAFE``, ``failsafe=True``.
+
+    ``reason`` is one of :data:`FAILSAFE_REASONS`; the PLC link turns the FAILSAFE code into the
+    line's configured verdict (default reject).
+    """
+    if reason not in FAILSAFE_REASONS:
+        raise ValueError(f"unknown fail-safe reason {reason!r}; use one of {FAILSAFE_REASONS}")
+    return Decision(
+        seq=frame.seq, part_id=frame.part_id, verdict=Verdict.FAILSAFE, anomaly_score=float("nan"),
+        bundle_id=bundle_id, camera_id=frame.camera_id, t_capture_ns=frame.t_capture_ns,
+        t_decided_ns=t_decided_ns, reasons=(reason, detail), failsafe=True,
+        timings_ms=dict(timings_ms or {}),
+    )
+
+
+def failsafe_reason(exc: BaseException) -> str:
+    """The fail-safe reason token for an exception raised while judging a frame.
+
+    An :class:`ImageError` (undecodable, wrong pixel format or size) is ``corrupt_frame``; anything
+    else, :class:`EngineError` included, is ``engine_error``. Callers that know more (a missed
+    deadline, no active bundle) pass their own reason to :func:`failsafe`.
+    """
+    return "corrupt_frame" if isinstance(exc, ImageError) else "engine_error"
+
+
+def is_uncertain(decision: Decision) -> bool:
+    """True when a person should see this frame: RECHECK, an unknown defect, or a fail-safe.
+
+    These frames go to the collection sink for labelling; confident accepts and rejects do not.
+    """
+    return (
+        decision.verdict in (Verdict.RECHECK, Verdict.FAILSAFE)
+        or decision.failsafe
+        or decision.defect_class == UNKNOWN_CLASS
+    )
