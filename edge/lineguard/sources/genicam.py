@@ -32,7 +32,7 @@ from lineguard.errors import ImageError, SourceError
 from lineguard.sources import pixels
 from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
 from lineguard.sources.config import GenICamSourceConfig
-from lineguard.sources.genicam_nodes import configure_device
+from lineguard.sources.genicam_nodes import configure_device, describe_node_map
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,19 @@ def open_harvester(cti_path: str | Path) -> Iterator[Any]:
         yield harvester
     finally:
         _reset_quietly(harvester)
+
+
+def describe_features(cti_path: str | Path, index: int) -> dict[str, str]:
+    """Open device ``index`` briefly and report what each config setting can be on it."""
+    with open_harvester(cti_path) as harvester:
+        try:
+            ia = harvester.create(index)
+        except _OPEN_ERRORS as exc:
+            return {"error": f"cannot open (in use by another program?): {exc}"}
+        try:
+            return describe_node_map(ia.remote_device.node_map)
+        finally:
+            _destroy_quietly(ia)
 
 
 def _load_producer(cti_path: str | Path) -> Any:

@@ -122,3 +122,39 @@ def _configure_trigger(node_map: Any, cfg: GenICamSourceConfig) -> None:
     else:
         _set(node_map, cfg.trigger_line, "TriggerSource", why=why)
         _set(node_map, cfg.trigger_activation, "TriggerActivation", why=why)
+
+
+# Features ``lineguard cameras --features`` reports: config field -> SFNC node names tried.
+_DESCRIBED: dict[str, tuple[str, ...]] = {
+    "pixel_format": ("PixelFormat",),
+    "width": ("Width",),
+    "height": ("Height",),
+    "offset_x": ("OffsetX",),
+    "offset_y": ("OffsetY",),
+    "exposure_us": ("ExposureTime", "ExposureTimeAbs"),
+    "gain_db": ("Gain",),
+    "frame_rate_hz": ("AcquisitionFrameRate", "AcquisitionFrameRateAbs"),
+    "trigger (TriggerMode)": ("TriggerMode",),
+    "trigger_line (TriggerSource)": ("TriggerSource",),
+}
+
+
+def describe_node_map(node_map: Any) -> dict[str, str]:
+    """What each config setting can be on this camera ("not available" where it has no node)."""
+    out: dict[str, str] = {}
+    for key, names in _DESCRIBED.items():
+        name = next((n for n in names if node_map.has_node(n)), None)
+        if name is None:
+            out[key] = "not available"
+            continue
+        node = node_map.get_node(name)
+        try:
+            current = node.value
+        except (GenApiError, AttributeError):
+            current = "?"
+        hint = _range_hint(node).rstrip("; ")
+        if key == "pixel_format":
+            usable = [s for s in node.symbolics if s in pixels.PIXEL_FORMATS]
+            hint = f"camera offers {list(node.symbolics)}, LineGuard converts {usable}"
+        out[key] = f"{current} ({hint})" if hint else str(current)
+    return out
