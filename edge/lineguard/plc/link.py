@@ -55,6 +55,7 @@ class PlcHealth:
     connected: bool
     t_lost_ns: int | None  # monotonic time the current outage was detected, None when connected
     reconnects: int
+    inbox: int  # expect/submit calls not yet taken by the writer
     queued_results: int
     pending_deadlines: int
     last_seq: int
@@ -88,6 +89,7 @@ class PlcLink:
         self._cv = threading.Condition()
         self._inbox: collections.deque[tuple[str, object, int]] = collections.deque()
         self._stopping = False
+        self._stop_by_ns = 0
         self._thread: threading.Thread | None = None
         # shared with service threads (guarded by _cv)
         self._status: dict[str, bool] = dict.fromkeys(STATUS_BITS, False)
@@ -127,9 +129,11 @@ class PlcLink:
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop the writer; tells the PLC ``ready=0`` on the way out when the link is up."""
+        """Stop the writer: parts still waiting for a verdict get the fail-safe, queued results are
+        flushed for up to half of ``timeout_s``, then the PLC is told ``ready=0``."""
         with self._cv:
             self._stopping = True
+            self._stop_by_ns = self._clock() + int(timeout_s * 500_000_000)
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -179,8 +183,11 @@ class PlcLink:
             return self._triggers.popleft() if self._triggers else None
 
     def health(self) -> PlcHealth:
+        with self._cv:
+            inbox = len(self._inbox)
         return PlcHealth(connected=self._t.connected, t_lost_ns=self._t_lost_ns, reconnects=self._reconnects,
-                         queued_results=self._book.queued, pending_deadlines=self._book.pending_deadlines,
+                         inbox=inbox, queued_results=self._book.queued,
+                         pending_deadlines=self._book.pending_deadlines,
                          last_seq=self._book.last_seq)
 
     @property
@@ -205,14 +212,16 @@ class PlcLink:
         self._apply_nice()
         while True:
             with self._cv:
-                if self._stopping:
-                    break
+                stopping = self._stopping
                 items = list(self._inbox)
                 self._inbox.clear()
             now = self._clock()
             for kind, payload, t_ns in items:
                 self._handle(kind, payload, t_ns, now)
-            self._on_events(self._book.expire(self._clock()))
+            # on stop nobody will decide the pending parts any more: they get the fail-safe now
+            self._on_events(self._book.expire(self._clock() if not stopping else 2**62))
+            if stopping and (self._book.queued == 0 or self._clock() >= self._stop_by_ns):
+                break
             if not self._t.connected:
                 self._maybe_connect()
             if self._t.connected:
@@ -425,7 +434,10 @@ class PlcLink:
             wakes.append(self._next_connect)
         nxt = min(w for w in wakes if w is not None)
         with self._cv:
-            if self._inbox or self._stopping or (self._status_dirty and self._t.connected):
+            if self._inbox or (self._status_dirty and self._t.connected):
+                return
+            if self._stopping:
+                self._cv.wait(0.001)  # flushing: keep polling for acks
                 return
             timeout = (nxt - self._clock()) / 1e9
             if timeout > 0:

@@ -85,12 +85,14 @@ class PlcSimulator:
         self._trigger_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def start(self) -> PlcSimulator:
+    def start(self, *, listen: bool = True) -> PlcSimulator:
+        """Start the loop; ``listen=False`` keeps the PLC "absent" until ``online()``."""
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="plc-sim", daemon=True)
         self._thread.start()
         ready.wait(5)
-        self.online()
+        if listen:
+            self.online()
         return self
 
     def stop(self) -> None:

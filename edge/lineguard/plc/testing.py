@@ -1,0 +1,79 @@
+"""Helpers shared by the PLC tests, the benchmark and the demo: drive a link like the service
+does and audit the "exactly one verdict per part" contract against a simulator's records.
+
+Not used by the service itself; never imported on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from lineguard.contracts import Decision, Verdict
+from lineguard.plc.link import PlcLink
+from lineguard.plc.sim import PlcSimulator
+
+
+def decision(part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 0.25, defect: str = "") -> Decision:
+    """A Decision as the decision stage would produce it (times are monotonic ns)."""
+    now = time.monotonic_ns()
+    return Decision(seq=part_id, part_id=part_id, verdict=verdict, anomaly_score=score, bundle_id="test",
+                    camera_id="cam0", t_capture_ns=now, t_decided_ns=now, defect_class=defect)
+
+
+def feed(link: PlcLink, part_ids: Iterable[int], *, skip: Iterable[int] = (), period_s: float = 0.0) -> None:
+    """expect() then submit() each part (except ``skip``: those must hit their deadline)."""
+    skipped = set(skip)
+    for pid in part_ids:
+        link.expect(pid, time.monotonic_ns())
+        if pid not in skipped:
+            link.submit(decision(pid, Verdict.REJECT if pid % 3 == 0 else Verdict.ACCEPT))
+        if period_s:
+            time.sleep(period_s)
+
+
+def settle(link: PlcLink, timeout_s: float) -> bool:
+    """Wait until no deadline is pending and no result is queued (all written and acked)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        h = link.health()
+        if h.inbox == 0 and h.pending_deadlines == 0 and h.queued_results == 0:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Audit:
+    """Each part either reached the PLC with exactly one (seq, verdict) or is a counted fail-safe."""
+
+    parts: int
+    written: int
+    counted_unwritten: int  # overflow + PLC-refused results
+    multiple: tuple[int, ...]  # parts that received more than one distinct (seq, verdict): a defect
+    strangers: tuple[int, ...]  # part ids the PLC received that were never fed: a defect
+
+    @property
+    def ok(self) -> bool:
+        return not self.multiple and not self.strangers and self.written + self.counted_unwritten == self.parts
+
+
+def audit(sim: PlcSimulator, registry: CollectorRegistry, part_ids: Iterable[int]) -> Audit:
+    parts = set(part_ids)
+    got = sim.verdicts_by_part()
+    counted = sample(registry, "lineguard_plc_failsafe_verdicts_total", reason="overflow") + sample(
+        registry, "lineguard_plc_failsafe_verdicts_total", reason="plc_rejected")
+    return Audit(
+        parts=len(parts),
+        written=len(set(got) & parts),
+        counted_unwritten=int(counted),
+        multiple=tuple(sorted(p for p, v in got.items() if len(v) > 1)),
+        strangers=tuple(sorted(set(got) - parts)),
+    )

@@ -1,0 +1,135 @@
+"""ResultBook: deadlines, fail-safe, late/duplicate verdicts, buffer overflow, both handshakes."""
+
+from __future__ import annotations
+
+from lineguard.contracts import Decision, Verdict
+from lineguard.plc.book import Outcome, ResultBook
+from lineguard.plc.regmap import FLAG_DEADLINE_FAILSAFE, FLAG_DECISION_FAILSAFE
+
+MS = 1_000_000
+
+
+def _book(*, ack: bool = True, capacity: int = 8) -> ResultBook:
+    return ResultBook(deadline_ns=100 * MS, failsafe_verdict=Verdict.REJECT, capacity=capacity, acknowledged=ack,
+                      class_codes={"scratch": 1, "dent": 2})
+
+
+def _dec(part_id: int, verdict: Verdict = Verdict.ACCEPT, defect: str = "", failsafe: bool = False) -> Decision:
+    return Decision(seq=part_id, part_id=part_id, verdict=verdict, anomaly_score=0.3, bundle_id="b",
+                    camera_id="c", t_capture_ns=0, t_decided_ns=0, defect_class=defect, failsafe=failsafe)
+
+
+def _drain(book: ResultBook) -> list[tuple[int, int, int]]:
+    """Write + ack everything queued; returns (part_id, verdict, flags) in wire order."""
+    out = []
+    while (r := book.to_write()) is not None:
+        out.append((r.part_id, r.verdict, r.flags))
+        book.mark_written(r.seq)
+        book.ack(r.seq)
+    return out
+
+
+def test_verdict_before_deadline_is_written_once() -> None:
+    b = _book()
+    b.expect(1, 0)
+    assert [e.outcome for e in b.submit(_dec(1, Verdict.REJECT, "dent"), 50 * MS, 50 * MS)] == [Outcome.QUEUED]
+    assert b.expire(10_000 * MS) == []  # answered parts never fire
+    r = b.to_write()
+    assert r is not None and (r.verdict, r.defect_code, r.flags) == (2, 2, 0)
+    assert _drain(b) == [(1, 2, 0)]
+
+
+def test_deadline_fires_failsafe_and_late_verdict_is_not_written() -> None:
+    b = _book()
+    b.expect(1, 0)
+    assert b.next_deadline_ns() == 100 * MS
+    assert b.expire(99 * MS) == []
+    [ev] = b.expire(100 * MS)
+    assert ev.outcome is Outcome.FAILSAFE_QUEUED
+    assert [e.outcome for e in b.submit(_dec(1), 150 * MS, 150 * MS)] == [Outcome.LATE]
+    assert _drain(b) == [(1, int(Verdict.REJECT), FLAG_DEADLINE_FAILSAFE)]
+    assert b.next_deadline_ns() is None
+
+
+def test_submit_timestamp_decides_not_processing_time() -> None:
+    b = _book()
+    b.expect(1, 0)
+    b.expect(2, 0)
+    # submitted in time, processed by a lagging writer after the deadline: the real verdict wins
+    assert b.submit(_dec(1), 99 * MS, 300 * MS)[0].outcome is Outcome.QUEUED
+    # submitted after the deadline but before the writer ran expire(): fail-safe wins, verdict is late
+    assert [e.outcome for e in b.submit(_dec(2), 101 * MS, 300 * MS)] == [Outcome.FAILSAFE_QUEUED, Outcome.LATE]
+    assert b.expire(300 * MS) == []
+    assert _drain(b) == [(1, 1, 0), (2, 2, FLAG_DEADLINE_FAILSAFE)]
+
+
+def test_duplicate_verdicts_and_duplicate_expects_are_ignored() -> None:
+    b = _book()
+    b.expect(1, 0)
+    b.expect(1, 50 * MS)  # the service and the trigger poller both announce the part
+    b.submit(_dec(1), 10 * MS, 10 * MS)
+    assert b.submit(_dec(1, Verdict.REJECT), 20 * MS, 20 * MS)[0].outcome is Outcome.DUPLICATE
+    b.expect(1, 30 * MS)  # an answered part is not re-armed
+    assert b.expire(10_000 * MS) == []
+    assert _drain(b) == [(1, 1, 0)]
+
+
+def test_unexpected_parts_are_written_without_deadline() -> None:
+    b = _book()
+    b.submit(_dec(5, Verdict.RECHECK, "mystery"), 0, 0)
+    r = b.to_write()
+    assert r is not None and (r.verdict, r.defect_code) == (3, 255)  # unknown class code
+
+
+def test_decision_failsafe_flag() -> None:
+    b = _book()
+    b.submit(_dec(5, Verdict.FAILSAFE, failsafe=True), 0, 0)
+    assert _drain(b) == [(5, 4, FLAG_DECISION_FAILSAFE)]
+
+
+def test_ack_mode_waits_for_the_matching_ack() -> None:
+    b = _book()
+    for pid in (1, 2):
+        b.submit(_dec(pid), 0, 0)
+    r1 = b.to_write()
+    assert r1 is not None
+    b.mark_written(r1.seq)
+    assert b.to_write() is None and b.awaiting_ack
+    assert not b.ack(r1.seq - 1)  # a stale ack does not advance
+    b.connection_lost()
+    r1_again = b.to_write()
+    assert r1_again is not None and r1_again.seq == r1.seq  # re-written with the same seq
+    b.mark_written(r1.seq)
+    assert b.ack(r1.seq)
+    r2 = b.to_write()
+    assert r2 is not None and r2.part_id == 2 and r2.seq == r1.seq + 1
+
+
+def test_overflow_when_plc_stops_acking() -> None:
+    b = _book(capacity=3)
+    outcomes = []
+    for pid in range(1, 6):
+        b.expect(pid, 0)
+        outcomes += [e.outcome for e in b.submit(_dec(pid), 1, 1)]
+    assert outcomes == [Outcome.QUEUED] * 3 + [Outcome.OVERFLOW] * 2
+    assert b.expire(10_000 * MS) == []  # overflowed parts are answered (counted), no second fail-safe
+    assert [p for p, _, _ in _drain(b)] == [1, 2, 3]
+
+
+def test_fire_and_forget_does_not_wait() -> None:
+    b = _book(ack=False, capacity=2)
+    for pid in (1, 2):
+        b.submit(_dec(pid), 0, 0)
+    seqs = []
+    while (r := b.to_write()) is not None:
+        seqs.append(r.seq)
+        b.mark_written(r.seq)
+    assert seqs == [1, 2] and b.queued == 0
+
+
+def test_numbering_continues_after_the_plc_value() -> None:
+    b = _book()
+    b.set_start_seq(65535)
+    b.submit(_dec(1), 0, 0)
+    r = b.to_write()
+    assert r is not None and r.seq == 1
