@@ -1,9 +1,10 @@
 """Decision stage: EngineOutput + the bundle's thresholds -> Decision (accept / reject / recheck).
 
 Data flow: engines -> ``EngineOutput`` -> :func:`decide` -> ``Decision`` -> PLC writer, publisher,
-metrics, decision log. Pure functions: no clock (the caller passes ``t_decided_ns`` from
-``time.monotonic_ns()``), no I/O, no config files. Everything the audit needs travels in the
-``Decision``: bundle id, score, class, confidence and machine-readable reasons.
+metrics, decision log. Pure: no I/O, no config files, and no clock except when a fail-safe is
+issued without a time (callers normally pass ``t_decided_ns`` from ``time.monotonic_ns()``).
+Everything the audit needs travels in the ``Decision``: bundle id, score, class, confidence and
+reasons.
 
 Rules (thresholds come from the bundle's calibration, never from here):
 
@@ -12,17 +13,20 @@ Rules (thresholds come from the bundle's calibration, never from here):
   below that class's ``min_confidence`` the defect is ``"unknown"`` (the verdict stays as it is,
   reason ``unknown_defect``) so a person labels it and the next model learns it.
 * A frame that cannot be judged (unreadable, wrong size, engine error, NaN score, missed
-  deadline, no bundle) gets :func:`failsafe`: ``Verdict.FAILSAFE`` with ``failsafe=True`` and the
-  reason. The PLC link maps that code to what the line wants (``PlcConfig.failsafe_verdict``,
+  deadline, no bundle) gets :func:`failsafe_decision`: ``Verdict.FAILSAFE``, ``failsafe=True``
+  and the reason. The PLC link maps that code to what the line wants (``PlcConfig.failsafe_verdict``,
   default reject), so an unjudged part is never silently accepted.
 
-``reasons[0]`` is always a token from a fixed set (usable as a metric label); later entries are
-human-readable details. Must never: accept a part whose score is not a finite number.
+``reasons[0]`` is always a short token (usable as a metric label: ``below_lower``,
+``in_uncertainty_band``, ``at_or_above_upper``, ``unknown_defect`` or a fail-safe reason); later
+entries are human-readable details. Must never: accept a part whose score is not a finite number.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -42,6 +46,7 @@ AT_OR_ABOVE_UPPER = "at_or_above_upper"
 UNKNOWN_DEFECT = "unknown_defect"
 # reasons[0] tokens of a fail-safe frame (the same names as lineguard.metrics.FAILSAFE_REASONS)
 FAILSAFE_REASONS = ("deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle")
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,14 +124,22 @@ def classify(
     return name, conf, (f"class {name} p={conf:.3f}",)
 
 
-def decide(output: EngineOutput, policy: DecisionPolicy, *, frame: Frame, t_decided_ns: int) -> Decision:
-    """Judge one frame. A non-finite score yields the fail-safe decision, never a verdict."""
+def decide(
+    output: EngineOutput, frame: Frame, policy: DecisionPolicy | Manifest, *, t_decided_ns: int
+) -> Decision:
+    """Judge one frame. A non-finite score yields the fail-safe decision, never a verdict.
+
+    ``policy`` may be the active bundle's manifest (converted per call, a few microseconds) or a
+    :class:`DecisionPolicy` built once at bundle load.
+    """
+    if isinstance(policy, Manifest):
+        policy = DecisionPolicy.from_manifest(policy)
     score = float(output.anomaly_score)
     try:
         verdict = verdict_for_score(score, policy.lower, policy.upper)
     except ValueError as exc:
-        return failsafe(frame, bundle_id=policy.bundle_id, reason="engine_error", detail=str(exc),
-                        t_decided_ns=t_decided_ns, timings_ms=output.timings_ms)
+        return failsafe_decision(frame, policy.bundle_id, "engine_error", str(exc),
+                                 t_decided_ns=t_decided_ns, timings_ms=output.timings_ms)
     reasons: tuple[str, ...] = _score_reason(verdict, score, policy)
     defect_class, confidence = "", float("nan")
     if verdict is not Verdict.ACCEPT:
@@ -142,27 +155,30 @@ def decide(output: EngineOutput, policy: DecisionPolicy, *, frame: Frame, t_deci
     )
 
 
-def failsafe(
+def failsafe_decision(
     frame: Frame,
-    *,
     bundle_id: str,
     reason: str,
-    detail: str,
-    t_decided_ns: int,
+    detail: str = "",
+    *,
+    t_decided_ns: int | None = None,
     timings_ms: Mapping[str, float] | None = None,
 ) -> Decision:
     """The decision for a frame that could not be judged: ``Verdict.FAILSAFE``, ``failsafe=True``.
 
-    ``reason`` is one of :data:`FAILSAFE_REASONS`; the PLC link turns the FAILSAFE code into the
-    line's configured verdict (default reject).
+    ``reason`` is a short token (``reasons[0]``, used as a metric label), preferably one of
+    :data:`FAILSAFE_REASONS`; the service may add its own (``queue_full``, ``shutdown``).
+    ``t_decided_ns`` defaults to ``time.monotonic_ns()`` now: a fail-safe is decided the moment
+    it is issued. The PLC link turns the FAILSAFE code into the line's configured verdict
+    (``PlcConfig.failsafe_verdict``, default reject).
     """
-    if reason not in FAILSAFE_REASONS:
-        raise ValueError(f"unknown fail-safe reason {reason!r}; use one of {FAILSAFE_REASONS}")
+    if not _TOKEN.fullmatch(reason):
+        raise ValueError(f"fail-safe reason must be a short lowercase token, got {reason!r}")
     return Decision(
         seq=frame.seq, part_id=frame.part_id, verdict=Verdict.FAILSAFE, anomaly_score=float("nan"),
         bundle_id=bundle_id, camera_id=frame.camera_id, t_capture_ns=frame.t_capture_ns,
-        t_decided_ns=t_decided_ns, reasons=(reason, detail), failsafe=True,
-        timings_ms=dict(timings_ms or {}),
+        t_decided_ns=time.monotonic_ns() if t_decided_ns is None else t_decided_ns,
+        reasons=(reason, detail) if detail else (reason,), failsafe=True, timings_ms=dict(timings_ms or {}),
     )
 
 
@@ -171,7 +187,7 @@ def failsafe_reason(exc: BaseException) -> str:
 
     An :class:`ImageError` (undecodable, wrong pixel format or size) is ``corrupt_frame``; anything
     else, :class:`EngineError` included, is ``engine_error``. Callers that know more (a missed
-    deadline, no active bundle) pass their own reason to :func:`failsafe`.
+    deadline, no active bundle) pass their own reason to :func:`failsafe_decision`.
     """
     return "corrupt_frame" if isinstance(exc, ImageError) else "engine_error"
 
