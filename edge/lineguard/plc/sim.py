@@ -160,8 +160,11 @@ class PlcSimulator:
 
     # ---- behaviour knobs ---------------------------------------------------------------------
     def set_acking(self, on: bool) -> None:
+        """Stop / resume acknowledging; on resume the result on display is acked at once."""
         with self._lock:
             self._ack = on
+            if on and self._results:
+                self._inputs["result_ack"] = self._results[-1].seq
 
     def set_ack_delay_ms(self, ms: float) -> None:
         with self._lock:
