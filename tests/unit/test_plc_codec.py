@@ -126,3 +126,7 @@ def test_config_rejects_unknown_keys_and_bad_bounds() -> None:
         PlcConfig.model_validate({"reconnect_backoff_initial_ms": 500, "reconnect_backoff_max_ms": 100})
     cfg = PlcConfig.model_validate({"transport": {"type": "rtu", "device": "/dev/ttyUSB0"}})
     assert cfg.transport.type == "rtu"
+
+
+def test_contiguous_runs() -> None:
+    assert contiguous_runs({5: 1, 3: 9, 4: 8, 10: 2}) == [(3, [9, 8, 1]), (10, [2])]
