@@ -66,7 +66,7 @@ def test_decoding_mono_colour_16_bit_and_unreadable(folder: Path) -> None:
     assert colour.shape == (6, 8, 3) and tuple(colour[0, 0]) == (200, 0, 0)  # RGB order
     assert deep.dtype == np.uint16 and deep[0, 0] == 4000  # 16-bit kept, not scaled
     assert stats.frames == 3 and stats.unreadable == 1
-    (bad_path, reason), = src.stats.unreadable_paths
+    ((bad_path, reason),) = src.stats.unreadable_paths
     assert bad_path.endswith("bad.png") and "decode" in reason
     assert [f.seq for f in frames] == [0, 1, 2] and [f.part_id for f in frames] == [1, 2, 3]
 
@@ -93,8 +93,9 @@ def test_loop_repeats_and_skips_bad_files_every_pass(folder: Path) -> None:
 
 def test_loop_over_only_bad_files_raises_instead_of_spinning(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    with ReplaySource(camera_id="c", files=[tmp_path / "bad.png"], loop=True) as src, pytest.raises(
-        SourceError, match="none of the 1 files decodes"
+    with (
+        ReplaySource(camera_id="c", files=[tmp_path / "bad.png"], loop=True) as src,
+        pytest.raises(SourceError, match="none of the 1 files decodes"),
     ):
         src.read(1.0)
 

@@ -92,9 +92,7 @@ class GenICamSourceConfig(BaseModel):
     exposure_us: float | None = Field(
         default=None, gt=0.0, le=10_000_000.0, description="Exposure time in µs; turns auto exposure off."
     )
-    gain_db: float | None = Field(
-        default=None, ge=0.0, le=48.0, description="Analog gain in dB; turns auto gain off."
-    )
+    gain_db: float | None = Field(default=None, ge=0.0, le=48.0, description="Analog gain in dB; turns auto gain off.")
     frame_rate_hz: float | None = Field(
         default=None, gt=0.0, le=10_000.0, description="Free-run frame rate limit; None keeps the camera's."
     )

@@ -136,11 +136,7 @@ def _reset_quietly(harvester: Any) -> None:
 
 def select_device(devices: list[DeviceDescription], *, serial: str | None, model: str | None) -> int:
     """Index of the device matching serial and/or model (first device when neither is given)."""
-    matches = [
-        d
-        for d in devices
-        if (serial is None or d.serial == serial) and (model is None or d.model == model)
-    ]
+    matches = [d for d in devices if (serial is None or d.serial == serial) and (model is None or d.model == model)]
     seen = ", ".join(f"{d.vendor} {d.model} serial {d.serial}" for d in devices) or "none"
     if not matches:
         raise SourceError(f"no camera with serial={serial!r} model={model!r}; the producer sees: {seen}")

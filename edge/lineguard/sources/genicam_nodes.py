@@ -78,8 +78,7 @@ def configure_device(node_map: Any, cfg: GenICamSourceConfig) -> tuple[str, int,
         _set(node_map, float(cfg.gain_db), "Gain", why="gain_db")
     if cfg.frame_rate_hz is not None:
         _set_if_present(node_map, "AcquisitionFrameRateEnable", True)
-        _set(node_map, float(cfg.frame_rate_hz), "AcquisitionFrameRate", "AcquisitionFrameRateAbs",
-             why="frame_rate_hz")
+        _set(node_map, float(cfg.frame_rate_hz), "AcquisitionFrameRate", "AcquisitionFrameRateAbs", why="frame_rate_hz")
     _configure_trigger(node_map, cfg)
     pixel_format = str(_node(node_map, "PixelFormat", why="reading the pixel format").value)
     pixels.layout(pixel_format)  # fails loudly here, not at the first frame
