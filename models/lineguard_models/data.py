@@ -225,15 +225,17 @@ def _pixel_format(root: Path, scan: _Scan, warnings: list[str]) -> tuple[Literal
     return (3 if colour else 1), dtypes.most_common(1)[0][0], False
 
 
-def scan_dataset(root: str | Path, *, allow_unreadable: bool = False) -> Dataset:
+def scan_dataset(root: str | Path, *, allow_unreadable: bool = False, require_good: bool = True) -> Dataset:
     """Discover, decode and validate every image under ``root``.
 
     Raises :class:`DatasetError` when there is no good folder, no good image, mixed pixel formats,
     or (unless ``allow_unreadable``) any unreadable or empty file, listing every such path.
+    ``require_good=False`` (re-calibration with new defect images only) accepts a dataset without
+    good images.
     """
     root = Path(root)
     folders = _discover(root)
-    if not any(label == GOOD for _, label, _ in folders):
+    if require_good and not any(label == GOOD for _, label, _ in folders):
         found = sorted({f"{s}/{label}" if s else label for s, label, _ in folders})
         raise DatasetError(f"{root}: no '{GOOD}' folder (found {found or 'no class folders'}); see docs/training.md")
     warnings: list[str] = []
@@ -248,8 +250,10 @@ def scan_dataset(root: str | Path, *, allow_unreadable: bool = False) -> Dataset
         log.warning("skipping %d unreadable image files: %s", len(scan.bad), listing)
         warnings.append(f"{len(scan.bad)} unreadable files skipped: {listing}")
     good = [s for s in scan.samples if s.label == GOOD]
-    if not good:
+    if require_good and not good:
         raise DatasetError(f"{root}: no readable good images")
+    if not scan.samples:
+        raise DatasetError(f"{root}: no readable images")
     channels, dtype, mono_from_rgb = _pixel_format(root, scan, warnings)
     sizes = tuple(sorted({f[3] for f in scan.formats.values()}))
     if len(sizes) > 1:

@@ -1,0 +1,50 @@
+"""``lineguard calibrate``: new thresholds for an existing bundle from new images, no retraining.
+
+Thin CLI over :func:`lineguard_models.pipeline.recalibrate`. Scores with the bundle's own ONNX
+graph; the previous calibration scores are kept and the new images added. See docs/calibration.md.
+
+Must never: retrain, or modify the bundle in place other than by an atomic replacement.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lineguard.bundle import read_manifest
+from lineguard.errors import ConfigError
+from lineguard_models.calibration import CalibrationPolicy
+from lineguard_models.commands.train import add_policy_arguments, policy_updates
+from lineguard_models.pipeline import recalibrate
+
+HELP = "re-calibrate a bundle's thresholds with new defect images"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="existing bundle folder")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder with new images (defect class folders, and good/ if any)")
+    p.add_argument("--out", type=Path, default=None, help="new bundle folder (default: replace --bundle atomically)")
+    add_policy_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    updates = policy_updates(args)
+    policy = None
+    if updates:  # start from the bundle's policy, change only what was asked
+        base = {k: v for k, v in read_manifest(args.bundle).thresholds.policy.items() if k != "mode"}
+        try:
+            policy = CalibrationPolicy.model_validate({**base, **updates})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid calibration options: {exc}") from exc
+    bundle = recalibrate(args.bundle, args.data, args.out, policy=policy,
+                         max_defects_per_class=args.max_defects_per_class, allow_unreadable=args.skip_unreadable)
+    m = bundle.manifest
+    for w in m.calibration.get("warnings", []):
+        print(f"WARNING: {w}")
+    out = args.out or args.bundle
+    print(f"bundle {m.bundle_id}: accept < {m.thresholds.lower:.6g}, reject >= {m.thresholds.upper:.6g}; "
+          f"report: {out / 'report' / 'report.md'}")
+    return 0

@@ -1,0 +1,84 @@
+"""``lineguard train``: dataset folder -> calibrated, verified model bundle.
+
+Thin CLI over :func:`lineguard_models.pipeline.train` (argument parsing and config only). See
+docs/training.md for the folder contract and the hold-out, and docs/calibration.md for the policy.
+
+Must never: hold training logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lineguard.errors import ConfigError
+from lineguard_models.calibration import CalibrationPolicy
+from lineguard_models.pipeline import TrainConfig, train
+
+HELP = "train an anomaly bundle from a dataset folder (needs the train extra)"
+
+
+def tiles_arg(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"--tiles wants ROWSxCOLS such as 2x3, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def add_policy_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``lineguard calibrate`` (None = keep the default / the bundle's policy)."""
+    p.add_argument("--escape-target", type=float, default=None,
+                   help="max fraction of each defect class accepted on the calibration images (default 0.02)")
+    p.add_argument("--false-reject-budget", type=float, default=None,
+                   help="max fraction of good parts rejected (default 0.01)")
+    p.add_argument("--band", choices=["recheck", "none"], default=None,
+                   help="'recheck' (default): uncertainty band between the thresholds; 'none': one threshold")
+    p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
+
+
+def policy_updates(args: argparse.Namespace) -> dict[str, object]:
+    pairs = {"escape_target": args.escape_target, "false_reject_budget": args.false_reject_budget,
+             "band": args.band}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (good/, <defect>/, optional train/ test/)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    p.add_argument("--max-good", type=int, default=None, help="most good images used for fitting")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, coreset and sampling")
+    p.add_argument("--input-size", type=int, default=224,
+                   help="engine input long side per tile, px (aspect kept, multiples of 32)")
+    p.add_argument("--product", default="product", help="product name in the bundle")
+    p.add_argument("--recipe", type=int, default=0, help="PLC recipe number this bundle serves")
+    p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles (default 1x1)")
+    p.add_argument("--tile-overlap", type=int, default=0, help="overlap between tiles, image px")
+    p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows after coreset selection")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of good images held out (0.2)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_policy_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = TrainConfig(
+            product=args.product, recipe=args.recipe, seed=args.seed, input_size_px=args.input_size,
+            tile_rows=args.tiles[0], tile_cols=args.tiles[1], tile_overlap_px=args.tile_overlap,
+            bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
+            holdout_fraction=args.holdout_fraction, allow_unreadable=args.skip_unreadable,
+            policy=CalibrationPolicy(**policy_updates(args)),  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid training options: {exc}") from exc
+    bundle = train(args.data, args.out, cfg, overwrite=args.overwrite)
+    m = bundle.manifest
+    for w in m.calibration.get("warnings", []):
+        print(f"WARNING: {w}")
+    print(f"bundle {m.bundle_id}: accept < {m.thresholds.lower:.6g}, reject >= {m.thresholds.upper:.6g}; "
+          f"report: {args.out / 'report' / 'report.md'}")
+    return 0

@@ -1,0 +1,414 @@
+"""Training pipeline: dataset -> anomaly model -> ONNX -> calibration -> golden images -> bundle.
+
+The composition root of the training side (``lineguard train`` and ``lineguard calibrate`` call
+:func:`train` and :func:`recalibrate`). Calibration scores are computed with ONNX Runtime on the
+exported graph through ``lineguard.preprocess.prepare`` -- the exact path the edge runs -- so the
+thresholds fit what the line will see, not what torch computed. The image score is the maximum
+over tiles. Every calibration score is kept in ``report/scores.csv`` inside the bundle so a later
+``lineguard calibrate`` can add new images without retraining.
+
+Must never: calibrate on images the model was trained on, write a bundle anywhere but through
+``lineguard.bundle.write_bundle`` (atomic, hashed), or let a defect image reach fitting.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import platform
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
+from lineguard.errors import BundleError, CalibrationError, DatasetError
+from lineguard.imageio import encode_png
+from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
+from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
+from lineguard_models.data import Dataset, Sample, scan_dataset
+from lineguard_models.report import write_report
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+ONNX_FILE = "anomaly.onnx"
+SCORES_FILE = "report/scores.csv"
+_BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)
+
+
+class TrainConfig(BaseModel):
+    """Parameters of ``lineguard train`` (recorded in the bundle provenance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product: str = Field("product", min_length=1, max_length=64, description="product name in the bundle")
+    recipe: int = Field(0, ge=0, le=65535, description="PLC recipe number this bundle serves")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random choice")
+    input_size_px: int = Field(224, ge=32, le=2048, description="engine input long side (per tile), px")
+    tile_rows: int = Field(1, ge=1, le=16, description="tile rows")
+    tile_cols: int = Field(1, ge=1, le=16, description="tile columns")
+    tile_overlap_px: int = Field(0, ge=0, le=4096, description="tile overlap, image px")
+    bank_size: int = Field(1000, ge=16, le=65536, description="memory bank rows after coreset selection")
+    max_good: int | None = Field(None, ge=1, description="most good images used for fitting (after hold-out)")
+    max_defects_per_class: int | None = Field(None, ge=1, description="most defect images per class to calibrate")
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share of good images held out")
+    min_holdout: int = Field(5, ge=2, le=10_000, description="fewest good images held out for calibration")
+    golden_good: int = Field(2, ge=0, le=20, description="good golden self-test images")
+    golden_defect: int = Field(3, ge=0, le=20, description="defect golden self-test images")
+    batch_size: int = Field(8, ge=1, le=256, description="images per forward pass while fitting")
+    allow_unreadable: bool = Field(False, description="skip unreadable files (listed in the report)")
+    policy: CalibrationPolicy = Field(default_factory=lambda: CalibrationPolicy(), description="thresholds")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scored:
+    """One calibration image and its ONNX Runtime score."""
+
+    rel: str
+    sha256: str
+    label: str
+    score: float
+
+
+def input_size_for(width: int, height: int, tiles: TileSpec, long_side_px: int) -> tuple[int, int]:
+    """(input_width, input_height): the tile's aspect ratio kept, both multiples of 32."""
+    _, _, tw, th = tile_regions(width, height, tiles)[0]
+    long_px = max(32, round(long_side_px / 32) * 32)
+    short_px = max(32, round(long_px * min(tw, th) / max(tw, th) / 32) * 32)
+    return (long_px, short_px) if tw >= th else (short_px, long_px)
+
+
+def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
+    """Full scale of the camera: 255 for 8 bit; for 16-bit containers the smallest common bit depth
+    (10/12/14/16) holding every training pixel, so a 12-bit camera is not scaled as if 16 bit."""
+    if ds.dtype == "uint8":
+        return 255
+    peak = max(int(ds.load(s).max()) for s in samples)
+    return next(v for v in _BIT_DEPTHS if v >= peak)
+
+
+def make_input_spec(ds: Dataset, train: Sequence[Sample], cfg: TrainConfig) -> InputSpec:
+    tiles = TileSpec(rows=cfg.tile_rows, cols=cfg.tile_cols, overlap_px=cfg.tile_overlap_px)
+    widths = sorted(w for w, _ in ds.sizes)
+    heights = sorted(h for _, h in ds.sizes)
+    w, h = widths[len(widths) // 2], heights[len(heights) // 2]
+    in_w, in_h = input_size_for(w, h, tiles, cfg.input_size_px)
+    fixed = len(ds.sizes) == 1
+    return InputSpec(
+        channels=ds.channels, dtype=ds.dtype, max_value=_max_value(ds, train),
+        image_width=w if fixed else None, image_height=h if fixed else None,
+        input_width=in_w, input_height=in_h, tiles=tiles,
+    )
+
+
+def split_good(ds: Dataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """(training good, calibration good): a seeded hold-out of the training pool plus test/good."""
+    pool = ds.good("train") or ds.good("")
+    extra = ds.good("test") if ds.good("train") else []
+    order = np.random.default_rng(cfg.seed).permutation(len(pool))
+    shuffled = [pool[i] for i in order]
+    n_hold = max(cfg.min_holdout, math.ceil(cfg.holdout_fraction * len(pool)))
+    if len(pool) - n_hold < 1:
+        raise DatasetError(
+            f"{len(pool)} good training images: holding out {n_hold} for calibration leaves none to train on; "
+            "add good images"
+        )
+    held, train = shuffled[:n_hold], shuffled[n_hold:]
+    if cfg.max_good is not None:
+        train = train[: cfg.max_good]
+    return sorted(train, key=lambda s: s.rel), sorted(held, key=lambda s: s.rel) + extra
+
+
+def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
+    out: list[Sample] = []
+    for cls in ds.defect_classes:
+        items = ds.defects(cls)
+        order = np.random.default_rng([seed, len(cls)]).permutation(len(items))
+        out += sorted((items[i] for i in order[: cap or len(items)]), key=lambda s: s.rel)
+    return out
+
+
+class OrtScorer:
+    """The exported graph in ONNX Runtime on the CPU, fed exactly like the edge feeds it."""
+
+    def __init__(self, onnx_path: Path, spec: InputSpec) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.spec = spec
+
+    def score(self, image: npt.NDArray[Any]) -> float:
+        batch, _ = prepare(image, self.spec)
+        (scores,) = self.session.run(["anomaly_score"], {"image": batch})
+        return float(np.max(scores))  # image score = the worst tile
+
+
+def score_samples(scorer: OrtScorer, ds: Dataset, samples: Sequence[Sample], progress: Progress) -> list[Scored]:
+    out = []
+    t0 = time.monotonic()
+    for i, s in enumerate(samples, 1):
+        out.append(Scored(rel=s.rel, sha256=_sha(s.path), label=s.label, score=scorer.score(ds.load(s))))
+        if i % 20 == 0 or i == len(samples):
+            progress(f"scored {i}/{len(samples)} calibration images with ONNX Runtime ({time.monotonic() - t0:.1f} s)")
+    return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verdict(score: float, lower: float, upper: float) -> str:
+    return "reject" if score >= upper else ("accept" if score < lower else "recheck")
+
+
+def calibrate_scored(scored: Sequence[Scored], policy: CalibrationPolicy) -> tuple[CalibrationResult, Any, Any]:
+    good = np.array([s.score for s in scored if s.label == "good"])
+    defects: dict[str, list[float]] = {}
+    for s in scored:
+        if s.label != "good":
+            defects.setdefault(s.label, []).append(s.score)
+    return calibrate(good, defects, policy), good, defects
+
+
+def write_golden(staging: Path, ds: Dataset, scored: Sequence[Scored], result: CalibrationResult,
+                 n_good: int, n_defect: int, tolerance: float) -> list[dict[str, Any]]:
+    """Copy a few calibration images as lossless PNG with their ORT score and verdict.
+
+    Images whose score sits within 10x the score tolerance of a threshold are skipped: a golden
+    test must not flip verdict on a runtime's rounding.
+    """
+    def safe(s: Scored) -> bool:
+        return all(abs(s.score - t) > 10 * tolerance * max(abs(t), 1e-6) for t in (result.lower, result.upper))
+
+    goods = sorted((s for s in scored if s.label == "good" and safe(s)), key=lambda s: s.score)
+    picks = [goods[round(q * (len(goods) - 1))] for q in np.linspace(0.0, 1.0, n_good)] if goods and n_good else []
+    defects = sorted((s for s in scored if s.label != "good" and safe(s)), key=lambda s: -s.score)
+    by_class: dict[str, list[Scored]] = {}
+    for s in defects:
+        by_class.setdefault(s.label, []).append(s)
+    rounds = [lst[i] for i in range(max((len(v) for v in by_class.values()), default=0))
+              for lst in by_class.values() if i < len(lst)]
+    picks += rounds[:n_defect]  # one per class first, strongest first
+    (staging / "golden").mkdir(exist_ok=True)
+    by_rel = {s.rel: s for s in ds.samples}
+    out = []
+    for i, s in enumerate(dict.fromkeys(picks)):
+        name = f"golden/{i:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', s.label)}.png"
+        (staging / name).write_bytes(encode_png(ds.load(by_rel[s.rel])))
+        out.append({"file": name, "expected_score": s.score, "label": s.label,
+                    "expected_verdict": _verdict(s.score, result.lower, result.upper)})
+    return out
+
+
+def write_scores(staging: Path, scored: Sequence[Scored]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "sha256", "label", "score"])
+    for s in scored:
+        w.writerow([s.rel, s.sha256, s.label, repr(s.score)])
+    (staging / SCORES_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (staging / SCORES_FILE).write_text(buf.getvalue(), encoding="utf-8")
+
+
+def read_scores(bundle: Bundle) -> list[Scored]:
+    path = bundle.path(SCORES_FILE)
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [Scored(rel=r["file"], sha256=r["sha256"], label=r["label"], score=float(r["score"]))
+                for r in csv.DictReader(f)]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import onnx
+    import scipy
+    import torch
+
+    import lineguard
+
+    return {"python": platform.python_version(), "lineguard": lineguard.__version__, "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "scipy": scipy.__version__}
+
+
+def new_bundle_id(product: str, fingerprint: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', product)[:48]}-{stamp}-{fingerprint[:8]}"
+
+
+def _iter_batches(ds: Dataset, samples: Sequence[Sample], spec: InputSpec) -> Iterator[npt.NDArray[np.float32]]:
+    for s in samples:
+        yield prepare(ds.load(s), spec)[0]  # tiles of one image are independent training samples
+
+
+def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"dataset": ds.root, "fingerprint": ds.fingerprint, **extra}
+    if ds.skipped:
+        ctx["SKIPPED unreadable files"] = "; ".join(f"{b.rel} ({b.reason})" for b in ds.skipped)
+    for w in ds.warnings:
+        ctx.setdefault("dataset warnings", "")
+        ctx["dataset warnings"] += w + "; "
+    return ctx
+
+
+def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False) -> Bundle:
+    """Train, export, calibrate and bundle. Returns the verified bundle at ``out``."""
+    from lineguard_models.anomaly import AnomalyModelConfig, batched, fit_anomaly_model
+    from lineguard_models.export import export_onnx
+
+    t0 = time.monotonic()
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists (choose another --out or remove it)")
+    ds = scan_dataset(data, allow_unreadable=cfg.allow_unreadable)
+    train_s, calib_good = split_good(ds, cfg)
+    defects = pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
+    spec = make_input_spec(ds, train_s, cfg)
+    progress(f"dataset {data}: {len(train_s)} good for training, {len(calib_good)} good held out, "
+             f"{len(defects)} defect images in {len(ds.defect_classes)} classes; "
+             f"{'mono' if spec.channels == 1 else 'RGB'} {spec.dtype} (full scale {spec.max_value}), "
+             f"input {spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles")
+    model_cfg = AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
+                                   bank_size=cfg.bank_size, seed=cfg.seed, batch_size=cfg.batch_size)
+    scorer = fit_anomaly_model(
+        batched(_iter_batches(ds, train_s, spec), cfg.batch_size), config=model_cfg, channels=spec.channels,
+        max_value=spec.max_value, images_total=len(train_s) * spec.tiles.count,
+        progress=lambda p: progress(f"fit: {p.images_seen}/{p.images_total} tiles, {p.elapsed_s:.1f} s"))
+    staging = staging_dir(out)
+    try:
+        export_onnx(scorer, staging / ONNX_FILE)
+        progress(f"exported {ONNX_FILE} ({(staging / ONNX_FILE).stat().st_size / 1e6:.1f} MB)")
+        ort_scorer = OrtScorer(staging / ONNX_FILE, spec)
+        scored = score_samples(ort_scorer, ds, calib_good + defects, progress)
+        train_sha = sorted({_sha(s.path) for s in train_s})
+        provenance = {
+            "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": _git_commit(),
+            "training": cfg.model_dump(mode="json"), "anomaly_model": scorer.spec.to_dict(),
+            "bank_rows": int(scorer.bank_rows), "train_images": len(train_s),
+            "training_image_sha256": train_sha, "train_seconds": round(time.monotonic() - t0, 1),
+        }
+        bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"bundle {bundle.bundle_id} written to {out} in {time.monotonic() - t0:.1f} s")
+    return bundle
+
+
+def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
+            spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
+            progress: Progress, keep: dict[str, Any] | None = None) -> Bundle:
+    """Calibrate, write report, scores and golden images, then the manifest (atomically).
+
+    ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier,
+    score tolerance) plus ``golden``, whose files are already in ``staging``.
+    """
+    result, good, defects = calibrate_scored(scored, policy)
+    progress(f"calibrated: accept < {result.lower:.6g}, reject >= {result.upper:.6g} ({result.mode})")
+    write_scores(staging, scored)
+    bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
+    write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}",
+                 context=_report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe}))
+    if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
+        golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
+                  for g in keep["golden"]]
+    else:
+        golden = write_golden(staging, ds, scored, result, cfg.golden_good, cfg.golden_defect, 1e-3)
+    manifest = {
+        "bundle_id": bundle_id, "product": cfg.product, "recipe": cfg.recipe,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": spec.model_dump(mode="json"),
+        "engines": {"anomaly": {"file": ONNX_FILE, "input_name": "image",
+                                "outputs": {"score": "anomaly_score", "map": "anomaly_map"}}},
+        "thresholds": result.thresholds(),
+        "calibration": {**result.summary(), "scores_file": SCORES_FILE,
+                        "images": {"good": len(good), **{k: len(v) for k, v in defects.items()}}},
+        "golden": golden,
+        "provenance": provenance,
+    }
+    if keep is not None:
+        manifest.update({k: v for k, v in keep.items() if k in ("engines", "classifier", "score_tolerance")})
+    return write_bundle(staging, manifest, out, overwrite=overwrite)
+
+
+def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy: CalibrationPolicy | None = None,
+                max_defects_per_class: int | None = None, allow_unreadable: bool = False,
+                progress: Progress = print) -> Bundle:
+    """New thresholds for an existing bundle from more images, without retraining.
+
+    Scores of the previous calibration (``report/scores.csv``) are kept; images of ``data`` are
+    scored with the bundle's own ONNX graph and added (an image already scored, by content hash,
+    is not counted twice; an image the model was trained on is never used). The result is a new
+    bundle (new id, report, manifest) written atomically to ``out`` (default: replace in place).
+    """
+    old = load_bundle(bundle_dir)
+    m = old.manifest
+    out = out or bundle_dir
+    ds = scan_dataset(data, allow_unreadable=allow_unreadable, require_good=False)
+    if (ds.channels, ds.dtype) != (m.input.channels, m.input.dtype):
+        raise DatasetError(f"{data} holds {ds.channels}-channel {ds.dtype} images but bundle {m.bundle_id} "
+                           f"expects {m.input.channels}-channel {m.input.dtype}: a different camera?")
+    trained = set(m.provenance.get("training_image_sha256", []))
+    previous = read_scores(old)
+    known = {s.sha256 for s in previous}
+    candidates = ds.good() + pick_defects(ds, max_defects_per_class, 0)
+    fresh, used_in_training, duplicates = [], 0, 0
+    for s in candidates:
+        digest = _sha(s.path)
+        if digest in trained:
+            used_in_training += 1
+        elif digest in known:
+            duplicates += 1
+        else:
+            fresh.append(s)
+            known.add(digest)
+    progress(f"{len(previous)} scores from {m.bundle_id}; {len(fresh)} new images to score; skipped "
+             f"{used_in_training} images the model was trained on and {duplicates} already scored")
+    if not fresh:
+        raise CalibrationError(f"{data} holds no images that are new to bundle {m.bundle_id}")
+    scorer = OrtScorer(old.path(m.engines["anomaly"].file), m.input)
+    scored = previous + score_samples(scorer, ds, fresh, progress)
+    base_policy = {k: v for k, v in m.thresholds.policy.items() if k != "mode"}
+    policy = policy or CalibrationPolicy.model_validate(base_policy)
+    cfg = TrainConfig(product=m.product, recipe=m.recipe)
+    provenance = {**m.provenance, "recalibrated_from": m.bundle_id, "recalibration_dataset": ds.summary(),
+                  "recalibration_versions": versions()}
+    staging = staging_dir(out)
+    try:
+        keep_files = [e.file for e in m.engines.values()] + [g.file for g in m.golden]
+        for rel in keep_files:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(old.path(rel), staging / rel)
+        keep = {"engines": {k: v.model_dump() for k, v in m.engines.items()},
+                "score_tolerance": m.score_tolerance, "golden": [g.model_dump() for g in m.golden]}
+        if m.classifier is not None:
+            keep["classifier"] = m.classifier.model_dump()
+        bundle = _finish(staging, out, ds, scored, policy, m.input, provenance, cfg, True, progress, keep)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"bundle {bundle.bundle_id} written to {out}")
+    return bundle

@@ -1,0 +1,161 @@
+"""Calibration report: Markdown plus PNG plots a person can read at a glance.
+
+Data flow: :class:`~lineguard_models.calibration.CalibrationResult` and the scores it came from ->
+``report/report.md``, ``report/hist_<class>.png``, ``report/roc.png`` inside the bundle staging
+folder (so the report is hashed with the bundle). Plots use matplotlib's Agg back-end (no display).
+
+Must never: compute thresholds or rates itself (everything shown comes from the result), or open
+a window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: before pyplot is imported
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+
+from lineguard_models.calibration import CalibrationResult, roc_curve
+
+_PNG_META = {"Software": None}  # keep the PNG bytes free of the matplotlib version string
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _draw_thresholds(ax: Any, result: CalibrationResult) -> None:
+    if result.upper > result.lower:
+        ax.axvspan(result.lower, result.upper, color="orange", alpha=0.15, label="recheck band")
+    ax.axvline(result.lower, color="green", ls="--", lw=1.2, label=f"accept < {result.lower:.4g}")
+    ax.axvline(result.upper, color="red", ls="--", lw=1.2, label=f"reject >= {result.upper:.4g}")
+
+
+def plot_histogram(path: Path, result: CalibrationResult, good: npt.ArrayLike, label: str,
+                   defect: npt.ArrayLike | None) -> Path:
+    """Good scores (and one defect class) with the thresholds drawn."""
+    g = np.asarray(good, np.float64)
+    d = np.asarray(defect, np.float64) if defect is not None else np.empty(0)
+    both = np.concatenate([g, d, [result.lower, result.upper]])
+    bins = np.linspace(both.min(), both.max(), 40) if both.max() > both.min() else 10
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=90)
+    ax.hist(g, bins=bins, color="tab:blue", alpha=0.6, label=f"good (n={g.size})")
+    if d.size:
+        ax.hist(d, bins=bins, color="tab:red", alpha=0.6, label=f"{label} (n={d.size})")
+    _draw_thresholds(ax, result)
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("images")
+    ax.set_title(f"good vs {label}" if d.size else "good (no defect images)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_META)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(path: Path, result: CalibrationResult, good: npt.ArrayLike,
+             defects: Mapping[str, npt.ArrayLike]) -> Path:
+    """ROC curve of each defect class against the good images."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.4), dpi=90)
+    aurocs = {c.name: c.auroc for c in result.classes}
+    for name, scores in sorted(defects.items()):
+        if name in aurocs:
+            fpr, tpr = roc_curve(good, scores)
+            ax.plot(fpr, tpr, lw=1.5, drawstyle="steps-post", label=f"{name} (AUROC {aurocs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("false-positive rate (good scored above t)")
+    ax.set_ylabel("true-positive rate (defect scored above t)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_META)
+    plt.close(fig)
+    return path
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:.1f} %"
+
+
+def _need(m: int | None) -> str:
+    return "n/a" if m is None else ("met" if m == 0 else f"+{m}")
+
+
+def _tables(result: CalibrationResult) -> list[str]:
+    conf = _pct(result.policy.confidence)
+    g = result.good
+    lines = [
+        f"| set | n | accepted | recheck | rejected | observed rate | upper bound ({conf}) | target "
+        "| more images needed |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| good (false rejects) | {g.n} | {g.n - g.rechecks - g.false_rejects} | {g.rechecks} | {g.false_rejects} | "
+        f"{_pct(g.false_reject_rate)} | {_pct(g.false_reject_upper)} | {_pct(result.policy.false_reject_budget)} | "
+        f"{_need(g.extra_needed)} |",
+    ]
+    for c in result.classes:
+        lines.append(
+            f"| {c.name} (escapes) | {c.n} | {c.escapes} | {c.rechecks} | {c.rejects} | {_pct(c.escape_rate)} | "
+            f"{_pct(c.escape_upper)} | {_pct(result.policy.escape_target)} | {_need(c.extra_needed)} |"
+        )
+    lines += ["", "| class | AUROC vs good | lowest score | median score |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.auroc:.4f} | {c.score_min:.4g} | {c.score_median:.4g} |" for c in result.classes]
+    return lines
+
+
+def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[str],
+                    context: Mapping[str, Any]) -> str:
+    """The report text. ``plots`` are file names relative to the report; ``context`` is shown as a list."""
+    out = [f"# {title}", ""]
+    if result.warnings:
+        out += ["## WARNINGS", ""] + [f"- **{w}**" for w in result.warnings] + [""]
+    out += [
+        "## Thresholds",
+        "",
+        f"- mode: `{result.mode}`" + (" (no defect images: escape rate unknown)" if result.mode == "good_only" else ""),
+        f"- accept when score < **{result.lower:.6g}**; reject when score >= **{result.upper:.6g}**; recheck between",
+        f"- policy: false-reject budget {_pct(result.policy.false_reject_budget)}, escape target "
+        f"{_pct(result.policy.escape_target)}, band `{result.policy.band}`; bounds are one-sided exact "
+        f"(Clopper-Pearson) at {_pct(result.policy.confidence)}",
+        "- 'more images needed': further images of that set, all scored correctly, that would bring the "
+        "upper bound under the target",
+        "",
+        "## Rates on the calibration images",
+        "",
+        *_tables(result),
+        "",
+        "## Plots",
+        "",
+        *[f"![{Path(p).stem}]({p})" for p in plots],
+        "",
+        "## Context",
+        "",
+        *[f"- {k}: {v}" for k, v in context.items()],
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike,
+                 defects: Mapping[str, npt.ArrayLike], *, title: str = "Calibration report",
+                 context: Mapping[str, Any] | None = None) -> Path:
+    """Write ``report.md`` and its plots into ``out_dir`` (created); returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    calibrated = {c.name for c in result.classes}
+    for name in sorted(calibrated):
+        plots.append(plot_histogram(out_dir / f"hist_{_safe(name)}.png", result, good, name, defects[name]).name)
+    if not calibrated:
+        plots.append(plot_histogram(out_dir / "hist_good.png", result, good, "good", None).name)
+    else:
+        plots.append(plot_roc(out_dir / "roc.png", result, good, defects).name)
+    md = out_dir / "report.md"
+    md.write_text(render_markdown(result, title=title, plots=plots, context=context or {}), encoding="utf-8")
+    return md
