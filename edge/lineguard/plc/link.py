@@ -54,6 +54,7 @@ class PlcHealth:
 
     connected: bool
     t_lost_ns: int | None  # monotonic time the current outage was detected, None when connected
+    t_last_loss_ns: int | None  # detection time of the most recent outage, kept after recovery
     reconnects: int
     inbox: int  # expect/submit calls not yet taken by the writer
     queued_results: int
@@ -107,6 +108,7 @@ class PlcLink:
         self._ever_connected = False
         self._seq_synced = False
         self._t_lost_ns: int | None = None
+        self._t_last_loss_ns: int | None = None
         self._recovered_until = 0
         self._overflow_until = 0
         self._last_trigger_seq: int | None = None
@@ -185,7 +187,8 @@ class PlcLink:
     def health(self) -> PlcHealth:
         with self._cv:
             inbox = len(self._inbox)
-        return PlcHealth(connected=self._t.connected, t_lost_ns=self._t_lost_ns, reconnects=self._reconnects,
+        return PlcHealth(connected=self._t.connected, t_lost_ns=self._t_lost_ns,
+                         t_last_loss_ns=self._t_last_loss_ns, reconnects=self._reconnects,
                          inbox=inbox, queued_results=self._book.queued,
                          pending_deadlines=self._book.pending_deadlines,
                          last_seq=self._book.last_seq)
@@ -376,7 +379,7 @@ class PlcLink:
             self._t.close()
             self._m.errors.labels(kind=exc.kind.value).inc()
             if self._t_lost_ns is None:
-                self._t_lost_ns = now
+                self._t_lost_ns = self._t_last_loss_ns = now
                 self._dump(f"cannot reach PLC: {exc}")
             self._next_connect = self._clock() + self._backoff_ns
             self._backoff_ns = min(self._backoff_ns * 2, int(self.cfg.reconnect_backoff_max_ms * _MS))
@@ -414,7 +417,7 @@ class PlcLink:
         self._t.close()
         self._m.errors.labels(kind=exc.kind.value).inc()
         self._m.connected.set(0)
-        self._t_lost_ns = self._clock()
+        self._t_lost_ns = self._t_last_loss_ns = self._clock()
         self._book.connection_lost()
         self._next_connect = self._t_lost_ns  # first retry at once, then back off
         log.warning("PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
