@@ -84,7 +84,8 @@ def test_unexpected_parts_are_written_without_deadline() -> None:
 def test_decision_failsafe_flag() -> None:
     b = _book()
     b.submit(_dec(5, Verdict.FAILSAFE, failsafe=True), 0, 0)
-    assert _drain(b) == [(5, 4, FLAG_DECISION_FAILSAFE)]
+    # a decision-stage fail-safe is written as the configured fail-safe verdict (reject here), flagged bit1
+    assert _drain(b) == [(5, int(Verdict.REJECT), FLAG_DECISION_FAILSAFE)]
 
 
 def test_ack_mode_waits_for_the_matching_ack() -> None:

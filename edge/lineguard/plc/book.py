@@ -91,9 +91,12 @@ class ResultBook:
             events = self._fail(pid, t_now_ns)
             return [*events, Event(outcome=Outcome.LATE, part_id=pid)]
         self._pending.pop(pid, None)
-        flags = FLAG_DECISION_FAILSAFE if decision.failsafe or decision.verdict is Verdict.FAILSAFE else 0
+        failsafe = decision.failsafe or decision.verdict is Verdict.FAILSAFE
+        flags = FLAG_DECISION_FAILSAFE if failsafe else 0
+        # a frame that could not be judged gets the line's configured fail-safe verdict, like a deadline
+        verdict = int(self._failsafe) if failsafe else int(decision.verdict)
         code = 0 if not decision.defect_class else self._codes.get(decision.defect_class, self._unknown)
-        return [self._enqueue(pid, int(decision.verdict), code, decision.anomaly_score, flags, t_now_ns, False)]
+        return [self._enqueue(pid, verdict, code, decision.anomaly_score, flags, t_now_ns, False)]
 
     def expire(self, t_now_ns: int) -> list[Event]:
         """Fire every deadline that has passed: the fail-safe verdict is queued for the part."""

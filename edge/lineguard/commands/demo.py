@@ -1,0 +1,168 @@
+"""``lineguard demo``: the whole product on one machine, with nothing but this repository.
+
+1. a dataset: ``--data DIR`` (folder contract) or a generated one (textured parts with scratches,
+   pits, cracks and stains) under the work dir;
+2. a bundle trained and calibrated by our own training code (``lineguard train`` in a child
+   process, so this process stays torch-free like the edge box) and reused on the next run;
+3. the real service: replay source at line rate -> ONNX Runtime -> decision -> PLC link over
+   Modbus TCP to the PLC simulator on loopback, uncertain frames over ZeroMQ to the collection
+   sink on loopback, Prometheus metrics on HTTP;
+4. a live summary, then proof: the simulated PLC holds exactly one verdict for every part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lineguard.bundle import load_bundle
+from lineguard.config import BundleSection, LineConfig, MetricsSection, ServiceSection
+from lineguard.errors import BundleError, LineGuardError
+from lineguard.imageio import list_images
+from lineguard.plc.config import PlcConfig, TcpTransportConfig
+from lineguard.publisher import PublisherConfig
+from lineguard.service import InspectionService
+from lineguard.sources import ReplaySourceConfig
+
+HELP = "run the demo line: bundle, replayed camera, PLC simulator, sink, metrics"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="dataset folder (good/, <defect>/...); default: generated")
+    p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="where data, bundle and sink live")
+    p.add_argument("--parts", type=int, default=120, help="parts to inspect (replayed from the test images)")
+    p.add_argument("--rate", type=float, default=15.0, help="line rate in parts per second")
+    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port (0 = any free port)")
+    p.add_argument("--deadline-ms", type=float, default=500.0, help="trigger -> verdict deadline")
+    p.add_argument("--retrain", action="store_true", help="train a new bundle even if one exists")
+    p.add_argument("--input-size", type=int, default=224, help="model input size (long side) for training")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dataset(args: argparse.Namespace) -> Path:
+    if args.data is not None:
+        return Path(args.data)
+    root: Path = args.workdir / "data"
+    if (root / "train").is_dir():
+        return root
+    from lineguard_models.synth import SynthConfig, write_dataset  # training side: generated data
+
+    print(f"[demo] generating a synthetic dataset in {root}", flush=True)
+    tmp = root.with_name("data.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    cfg = SynthConfig(width_px=320, height_px=240, n_good=60, n_test_good=40, n_defect_per_class=20, split=True)
+    write_dataset(tmp, cfg)
+    tmp.rename(root)
+    return root
+
+
+def _bundle(args: argparse.Namespace, data: Path) -> Path:
+    out: Path = args.workdir / "bundle"
+    if out.exists() and not args.retrain:
+        try:
+            load_bundle(out)
+            print(f"[demo] reusing bundle {out} (use --retrain to train again)", flush=True)
+            return out
+        except BundleError as exc:
+            print(f"[demo] existing bundle unusable ({exc}); training again", flush=True)
+    cmd = [sys.executable, "-m", "lineguard.cli", "train", "--data", str(data), "--out", str(out),
+           "--product", "demo-part", "--recipe", "1", "--input-size", str(args.input_size), "--overwrite"]
+    print(f"[demo] training: {' '.join(cmd[2:])}", flush=True)
+    t0 = time.monotonic()
+    if subprocess.call(cmd) != 0:
+        raise LineGuardError("training the demo bundle failed (see the messages above)")
+    print(f"[demo] bundle trained in {time.monotonic() - t0:.0f} s", flush=True)
+    return out
+
+
+def _stream(data: Path, parts: int) -> list[str]:
+    """Test images (good and defects), shuffled like a real line, repeated up to ``parts``."""
+    test = data / "test" if (data / "test").is_dir() else data
+    files = [str(p) for p in list_images(test) if "masks" not in p.parts]
+    if not files:
+        raise LineGuardError(f"no images to replay under {test}")
+    random.Random(0).shuffle(files)
+    return [files[i % len(files)] for i in range(parts)]
+
+
+def _summary(service: InspectionService, sink_stored: int, plc_results: int) -> str:
+    s = service.stats
+    lat = sorted(s.e2e_ms[-500:])
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+    verdicts = " ".join(f"{k}={v}" for k, v in sorted(s.by_verdict.items()))
+    return (f"frames {s.frames:4d}  decided {s.decided:4d}  [{verdicts}]  fail-safe {s.failsafe}  "
+            f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms  PLC results {plc_results}  sink stored {sink_stored}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lineguard.plc.sim import PlcSimulator
+    from lineguard.sink.config import SinkConfig
+    from lineguard.sink.server import SinkServer
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = _dataset(args)
+    bundle_dir = _bundle(args, data)
+    stream = _stream(data, args.parts)
+
+    plc_sim = PlcSimulator().start()
+    sink = SinkServer.from_config(SinkConfig(bind=f"tcp://127.0.0.1:{_free_port()}", store_dir=args.workdir / "sink"))
+    sink_thread = threading.Thread(target=sink.serve_forever, name="sink", daemon=True)
+    sink_thread.start()
+    cfg = LineConfig(
+        bundle=BundleSection(path=bundle_dir),
+        source=ReplaySourceConfig(type="replay", paths=tuple(stream), rate_parts_per_s=args.rate, recursive=False),
+        plc=PlcConfig(transport=TcpTransportConfig(host=plc_sim.host, port=plc_sim.port), deadline_ms=args.deadline_ms),
+        publisher=PublisherConfig(endpoint=sink.endpoint),
+        metrics=MetricsSection(port=args.metrics_port),
+        service=ServiceSection(decision_log_path=args.workdir / "decisions.jsonl"),
+    )
+    service = InspectionService.from_config(cfg)
+    try:
+        service.start()
+        port = service.metrics_server.port if service.metrics_server else 0
+        print(f"[demo] line running: PLC simulator modbus://{plc_sim.host}:{plc_sim.port}, sink {sink.endpoint}, "
+              f"metrics http://127.0.0.1:{port}/metrics", flush=True)
+        last = 0.0
+        while not service.finished():
+            time.sleep(0.1)
+            if time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                print("[demo] " + _summary(service, sink.stats.stored, len(plc_sim.results())), flush=True)
+    finally:
+        service.stop()
+        sink.stop()
+        sink_thread.join(timeout=5)
+        plc_sim.stop()
+    return _report(service, plc_sim, sink.stats.stored, len(stream))
+
+
+def _report(service: InspectionService, plc_sim: object, sink_stored: int, parts: int) -> int:
+    from lineguard.plc.sim import PlcSimulator
+
+    assert isinstance(plc_sim, PlcSimulator)
+    by_part = plc_sim.verdicts_by_part()
+    results = plc_sim.results()
+    print("[demo] " + _summary(service, sink_stored, len(results)))
+    duplicates = [p for p, v in by_part.items() if len(v) != 1]
+    missing = parts - len(by_part)
+    ok = not duplicates and missing == 0
+    print(f"[demo] PLC check: {len(by_part)} parts with a verdict, {missing} without, "
+          f"{len(duplicates)} with more than one -> {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1

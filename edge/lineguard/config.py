@@ -1,0 +1,82 @@
+"""The line config: one YAML file, one strict schema (unknown keys and bad values refused).
+
+Sections are owned by the modules that use them (sources, engines, plc, publisher); this module
+only assembles them and adds the service's own. Loaded only through :func:`load_config`, which
+reports each error with its YAML line (``lineguard check-config``). docs/config.md documents it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineguard.engines.config import EngineConfig, OrtEngineConfig
+from lineguard.plc.config import PlcConfig
+from lineguard.publisher import PublisherConfig
+from lineguard.sources import SourceConfig
+from lineguard.yamlcfg import load_file
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineSection(BaseModel):
+    """Identity of the line / station."""
+
+    model_config = _Strict
+
+    name: str = Field("line", min_length=1, max_length=64, description="line / station name, shown in logs")
+
+
+class BundleSection(BaseModel):
+    """Which model bundle the service runs."""
+
+    model_config = _Strict
+
+    path: Path = Field(description="directory of the model bundle to run (verified at start)")
+
+
+class MetricsSection(BaseModel):
+    """The Prometheus /metrics endpoint."""
+
+    model_config = _Strict
+
+    enabled: bool = Field(True, description="serve Prometheus metrics")
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 exposes it to the plant network")
+    port: int = Field(9108, ge=0, le=65535, description="TCP port of /metrics (0 = any free port)")
+
+
+class ServiceSection(BaseModel):
+    """Queues, liveness and the decision log of the inspection service."""
+
+    model_config = _Strict
+
+    queue_size_frames: int = Field(
+        4, ge=1, le=1024, description="frames waiting for inspection; when full, new frames get a fail-safe verdict"
+    )
+    acquire_timeout_ms: int = Field(200, ge=1, le=60_000, description="timeout of one source read")
+    stall_budget_ms: int = Field(
+        5000, ge=100, le=600_000, description="a loop without progress this long is wedged (watchdog stops)"
+    )
+    decision_log_path: Path | None = Field(None, description="JSON-lines decision log (rotated); none = off")
+
+
+class LineConfig(BaseModel):
+    """Top level of line.yaml."""
+
+    model_config = _Strict
+
+    line: LineSection = Field(default_factory=lambda: LineSection(), description="line identity")
+    bundle: BundleSection = Field(description="the model bundle to run")
+    source: SourceConfig = Field(description="image source; `type:` genicam, replay or synthetic")
+    engine: EngineConfig = Field(default_factory=lambda: OrtEngineConfig(), description="inference back-end")
+    plc: PlcConfig | None = Field(None, description="PLC link; absent = no PLC (verdicts only logged)")
+    publisher: PublisherConfig = Field(
+        default_factory=lambda: PublisherConfig(), description="uncertain frames to the collection sink (ZeroMQ)"
+    )
+    metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(), description="Prometheus endpoint")
+    service: ServiceSection = Field(default_factory=lambda: ServiceSection(), description="queues, watchdog, log")
+
+
+def load_config(path: str | Path) -> LineConfig:
+    return load_file(LineConfig, path)

@@ -1,0 +1,325 @@
+"""Composition root and inspection loop of the edge service.
+
+``InspectionService.from_config`` builds every collaborator from the config (the only place that
+does); ``start()`` reads like a table of contents and ``stop()`` tears down in reverse.
+
+Threads: acquisition (source -> bounded queue, named overflow policy, every drop counted and
+answered with a fail-safe verdict) -> inspection (preprocess, engines, decision) -> outputs (PLC
+link with its own writer thread and deadlines; publisher with its own encoder thread; decision log;
+metrics). The main thread supervises: it feeds systemd's watchdog only while both loops are alive,
+follows the PLC's recipe requests, and handles SIGTERM (finish the part in flight, close the camera).
+
+Must never: let a trigger go without a verdict, block the inspection loop on the sink or the disk,
+or score one frame with two bundles.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from lineguard.bundle import Bundle, load_bundle
+from lineguard.config import LineConfig
+from lineguard.contracts import Decision, Frame
+from lineguard.decision import DecisionPolicy, decide, failsafe_decision, failsafe_reason
+from lineguard.decisionlog import DecisionLog, NullDecisionLog
+from lineguard.engines import BundleRunner, run_golden
+from lineguard.errors import BundleError, LineGuardError
+from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
+from lineguard.plc import NullPlcLink, PlcConfig, PlcLink
+from lineguard.publisher import Publisher, build_publisher
+from lineguard.sources import Source, build_source
+from lineguard.systemd import Notifier
+
+log = logging.getLogger(__name__)
+ENGINE_STAGES = ("preprocess", "inference")  # runner timings exported as stage latency
+
+
+def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> PlcLink | NullPlcLink:
+    """The configured PLC link, or a stand-in that writes nothing when ``plc:`` is absent."""
+    return PlcLink.from_config(cfg, metrics_registry=registry) if cfg is not None else NullPlcLink()
+
+
+@dataclass
+class ServiceStats:
+    """Counters the CLI summary and the tests read (metrics carry the same for Prometheus)."""
+
+    frames: int = 0
+    decided: int = 0
+    queue_drops: int = 0
+    failsafe: int = 0
+    by_verdict: dict[str, int] = field(default_factory=dict)
+    e2e_ms: list[float] = field(default_factory=list)  # bounded ring, see _record
+    last_frame_monotonic: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Active:
+    """The bundle in use and its runner; replaced as one reference (hot swap)."""
+
+    bundle: Bundle
+    runner: BundleRunner
+    policy: DecisionPolicy
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {"lower": self.policy.lower, "upper": self.policy.upper}
+
+    @classmethod
+    def build(cls, bundle: Bundle, runner: BundleRunner) -> _Active:
+        return cls(bundle, runner, DecisionPolicy.from_manifest(bundle.manifest))
+
+
+class InspectionService:
+    """The running inspection service. Build it with :meth:`from_config`."""
+
+    E2E_RING = 100_000
+
+    def __init__(
+        self,
+        *,
+        cfg: LineConfig,
+        source: Source,
+        active: _Active,
+        plc: PlcLink | NullPlcLink,
+        publisher: Publisher,
+        metrics: EdgeMetrics,
+        registry: CollectorRegistry,
+        decision_log: DecisionLog | NullDecisionLog,
+        notifier: Notifier,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self._active = active
+        self.plc = plc
+        self.publisher = publisher
+        self.metrics = metrics
+        self.registry = registry
+        self.decision_log = decision_log
+        self.notifier = notifier
+        self.stats = ServiceStats()
+        self.metrics_server: MetricsServer | None = None
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=cfg.service.queue_size_frames)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._beat = {"acquisition": time.monotonic(), "inspection": time.monotonic()}
+        self._decision_listeners: list[threading.Event] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: LineConfig, *, registry: CollectorRegistry | None = None) -> InspectionService:
+        """Load and verify the bundle, build engines, source, PLC link, publisher and metrics."""
+        reg = registry if registry is not None else REGISTRY
+        metrics = EdgeMetrics(reg)
+        bundle = load_bundle(cfg.bundle.path)
+        runner = BundleRunner.from_bundle(bundle, cfg.engine)
+        plc = build_plc_link(cfg.plc, registry=reg)
+        publisher = build_publisher(cfg.publisher, metrics=metrics)
+        source = build_source(cfg.source)
+        dlog: DecisionLog | NullDecisionLog = (
+            DecisionLog(path=cfg.service.decision_log_path) if cfg.service.decision_log_path else NullDecisionLog()
+        )
+        return cls(
+            cfg=cfg,
+            source=source,
+            active=_Active.build(bundle, runner),
+            plc=plc,
+            publisher=publisher,
+            metrics=metrics,
+            registry=reg,
+            decision_log=dlog,
+            notifier=Notifier(),
+        )
+
+    @property
+    def bundle(self) -> Bundle:
+        return self._active.bundle
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._start_metrics()
+        self._start_plc()
+        self._warm_up_and_self_test()
+        self._open_source()
+        self._start_threads()
+        self.plc.set_status(ready=True, model_loaded=True, camera_ok=True, fault=False, degraded=False)
+        self.notifier.ready(f"inspecting with bundle {self.bundle.bundle_id}")
+        log.info("service ready: bundle %s, provider %s", self.bundle.bundle_id, self._active.runner.provider)
+
+    def stop(self) -> None:
+        """Reverse of start(): stop intake, finish the part in flight, flush outputs, close."""
+        self.notifier.stopping()
+        self._stop.set()
+        for t in reversed(self._threads):
+            t.join(timeout=10)
+        self._drain_queue_as_failsafe("shutdown")
+        self.source.close()
+        self.plc.set_status(ready=False)
+        self.plc.stop()
+        self.publisher.close()
+        self.decision_log.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.notifier.close()
+        log.info("service stopped: %d frames, %d decisions", self.stats.frames, self.stats.decided)
+
+    def _start_metrics(self) -> None:
+        m = self.cfg.metrics
+        if m.enabled:
+            self.metrics_server = start_metrics_server(self.registry, m.host, m.port)
+            log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_server.port)
+        man = self.bundle.manifest
+        self.metrics.set_bundle(bundle_id=man.bundle_id, product=man.product, recipe=str(man.recipe))
+
+    def _start_plc(self) -> None:
+        self.plc.start()
+        self.plc.set_active_recipe(self.bundle.manifest.recipe)
+        classifier = self.bundle.manifest.classifier
+        self.plc.set_defect_classes(list(classifier.classes) if classifier else [])
+        self.plc.set_status(ready=False, model_loaded=False)
+
+    def _warm_up_and_self_test(self) -> None:
+        """First inference allocates buffers and (TensorRT) autotunes; the line must not pay for it.
+
+        The golden self-test then proves the engines reproduce the scores recorded at training time
+        on this machine's runtime; a bundle that fails it never judges a part.
+        """
+        runner = self._active.runner
+        runner.warmup()
+        failures = run_golden(runner, self.bundle)
+        if failures:
+            raise BundleError(f"bundle {self.bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
+        self.metrics.set_execution_provider(engine="anomaly", provider=runner.provider)
+
+    def _open_source(self) -> None:
+        self.source.open()
+
+    def _start_threads(self) -> None:
+        for name, target in (("acquisition", self._acquisition_loop), ("inspection", self._inspection_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    # ------------------------------------------------------------------ loops
+    def _acquisition_loop(self) -> None:
+        timeout_s = self.cfg.service.acquire_timeout_ms / 1000
+        while not self._stop.is_set():
+            self._beat["acquisition"] = time.monotonic()
+            try:
+                frame = self.source.read(timeout_s)
+            except LineGuardError as exc:
+                log.warning("source error: %s", exc)
+                self.plc.set_status(camera_ok=False)
+                time.sleep(0.05)
+                continue
+            if frame is None:
+                if self.source.finished:
+                    break
+                continue
+            self.stats.frames += 1
+            self.stats.last_frame_monotonic = time.monotonic()
+            self.metrics.frame_arrived()
+            self.plc.expect(frame.part_id, frame.t_capture_ns)
+            try:
+                self._queue.put_nowait(frame)
+            except queue.Full:
+                # policy "reject_newest": the frame cannot be judged in time -> fail-safe now,
+                # not at the deadline, so the PLC knows as early as possible.
+                self.stats.queue_drops += 1
+                self.metrics.drops_total.labels(reason="queue_full").inc()
+                self._emit(failsafe_decision(frame, self.bundle.bundle_id, "queue_full"), frame, None)
+        self._beat["acquisition"] = float("inf")  # a finished replay is not a wedged loop
+
+    def _inspection_loop(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            self._beat["inspection"] = time.monotonic()
+            try:
+                frame = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._inspect(frame)
+
+    def _inspect(self, frame: Frame) -> None:
+        active = self._active  # one reference per frame: never two bundles on one frame
+        bundle_id = active.bundle.bundle_id
+        try:
+            out = active.runner.infer(frame.image)
+            t0 = time.perf_counter_ns()
+            decision = decide(out, frame, active.policy, t_decided_ns=time.monotonic_ns())
+            decide_ms = (time.perf_counter_ns() - t0) / 1e6
+        except LineGuardError as exc:
+            log.warning("part %d cannot be judged: %s", frame.part_id, exc)
+            self._emit(failsafe_decision(frame, bundle_id, failsafe_reason(exc), str(exc)), frame, None)
+            return
+        except Exception as exc:  # a bug must cost one part a fail-safe verdict, not the loop
+            log.exception("part %d: unexpected error while judging", frame.part_id)
+            self._emit(failsafe_decision(frame, bundle_id, "internal_error", repr(exc)), frame, None)
+            return
+        for stage in ENGINE_STAGES:
+            if stage in out.timings_ms:
+                self.metrics.observe_stage_ms(stage, out.timings_ms[stage])
+        self.metrics.observe_stage_ms("decision", decide_ms)
+        self._emit(decision, frame, out.anomaly_map)
+
+    def _emit(self, d: Decision, frame: Frame, anomaly_map: npt.NDArray[np.float32] | None) -> None:
+        self.plc.submit(d)
+        if not d.failsafe:  # the publisher picks uncertain frames and the audit sample itself
+            self.publisher.offer(d, frame, anomaly_map, thresholds=self._active.thresholds)
+        self.decision_log.write(d)
+        self._record(d)
+
+    def _record(self, d: Decision) -> None:
+        s = self.stats
+        s.decided += 1
+        s.failsafe += int(d.failsafe)
+        s.by_verdict[d.verdict.label] = s.by_verdict.get(d.verdict.label, 0) + 1
+        if len(s.e2e_ms) >= self.E2E_RING:
+            del s.e2e_ms[: self.E2E_RING // 2]
+        s.e2e_ms.append(d.latency_ms)
+        self.metrics.observe_verdict(
+            verdict=d.verdict.label, defect_class=d.defect_class, e2e_ms=d.latency_ms, score=d.anomaly_score
+        )
+        if d.failsafe:
+            self.metrics.failsafe_verdicts_total.labels(reason=d.reasons[0] if d.reasons else "unknown").inc()
+
+    def _drain_queue_as_failsafe(self, reason: str) -> None:
+        while True:
+            try:
+                frame = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._emit(failsafe_decision(frame, self.bundle.bundle_id, reason), frame, None)
+
+    # ------------------------------------------------------------------ supervision
+    def alive(self) -> bool:
+        """Both loops made progress within the configured stall budget."""
+        budget = self.cfg.service.stall_budget_ms / 1000
+        now = time.monotonic()
+        return all(now - beat < budget for beat in self._beat.values())
+
+    def finished(self) -> bool:
+        """True when the source is exhausted and every frame has been judged (replay runs)."""
+        return not self._threads[0].is_alive() and self._queue.empty() and self.stats.decided >= self.stats.frames
+
+    def supervise_once(self) -> None:
+        """One tick of the main thread: watchdog, status bits."""
+        if self.alive():
+            self.notifier.watchdog()
+        else:
+            log.error("inspection stalled: %s", {k: round(time.monotonic() - v, 2) for k, v in self._beat.items()})
+            self.plc.set_status(fault=True)
+
+    def run_forever(self, stop: threading.Event, *, until_finished: bool = False) -> None:
+        period = Notifier.watchdog_interval_s() or 0.5
+        while not stop.wait(min(period, 0.5)):
+            self.supervise_once()
+            if until_finished and self.finished():
+                break
+
