@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from lineguard.plc import PlcConfig, PlcLink
 from lineguard.plc.config import TcpTransportConfig
 from lineguard.plc.sim import PlcSimulator
-from lineguard.plc.testing import audit, decision, sample, settle
+from lineguard.plc.testing import audit, decision, settle
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -90,10 +90,10 @@ def bench_recovery(rounds: int, outage_s: float) -> dict[str, float]:
             n_hb = len(sim.heartbeats())
             t0 = time.monotonic_ns()
             sim.drop_connections()
-            sim.wait_until(lambda: link.health().reconnects > n_rec, 5.0)
+            sim.wait_until(lambda n=n_rec: link.health().reconnects > n, 5.0)
             t_lost = link.health().t_last_loss_ns
             t_back = time.monotonic_ns()
-            sim.wait_until(lambda: any(s & 32 for _, _, s in sim.heartbeats()[n_hb:]), 5.0)
+            sim.wait_until(lambda k=n_hb: any(s & 32 for _, _, s in sim.heartbeats()[k:]), 5.0)
             t_status = next(t for t, _, s in sim.heartbeats()[n_hb:] if s & 32)
             if t_lost is not None and t_lost > t0:
                 lost.append((t_lost - t0) / 1e6)
@@ -106,7 +106,7 @@ def bench_recovery(rounds: int, outage_s: float) -> dict[str, float]:
             time.sleep(outage_s)
             t0 = time.monotonic_ns()
             sim.online()
-            sim.wait_until(lambda: link.health().reconnects > n_rec, 5.0)
+            sim.wait_until(lambda n=n_rec: link.health().reconnects > n, 5.0)
             outage_back.append((time.monotonic_ns() - t0) / 1e6)
         link.stop()
     return {"lost_ms": statistics.median(lost) if lost else float("nan"), "reconnected_ms": statistics.median(back),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer, ModbusTlsServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
@@ -63,8 +64,16 @@ class PlcSimulator:
         ack: bool = True,
         ack_delay_ms: float = 0.0,
         response_delay_ms: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+        serial_port: str | None = None,
+        serial_parity: str = "E",
     ) -> None:
+        """``tls``: serve Modbus/TCP Security with this server context; ``serial_port``: serve
+        Modbus RTU (19200 baud, ``serial_parity``) on that device instead of TCP (``host``/``port`` unused)."""
         self.cfg = registers or RegisterMapConfig()
+        self._tls = tls
+        self._serial_port = serial_port
+        self._serial_parity = serial_parity
         self.map = RegisterMap(cfg=self.cfg)
         self.host = host
         self.port = port or free_port(host)
@@ -81,7 +90,7 @@ class PlcSimulator:
         self._heartbeats: list[tuple[int, int, int]] = []  # (t_ns, heartbeat, status)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusBaseServer | None = None
         self._trigger_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -133,7 +142,14 @@ class PlcSimulator:
                 simdata=[SimData(0, count=self._n_regs, values=0, datatype=SimType.REGISTERS)],
                 action=self._action,
             )
-            self._server = ModbusTcpServer(device, address=(self.host, self.port))
+            if self._serial_port is not None:
+                self._server = ModbusSerialServer(
+                    device, port=self._serial_port, baudrate=19200, parity=self._serial_parity
+                )
+            elif self._tls is not None:
+                self._server = ModbusTlsServer(device, address=(self.host, self.port), sslctx=self._tls)
+            else:
+                self._server = ModbusTcpServer(device, address=(self.host, self.port))
             await self._server.serve_forever(background=True)
 
         self._call(_up)
