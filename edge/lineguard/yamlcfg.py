@@ -70,6 +70,8 @@ def validate(model: type[M], doc: Any, path: str = "<config>") -> M:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
+            if err["type"] == "union_tag_invalid":  # point at the `type:` key, not the section
+                loc = (*loc, str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
             dotted = ".".join(str(p) for p in loc) or "(root)"
             problems.append((_line_of(doc, loc), dotted, err["msg"]))
         raise ConfigProblem(path, problems) from exc
