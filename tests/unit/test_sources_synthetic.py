@@ -135,3 +135,13 @@ def test_default_part_ids_count_from_one() -> None:
 def test_read_before_open_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="before open"):
         SyntheticSource(camera_id="s", width=32, height=32).read(0.1)
+
+
+def test_stats_deltas_feed_counters() -> None:
+    src = SyntheticSource(camera_id="s", width=32, height=32, num_frames=5)
+    with src:
+        before = src.stats.snapshot()
+        src.read(1.0)
+        src.read(1.0)
+        delta = src.stats.snapshot().counts_since(before)
+    assert delta["frames"] == 2 and delta["reconnects"] == 0 and delta["dropped"] == 0

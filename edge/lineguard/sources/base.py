@@ -65,6 +65,12 @@ class SourceStatsSnapshot:
     connected: bool
     last_frame_ns: int | None
 
+    def counts_since(self, earlier: SourceStatsSnapshot) -> dict[str, int]:
+        """Counter increments since ``earlier``: what to ``inc()`` on Prometheus counters when
+        the metrics are fed from the acquisition loop (counters only, no gauges)."""
+        names = ("frames", "incomplete", "dropped", "timeouts", "unreadable", "reconnects", "reconnect_failures")
+        return {name: getattr(self, name) - getattr(earlier, name) for name in names}
+
 
 @dataclass(slots=True)
 class SourceStats:
