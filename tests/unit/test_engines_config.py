@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import onnxruntime
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
@@ -54,10 +55,12 @@ def test_config_refuses_unknown_keys_duplicates_and_cacheless_trt() -> None:
 
 def test_tensorrt_provider_options_carry_cache_fp16_and_profile() -> None:
     spec = TensorrtProvider(type="tensorrt", device_id=1, trt_fp16_enable=True, trt_engine_cache_path=Path("/c"))
-    name, opts = provider_options(spec, input_name="image", input_chw=(3, 224, 256), batch=4)
+    name, opts = provider_options(spec, input_name="image", input_chw=(3, 224, 256), batch=4, onnx_sha256=SHA)
     assert name == "TensorrtExecutionProvider"
     assert opts["device_id"] == "1" and opts["trt_fp16_enable"] == "True"
-    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_engine_cache_path"] == "/c"
+    assert opts["trt_engine_cache_enable"] == "True"
+    # keyed by ORT version and graph hash: ORT itself never invalidates its TensorRT cache
+    assert opts["trt_engine_cache_path"] == f"/c/ort{onnxruntime.__version__}-{SHA[:16]}"
     assert opts["trt_profile_min_shapes"] == "image:1x3x224x256"
     assert opts["trt_profile_opt_shapes"] == opts["trt_profile_max_shapes"] == "image:4x3x224x256"
     assert provider_options(CudaProvider(type="cuda", device_id=2), input_name="i", input_chw=(1, 8, 8), batch=1) == (

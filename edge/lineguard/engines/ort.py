@@ -50,9 +50,14 @@ _OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
 
 
 def provider_options(
-    spec: ProviderSpec, *, input_name: str, input_chw: tuple[int, int, int], batch: int
+    spec: ProviderSpec, *, input_name: str, input_chw: tuple[int, int, int], batch: int, onnx_sha256: str = ""
 ) -> tuple[str, dict[str, str]]:
-    """(ORT provider name, its options) for one configured provider. Pure; unit-tested."""
+    """(ORT provider name, its options) for one configured provider. Pure; unit-tested.
+
+    The TensorRT EP's cache goes into a subdirectory keyed by the ONNX Runtime version and the
+    graph's sha256: ORT does not invalidate its cache when either changes (its docs ask users to
+    clear it by hand), so a new bundle or ORT upgrade must never pick up a stale engine.
+    """
     if isinstance(spec, CpuProvider):
         return ORT_NAMES["cpu"], {}
     if isinstance(spec, CudaProvider):
@@ -75,7 +80,8 @@ def provider_options(
         "trt_profile_max_shapes": shape(batch),
     }
     if spec.trt_engine_cache_path is not None:
-        opts["trt_engine_cache_path"] = str(spec.trt_engine_cache_path)
+        subdir = f"ort{ort.__version__}-{onnx_sha256[:16] or 'unknown'}"
+        opts["trt_engine_cache_path"] = str(spec.trt_engine_cache_path / subdir)
     return ORT_NAMES["tensorrt"], opts
 
 
@@ -134,7 +140,9 @@ class OrtEngine:
         where = f"bundle {bundle.bundle_id} engine {role!r} ({spec.file})"
         inp = bundle.manifest.input
         chw = (inp.channels, inp.input_height, inp.input_width)
-        pairs = [provider_options(p, input_name=spec.input_name, input_chw=chw, batch=batch) for p in cfg.providers]
+        sha = bundle.manifest.files[spec.file]
+        pairs = [provider_options(p, input_name=spec.input_name, input_chw=chw, batch=batch, onnx_sha256=sha)
+                 for p in cfg.providers]
         requested = [name for name, _ in pairs]
         usable = resolve_providers(requested, ort.get_available_providers(), allow_fallback=cfg.allow_fallback)
         providers = [(name, opts) for name, opts in pairs if name in usable] or [("CPUExecutionProvider", {})]

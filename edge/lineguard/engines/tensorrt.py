@@ -324,8 +324,13 @@ class TensorrtEngine:
                 log.warning("cached engine %s unreadable (truncated?); rebuilding", path)
             log.info("building TensorRT %s engine for %s/%s on %s (this takes a while)", cfg.precision,
                      bundle.bundle_id, role, gpu.name)
-            data = build_serialized(trt, cudart, bundle, role, cfg, batch=batch,
-                                    calib_file=path.with_suffix(".calib"))
+            try:
+                data = build_serialized(trt, cudart, bundle, role, cfg, batch=batch,
+                                        calib_file=path.with_suffix(".calib"))
+            except LineGuardError:
+                raise
+            except Exception as exc:  # TensorRT pybind errors, API differences between 10.x releases
+                raise EngineError(f"TensorRT build of {bundle.bundle_id}/{role} failed: {exc}") from exc
             _atomic_write(path, data)
             engine = runtime.deserialize_cuda_engine(data)
             if engine is None:
