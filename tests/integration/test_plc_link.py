@@ -88,7 +88,8 @@ def test_trigger_driven_line_and_recipe_request(sim: PlcSimulator) -> None:
     link.start()
     seen: list[int] = []
     try:
-        assert sim.wait_until(lambda: sim.heartbeats() != [], 2.0)
+        # the first poll is the trigger baseline (a stale trigger must not start a part): wait for it
+        assert sim.wait_until(lambda: sample(reg, "lineguard_plc_transaction_seconds_count", op="poll") > 0, 2.0)
         link.set_defect_classes(["scratch", "dent"])
         sim.set_recipe_request(12)
         sim.start_triggers(40.0, first_part_id=1000, count=30)
@@ -128,7 +129,7 @@ def test_heartbeat_changes_at_its_period(sim: PlcSimulator) -> None:
     finally:
         link.stop()
     beats = [hb for _, hb, _ in sim.heartbeats()]
-    assert 8 <= len(beats) <= 14, beats  # ~11 expected at 40 ms
+    assert 6 <= len(beats) <= 14, beats  # ~11 expected at 40 ms; loose for loaded CI machines
     assert all(b2 == (b1 + 1) & 0xFFFF for b1, b2 in itertools.pairwise(beats))
 
 
