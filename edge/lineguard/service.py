@@ -35,7 +35,7 @@ from lineguard.errors import BundleError, LineGuardError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
 from lineguard.plc import NullPlcLink, PlcConfig, PlcLink
 from lineguard.publisher import Publisher, build_publisher
-from lineguard.sources import Source, build_source
+from lineguard.sources import Source, SourceStatsSnapshot, build_source
 from lineguard.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class InspectionService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._beat = {"acquisition": time.monotonic(), "inspection": time.monotonic()}
-        self._decision_listeners: list[threading.Event] = []
+        self._source_snap: SourceStatsSnapshot | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -297,6 +297,10 @@ class InspectionService:
                 return
             self._emit(failsafe_decision(frame, self.bundle.bundle_id, reason), frame, None)
 
+    def queue_depth(self) -> tuple[int, int]:
+        """(frames waiting for inspection, queue capacity)."""
+        return self._queue.qsize(), self._queue.maxsize
+
     # ------------------------------------------------------------------ supervision
     def alive(self) -> bool:
         """Both loops made progress within the configured stall budget."""
@@ -308,8 +312,22 @@ class InspectionService:
         """True when the source is exhausted and every frame has been judged (replay runs)."""
         return not self._threads[0].is_alive() and self._queue.empty() and self.stats.decided >= self.stats.frames
 
+    def _export_source_stats(self) -> None:
+        """Camera counters -> metrics and the PLC's camera_ok bit (main thread, once per tick)."""
+        snap = self.source.stats.snapshot()
+        if self._source_snap is not None:
+            delta = snap.counts_since(self._source_snap)
+            cam = self.source.camera_id
+            self.metrics.camera_reconnects_total.labels(camera_id=cam).inc(delta["reconnects"])
+            self.metrics.camera_incomplete_frames_total.labels(camera_id=cam).inc(delta["incomplete"])
+            self.metrics.drops_total.labels(reason="camera").inc(delta["dropped"])
+            self.metrics.drops_total.labels(reason="corrupt_frame").inc(delta["unreadable"])
+        self._source_snap = snap
+        self.plc.set_status(camera_ok=snap.connected)
+
     def supervise_once(self) -> None:
-        """One tick of the main thread: watchdog, status bits."""
+        """One tick of the main thread: watchdog, camera counters, status bits."""
+        self._export_source_stats()
         if self.alive():
             self.notifier.watchdog()
         else:

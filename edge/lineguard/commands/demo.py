@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.1)
             if time.monotonic() - last >= 1.0:
                 last = time.monotonic()
+                service.supervise_once()
                 print("[demo] " + _summary(service, sink.stats.stored, len(plc_sim.results())), flush=True)
     finally:
         service.stop()
