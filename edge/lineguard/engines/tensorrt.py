@@ -251,6 +251,15 @@ def build_serialized(
     return bytes(serialized)
 
 
+def _check_engine_io(engine: Any, input_name: str, chw: tuple[int, int, int], where: str) -> None:
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    if input_name not in names:
+        raise BundleError(f"{where}: engine has no input {input_name!r} (tensors: {names})")
+    dims = tuple(engine.get_tensor_shape(input_name))
+    if len(dims) != 4 or tuple(dims[1:]) != chw:
+        raise BundleError(f"{where}: engine input is {dims}, the manifest input spec says [N, {chw}]")
+
+
 class TensorrtEngine:
     """A deserialized TensorRT engine with its execution context, stream and device buffers."""
 
@@ -284,11 +293,15 @@ class TensorrtEngine:
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "stream create")
         self._buffers: dict[str, _DeviceBuffer] = {}
         self._dtypes: dict[str, Any] = {}
-        self._allocate()
+        try:
+            self._allocate()
+        except BaseException:
+            self.close()  # device memory is not garbage-collected: give back what was allocated
+            raise
 
     def _allocate(self) -> None:
         trt = self._trt
-        shape = (self._max_batch, *self._engine.get_tensor_shape(self._input)[1:])
+        shape = (self._max_batch, *tuple(self._engine.get_tensor_shape(self._input))[1:])  # Dims: no slicing
         self._context.set_input_shape(self._input, shape)
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -335,6 +348,7 @@ class TensorrtEngine:
             engine = runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise EngineError(f"TensorRT built but cannot deserialize the {role} engine ({path})")
+        _check_engine_io(engine, spec.input_name, (inp.channels, inp.input_height, inp.input_width), path.name)
         provider = f"TensorRT {trt.__version__} native {cfg.precision} on {gpu.name}"
         log.info("bundle %s engine %r runs on %s (cache %s)", bundle.bundle_id, role, provider, path.name)
         return cls(role=role, trt=trt, runtime=runtime, trt_engine=engine, cudart=cudart,
