@@ -32,8 +32,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _cfg(port: int, **kw: object) -> PlcConfig:
-    base: dict[str, object] = {"transport": TcpTransportConfig(port=port), "flight_recorder_size": 100_000,
-                               "deadline_ms": 1000, "result_buffer_size": 1024}
+    base: dict[str, object] = {
+        "transport": TcpTransportConfig(port=port),
+        "flight_recorder_size": 100_000,
+        "deadline_ms": 1000,
+        "result_buffer_size": 1024,
+    }
     return PlcConfig.model_validate({**base, **kw})
 
 
@@ -50,20 +54,27 @@ def bench_latency(mode: str, n: int, rate_hz: float) -> dict[str, float]:
             time.sleep(1.0 / rate_hz)
         settle(link, 10.0)
         link.stop()
-        writes = [tx.latency_us / 1000 for tx in link.recorder.snapshot()
-                  if tx.op == "write_regs" and tx.address == link.cfg.registers.part_id.address and not tx.error]
+        writes = [
+            tx.latency_us / 1000
+            for tx in link.recorder.snapshot()
+            if tx.op == "write_regs" and tx.address == link.cfg.registers.part_id.address and not tx.error
+        ]
         e2e = [(r.t_ns - t_submit[r.part_id]) / 1e6 for r in sim.results()]
         assert audit(sim, reg, range(1, n + 1)).ok
-    return {"write_p50_ms": _pct(writes, 0.5), "write_p99_ms": _pct(writes, 0.99),
-            "e2e_p50_ms": _pct(e2e, 0.5), "e2e_p99_ms": _pct(e2e, 0.99), "n": float(len(writes))}
+    return {
+        "write_p50_ms": _pct(writes, 0.5),
+        "write_p99_ms": _pct(writes, 0.99),
+        "e2e_p50_ms": _pct(e2e, 0.5),
+        "e2e_p99_ms": _pct(e2e, 0.99),
+        "n": float(len(writes)),
+    }
 
 
 def bench_throughput(n: int) -> float:
     """Submit n parts at once into a 1024-deep buffer; parts/s until the last one is acked."""
     with PlcSimulator() as sim:
         reg = CollectorRegistry()
-        link = PlcLink.from_config(_cfg(sim.port, handshake="acknowledged", deadline_ms=60000),
-                                   metrics_registry=reg)
+        link = PlcLink.from_config(_cfg(sim.port, handshake="acknowledged", deadline_ms=60000), metrics_registry=reg)
         link.start()
         sim.wait_until(lambda: sim.heartbeats() != [], 2.0)
         t0 = time.monotonic()
@@ -80,8 +91,9 @@ def bench_throughput(n: int) -> float:
 def bench_recovery(rounds: int, outage_s: float) -> dict[str, float]:
     lost, back, status, outage_back = [], [], [], []
     with PlcSimulator() as sim:
-        link = PlcLink.from_config(_cfg(sim.port, reconnect_backoff_initial_ms=10, reconnect_backoff_max_ms=200,
-                                        reconnected_flag_hold_ms=100))
+        link = PlcLink.from_config(
+            _cfg(sim.port, reconnect_backoff_initial_ms=10, reconnect_backoff_max_ms=200, reconnected_flag_hold_ms=100)
+        )
         link.start()
         sim.wait_until(lambda: link.health().connected, 2.0)
         for _ in range(rounds):
@@ -109,9 +121,13 @@ def bench_recovery(rounds: int, outage_s: float) -> dict[str, float]:
             sim.wait_until(lambda n=n_rec: link.health().reconnects > n, 5.0)
             outage_back.append((time.monotonic_ns() - t0) / 1e6)
         link.stop()
-    return {"lost_ms": statistics.median(lost) if lost else float("nan"), "reconnected_ms": statistics.median(back),
-            "status_ms": statistics.median(status), "after_outage_ms": statistics.median(outage_back),
-            "after_outage_max_ms": max(outage_back)}
+    return {
+        "lost_ms": statistics.median(lost) if lost else float("nan"),
+        "reconnected_ms": statistics.median(back),
+        "status_ms": statistics.median(status),
+        "after_outage_ms": statistics.median(outage_back),
+        "after_outage_max_ms": max(outage_back),
+    }
 
 
 def main() -> int:
@@ -133,8 +149,10 @@ def main() -> int:
         "|---|---|---|---|---|---|",
     ]
     for mode, r in lat.items():
-        lines.append(f"| {mode} | {r['write_p50_ms']:.2f} ms | {r['write_p99_ms']:.2f} ms | "
-                     f"{r['e2e_p50_ms']:.2f} ms | {r['e2e_p99_ms']:.2f} ms | {int(r['n'])} at 200/s |")
+        lines.append(
+            f"| {mode} | {r['write_p50_ms']:.2f} ms | {r['write_p99_ms']:.2f} ms | "
+            f"{r['e2e_p50_ms']:.2f} ms | {r['e2e_p99_ms']:.2f} ms | {int(r['n'])} at 200/s |"
+        )
     lines += [
         "",
         f"Maximum sustained rate with acknowledged results (simulator acks at once): **{tput:.0f} parts/s**.",

@@ -19,8 +19,12 @@ pytestmark = pytest.mark.timeout(60)
 
 def _cfg(port: int, **kw: object) -> PlcConfig:
     base: dict[str, object] = {
-        "transport": TcpTransportConfig(port=port), "deadline_ms": 100, "heartbeat_period_ms": 50,
-        "timeout_ms": 100, "reconnect_backoff_initial_ms": 20, "reconnect_backoff_max_ms": 100,
+        "transport": TcpTransportConfig(port=port),
+        "deadline_ms": 100,
+        "heartbeat_period_ms": 50,
+        "timeout_ms": 100,
+        "reconnect_backoff_initial_ms": 20,
+        "reconnect_backoff_max_ms": 100,
         "reconnected_flag_hold_ms": 300,
     }
     return PlcConfig.model_validate({**base, **kw})

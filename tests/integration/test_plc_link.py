@@ -25,8 +25,12 @@ pytestmark = pytest.mark.timeout(60)
 
 def _cfg(port: int, **kw: object) -> PlcConfig:
     base: dict[str, object] = {
-        "transport": TcpTransportConfig(port=port), "deadline_ms": 150, "heartbeat_period_ms": 50,
-        "timeout_ms": 200, "reconnect_backoff_initial_ms": 20, "reconnect_backoff_max_ms": 200,
+        "transport": TcpTransportConfig(port=port),
+        "deadline_ms": 150,
+        "heartbeat_period_ms": 50,
+        "timeout_ms": 200,
+        "reconnect_backoff_initial_ms": 20,
+        "reconnect_backoff_max_ms": 200,
     }
     return PlcConfig.model_validate({**base, **kw})
 

@@ -33,15 +33,27 @@ from lineguard.plc.testing import audit, feed, sample, settle
 pytestmark = pytest.mark.timeout(60)
 
 
-def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-          *, ca: bool = False, sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
+def _cert(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    sans: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_name, issuer_key = issuer or (subject, key)
     now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-         .not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return b.sign(issuer_key, hashes.SHA256())
@@ -50,8 +62,11 @@ def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, e
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
-        path.with_suffix(".key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        path.with_suffix(".key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
 
 
 @pytest.fixture
@@ -76,8 +91,9 @@ def _server_ctx(pki: Path) -> ssl.SSLContext:
 
 
 def _tls_cfg(pki: Path, port: int, *, ca: str = "ca.pem", host: str = "localhost") -> PlcConfig:
-    t = TlsTransportConfig(host=host, port=port, ca_file=pki / ca, cert_file=pki / "client.pem",
-                           key_file=pki / "client.key")
+    t = TlsTransportConfig(
+        host=host, port=port, ca_file=pki / ca, cert_file=pki / "client.pem", key_file=pki / "client.key"
+    )
     return PlcConfig(transport=t, heartbeat_period_ms=50, timeout_ms=500, reconnect_backoff_max_ms=100)
 
 
@@ -102,8 +118,9 @@ def test_tls_refuses_unverified_plc(pki: Path, ca: str, host: str) -> None:
         reg = CollectorRegistry()
         cfg = _tls_cfg(pki, sim.port, ca=ca, host=host)
         if host != "localhost":  # resolve the foreign name to loopback while checking that name
-            cfg = cfg.model_copy(update={"transport": cfg.transport.model_copy(
-                update={"host": "127.0.0.1", "server_hostname": host})})
+            cfg = cfg.model_copy(
+                update={"transport": cfg.transport.model_copy(update={"host": "127.0.0.1", "server_hostname": host})}
+            )
         link = PlcLink.from_config(cfg, metrics_registry=reg)
         link.start()
         try:
@@ -116,8 +133,9 @@ def test_tls_refuses_unverified_plc(pki: Path, ca: str, host: str) -> None:
 
 
 def test_tls_missing_files_is_a_config_error(tmp_path: Path) -> None:
-    t = TlsTransportConfig(host="localhost", ca_file=tmp_path / "nope.pem", cert_file=tmp_path / "c.pem",
-                           key_file=tmp_path / "c.key")
+    t = TlsTransportConfig(
+        host="localhost", ca_file=tmp_path / "nope.pem", cert_file=tmp_path / "c.pem", key_file=tmp_path / "c.key"
+    )
     with pytest.raises(ConfigError, match="cannot load CA"):
         PlcLink.from_config(PlcConfig(transport=t))
 
@@ -155,8 +173,13 @@ def test_rtu_over_pseudo_terminals(pty_pair: tuple[str, str]) -> None:
     # parity N: a pseudo-terminal refuses parity settings (EINVAL); a real RS-485 port takes E
     with PlcSimulator(serial_port=server_dev, serial_parity="N") as sim:
         reg = CollectorRegistry()
-        cfg = PlcConfig(transport=RtuTransportConfig(device=client_dev, parity="N"), heartbeat_period_ms=100,
-                        timeout_ms=300, poll_period_ms=20, deadline_ms=1000)
+        cfg = PlcConfig(
+            transport=RtuTransportConfig(device=client_dev, parity="N"),
+            heartbeat_period_ms=100,
+            timeout_ms=300,
+            poll_period_ms=20,
+            deadline_ms=1000,
+        )
         link = PlcLink.from_config(cfg, metrics_registry=reg)
         link.start()
         try:

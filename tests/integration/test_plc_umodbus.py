@@ -65,8 +65,13 @@ class UModbusPlc:
 
 
 # little word order and a float score: the non-default paths must also match an independent peer
-REGS = RegisterMapConfig(unit_id=UNIT, word_order="little", score=FieldSpec(address=7, dtype=DataType.F32),
-                         result_flags=FieldSpec(address=10), result_seq=FieldSpec(address=11))
+REGS = RegisterMapConfig(
+    unit_id=UNIT,
+    word_order="little",
+    score=FieldSpec(address=7, dtype=DataType.F32),
+    result_flags=FieldSpec(address=10),
+    result_seq=FieldSpec(address=11),
+)
 
 
 @pytest.fixture
@@ -77,8 +82,13 @@ def plc() -> Iterator[UModbusPlc]:
 
 def test_every_register_read_back_from_umodbus(plc: UModbusPlc) -> None:
     reg = CollectorRegistry()
-    cfg = PlcConfig(transport=TcpTransportConfig(port=plc.port), registers=REGS, heartbeat_period_ms=50,
-                    deadline_ms=300, result_buffer_size=64)
+    cfg = PlcConfig(
+        transport=TcpTransportConfig(port=plc.port),
+        registers=REGS,
+        heartbeat_period_ms=50,
+        deadline_ms=300,
+        result_buffer_size=64,
+    )
     link = PlcLink.from_config(cfg, metrics_registry=reg)
     link.start()
     parts = list(range(100_000, 100_030))

@@ -10,13 +10,28 @@ MS = 1_000_000
 
 
 def _book(*, ack: bool = True, capacity: int = 8) -> ResultBook:
-    return ResultBook(deadline_ns=100 * MS, failsafe_verdict=Verdict.REJECT, capacity=capacity, acknowledged=ack,
-                      class_codes={"scratch": 1, "dent": 2})
+    return ResultBook(
+        deadline_ns=100 * MS,
+        failsafe_verdict=Verdict.REJECT,
+        capacity=capacity,
+        acknowledged=ack,
+        class_codes={"scratch": 1, "dent": 2},
+    )
 
 
 def _dec(part_id: int, verdict: Verdict = Verdict.ACCEPT, defect: str = "", failsafe: bool = False) -> Decision:
-    return Decision(seq=part_id, part_id=part_id, verdict=verdict, anomaly_score=0.3, bundle_id="b",
-                    camera_id="c", t_capture_ns=0, t_decided_ns=0, defect_class=defect, failsafe=failsafe)
+    return Decision(
+        seq=part_id,
+        part_id=part_id,
+        verdict=verdict,
+        anomaly_score=0.3,
+        bundle_id="b",
+        camera_id="c",
+        t_capture_ns=0,
+        t_decided_ns=0,
+        defect_class=defect,
+        failsafe=failsafe,
+    )
 
 
 def _drain(book: ResultBook) -> list[tuple[int, int, int]]:

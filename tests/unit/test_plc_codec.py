@@ -27,9 +27,15 @@ _PYMODBUS_TYPE = {
     DataType.F32: ModbusTcpClient.DATATYPE.FLOAT32,
 }
 CASES = [
-    (DataType.U16, 0), (DataType.U16, 65535), (DataType.I16, -32768), (DataType.I16, 1234),
-    (DataType.U32, 0x12345678), (DataType.U32, 4_000_000_000), (DataType.I32, -123456789),
-    (DataType.F32, 0.8125), (DataType.F32, -3.5e7),
+    (DataType.U16, 0),
+    (DataType.U16, 65535),
+    (DataType.I16, -32768),
+    (DataType.I16, 1234),
+    (DataType.U32, 0x12345678),
+    (DataType.U32, 4_000_000_000),
+    (DataType.I32, -123456789),
+    (DataType.F32, 0.8125),
+    (DataType.F32, -3.5e7),
 ]
 
 
@@ -74,13 +80,19 @@ def test_status_word_bits() -> None:
 
 def test_default_result_block_is_one_write_with_seq_last() -> None:
     rmap = RegisterMap(cfg=RegisterMapConfig())
-    res = PlcResult(seq=7, part_id=0x00012345, verdict=2, defect_code=3, score=0.5,
-                    flags=FLAG_DEADLINE_FAILSAFE, t_queued_ns=0)
+    res = PlcResult(
+        seq=7, part_id=0x00012345, verdict=2, defect_code=3, score=0.5, flags=FLAG_DEADLINE_FAILSAFE, t_queued_ns=0
+    )
     runs = rmap.result_runs(res)
     assert runs == [(3, [0x0001, 0x2345, 2, 3, 500, 1, 7])]
     image = {runs[0][0] + i: w for i, w in enumerate(runs[0][1])}
     assert rmap.decode_result(image) == {
-        "result_seq": 7, "part_id": 0x12345, "verdict": 2, "defect_class": 3, "score": 500, "result_flags": 1,
+        "result_seq": 7,
+        "part_id": 0x12345,
+        "verdict": 2,
+        "defect_class": 3,
+        "score": 500,
+        "result_flags": 1,
     }
 
 
@@ -103,8 +115,7 @@ def test_inputs_decode_from_one_read() -> None:
     rmap = RegisterMap(cfg=RegisterMapConfig())
     assert (rmap.input_start, rmap.input_count) == (20, 5)
     inputs = rmap.decode_inputs([4, 0x0002, 0x0003, 9, 77])
-    assert (inputs.trigger_seq, inputs.trigger_part_id, inputs.recipe_request, inputs.result_ack) == (
-        4, 0x20003, 9, 77)
+    assert (inputs.trigger_seq, inputs.trigger_part_id, inputs.recipe_request, inputs.result_ack) == (4, 0x20003, 9, 77)
 
 
 def test_overlapping_fields_are_refused() -> None:

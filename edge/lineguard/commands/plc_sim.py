@@ -57,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from lineguard.plc.sim import PlcSimulator  # server side imported only for this command
 
     regs = _load_registers(args.registers, args.unit_id)
-    sim = PlcSimulator(registers=regs, host=args.host, port=args.port, ack=not args.no_ack,
-                       ack_delay_ms=args.ack_delay_ms, response_delay_ms=args.response_delay_ms)
+    sim = PlcSimulator(
+        registers=regs,
+        host=args.host,
+        port=args.port,
+        ack=not args.no_ack,
+        ack_delay_ms=args.ack_delay_ms,
+        response_delay_ms=args.response_delay_ms,
+    )
     sim.start()
     log.info("PLC simulator on %s:%d unit %d", args.host, sim.port, regs.unit_id)
     if args.rate_hz > 0:
@@ -88,7 +94,11 @@ def _report(sim: object) -> None:
     last = results[-1] if results else None
     log.info(
         "triggers=%d results=%d parts=%d doubly-answered=%d heartbeat=%d status=%s last=%s",
-        len(sim.triggers()), len(results), len(by_part), doubles, sim.register(sim.cfg.heartbeat.address),
+        len(sim.triggers()),
+        len(results),
+        len(by_part),
+        doubles,
+        sim.register(sim.cfg.heartbeat.address),
         {k for k, v in sim.status_bits().items() if v} or "{}",
         f"part {last.part_id} verdict {last.verdict} seq {last.seq}" if last else "-",
     )

@@ -6,7 +6,8 @@ Public API: ``PlcConfig`` (config), ``PlcLink`` / ``NullPlcLink`` (the link), ``
 
 from lineguard.plc.config import PlcConfig, RegisterMapConfig
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
-from lineguard.plc.link import NullPlcLink, PlcHealth, PlcLink, PlcLinkLike
+from lineguard.plc.link import PlcHealth, PlcLink, PlcLinkLike
+from lineguard.plc.null import NullPlcLink
 
 __all__ = [
     "NullPlcLink",

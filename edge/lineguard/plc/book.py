@@ -111,19 +111,23 @@ class ResultBook:
         self._pending.pop(pid, None)
         return [self._enqueue(pid, int(self._failsafe), 0, float("nan"), FLAG_DEADLINE_FAILSAFE, t_now_ns, True)]
 
-    def _enqueue(
-        self, pid: int, verdict: int, code: int, score: float, flags: int, t_ns: int, failsafe: bool
-    ) -> Event:
+    def _enqueue(self, pid: int, verdict: int, code: int, score: float, flags: int, t_ns: int, failsafe: bool) -> Event:
         self._remember(pid, failsafe)
         if len(self._queue) >= self._capacity:
             return Event(outcome=Outcome.OVERFLOW, part_id=pid)
         self.last_seq = next_seq(self.last_seq)
         self._queue.append(
-            PlcResult(seq=self.last_seq, part_id=pid, verdict=verdict, defect_code=code, score=score,
-                      flags=flags, t_queued_ns=t_ns)
+            PlcResult(
+                seq=self.last_seq,
+                part_id=pid,
+                verdict=verdict,
+                defect_code=code,
+                score=score,
+                flags=flags,
+                t_queued_ns=t_ns,
+            )
         )
-        return Event(outcome=Outcome.FAILSAFE_QUEUED if failsafe else Outcome.QUEUED, part_id=pid,
-                     seq=self.last_seq)
+        return Event(outcome=Outcome.FAILSAFE_QUEUED if failsafe else Outcome.QUEUED, part_id=pid, seq=self.last_seq)
 
     def _remember(self, pid: int, failsafe: bool) -> None:
         self._answered[pid] = failsafe

@@ -164,9 +164,7 @@ class RtuTransportConfig(BaseModel):
     bytesize: Literal[7, 8] = Field(default=8, description="data bits")
 
 
-TransportConfig = Annotated[
-    TcpTransportConfig | TlsTransportConfig | RtuTransportConfig, Field(discriminator="type")
-]
+TransportConfig = Annotated[TcpTransportConfig | TlsTransportConfig | RtuTransportConfig, Field(discriminator="type")]
 
 
 class PlcConfig(BaseModel):

@@ -120,8 +120,9 @@ class PlcLink:
         """Build client and metrics; ``metrics_registry=None`` uses a private registry (not exported)."""
         recorder = FlightRecorder(capacity=cfg.flight_recorder_size)
         metrics = PlcMetrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
-        return cls(cfg=cfg, transport=ModbusTransport.from_config(cfg, recorder=recorder), recorder=recorder,
-                   metrics=metrics)
+        return cls(
+            cfg=cfg, transport=ModbusTransport.from_config(cfg, recorder=recorder), recorder=recorder, metrics=metrics
+        )
 
     # ---- service-facing API (any thread, never blocks on the network) ------------------
     def start(self) -> None:
@@ -187,11 +188,16 @@ class PlcLink:
     def health(self) -> PlcHealth:
         with self._cv:
             inbox = len(self._inbox)
-        return PlcHealth(connected=self._t.connected, t_lost_ns=self._t_lost_ns,
-                         t_last_loss_ns=self._t_last_loss_ns, reconnects=self._reconnects,
-                         inbox=inbox, queued_results=self._book.queued,
-                         pending_deadlines=self._book.pending_deadlines,
-                         last_seq=self._book.last_seq)
+        return PlcHealth(
+            connected=self._t.connected,
+            t_lost_ns=self._t_lost_ns,
+            t_last_loss_ns=self._t_last_loss_ns,
+            reconnects=self._reconnects,
+            inbox=inbox,
+            queued_results=self._book.queued,
+            pending_deadlines=self._book.pending_deadlines,
+            last_seq=self._book.last_seq,
+        )
 
     @property
     def metrics(self) -> PlcMetrics:
@@ -248,8 +254,13 @@ class PlcLink:
         for ev in events:
             if ev.outcome is Outcome.FAILSAFE_QUEUED:
                 self._m.failsafe.labels(reason="deadline").inc()
-                log.warning("part %d: no verdict within %.0f ms; fail-safe %s queued (seq %d)",
-                            ev.part_id, self.cfg.deadline_ms, self.cfg.failsafe_verdict, ev.seq)
+                log.warning(
+                    "part %d: no verdict within %.0f ms; fail-safe %s queued (seq %d)",
+                    ev.part_id,
+                    self.cfg.deadline_ms,
+                    self.cfg.failsafe_verdict,
+                    ev.seq,
+                )
             elif ev.outcome is Outcome.OVERFLOW:
                 self._m.failsafe.labels(reason="overflow").inc()
                 self._m.overflows.inc()
@@ -326,8 +337,9 @@ class PlcLink:
         bits["fault"] = bits["fault"] or bits["result_overflow"]
         self._next_hb = now + int(self.cfg.heartbeat_period_ms * _MS)
         self._heartbeat = (self._heartbeat + 1) & 0xFFFF
-        self._write_runs("heartbeat", self._map.heartbeat_runs(
-            heartbeat=self._heartbeat, status=status_word(bits), recipe=recipe))
+        self._write_runs(
+            "heartbeat", self._map.heartbeat_runs(heartbeat=self._heartbeat, status=status_word(bits), recipe=recipe)
+        )
         coils = self.cfg.registers.status_coils_address
         if coils is not None:
             order = sorted(STATUS_BITS, key=STATUS_BITS.__getitem__)
@@ -390,8 +402,11 @@ class PlcLink:
             self._reconnects += 1
             self._m.reconnects.inc()
             self._recovered_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
-            log.warning("PLC link %s re-established after %.0f ms", self._t.describe,
-                        (self._clock() - (self._t_lost_ns or now)) / _MS)
+            log.warning(
+                "PLC link %s re-established after %.0f ms",
+                self._t.describe,
+                (self._clock() - (self._t_lost_ns or now)) / _MS,
+            )
         else:
             log.info("PLC link %s connected", self._t.describe)
         self._ever_connected = True
@@ -453,8 +468,7 @@ class PlcLink:
             # Linux: PRIO_PROCESS with a thread id sets that thread's nice value only
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.writer_nice)
         except OSError as exc:
-            log.warning("cannot set PLC writer nice %d (%s); running at default priority",
-                        self.cfg.writer_nice, exc)
+            log.warning("cannot set PLC writer nice %d (%s); running at default priority", self.cfg.writer_nice, exc)
 
     def _say_goodbye(self) -> None:
         if not self._t.connected:
@@ -467,38 +481,4 @@ class PlcLink:
             log.info("could not write ready=0 on stop: %s", exc)
 
 
-class NullPlcLink:
-    """Stand-in for runs without a PLC: same API, accepts everything, writes nothing."""
-
-    def __init__(self) -> None:
-        self.submitted = 0
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
-
-    def expect(self, part_id: int, t_trigger_ns: int) -> None:
-        return None
-
-    def submit(self, decision: Decision) -> None:
-        self.submitted += 1
-
-    def set_status(self, **bits: bool) -> None:
-        return None
-
-    def set_active_recipe(self, recipe: int) -> None:
-        return None
-
-    def set_defect_classes(self, classes: list[str]) -> None:
-        return None
-
-    def poll_recipe_request(self) -> int | None:
-        return None
-
-    def poll_trigger(self) -> int | None:
-        return None
-
-
-__all__ = ["NullPlcLink", "PlcErrorKind", "PlcHealth", "PlcLink", "PlcLinkLike"]
+__all__ = ["PlcErrorKind", "PlcHealth", "PlcLink", "PlcLinkLike"]

@@ -21,33 +21,51 @@ class PlcMetrics:
 
     def __init__(self, *, registry: CollectorRegistry) -> None:
         self.write_latency = Histogram(
-            "lineguard_plc_transaction_seconds", "Modbus transaction latency as seen by LineGuard",
-            ["op"], buckets=LATENCY_BUCKETS_S, registry=registry,
+            "lineguard_plc_transaction_seconds",
+            "Modbus transaction latency as seen by LineGuard",
+            ["op"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
-        self.errors = Counter("lineguard_plc_errors_total", "PLC transaction errors by kind", ["kind"],
-                              registry=registry)
-        self.reconnects = Counter("lineguard_plc_reconnects_total", "PLC connections re-established",
-                                  registry=registry)
+        self.errors = Counter(
+            "lineguard_plc_errors_total", "PLC transaction errors by kind", ["kind"], registry=registry
+        )
+        self.reconnects = Counter("lineguard_plc_reconnects_total", "PLC connections re-established", registry=registry)
         self.connected = Gauge("lineguard_plc_connected", "1 while the PLC link is connected", registry=registry)
-        self.unacked = Gauge("lineguard_plc_unacked_results", "results queued or waiting for the PLC ack",
-                             registry=registry)
-        self.failsafe = Counter("lineguard_plc_failsafe_verdicts_total",
-                                "parts whose real verdict did not reach the PLC", ["reason"], registry=registry)
-        self.results = Counter("lineguard_plc_results_written_total", "result blocks written", ["verdict"],
-                               registry=registry)
-        self.late = Counter("lineguard_plc_late_verdicts_total",
-                            "real verdicts that arrived after the fail-safe was chosen (never written)",
-                            registry=registry)
-        self.duplicates = Counter("lineguard_plc_duplicate_verdicts_total",
-                                  "second verdicts for an already answered part (ignored)", registry=registry)
-        self.overflows = Counter("lineguard_plc_buffer_overflows_total", "result buffer overflows",
-                                 registry=registry)
+        self.unacked = Gauge(
+            "lineguard_plc_unacked_results", "results queued or waiting for the PLC ack", registry=registry
+        )
+        self.failsafe = Counter(
+            "lineguard_plc_failsafe_verdicts_total",
+            "parts whose real verdict did not reach the PLC",
+            ["reason"],
+            registry=registry,
+        )
+        self.results = Counter(
+            "lineguard_plc_results_written_total", "result blocks written", ["verdict"], registry=registry
+        )
+        self.late = Counter(
+            "lineguard_plc_late_verdicts_total",
+            "real verdicts that arrived after the fail-safe was chosen (never written)",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "lineguard_plc_duplicate_verdicts_total",
+            "second verdicts for an already answered part (ignored)",
+            registry=registry,
+        )
+        self.overflows = Counter("lineguard_plc_buffer_overflows_total", "result buffer overflows", registry=registry)
         self.triggers = Counter("lineguard_plc_triggers_total", "triggers read from the PLC", registry=registry)
-        self.inbox_drops = Counter("lineguard_plc_inbox_drops_total",
-                                   "expect/submit calls dropped because the writer inbox was full",
-                                   registry=registry)
-        self.missed_triggers = Counter("lineguard_plc_missed_triggers_total",
-                                       "triggers the PLC issued faster than LineGuard polled", registry=registry)
+        self.inbox_drops = Counter(
+            "lineguard_plc_inbox_drops_total",
+            "expect/submit calls dropped because the writer inbox was full",
+            registry=registry,
+        )
+        self.missed_triggers = Counter(
+            "lineguard_plc_missed_triggers_total",
+            "triggers the PLC issued faster than LineGuard polled",
+            registry=registry,
+        )
         for op in ("result", "heartbeat", "poll", "coils"):
             self.write_latency.labels(op=op)
         for kind in PlcErrorKind:

@@ -109,6 +109,15 @@ class PlcSimulator:
             return
         self.stop_triggers()
         self.offline()
+
+        async def _cancel_rest() -> None:
+            # request handlers still sleeping in a response delay: cancel, do not leak them
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self._call(_cancel_rest)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
@@ -298,16 +307,24 @@ class PlcSimulator:
             self._image[address + i] = w
         touched = range(address, address + len(words))
         if self.cfg.heartbeat.address in touched:
-            self._heartbeats.append((now, self._image.get(self.cfg.heartbeat.address, 0),
-                                     self._image.get(self.cfg.status.address, 0)))
+            self._heartbeats.append(
+                (now, self._image.get(self.cfg.heartbeat.address, 0), self._image.get(self.cfg.status.address, 0))
+            )
         if self.cfg.result_seq.address not in touched:
             return
         block = self.map.decode_result(self._image)
         seq = int(block["result_seq"])
-        self._results.append(ReceivedResult(
-            seq=seq, part_id=int(block["part_id"]), verdict=int(block["verdict"]),
-            defect_class=int(block["defect_class"]), score=float(block["score"]),
-            flags=int(block["result_flags"]), t_ns=now))
+        self._results.append(
+            ReceivedResult(
+                seq=seq,
+                part_id=int(block["part_id"]),
+                verdict=int(block["verdict"]),
+                defect_class=int(block["defect_class"]),
+                score=float(block["score"]),
+                flags=int(block["result_flags"]),
+                t_ns=now,
+            )
+        )
         if self._ack:
             if self._ack_delay_s > 0 and self._loop is not None:
                 self._loop.call_later(self._ack_delay_s, self._set_ack, seq)

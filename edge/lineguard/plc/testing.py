@@ -20,8 +20,17 @@ from lineguard.plc.sim import PlcSimulator
 def decision(part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 0.25, defect: str = "") -> Decision:
     """A Decision as the decision stage would produce it (times are monotonic ns)."""
     now = time.monotonic_ns()
-    return Decision(seq=part_id, part_id=part_id, verdict=verdict, anomaly_score=score, bundle_id="test",
-                    camera_id="cam0", t_capture_ns=now, t_decided_ns=now, defect_class=defect)
+    return Decision(
+        seq=part_id,
+        part_id=part_id,
+        verdict=verdict,
+        anomaly_score=score,
+        bundle_id="test",
+        camera_id="cam0",
+        t_capture_ns=now,
+        t_decided_ns=now,
+        defect_class=defect,
+    )
 
 
 def feed(link: PlcLink, part_ids: Iterable[int], *, skip: Iterable[int] = (), period_s: float = 0.0) -> None:
@@ -69,7 +78,8 @@ def audit(sim: PlcSimulator, registry: CollectorRegistry, part_ids: Iterable[int
     parts = set(part_ids)
     got = sim.verdicts_by_part()
     counted = sample(registry, "lineguard_plc_failsafe_verdicts_total", reason="overflow") + sample(
-        registry, "lineguard_plc_failsafe_verdicts_total", reason="plc_rejected")
+        registry, "lineguard_plc_failsafe_verdicts_total", reason="plc_rejected"
+    )
     return Audit(
         parts=len(parts),
         written=len(set(got) & parts),

@@ -125,9 +125,7 @@ class ModbusTransport:
         """Builds the client (loads TLS files); connects later, in the writer thread."""
         t = cfg.transport
         describe = f"rtu:{t.device}" if isinstance(t, RtuTransportConfig) else f"{t.type}://{t.host}:{t.port}"
-        return cls(
-            client=_build_client(cfg), unit_id=cfg.registers.unit_id, recorder=recorder, describe=describe
-        )
+        return cls(client=_build_client(cfg), unit_id=cfg.registers.unit_id, recorder=recorder, describe=describe)
 
     def connect(self) -> None:
         t0 = self._clock()
@@ -159,16 +157,28 @@ class ModbusTransport:
         self._client.close()  # type: ignore[no-untyped-call]
 
     def write_registers(self, address: int, values: Sequence[int]) -> None:
-        self._call("write_regs", address, tuple(values), lambda: self._client.write_registers(
-            address, list(values), device_id=self._unit))
+        self._call(
+            "write_regs",
+            address,
+            tuple(values),
+            lambda: self._client.write_registers(address, list(values), device_id=self._unit),
+        )
 
     def write_coils(self, address: int, bits: Sequence[bool]) -> None:
-        self._call("write_coils", address, tuple(int(b) for b in bits), lambda: self._client.write_coils(
-            address, list(bits), device_id=self._unit))
+        self._call(
+            "write_coils",
+            address,
+            tuple(int(b) for b in bits),
+            lambda: self._client.write_coils(address, list(bits), device_id=self._unit),
+        )
 
     def read_registers(self, address: int, count: int) -> list[int]:
-        resp = self._call("read_regs", address, (count,), lambda: self._client.read_holding_registers(
-            address, count=count, device_id=self._unit))
+        resp = self._call(
+            "read_regs",
+            address,
+            (count,),
+            lambda: self._client.read_holding_registers(address, count=count, device_id=self._unit),
+        )
         regs = list(getattr(resp, "registers", []))
         if len(regs) < count:
             raise PlcTransactionError(
@@ -193,8 +203,14 @@ class ModbusTransport:
             raise mapped from exc
         finally:
             self._recorder.record(
-                Transaction(t_ns=t0, op=op, address=address, values=values,
-                            latency_us=(self._clock() - t0) / 1e3, error=err.value if err else "")
+                Transaction(
+                    t_ns=t0,
+                    op=op,
+                    address=address,
+                    values=values,
+                    latency_us=(self._clock() - t0) / 1e3,
+                    error=err.value if err else "",
+                )
             )
             if err is not None and err.breaks_connection:
                 self.close()
