@@ -164,6 +164,13 @@ def main() -> int:
         f"- PLC away 500 ms, then back: link resumes {rec['after_outage_ms']:.0f} ms after it returns "
         f"(max {rec['after_outage_max_ms']:.0f} ms; backoff capped at 200 ms in this run, 2 s by default)",
         "",
+        "Notes: the simulator runs in the same Python process as the link (one GIL, 2 cores shared with",
+        "other work), so p99 values and the parts/s figure mostly measure this machine's scheduling; on",
+        "three runs here the acknowledged rate ranged 376-806 parts/s. In acknowledged mode a result that",
+        "waits behind an unacked one adds up to one ack poll (2 ms) plus the PLC's ack time; a real PLC",
+        "acks once per scan (typ. 5-20 ms), which bounds the acknowledged rate to ~1 result per scan.",
+        "Loss detection happens on the next transaction (poll every 10 ms, heartbeat every 250 ms).",
+        "",
     ]
     text = "\n".join(lines)
     print(text)
