@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=max(0, args.threads))
     policy = DecisionPolicy.from_manifest(bundle.manifest)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     errors = scored = 0
     try:
