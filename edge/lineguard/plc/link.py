@@ -41,7 +41,15 @@ class PlcLinkLike(Protocol):
     def stop(self) -> None: ...
     def expect(self, part_id: int, t_trigger_ns: int) -> None: ...
     def submit(self, decision: Decision) -> None: ...
-    def set_status(self, **bits: bool) -> None: ...
+    def set_status(
+        self,
+        *,
+        ready: bool | None = None,
+        fault: bool | None = None,
+        degraded: bool | None = None,
+        model_loaded: bool | None = None,
+        camera_ok: bool | None = None,
+    ) -> None: ...
     def set_active_recipe(self, recipe: int) -> None: ...
     def set_defect_classes(self, classes: list[str]) -> None: ...
     def poll_recipe_request(self) -> int | None: ...
@@ -151,11 +159,24 @@ class PlcLink:
         """The verdict for ``decision.part_id``; timestamped here so writer lag cannot make it late."""
         self._post("submit", decision, self._clock())
 
-    def set_status(self, **bits: bool) -> None:
-        """Set any of ready, fault, degraded, model_loaded, camera_ok; written at once."""
-        unknown = set(bits) - {"ready", "fault", "degraded", "model_loaded", "camera_ok"}
-        if unknown:
-            raise ValueError(f"unknown status bits {sorted(unknown)}")
+    def set_status(
+        self,
+        *,
+        ready: bool | None = None,
+        fault: bool | None = None,
+        degraded: bool | None = None,
+        model_loaded: bool | None = None,
+        camera_ok: bool | None = None,
+    ) -> None:
+        """Set the given status bits (None = leave as is); written to the PLC at once."""
+        given = {
+            "ready": ready,
+            "fault": fault,
+            "degraded": degraded,
+            "model_loaded": model_loaded,
+            "camera_ok": camera_ok,
+        }
+        bits = {name: value for name, value in given.items() if value is not None}
         with self._cv:
             self._status.update(bits)
             self._status_dirty = True

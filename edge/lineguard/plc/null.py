@@ -26,7 +26,15 @@ class NullPlcLink:
     def submit(self, decision: Decision) -> None:
         self.submitted += 1
 
-    def set_status(self, **bits: bool) -> None:
+    def set_status(
+        self,
+        *,
+        ready: bool | None = None,
+        fault: bool | None = None,
+        degraded: bool | None = None,
+        model_loaded: bool | None = None,
+        camera_ok: bool | None = None,
+    ) -> None:
         return None
 
     def set_active_recipe(self, recipe: int) -> None:
