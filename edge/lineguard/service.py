@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +62,8 @@ class ServiceStats:
 
 
 @dataclass(frozen=True, slots=True)
-class _Active:
-    """The bundle in use and its runner; replaced as one reference (hot swap)."""
+class PreparedBundle:
+    """A verified bundle with its warmed-up runner; the active one is replaced as one reference."""
 
     bundle: Bundle
     runner: BundleRunner
@@ -73,7 +74,7 @@ class _Active:
         return {"lower": self.policy.lower, "upper": self.policy.upper}
 
     @classmethod
-    def build(cls, bundle: Bundle, runner: BundleRunner) -> _Active:
+    def build(cls, bundle: Bundle, runner: BundleRunner) -> PreparedBundle:
         return cls(bundle, runner, DecisionPolicy.from_manifest(bundle.manifest))
 
 
@@ -87,7 +88,7 @@ class InspectionService:
         *,
         cfg: LineConfig,
         source: Source,
-        active: _Active,
+        active: PreparedBundle,
         plc: PlcLink | NullPlcLink,
         publisher: Publisher,
         metrics: EdgeMetrics,
@@ -129,7 +130,7 @@ class InspectionService:
         return cls(
             cfg=cfg,
             source=source,
-            active=_Active.build(bundle, runner),
+            active=PreparedBundle.build(bundle, runner),
             plc=plc,
             publisher=publisher,
             metrics=metrics,
@@ -184,6 +185,42 @@ class InspectionService:
         classifier = self.bundle.manifest.classifier
         self.plc.set_defect_classes(list(classifier.classes) if classifier else [])
         self.plc.set_status(ready=False, model_loaded=False)
+
+    # ------------------------------------------------------------------ changeover
+    def prepare_bundle(self, path: str | Path) -> PreparedBundle:
+        """Verify, build, warm up and self-test a bundle off the hot path (the line keeps running).
+
+        Raises :class:`BundleError` / :class:`EngineError` and leaves the running bundle untouched.
+        """
+        bundle = load_bundle(path)
+        runner = BundleRunner.from_bundle(bundle, self.cfg.engine)
+        try:
+            runner.warmup()
+            failures = run_golden(runner, bundle)
+            if failures:
+                raise BundleError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
+            if bundle.manifest.input != self._active.bundle.manifest.input:
+                log.warning("bundle %s expects different frames than %s: the camera must change too",
+                            bundle.bundle_id, self._active.bundle.bundle_id)
+        except BaseException:
+            runner.close()
+            raise
+        return PreparedBundle.build(bundle, runner)
+
+    def activate(self, prepared: PreparedBundle) -> PreparedBundle:
+        """Switch to a prepared bundle between two parts; returns the previous one (for rollback).
+
+        One reference assignment: the inspection thread reads it once per frame, so a frame is
+        judged entirely by the old or entirely by the new bundle.
+        """
+        previous, self._active = self._active, prepared
+        man = prepared.bundle.manifest
+        self.plc.set_active_recipe(man.recipe)
+        self.plc.set_defect_classes(list(man.classifier.classes) if man.classifier else [])
+        self.metrics.set_bundle(bundle_id=man.bundle_id, product=man.product, recipe=str(man.recipe))
+        self.metrics.set_execution_provider(engine="anomaly", provider=prepared.runner.provider)
+        log.info("bundle %s active (was %s)", man.bundle_id, previous.bundle.bundle_id)
+        return previous
 
     def _warm_up_and_self_test(self) -> None:
         """First inference allocates buffers and (TensorRT) autotunes; the line must not pay for it.

@@ -151,16 +151,36 @@ def run(args: argparse.Namespace) -> int:
         sink.stop()
         sink_thread.join(timeout=5)
         plc_sim.stop()
-    return _report(service, plc_sim, sink.stats.stored, len(stream))
+    return _report(service, plc_sim, sink.stats.stored, stream)
 
 
-def _report(service: InspectionService, plc_sim: object, sink_stored: int, parts: int) -> int:
+def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str]) -> None:
+    """What the PLC received per true label (the image's folder): the line engineer's view."""
+    from lineguard.contracts import Verdict
+
+    table: dict[str, dict[str, int]] = {}
+    for part, entries in by_part.items():
+        if len(entries) != 1 or not 1 <= part <= len(stream):
+            continue
+        label = Path(stream[part - 1]).parent.name
+        verdict = Verdict(next(iter(entries))[1]).label
+        row = table.setdefault(label, {})
+        row[verdict] = row.get(verdict, 0) + 1
+    print("[demo] verdicts at the PLC by true label:")
+    for label in sorted(table, key=lambda x: (x != "good", x)):
+        cells = "  ".join(f"{v}={n}" for v, n in sorted(table[label].items()))
+        print(f"[demo]   {label:<12} {cells}")
+
+
+def _report(service: InspectionService, plc_sim: object, sink_stored: int, stream: list[str]) -> int:
     from lineguard.plc.sim import PlcSimulator
 
     assert isinstance(plc_sim, PlcSimulator)
+    parts = len(stream)
     by_part = plc_sim.verdicts_by_part()
     results = plc_sim.results()
     print("[demo] " + _summary(service, sink_stored, len(results)))
+    _truth_table(by_part, stream)
     duplicates = [p for p, v in by_part.items() if len(v) != 1]
     missing = parts - len(by_part)
     ok = not duplicates and missing == 0
