@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=float, default=64, help="larger messages are refused")
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics endpoint address")
     p.add_argument("--metrics-port", type=int, default=None, help="metrics endpoint port (0 = any free)")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads verifying received PNGs")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync (survives kill -9, not power loss)")
     p.add_argument("--curve-secret-key", type=Path, default=None, help="sink's .key_secret (enables CurveZMQ)")
     p.add_argument("--curve-authorized-dir", type=Path, default=None,
@@ -47,6 +48,7 @@ def _config(args: argparse.Namespace) -> SinkConfig:
             bind=args.bind, store_dir=args.store, quota_bytes=int(args.quota_mb * 1024 * 1024),
             max_message_bytes=int(args.max_message_mb * 1024 * 1024), metrics_host=args.metrics_host,
             metrics_port=args.metrics_port, fsync=not args.no_fsync, curve=curve,
+            decode_threads=args.decode_threads,
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid sink options: {exc}") from exc

@@ -34,6 +34,8 @@ class SinkConfig(BaseModel):
     rcvhwm_msgs: int = Field(default=256, ge=1, le=100_000, description="ZeroMQ receive high-water mark")
     batch_max_msgs: int = Field(default=64, ge=1, le=4096,
                                 description="messages stored per SQLite transaction at most")
+    decode_threads: int = Field(default=2, ge=1, le=64,
+                                description="threads verifying (decoding) received PNGs in parallel")
     fsync: bool = Field(default=True, description="fsync files and the index before a frame counts as stored "
                                                   "(false survives a process kill, not a power cut)")
     poll_timeout_ms: int = Field(default=200, ge=10, le=5000, description="how often the loop checks for stop")

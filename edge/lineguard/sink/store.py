@@ -6,8 +6,9 @@ Data flow: sink server (validated :class:`~lineguard.wire.WireMessage`) -> :meth
 
 Commit protocol, so a kill -9 at any instant leaves a consistent store:
 
-1. each file is written under ``tmp/``, flushed and fsynced, then renamed into ``frames/<day>/``
-   (rename is atomic: a visible file is always complete); the day folder is fsynced;
+1. each file of a batch is written under ``tmp/``; the batch is made durable (one ``syncfs``, or
+   ``fsync`` per file where syncfs is missing), then renamed into ``frames/<day>/`` (rename is
+   atomic: a visible file is always complete); the day folder is fsynced;
 2. one SQLite transaction inserts the rows (and deletes rows evicted for the quota); the commit
    is the moment a frame counts as stored;
 3. evicted files are unlinked after the commit.
@@ -20,11 +21,12 @@ frame and never index a file before it is durable.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +104,38 @@ class RecoveryReport:
     rows_without_file: int
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    fn = getattr(libc, "syncfs", None)  # Linux only
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _sync_files(folder: Path, files: list[Path]) -> None:
+    """Flush ``files`` to disk. One syncfs() for a whole batch costs about what one fsync does,
+    where fsync per file costs one journal commit each (5 ms apiece on the dev VM)."""
+    if not files:
+        return
+    if _SYNCFS is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -155,20 +189,20 @@ class FrameStore:
             return result
         now = dt.datetime.now(dt.timezone.utc)
         rows: list[tuple[object, ...]] = []
-        dirs: set[Path] = set()
+        moves: list[tuple[Path, Path]] = []
         added = 0
         for msg in fresh:
             try:
-                rows.append(self._write_files(msg, now, dirs))
+                row, msg_moves = self._write_temp(msg, now)
             except OSError as exc:
                 log.error("sink store: cannot write frame %s: %s", msg.header.message_id, exc)
                 result.store_errors += 1
                 continue
+            rows.append(row)
+            moves.extend(msg_moves)
             added += _size(msg)
             result.stored_kinds.append(msg.header.kind)
-        if self._fsync:
-            for d in dirs:
-                _fsync_dir(d)
+        self._publish_files(moves)
         self._commit(rows, [e.row_id for e in evict])
         for e in evict:
             for rel in e.paths:
@@ -222,31 +256,45 @@ class FrameStore:
             freed += e.size
         return fresh, kept
 
-    def _write_files(self, msg: WireMessage, now: dt.datetime, dirs: set[Path]) -> tuple[object, ...]:
+    def _write_temp(self, msg: WireMessage, now: dt.datetime
+                    ) -> tuple[tuple[object, ...], list[tuple[Path, Path]]]:
+        """Write a message's files under tmp/; return its index row and the (temp, final) moves."""
         h = msg.header
         day_rel = Path("frames") / now.strftime("%Y-%m-%d")
-        (self.root / day_rel).mkdir(parents=True, exist_ok=True)
-        dirs.add(self.root / day_rel)
         image_rel = day_rel / f"{h.message_id}.png"
-        self._atomic_write(image_rel, msg.image_png)
-        map_rel = None
-        if msg.map_bytes is not None:
-            map_rel = day_rel / f"{h.message_id}.f16"
-            self._atomic_write(map_rel, msg.map_bytes)
+        map_rel = day_rel / f"{h.message_id}.f16" if msg.map_bytes is not None else None
+        moves: list[tuple[Path, Path]] = []
+        try:
+            for rel, data in ((image_rel, msg.image_png), (map_rel, msg.map_bytes)):
+                if rel is None or data is None:
+                    continue
+                tmp = self.root / "tmp" / (rel.name + ".tmp")
+                moves.append((tmp, self.root / rel))
+                with open(tmp, "wb") as f:
+                    f.write(data)
+        except OSError:
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
+            raise
         m = h.anomaly_map
-        return (h.message_id, h.kind, now.isoformat(timespec="microseconds"), str(image_rel),
-                str(map_rel) if map_rel else None, m.height if m else None, m.width if m else None,
-                h.camera_id, _size(msg), h.bundle_id, h.verdict, h.anomaly_score, h.defect_class,
-                h.seq, h.part_id, h.model_dump_json())
+        row = (h.message_id, h.kind, now.isoformat(timespec="microseconds"), str(image_rel),
+               str(map_rel) if map_rel else None, m.height if m else None, m.width if m else None,
+               h.camera_id, _size(msg), h.bundle_id, h.verdict, h.anomaly_score, h.defect_class,
+               h.seq, h.part_id, h.model_dump_json())
+        return row, moves
 
-    def _atomic_write(self, rel: Path, data: bytes) -> None:
-        tmp = self.root / "tmp" / (rel.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if self._fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.root / rel)
+    def _publish_files(self, moves: list[tuple[Path, Path]]) -> None:
+        """Make temp files durable, then rename them into place (a visible file is always complete)."""
+        if self._fsync:
+            _sync_files(self.root / "tmp", [tmp for tmp, _ in moves])
+        dirs = {final.parent for _, final in moves}
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        for tmp, final in moves:
+            os.replace(tmp, final)
+        if self._fsync:
+            for d in dirs:
+                _fsync_dir(d)
 
     def _commit(self, rows: list[tuple[object, ...]], evict_ids: list[int]) -> None:
         try:
