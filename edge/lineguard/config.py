@@ -8,6 +8,7 @@ reports each error with its YAML line (``lineguard check-config``). docs/config.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +54,11 @@ class ServiceSection(BaseModel):
 
     queue_size_frames: int = Field(
         4, ge=1, le=1024, description="frames waiting for inspection; when full, new frames get a fail-safe verdict"
+    )
+    overflow_policy: Literal["failsafe_newest", "block"] = Field(
+        "failsafe_newest",
+        description="queue full: failsafe_newest answers the new frame with the fail-safe verdict at once (a "
+        "line that cannot wait); block makes acquisition wait for room (replay, benchmarks)",
     )
     acquire_timeout_ms: int = Field(200, ge=1, le=60_000, description="timeout of one source read")
     stall_budget_ms: int = Field(

@@ -264,15 +264,27 @@ class InspectionService:
             self.stats.last_frame_monotonic = time.monotonic()
             self.metrics.frame_arrived()
             self.plc.expect(frame.part_id, frame.t_capture_ns)
+            if self.cfg.service.overflow_policy == "block":
+                self._put_blocking(frame)
+                continue
             try:
                 self._queue.put_nowait(frame)
             except queue.Full:
-                # policy "reject_newest": the frame cannot be judged in time -> fail-safe now,
+                # policy "failsafe_newest": the frame cannot be judged in time -> fail-safe now,
                 # not at the deadline, so the PLC knows as early as possible.
                 self.stats.queue_drops += 1
                 self.metrics.drops_total.labels(reason="queue_full").inc()
                 self._emit(failsafe_decision(frame, self.bundle.bundle_id, "queue_full"), frame, None)
         self._beat["acquisition"] = float("inf")  # a finished replay is not a wedged loop
+
+    def _put_blocking(self, frame: Frame) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(frame, timeout=0.1)
+                return
+            except queue.Full:
+                self._beat["acquisition"] = time.monotonic()  # waiting on purpose is not a stall
+        self._emit(failsafe_decision(frame, self.bundle.bundle_id, "shutdown"), frame, None)
 
     def _inspection_loop(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
