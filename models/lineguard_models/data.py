@@ -104,9 +104,10 @@ class Dataset:
 
 def load_image(path: Path, *, mono_from_rgb: bool) -> Image:
     """Read an image; when the dataset is mono-from-RGB, keep one of the identical channels."""
-    img = read_image(path)
+    img: Image = read_image(path)
     if mono_from_rgb and img.ndim == 3:
-        return np.asarray(np.ascontiguousarray(img[:, :, 0]))
+        mono: Image = np.ascontiguousarray(img[:, :, 0])
+        return mono
     return img
 
 

@@ -136,7 +136,7 @@ def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
     out: list[Sample] = []
     for cls in ds.defect_classes:
         items = ds.defects(cls)
-        order = np.random.default_rng([seed, len(cls)]).permutation(len(items))
+        order = np.random.default_rng([seed, *cls.encode()]).permutation(len(items))
         out += sorted((items[i] for i in order[: cap or len(items)]), key=lambda s: s.rel)
     return out
 

@@ -44,7 +44,9 @@ def plot_histogram(path: Path, result: CalibrationResult, good: npt.ArrayLike, l
     g = np.asarray(good, np.float64)
     d = np.asarray(defect, np.float64) if defect is not None else np.empty(0)
     both = np.concatenate([g, d, [result.lower, result.upper]])
-    bins = np.linspace(both.min(), both.max(), 40) if both.max() > both.min() else 10
+    bins: list[float] | int = (
+        np.linspace(both.min(), both.max(), 40).tolist() if both.max() > both.min() else 10
+    )
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=90)
     ax.hist(g, bins=bins, color="tab:blue", alpha=0.6, label=f"good (n={g.size})")
     if d.size:

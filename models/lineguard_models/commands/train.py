@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             tile_rows=args.tiles[0], tile_cols=args.tiles[1], tile_overlap_px=args.tile_overlap,
             bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
             holdout_fraction=args.holdout_fraction, allow_unreadable=args.skip_unreadable,
-            policy=CalibrationPolicy(**policy_updates(args)),  # type: ignore[arg-type]
+            policy=CalibrationPolicy.model_validate(policy_updates(args)),
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid training options: {exc}") from exc
