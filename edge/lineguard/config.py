@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineguard.changeover.config import ChangeoverConfig
 from lineguard.engines.config import EngineConfig, OrtEngineConfig
 from lineguard.plc.config import PlcConfig
 from lineguard.publisher import PublisherConfig
@@ -82,6 +83,9 @@ class LineConfig(BaseModel):
     )
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(), description="Prometheus endpoint")
     service: ServiceSection = Field(default_factory=lambda: ServiceSection(), description="queues, watchdog, log")
+    changeover: ChangeoverConfig | None = Field(
+        None, description="bundle store, signed bundles, hot swap, shadow mode, control endpoint; absent = off"
+    )
 
 
 def load_config(path: str | Path) -> LineConfig:

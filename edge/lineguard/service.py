@@ -27,6 +27,7 @@ import numpy.typing as npt
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from lineguard.bundle import Bundle, load_bundle
+from lineguard.changeover.swap import ChangeoverController
 from lineguard.config import LineConfig
 from lineguard.contracts import Decision, Frame
 from lineguard.decision import DecisionPolicy, decide, failsafe_decision, failsafe_reason
@@ -112,6 +113,7 @@ class InspectionService:
         self._threads: list[threading.Thread] = []
         self._beat = {"acquisition": time.monotonic(), "inspection": time.monotonic()}
         self._source_snap: SourceStatsSnapshot | None = None
+        self.changeover: ChangeoverController | None = None  # set by from_config when configured
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -127,7 +129,7 @@ class InspectionService:
         dlog: DecisionLog | NullDecisionLog = (
             DecisionLog(path=cfg.service.decision_log_path) if cfg.service.decision_log_path else NullDecisionLog()
         )
-        return cls(
+        service = cls(
             cfg=cfg,
             source=source,
             active=PreparedBundle.build(bundle, runner),
@@ -138,6 +140,9 @@ class InspectionService:
             decision_log=dlog,
             notifier=Notifier(),
         )
+        if cfg.changeover is not None:  # store, signatures, swap worker, control endpoint
+            service.changeover = ChangeoverController.from_config(cfg.changeover, service=service, registry=reg)
+        return service
 
     @property
     def bundle(self) -> Bundle:
@@ -150,6 +155,8 @@ class InspectionService:
         self._warm_up_and_self_test()
         self._open_source()
         self._start_threads()
+        if self.changeover is not None:
+            self.changeover.start()
         self.plc.set_status(ready=True, model_loaded=True, camera_ok=True, fault=False, degraded=False)
         self.notifier.ready(f"inspecting with bundle {self.bundle.bundle_id}")
         log.info("service ready: bundle %s, provider %s", self.bundle.bundle_id, self._active.runner.provider)
@@ -157,6 +164,8 @@ class InspectionService:
     def stop(self) -> None:
         """Reverse of start(): stop intake, finish the part in flight, flush outputs, close."""
         self.notifier.stopping()
+        if self.changeover is not None:  # no swap may start while the loops wind down
+            self.changeover.stop()
         self._stop.set()
         for t in reversed(self._threads):
             t.join(timeout=10)
@@ -323,6 +332,8 @@ class InspectionService:
             self.publisher.offer(d, frame, anomaly_map, thresholds=self._active.thresholds)
         self.decision_log.write(d)
         self._record(d)
+        if self.changeover is not None:  # O(1) hand-off: rollback watch and shadow candidate
+            self.changeover.observe(d, frame)
 
     def _record(self, d: Decision) -> None:
         s = self.stats
@@ -377,6 +388,8 @@ class InspectionService:
     def supervise_once(self) -> None:
         """One tick of the main thread: watchdog, camera counters, status bits."""
         self._export_source_stats()
+        if self.changeover is not None:
+            self.changeover.tick()  # the PLC's recipe request -> swap worker
         if self.alive():
             self.notifier.watchdog()
         else:
