@@ -97,7 +97,7 @@ class LineProcess:
                 raise RuntimeError(f"process exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    return resp.read().decode()
+                    return str(resp.read().decode())
             except (urllib.error.URLError, OSError) as exc:
                 last = exc
                 time.sleep(0.1)
