@@ -318,6 +318,21 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
     return bundle
 
 
+# --- drift reference (data loop: lineguard.drift, docs/drift.md) ------------------------------------
+def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
+                     keep: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Image quality and scores of the good calibration images, measured with the edge's own code,
+    so the line's drift monitor compares like with like (``manifest.calibration["reference"]``)."""
+    from lineguard.drift import reference_from_images
+
+    by_rel = {s.rel: s for s in ds.good()}
+    goods = [s for s in scored if s.label == "good" and s.rel in by_rel and _sha(by_rel[s.rel].path) == s.sha256]
+    if not goods:  # recalibration with defect images only: the previous reference still holds
+        return (keep or {}).get("drift_reference")
+    return reference_from_images([ds.load(by_rel[s.rel]) for s in goods], [s.score for s in goods], max_value)
+# --- end drift reference ------------------------------------------------------------------------------
+
+
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
             progress: Progress, keep: dict[str, Any] | None = None) -> Bundle:
@@ -345,7 +360,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
                                 "outputs": {"score": "anomaly_score", "map": "anomaly_map"}}},
         "thresholds": result.thresholds(),
         "calibration": {**result.summary(), "scores_file": SCORES_FILE,
-                        "images": {"good": len(good), **{k: len(v) for k, v in defects.items()}}},
+                        "images": {"good": len(good), **{k: len(v) for k, v in defects.items()}},
+                        "reference": _drift_reference(ds, scored, spec.max_value, keep)},  # data loop: drift
         "golden": golden,
         "provenance": provenance,
     }
@@ -403,7 +419,8 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(old.path(rel), staging / rel)
         keep = {"engines": {k: v.model_dump() for k, v in m.engines.items()},
-                "score_tolerance": m.score_tolerance, "golden": [g.model_dump() for g in m.golden]}
+                "score_tolerance": m.score_tolerance, "golden": [g.model_dump() for g in m.golden],
+                "drift_reference": m.calibration.get("reference")}  # data loop: used when no good images
         if m.classifier is not None:
             keep["classifier"] = m.classifier.model_dump()
         bundle = _finish(staging, out, ds, scored, policy, m.input, provenance, cfg, True, progress, keep)
