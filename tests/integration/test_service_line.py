@@ -74,11 +74,16 @@ def _config(line: dict[str, object], **overrides: object) -> LineConfig:
 
 
 def _run(service: InspectionService, timeout_s: float = 30.0) -> None:
+    """Run until every frame is decided and the PLC has acknowledged every result block."""
     service.start()
     t0 = time.monotonic()
     while not service.finished():
         assert time.monotonic() - t0 < timeout_s, "replay did not finish"
         time.sleep(0.05)
+    health = getattr(service.plc, "health", None)
+    while health is not None and (h := health()).queued_results + h.inbox > 0:
+        assert time.monotonic() - t0 < timeout_s, f"PLC results not acknowledged: {h}"
+        time.sleep(0.02)
 
 
 def test_every_part_gets_one_verdict_and_uncertain_frames_reach_the_sink(line: dict[str, object]) -> None:
@@ -161,3 +166,27 @@ def test_defect_class_codes_follow_the_bundle_class_list(line: dict[str, object]
             assert codes[part] == {"bright": 1, "dark": 2}[kind], (part, kind, codes[part])
         elif kind == "good":
             assert codes[part] == 0
+
+
+def test_missing_bundle_is_a_clear_error(line: dict[str, object]) -> None:
+    tmp = line["tmp"]
+    assert isinstance(tmp, Path)
+    cfg = _config(line, bundle=BundleSection(path=tmp / "no-such-bundle"))
+    with pytest.raises(BundleError, match="does not exist"):
+        InspectionService.from_config(cfg, registry=CollectorRegistry())
+
+
+def test_sink_down_costs_no_verdict(line: dict[str, object]) -> None:
+    # nobody listens on this endpoint: uncertain frames queue up to the HWM and are then dropped (counted)
+    cfg = _config(line, publisher=PublisherConfig(endpoint=f"tcp://127.0.0.1:{free_port()}", sndhwm_msgs=1,
+                                                  queue_size_msgs=1))
+    service = InspectionService.from_config(cfg, registry=CollectorRegistry())
+    try:
+        _run(service)
+    finally:
+        service.stop()
+    sim, truth = line["sim"], line["truth"]
+    assert isinstance(sim, PlcSimulator) and isinstance(truth, dict)
+    by_part = sim.verdicts_by_part()
+    assert sorted(by_part) == sorted(truth) and all(len(v) == 1 for v in by_part.values())
+    assert service.stats.failsafe == 0
