@@ -369,8 +369,12 @@ class InspectionService:
         return all(now - beat < budget for beat in self._beat.values())
 
     def finished(self) -> bool:
-        """True when the source is exhausted and every frame has been judged (replay runs)."""
-        return not self._threads[0].is_alive() and self._queue.empty() and self.stats.decided >= self.stats.frames
+        """True when the source is exhausted, every frame is judged and the PLC holds every result."""
+        judged = not self._threads[0].is_alive() and self._queue.empty() and self.stats.decided >= self.stats.frames
+        if not judged or not isinstance(self.plc, PlcLink):
+            return judged
+        h = self.plc.health()
+        return h.inbox + h.queued_results == 0 or not h.connected
 
     def _export_source_stats(self) -> None:
         """Camera counters -> metrics and the PLC's camera_ok bit (main thread, once per tick)."""
