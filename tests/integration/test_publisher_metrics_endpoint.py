@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -81,5 +80,5 @@ def test_edge_endpoint_exposes_every_metric_and_live_publisher_counts() -> None:
         ctx.term()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
-    with socket.socket() as s:  # the port is free again after stop()
-        s.bind(("127.0.0.1", server.port))
+    again = start_metrics_server(reg, "127.0.0.1", server.port)  # the port is free again after stop()
+    again.stop()
