@@ -200,6 +200,10 @@ class UncertainPublisher:
             log.warning("publisher: frame seq %d not encodable: %s", job.decision.seq, exc)
             self._m.publisher_drops_total.labels(reason="encode_error").inc()
             return
+        except Exception:  # the sender thread must outlive any bad frame; the bug is logged with its trace
+            log.exception("publisher: unexpected failure encoding frame seq %d", job.decision.seq)
+            self._m.publisher_drops_total.labels(reason="encode_error").inc()
+            return
         try:
             self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:

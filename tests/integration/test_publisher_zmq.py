@@ -158,8 +158,13 @@ def test_encode_errors_are_counted_not_raised(ctx: zmq.Context[zmq.Socket[bytes]
                                          metrics=EdgeMetrics(reg), context=ctx)
     decision, frame = make_pair(np.zeros((4, 4), np.float32))  # not a camera pixel type
     assert pub.publish(decision, frame, None, MessageKind.UNCERTAIN)
+    ok_decision, ok_frame = make_pair(np.zeros((4, 4), np.uint8))
+    # A caller bug (thresholds that are not a mapping) must not kill the sender thread either.
+    assert pub.publish(ok_decision, ok_frame, None, MessageKind.UNCERTAIN, thresholds=[1.0])  # type: ignore[arg-type]
+    assert pub.publish(ok_decision, ok_frame, None, MessageKind.UNCERTAIN)
     pub.close()
-    assert counter(reg, "lineguard_publisher_drops_total", reason="encode_error") == 1
+    assert counter(reg, "lineguard_publisher_drops_total", reason="encode_error") == 2
+    assert counter(reg, "lineguard_publisher_sent_total", kind="uncertain") == 1
 
 
 def test_disabled_publisher_is_the_null_one() -> None:
