@@ -175,7 +175,7 @@ def test_curve_authenticates_known_edge_boxes_only(
     stranger.publish(*make_pair(99), None, MessageKind.UNCERTAIN)
     edge = publisher(edge_secret)
     edge.publish(*make_pair(1), None, MessageKind.UNCERTAIN)
-    wait_for(lambda: sink.stats.stored == 1)
+    wait_for(lambda: sink.stats.stored >= 1)
     time.sleep(0.3)  # give the stranger's message every chance to arrive (it must not)
     edge.close()
     stranger.close()
