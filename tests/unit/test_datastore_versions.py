@@ -1,0 +1,122 @@
+"""Dataset store: append-only versions, frozen splits, provenance, sink label import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lineguard.contracts import Decision, Frame, Verdict
+from lineguard.errors import DatasetError
+from lineguard.sink.labels import LabelBook, LabelError
+from lineguard.sink.store import FrameStore
+from lineguard.wire import MessageKind
+from lineguard_models.backtest import store_decision
+from lineguard_models.datastore import DatasetStore, NewImage
+from lineguard_models.synth import SynthConfig, write_dataset
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    write_dataset(tmp_path / "d", SynthConfig(width_px=48, height_px=40, n_good=10, n_defect_per_class=4,
+                                              defect_classes=("scratch", "pit"), seed=2))
+    return tmp_path / "d"
+
+
+def test_import_versions_and_frozen_regression_split(folder: Path, tmp_path: Path) -> None:
+    ds = DatasetStore.open(tmp_path / "store", regression_fraction=0.3)
+    assert ds.import_folder(folder) == 1
+    assert ds.import_folder(folder) == 1  # nothing new: no empty version
+    snap = ds.snapshot()
+    counts = snap.counts()
+    assert counts["regression"] == {"good": 3, "pit": 2, "scratch": 2}  # ceil(0.3 n) per class
+    assert counts["train"] == {"good": 7, "pit": 2, "scratch": 2}
+    reg = {r.sha256 for r in snap.select("regression")}
+    # a new class appears later: it gets regression images too, old splits do not move
+    extra = tmp_path / "extra"
+    write_dataset(extra, SynthConfig(width_px=48, height_px=40, n_good=0, n_defect_per_class=3,
+                                     defect_classes=("crack",), seed=2))
+    assert ds.import_folder(extra) == 2
+    snap2 = ds.snapshot()
+    assert reg <= {r.sha256 for r in snap2.select("regression")}
+    assert snap2.counts()["regression"]["crack"] == 1 and snap2.classes() == ["crack", "pit", "scratch"]
+    assert ds.snapshot(1).classes() == ["pit", "scratch"]  # old versions stay readable
+
+
+def test_relabel_keeps_history_split_and_image(folder: Path, tmp_path: Path) -> None:
+    ds = DatasetStore.open(tmp_path / "store")
+    ds.import_folder(folder)
+    target = ds.snapshot().select(exclude_classes=("good", "pit"))[0]
+    path = ds.path_of(target)
+    v = ds.add([NewImage(path=path, label="good", provenance={"source": "review"})], note="relabel")
+    rec = ds.snapshot().records[target.sha256]
+    assert (rec.label, rec.history, rec.split, rec.version) == ("good", ("scratch",), target.split, v)
+    assert ds.snapshot(v - 1).records[target.sha256].label == "scratch"
+    assert path.is_file()  # the image is kept for good
+    with pytest.raises(LabelError):
+        ds.add([NewImage(path=path, label="Bad Name", provenance={})], note="x")
+
+
+def test_materialize_excludes_regression_and_refuses_non_empty(folder: Path, tmp_path: Path) -> None:
+    ds = DatasetStore.open(tmp_path / "store")
+    ds.import_folder(folder)
+    snap = ds.materialize(tmp_path / "train")
+    files = sorted(p.relative_to(tmp_path / "train").parts[0] for p in (tmp_path / "train").rglob("*.png"))
+    assert files.count("good") == 7 and "pit" in files
+    reg = {r.sha256[:16] for r in snap.select("regression")}
+    assert not reg & {p.stem for p in (tmp_path / "train").rglob("*.png")}
+    ds.materialize(tmp_path / "noscratch", exclude_classes=("scratch",))
+    assert not (tmp_path / "noscratch" / "scratch").exists()
+    with pytest.raises(DatasetError, match="not empty"):
+        ds.materialize(tmp_path / "train")
+
+
+def _sink_with_frames(root: Path, n: int) -> list[str]:
+    store = FrameStore.open(root, quota_bytes=2**30, fsync=False)
+    ids = []
+    for i in range(n):
+        img = np.full((32, 40), 20 * i, np.uint8)
+        frame = Frame(seq=i, part_id=i, t_capture_ns=1, image=img, camera_id="cam")
+        d = Decision(seq=i, part_id=i, verdict=Verdict.RECHECK, anomaly_score=1.5, bundle_id="b7",
+                     camera_id="cam", t_capture_ns=1, t_decided_ns=2)
+        ids.append(store_decision(store, d, frame, None, MessageKind.UNCERTAIN, {"lower": 1.0, "upper": 2.0}))
+    store.close()
+    return ids
+
+
+def test_sink_labels_import_once_with_provenance(tmp_path: Path) -> None:
+    ids = _sink_with_frames(tmp_path / "sink", 4)
+    book = LabelBook.open(tmp_path / "sink")
+    book.label(ids[0], "dent", labeller="ana")
+    book.label(ids[1], "good", labeller="ana")
+    book.label(ids[0], "scratch", labeller="bo")  # correction: latest wins, both events kept
+    ds = DatasetStore.open(tmp_path / "store")
+    version, n = ds.import_sink(tmp_path / "sink")
+    assert (version, n) == (1, 3)
+    assert ds.import_sink(tmp_path / "sink") == (1, 0)  # the cursor remembers
+    recs = {r.provenance["message_id"]: r for r in ds.snapshot().records.values()}
+    assert recs[ids[0]].label == "scratch" and recs[ids[0]].provenance["labeller"] == "bo"
+    assert recs[ids[0]].provenance["bundle_id"] == "b7"
+    book.label(ids[2], "dent", labeller="ana")
+    assert ds.import_sink(tmp_path / "sink") == (2, 1)
+    doc = json.loads((tmp_path / "store" / "versions" / "000002.json").read_text())
+    assert doc["parent"] == 1 and len(doc["added"]) == 1
+    book.close()
+
+
+def test_label_book_refuses_unknown_frames_and_keeps_files(tmp_path: Path) -> None:
+    ids = _sink_with_frames(tmp_path / "sink", 2)
+    book = LabelBook.open(tmp_path / "sink")
+    with pytest.raises(LabelError, match="not in the store"):
+        book.label("00000000-0000-4000-8000-000000000000", "good", labeller="ana")
+    ev = book.label(ids[0], "pit", labeller="ana")
+    original = book.frame(ids[0])
+    assert original is not None and original.label == "pit"
+    original.image_path.unlink()  # the sink evicting it (a race) must not lose the labelled image
+    assert ev.image_path.is_file() and book.classes() == ["pit"]
+    assert [f.message_id for f in book.queue()] == [ids[1]]
+    book.close()
+    with pytest.raises(LabelError, match="not a sink store"):
+        LabelBook.open(tmp_path / "nothing")
