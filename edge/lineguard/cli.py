@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "plc-sim": "lineguard.commands.plc_sim",
     "sink": "lineguard.commands.sink",
     "cameras": "lineguard.commands.cameras",
+    "sink-upload": "lineguard.commands.sink_upload",
     # training side (torch)
     "train": "lineguard_models.commands.train",
     "calibrate": "lineguard_models.commands.calibrate",
@@ -53,6 +54,7 @@ SUMMARIES: dict[str, str] = {
     "plc-sim": "run a Modbus server that plays the PLC side",
     "sink": "run the collection sink for uncertain frames",
     "cameras": "list GenICam devices visible through a GenTL producer (.cti)",
+    "sink-upload": "upload the sink's stored frames and index rows to S3-compatible storage",
     "train": "train an anomaly bundle from a dataset folder (needs the train extra)",
     "calibrate": "re-calibrate a bundle's thresholds with new defect images",
     "augment-preview": "write a contact sheet of physically plausible augmentations",

@@ -85,5 +85,6 @@ def test_metric_name_extraction() -> None:
 def test_every_alert_of_the_issue_exists() -> None:
     alerts = set(rule_exprs(MON / "lineguard.rules.yml"))
     for name in ("LineGuardCameraNoFrames", "LineGuardPlcLinkDown", "LineGuardLatencyOverBudget",
-                 "LineGuardFailsafeVerdicts", "LineGuardImagingDrift", "LineGuardProcessDrift", "LineGuardDiskAlmostFull", "LineGuardSinkUnreachable"):
+                 "LineGuardFailsafeVerdicts", "LineGuardImagingDrift", "LineGuardProcessDrift",
+                 "LineGuardDiskAlmostFull", "LineGuardSinkUnreachable"):
         assert name in alerts

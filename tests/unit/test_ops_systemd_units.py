@@ -34,18 +34,21 @@ def directives(path: Path) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("unit", ["lineguard.service", "lineguard-sink.service"])
+@pytest.mark.parametrize("unit", ["lineguard.service", "lineguard-sink.service", "lineguard-sink-upload.service"])
 def test_hardening_and_restart_budget(unit: str) -> None:
     d = directives(UNITS / unit)
+    oneshot = directives(UNITS / unit).get("Type") == ["oneshot"]  # a timer job: no restart loop
     expect = {
-        "Restart": "on-failure", "ProtectSystem": "strict", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
+        **({} if oneshot else {"Restart": "on-failure"}),
+        "ProtectSystem": "strict", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
         "PrivateDevices": "yes", "DevicePolicy": "closed", "ProtectKernelTunables": "yes",
         "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes",
         "User": "lineguard", "ProtectHome": "yes", "RestrictSUIDSGID": "yes",
     }
     for key, value in expect.items():
         assert d.get(key) == [value], f"{unit}: {key}={d.get(key)}, want {value!r}"
-    assert int(d["StartLimitBurst"][0]) >= 1 and int(d["StartLimitIntervalSec"][0]) >= 60
+    if not oneshot:
+        assert int(d["StartLimitBurst"][0]) >= 1 and int(d["StartLimitIntervalSec"][0]) >= 60
     families = set(d["RestrictAddressFamilies"][0].split())
     assert families <= {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}, families
     # writable: only the service's own state (bundles, data); nothing under /etc, /opt, /usr
@@ -82,7 +85,7 @@ def _fake_root(tmp_path: Path, dropin: Path | None) -> Path:
     stub.chmod(0o755)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
-    for unit in UNITS.glob("*.service"):
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]:
         shutil.copy(unit, system / unit.name)
     if dropin is not None:
         (system / "lineguard.service.d").mkdir()
@@ -111,7 +114,7 @@ def _exposure(root: Path, unit: str) -> float:
 def test_systemd_analyze_verify(tmp_path: Path, dropin: Path | None) -> None:
     assert ANALYZE is not None
     root = _fake_root(tmp_path, dropin)
-    units = [str(root / "etc/systemd/system" / u) for u in ("lineguard.service", "lineguard-sink.service")]
+    units = [str(root / "etc/systemd/system" / u.name) for u in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]]
     out = subprocess.run([ANALYZE, "verify", "--man=no", f"--root={root}", *units],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -120,7 +123,7 @@ def test_systemd_analyze_verify(tmp_path: Path, dropin: Path | None) -> None:
 @needs_analyze
 def test_exposure_scores_match_the_docs(tmp_path: Path) -> None:
     root = _fake_root(tmp_path, None)
-    scores = {u: _exposure(root, u) for u in ("lineguard.service", "lineguard-sink.service")}
+    scores = {u.name: _exposure(root, u.name) for u in UNITS.glob("*.service")}
     doc = (ROOT / "docs/security.md").read_text()
     for unit, score in scores.items():
         assert score <= 2.0, f"{unit} exposure {score} (was <= 2.0: a hardening line went missing?)"
