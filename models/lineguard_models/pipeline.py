@@ -310,7 +310,13 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             "bank_rows": int(scorer.bank_rows), "train_images": len(train_s),
             "training_image_sha256": train_sha, "train_seconds": round(time.monotonic() - t0, 1),
         }
-        bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress)
+        # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
+        from lineguard_models.classifier import classifier_for_bundle
+
+        classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress)
+        # --- end defect classifier ---
+        bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
+                         classifier=classifier)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -335,7 +341,8 @@ def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
 
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
-            progress: Progress, keep: dict[str, Any] | None = None) -> Bundle:
+            progress: Progress, keep: dict[str, Any] | None = None,
+            classifier: dict[str, Any] | None = None) -> Bundle:
     """Calibrate, write report, scores and golden images, then the manifest (atomically).
 
     ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier,
@@ -365,6 +372,10 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
         "golden": golden,
         "provenance": provenance,
     }
+    if classifier is not None:  # defect classifier (issue 5): engine, class list + thresholds, CV report
+        manifest["engines"]["classifier"] = classifier["engine"]
+        manifest["classifier"] = classifier["classifier"]
+        manifest["calibration"]["classifier"] = classifier["report"]
     if keep is not None:
         manifest.update({k: v for k, v in keep.items() if k in ("engines", "classifier", "score_tolerance")})
     return write_bundle(staging, manifest, out, overwrite=overwrite)

@@ -1,0 +1,526 @@
+"""Few-shot defect classifier: frozen pretrained backbone, multi-scale pooled features, softmax head.
+
+Data flow (training side): defect images by class (raw camera units) -> physically plausible
+augmentation (``lineguard_models.augment``, camera profile) -> shared preprocessing
+(``lineguard.preprocess.prepare``, the same input spec as the anomaly engine) -> frozen backbone
+-> global-average-pooled features of several stages -> standardise -> class-balanced multinomial
+logistic regression -> ``class_probs``. Stratified cross-validation (augmented copies of a
+held-out image never train its fold) picks the L2 strength and gives out-of-fold probabilities;
+each class's ``min_confidence`` is a low quantile of its correct-class out-of-fold probability, so
+the edge reports ``unknown`` for a frame no known class explains as well as its own examples.
+
+Why this method: measured on NEU-DET and MVTec bottle (``docs/classifier.md``,
+``scripts/bench_classifier.py``): pooled multi-scale features + logistic head beat the plain
+head-feature probe and train in seconds on 2 CPU cores; fine-tuning needs far more compute for
+the data sizes a factory has.
+
+Exported graph (``export_onnx``): input ``image`` [N, C, H, W] float32 raw units -> /max_value,
+mono -> 3 channels, backbone normalisation -> backbone -> pooled features -> head -> softmax
+-> output ``class_probs`` [N, n_classes]. Must never: train on a class with fewer than
+:data:`MIN_IMAGES_PER_CLASS` images, or export a graph whose class order differs from ``classes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from lineguard.bundle import ClassifierSpec, EngineSpec
+from lineguard.errors import ConfigError, DatasetError
+from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.augment import CameraProfile, augment
+from lineguard_models.backbone import Backbone, EfficientNetLite0
+from lineguard_models.data import Dataset
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES_PER_CLASS = 5
+WARN_IMAGES_PER_CLASS = 15
+INPUT_NAME = "image"
+PROBS_OUTPUT = "class_probs"
+
+Image = npt.NDArray[Any]
+ProgressFn = Callable[[str, float], None]  # (stage message, fraction done in [0, 1])
+AugmentFn = Callable[[Image, np.random.Generator], Image]
+
+
+class ClassifierConfig(BaseModel):
+    """Classifier training settings; the defaults are the measured choice (docs/classifier.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stages: tuple[str, ...] = Field(
+        ("stage5", "stage6", "stage7"), min_length=1, max_length=7,
+        description="backbone stages whose global-average-pooled features feed the head",
+    )
+    l2_grid: tuple[float, ...] = Field(
+        (1e-3, 3e-3, 1e-2), min_length=1, max_length=8,
+        description="L2 strengths tried by cross-validation (per mean squared weight)",
+    )
+    cv_folds: int = Field(5, ge=2, le=10, description="stratified folds (fewer when a class is smaller)")
+    confidence_quantile: float = Field(
+        0.05, ge=0.0, le=0.5,
+        description="min_confidence = this quantile of the class's out-of-fold correct-class probability",
+    )
+    max_min_confidence: float = Field(
+        0.9, ge=0.0, le=1.0, description="upper cap of min_confidence (keeps known defects from 'unknown')"
+    )
+    batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
+    max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
+
+
+# ----------------------------------------------------------------------------------- torch graph
+
+
+class PooledFeatures(nn.Module):
+    """Raw image batch -> concatenated global-average-pooled stage features [N, D]."""
+
+    def __init__(self, backbone: Backbone, *, max_value: float) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        norm = backbone.input_normalisation
+        mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+        std = torch.tensor(norm.std).view(1, 3, 1, 1)
+        # raw -> [0, 1] -> normalised in one multiply-add; a mono input broadcasts to 3 channels
+        self.register_buffer("in_scale", 1.0 / (max_value * std))
+        self.register_buffer("in_shift", -mean / std)
+        self.stages = tuple(backbone.out_stages)
+        self.out_dim = sum(backbone.stage_channels[s] for s in self.stages)
+
+    def forward(self, image: Tensor) -> Tensor:
+        scale, shift = self.get_buffer("in_scale"), self.get_buffer("in_shift")
+        feats = self.backbone(image * scale + shift)
+        return torch.cat([feats[s].mean(dim=(2, 3)) for s in self.stages], dim=1)
+
+
+class ClassifierGraph(nn.Module):
+    """The exported graph: raw image [N, C, H, W] -> class probabilities [N, K]."""
+
+    def __init__(self, features: PooledFeatures, head: SoftmaxHead) -> None:
+        super().__init__()
+        self.features = features
+        # standardisation folded into the linear layer: (x - mu) / sd @ W + b == x @ W' + b'
+        w = head.weight / head.sd[:, None]
+        b = head.bias - (head.mu / head.sd) @ head.weight
+        self.linear = nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(w.T, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+
+    def forward(self, image: Tensor) -> Tensor:
+        return F.softmax(self.linear(self.features(image)), dim=1)
+
+
+# ------------------------------------------------------------------------------------ the head
+
+
+@dataclass(frozen=True, slots=True)
+class SoftmaxHead:
+    """Standardisation + multinomial logistic regression, fitted on features (numpy arrays)."""
+
+    mu: npt.NDArray[np.float32]
+    sd: npt.NDArray[np.float32]
+    weight: npt.NDArray[np.float32]  # [D, K]
+    bias: npt.NDArray[np.float32]  # [K]
+
+    def probs(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        logits = ((x - self.mu) / self.sd) @ self.weight + self.bias
+        logits = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        probs: npt.NDArray[np.float32] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return probs
+
+
+def fit_head(
+    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_classes: int, *, l2: float, max_iter: int = 200
+) -> SoftmaxHead:
+    """Class-balanced multinomial logistic regression (L-BFGS on the exact gradient, deterministic).
+
+    scipy rather than torch.optim: the problem is tiny, and torch's optimizers pull in the dynamo
+    compiler on first use (seconds of import on a 2-core box).
+    """
+    from scipy.optimize import minimize
+
+    mu = x.mean(axis=0).astype(np.float32)
+    sd = (x.std(axis=0) + 1e-6).astype(np.float32)
+    xs = ((x - mu) / sd).astype(np.float64)
+    n, d = xs.shape
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    # balanced: every class weighs the same in the loss, however many images it has
+    w_row = (len(y) / (n_classes * np.maximum(counts, 1.0)))[y]
+    w_row = w_row / w_row.sum()
+    onehot = np.zeros((n, n_classes))
+    onehot[np.arange(n), y] = 1.0
+
+    def loss_grad(theta: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        weight, bias = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes :]
+        z = xs @ weight + bias
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -float((w_row * (logp * onehot).sum(axis=1)).sum()) + l2 * float((weight**2).sum())
+        g_z = (np.exp(logp) - onehot) * w_row[:, None]
+        g_w = xs.T @ g_z + 2.0 * l2 * weight
+        return loss, np.concatenate([g_w.ravel(), g_z.sum(axis=0)])
+
+    theta0 = np.zeros(d * n_classes + n_classes)
+    res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    weight = res.x[: d * n_classes].reshape(d, n_classes).astype(np.float32)
+    return SoftmaxHead(mu=mu, sd=sd, weight=weight, bias=res.x[d * n_classes :].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------- features
+
+
+class FeatureExtractor:
+    """Frozen backbone features of raw images, through the shared preprocessing."""
+
+    def __init__(self, *, features: PooledFeatures, spec: InputSpec, batch_size: int = 16) -> None:
+        self.features = features.eval()
+        self.spec = spec
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(
+        cls, spec: InputSpec, config: ClassifierConfig, *, backbone: Backbone | None = None
+    ) -> FeatureExtractor:
+        """Load the ImageNet backbone (file I/O here) unless one with the configured stages is given."""
+        if spec.tiles.count != 1:
+            raise ConfigError(
+                f"the classifier needs one engine input per frame; the input spec has "
+                f"{spec.tiles.rows}x{spec.tiles.cols} tiles (train the classifier on an untiled spec)"
+            )
+        if backbone is None:
+            backbone = EfficientNetLite0.from_state_dict_file(out_stages=config.stages)
+        elif tuple(backbone.out_stages) != tuple(config.stages):
+            raise ConfigError(f"backbone returns stages {backbone.out_stages}, classifier wants {config.stages}")
+        return cls(features=PooledFeatures(backbone, max_value=spec.max_value), spec=spec,
+                   batch_size=config.batch_size)
+
+    def __call__(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(images), self.batch_size):
+                batch = np.concatenate([prepare(im, self.spec)[0] for im in images[s : s + self.batch_size]])
+                out.append(self.features(torch.from_numpy(batch)).numpy())
+        if not out:
+            return np.zeros((0, self.features.out_dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSet:
+    """Features of the original images and of their augmented copies (``source`` = original index)."""
+
+    classes: tuple[str, ...]
+    x: npt.NDArray[np.float32]  # [N, D] originals
+    y: npt.NDArray[np.int64]  # [N]
+    x_aug: npt.NDArray[np.float32]  # [M, D] augmented copies
+    aug_source: npt.NDArray[np.int64]  # [M] index into x of each copy's original
+
+    def training_rows(self, originals: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Rows for fitting on ``originals``: those images plus only *their* augmented copies."""
+        keep = np.isin(self.aug_source, originals)
+        x = np.concatenate([self.x[originals], self.x_aug[keep]])
+        y = np.concatenate([self.y[originals], self.y[self.aug_source[keep]]])
+        return x, y
+
+
+def check_class_sizes(images_by_class: Mapping[str, Sequence[Image]]) -> list[str]:
+    """Refuse unusable class folders; return warnings for small ones."""
+    if len(images_by_class) < 2:
+        raise DatasetError(
+            f"the defect classifier needs at least 2 defect classes, got {sorted(images_by_class)}"
+        )
+    too_few = {c: len(v) for c, v in images_by_class.items() if len(v) < MIN_IMAGES_PER_CLASS}
+    if too_few:
+        listing = ", ".join(f"'{c}' has {n} image{'s' if n != 1 else ''}" for c, n in sorted(too_few.items()))
+        raise DatasetError(
+            f"defect class folder too small to train or cross-validate a classifier: {listing}; "
+            f"each class needs at least {MIN_IMAGES_PER_CLASS} images (collect more or remove the folder)"
+        )
+    return [
+        f"class '{c}' has only {len(v)} images: below {WARN_IMAGES_PER_CLASS} the accuracy and the "
+        "confidence threshold are rough; collect more"
+        for c, v in sorted(images_by_class.items()) if len(v) < WARN_IMAGES_PER_CLASS
+    ]
+
+
+def build_features(
+    images_by_class: Mapping[str, Sequence[Image]], extract: Callable[[Sequence[Image]], npt.NDArray[np.float32]],
+    *, augment_fn: AugmentFn | None, copies: int, seed: int, progress: ProgressFn | None = None,
+) -> FeatureSet:
+    """Extract features of every image and of ``copies`` augmented variants of each."""
+    classes = tuple(sorted(images_by_class))
+    images = [im for c in classes for im in images_by_class[c]]
+    y = np.array([i for i, c in enumerate(classes) for _ in images_by_class[c]], np.int64)
+    rng = np.random.default_rng(seed)
+    chunks: list[npt.NDArray[np.float32]] = []
+    aug_chunks: list[npt.NDArray[np.float32]] = []
+    sources: list[int] = []
+    step = 32
+    for s in range(0, len(images), step):
+        part = images[s : s + step]
+        chunks.append(extract(part))
+        if augment_fn is not None and copies > 0:
+            variants = [augment_fn(im, rng) for im in part for _ in range(copies)]
+            aug_chunks.append(extract(variants))
+            sources.extend(s + i for i in range(len(part)) for _ in range(copies))
+        if progress is not None:
+            progress("classifier features", min(1.0, (s + len(part)) / len(images)))
+    dim = chunks[0].shape[1]
+    x_aug = np.concatenate(aug_chunks) if aug_chunks else np.zeros((0, dim), np.float32)
+    return FeatureSet(classes=classes, x=np.concatenate(chunks), y=y, x_aug=x_aug,
+                      aug_source=np.array(sources, np.int64))
+
+
+# ------------------------------------------------------------------- cross-validation, thresholds
+
+
+def stratified_folds(y: npt.NDArray[np.int64], n_folds: int, seed: int) -> npt.NDArray[np.int64]:
+    """Fold number of every sample; each class is spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), np.int64)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = np.arange(len(idx)) % n_folds
+    return fold
+
+
+def out_of_fold_probs(
+    fs: FeatureSet, folds: npt.NDArray[np.int64], *, l2: float, max_iter: int
+) -> npt.NDArray[np.float32]:
+    """Probabilities of every original image from a head that never saw it (nor its copies)."""
+    k = len(fs.classes)
+    oof = np.zeros((len(fs.y), k), np.float32)
+    for f in np.unique(folds):
+        train = np.flatnonzero(folds != f)
+        x, y = fs.training_rows(train)
+        head = fit_head(x, y, k, l2=l2, max_iter=max_iter)
+        test = np.flatnonzero(folds == f)
+        oof[test] = head.probs(fs.x[test])
+    return oof
+
+
+def confidence_thresholds(
+    oof: npt.NDArray[np.float32], y: npt.NDArray[np.int64], classes: Sequence[str], config: ClassifierConfig
+) -> dict[str, float]:
+    """Per class: low quantile of the out-of-fold probability its own images get for it.
+
+    Floored at 1/K (below that the max probability always passes: the class has no useful threshold)
+    and capped so a class the head is very sure about still reports borderline examples as known.
+    """
+    k = len(classes)
+    out = {}
+    for i, name in enumerate(classes):
+        q = float(np.quantile(oof[y == i, i], config.confidence_quantile))
+        out[name] = min(config.max_min_confidence, max(1.0 / k, q))
+    return out
+
+
+def cv_summary(
+    oof: npt.NDArray[np.float32], y: npt.NDArray[np.int64], classes: Sequence[str], thresholds: Mapping[str, float]
+) -> dict[str, Any]:
+    """Accuracy, per-class recall, confusion and how often a known defect would read 'unknown'."""
+    pred = oof.argmax(axis=1)
+    conf = oof.max(axis=1)
+    unknown = conf < np.array([thresholds[classes[p]] for p in pred])
+    k = len(classes)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        mask = y == i
+        per_class[name] = {
+            "n_images": int(mask.sum()),
+            "recall": round(float((pred[mask] == i).mean()), 4),
+            "min_confidence": thresholds[name],
+            "unknown_rate": round(float(unknown[mask].mean()), 4),
+        }
+    recalls = [v["recall"] for v in per_class.values()]
+    return {
+        "accuracy": round(float((pred == y).mean()), 4),
+        "balanced_accuracy": round(float(np.mean(recalls)), 4),
+        "accuracy_known_only": round(float((pred[~unknown] == y[~unknown]).mean()), 4) if (~unknown).any() else None,
+        "unknown_rate": round(float(unknown.mean()), 4),
+        "per_class": per_class,
+        "confusion": {"rows_true_cols_pred": list(classes), "counts": confusion.tolist()},
+    }
+
+
+def fit_from_features(
+    fs: FeatureSet, *, config: ClassifierConfig, seed: int, progress: ProgressFn | None = None
+) -> tuple[SoftmaxHead, dict[str, float], dict[str, Any]]:
+    """Cross-validate the L2 strength, derive thresholds, fit the final head on everything."""
+    n_min = int(np.bincount(fs.y).min())
+    n_folds = min(config.cv_folds, n_min)
+    folds = stratified_folds(fs.y, n_folds, seed)
+    scores, oofs = {}, {}
+    for i, l2 in enumerate(config.l2_grid):
+        oof = out_of_fold_probs(fs, folds, l2=l2, max_iter=config.max_iter)
+        # log-loss, not accuracy: with few images accuracy ties; calibrated probabilities matter here
+        scores[l2] = float(-np.log(np.clip(oof[np.arange(len(fs.y)), fs.y], 1e-7, 1.0)).mean())
+        oofs[l2] = oof
+        if progress is not None:
+            progress("classifier cross-validation", (i + 1) / len(config.l2_grid))
+    best = min(config.l2_grid, key=lambda v: (round(scores[v], 4), -v))  # ties -> stronger L2
+    thresholds = confidence_thresholds(oofs[best], fs.y, fs.classes, config)
+    report = {
+        "method": f"logistic head on GAP features of {list(config.stages)} (frozen ImageNet backbone)",
+        "folds": n_folds,
+        "l2": best,
+        "cv_log_loss": {str(k): round(v, 4) for k, v in scores.items()},
+        **cv_summary(oofs[best], fs.y, fs.classes, thresholds),
+        "augmented_rows": len(fs.x_aug),
+    }
+    x, y = fs.training_rows(np.arange(len(fs.y)))
+    head = fit_head(x, y, len(fs.classes), l2=best, max_iter=config.max_iter)
+    return head, thresholds, report
+
+
+# ----------------------------------------------------------------------------- result, export
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainedClassifier:
+    """A fitted classifier ready to export; ``classes`` is the order of ``class_probs``."""
+
+    classes: tuple[str, ...]
+    min_confidence: dict[str, float]
+    cv_report: dict[str, Any]
+    graph: ClassifierGraph
+    spec: InputSpec
+    profile: CameraProfile
+    warnings: tuple[str, ...] = field(default=())
+
+    def predict_proba(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
+        """class_probs of raw images through the same graph that is exported (torch, for checks)."""
+        extractor = FeatureExtractor(features=self.graph.features, spec=self.spec)
+        with torch.inference_mode():
+            feats = torch.from_numpy(extractor(images))
+            return F.softmax(self.graph.linear(feats), dim=1).numpy()
+
+    def export_onnx(self, path: Path) -> EngineSpec:
+        """Write the ONNX graph; returns the bundle engine entry (file name relative to its folder)."""
+        export_classifier_onnx(self.graph, Path(path), spec=self.spec)
+        return EngineSpec(file=Path(path).name, input_name=INPUT_NAME, outputs={"probs": PROBS_OUTPUT})
+
+    def classifier_spec(self) -> ClassifierSpec:
+        """The manifest's ``classifier`` section."""
+        return ClassifierSpec(classes=list(self.classes), min_confidence=dict(self.min_confidence),
+                              camera_profile=self.profile.model_dump(mode="json"))
+
+
+def export_classifier_onnx(graph: ClassifierGraph, path: Path, *, spec: InputSpec, opset: int = 17) -> Path:
+    """Export ``graph`` with input ``image`` [N, C, H, W] and output ``class_probs`` [N, K]."""
+    import warnings
+
+    import onnx
+
+    from lineguard.errors import EngineError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.full((1, spec.channels, spec.input_height, spec.input_width), spec.max_value / 2.0)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            torch.onnx.export(  # TorchScript exporter: no onnxscript needed (same as the anomaly export)
+                graph.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[PROBS_OUTPUT],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, PROBS_OUTPUT: {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # the exporter raises many unrelated types; one clear error for callers
+        raise EngineError(f"classifier ONNX export to {path} failed: {exc}") from exc
+    return path
+
+
+def train_classifier(
+    images_by_class: Mapping[str, Sequence[Image]],
+    *,
+    spec: InputSpec,
+    profile: CameraProfile | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    config: ClassifierConfig | None = None,
+    backbone: Backbone | None = None,
+) -> TrainedClassifier:
+    """Train the defect classifier on raw images (the layout ``Dataset.load`` returns).
+
+    ``profile`` defaults to :meth:`CameraProfile.conservative_for` the spec. Raises
+    :class:`DatasetError` for fewer than 2 classes or a class below :data:`MIN_IMAGES_PER_CLASS`.
+    """
+    config = config or ClassifierConfig()
+    warnings_ = check_class_sizes(images_by_class)
+    for w in warnings_:
+        log.warning("%s", w)
+    profile = profile or CameraProfile.conservative_for(spec)
+    profile.verify_matches(spec)
+    torch.manual_seed(seed)
+    extract = FeatureExtractor.from_config(spec, config, backbone=backbone)
+
+    def plausible(im: Image, rng: np.random.Generator) -> Image:
+        return augment(im, profile, rng)
+
+    fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
+                        seed=seed, progress=progress)
+    head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
+    report["warnings"] = warnings_
+    report["augmentation"] = {"copies_per_image": profile.copies_per_image}
+    log.info("classifier: %d classes, CV accuracy %.3f (balanced %.3f), l2=%g", len(fs.classes),
+             report["accuracy"], report["balanced_accuracy"], report["l2"])
+    return TrainedClassifier(classes=fs.classes, min_confidence=thresholds, cv_report=report,
+                             graph=ClassifierGraph(extract.features, head), spec=spec, profile=profile,
+                             warnings=tuple(warnings_))
+
+
+def defect_images(dataset: Dataset) -> dict[str, list[Image]]:
+    """Every defect image of a scanned dataset (all splits), by class, in the dataset's pixel format."""
+    return {c: [dataset.load(s) for s in dataset.defects(c)] for c in dataset.defect_classes}
+
+
+# ------------------------------------------------------------------------ training pipeline glue
+
+ONNX_FILE = "classifier.onnx"
+
+
+def classifier_for_bundle(
+    dataset: Dataset, spec: InputSpec, staging: Path, *, seed: int, progress: Callable[[str], None],
+    profile: CameraProfile | None = None,
+) -> dict[str, Any] | None:
+    """Called by ``lineguard train``: train when every defect folder has enough images.
+
+    Writes ``classifier.onnx`` into the bundle staging folder and returns the manifest fields
+    ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict, "report": cv report}``, or None
+    (with the reason sent to ``progress``) when there is nothing to train.
+    """
+    counts = {c: len(dataset.defects(c)) for c in dataset.defect_classes}
+    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if len(counts) < 2 or small:
+        why = (f"{len(counts)} defect class(es)" if len(counts) < 2 else
+               ", ".join(f"'{c}' has {n}" for c, n in sorted(small.items())))
+        progress(f"defect classifier skipped: needs >= 2 defect classes with >= {MIN_IMAGES_PER_CLASS} "
+                 f"images each ({why})")
+        return None
+    if spec.tiles.count != 1:
+        progress("defect classifier skipped: tiled input specs are not supported by the classifier yet")
+        return None
+    progress(f"defect classifier: {len(counts)} classes, {sum(counts.values())} images")
+    clf = train_classifier(defect_images(dataset), spec=spec, profile=profile, seed=seed,
+                           progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"))
+    engine = clf.export_onnx(staging / ONNX_FILE)
+    progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
+    return {"engine": engine.model_dump(), "classifier": clf.classifier_spec().model_dump(),
+            "report": clf.cv_report}

@@ -1,0 +1,83 @@
+"""`lineguard train` with defect folders -> bundle with a classifier engine, run in ONNX Runtime.
+
+Also the bad inputs at folder level: a class folder with one image (the classifier is skipped with
+the reason, the anomaly bundle is still written) and unreadable files (refused unless skipped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from lineguard.bundle import load_bundle
+from lineguard.cli import main
+from lineguard.errors import DatasetError
+from lineguard.preprocess import prepare
+from lineguard_models.classifier import defect_images, train_classifier
+from lineguard_models.data import scan_dataset
+from lineguard_models.synth import SynthConfig, render_image, to_pixels, write_dataset
+
+CLASSES = ("scratch", "pit", "stain")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("clf")
+    write_dataset(base / "data", SynthConfig(width_px=64, height_px=64, n_good=12, n_defect_per_class=6,
+                                             defect_classes=CLASSES, defect_strength=2.0, seed=5))
+    out = base / "bundle"
+    rc = main(["train", "--data", str(base / "data"), "--out", str(out), "--input-size", "64",
+               "--bank-size", "32", "--seed", "2"])
+    assert rc == 0
+    return out
+
+
+def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
+    m = load_bundle(bundle).manifest  # hashes verified, classifier section validated
+    assert m.classifier is not None and m.classifier.classes == sorted(CLASSES)
+    engine = m.engines["classifier"]
+    assert engine.outputs == {"probs": "class_probs"} and engine.input_name == "image"
+    assert m.classifier.camera_profile["sensor"] == "mono"
+    assert m.calibration["classifier"]["folds"] == 5
+    sess = ort.InferenceSession(str(bundle / engine.file), providers=["CPUExecutionProvider"])
+    cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
+    hits = 0
+    for label in CLASSES:
+        for i in range(100, 103):  # render indices the training never saw
+            batch, _ = prepare(to_pixels(render_image(cfg, label, i)[0], 8), m.input)
+            probs = sess.run(["class_probs"], {"image": batch})[0]
+            assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
+            hits += m.classifier.classes[int(probs.argmax())] == label
+    assert hits >= 6  # of 9; chance is 3
+
+
+def test_one_image_class_skips_the_classifier_not_the_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_dataset(tmp_path / "data", SynthConfig(width_px=48, height_px=48, n_good=10, n_defect_per_class=5,
+                                                 defect_classes=("scratch", "pit"), seed=1))
+    for extra in sorted((tmp_path / "data" / "pit").iterdir())[1:]:
+        extra.unlink()  # 'pit' keeps one image
+    rc = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), "--input-size", "64",
+               "--bank-size", "16"])
+    assert rc == 0
+    assert "defect classifier skipped" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "b").manifest.classifier is None
+    with pytest.raises(DatasetError, match="'pit' has 1 image"):
+        spec = load_bundle(tmp_path / "b").manifest.input
+        train_classifier(defect_images(scan_dataset(tmp_path / "data")), spec=spec)
+
+
+def test_unreadable_image_is_refused_unless_skipped(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", SynthConfig(width_px=48, height_px=48, n_good=2, n_defect_per_class=5,
+                                                 defect_classes=("scratch", "stain"), seed=2))
+    (tmp_path / "data" / "stain" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError, match=r"broken\.png"):
+        scan_dataset(tmp_path / "data")
+    ds = scan_dataset(tmp_path / "data", allow_unreadable=True)
+    images = defect_images(ds)
+    assert {c: len(v) for c, v in images.items()} == {"scratch": 5, "stain": 5}
+    assert all(im.ndim == 2 and im.dtype == np.uint8 for v in images.values() for im in v)
