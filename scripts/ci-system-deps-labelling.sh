@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages for tests/integration/test_labelling_browser.py: headless Chromium + chromedriver
+# (Debian/Ubuntu) and the selenium client. Tolerant of failure: without them the browser test is
+# skipped (the HTTP API test still runs), so a CI image without apt access does not break the build.
+set -u
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+if command -v apt-get >/dev/null 2>&1; then
+  $SUDO apt-get update -q || echo "ci-system-deps-labelling: apt-get update failed (browser test will skip)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver \
+    || echo "ci-system-deps-labelling: chromium not installed (browser test will skip)"
+else
+  echo "ci-system-deps-labelling: no apt-get here; install Chromium and chromedriver by hand"
+fi
+PY="${PYTHON:-python3}"
+"$PY" -m pip install -q "selenium>=4.20" || echo "ci-system-deps-labelling: selenium not installed (browser test will skip)"
+exit 0
