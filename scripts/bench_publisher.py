@@ -5,6 +5,7 @@
 2. Sink ingest rate (messages/s) for 300x300 mono frames (and 5 MP with ``--big``), fsync on and off:
    pre-encoded messages are pushed as fast as ZeroMQ takes them; the clock stops when the last one
    is committed in the sink's index.
+   After the run the sink is SIGKILLed and the time to recover and reopen its store is measured.
 3. Sink down: what happens to a paced stream (sent into ZeroMQ's queue, dropped at the HWM,
    dropped at the in-process queue) and what each publish call costs meanwhile.
 
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from lineguard.contracts import Decision, Frame, Verdict
 from lineguard.metrics import EdgeMetrics
 from lineguard.publisher import PublisherConfig, UncertainPublisher
+from lineguard.sink.store import FrameStore
 from lineguard.wire import MessageKind, build_header, encode_message
 
 
@@ -81,7 +83,7 @@ def bench_call_cost(n: int, rate_hz: float) -> None:
         cfg = PublisherConfig(endpoint=f"tcp://127.0.0.1:{port}", audit_fraction=0.02, audit_seed=1)
         pub = UncertainPublisher.from_config(cfg, metrics=EdgeMetrics(reg))
         image = camera_like(300, 300, 0)
-        pub_us, offer_us = [], []
+        pub_us, offer_us, noop_us = [], [], []
         for i in range(n):
             d, f = pair(image, i)
             t0 = time.perf_counter_ns()
@@ -92,7 +94,16 @@ def bench_call_cost(n: int, rate_hz: float) -> None:
             pub.offer(d, f, None)
             offer_us.append((time.perf_counter_ns() - t0) / 1e3)
             time.sleep(1.0 / rate_hz)
-        pub.close(timeout_s=10)
+            # Baseline: an empty timed region right after the same sleep (cold caches, scheduler).
+            t0 = time.perf_counter_ns()
+            noop_us.append((time.perf_counter_ns() - t0) / 1e3)
+        burst_us = []
+        for i in range(min(n, 200)):  # back to back, hot caches; the queue may fill (counted drops)
+            d, f = pair(image, 10 * n + i)
+            t0 = time.perf_counter_ns()
+            pub.publish(d, f, None, MessageKind.UNCERTAIN)
+            burst_us.append((time.perf_counter_ns() - t0) / 1e3)
+        pub.close(timeout_s=30)
         sent = reg.get_sample_value("lineguard_publisher_sent_total", {"kind": "uncertain"})
         drops = sum(reg.get_sample_value("lineguard_publisher_drops_total", {"reason": r}) or 0
                     for r in ("queue_full", "hwm", "encode_error", "send_error"))
@@ -102,6 +113,10 @@ def bench_call_cost(n: int, rate_hz: float) -> None:
               f"{pct(pub_us, 99):.1f} | {max(pub_us):.0f} | sent {sent:.0f}, dropped {drops:.0f} |")
         print(f"| offer() of a confident frame (2% audit) | {pct(offer_us, 50):.1f} | {pct(offer_us, 99):.1f} | "
               f"{max(offer_us):.0f} | |")
+        print(f"| baseline: empty timed region after the same sleep | {pct(noop_us, 50):.1f} | "
+              f"{pct(noop_us, 99):.1f} | {max(noop_us):.0f} | machine noise |")
+        print(f"| publish() back to back ({len(burst_us)} calls) | {pct(burst_us, 50):.1f} | "
+              f"{pct(burst_us, 99):.1f} | {max(burst_us):.0f} | hot caches |")
 
 
 def bench_ingest(n: int, shape: tuple[int, int], fsync: bool) -> None:
@@ -125,11 +140,16 @@ def bench_ingest(n: int, shape: tuple[int, int], fsync: bool) -> None:
             time.sleep(0.01)
         dt = time.perf_counter() - t0
         tx.close(0)
-        sink.terminate()
+        sink.kill()  # SIGKILL, then time how long the store takes to recover and reopen
         sink.wait(10)
+        (store / "tmp" / "crash-leftover.png.tmp").write_bytes(b"partial")
+        t1 = time.perf_counter()
+        FrameStore.open(store, quota_bytes=10**12).close()
+        recover_ms = (time.perf_counter() - t1) * 1e3
         size = sum(len(p) for p in msgs[0])
         print(f"| sink ingest {shape[0]}x{shape[1]} mono, fsync {'on' if fsync else 'off'} | {n} msgs "
-              f"({size / 1e3:.0f} kB each) | {n / dt:.0f} msgs/s | {n * size / dt / 1e6:.1f} MB/s |")
+              f"({size / 1e3:.0f} kB each) | {n / dt:.0f} msgs/s | {n * size / dt / 1e6:.1f} MB/s | "
+              f"{recover_ms:.0f} ms |")
 
 
 def bench_sink_down(n: int, rate_hz: float) -> None:
@@ -163,7 +183,7 @@ def main() -> int:
     args = ap.parse_args()
     print("| measurement | p50 µs | p99 µs | max µs | note |\n|---|---|---|---|---|")
     bench_call_cost(args.n, args.rate_hz)
-    print("\n| measurement | messages | rate | throughput |\n|---|---|---|---|")
+    print("\n| measurement | messages | rate | throughput | reopen after kill -9 |\n|---|---|---|---|---|")
     for fsync in (True, False):
         bench_ingest(args.n, (300, 300), fsync)
     if args.big:

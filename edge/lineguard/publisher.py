@@ -1,8 +1,9 @@
 """Uncertain-frame publisher: decisions worth a human look -> ZeroMQ PUSH -> collection sink.
 
 Data flow: the inspection thread calls :meth:`UncertainPublisher.offer` (or ``publish``) after each
-decision; that call only draws the audit lottery and puts a reference on a bounded queue. The
-publisher's own thread encodes the PNG (:mod:`lineguard.wire`) and sends without blocking.
+decision; that call only draws the audit lottery and appends a reference to a bounded queue
+(no lock, no thread wake-up). The publisher's own thread polls that queue, encodes the PNG
+(:mod:`lineguard.wire`) and sends without blocking.
 
 What it must never do: block or slow the inspection loop (not when the sink is down, not when
 the network stalls, not when PNG encoding is slow), or drop anything without counting it. Best
@@ -16,8 +17,8 @@ longer write to (contracts.Frame), so the inspection thread pays no copy.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import random
 import threading
 from collections.abc import Mapping
@@ -66,6 +67,8 @@ class PublisherConfig(BaseModel):
                                   description="share of confident (accept/reject) frames also sent as audit")
     audit_seed: int | None = Field(default=None, description="seed for the audit lottery (tests); none = random")
     include_anomaly_map: bool = Field(default=True, description="send the anomaly map as frame 3 when present")
+    poll_ms: float = Field(default=5.0, ge=0.5, le=100.0,
+                           description="how often the idle sender thread looks at the queue (latency to the sink)")
     png_compression: int = Field(default=1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
     curve: CurveClientConfig | None = Field(default=None, description="CurveZMQ keys; none = plain TCP")
 
@@ -122,7 +125,11 @@ class UncertainPublisher:
         self._sock = socket  # used only by the sender thread from here on
         self._cfg = config
         self._m = metrics
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=config.queue_size_msgs)
+        # A deque polled by the sender instead of queue.Queue: Queue.put wakes the sender thread
+        # (a futex syscall plus a GIL hand-over), which cost the inspection thread ~25 µs per call
+        # on the dev VM; deque.append is atomic and costs ~3 µs. The sender polls every poll_ms.
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._maxlen = config.queue_size_msgs
         self._rng = random.Random(config.audit_seed)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lineguard-publisher", daemon=True)
@@ -170,23 +177,28 @@ class UncertainPublisher:
         if self._closed.is_set():
             self._m.publisher_drops_total.labels(reason="closed").inc()
             return False
-        amap = anomaly_map if self._cfg.include_anomaly_map else None
-        try:
-            self._queue.put_nowait(_Job(decision, frame, amap, kind, thresholds))
-        except queue.Full:
+        # One producer (the inspection thread) checks and appends, so the bound holds exactly; a
+        # second producer could overshoot it by one message, never block.
+        if len(self._queue) >= self._maxlen:
             self._m.publisher_drops_total.labels(reason="queue_full").inc()
             return False
+        amap = anomaly_map if self._cfg.include_anomaly_map else None
+        self._queue.append(_Job(decision, frame, amap, kind, thresholds))
         return True
 
     # --- sender thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        poll_s = self._cfg.poll_ms / 1000.0
         try:
             while True:
-                job = self._queue.get()
-                self._m.publisher_queue_depth.set(self._queue.qsize())
-                if job is None:
+                closing = self._closed.is_set()  # read before draining: nothing queued earlier is lost
+                while self._queue:
+                    self._m.publisher_queue_depth.set(len(self._queue))
+                    self._send(self._queue.popleft())
+                self._m.publisher_queue_depth.set(0)
+                if closing:
                     break
-                self._send(job)
+                self._closed.wait(poll_s)
         finally:
             self._sock.close(self._cfg.linger_ms)
 
@@ -216,18 +228,21 @@ class UncertainPublisher:
         self._m.publisher_sent_total.labels(kind=job.kind.value).inc()
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop accepting, send what is queued (bounded by LINGER), close the socket. Idempotent."""
+        """Stop accepting, send what is queued (bounded by LINGER), close the socket. Idempotent.
+
+        Call it after the inspection loop's last publish; later publishes are counted as ``closed``.
+        """
         if self._closed.is_set():
             return
         self._closed.set()
-        # Discard nothing silently: if the queue is full the sentinel waits at most timeout_s.
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full as exc:
-            raise PublisherError("publisher thread did not drain its queue in time") from exc
         self._thread.join(timeout_s)
+        if not self._thread.is_alive() and self._queue:
+            # Only a publish() racing this close() from another thread gets here; count, never lose.
+            self._m.publisher_drops_total.labels(reason="closed").inc(len(self._queue))
+            self._queue.clear()
         if self._thread.is_alive():
-            raise PublisherError(f"publisher thread still running after {timeout_s} s")
+            raise PublisherError(f"publisher thread still sending after {timeout_s} s ({len(self._queue)} "
+                                 "queued); raise the close timeout or lower queue_size_msgs")
 
 
 class NullPublisher:
