@@ -13,17 +13,17 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "ci-system-deps: ${packages[*]} already installed"
-    exit 0
 fi
+install_apt() {
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "ci-system-deps: WARNING: no apt-get; missing ${missing[*]} (their tests will skip)" >&2
-    exit 0
+    return 0
 fi
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo -n); else
         echo "ci-system-deps: WARNING: not root and no sudo; missing ${missing[*]} (tests will skip)" >&2
-        exit 0
+        return 0
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -39,7 +39,19 @@ for pkg in "${missing[@]}"; do
         echo "ci-system-deps: WARNING: could not install $pkg (its tests will skip)" >&2
     fi
 done
-[ "${created_policy:-0}" = 1 ] && rm -f /usr/sbin/policy-rc.d
+if [ "${created_policy:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+if [ "${#missing[@]}" -gt 0 ]; then install_apt; fi
+# Ansible (fleet playbook syntax check) in a throw-away venv, not in the project's environment.
+ansible_venv=/opt/lineguard-ci/ansible
+if ! command -v ansible-playbook >/dev/null 2>&1 && [ ! -x "$ansible_venv/bin/ansible-playbook" ]; then
+    if python3 -m venv "$ansible_venv" >/dev/null 2>&1 \
+        && "$ansible_venv/bin/pip" install -q ansible-core >/dev/null 2>&1; then
+        echo "ci-system-deps: ansible-core installed in $ansible_venv"
+    else
+        echo "ci-system-deps: WARNING: could not install ansible-core (fleet tests will skip)" >&2
+    fi
+fi
 for tool in promtool prometheus shellcheck systemd-analyze; do
     if command -v "$tool" >/dev/null 2>&1; then echo "ci-system-deps: $tool: $(command -v "$tool")"; else
         echo "ci-system-deps: WARNING: $tool missing" >&2; fi
