@@ -24,22 +24,22 @@ pytestmark = [pytest.mark.skipif(PLAYBOOK is None, reason="ansible-playbook not 
                                  "(scripts/ci-system-deps.sh puts ansible-core in /opt/lineguard-ci/ansible)"),
               pytest.mark.timeout(120)]
 
+# the role's own render entry point, so role defaults keep their real (lowest) precedence
 RENDER = """
 - hosts: lineguard_edge
   connection: local
   gather_facts: false
-  vars_files: ["{{ fleet_dir }}/roles/lineguard_edge/defaults/main.yml"]
   tasks:
-    - ansible.builtin.template:
-        src: "{{ fleet_dir }}/roles/lineguard_edge/templates/line.yaml.j2"
-        dest: "{{ out_dir }}/{{ inventory_hostname }}.yaml"
-      delegate_to: localhost
+    - ansible.builtin.include_role:
+        name: lineguard_edge
+        tasks_from: render
 """
 
 
 def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-            "ANSIBLE_HOME": str(tmp / "ansible-home"), "ANSIBLE_NOCOLOR": "1"}
+            "ANSIBLE_HOME": str(tmp / "ansible-home"), "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_ROLES_PATH": str(FLEET / "roles")}
 
 
 def test_playbook_syntax(tmp_path: Path) -> None:
@@ -55,8 +55,7 @@ def test_rendered_line_configs_are_valid(tmp_path: Path) -> None:
     play.write_text(RENDER)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = subprocess.run([PLAYBOOK, "-i", str(FLEET / "inventory.example.yml"), str(play), "-e",
-                          f"fleet_dir={FLEET}", "-e", f"out_dir={out_dir}"],
+    out = subprocess.run([PLAYBOOK, "-i", str(FLEET / "inventory.example.yml"), str(play), "-e", f"out_dir={out_dir}"],
                          capture_output=True, text=True, env=_env(tmp_path), timeout=90)
     assert out.returncode == 0, out.stdout[-3000:]
     rendered = sorted(out_dir.glob("*.yaml"))
@@ -67,3 +66,5 @@ def test_rendered_line_configs_are_valid(tmp_path: Path) -> None:
         assert check.returncode == 0, f"{path.name}: {check.stdout}{check.stderr}\n{path.read_text()}"
     jetson = (out_dir / "press-3-station-3.yaml").read_text()
     assert "backend: tensorrt" in jetson and "cache_dir: /var/lib/lineguard/trt-cache" in jetson
+    assert "host: 192.0.2.32" in jetson, "inventory host vars win over role defaults"
+    assert "backend: onnxruntime" in (out_dir / "press-3-station-2.yaml").read_text()
