@@ -128,3 +128,28 @@ def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(PublisherError, match="cannot open"):
         FrameStore.open(blocker / "store", quota_bytes=10**9)
+
+
+def test_frame_labelled_while_a_batch_is_written_is_not_evicted(tmp_path: Path) -> None:
+    one = len(message(0).image_png)
+    store = FrameStore.open(tmp_path, quota_bytes=int(one * 2.5))
+    old = [message(1), message(2)]
+    store.store_batch(old)
+    labeller = sqlite3.connect(tmp_path / "index.sqlite3")  # the labelling tool's own connection
+    original_commit = store._commit
+
+    def label_then_commit(rows, evict):  # type: ignore[no-untyped-def]
+        # The eviction of old[0] is planned by now; a person labels it before the transaction.
+        with labeller:
+            labeller.execute("UPDATE frames SET labelled = 1 WHERE message_id = ?", (old[0].header.message_id,))
+        return original_commit(rows, evict)
+
+    store._commit = label_then_commit  # type: ignore[method-assign]
+    newer = message(3)
+    result = store.store_batch([newer])
+    labeller.close()
+    kept = {f.message_id: f.labelled for f in store.frames()}
+    assert kept[old[0].header.message_id] is True  # labelled in between: kept, file and row
+    assert result.evicted == 0 and newer.header.message_id in kept
+    assert verify_store(tmp_path) == []
+    assert store.total_bytes == sum(len(m.image_png) for m in (*old, newer))

@@ -203,7 +203,7 @@ class FrameStore:
             added += _size(msg)
             result.stored_kinds.append(msg.header.kind)
         self._publish_files(moves)
-        self._commit(rows, [e.row_id for e in evict])
+        evict = self._commit(rows, evict)
         for e in evict:
             for rel in e.paths:
                 (self.root / rel).unlink(missing_ok=True)
@@ -296,19 +296,31 @@ class FrameStore:
             for d in dirs:
                 _fsync_dir(d)
 
-    def _commit(self, rows: list[tuple[object, ...]], evict_ids: list[int]) -> None:
+    def _commit(self, rows: list[tuple[object, ...]], evict: list[_Eviction]) -> list[_Eviction]:
+        """Insert ``rows`` and delete the planned evictions in one transaction; return those deleted.
+
+        Evictions are planned before the transaction, and the labelling tool may label a frame in
+        between (another connection): the ``labelled = 0`` condition here is what guarantees a
+        labelled frame is never evicted. A skipped eviction leaves the store over quota by that
+        frame until the next batch.
+        """
+        done: list[_Eviction] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            if evict_ids:
-                self._db.executemany("DELETE FROM frames WHERE id = ?", [(i,) for i in evict_ids])
+            for e in evict:
+                cur = self._db.execute("DELETE FROM frames WHERE id = ? AND labelled = 0", (e.row_id,))
+                if cur.rowcount == 1:
+                    done.append(e)
             self._db.executemany(
                 "INSERT INTO frames (message_id, kind, received_utc, image_path, map_path, map_height, "
                 "map_width, camera_id, bytes, bundle_id, verdict, anomaly_score, defect_class, seq, part_id, "
                 "header_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise PublisherError(f"sink index commit failed ({exc}); files are cleaned up at next start") from exc
+        return done
 
     # --- reading ---------------------------------------------------------------------------
     @property
