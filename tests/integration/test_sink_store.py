@@ -153,3 +153,15 @@ def test_frame_labelled_while_a_batch_is_written_is_not_evicted(tmp_path: Path) 
     assert result.evicted == 0 and newer.header.message_id in kept
     assert verify_store(tmp_path) == []
     assert store.total_bytes == sum(len(m.image_png) for m in (*old, newer))
+
+
+def test_write_failures_are_counted_and_the_store_keeps_working(tmp_path: Path) -> None:
+    store = FrameStore.open(tmp_path, quota_bytes=10**9)
+    (tmp_path / "tmp").rmdir()
+    (tmp_path / "tmp").write_bytes(b"")  # every temp write now fails, as on a broken disk
+    result = store.store_batch([message(1), message(2)])
+    assert result.store_errors == 2 and not result.stored_kinds and store.count() == 0
+    (tmp_path / "tmp").unlink()
+    (tmp_path / "tmp").mkdir()
+    assert store.store_batch([message(3)]).stored_kinds == ["uncertain"]
+    assert verify_store(tmp_path) == []

@@ -172,6 +172,10 @@ class SinkServer:
         except PublisherError as exc:
             self._reject("store_error", str(exc), len(batch))
             return
+        except Exception as exc:  # keep receiving; the bug is logged with its trace and counted
+            log.exception("sink: unexpected failure storing a batch")
+            self._reject("internal", repr(exc), len(batch))
+            return
         self._m.write_latency.observe(time.monotonic() - t0)
         self._account(result)
 

@@ -202,11 +202,20 @@ class FrameStore:
             moves.extend(msg_moves)
             added += _size(msg)
             result.stored_kinds.append(msg.header.kind)
-        self._publish_files(moves)
+        try:
+            self._publish_files(moves)
+        except OSError as exc:
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
+            raise PublisherError(f"sink store: cannot make {len(rows)} frames durable ({exc}); "
+                                 "check free space and the disk") from exc
         evict = self._commit(rows, evict)
         for e in evict:
             for rel in e.paths:
-                (self.root / rel).unlink(missing_ok=True)
+                try:
+                    (self.root / rel).unlink(missing_ok=True)
+                except OSError as exc:  # its row is gone; the next start removes the file
+                    log.error("sink store: cannot delete evicted %s: %s", rel, exc)
         result.evicted = len(evict)
         self._total_bytes += added - sum(e.size for e in evict)
         self._count += len(rows) - len(evict)
@@ -288,12 +297,14 @@ class FrameStore:
         if self._fsync:
             _sync_files(self.root / "tmp", [tmp for tmp, _ in moves])
         dirs = {final.parent for _, final in moves}
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
+        new_dirs = {d for d in dirs if not d.is_dir()}
+        for d in new_dirs:
+            d.mkdir(parents=True)
         for tmp, final in moves:
             os.replace(tmp, final)
         if self._fsync:
-            for d in dirs:
+            # A new day folder is itself a directory entry of frames/: sync that too.
+            for d in dirs | {d.parent for d in new_dirs}:
                 _fsync_dir(d)
 
     def _commit(self, rows: list[tuple[object, ...]], evict: list[_Eviction]) -> list[_Eviction]:
