@@ -75,7 +75,7 @@ def store_decision(store: FrameStore, decision: Decision, frame: Frame, anomaly_
     """Store one frame as the publisher would have sent it (same wire encoding); returns its id."""
     header = build_header(decision=decision, frame=frame, kind=kind, anomaly_map=anomaly_map, thresholds=thresholds)
     store.store_batch([decode_message(encode_message(header, frame.image, anomaly_map), decode_images=False)])
-    return header.message_id
+    return str(header.message_id)
 
 
 def collect_stream(judge: Judge, images: Iterable[tuple[npt.NDArray[Any], str]], sink_root: str | Path, *,

@@ -334,7 +334,8 @@ def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
     by_rel = {s.rel: s for s in ds.good()}
     goods = [s for s in scored if s.label == "good" and s.rel in by_rel and _sha(by_rel[s.rel].path) == s.sha256]
     if not goods:  # recalibration with defect images only: the previous reference still holds
-        return (keep or {}).get("drift_reference")
+        previous: dict[str, Any] | None = (keep or {}).get("drift_reference")
+        return previous
     return reference_from_images([ds.load(by_rel[s.rel]) for s in goods], [s.score for s in goods], max_value)
 # --- end drift reference ------------------------------------------------------------------------------
 

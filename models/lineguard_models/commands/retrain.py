@@ -1,0 +1,67 @@
+"""``lineguard retrain``: new labels + the whole history -> candidate bundle -> promotion gate -> report.
+
+Thin CLI over :func:`lineguard_models.retrain.retrain` (see docs/data-loop.md). Also imports a
+dataset folder into the dataset store (``--import-folder``) for the first teach. Exit codes: 0 the
+candidate passed the gate (written to ``--out``), 3 refused (written to ``<out>.refused``).
+
+Must never: hold training or gate logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lineguard.errors import ConfigError
+from lineguard_models.commands.train import tiles_arg
+from lineguard_models.datastore import DatasetStore
+from lineguard_models.pipeline import TrainConfig
+from lineguard_models.retrain import GateConfig, retrain
+
+HELP = "retrain on new labels plus the whole history; gate the candidate against the active bundle"
+EXIT_REFUSED = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datastore", type=Path, required=True, help="dataset store folder (created by --import-folder)")
+    p.add_argument("--import-folder", type=Path, action="append", default=[],
+                   help="add a dataset folder (good/, <class>/) to the store first; repeatable")
+    p.add_argument("--sink", type=Path, default=None, help="sink store whose new labels are imported first")
+    p.add_argument("--active", type=Path, help="the bundle on the line (the gate's baseline)")
+    p.add_argument("--out", type=Path, help="candidate bundle folder (written only if the gate passes)")
+    p.add_argument("--recall-tolerance", type=float, default=0.05, help="largest allowed recall drop per class")
+    p.add_argument("--false-reject-tolerance", type=float, default=0.0,
+                   help="largest allowed rise of the false-reject rate")
+    p.add_argument("--exclude-class", action="append", default=[],
+                   help="leave a class out of training (ablation; the gate still checks it)")
+    p.add_argument("--input-size", type=int, default=224, help="engine input long side per tile, px")
+    p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
+    p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--product", default="product", help="product name in the bundle")
+    p.add_argument("--recipe", type=int, default=0, help="PLC recipe number")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = DatasetStore.open(args.datastore)
+    for folder in args.import_folder:
+        print(f"{folder}: dataset version {store.import_folder(folder)}")
+    if args.active is None and args.out is None:
+        return 0  # import only
+    if args.active is None or args.out is None:
+        raise ConfigError("retraining needs both --active and --out")
+    try:
+        train_cfg = TrainConfig(product=args.product, recipe=args.recipe, seed=args.seed,
+                                input_size_px=args.input_size, tile_rows=args.tiles[0], tile_cols=args.tiles[1],
+                                bank_size=args.bank_size)
+        gate_cfg = GateConfig(recall_tolerance=args.recall_tolerance,
+                              false_reject_tolerance=args.false_reject_tolerance)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid retrain options: {exc}") from exc
+    result = retrain(args.datastore, args.active, args.out, train_cfg=train_cfg, gate_cfg=gate_cfg, sink=args.sink,
+                     exclude_classes=args.exclude_class)
+    for reason in result.decision.reasons:
+        print(f"REFUSED: {reason}")
+    return 0 if result.decision.passed else EXIT_REFUSED
