@@ -27,6 +27,9 @@ class SoakLimits(BaseModel):
     latency_p99_max_ms: float = Field(150.0, gt=0, le=60_000, description="p99 end-to-end latency budget")
     memory_growth_max_mb_per_h: float = Field(5.0, ge=0, le=10_000, description="RSS slope after warm-up")
     warmup_fraction: float = Field(0.1, ge=0, lt=0.9, description="share of the run ignored for memory growth")
+    memory_min_duration_s: float = Field(
+        600.0, ge=0, le=86_400, description="shorter runs (dry runs) do not judge memory growth: a slope over "
+        "seconds extrapolates start-up noise to MB/h")
     drop_max_fraction: float = Field(0.0, ge=0, le=1, description="dropped frames / frames allowed")
     failsafe_max: int = Field(0, ge=0, le=1_000_000, description="fail-safe verdicts allowed")
     reconnects_max: int = Field(0, ge=0, le=10_000, description="camera + PLC reconnects allowed")
@@ -96,14 +99,17 @@ def evaluate_soak(samples: Sequence[SoakSample], *, latency_p99_ms: float, limit
     failsafe = last.failsafe - first.failsafe
     reconnects = last.reconnects - first.reconnects
     slope = rss_slope_mb_per_h(samples, limits.warmup_fraction)
+    judged = last.t_s - first.t_s >= limits.memory_min_duration_s
+    memory = (SoakCheck("memory growth", slope <= limits.memory_growth_max_mb_per_h, f"{slope:+.2f} MB/h",
+                        f"<= {limits.memory_growth_max_mb_per_h:.2f} MB/h") if judged else
+              SoakCheck("memory growth", True, "not judged", f"run >= {limits.memory_min_duration_s:.0f} s"))
     drop_frac = drops / frames if frames > 0 else 1.0
     hours = (last.t_s - first.t_s) / 3600
     return SoakReport((
         SoakCheck("frames", frames >= limits.min_frames, f"{frames:.0f} in {hours:.2f} h", f">= {limits.min_frames}"),
         SoakCheck("latency p99", latency_p99_ms <= limits.latency_p99_max_ms, f"{latency_p99_ms:.1f} ms",
                   f"<= {limits.latency_p99_max_ms:.1f} ms"),
-        SoakCheck("memory growth", slope <= limits.memory_growth_max_mb_per_h, f"{slope:+.2f} MB/h",
-                  f"<= {limits.memory_growth_max_mb_per_h:.2f} MB/h"),
+        memory,
         SoakCheck("drops", drop_frac <= limits.drop_max_fraction, f"{drops:.0f} ({drop_frac:.3%})",
                   f"<= {limits.drop_max_fraction:.3%}"),
         SoakCheck("fail-safe", failsafe <= limits.failsafe_max, f"{failsafe:.0f}", f"<= {limits.failsafe_max}"),
