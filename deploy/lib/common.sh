@@ -82,8 +82,13 @@ make_venv() {
 }
 
 link_release() {
-    # Atomic switch of /opt/lineguard/venv to this release (rename(2) of a fresh symlink).
+    # First install: point /opt/lineguard/venv at this release. Later installs only add the release;
+    # deploy/switch-release.sh switches (check-config, restart, wait for READY, auto-rollback).
     local base="$ROOT/opt/lineguard"
+    if [ -L "$base/venv" ]; then
+        log "release $VERSION installed beside $(readlink "$base/venv"); switch with: deploy/switch-release.sh $VERSION"
+        return 0
+    fi
     run ln -sfn "releases/$VERSION/venv" "$base/venv.new"
     run mv -T "$base/venv.new" "$base/venv"
     log "active release: $VERSION"

@@ -51,14 +51,17 @@ def test_ipc_gpu_usb3_with_sink_layout(tmp_path: Path) -> None:
     assert "not creating users or starting units" in out.stderr
 
 
-def test_reinstall_keeps_the_config_and_switches_the_release(tmp_path: Path) -> None:
+def test_reinstall_keeps_the_config_and_the_active_release(tmp_path: Path) -> None:
     assert install("install-ipc.sh", tmp_path, "--version", "1.0.0").returncode == 0
     cfg = tmp_path / "etc/lineguard/line.yaml"
     cfg.write_text("# the plant's own config\n")
     out = install("install-ipc.sh", tmp_path, "--version", "1.1.0")
     assert out.returncode == 0, out.stderr
     assert cfg.read_text() == "# the plant's own config\n"
-    assert os.readlink(tmp_path / "opt/lineguard/venv") == "releases/1.1.0/venv"
+    # a second release is installed beside the first; switch-release.sh switches (with health check)
+    assert os.readlink(tmp_path / "opt/lineguard/venv") == "releases/1.0.0/venv"
+    assert (tmp_path / "opt/lineguard/releases/1.1.0").is_dir()
+    assert "switch with: deploy/switch-release.sh 1.1.0" in out.stderr
     assert not (tmp_path / "etc/systemd/system/lineguard.service.d/nvidia-gpu.conf").exists()
 
 
