@@ -120,7 +120,7 @@ class InspectionService:
     def from_config(cls, cfg: LineConfig, *, registry: CollectorRegistry | None = None) -> InspectionService:
         """Load and verify the bundle, build engines, source, PLC link, publisher and metrics."""
         reg = registry if registry is not None else REGISTRY
-        metrics = EdgeMetrics(reg)
+        metrics = EdgeMetrics(reg, camera_ids=[cfg.source.camera_id])
         bundle = load_bundle(cfg.bundle.path)
         runner = BundleRunner.from_bundle(bundle, cfg.engine)
         plc = build_plc_link(cfg.plc, registry=reg)
