@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -79,11 +80,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
             pytest.skip(f"SeaweedFS did not start: {(tmp / 'weed.log').read_text()[-1500:]}")
         yield S3(endpoint=endpoint, client=client)
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # weed mini's Ctrl+C path; it ignores SIGTERM for ~10 s
         try:
-            proc.wait(10)
+            proc.wait(3)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.kill()  # a throw-away test server: nothing to flush
+            proc.wait(5)
         log.close()
 
 
