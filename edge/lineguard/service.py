@@ -32,6 +32,7 @@ from lineguard.config import LineConfig
 from lineguard.contracts import Decision, Frame
 from lineguard.decision import DecisionPolicy, decide, failsafe_decision, failsafe_reason
 from lineguard.decisionlog import DecisionLog, NullDecisionLog
+from lineguard.drift import DriftMonitor
 from lineguard.engines import BundleRunner, run_golden
 from lineguard.errors import BundleError, LineGuardError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
@@ -95,6 +96,7 @@ class InspectionService:
         metrics: EdgeMetrics,
         registry: CollectorRegistry,
         decision_log: DecisionLog | NullDecisionLog,
+        drift: DriftMonitor,
         notifier: Notifier,
     ) -> None:
         self.cfg = cfg
@@ -105,6 +107,7 @@ class InspectionService:
         self.metrics = metrics
         self.registry = registry
         self.decision_log = decision_log
+        self.drift = drift
         self.notifier = notifier
         self.stats = ServiceStats()
         self.metrics_server: MetricsServer | None = None
@@ -138,6 +141,7 @@ class InspectionService:
             metrics=metrics,
             registry=reg,
             decision_log=dlog,
+            drift=DriftMonitor.from_bundle(bundle, reg, config=cfg.drift),
             notifier=Notifier(),
         )
         if cfg.changeover is not None:  # store, signatures, swap worker, control endpoint
@@ -153,10 +157,11 @@ class InspectionService:
         self._start_metrics()
         self._start_plc()
         self._warm_up_and_self_test()
+        if self.changeover is not None:  # preloads mapped bundles before the first part arrives
+            self.changeover.start()
+        self.drift.start()
         self._open_source()
         self._start_threads()
-        if self.changeover is not None:
-            self.changeover.start()
         self.plc.set_status(ready=True, model_loaded=True, camera_ok=True, fault=False, degraded=False)
         self.notifier.ready(f"inspecting with bundle {self.bundle.bundle_id}")
         log.info("service ready: bundle %s, provider %s", self.bundle.bundle_id, self._active.runner.provider)
@@ -174,6 +179,7 @@ class InspectionService:
         self.plc.set_status(ready=False)
         self.plc.stop()
         self.publisher.close()
+        self.drift.stop()
         self.decision_log.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -223,6 +229,7 @@ class InspectionService:
         judged entirely by the old or entirely by the new bundle.
         """
         previous, self._active = self._active, prepared
+        self.drift.rebind(prepared.bundle)
         man = prepared.bundle.manifest
         self.plc.set_active_recipe(man.recipe)
         self.plc.set_defect_classes(list(man.classifier.classes) if man.classifier else [])
@@ -325,6 +332,7 @@ class InspectionService:
                 self.metrics.observe_stage_ms(stage, out.timings_ms[stage])
         self.metrics.observe_stage_ms("decision", decide_ms)
         self._emit(decision, frame, out.anomaly_map)
+        self.drift.observe(frame.image, decision)
 
     def _emit(self, d: Decision, frame: Frame, anomaly_map: npt.NDArray[np.float32] | None) -> None:
         self.plc.submit(d)

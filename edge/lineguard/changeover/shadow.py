@@ -60,7 +60,7 @@ class ShadowReport:
     """Agreement of the candidate with the active bundle so far (JSON-ready via :meth:`to_json`)."""
 
     candidate_id: str
-    running: bool
+    state: str  # preparing, running, stopped, or "failed: <why>"
     judged: int
     dropped: int
     agreed: int
@@ -77,7 +77,7 @@ class ShadowReport:
         p95 = None if math.isnan(self.candidate_p95_ms) else round(self.candidate_p95_ms, 3)
         agreement = None if not self.judged else round(self.agreement, 5)
         return {
-            "candidate_id": self.candidate_id, "running": self.running, "judged": self.judged,
+            "candidate_id": self.candidate_id, "state": self.state, "judged": self.judged,
             "dropped": self.dropped, "agreed": self.agreed, "agreement": agreement,
             "score_close": self.score_close, "errors": self.errors, "confusion": dict(self.confusion),
             "candidate_p95_ms": p95,
@@ -92,13 +92,22 @@ def p95(values: list[float]) -> float:
 
 
 class ShadowRunner:
-    """A candidate bundle judging copies of live frames on its own thread."""
+    """A candidate bundle judging copies of live frames on its own thread.
+
+    The engines are built, warmed up and self-tested on that same low-priority thread, so even
+    preparing the candidate takes CPU only when the line leaves some.
+    """
 
     LATENCY_RING = 2048
 
-    def __init__(self, *, bundle: Bundle, runner: BundleRunner, cfg: ShadowConfig, metrics: ChangeoverMetrics) -> None:
+    def __init__(
+        self, *, bundle: Bundle, engine_cfg: OrtEngineConfig | TensorrtEngineConfig, cfg: ShadowConfig,
+        metrics: ChangeoverMetrics,
+    ) -> None:
         self.bundle = bundle
-        self._runner = runner
+        self._engine_cfg = engine_cfg
+        self._runner: BundleRunner | None = None
+        self._state = "preparing"
         self._policy = DecisionPolicy.from_manifest(bundle.manifest)
         self._cfg = cfg
         self._metrics = metrics
@@ -115,8 +124,7 @@ class ShadowRunner:
         cls, path: Path, *, engine_cfg: OrtEngineConfig | TensorrtEngineConfig, cfg: ShadowConfig,
         metrics: ChangeoverMetrics,
     ) -> ShadowRunner:
-        bundle = load_bundle(path)
-        return cls(bundle=bundle, runner=build_shadow_runner(bundle, engine_cfg, cfg), cfg=cfg, metrics=metrics)
+        return cls(bundle=load_bundle(path), engine_cfg=engine_cfg, cfg=cfg, metrics=metrics)
 
     def start(self) -> ShadowRunner:
         self._thread.start()
@@ -124,13 +132,16 @@ class ShadowRunner:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
-        self._runner.close()
+        self._thread.join(timeout=30)
+        if self._runner is not None:
+            self._runner.close()
+        if self._state in ("preparing", "running"):
+            self._state = "stopped"
 
     def offer(self, decision: Decision, frame: Frame) -> None:
         """Inspection thread: hand over a judged frame, or count a drop; never waits."""
-        if decision.failsafe:
-            return  # nothing to compare against: the active bundle did not judge this frame
+        if decision.failsafe or self._runner is None:
+            return  # nothing to compare against, or the candidate is not ready yet
         try:
             self._q.put_nowait((decision, frame))
         except queue.Full:
@@ -139,6 +150,13 @@ class ShadowRunner:
 
     def _loop(self) -> None:
         self._lower_priority()
+        try:
+            runner = build_shadow_runner(self.bundle, self._engine_cfg, self._cfg)
+        except LineGuardError as exc:
+            self._state = f"failed: {exc}"
+            log.error("shadow candidate %s cannot run: %s", self.bundle.bundle_id, exc)
+            return
+        self._runner, self._state = runner, "running"
         while not self._stop.is_set():
             try:
                 active, frame = self._q.get(timeout=0.1)
@@ -146,7 +164,7 @@ class ShadowRunner:
                 continue
             t0 = time.perf_counter_ns()
             try:
-                out = self._runner.infer(frame.image)
+                out = runner.infer(frame.image)
                 mine = decide(out, frame, self._policy, t_decided_ns=time.monotonic_ns())
             except LineGuardError as exc:
                 self._errors += 1
@@ -175,7 +193,7 @@ class ShadowRunner:
 
     def report(self) -> ShadowReport:
         return ShadowReport(
-            candidate_id=self.bundle.bundle_id, running=self._thread.is_alive(), judged=self._judged,
+            candidate_id=self.bundle.bundle_id, state=self._state, judged=self._judged,
             dropped=self._dropped, agreed=self._agreed, score_close=self._close, errors=self._errors,
             confusion=dict(self._confusion), candidate_p95_ms=p95(list(self._lat_ms)),
         )

@@ -143,7 +143,10 @@ class ChangeoverController:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Prepare the bundles mapped to recipes now (before the line runs), then start the worker."""
         self.store.mark_active(self.service.bundle.bundle_id)
+        self._fill_preload()
+        self._next_scan = time.monotonic() + self.cfg.drop_poll_ms / 1000
         self._thread.start()
         if self.control is not None:
             self.control.start()
