@@ -36,10 +36,13 @@ COMMANDS: dict[str, str] = {
     "sink": "lineguard.commands.sink",
     "cameras": "lineguard.commands.cameras",
     "sink-upload": "lineguard.commands.sink_upload",
+    "label": "lineguard.commands.label",
     # training side (torch)
     "train": "lineguard_models.commands.train",
     "calibrate": "lineguard_models.commands.calibrate",
     "augment-preview": "lineguard_models.commands.augment_preview",
+    "retrain": "lineguard_models.commands.retrain",
+    "backtest": "lineguard_models.commands.backtest",
 }
 
 # Shown in --help without importing the module (importing would pull torch for training commands).
@@ -58,6 +61,9 @@ SUMMARIES: dict[str, str] = {
     "train": "train an anomaly bundle from a dataset folder (needs the train extra)",
     "calibrate": "re-calibrate a bundle's thresholds with new defect images",
     "augment-preview": "write a contact sheet of physically plausible augmentations",
+    "label": "serve the labelling page for frames stored by the sink",
+    "retrain": "retrain on new labels plus all history, gated against the active bundle",
+    "backtest": "predict a candidate bundle's rejects and escapes on stored production frames",
 }
 
 

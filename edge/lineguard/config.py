@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.changeover.config import ChangeoverConfig
+from lineguard.drift import DriftConfig
 from lineguard.engines.config import EngineConfig, OrtEngineConfig
 from lineguard.plc.config import PlcConfig
 from lineguard.publisher import PublisherConfig
@@ -82,6 +83,7 @@ class LineConfig(BaseModel):
         default_factory=lambda: PublisherConfig(), description="uncertain frames to the collection sink (ZeroMQ)"
     )
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(), description="Prometheus endpoint")
+    drift: DriftConfig = Field(default_factory=lambda: DriftConfig(), description="imaging / process drift monitor")
     service: ServiceSection = Field(default_factory=lambda: ServiceSection(), description="queues, watchdog, log")
     changeover: ChangeoverConfig | None = Field(
         None, description="bundle store, signed bundles, hot swap, shadow mode, control endpoint; absent = off"
