@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages for tests/integration/test_labelling_browser.py: headless Chromium + chromedriver
-# (Debian/Ubuntu) and the selenium client. Tolerant of failure: without them the browser test is
+# (Debian/Ubuntu). Tolerant of failure: without them the browser test is
 # skipped (the HTTP API test still runs), so a CI image without apt access does not break the build.
 set -u
 SUDO=""
@@ -12,6 +12,5 @@ if command -v apt-get >/dev/null 2>&1; then
 else
   echo "ci-system-deps-labelling: no apt-get here; install Chromium and chromedriver by hand"
 fi
-PY="${PYTHON:-python3}"
-"$PY" -m pip install -q "selenium>=4.20" || echo "ci-system-deps-labelling: selenium not installed (browser test will skip)"
+# the selenium client comes with the project's dev extra (pyproject.toml)
 exit 0
