@@ -149,6 +149,7 @@ class AnomalyScorer(nn.Module):
     in_scale: Tensor
     in_shift: Tensor
     bank: Tensor
+    bank_centre: Tensor
     bank_t_m2: Tensor
     bank_sq: Tensor
     blur: Tensor
@@ -166,9 +167,14 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("in_scale", 1.0 / (spec.max_value * std))
         self.register_buffer("in_shift", -mean / std)
         self.register_buffer("bank", bank.detach().clone())
+        # distances are translation invariant: centring on the bank mean shrinks ||a||^2 and ||b||^2,
+        # so the matmul form below loses far less float32 precision on small (normal) distances
+        centre = bank.detach().mean(dim=0)
+        centred = bank.detach() - centre
+        self.register_buffer("bank_centre", centre)
         # ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2; -2 b^T and ||b||^2 precomputed once
-        self.register_buffer("bank_t_m2", -2.0 * bank.detach().t().contiguous())
-        self.register_buffer("bank_sq", bank.detach().pow(2).sum(dim=1))
+        self.register_buffer("bank_t_m2", -2.0 * centred.t().contiguous())
+        self.register_buffer("bank_sq", centred.pow(2).sum(dim=1))
         kernel = _gaussian_kernel(spec.blur_sigma_px) if spec.blur_sigma_px > 0 else torch.ones(1)
         self.register_buffer("blur", kernel)
         self._blur_taps = int(kernel.numel())
@@ -185,7 +191,7 @@ class AnomalyScorer(nn.Module):
         """Nearest-neighbour distance of every patch to the bank, [N, 1, h, w]."""
         feats = self.features(self.normalise(image))
         h, w = self.features.grid_hw
-        a = feats.flatten(2).transpose(1, 2)  # [N, hw, D]
+        a = feats.flatten(2).transpose(1, 2) - self.bank_centre  # [N, hw, D]
         d2 = torch.matmul(a, self.bank_t_m2) + self.bank_sq  # [N, hw, M] without ||a||^2
         nearest = d2.amin(dim=2) + a.pow(2).sum(dim=2)  # ||a||^2 added after the min: it is constant per row
         dist: Tensor = nearest.clamp_min(0.0).sqrt().reshape(-1, 1, h, w)

@@ -1,8 +1,10 @@
 """ONNX export parity: the exported graph scores real photos exactly like the torch scorer.
 
 Peers: the real exporter and ONNX Runtime (CPU). Images: crops of scikit-image photos and
-textures at 128x128, 8-bit RGB and 16-bit mono. Tolerance: scores rtol 1e-4 (plus atol 1e-4
-for near-zero values); maps atol 1e-3 (maps are distances of order 10-50).
+textures at 128x128, 8-bit RGB and 16-bit mono. Tolerance: scores rtol 1e-4 (plus atol 1e-4);
+maps rtol 5e-4 + atol 1e-3 (map values are feature distances of order 1-50; the matmul-form
+nearest-neighbour search and different GEMM/conv kernels leave ~1e-4 relative noise on the
+smallest distances).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def check_parity(scorer: AnomalyScorer, images: list[np.ndarray], onnx_path: Pat
         got_s, got_m = sess.run(["anomaly_score", "anomaly_map"], {"image": batch})
         assert got_s.shape == want_s.shape and got_m.shape == want_m.shape
         np.testing.assert_allclose(got_s, want_s, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(got_m, want_m, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(got_m, want_m, rtol=5e-4, atol=1e-3)
     scores = score_batches(scorer, [np.stack(images)])[0]
     assert np.ptp(scores) > 0.1  # real, varied inputs, not a constant graph
 
