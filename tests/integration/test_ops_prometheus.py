@@ -4,7 +4,7 @@ One real line per module: `lineguard run` (child process: replay source, synthet
 to the PLC simulator on loopback, publisher to the sink) and `lineguard sink` (child process). Then:
 
 * every metric the dashboard and the alert rules query is one these processes really export
-  (scraped over HTTP), except the drift metrics docs/monitoring.md lists as pending;
+  (scraped over HTTP);
 * a real Prometheus server (the distribution's binary) scrapes both and answers
   lineguard_frames_total over its HTTP API. Skips with the reason when prometheus is missing.
 """
@@ -92,14 +92,9 @@ def test_every_queried_metric_is_exported(line: Line) -> None:
         for name in referenced_metrics(expr):
             queried.setdefault(name, set()).add(where)
     assert "lineguard_plc_connected" in queried and "lineguard_sink_stored_total" in queried
-    pending = {n for n in queried if n.startswith("lineguard_drift_")}
-    missing = {n: sorted(w) for n, w in queried.items() if n not in exported and n not in EXTERNAL | pending}
+    assert "lineguard_drift_state" in queried
+    missing = {n: sorted(w) for n, w in queried.items() if n not in exported and n not in EXTERNAL}
     assert not missing, f"queried but not exported: {missing}"
-    # pending metrics must be documented as pending, and must really not exist yet (else update the docs)
-    doc = (ROOT / "docs/monitoring.md").read_text()
-    for name in pending:
-        assert f"`{name}`" in doc and "pending" in doc.lower(), name
-        assert name not in exported, f"{name} is exported now: drop 'pending' in docs/monitoring.md"
 
 
 def test_real_prometheus_scrapes_the_line(line: Line, tmp_path: Path) -> None:
