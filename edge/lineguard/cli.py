@@ -35,6 +35,11 @@ COMMANDS: dict[str, str] = {
     "plc-sim": "lineguard.commands.plc_sim",
     "sink": "lineguard.commands.sink",
     "cameras": "lineguard.commands.cameras",
+    # changeover (bundle store, signatures, hot swap)
+    "install-bundle": "lineguard.commands.install_bundle",
+    "sign-bundle": "lineguard.commands.sign_bundle",
+    "bundles": "lineguard.commands.bundles",
+    "swap": "lineguard.commands.swap",
     "sink-upload": "lineguard.commands.sink_upload",
     "label": "lineguard.commands.label",
     # training side (torch)
@@ -57,6 +62,10 @@ SUMMARIES: dict[str, str] = {
     "plc-sim": "run a Modbus server that plays the PLC side",
     "sink": "run the collection sink for uncertain frames",
     "cameras": "list GenICam devices visible through a GenTL producer (.cti)",
+    "install-bundle": "install a signed bundle into the edge box's bundle store (engines prepared now)",
+    "sign-bundle": "sign a bundle's manifest with Ed25519 (or --generate-key a signing key)",
+    "bundles": "list, activate (map to its recipe) or remove installed bundle versions",
+    "swap": "ask the running service to switch bundle (by recipe or id), or show its changeover status",
     "sink-upload": "upload the sink's stored frames and index rows to S3-compatible storage",
     "train": "train an anomaly bundle from a dataset folder (needs the train extra)",
     "calibrate": "re-calibrate a bundle's thresholds with new defect images",
