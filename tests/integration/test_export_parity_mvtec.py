@@ -14,7 +14,7 @@ from lineguard_models.anomaly import AnomalyModelConfig, batched, fit_anomaly_mo
 from lineguard_models.export import export_onnx
 
 BOTTLE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mvtec_bottle"
-SIZE = 160
+SIZE = 128
 
 pytestmark = [
     pytest.mark.shared,
@@ -31,7 +31,7 @@ def load(paths: list[Path]) -> list[np.ndarray]:
 
 
 def test_small_model_separates_broken_bottles_and_exports_faithfully(tmp_path: Path) -> None:
-    train = load(sorted((BOTTLE / "train/good").glob("*.png"))[:16])
+    train = load(sorted((BOTTLE / "train/good").glob("*.png"))[:12])
     good = load(sorted((BOTTLE / "test/good").glob("*.png"))[:10])
     broken = load(sorted((BOTTLE / "test/broken_large").glob("*.png"))[:10])
     cfg = AnomalyModelConfig(input_height_px=SIZE, input_width_px=SIZE, bank_size=256, buffer_rows=2048)
