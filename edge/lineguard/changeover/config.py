@@ -115,6 +115,9 @@ class ChangeoverConfig(BaseModel):
         False, description="development only: accept bundles without a valid signature (logged loudly)"
     )
     follow_plc_recipe: bool = Field(True, description="swap when the PLC's recipe-request register changes")
+    plc_poll_ms: int = Field(
+        20, ge=5, le=10_000, description="how often the swap worker looks at the recipe request the PLC link read"
+    )
     drop_dir: Path | None = Field(
         None, description="watched folder: a bundle directory X plus a marker file X.ready installs and swaps it"
     )

@@ -123,6 +123,7 @@ class ChangeoverController:
         self._first_part: tuple[str, int] | None = None  # (bundle id, request t_ns) awaiting its first verdict
         self.first_part_ms: float | None = None  # request -> first verdict of the new bundle, last swap
         self._next_scan = 0.0
+        self._next_plc = 0.0
         self.control = ControlServer.from_config(cfg.control, controller=self, token=token) if cfg.control else None
 
     @classmethod
@@ -166,7 +167,12 @@ class ChangeoverController:
 
     # ---------------------------------------------------------------- requests (any thread)
     def tick(self) -> None:
-        """Main thread, once per supervision tick: follow the PLC's recipe-request register."""
+        """Follow the PLC's recipe-request register (supervision tick and, faster, the swap worker).
+
+        The link reads the register every poll period and reports each change once, so calling
+        this from two threads cannot start a swap twice; the worker's ``plc_poll_ms`` keeps the
+        changeover from waiting up to a whole supervision tick (0.5 s).
+        """
         if not self.cfg.follow_plc_recipe:
             return
         recipe = self.service.plc.poll_recipe_request()
@@ -198,12 +204,15 @@ class ChangeoverController:
     def _worker(self) -> None:
         while not self._stop.is_set():
             try:
-                req: SwapRequest | None = self._requests.get(timeout=0.05)
+                req: SwapRequest | None = self._requests.get(timeout=min(0.05, self.cfg.plc_poll_ms / 1000))
             except queue.Empty:
                 req = None
             try:
                 if req is not None:
                     self._finish(req, self._handle(req))
+                if time.monotonic() >= self._next_plc:
+                    self._next_plc = time.monotonic() + self.cfg.plc_poll_ms / 1000
+                    self.tick()
                 self._check_rollback()
                 self._cache.close_due()
                 if time.monotonic() >= self._next_scan:
