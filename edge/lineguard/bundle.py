@@ -12,7 +12,6 @@ See docs/bundle-format.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lineguard.errors import BundleError
+from lineguard.fsutil import fsync_path, fsync_tree
+from lineguard.fsutil import sha256_file as sha256_file  # re-exported: bundle users hash files too
 from lineguard.preprocess import InputSpec
 
 SCHEMA_VERSION = 1
@@ -148,14 +149,6 @@ class Bundle:
         return self.root / rel
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -207,19 +200,6 @@ def load_bundle(root: str | Path) -> Bundle:
     return Bundle(root=root, manifest=manifest)
 
 
-def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            with p.open("rb") as f:
-                os.fsync(f.fileno())
-    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_bundle(staging: Path, manifest: dict[str, Any], out: Path, *, overwrite: bool = False) -> Bundle:
     """Hash every file in ``staging``, write the manifest, and move it atomically to ``out``.
 
@@ -238,7 +218,7 @@ def write_bundle(staging: Path, manifest: dict[str, Any], out: Path, *, overwrit
         raise BundleError(f"refusing to write an invalid bundle: {_format_validation(exc)}") from exc
     text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
     (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
-    _fsync_tree(staging)
+    fsync_tree(staging)
     if out.exists():
         if not overwrite:
             raise BundleError(f"{out} already exists (choose another --out or remove it)")
@@ -248,11 +228,7 @@ def write_bundle(staging: Path, manifest: dict[str, Any], out: Path, *, overwrit
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(staging, out)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out.parent)
     return load_bundle(out)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lineguard.errors import DatasetError
+from lineguard.fsutil import sha256_file, write_atomic
 from lineguard.imageio import IMAGE_SUFFIXES
 from lineguard.sink.labels import GOOD, LabelBook, check_label
 
@@ -95,26 +95,6 @@ class Snapshot:
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DatasetStore:
@@ -196,7 +176,7 @@ class DatasetStore:
             added: list[dict[str, Any]] = []
             seen: set[str] = set()
             # sha order: the split of a batch does not depend on the order the caller listed it in
-            hashed = sorted(((_sha(im.path), im) for im in images), key=lambda t: t[0])
+            hashed = sorted(((sha256_file(im.path), im) for im in images), key=lambda t: t[0])
             for sha, im in hashed:
                 if sha in seen:
                     continue
@@ -223,7 +203,7 @@ class DatasetStore:
             doc = {"version": version, "parent": snap.version or None, "note": note,
                    "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "added": added, "cursors": new_cursors}
-            _write_durably(self._version_path(version), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+            write_atomic(self._version_path(version), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
             return version
 
     def _store_object(self, src: Path, sha: str, ext: str) -> None:

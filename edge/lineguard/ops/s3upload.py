@@ -27,7 +27,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.errors import LineGuardError
+from lineguard.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -107,18 +107,8 @@ class UploadState:
 
     def save(self, path: Path) -> None:
         """Replace the state file atomically (temp file, fsync, rename, fsync folder)."""
-        tmp = path.with_name(path.name + ".tmp")
         data = json.dumps({"version": STATE_VERSION, **{k: getattr(self, k) for k in self.__slots__}})
-        with open(tmp, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(path, data.encode())
 
 
 @dataclass(frozen=True, slots=True)
