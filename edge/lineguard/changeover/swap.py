@@ -321,6 +321,10 @@ class ChangeoverController:
         failed = self.service.activate(previous)
         self._previous = None
         self._after_activate(failed, watch=False)
+        # not kept prepared and not preloaded again: only an explicit request brings it back (cold)
+        if self._cache.take(failed.bundle.bundle_id) is not None:
+            self._cache.release(failed)
+        self._cache.failed[failed.bundle.bundle_id] = f"rolled back: {reason}"
         self._history = [*self._history[-19:], SwapResult(
             ok=True, result="ok", source="rollback", requested=f"bundle {previous.bundle.bundle_id}",
             bundle_id=previous.bundle.bundle_id, previous_id=watch.bundle_id, prepared="preloaded",
@@ -348,7 +352,7 @@ class ChangeoverController:
             entry = self.store.install(src, verifier=self.verifier, map_recipe=False)
         except SignatureError as exc:
             res = SwapResult(ok=False, result="signature", source="drop", requested=str(src), message=str(exc))
-        except LineGuardError as exc:
+        except (LineGuardError, OSError) as exc:
             res = SwapResult(ok=False, result="verification", source="drop", requested=str(src), message=str(exc))
         else:
             req.bundle_id = entry.bundle_id
