@@ -81,10 +81,15 @@ def test_sign_install_list_activate_remove(site: dict[str, Path | str], capsys: 
     assert [e.bundle_id for e in store.list()] == ["a-1"]
 
 
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_swap_command_switches_the_running_service(
-    site: dict[str, Path | str], capsys: pytest.CaptureFixture[str]
+    site: dict[str, Path | str], capsys: pytest.CaptureFixture[str], transport: str
 ) -> None:
     tmp, config, key = Path(site["tmp"]), str(site["config"]), str(site["key"])
+    if transport == "unix":
+        doc = json.loads(Path(config).read_text())
+        doc["changeover"]["control"]["unix_socket"] = str(tmp / "control.sock")
+        Path(config).write_text(json.dumps(doc))
     for bid, recipe in (("a-1", 1), ("b-1", 2)):
         if not (tmp / "src" / bid).exists():
             make_bundle(tmp / "src" / bid, bundle_id=bid, recipe=recipe, key=None)
@@ -102,6 +107,8 @@ def test_swap_command_switches_the_running_service(
         assert code == 1 and json.loads(out)["result"] == "not_found"
         code, out = _lineguard(capsys, "swap", "--config", config, "--status")
         assert code == 0 and json.loads(out)["active"]["bundle_id"] == "b-1"
+        if transport == "unix":
+            assert (tmp / "control.sock").stat().st_mode & 0o777 == 0o600
     finally:
         stop.set()
         supervisor.join(5)

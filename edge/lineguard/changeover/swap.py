@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from lineguard.bundle import Bundle
 from lineguard.changeover.config import ChangeoverConfig
-from lineguard.changeover.control import ControlServer
+from lineguard.changeover.control import ControlServer, read_token
 from lineguard.changeover.metrics import ChangeoverMetrics
 from lineguard.changeover.preload import PreparedCache
 from lineguard.changeover.shadow import RollbackWatch, ShadowRunner
@@ -131,11 +131,7 @@ class ChangeoverController:
         cls, cfg: ChangeoverConfig, *, service: SwapTarget, registry: CollectorRegistry
     ) -> ChangeoverController:
         """Open the store, load trusted keys and the control token (file I/O happens here)."""
-        token = None
-        if cfg.control is not None:
-            from lineguard.changeover.control import read_token
-
-            token = read_token(cfg.control.token_file)
+        token = read_token(cfg.control.token_file) if cfg.control is not None else None
         return cls(
             cfg=cfg, service=service, store=BundleStore.open(cfg.store_dir),
             verifier=SignatureVerifier.from_texts(cfg.trusted_keys, allow_unsigned=cfg.allow_unsigned),
