@@ -26,13 +26,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.bundle import Bundle, load_bundle
 from lineguard.contracts import Verdict
 from lineguard.errors import BundleError, DatasetError
-from lineguard.imageio import read_image
+from lineguard.imageio import is_grey_rgb, read_image
 from lineguard.sink.labels import GOOD
 from lineguard_models.backtest import Judge
 from lineguard_models.datastore import DatasetStore, Record
@@ -80,15 +83,24 @@ class GateDecision:
     notes: tuple[str, ...] = ()  # what was not gated and why
 
 
+def _as_trained(image: npt.NDArray[Any], channels: int) -> npt.NDArray[Any]:
+    """A grey image saved as RGB (identical channels) in its mono form when the bundle is mono: the
+    training loader reads such files as mono (``data.load_image``), so the regression set must too."""
+    if channels == 1 and is_grey_rgb(image):
+        return np.ascontiguousarray(image[:, :, 0])
+    return image
+
+
 def evaluate(bundle: Bundle, store: DatasetStore, records: Sequence[Record]) -> Evaluation:
     """Judge every regression image with ``bundle`` as the line would."""
     judge = Judge(bundle)
+    channels = bundle.manifest.input.channels
     images: dict[str, int] = {}
     caught: dict[str, int] = {}
     good = rejected = rechecked = 0
     try:
         for r in records:
-            d, _, _ = judge.judge(read_image(store.path_of(r)))
+            d, _, _ = judge.judge(_as_trained(read_image(store.path_of(r)), channels))
             if r.label == GOOD:
                 good += 1
                 rejected += d.verdict is Verdict.REJECT
