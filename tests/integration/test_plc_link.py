@@ -150,3 +150,22 @@ def test_numbering_continues_across_link_restarts(sim: PlcSimulator) -> None:
         assert settle(link, 3.0)
         link.stop()
     assert [r.seq for r in sim.results()] == list(range(1, 21))
+
+
+def test_recipe_request_cleared_to_zero_can_be_asked_again(sim: PlcSimulator) -> None:
+    """A refused changeover is retried by the PLC writing 0, then the recipe again (docs/plc.md)."""
+    link = PlcLink.from_config(_cfg(sim.port), metrics_registry=CollectorRegistry())
+    link.start()
+    try:
+        sim.set_recipe_request(7)
+        assert sim.wait_until(lambda: link.poll_recipe_request() == 7, 2.0)
+        sim.set_recipe_request(7)  # unchanged value: not a new request
+        time.sleep(0.1)
+        assert link.poll_recipe_request() is None
+        sim.set_recipe_request(0)
+        time.sleep(0.1)  # the PLC holds 0 for at least two poll periods (10 ms each by default)
+        assert link.poll_recipe_request() is None
+        sim.set_recipe_request(7)
+        assert sim.wait_until(lambda: link.poll_recipe_request() == 7, 2.0)
+    finally:
+        link.stop()

@@ -381,6 +381,10 @@ class PlcLink:
         self._take_trigger(inputs.trigger_seq, inputs.trigger_part_id, t0)
         with self._cv:
             self._recipe_req = inputs.recipe_request
+            if inputs.recipe_request == 0:
+                # the PLC cleared its request: the same recipe asked again later is a new request
+                # (how a PLC retries after a refused changeover)
+                self._recipe_req_reported = None
 
     def _take_trigger(self, seq: int, part_id: int, t_read_ns: int) -> None:
         last = self._last_trigger_seq
