@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Benchmarks of the data loop (issue 6): active learning vs random labelling, drift detection
+delay and false alarms, forgetting after retraining.
+
+Sits *outside* the data flow: it drives the project's own pieces the way the line does --
+``Judge`` (the edge's ``BundleRunner`` + ``decide``), ``collect_stream`` (what the publisher would
+send, stored by the sink's ``FrameStore``), ``LabelBook`` + ``active.plan_shift`` (the labelling
+queue), ``DatasetStore`` + ``retrain`` (whole-history retraining and the promotion gate) and
+``DriftMonitor`` (``observe(image, decision)`` per part, drained on this thread so the run is
+deterministic). Labels of the dataset stand in for the person.
+
+Sections (``--only``):
+
+* ``active``: casting ``train/`` played as a production stream through a bundle taught on a few
+  images; a labelling budget B spent (a) by the project's active selection on the frames the sink
+  collected, (b) at random over every part of the stream; both retrained through ``retrain`` and
+  judged on casting ``test/`` (262 good / 453 def_front).
+* ``drift``: undrifted good parts (false alarms per 10,000 parts) and simulated drifts (delay in
+  parts from onset to the first imaging/process state).
+* ``forget``: synthetic 4-class data; a new batch without one class; retrain with history vs a
+  naive retrain on the new batch; per-class recall on the frozen regression set and the gate.
+
+Skips the casting sections cleanly (exit 0) when ``../shared/datasets/casting`` is absent.
+Must never: write outside ``--work`` (a temporary folder by default) and ``--json``.
+
+    .venv/bin/python scripts/bench_data_loop.py --json /tmp/data_loop.json          # full (~30 min, 2 cores)
+    .venv/bin/python scripts/bench_data_loop.py --smoke                              # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+from scipy.stats import rankdata
+
+from lineguard.bundle import Bundle, load_bundle
+from lineguard.drift import DriftConfig, DriftMonitor
+from lineguard.imageio import read_image
+from lineguard.sink.labels import LabelBook
+from lineguard_models.active import SelectionConfig, plan_shift
+from lineguard_models.backtest import Judge, collect_stream
+from lineguard_models.data import load_image
+from lineguard_models.datastore import DatasetStore
+from lineguard_models.pipeline import TrainConfig, train
+from lineguard_models.retrain import GateConfig, evaluate, gate, retrain
+from lineguard_models.synth import SynthConfig, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets"
+Image = npt.NDArray[Any]
+QUIET: Callable[[str], None] = lambda s: None  # noqa: E731 - the pipeline's progress sink
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def pixel_key(image: Image) -> str:
+    """Identity of a decoded image: the sink stores pixels losslessly, so stored == streamed."""
+    return f"{image.shape}{hash(image.tobytes())}"
+
+
+def load_casting(path: Path) -> Image:
+    """Casting images are grey JPEGs saved as RGB: load them as the mono camera that took them."""
+    return load_image(path, mono_from_rgb=True)
+
+
+def copy_into(folder: Path, paths: Sequence[Path]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        shutil.copyfile(p, folder / p.name)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. active learning vs random at equal labelling budget
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One bundle judged on casting test/: verdicts and scores against the true labels."""
+
+    verdicts: list[str]
+    scores: list[float]
+    defect: list[bool]
+
+    def metrics(self) -> dict[str, float]:
+        v, d = np.array(self.verdicts), np.array(self.defect)
+        rej = v == "reject"
+        n_good, n_def = int((~d).sum()), int(d.sum())
+        return {"precision": float((rej & d).sum() / rej.sum()) if rej.any() else float("nan"),
+                "false_reject_rate": float((rej & ~d).sum() / n_good),
+                "escape_rate": float(((v == "accept") & d).sum() / n_def),
+                "recheck_rate": float((v == "recheck").mean()),
+                "auroc": auroc(np.array(self.scores), d)}
+
+
+def auroc(scores: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]) -> float:
+    """Mann-Whitney AUROC with ties counted half."""
+    r = rankdata(scores)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def judge_all(bundle: Bundle, images: Sequence[Image], defect: Sequence[bool]) -> Scores:
+    judge = Judge(bundle)
+    try:
+        out = [judge.judge(im)[0] for im in images]
+    finally:
+        judge.close()
+    return Scores(verdicts=[d.verdict.label for d in out], scores=[d.anomaly_score for d in out],
+                  defect=list(defect))
+
+
+@dataclass(frozen=True)
+class CastingSplit:
+    init_good: list[Path]
+    init_def: list[Path]
+    stream: list[Path]  # shuffled mix of good and def_front, disjoint from init
+
+
+def casting_split(root: Path, seed: int, n_good: int, n_def: int, n_stream: int) -> CastingSplit:
+    rng = np.random.default_rng(seed)
+    goods = sorted((root / "train/good").glob("*"))
+    defs = sorted((root / "train/def_front").glob("*"))
+    goods = [goods[i] for i in rng.permutation(len(goods))]
+    defs = [defs[i] for i in rng.permutation(len(defs))]
+    half = n_stream // 2  # train/ is half good, half def_front: the stream keeps that mix
+    stream = goods[n_good:n_good + half] + defs[n_def:n_def + n_stream - half]
+    return CastingSplit(init_good=goods[:n_good], init_def=defs[:n_def],
+                        stream=[stream[i] for i in rng.permutation(len(stream))])
+
+
+def label_sink(sink: Path, truth: dict[str, str], only: set[str] | None) -> Counter[str]:
+    """The person: label the sink's frames (``only``: these message ids) with the dataset's labels."""
+    book = LabelBook.open(sink)
+    counts: Counter[str] = Counter()
+    try:
+        for f in book.unlabelled():
+            if only is not None and f.message_id not in only:
+                continue
+            lab = truth[pixel_key(read_image(f.image_path))]
+            book.label(f.message_id, lab, labeller="bench")
+            counts[lab] += 1
+    finally:
+        book.close()
+    return counts
+
+
+def active_pick(sink: Path, budget: int, seed: int) -> tuple[set[str], Counter[str]]:
+    """The shift's selection exactly as ``lineguard label`` computes it."""
+    book = LabelBook.open(sink)
+    try:
+        now = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
+        shift, _ = plan_shift(book, SelectionConfig(budget_per_shift=budget, seed=seed), now=now)
+        picked = [f for f in book.queue(shift=shift, limit=budget) if f.selected]
+    finally:
+        book.close()
+    return {f.message_id for f in picked}, Counter(f.selected for f in picked)
+
+
+def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
+                    test: tuple[list[Image], list[bool]]) -> dict[str, Any]:
+    cfg = TrainConfig(seed=seed, input_size_px=a.size, bank_size=a.bank, golden_good=1, golden_defect=1)
+    sp = casting_split(root, seed, a.init_good, a.init_def, a.stream)
+    copy_into(work / "init/good", sp.init_good)
+    copy_into(work / "init/def_front", sp.init_def)
+    for arm in ("active", "random"):
+        DatasetStore.open(work / f"ds_{arm}").import_folder(work / "init", note="first teach")
+    DatasetStore.open(work / "ds_active").materialize(work / "init_train")
+    t0 = time.monotonic()
+    initial = train(work / "init_train", work / "initial", cfg, progress=QUIET)
+    log(f"seed {seed}: initial bundle in {time.monotonic() - t0:.0f} s")
+    images = [(load_casting(p), str(p)) for p in sp.stream]
+    truth = {pixel_key(im): ("good" if Path(ref).parent.name == "good" else "def_front") for im, ref in images}
+    judge = Judge(initial, with_map=True)
+    try:
+        t0 = time.monotonic()
+        line = collect_stream(judge, images, work / "sink", audit_fraction=a.audit, seed=seed)
+        stream_s = time.monotonic() - t0
+        rng = np.random.default_rng(seed + 1000)
+        rand_idx = sorted(rng.choice(len(images), size=a.budget, replace=False))
+        collect_stream(judge, [images[i] for i in rand_idx], work / "sink_random", audit_fraction=1.0, seed=seed)
+    finally:
+        judge.close()
+    picked, reasons = active_pick(work / "sink", a.budget, seed)
+    labelled = {"active": label_sink(work / "sink", truth, picked),
+                "random": label_sink(work / "sink_random", truth, None)}
+    out: dict[str, Any] = {"seed": seed, "stream_parts": len(images),
+                           "stream_ms_per_part": 1000 * stream_s / len(images),
+                           "stream_verdicts": dict(Counter(d.verdict.label for _, d, _ in line)),
+                           "sink_frames": sum(k is not None for _, _, k in line),
+                           "active_reasons": dict(reasons), "labelled": {k: dict(v) for k, v in labelled.items()},
+                           "bundles": {"initial": judge_all(initial, *test).metrics()}}
+    for arm, sink in (("active", work / "sink"), ("random", work / "sink_random")):
+        t0 = time.monotonic()
+        res = retrain(work / f"ds_{arm}", work / "initial", work / f"cand_{arm}", train_cfg=cfg, sink=sink,
+                      progress=QUIET)
+        out["bundles"][arm] = judge_all(load_bundle(res.candidate_path), *test).metrics()
+        out["bundles"][arm]["gate_passed"] = res.decision.passed
+        log(f"seed {seed}: {arm} retrain + test in {time.monotonic() - t0:.0f} s: {out['bundles'][arm]}")
+    return out
+
+
+def bench_active(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
+    paths = sorted((root / "test/good").glob("*")) + sorted((root / "test/def_front").glob("*"))
+    test = ([load_casting(p) for p in paths], [p.parent.name != "good" for p in paths])
+    results = []
+    for seed in a.seeds:
+        results.append(run_active_seed(root, work / f"active_{seed}", seed, a, test))
+        log(f"active seed {seed}: {json.dumps(results[-1])}")
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# 2. drift detection
+
+
+def drift_transform(kind: str, rng: np.random.Generator) -> Callable[[Image], Image]:
+    """A simulated drift applied to an 8-bit image (process drifts swap the part instead)."""
+    def clip(x: npt.NDArray[np.float32]) -> Image:
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+    if kind.startswith("illumination"):
+        gain = 1.0 + int(kind.split("_")[1]) / 100.0
+        return lambda im: clip(im.astype(np.float32) * gain)
+    if kind == "blur":
+        return lambda im: cv2.GaussianBlur(im, (0, 0), 1.5)
+    if kind == "noise":
+        return lambda im: clip(im.astype(np.float32) + rng.normal(0.0, 5.0, im.shape).astype(np.float32))
+    if kind == "geometry":
+        def scale(im: Image) -> Image:  # a larger part variant: 8 % bigger about the image centre
+            h, w = im.shape[:2]
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.08)
+            return cv2.warpAffine(im, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        return scale
+    return lambda im: im  # "defect_parts": the parts themselves change
+
+
+def jitter(im: Image, rng: np.random.Generator) -> Image:
+    """Undrifted variation of a looped image: lamp flicker, gain within +-1 %."""
+    return np.clip(np.rint(im.astype(np.float32) * rng.uniform(0.99, 1.01)), 0, 255).astype(np.uint8)
+
+
+class DriftRun:
+    """One monitor, fed part by part as the service feeds it (observe after decide)."""
+
+    def __init__(self, judge: Judge, bundle: Bundle) -> None:
+        self.judge = judge
+        self.monitor = DriftMonitor.from_bundle(bundle, CollectorRegistry(), DriftConfig())
+        self.parts = 0
+        self.alarms: list[tuple[int, str, str]] = []  # (part, state, message) on entering an alarm state
+        self._state = self.monitor.assessment.state
+
+    def feed(self, image: Image) -> str:
+        decision, _, _ = self.judge.judge(image)
+        self.monitor.observe(image, decision)
+        self.monitor.drain()
+        self.parts += 1
+        state = self.monitor.assessment.state
+        if state in ("imaging", "process") and state != self._state:
+            self.alarms.append((self.parts, state, self.monitor.assessment.message))
+        self._state = state
+        return state
+
+
+def looped(images: Sequence[Image], n: int, rng: np.random.Generator) -> Iterator[Image]:
+    for i in range(n):
+        if i % len(images) == 0:
+            order = rng.permutation(len(images))
+        yield jitter(images[order[i % len(images)]], rng)
+
+
+def bench_drift(root: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(a.seeds[0])
+    goods = sorted((root / "train/good").glob("*"))
+    goods = [goods[i] for i in rng.permutation(len(goods))]
+    defs = sorted((root / "train/def_front").glob("*"))
+    n_ref = a.drift_train_good
+    copy_into(work / "drift_data/good", goods[:n_ref])
+    copy_into(work / "drift_data/def_front", defs[:a.init_def])
+    cfg = TrainConfig(seed=a.seeds[0], input_size_px=a.size, bank_size=a.bank, holdout_fraction=0.4,
+                      golden_good=1, golden_defect=1)
+    bundle = train(work / "drift_data", work / "drift_bundle", cfg, progress=QUIET)
+    n_held = len(bundle.manifest.calibration["reference"]["features"]["brightness"])
+    stream_good = [load_casting(p) for p in goods[n_ref:]]
+    stream_def = [load_casting(p) for p in defs[a.init_def:]]
+    judge = Judge(bundle)
+    out: dict[str, Any] = {"bundle_fit_good": n_ref - n_held, "reference_good": n_held,
+                           "stream_good_images": len(stream_good), "thresholds": bundle.manifest.thresholds.lower}
+    try:
+        run = DriftRun(judge, bundle)
+        t0 = time.monotonic()
+        states = Counter(run.feed(im) for im in looped(stream_good, a.clean_parts, rng))
+        out["clean"] = {"parts": run.parts, "alarms": run.alarms, "states": dict(states),
+                        "ms_per_part": 1000 * (time.monotonic() - t0) / run.parts}
+        log(f"drift clean: {out['clean']}")
+        out["drifts"] = [drift_case(judge, bundle, kind, rep, stream_good, stream_def, a)
+                         for kind in a.drift_kinds for rep in range(a.drift_reps)]
+    finally:
+        judge.close()
+    return out
+
+
+def drift_case(judge: Judge, bundle: Bundle, kind: str, rep: int, goods: Sequence[Image],
+               defs: Sequence[Image], a: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng([a.seeds[0], rep, len(kind)])
+    run = DriftRun(judge, bundle)
+    for im in looped(goods, a.lead_in, rng):
+        run.feed(im)
+    early = list(run.alarms)
+    change = drift_transform(kind, rng)
+    source = defs if kind == "defect_parts" else goods
+    delay = None
+    for im in looped(source, a.max_drift_parts, rng):
+        if run.feed(change(im)) in ("imaging", "process"):
+            delay = run.parts - a.lead_in
+            break
+    res = {"kind": kind, "rep": rep, "delay_parts": delay, "alarm_before_onset": early,
+           "alarm": run.alarms[-1][1:] if delay is not None else None}
+    log(f"drift {kind} rep {rep}: delay {delay} {res['alarm']}")
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# 3. forgetting (synthetic: 4 defect classes)
+
+
+def bench_forget(work: Path, a: argparse.Namespace, strength: float, seed: int) -> dict[str, Any]:
+    """History: good + scratch/pit/crack + ``stain`` (at ``strength``); new batch: no stain."""
+    base = work / f"forget_{strength}_{seed}"
+    syn = dict(width_px=160, height_px=120)
+    write_dataset(base / "hist_main", SynthConfig(n_good=a.forget_good, n_defect_per_class=12, seed=10 * seed + 1,
+                                                  defect_classes=("scratch", "pit", "crack"), **syn))
+    write_dataset(base / "hist_stain", SynthConfig(n_good=0, n_defect_per_class=12, seed=10 * seed + 2,
+                                                   defect_classes=("stain",), defect_strength=strength, **syn))
+    write_dataset(base / "new", SynthConfig(n_good=a.forget_good, n_defect_per_class=10, seed=10 * seed + 3,
+                                            defect_classes=("scratch", "pit", "crack"), **syn))
+    store = DatasetStore.open(base / "store")
+    store.import_folder(base / "hist_main")
+    store.import_folder(base / "hist_stain")
+    store.materialize(base / "hist_train")
+    cfg = TrainConfig(seed=seed, input_size_px=128, bank_size=256, golden_good=1, golden_defect=1)
+    train(base / "hist_train", base / "active", cfg, progress=QUIET)
+    store.import_folder(base / "new", note="new batch (no stain)")
+    snap = store.snapshot()
+    new_root = str((base / "new").resolve())
+    naive_dir = base / "naive_train"
+    for r in snap.select("train"):
+        if r.provenance.get("dataset") == new_root:  # the new batch's train split only
+            copy_into(naive_dir / r.label, [store.path_of(r)])
+    res = retrain(base / "store", base / "active", base / "with_history", train_cfg=cfg, progress=QUIET)
+    naive = train(naive_dir, base / "naive", cfg, progress=QUIET)
+    reg = snap.select("regression")
+    ev_naive = evaluate(naive, store, reg)
+    dec_naive = gate(res.active, ev_naive, GateConfig())
+    classes = sorted(res.active.class_images)
+    row = {"strength": strength, "seed": seed, "regression": {c: res.active.class_images[c] for c in classes},
+           "good_regression": res.active.good_images}
+    for name, ev, dec in (("active", res.active, None), ("with_history", res.candidate, res.decision),
+                          ("naive", ev_naive, dec_naive)):
+        row[name] = {"recall": {c: ev.recall(c) for c in classes}, "false_reject_rate": ev.false_reject_rate,
+                     "gate": None if dec is None else {"passed": dec.passed, "reasons": list(dec.reasons)}}
+    log(f"forget strength {strength} seed {seed}: {json.dumps(row)}")
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--only", nargs="*", choices=("active", "drift", "forget"), default=["active", "drift", "forget"])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--size", type=int, default=192, help="engine input px")
+    p.add_argument("--bank", type=int, default=500, help="memory bank rows")
+    p.add_argument("--init-good", type=int, default=50, help="good images of the first teach")
+    p.add_argument("--init-def", type=int, default=14, help="def_front images of the first teach")
+    p.add_argument("--stream", type=int, default=400, help="parts in the production stream")
+    p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
+    p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
+    p.add_argument("--drift-train-good", type=int, default=150, help="good images of the drift bundle")
+    p.add_argument("--clean-parts", type=int, default=5000, help="undrifted parts for false alarms")
+    p.add_argument("--lead-in", type=int, default=300, help="undrifted parts before a drift starts")
+    p.add_argument("--max-drift-parts", type=int, default=1000, help="give up detecting after this many parts")
+    p.add_argument("--drift-reps", type=int, default=3)
+    p.add_argument("--drift-kinds", nargs="+", default=["illumination_-20", "illumination_-10", "blur", "noise",
+                                                          "geometry", "defect_parts"])
+    p.add_argument("--forget-good", type=int, default=40)
+    p.add_argument("--forget-strengths", type=float, nargs="+", default=[1.0, 0.4])
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.seeds, a.size, a.bank, a.stream, a.budget = a.seeds[:1], 64, 64, 40, 8
+        a.drift_train_good, a.clean_parts, a.lead_in, a.max_drift_parts, a.drift_reps = 40, 200, 120, 150, 1
+        a.drift_kinds, a.forget_good, a.forget_strengths = ["illumination_-20"], 16, [0.4]
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(argv)
+    casting = a.datasets / "casting"
+    work = a.work or Path(tempfile.mkdtemp(prefix="bench-data-loop-"))
+    results: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
+    t0 = time.monotonic()
+    try:
+        if not (casting / "train/good").is_dir():
+            log(f"{casting} absent: skipping the casting benchmarks (active, drift)")
+        else:
+            if "active" in a.only:
+                results["active"] = bench_active(casting, work, a)
+            if "drift" in a.only:
+                results["drift"] = bench_drift(casting, work, a)
+        if "forget" in a.only:
+            results["forget"] = [bench_forget(work, a, s, seed) for s in a.forget_strengths for seed in a.seeds[:1]]
+    finally:
+        if a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["wall_s"] = time.monotonic() - t0
+    log(f"done in {results['wall_s']:.0f} s")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
