@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 ENGINE_STAGES = ("preprocess", "inference")  # runner timings exported as stage latency
 
 
+def warm_up_and_self_test(runner: BundleRunner, bundle: Bundle) -> None:
+    """Warm up, then prove the engines reproduce the bundle's golden scores on this runtime.
+
+    The first inference allocates buffers and (TensorRT) autotunes: the line must not pay for it.
+    A bundle that fails the golden self-test never judges a part.
+    """
+    runner.warmup()
+    failures = run_golden(runner, bundle)
+    if failures:
+        raise BundleError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
+
+
 def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> PlcLink | NullPlcLink:
     """The configured PLC link, or a stand-in that writes nothing when ``plc:`` is absent."""
     return PlcLink.from_config(cfg, metrics_registry=registry) if cfg is not None else NullPlcLink()
@@ -210,10 +222,7 @@ class InspectionService:
         bundle = load_bundle(path)
         runner = BundleRunner.from_bundle(bundle, self.cfg.engine)
         try:
-            runner.warmup()
-            failures = run_golden(runner, bundle)
-            if failures:
-                raise BundleError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
+            warm_up_and_self_test(runner, bundle)
             if bundle.manifest.input != self._active.bundle.manifest.input:
                 log.warning("bundle %s expects different frames than %s: the camera must change too",
                             bundle.bundle_id, self._active.bundle.bundle_id)
@@ -239,17 +248,8 @@ class InspectionService:
         return previous
 
     def _warm_up_and_self_test(self) -> None:
-        """First inference allocates buffers and (TensorRT) autotunes; the line must not pay for it.
-
-        The golden self-test then proves the engines reproduce the scores recorded at training time
-        on this machine's runtime; a bundle that fails it never judges a part.
-        """
-        runner = self._active.runner
-        runner.warmup()
-        failures = run_golden(runner, self.bundle)
-        if failures:
-            raise BundleError(f"bundle {self.bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
-        self.metrics.set_execution_provider(engine="anomaly", provider=runner.provider)
+        warm_up_and_self_test(self._active.runner, self.bundle)
+        self.metrics.set_execution_provider(engine="anomaly", provider=self._active.runner.provider)
 
     def _open_source(self) -> None:
         self.source.open()
