@@ -77,7 +77,8 @@ def pixel_key(image: Image) -> str:
 
 def load_casting(path: Path) -> Image:
     """Casting images are grey JPEGs saved as RGB: load them as the mono camera that took them."""
-    return load_image(path, mono_from_rgb=True)
+    image: Image = load_image(path, mono_from_rgb=True)
+    return image
 
 
 def copy_into(folder: Path, paths: Sequence[Path]) -> None:
@@ -253,7 +254,8 @@ def drift_transform(kind: str, rng: np.random.Generator) -> Callable[[Image], Im
 
 def jitter(im: Image, rng: np.random.Generator) -> Image:
     """Undrifted variation of a looped image: lamp flicker, gain within +-1 %."""
-    return np.clip(np.rint(im.astype(np.float32) * rng.uniform(0.99, 1.01)), 0, 255).astype(np.uint8)
+    out: Image = np.clip(np.rint(im.astype(np.float32) * rng.uniform(0.99, 1.01)), 0, 255).astype(np.uint8)
+    return out
 
 
 class DriftRun:
@@ -271,7 +273,7 @@ class DriftRun:
         self.monitor.observe(image, decision)
         self.monitor.drain()
         self.parts += 1
-        state = self.monitor.assessment.state
+        state = str(self.monitor.assessment.state)
         if state in ("imaging", "process") and state != self._state:
             self.alarms.append((self.parts, state, self.monitor.assessment.message))
         self._state = state
