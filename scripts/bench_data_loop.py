@@ -279,6 +279,9 @@ class DriftRun:
         self._state = state
         return state
 
+    def drifted(self) -> set[str]:
+        return {n for n, f in self.monitor.assessment.features.items() if f.drifted}
+
 
 def looped(images: Sequence[Image], n: int, rng: np.random.Generator) -> Iterator[Image]:
     for i in range(n):
@@ -295,7 +298,7 @@ def bench_drift(root: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]
     n_ref = a.drift_train_good
     copy_into(work / "drift_data/good", goods[:n_ref])
     copy_into(work / "drift_data/def_front", defs[:a.init_def])
-    cfg = TrainConfig(seed=a.seeds[0], input_size_px=a.size, bank_size=a.bank, holdout_fraction=0.4,
+    cfg = TrainConfig(seed=a.seeds[0], input_size_px=a.size, bank_size=a.bank, holdout_fraction=a.drift_holdout,
                       golden_good=1, golden_defect=1)
     bundle = train(work / "drift_data", work / "drift_bundle", cfg, progress=QUIET)
     n_held = len(bundle.manifest.calibration["reference"]["features"]["brightness"])
@@ -320,21 +323,23 @@ def bench_drift(root: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]
 
 def drift_case(judge: Judge, bundle: Bundle, kind: str, rep: int, goods: Sequence[Image],
                defs: Sequence[Image], a: argparse.Namespace) -> dict[str, Any]:
+    """Lead-in of undrifted parts, then the drift; detected = an alarm state in which a feature that
+    was not drifted at onset is drifted (a false alarm already active at onset does not count)."""
     rng = np.random.default_rng([a.seeds[0], rep, len(kind)])
     run = DriftRun(judge, bundle)
     for im in looped(goods, a.lead_in, rng):
         run.feed(im)
-    early = list(run.alarms)
+    at_onset = run.drifted()
     change = drift_transform(kind, rng)
     source = defs if kind == "defect_parts" else goods
-    delay = None
+    delay, found = None, None
     for im in looped(source, a.max_drift_parts, rng):
-        if run.feed(change(im)) in ("imaging", "process"):
-            delay = run.parts - a.lead_in
+        state = run.feed(change(im))
+        if state in ("imaging", "process") and run.drifted() - at_onset:
+            delay, found = run.parts - a.lead_in, (state, sorted(run.drifted()), run.monitor.assessment.message)
             break
-    res = {"kind": kind, "rep": rep, "delay_parts": delay, "alarm_before_onset": early,
-           "alarm": run.alarms[-1][1:] if delay is not None else None}
-    log(f"drift {kind} rep {rep}: delay {delay} {res['alarm']}")
+    res = {"kind": kind, "rep": rep, "delay_parts": delay, "drifted_at_onset": sorted(at_onset), "alarm": found}
+    log(f"drift {kind} rep {rep}: delay {delay} {found} (drifted at onset: {sorted(at_onset)})")
     return res
 
 
@@ -384,11 +389,92 @@ def bench_forget(work: Path, a: argparse.Namespace, strength: float, seed: int) 
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def _ms(xs: Sequence[float], pct: bool = True) -> str:
+    k = 100.0 if pct else 1.0
+    v = np.array(xs, dtype=np.float64) * k
+    return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if v.size > 1 else 0.0:.1f}"
+
+
+def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    keys = ("precision", "false_reject_rate", "escape_rate", "recheck_rate", "auroc")
+    out = [f"Seeds {[r['seed'] for r in rows]}; mean ± sample sd, percent.", "",
+           "| bundle | reject precision | false-reject rate | escape rate | recheck rate | AUROC | gate passed |",
+           "|---|---|---|---|---|---|---|"]
+    for arm in ("initial", "active", "random"):
+        b = [r["bundles"][arm] for r in rows]
+        gates = "–" if arm == "initial" else f"{sum(x['gate_passed'] for x in b)}/{len(b)}"
+        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + f" | {gates} |")
+    d = {k: [r["bundles"]["active"][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
+    wins = {k: sum((x > 0) if k in ("precision", "auroc") else (x < 0) for x in d[k]) for k in keys}
+    out.append("| active − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
+                                                  for k in keys) + " | |")
+    fr = [(r["bundles"]["random"]["false_reject_rate"] - r["bundles"]["active"]["false_reject_rate"])
+          / r["bundles"]["random"]["false_reject_rate"] for r in rows if r["bundles"]["random"]["false_reject_rate"]]
+    sink = _ms([r["sink_frames"] for r in rows], False)
+    n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False) for arm in ("active", "random")}
+    out += ["", f"False rejects, active vs random: {_ms(fr)} % fewer (per seed, relative; negative = more).",
+            f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
+            f"active {n_def['active']}, random {n_def['random']}."]
+    return out
+
+
+def drift_table(d: dict[str, Any]) -> list[str]:
+    c = d["clean"]
+    out = [f"Drift bundle: {d['bundle_fit_good']} good fitted, reference = {d['reference_good']} held-out good.",
+           f"Undrifted: {c['parts']} parts, {len(c['alarms'])} alarms "
+           f"({1e4 * len(c['alarms']) / c['parts']:.1f} per 10,000 parts); states {c['states']}; "
+           f"{c['ms_per_part']:.1f} ms per part (judge + drift).", "",
+           "| drift | delay, parts (per repetition) | state | first alarm message |", "|---|---|---|---|"]
+    kinds = dict.fromkeys(r["kind"] for r in d["drifts"])
+    for kind in kinds:
+        rs = [r for r in d["drifts"] if r["kind"] == kind]
+        delays = ", ".join("not detected" if r["delay_parts"] is None else str(r["delay_parts"]) for r in rs)
+        first = next((r["alarm"] for r in rs if r["alarm"]), None)
+        onset = [f"{r['rep']}: {', '.join(r['drifted_at_onset'])}" for r in rs if r["drifted_at_onset"]]
+        note = f" (already drifted at onset, rep {'; '.join(onset)})" if onset else ""
+        out.append(f"| {kind} | {delays}{note} | {first[0] if first else '–'} | {first[2] if first else '–'} |")
+    return out
+
+
+def forget_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        cls = sorted(r["regression"])
+        out += ["", f"Stain strength {r['strength']}, seed {r['seed']}; regression set: "
+                f"{r['good_regression']} good, " + ", ".join(f"{c} {r['regression'][c]}" for c in cls), "",
+                "| bundle | " + " | ".join(f"recall {c}" for c in cls) + " | false-reject rate | gate |",
+                "|---|" + "---|" * (len(cls) + 2)]
+        for name in ("active", "with_history", "naive"):
+            b = r[name]
+            g = "–" if b["gate"] is None else ("passed" if b["gate"]["passed"] else
+                                              "REFUSED: " + "; ".join(b["gate"]["reasons"]))
+            out.append(f"| {name} | " + " | ".join(f"{100 * b['recall'][c]:.0f} %" for c in cls)
+                       + f" | {100 * b['false_reject_rate']:.1f} % | {g} |")
+    return out
+
+
+def summarize(paths: Sequence[Path]) -> None:
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    active = [r for doc in docs for r in doc.get("active", [])]
+    if active:
+        print("\n".join(["### Active learning vs random", "", *active_table(active), ""]))
+    for doc in docs:
+        if "drift" in doc:
+            print("\n".join(["### Drift", "", *drift_table(doc["drift"]), ""]))
+        if "forget" in doc:
+            print("\n".join(["### Forgetting", *forget_table(doc["forget"]), ""]))
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", type=Path, default=DEFAULT_DATA)
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--summarize", type=Path, nargs="+", default=None, help="print tables of these --json files")
     p.add_argument("--only", nargs="*", choices=("active", "drift", "forget"), default=["active", "drift", "forget"])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -400,6 +486,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
     p.add_argument("--drift-train-good", type=int, default=150, help="good images of the drift bundle")
+    p.add_argument("--drift-holdout", type=float, default=0.5,
+                   help="share of those held out for calibration = the drift reference")
     p.add_argument("--clean-parts", type=int, default=5000, help="undrifted parts for false alarms")
     p.add_argument("--lead-in", type=int, default=300, help="undrifted parts before a drift starts")
     p.add_argument("--max-drift-parts", type=int, default=1000, help="give up detecting after this many parts")
@@ -418,6 +506,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse(argv)
+    if a.summarize:
+        summarize(a.summarize)
+        return 0
     casting = a.datasets / "casting"
     work = a.work or Path(tempfile.mkdtemp(prefix="bench-data-loop-"))
     results: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
