@@ -330,7 +330,7 @@ def render(neu: dict[str, Any] | None, bottle: dict[str, Any] | None, lat: dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", type=Path, default=Path("/work/shared/datasets"))
+    p.add_argument("--datasets", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/classifier.md"))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 80])

@@ -89,12 +89,25 @@ def _load(name: str) -> ModuleType:
         raise SystemExit(f"lineguard {name}: required package '{missing}' is not installed{hint}") from exc
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is not a global option or its value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, ModuleType | None]:
     parser = argparse.ArgumentParser(prog="lineguard", description="LineGuard visual inspection")
     parser.add_argument("--version", action="version", version=f"lineguard {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _command_name(argv)
     module = None
     for name in COMMANDS:
         p = sub.add_parser(name, help=SUMMARIES[name], description=SUMMARIES[name])

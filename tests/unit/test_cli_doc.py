@@ -22,3 +22,9 @@ def test_every_command_has_help_and_a_documented_entry() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
     for name in COMMANDS:
         assert f"## `lineguard {name}`" in text
+
+
+def test_global_options_before_the_command() -> None:
+    res = subprocess.run([sys.executable, "-m", "lineguard.cli", "--log-level", "WARNING", "check-config", "--help"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "lineguard check-config" in res.stdout, res.stderr
