@@ -73,6 +73,13 @@ class ServiceStats:
     by_verdict: dict[str, int] = field(default_factory=dict)
     e2e_ms: list[float] = field(default_factory=list)  # bounded ring, see _record
     last_frame_monotonic: float = 0.0
+    first_decided_ns: int = 0  # monotonic time of the first / last decision (throughput)
+    last_decided_ns: int = 0
+
+    @property
+    def decisions_per_s(self) -> float:
+        span_s = (self.last_decided_ns - self.first_decided_ns) / 1e9
+        return (self.decided - 1) / span_s if self.decided > 1 and span_s > 0 else float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +353,9 @@ class InspectionService:
     def _record(self, d: Decision) -> None:
         s = self.stats
         s.decided += 1
+        s.last_decided_ns = d.t_decided_ns
+        if s.decided == 1:
+            s.first_decided_ns = d.t_decided_ns
         s.failsafe += int(d.failsafe)
         s.by_verdict[d.verdict.label] = s.by_verdict.get(d.verdict.label, 0) + 1
         if len(s.e2e_ms) >= self.E2E_RING:
