@@ -157,13 +157,13 @@ def fmt(values: Sequence[float]) -> str:
     return f"{a.mean():.2f} ± {a.std():.2f}"
 
 
-def neu_bench(root: Path, *, seeds: int, sizes: Sequence[int], input_px: int, config: ClassifierConfig,
-              test_per_class: int) -> dict[str, Any]:
-    data = load_classes(root, NEU_CLASSES)
-    images = [im for c in NEU_CLASSES for im in data[c]]
-    y = np.array([i for i, c in enumerate(NEU_CLASSES) for _ in data[c]], np.int64)
-    spec = spec_for_images(images[:5], input_width=input_px, input_height=input_px)
-    cache = CachedFeatures(spec, config)
+def neu_splits(
+    y: npt.NDArray[np.int64], *, test_per_class: int, seeds: int
+) -> tuple[npt.NDArray[np.int64], list[dict[int, npt.NDArray[np.int64]]]]:
+    """(fixed held-out indices, per seed: class -> training pool order); train = order[c][:n].
+
+    Shared with ``scripts/bench_classifier_finetune.py`` so every method sees the same splits.
+    """
     split_rng = np.random.default_rng(1234)  # one fixed held-out set; seeds vary the training draw
     test, pool = [], []
     for c in range(len(NEU_CLASSES)):
@@ -171,11 +171,22 @@ def neu_bench(root: Path, *, seeds: int, sizes: Sequence[int], input_px: int, co
         test += idx[:test_per_class].tolist()
         pool += idx[test_per_class:].tolist()
     test_idx, pool_idx = np.array(test), np.array(pool)
-    x_all, probe_all = features_of(cache, images, "neu_det clean features")
     orders = []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         orders.append({c: rng.permutation(pool_idx[y[pool_idx] == c]) for c in range(len(NEU_CLASSES))})
+    return test_idx, orders
+
+
+def neu_bench(root: Path, *, seeds: int, sizes: Sequence[int], input_px: int, config: ClassifierConfig,
+              test_per_class: int) -> dict[str, Any]:
+    data = load_classes(root, NEU_CLASSES)
+    images = [im for c in NEU_CLASSES for im in data[c]]
+    y = np.array([i for i, c in enumerate(NEU_CLASSES) for _ in data[c]], np.int64)
+    spec = spec_for_images(images[:5], input_width=input_px, input_height=input_px)
+    cache = CachedFeatures(spec, config)
+    test_idx, orders = neu_splits(y, test_per_class=test_per_class, seeds=seeds)
+    x_all, probe_all = features_of(cache, images, "neu_det clean features")
     # augmented copies only of images some split trains on (the held-out set is never augmented)
     used = np.unique(np.concatenate([o[c][: max(sizes)] for o in orders for c in o]))
     k = NEU_PROFILE.copies_per_image

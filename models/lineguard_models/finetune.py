@@ -1,0 +1,260 @@
+"""Fine-tuning the last backbone stages of the few-shot classifier (training side, torch).
+
+Data flow: prepared engine inputs (``lineguard.preprocess.prepare``, raw units) of the training
+images -> orientation views the camera profile allows (flips, 90-degree turns on square inputs) ->
+frozen backbone prefix up to ``prefix_stage`` (computed once per view and cached: the expensive
+part) -> trainable blocks of the later stages -> global-average-pooled features of the classifier's
+stages -> standardise -> linear head -> softmax. The head starts from the frozen-feature logistic
+solution; the trainable blocks start from ImageNet. An internal validation split of the training
+images (never the user's held-out data) picks the number of epochs; the final model is then
+trained on every image for that many epochs.
+
+The result is a backbone with updated late-stage weights plus a :class:`SoftmaxHead`, so the
+exported graph is exactly the frozen-feature classifier's graph (``ClassifierGraph``): one ONNX
+file, input ``image`` in raw units, output ``class_probs``.
+
+Must never: update BatchNorm statistics or weights of the frozen prefix (all BatchNorm layers stay
+in eval mode: 32 images per step would make noisy running statistics), or look at data outside
+the images it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from lineguard.errors import ConfigError
+from lineguard_models.backbone import EfficientNetLite0
+
+ProgressFn = Callable[[str, float], None]
+
+
+class FinetuneConfig(BaseModel):
+    """Fine-tuning settings; defaults are the measured choice (docs/classifier.md, "Fine-tuning")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_trained_stage: str = Field(
+        "stage6", pattern=r"^stage[5-7]$",
+        description="first backbone stage whose weights are trained; earlier stages stay frozen",
+    )
+    epochs: int = Field(12, ge=1, le=100, description="most epochs (each sees every image once, random view)")
+    batch_size: int = Field(32, ge=2, le=256, description="images per optimiser step")
+    lr_backbone: float = Field(3e-4, gt=0.0, le=0.1, description="peak AdamW learning rate of the trained blocks")
+    lr_head: float = Field(1e-3, gt=0.0, le=0.1, description="peak AdamW learning rate of the linear head")
+    weight_decay: float = Field(1e-4, ge=0.0, le=0.1, description="AdamW decoupled weight decay")
+    label_smoothing: float = Field(0.1, ge=0.0, le=0.5, description="cross-entropy label smoothing")
+    val_fraction: float = Field(
+        0.2, ge=0.0, le=0.5,
+        description="share of each class held out inside training to pick the epoch count (0 = use epochs)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Views:
+    """Orientation views of a prepared batch [N, C, H, W]: names -> tensor transform."""
+
+    names: tuple[str, ...]
+
+    @staticmethod
+    def for_profile(*, flips: Sequence[str], rotate_90: bool, square: bool) -> Views:
+        names = ["identity"]
+        if "horizontal" in flips:
+            names.append("hflip")
+        if "vertical" in flips:
+            names.append("vflip")
+        if "horizontal" in flips and "vertical" in flips:
+            names.append("rot180")
+        if rotate_90 and square:
+            names += ["rot90", "rot270"]
+            if flips:
+                names += ["transpose", "antitranspose"]
+        return Views(names=tuple(names))
+
+    @staticmethod
+    def apply(name: str, x: Tensor) -> Tensor:
+        ops: dict[str, Callable[[Tensor], Tensor]] = {
+            "identity": lambda t: t,
+            "hflip": lambda t: t.flip(3),
+            "vflip": lambda t: t.flip(2),
+            "rot180": lambda t: t.flip(2, 3),
+            "rot90": lambda t: t.rot90(1, (2, 3)),
+            "rot270": lambda t: t.rot90(3, (2, 3)),
+            "transpose": lambda t: t.transpose(2, 3),
+            "antitranspose": lambda t: t.flip(2, 3).transpose(2, 3),
+        }
+        return ops[name](x)
+
+
+class LateStages(nn.Module):
+    """Cached prefix map -> trainable blocks -> concatenated GAP features of ``stages``."""
+
+    def __init__(self, backbone: EfficientNetLite0, *, stages: Sequence[str], first_trained_stage: str) -> None:
+        super().__init__()
+        ends = backbone._stage_end  # stage name -> index of its last block
+        first = int(first_trained_stage.removeprefix("stage"))
+        self.prefix_stage = f"stage{first - 1}"
+        self.first_block = ends[self.prefix_stage] + 1
+        bad = [s for s in stages if ends[s] < ends[self.prefix_stage]]
+        if bad:
+            raise ConfigError(f"stages {bad} lie before {self.prefix_stage}; fine-tuning needs stages >= it")
+        self.blocks = nn.ModuleList(backbone._blocks[self.first_block : max(ends[s] for s in stages) + 1])
+        self.taps = {ends[s] - self.first_block: s for s in stages if ends[s] >= self.first_block}
+        self.stages = tuple(stages)
+        self.use_prefix = self.prefix_stage in stages
+
+    def forward(self, prefix_map: Tensor) -> Tensor:
+        pooled = {self.prefix_stage: prefix_map.mean(dim=(2, 3))} if self.use_prefix else {}
+        x = prefix_map
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                pooled[self.taps[i]] = x.mean(dim=(2, 3))
+        return torch.cat([pooled[s] for s in self.stages], dim=1)
+
+
+def prefix_maps(backbone: EfficientNetLite0, normalised: Tensor, *, last_block: int, batch: int = 32) -> Tensor:
+    """Frozen stem + blocks[: last_block + 1] of a normalised batch (no gradients, eval mode)."""
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(normalised), batch):
+            x = backbone._stem(normalised[s : s + batch])
+            for i in range(last_block + 1):
+                x = backbone._blocks[i](x)
+            out.append(x)
+    return torch.cat(out)
+
+
+class _Model(nn.Module):
+    def __init__(self, late: LateStages, mu: Tensor, sd: Tensor, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.late = late
+        self.register_buffer("mu", mu)
+        self.register_buffer("sd", sd)
+        self.linear = nn.Linear(weight.shape[0], weight.shape[1])
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.T)
+            self.linear.bias.copy_(bias)
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return self.linear((self.late(maps) - self.get_buffer("mu")) / self.get_buffer("sd"))
+
+
+def _cosine(step: int, total: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def train_late_stages(
+    model: _Model, maps: Tensor, y: Tensor, *, config: FinetuneConfig, epochs: int, seed: int,
+    val: tuple[Tensor, Tensor] | None = None,
+) -> list[float]:
+    """AdamW + cosine schedule; ``maps`` is [N, V, C, h, w] (one cached map per view). Returns
+    the validation log-loss after each epoch (empty without ``val``)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([
+        {"params": model.late.parameters(), "lr": config.lr_backbone},
+        {"params": model.linear.parameters(), "lr": config.lr_head},
+    ], weight_decay=config.weight_decay)
+    peaks = [g["lr"] for g in opt.param_groups]
+    n, n_views = maps.shape[:2]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total, step, history = epochs * steps_per_epoch, 0, []
+    model.eval()  # BatchNorm stays frozen (module doc); dropout-free network, so eval == train otherwise
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        view = torch.randint(n_views, (n,), generator=gen)
+        for s in range(0, n, config.batch_size):
+            idx = order[s : s + config.batch_size]
+            for g, peak in zip(opt.param_groups, peaks, strict=True):
+                g["lr"] = peak * _cosine(step, total)
+            loss = F.cross_entropy(model(maps[idx, view[idx]]), y[idx], label_smoothing=config.label_smoothing)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            step += 1
+        if val is not None:
+            with torch.no_grad():
+                history.append(float(F.cross_entropy(model(val[0]), val[1])))
+    return history
+
+
+def internal_split(y: npt.NDArray[np.int64], fraction: float, seed: int) -> npt.NDArray[np.bool_]:
+    """Boolean mask of the validation images: ``fraction`` of each class (at least 1, never all)."""
+    rng = np.random.default_rng(seed + 7919)
+    mask = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        mask[idx[: min(len(idx) - 1, max(1, round(fraction * len(idx))))]] = True
+    return mask
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneResult:
+    """Fine-tuned backbone (a copy; the input backbone is untouched) and the head's parameters."""
+
+    backbone: EfficientNetLite0
+    mu: npt.NDArray[np.float32]
+    sd: npt.NDArray[np.float32]
+    weight: npt.NDArray[np.float32]  # [D, K]
+    bias: npt.NDArray[np.float32]
+    epochs: int
+    val_log_loss: tuple[float, ...]
+
+
+HeadParams = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+FitHeadFn = Callable[[npt.NDArray[np.float32], npt.NDArray[np.int64]], HeadParams]
+
+
+def finetune(
+    backbone: EfficientNetLite0, maps: Tensor, y: npt.NDArray[np.int64], *, stages: Sequence[str],
+    fit_head: FitHeadFn, config: FinetuneConfig, seed: int, progress: ProgressFn | None = None,
+) -> FinetuneResult:
+    """Fine-tune on cached prefix maps [N, V, C, h, w] of the training images' views (view 0 = as seen).
+
+    ``fit_head(features, labels)`` returns the frozen-feature head (mu, sd, weight [D, K], bias) the
+    training starts from; it is refitted for the internal split so the validation images never
+    shape the starting point of the run that is validated on them.
+    """
+    torch.manual_seed(seed)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    late0 = LateStages(backbone, stages=stages, first_trained_stage=config.first_trained_stage)
+    with torch.no_grad():
+        frozen = torch.cat([late0(maps[s : s + 64, 0]) for s in range(0, len(maps), 64)]).numpy()
+
+    def fresh(rows: npt.NDArray[np.bool_]) -> _Model:
+        mu, sd, w0, b0 = (torch.as_tensor(a, dtype=torch.float32) for a in fit_head(frozen[rows], y[rows]))
+        late = LateStages(copy.deepcopy(backbone), stages=stages, first_trained_stage=config.first_trained_stage)
+        late.requires_grad_(True)  # the classifier's feature graph freezes the backbone it wraps
+        return _Model(late, mu, sd, w0, b0)
+
+    epochs, history = config.epochs, []
+    if config.val_fraction > 0:
+        is_val = internal_split(y, config.val_fraction, seed)
+        v = torch.as_tensor(is_val)
+        history = train_late_stages(fresh(~is_val), maps[~v], yt[~v], config=config, epochs=config.epochs,
+                                    seed=seed, val=(maps[v, 0], yt[v]))
+        epochs = int(np.argmin(history)) + 1
+        if progress is not None:
+            progress("classifier fine-tuning: epoch count chosen", 0.5)
+    model = fresh(np.ones(len(y), bool))
+    train_late_stages(model, maps, yt, config=config, epochs=epochs, seed=seed)
+    tuned = copy.deepcopy(backbone)
+    first = model.late.first_block
+    for i, block in enumerate(model.late.blocks):
+        tuned._blocks[first + i].load_state_dict(block.state_dict())
+    if progress is not None:
+        progress("classifier fine-tuning", 1.0)
+    return FinetuneResult(
+        backbone=tuned.eval(), mu=model.get_buffer("mu").numpy(), sd=model.get_buffer("sd").numpy(),
+        weight=model.linear.weight.detach().T.contiguous().numpy(),
+        bias=model.linear.bias.detach().numpy(), epochs=epochs, val_log_loss=tuple(history),
+    )

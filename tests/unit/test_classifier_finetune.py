@@ -1,0 +1,106 @@
+"""Fine-tuning the classifier's late stages on tiny generated defects: what moves, what must not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.classifier import PooledFeatures, fit_head
+from lineguard_models.finetune import (
+    FinetuneConfig,
+    HeadParams,
+    LateStages,
+    Views,
+    finetune,
+    internal_split,
+    prefix_maps,
+)
+from lineguard_models.synth import SynthConfig, render_image, to_pixels
+
+CLASSES = ("scratch", "pit", "stain")
+STAGES = ("stage5", "stage6", "stage7")
+SPEC = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+
+
+def _maps(backbone: EfficientNetLite0, views: Views) -> tuple[torch.Tensor, npt.NDArray[np.int64]]:
+    cfg = SynthConfig(width_px=64, height_px=64, channels=1, bit_depth=8, defect_strength=2.0)
+    images = [to_pixels(render_image(cfg, c, i)[0], 8) for c in CLASSES for i in range(6)]
+    y = np.repeat(np.arange(len(CLASSES)), 6).astype(np.int64)
+    pooled = PooledFeatures(backbone, max_value=SPEC.max_value)
+    x = torch.from_numpy(np.concatenate([prepare(im, SPEC)[0] for im in images]))
+    x = x * pooled.get_buffer("in_scale") + pooled.get_buffer("in_shift")
+    last = LateStages(backbone, stages=STAGES, first_trained_stage="stage6").first_block - 1
+    maps = torch.stack([prefix_maps(backbone, Views.apply(v, x), last_block=last) for v in views.names], dim=1)
+    return maps, y
+
+
+def _fit(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> HeadParams:
+    h = fit_head(x, y, len(CLASSES), l2=3e-3, max_iter=60)
+    return h.mu, h.sd, h.weight, h.bias
+
+
+def _loss(late: LateStages, maps: torch.Tensor, y: npt.NDArray[np.int64], head: Any) -> float:
+    mu, sd, w, b = (torch.as_tensor(a) for a in head)
+    with torch.no_grad():
+        logits = ((late(maps) - mu) / sd) @ w + b
+    return float(F.cross_entropy(logits, torch.as_tensor(y)))
+
+
+@pytest.fixture(scope="module")
+def backbone() -> EfficientNetLite0:
+    return EfficientNetLite0.from_state_dict_file(out_stages=STAGES)
+
+
+def test_views_follow_the_profile() -> None:
+    assert Views.for_profile(flips=(), rotate_90=False, square=True).names == ("identity",)
+    assert len(Views.for_profile(flips=("horizontal", "vertical"), rotate_90=False, square=True).names) == 4
+    assert len(Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True, square=True).names) == 8
+    # 90-degree turns of a non-square input would change the input size: not offered
+    assert len(Views.for_profile(flips=("horizontal",), rotate_90=True, square=False).names) == 2
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    assert torch.equal(Views.apply("rot180", x), x.flip(2).flip(3))
+
+
+def test_internal_split_keeps_every_class_in_both_parts() -> None:
+    y = np.array([0] * 10 + [1] * 3 + [2] * 2, np.int64)
+    val = internal_split(y, 0.2, seed=0)
+    for c in range(3):
+        assert 1 <= val[y == c].sum() < (y == c).sum()
+    assert val[y == 0].sum() == 2
+
+
+def test_finetune_trains_only_late_stages_and_lowers_the_loss(backbone: EfficientNetLite0) -> None:
+    views = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=False, square=True)
+    maps, y = _maps(backbone, views)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    cfg = FinetuneConfig(epochs=4, batch_size=6, label_smoothing=0.0, val_fraction=0.0)
+    res = finetune(backbone, maps, y, stages=STAGES, fit_head=_fit, config=cfg, seed=0)
+    # the caller's backbone is untouched; the copy changed only from stage6 on
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    first = LateStages(backbone, stages=STAGES, first_trained_stage="stage6").first_block
+    tuned = res.backbone.state_dict()
+    changed = {k.split(".")[1] for k, v in tuned.items() if not torch.equal(before[k], v)}
+    assert changed and all(int(b) >= first for b in changed), changed
+    # BatchNorm running statistics are frozen even inside the trained blocks
+    assert all(torch.equal(before[k], tuned[k]) for k in tuned if "running_" in k)
+    frozen = LateStages(backbone, stages=STAGES, first_trained_stage="stage6")(maps[:, 0])
+    frozen_head = _fit(frozen.detach().numpy(), y)
+    start = _loss(LateStages(backbone, stages=STAGES, first_trained_stage="stage6"), maps[:, 1], y, frozen_head)
+    end = _loss(LateStages(res.backbone, stages=STAGES, first_trained_stage="stage6"), maps[:, 1], y,
+                (res.mu, res.sd, res.weight, res.bias))
+    assert end < start, (start, end)
+
+
+def test_validation_split_picks_an_epoch_count(backbone: EfficientNetLite0) -> None:
+    maps, y = _maps(backbone, Views(names=("identity",)))
+    cfg = FinetuneConfig(epochs=3, batch_size=6, val_fraction=0.34)
+    res = finetune(backbone, maps, y, stages=STAGES, fit_head=_fit, config=cfg, seed=1)
+    assert len(res.val_log_loss) == 3
+    assert res.epochs == int(np.argmin(res.val_log_loss)) + 1
