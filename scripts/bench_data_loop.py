@@ -249,6 +249,8 @@ def drift_transform(kind: str, rng: np.random.Generator) -> Callable[[Image], Im
             m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.08)
             return cv2.warpAffine(im, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
         return scale
+    if kind == "shift":  # the fixture moved: the part sits 12 px to the right (integer shift, no resampling)
+        return lambda im: np.ascontiguousarray(np.concatenate([np.repeat(im[:, :1], 12, axis=1), im[:, :-12]], axis=1))
     return lambda im: im  # "defect_parts": the parts themselves change
 
 
@@ -462,6 +464,11 @@ def summarize(paths: Sequence[Path]) -> None:
     active = [r for doc in docs for r in doc.get("active", [])]
     if active:
         print("\n".join(["### Active learning vs random", "", *active_table(active), ""]))
+        budget = int(docs[0]["args"]["budget"])
+        full = [r for r in active if sum(r["labelled"]["active"].values()) >= budget]
+        if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
+            print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
+                             *active_table(full), ""]))
     for doc in docs:
         if "drift" in doc:
             print("\n".join(["### Drift", "", *drift_table(doc["drift"]), ""]))
