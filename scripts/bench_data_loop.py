@@ -23,8 +23,9 @@ Sections (``--only``):
 Skips the casting sections cleanly (exit 0) when ``../shared/datasets/casting`` is absent.
 Must never: write outside ``--work`` (a temporary folder by default) and ``--json``.
 
-    .venv/bin/python scripts/bench_data_loop.py --json /tmp/data_loop.json          # full (~30 min, 2 cores)
-    .venv/bin/python scripts/bench_data_loop.py --smoke                              # a few minutes
+    .venv/bin/python scripts/bench_data_loop.py --json /tmp/data_loop.json   # all sections, ~45 min on 2 loaded cores
+    .venv/bin/python scripts/bench_data_loop.py --smoke                       # 2-3 min: it runs, numbers mean nothing
+    .venv/bin/python scripts/bench_data_loop.py --summarize /tmp/data_loop.json   # the Markdown tables
 """
 
 from __future__ import annotations
@@ -492,7 +493,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--stream", type=int, default=400, help="parts in the production stream")
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
-    p.add_argument("--drift-train-good", type=int, default=150, help="good images of the drift bundle")
+    p.add_argument("--drift-train-good", type=int, default=500, help="good images of the drift bundle")
     p.add_argument("--drift-holdout", type=float, default=0.5,
                    help="share of those held out for calibration = the drift reference")
     p.add_argument("--clean-parts", type=int, default=5000, help="undrifted parts for false alarms")
@@ -500,10 +501,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-drift-parts", type=int, default=1000, help="give up detecting after this many parts")
     p.add_argument("--drift-reps", type=int, default=3)
     p.add_argument("--drift-kinds", nargs="+", default=["illumination_-20", "illumination_-10", "blur", "noise",
-                                                          "geometry", "defect_parts"])
+                                                          "geometry", "shift", "defect_parts"])
     p.add_argument("--forget-good", type=int, default=40)
     p.add_argument("--forget-seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--forget-strengths", type=float, nargs="+", default=[1.0, 0.4, 0.2])
+    p.add_argument("--forget-strengths", type=float, nargs="+", default=[0.4, 0.1])
     a = p.parse_args(argv)
     if a.smoke:
         a.seeds, a.size, a.bank, a.stream, a.budget = a.seeds[:1], 64, 64, 40, 8
