@@ -15,6 +15,7 @@ or score one frame with two bundles.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -180,6 +181,10 @@ class InspectionService:
             self.changeover.start()
         self.drift.start()
         self._open_source()
+        # Start-up objects (config, engines, metrics) live for the whole run: freezing them keeps
+        # full garbage collections (which hold the GIL) from re-scanning them during inspection.
+        gc.collect()
+        gc.freeze()
         self._start_threads()
         self.plc.set_status(ready=True, model_loaded=True, camera_ok=True, fault=False, degraded=False)
         self.notifier.ready(f"inspecting with bundle {self.bundle.bundle_id}")
