@@ -35,6 +35,7 @@ from typing import Any
 from lineguard.bundle import MANIFEST, SIGNATURE, Bundle, Manifest, load_bundle
 from lineguard.changeover.signing import SignatureVerifier
 from lineguard.errors import BundleError
+from lineguard.fsutil import fsync_path, fsync_tree
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -57,20 +58,6 @@ class StoredBundle:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*"), reverse=True):  # files before their folders
-        _fsync_path(p)
-    _fsync_path(root)
 
 
 def manifest_of(raw: bytes) -> Manifest:
@@ -140,7 +127,7 @@ class BundleStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_path(self.root)
+        fsync_path(self.root)
 
     @staticmethod
     def _entry(raw: dict[str, Any]) -> StoredBundle:
@@ -190,14 +177,14 @@ class BundleStore:
                 if (src / rel).is_file():
                     (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src / rel, staging / rel)
-            _fsync_tree(staging)
+            fsync_tree(staging)
             copy, signed_by = verify_source(staging, verifier)  # the bytes we keep, not the ones we read
             prepared = prepare(copy) if prepare is not None else {}
             with self._locked():
                 if final.exists():
                     raise BundleError(f"bundle {bid} was installed by someone else meanwhile")
                 os.rename(staging, final)
-                _fsync_path(self.bundles_dir)
+                fsync_path(self.bundles_dir)
                 entry = self._record(bundle.manifest, final, signed_by, prepared, map_recipe=map_recipe)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from lineguard.errors import PublisherError
+from lineguard.fsutil import fsync_path
 from lineguard.wire import WireMessage
 
 log = logging.getLogger(__name__)
@@ -129,19 +130,7 @@ def _sync_files(folder: Path, files: list[Path]) -> None:
         finally:
             os.close(fd)
     for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
 
 
 class FrameStore:
@@ -305,7 +294,7 @@ class FrameStore:
         if self._fsync:
             # A new day folder is itself a directory entry of frames/: sync that too.
             for d in dirs | {d.parent for d in new_dirs}:
-                _fsync_dir(d)
+                fsync_path(d)
 
     def _commit(self, rows: list[tuple[object, ...]], evict: list[_Eviction]) -> list[_Eviction]:
         """Insert ``rows`` and delete the planned evictions in one transaction; return those deleted.
