@@ -78,6 +78,11 @@ class DriftConfig(BaseModel):
     )
     saturation_level: float = Field(0.98, gt=0.5, le=1.0, description="pixel >= this x full scale is saturated")
     queue_size: int = Field(64, ge=1, le=10_000, description="frames waiting for the drift thread at most")
+    min_reference_parts: int = Field(
+        100, ge=10, le=100_000,
+        description="a bundle reference with fewer values than this is too thin to judge by (false alarms): "
+        "such a feature's reference is learned from the first parts on the line instead (logged)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,19 +239,30 @@ class DriftDetector:
             scores = accepted_reference_scores(reference, lower)
             if scores.size:
                 self._ref["score"] = scores
+        # thin references (a small calibration set) give persistent false alarms: learn those
+        # features' references from the first parts on the line instead, and say so
+        self._learning: dict[str, list[float]] = {
+            k: [] for k, v in self._ref.items() if v.size < config.min_reference_parts
+        }
+        for k in self._learning:
+            del self._ref[k]
+        if self._learning:
+            log.warning("drift reference too thin for %s (< %d values): learning it from the first %d parts on "
+                        "the line; drift already present then goes unnoticed", sorted(self._learning),
+                        config.min_reference_parts, config.min_reference_parts)
         self._win: dict[str, deque[float]] = {k: deque(maxlen=config.window_parts) for k in FEATURES}
         self._drifted: set[str] = set()
         self.parts_seen = 0
         self._since_eval = 0
-        self.last = DriftAssessment(state="no_reference" if not self._ref else "warming_up", message="",
-                                    features={}, parts_seen=0)
+        self.last = DriftAssessment(state="no_reference" if not (self._ref or self._learning) else "warming_up",
+                                    message="", features={}, parts_seen=0)
 
     def add(self, quality: ImageQuality, accepted_score: float | None) -> DriftAssessment | None:
         """Add one frame; returns a fresh assessment every ``eval_every_parts`` frames, else None."""
         for name, value in quality.as_dict().items():
-            self._win[name].append(value)
+            self._take(name, value)
         if accepted_score is not None and math.isfinite(accepted_score):
-            self._win["score"].append(accepted_score)
+            self._take("score", accepted_score)
         self.parts_seen += 1
         self._since_eval += 1
         if self._since_eval < self._cfg.eval_every_parts:
@@ -254,6 +270,17 @@ class DriftDetector:
         self._since_eval = 0
         self.last = self.evaluate()
         return self.last
+
+    def _take(self, name: str, value: float) -> None:
+        learning = self._learning.get(name)
+        if learning is None:
+            self._win[name].append(value)
+            return
+        learning.append(value)
+        if len(learning) >= self._cfg.min_reference_parts:
+            self._ref[name] = np.sort(np.asarray(learning, dtype=np.float64))
+            del self._learning[name]
+            log.info("drift reference for %s learned from %d parts on the line", name, len(learning))
 
     def _feature(self, name: str) -> FeatureDrift | None:
         ref = self._ref.get(name)
@@ -278,7 +305,7 @@ class DriftDetector:
         return FeatureDrift(psi=value, window_median=wm, reference_median=rm, shift=shift, drifted=drifted)
 
     def evaluate(self) -> DriftAssessment:
-        if not self._ref:
+        if not self._ref and not self._learning:
             return DriftAssessment(state="no_reference", message="no drift reference in the bundle",
                                    features={}, parts_seen=self.parts_seen)
         feats = {n: f for n in FEATURES if (f := self._feature(n)) is not None}

@@ -52,7 +52,8 @@ def reference() -> DriftReference:
 
 def _stream(reference: DriftReference, n: int, *, change: Callable[[Image], Image] | None = None,
             score_mean: float = 0.6, seed: int = 1) -> str:
-    det = DriftDetector(reference=reference, lower=LOWER, config=DriftConfig(min_parts=60, eval_every_parts=20))
+    det = DriftDetector(reference=reference, lower=LOWER,
+                        config=DriftConfig(min_parts=60, eval_every_parts=20, min_reference_parts=50))
     rng = np.random.default_rng(seed)
     for i in range(n):
         img = _good(1000 + i)
@@ -130,7 +131,7 @@ def _decision(verdict: Verdict, score: float, *, failsafe: bool = False) -> Deci
 
 def test_monitor_thread_metrics_and_drops(reference: DriftReference) -> None:
     reg = CollectorRegistry()
-    cfg = DriftConfig(min_parts=20, eval_every_parts=10, queue_size=4)
+    cfg = DriftConfig(min_parts=20, eval_every_parts=10, queue_size=4, min_reference_parts=50)
     mon = DriftMonitor(config=cfg, metrics=DriftMetrics(reg),
                        detector=DriftDetector(reference=reference, lower=LOWER, config=cfg), max_value=255)
     img = _scale(0.7)(_good(5))
@@ -161,3 +162,19 @@ def test_reference_round_trips_and_is_capped() -> None:
     assert back.values["score"][0] == 0.0 and back.values["score"][-1] == 1.0
     with pytest.raises(ValueError, match="version"):
         DriftReference.from_json({"version": 99})
+
+
+def test_thin_reference_is_learned_on_the_line_instead_of_raising_false_alarms() -> None:
+    # a 5-image bundle reference (as a tiny training gives) must not alarm on an unchanged line
+    rng = np.random.default_rng(0)
+    thin = DriftReference.from_json(reference_from_images([_good(i) for i in range(5)],
+                                                          list(rng.normal(0.6, 0.1, 5)), 255))
+    cfg = DriftConfig(window_parts=100, min_parts=60, eval_every_parts=20, min_reference_parts=80)
+    det = DriftDetector(reference=thin, lower=LOWER, config=cfg)
+    for i in range(300):
+        det.add(measure_quality(_good(2000 + i), 255), float(min(rng.normal(0.6, 0.1), LOWER - 1e-3)))
+    assert det.last.state == "ok", det.last.message
+    # ... and the learned reference still catches a real change afterwards
+    for i in range(150):
+        det.add(measure_quality(_scale(0.8)(_good(3000 + i)), 255), 0.6)
+    assert det.last.state == "imaging" and "brightness" in det.last.message, det.last.message
