@@ -38,6 +38,7 @@ from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
 from lineguard.imageio import encode_png
 from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
+from lineguard_models.augment import CameraProfile
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.report import write_report
@@ -71,6 +72,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1, le=256, description="images per forward pass while fitting")
     allow_unreadable: bool = Field(False, description="skip unreadable files (listed in the report)")
     policy: CalibrationPolicy = Field(default_factory=lambda: CalibrationPolicy(), description="thresholds")
+    camera_profile: Path | None = Field(
+        None, description="camera profile YAML for the classifier's augmentation (docs/augmentation.md); "
+        "none = the conservative profile for the images' format"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,6 +280,14 @@ def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     return ctx
 
 
+def _camera_profile(path: Path | None, spec: InputSpec) -> CameraProfile | None:
+    if path is None:
+        return None
+    profile = CameraProfile.from_yaml(path)
+    profile.verify_matches(spec)
+    return profile
+
+
 def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False) -> Bundle:
     """Train, export, calibrate and bundle. Returns the verified bundle at ``out``."""
     from lineguard_models.anomaly import AnomalyModelConfig, batched, fit_anomaly_model
@@ -287,6 +300,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
     train_s, calib_good = split_good(ds, cfg)
     defects = pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
     spec = make_input_spec(ds, train_s, cfg)
+    profile = _camera_profile(cfg.camera_profile, spec)  # refuse a wrong profile before an hour of training
     progress(f"dataset {data}: {len(train_s)} good for training, {len(calib_good)} good held out, "
              f"{len(defects)} defect images in {len(ds.defect_classes)} classes; "
              f"{'mono' if spec.channels == 1 else 'RGB'} {spec.dtype} (full scale {spec.max_value}), "
@@ -313,7 +327,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
         from lineguard_models.classifier import classifier_for_bundle
 
-        classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress)
+        classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile)
         # --- end defect classifier ---
         bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
                          classifier=classifier)

@@ -29,8 +29,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dataset(base / "data", SynthConfig(width_px=64, height_px=64, n_good=12, n_defect_per_class=6,
                                              defect_classes=CLASSES, defect_strength=2.0, seed=5))
     out = base / "bundle"
+    profile = base / "camera.yaml"  # this line's defects have no orientation: flips are physical
+    profile.write_text("sensor: mono\nbit_depth: 8\norientation_specific: false\nflips: [horizontal, vertical]\n")
     rc = main(["train", "--data", str(base / "data"), "--out", str(out), "--input-size", "64",
-               "--bank-size", "32", "--seed", "2"])
+               "--bank-size", "32", "--seed", "2", "--camera-profile", str(profile)])
     assert rc == 0
     return out
 
@@ -41,6 +43,7 @@ def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
     engine = m.engines["classifier"]
     assert engine.outputs == {"probs": "class_probs"} and engine.input_name == "image"
     assert m.classifier.camera_profile["sensor"] == "mono"
+    assert sorted(m.classifier.camera_profile["flips"]) == ["horizontal", "vertical"]  # --camera-profile used
     assert m.calibration["classifier"]["folds"] == 5
     sess = ort.InferenceSession(str(bundle / engine.file), providers=["CPUExecutionProvider"])
     cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
@@ -81,3 +84,20 @@ def test_unreadable_image_is_refused_unless_skipped(tmp_path: Path) -> None:
     images = defect_images(ds)
     assert {c: len(v) for c, v in images.items()} == {"scratch": 5, "stain": 5}
     assert all(im.ndim == 2 and im.dtype == np.uint8 for v in images.values() for im in v)
+
+
+@pytest.mark.parametrize(("profile", "message"), [
+    ("sensor: colour\nbit_depth: 8\n", "camera profile says colour"),
+    ("sensor: mono\nbit_depth: 8\nperspective: 0.1\n", "perspective"),
+])
+def test_impossible_camera_profile_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: str, message: str
+) -> None:
+    write_dataset(tmp_path / "data", SynthConfig(width_px=48, height_px=48, n_good=8, n_defect_per_class=5,
+                                                 defect_classes=("scratch", "pit"), seed=1))
+    (tmp_path / "camera.yaml").write_text(profile)
+    rc = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), "--input-size", "64",
+               "--camera-profile", str(tmp_path / "camera.yaml")])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows after coreset selection")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of good images held out (0.2)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--camera-profile", type=Path, default=None,
+                   help="camera profile YAML: which augmentations this camera can really produce "
+                        "(docs/augmentation.md); default: conservative profile for the images' format")
     add_policy_arguments(p)
 
 
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             tile_rows=args.tiles[0], tile_cols=args.tiles[1], tile_overlap_px=args.tile_overlap,
             bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
             holdout_fraction=args.holdout_fraction, allow_unreadable=args.skip_unreadable,
+            camera_profile=args.camera_profile,
             policy=CalibrationPolicy.model_validate(policy_updates(args)),
         )
     except ValidationError as exc:
