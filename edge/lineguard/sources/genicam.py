@@ -76,18 +76,22 @@ def _info_str(info: Any, name: str) -> str:
 def list_devices(cti_path: str | Path) -> list[DeviceDescription]:
     """Every device the producer sees; loads and releases the producer."""
     with open_harvester(cti_path) as harvester:
-        return [
-            DeviceDescription(
-                index=i,
-                vendor=_info_str(d, "vendor"),
-                model=_info_str(d, "model"),
-                serial=_info_str(d, "serial_number"),
-                device_id=_info_str(d, "id_"),
-                display_name=_info_str(d, "display_name"),
-                access_status=int(_info_str(d, "access_status") or -1),
-            )
-            for i, d in enumerate(harvester.device_info_list)
-        ]
+        return _describe_devices(harvester)
+
+
+def _describe_devices(harvester: Any) -> list[DeviceDescription]:
+    return [
+        DeviceDescription(
+            index=i,
+            vendor=_info_str(d, "vendor"),
+            model=_info_str(d, "model"),
+            serial=_info_str(d, "serial_number"),
+            device_id=_info_str(d, "id_"),
+            display_name=_info_str(d, "display_name"),
+            access_status=int(_info_str(d, "access_status") or -1),
+        )
+        for i, d in enumerate(harvester.device_info_list)
+    ]
 
 
 @contextmanager
@@ -208,18 +212,7 @@ class GenICamSource(BaseSource):
         cfg = self._cfg
         harvester = _load_producer(cfg.cti_path)
         try:
-            devices = [
-                DeviceDescription(
-                    index=i,
-                    vendor=_info_str(d, "vendor"),
-                    model=_info_str(d, "model"),
-                    serial=_info_str(d, "serial_number"),
-                    device_id=_info_str(d, "id_"),
-                    display_name=_info_str(d, "display_name"),
-                    access_status=int(_info_str(d, "access_status") or -1),
-                )
-                for i, d in enumerate(harvester.device_info_list)
-            ]
+            devices = _describe_devices(harvester)
             index = select_device(devices, serial=cfg.serial, model=cfg.model)
             try:
                 ia = harvester.create(index)
