@@ -58,6 +58,13 @@ def warm_up_and_self_test(runner: BundleRunner, bundle: Bundle) -> None:
         raise BundleError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
 
 
+def build_runner(bundle: Bundle, cfg: LineConfig) -> BundleRunner:
+    """The bundle's engines; the anomaly map is stitched only when the sink is to receive it."""
+    pub = cfg.publisher
+    with_map = pub.enabled and pub.include_anomaly_map and "map" in bundle.manifest.engines["anomaly"].outputs
+    return BundleRunner.from_bundle(bundle, cfg.engine, with_map=with_map)
+
+
 def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> PlcLink | NullPlcLink:
     """The configured PLC link, or a stand-in that writes nothing when ``plc:`` is absent."""
     return PlcLink.from_config(cfg, metrics_registry=registry) if cfg is not None else NullPlcLink()
@@ -145,7 +152,7 @@ class InspectionService:
         reg = registry if registry is not None else REGISTRY
         metrics = EdgeMetrics(reg, camera_ids=[cfg.source.camera_id])
         bundle = load_bundle(cfg.bundle.path)
-        runner = BundleRunner.from_bundle(bundle, cfg.engine)
+        runner = build_runner(bundle, cfg)
         plc = build_plc_link(cfg.plc, registry=reg)
         publisher = build_publisher(cfg.publisher, metrics=metrics)
         source = build_source(cfg.source)
@@ -232,7 +239,7 @@ class InspectionService:
         Raises :class:`BundleError` / :class:`EngineError` and leaves the running bundle untouched.
         """
         bundle = load_bundle(path)
-        runner = BundleRunner.from_bundle(bundle, self.cfg.engine)
+        runner = build_runner(bundle, self.cfg)
         try:
             warm_up_and_self_test(runner, bundle)
             if bundle.manifest.input != self._active.bundle.manifest.input:

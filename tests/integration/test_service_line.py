@@ -112,6 +112,9 @@ def test_every_part_gets_one_verdict_and_uncertain_frames_reach_the_sink(line: d
     while sink.stats.stored < n_recheck and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sink.stats.stored >= n_recheck
+    stored = list(sink.store.frames())
+    # uncertain frames carry the anomaly map (image pixels) for the labelling overlay
+    assert stored and all(f.map_path is not None and f.map_shape == (64, 64) for f in stored)
     families = {f.name: f for f in text_string_to_metric_families(body)}
     frames = sum(s.value for s in families["lineguard_frames"].samples if s.name.endswith("_total"))
     assert frames == len(truth)

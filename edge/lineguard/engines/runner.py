@@ -47,6 +47,9 @@ class BundleRunner:
         self._tiles = bundle.manifest.input.tiles.count
         clf = bundle.manifest.classifier
         self._n_classes = len(clf.classes) if clf else 0
+        # parts scored below the accept threshold are accepted whatever the classifier says:
+        # skip the classifier and the map stitching for them (most parts on a real line)
+        self._lower = bundle.manifest.thresholds.lower
 
     @classmethod
     def from_bundle(
@@ -59,7 +62,8 @@ class BundleRunner:
         """Build the bundle's engines with ``engine_cfg`` (anomaly always, classifier when present).
 
         ``with_map`` asks for the stitched anomaly map in image pixels (for the publisher); the
-        bundle must then name a 'map' output.
+        bundle must then name a 'map' output. Class probabilities and the map are computed only for
+        parts scored at or above the accept threshold: an accepted part needs neither.
         """
         m = bundle.manifest
         if with_map and "map" not in m.engines["anomaly"].outputs:
@@ -95,10 +99,11 @@ class BundleRunner:
         scores = self._scores(out)
         top = int(np.argmax(scores))
         t2 = time.perf_counter_ns()
-        probs = self._class_probs(batch[top : top + 1]) if self._classifier is not None else None
+        suspect = bool(scores[top] >= self._lower)
+        probs = self._class_probs(batch[top : top + 1]) if self._classifier is not None and suspect else None
         t3 = time.perf_counter_ns()
         amap = None
-        if self._with_map:
+        if self._with_map and suspect:
             amap = stitch_map(self._maps(out), placements, image.shape[1], image.shape[0])
         t4 = time.perf_counter_ns()
         timings = {
