@@ -90,6 +90,12 @@ class OrtEngineConfig(BaseModel):
         0, ge=0, le=256, description="threads inside one operator; 0 = ONNX Runtime's default (all cores)"
     )
     inter_op_threads: int = Field(0, ge=0, le=256, description="threads across operators; 0 = default")
+    spin_wait: bool = Field(
+        False,
+        description="let ONNX Runtime's worker threads busy-wait after each run; off by default: with an "
+        "anomaly and a classifier session (or other busy threads) on a small CPU, spinning workers of one "
+        "session steal the cores of the next (measured: both graphs ~2x slower, docs/engines.md)",
+    )
     graph_optimization: GraphOptimization = Field("all", description="ONNX Runtime graph optimisation level")
 
     @model_validator(mode="after")

@@ -107,6 +107,8 @@ def resolve_providers(
 def _session_options(cfg: OrtEngineConfig) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.intra_op_threads
+    if not cfg.spin_wait:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = cfg.inter_op_threads
     so.graph_optimization_level = _OPT_LEVELS[cfg.graph_optimization]
     # Sequential: one small graph per frame; parallel operator scheduling only adds jitter here.
