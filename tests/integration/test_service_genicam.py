@@ -50,7 +50,9 @@ def test_camera_frames_get_one_verdict_each_at_the_plc(tmp_path: Path) -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         service.stop()
-        sim.stop()
+    # stop() flushes the PLC link: every frame the camera delivered has its result block by now
+    sim.wait_until(lambda: len(sim.verdicts_by_part()) >= service.stats.frames, timeout_s=5)
+    sim.stop()
     assert service.stats.decided >= 20, service.stats
     by_part = sim.verdicts_by_part()
     # every frame the camera delivered got exactly one verdict at the PLC (the in-flight ones at stop

@@ -74,6 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="offered rate as a share of raw engine throughput (a line whose cycle leaves headroom)")
     p.add_argument("--memory-frames", type=int, default=0, help="frames for the RSS growth check (e.g. 20000)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument("--no-spin", action="store_true", help="ONNX Runtime workers do not busy-wait (spin_wait false)")
     p.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -86,11 +87,11 @@ def _rss_mb() -> float:
 
 
 def _service(bundle_dir: Path, images: list[npt.NDArray[Any]], *, count: int, rate: float | None,
-             queue: int, threads: int) -> InspectionService:
+             queue: int, threads: int, spin: bool = True) -> InspectionService:
     cfg = LineConfig(
         bundle=BundleSection(path=bundle_dir),
         source=SyntheticSourceConfig(type="synthetic"),  # replaced by the in-memory source below
-        engine=OrtEngineConfig(intra_op_threads=threads),
+        engine=OrtEngineConfig(intra_op_threads=threads, spin_wait=spin),
         publisher=PublisherConfig(enabled=False),
         metrics=MetricsSection(enabled=False),
         service=ServiceSection(queue_size_frames=queue),
@@ -114,15 +115,15 @@ def _run_service(service: InspectionService, timeout_s: float) -> float:
 
 
 def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load: float, memory_frames: int,
-          threads: int) -> dict[str, Any]:
+          threads: int, spin: bool = True) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
-    with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads)) as runner:
+    with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads, spin_wait=spin)) as runner:
         raw = measure_engine(runner, images, frames)
     rate = raw["throughput_per_s"] * load
-    svc = _service(bundle_dir, images, count=frames, rate=rate, queue=8, threads=threads)
+    svc = _service(bundle_dir, images, count=frames, rate=rate, queue=8, threads=threads, spin=spin)
     _run_service(svc, timeout_s=frames / rate * 3 + 60)
     e2e = percentiles(svc.stats.e2e_ms)
-    burst = _service(bundle_dir, images, count=frames, rate=None, queue=frames + 8, threads=threads)
+    burst = _service(bundle_dir, images, count=frames, rate=None, queue=frames + 8, threads=threads, spin=spin)
     _run_service(burst, timeout_s=frames / raw["throughput_per_s"] * 3 + 60)
     result: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,
@@ -138,7 +139,7 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
         "burst_failsafe": burst.stats.failsafe,
     }
     if memory_frames:
-        mem = _service(bundle_dir, images, count=memory_frames + 500, rate=None, queue=4, threads=threads)
+        mem = _service(bundle_dir, images, count=memory_frames + 500, rate=None, queue=4, threads=threads, spin=spin)
         mem.source = _RssProbe(images, count=memory_frames + 500, probe_at=500, service=mem)
         _run_service(mem, timeout_s=memory_frames / raw["throughput_per_s"] * 4 + 120)
         probe = mem.source
@@ -182,7 +183,7 @@ def _load_images(args: argparse.Namespace) -> list[npt.NDArray[Any]]:
 def run(args: argparse.Namespace) -> int:
     images = _load_images(args)
     r = bench(args.bundle, images, frames=args.frames, load=args.load, memory_frames=args.memory_frames,
-              threads=args.threads)
+              threads=args.threads, spin=not args.no_spin)
     raw, e2e = r["raw_engine_ms"], r["service_e2e_ms"]
     print(f"bundle {r['bundle_id']}  input {r['input']} x{r['tiles']} tile(s)  provider {r['provider']}")
     print(f"raw engine      p50 {raw['p50']:7.2f} ms  p99 {raw['p99']:7.2f} ms  {r['raw_throughput_per_s']:7.1f} /s")

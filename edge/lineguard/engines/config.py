@@ -91,10 +91,11 @@ class OrtEngineConfig(BaseModel):
     )
     inter_op_threads: int = Field(0, ge=0, le=256, description="threads across operators; 0 = default")
     spin_wait: bool = Field(
-        False,
-        description="let ONNX Runtime's worker threads busy-wait after each run; off by default: with an "
-        "anomaly and a classifier session (or other busy threads) on a small CPU, spinning workers of one "
-        "session steal the cores of the next (measured: both graphs ~2x slower, docs/engines.md)",
+        True,
+        description="let ONNX Runtime's worker threads busy-wait after each run (its default). false: with an "
+        "anomaly and a classifier session alternating on 2 cores each graph ran ~2x faster, but with the "
+        "GenICam source on the same 2 cores the PLC link's Modbus transactions slowed to 20-90 ms: measure on "
+        "the target before turning it off (docs/engines.md)",
     )
     graph_optimization: GraphOptimization = Field("all", description="ONNX Runtime graph optimisation level")
 
