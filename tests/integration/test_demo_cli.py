@@ -21,7 +21,7 @@ def test_demo_runs_the_whole_line(tmp_path: Path) -> None:
     assert "PLC check: 24 parts with a verdict, 0 without, 0 with more than one -> OK" in out
     assert "verdicts at the PLC by true label:" in out
     # a second run reuses the verified bundle instead of training again
-    res2 = subprocess.run(cmd[:6] + ["--parts", "6", "--metrics-port", "0", "--input-size", "96"],
+    res2 = subprocess.run([*cmd[:6], "--parts", "6", "--metrics-port", "0", "--input-size", "96"],
                           capture_output=True, text=True, timeout=300)
     assert res2.returncode == 0, (res2.stdout + res2.stderr)[-3000:]
     assert "reusing bundle" in res2.stdout

@@ -10,31 +10,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lineguard.plc import PlcConfig, PlcLink
-from lineguard.plc.config import FieldSpec, RegisterMapConfig, TcpTransportConfig
+from lineguard.plc.config import FieldSpec, RegisterMapConfig
 from lineguard.plc.sim import PlcSimulator, free_port
-from lineguard.plc.testing import audit, feed, sample, settle
+from lineguard.plc.testing import audit, fast_config, feed, sample, settle
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _cfg(port: int, **kw: object) -> PlcConfig:
-    base: dict[str, object] = {
-        "transport": TcpTransportConfig(port=port),
-        "deadline_ms": 100,
-        "heartbeat_period_ms": 50,
-        "timeout_ms": 100,
-        "reconnect_backoff_initial_ms": 20,
-        "reconnect_backoff_max_ms": 100,
-        "reconnected_flag_hold_ms": 300,
-    }
-    return PlcConfig.model_validate({**base, **kw})
-
-
-@pytest.fixture
-def sim() -> Iterator[PlcSimulator]:
-    s = PlcSimulator().start()
-    yield s
-    s.stop()
+    return fast_config(port, **{"deadline_ms": 100, "timeout_ms": 100, "reconnect_backoff_max_ms": 100,
+                                "reconnected_flag_hold_ms": 300, **kw})
 
 
 def _run(link: PlcLink) -> Iterator[PlcLink]:

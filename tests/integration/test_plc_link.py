@@ -8,38 +8,21 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Verdict
 from lineguard.plc import PlcConfig, PlcLink
-from lineguard.plc.config import TcpTransportConfig
 from lineguard.plc.regmap import FLAG_DEADLINE_FAILSAFE
 from lineguard.plc.sim import PlcSimulator
-from lineguard.plc.testing import audit, decision, feed, sample, settle
+from lineguard.plc.testing import audit, decision, fast_config, feed, sample, settle
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _cfg(port: int, **kw: object) -> PlcConfig:
-    base: dict[str, object] = {
-        "transport": TcpTransportConfig(port=port),
-        "deadline_ms": 150,
-        "heartbeat_period_ms": 50,
-        "timeout_ms": 200,
-        "reconnect_backoff_initial_ms": 20,
-        "reconnect_backoff_max_ms": 200,
-    }
-    return PlcConfig.model_validate({**base, **kw})
-
-
-@pytest.fixture
-def sim() -> Iterator[PlcSimulator]:
-    s = PlcSimulator().start()
-    yield s
-    s.stop()
+    return fast_config(port, **kw)
 
 
 @pytest.mark.parametrize("handshake", ["acknowledged", "fire_and_forget"])

@@ -13,8 +13,22 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
+from lineguard.plc.config import PlcConfig, TcpTransportConfig
 from lineguard.plc.link import PlcLink
 from lineguard.plc.sim import PlcSimulator
+
+
+def fast_config(port: int, host: str = "127.0.0.1", **overrides: object) -> PlcConfig:
+    """A link config with short periods and backoffs so fault tests finish in seconds."""
+    base: dict[str, object] = {
+        "transport": TcpTransportConfig(host=host, port=port),
+        "deadline_ms": 150,
+        "heartbeat_period_ms": 50,
+        "timeout_ms": 200,
+        "reconnect_backoff_initial_ms": 20,
+        "reconnect_backoff_max_ms": 200,
+    }
+    return PlcConfig.model_validate({**base, **overrides})
 
 
 def decision(part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 0.25, defect: str = "") -> Decision:
