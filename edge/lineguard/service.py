@@ -97,14 +97,12 @@ class PreparedBundle:
     bundle: Bundle
     runner: BundleRunner
     policy: DecisionPolicy
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        return {"lower": self.policy.lower, "upper": self.policy.upper}
+    thresholds: dict[str, float]  # for the uncertain-frame header; built once, not per frame
 
     @classmethod
     def build(cls, bundle: Bundle, runner: BundleRunner) -> PreparedBundle:
-        return cls(bundle, runner, DecisionPolicy.from_manifest(bundle.manifest))
+        policy = DecisionPolicy.from_manifest(bundle.manifest)
+        return cls(bundle, runner, policy, {"lower": policy.lower, "upper": policy.upper})
 
 
 class InspectionService:
