@@ -80,7 +80,6 @@ class ServiceStats:
     failsafe: int = 0
     by_verdict: dict[str, int] = field(default_factory=dict)
     e2e_ms: list[float] = field(default_factory=list)  # bounded ring, see _record
-    last_frame_monotonic: float = 0.0
     first_decided_ns: int = 0  # monotonic time of the first / last decision (throughput)
     last_decided_ns: int = 0
 
@@ -294,7 +293,6 @@ class InspectionService:
                     break
                 continue
             self.stats.frames += 1
-            self.stats.last_frame_monotonic = time.monotonic()
             self.metrics.frame_arrived()
             self.plc.expect(frame.part_id, frame.t_capture_ns)
             if self.cfg.service.overflow_policy == "block":
