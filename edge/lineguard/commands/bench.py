@@ -4,7 +4,12 @@
 2. service latency: frames offered at a fixed share of the raw throughput (a line that keeps up),
    latency from "frame available" (``Frame.t_capture_ns``) to "verdict handed to the PLC link";
 3. service throughput: a burst of frames that fits the queue, judged back to back;
-4. memory: resident set size after warm-up and after ``--memory-frames`` more frames.
+4. memory: resident set size after warm-up and after ``--memory-frames`` more frames;
+5. context for the tail: the CPU's own steadiness (a fixed pure-Python kernel, ``cpu_jitter``) and
+   the queueing floor: the latencies an ideal zero-overhead FIFO would give with the raw engine's
+   measured per-frame times at the offered rate (``fifo_latencies_ms``). An engine stall longer than
+   the arrival period delays the parts queued behind it in any service; the gap between the service
+   and this floor is the service's own cost.
 
 Frames are decoded up front and served from memory by :class:`MemorySource`, so disk and PNG
 decoding do not blur the numbers. The PLC link is the null link here: the Modbus round trip has its
@@ -26,7 +31,7 @@ from lineguard.bundle import load_bundle
 from lineguard.config import BundleSection, LineConfig, MetricsSection, ServiceSection
 from lineguard.contracts import Frame
 from lineguard.engines import BundleRunner, OrtEngineConfig
-from lineguard.engines.bench import measure_engine, percentiles
+from lineguard.engines.bench import cpu_jitter, fifo_latencies_ms, measure_engine, percentiles
 from lineguard.errors import LineGuardError
 from lineguard.imageio import list_images, read_image
 from lineguard.publisher import PublisherConfig
@@ -75,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-frames", type=int, default=0, help="frames for the RSS growth check (e.g. 20000)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     p.add_argument("--no-spin", action="store_true", help="ONNX Runtime workers do not busy-wait (spin_wait false)")
+    p.add_argument("--jitter-s", type=float, default=5.0,
+                   help="seconds of the CPU steadiness probe before the measurements (0: skip)")
     p.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -115,8 +122,9 @@ def _run_service(service: InspectionService, timeout_s: float) -> float:
 
 
 def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load: float, memory_frames: int,
-          threads: int, spin: bool = True) -> dict[str, Any]:
+          threads: int, spin: bool = True, jitter_s: float = 0.0) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
+    jitter = cpu_jitter(jitter_s) if jitter_s > 0 else None
     with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads, spin_wait=spin)) as runner:
         raw = measure_engine(runner, images, frames)
     rate = raw["throughput_per_s"] * load
@@ -131,6 +139,7 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
         "tiles": bundle.manifest.input.tiles.count,
         "provider": raw["provider"],
         "raw_engine_ms": raw["total"],
+        "queueing_floor_ms": percentiles(fifo_latencies_ms(raw["samples_ms"], 1e3 / rate)),
         "raw_throughput_per_s": raw["throughput_per_s"],
         "offered_rate_per_s": rate,
         "service_e2e_ms": e2e,
@@ -138,6 +147,8 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
         "service_throughput_per_s": burst.stats.decisions_per_s,
         "burst_failsafe": burst.stats.failsafe,
     }
+    if jitter is not None:
+        result["cpu_jitter"] = jitter
     if memory_frames:
         mem = _service(bundle_dir, images, count=memory_frames + 500, rate=None, queue=4, threads=threads, spin=spin)
         mem.source = _RssProbe(images, count=memory_frames + 500, probe_at=500, service=mem)
@@ -183,12 +194,20 @@ def _load_images(args: argparse.Namespace) -> list[npt.NDArray[Any]]:
 def run(args: argparse.Namespace) -> int:
     images = _load_images(args)
     r = bench(args.bundle, images, frames=args.frames, load=args.load, memory_frames=args.memory_frames,
-              threads=args.threads, spin=not args.no_spin)
+              threads=args.threads, spin=not args.no_spin, jitter_s=args.jitter_s)
     raw, e2e = r["raw_engine_ms"], r["service_e2e_ms"]
+    if "cpu_jitter" in r:
+        j = r["cpu_jitter"]
+        print(f"cpu steadiness  kernel p50 {j['kernel_p50_ms']:.2f} ms  p99 x{j['p99_over_p50']:.1f}  "
+              f"max x{j['max_over_p50']:.1f}  slow episodes {j['slow_episodes_per_s']:.1f}/s "
+              f"(a steady CPU: p99 x1.0-1.3, no episodes)")
     print(f"bundle {r['bundle_id']}  input {r['input']} x{r['tiles']} tile(s)  provider {r['provider']}")
     print(f"raw engine      p50 {raw['p50']:7.2f} ms  p99 {raw['p99']:7.2f} ms  {r['raw_throughput_per_s']:7.1f} /s")
     print(f"service e2e     p50 {e2e['p50']:7.2f} ms  p99 {e2e['p99']:7.2f} ms  at {r['offered_rate_per_s']:.1f} /s "
           f"offered (fail-safe {r['service_failsafe']})")
+    q = r["queueing_floor_ms"]
+    print(f"queueing floor  p50 {q['p50']:7.2f} ms  p99 {q['p99']:7.2f} ms  (ideal zero-overhead FIFO, raw engine "
+          f"times at the offered rate; service p99 is x{e2e['p99'] / q['p99']:.2f} of it)")
     print(f"service burst   {r['service_throughput_per_s']:7.1f} parts/s  "
           f"({100 * r['service_throughput_per_s'] / r['raw_throughput_per_s']:.0f} % of raw)")
     print(f"targets: p50 +{e2e['p50'] - raw['p50']:.2f} ms (<= 2 ms), p99 x{e2e['p99'] / raw['p99']:.2f} (<= 1.5)")

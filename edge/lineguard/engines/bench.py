@@ -33,8 +33,9 @@ def measure_engine(
     """Run ``n`` inferences cycling over ``images``; latency statistics in ms and throughput.
 
     Returns ``{"n", "provider", "throughput_per_s", "total": {p50, p90, p99, mean, max},
-    "stages": {stage: {...}}}`` where ``total`` is the wall time of ``infer`` per frame and
-    ``stages`` are the runner's own per-stage timings (preprocess, anomaly, classifier, ...).
+    "samples_ms": [per-frame totals in run order], "stages": {stage: {...}}}`` where ``total`` is
+    the wall time of ``infer`` per frame and ``stages`` are the runner's own per-stage timings
+    (preprocess, anomaly, classifier, ...).
     """
     if not images:
         raise ValueError("measure_engine needs at least one image")
@@ -57,5 +58,56 @@ def measure_engine(
         "provider": runner.provider,
         "throughput_per_s": n / elapsed_s if elapsed_s > 0 else float("inf"),
         "total": percentiles(totals),
+        "samples_ms": totals,
         "stages": {k: percentiles(v) for k, v in stages.items()},
     }
+
+
+def fifo_latencies_ms(service_ms: Sequence[float], period_ms: float) -> list[float]:
+    """Latencies of an ideal zero-overhead FIFO server: arrivals every ``period_ms``, service times as given.
+
+    The floor any real service on the same machine shares: an engine stall longer than the arrival
+    period queues the parts behind it, so their latency includes the wait. Used by ``lineguard
+    bench`` to tell the service's own overhead from queueing that the engine's hiccups cause.
+    """
+    if period_ms < 0:
+        raise ValueError(f"period_ms must be >= 0, got {period_ms}")
+    out: list[float] = []
+    free_at = 0.0  # when the server finishes the previous part
+    for i, s in enumerate(service_ms):
+        arrival = i * period_ms
+        done = max(arrival, free_at) + s
+        out.append(done - arrival)
+        free_at = done
+    return out
+
+
+def cpu_jitter(duration_s: float = 5.0, *, kernel_iterations: int = 20_000) -> dict[str, float]:
+    """Run a fixed pure-Python arithmetic kernel back to back; how steady is this CPU?
+
+    The kernel touches no memory beyond a few integers, allocates nothing and makes no system call,
+    so a slow repetition means the CPU itself was slower (hypervisor time-slicing, a busy sibling
+    hyperthread, frequency drops), not our code. ``p99_over_p50`` near 1 is a machine fit for
+    millisecond latency targets; a VM that periodically gets a fraction of its vCPU shows several x.
+    ``slow_episodes_per_s`` counts runs of repetitions slower than 2x the median.
+    """
+    if duration_s <= 0:
+        raise ValueError(f"duration_s must be > 0, got {duration_s}")
+    times: list[float] = []
+    t_end = time.perf_counter() + duration_s
+    while True:
+        t0 = time.perf_counter()
+        acc = 0
+        for i in range(kernel_iterations):
+            acc += i * i
+        t1 = time.perf_counter()
+        times.append((t1 - t0) * 1e3)
+        if t1 >= t_end:
+            break
+    a = np.asarray(times)
+    p50, p99 = np.percentile(a, [50, 99])
+    slow = a > 2 * p50
+    episodes = int(np.count_nonzero(slow[1:] & ~slow[:-1]) + int(slow[0]))
+    return {"kernel_p50_ms": float(p50), "kernel_p99_ms": float(p99), "kernel_max_ms": float(a.max()),
+            "p99_over_p50": float(p99 / p50), "max_over_p50": float(a.max() / p50),
+            "slow_episodes_per_s": episodes / duration_s}
