@@ -12,6 +12,12 @@ and one classification:
   the scores of accepted parts moved.
 
 Imaging wins when both moved: a darker or blurred image shifts scores too, so fix the camera first.
+Measured on whole frames, the image statistics also move when the *parts* change (a darker alloy, a
+larger part), so a process change can read as imaging drift. ``imaging_roi_px`` names regions that
+see the lighting and optics but never the part (background, fixture, a grey card): image quality is
+then measured there only, a changed part leaves it alone, and the two kinds separate. The bundle's
+reference is measured on whole frames, so with regions the quality reference is learned from the
+first ``min_reference_parts`` parts on the line (logged).
 
 The reference is ``manifest.calibration["reference"]`` (written by the training pipeline from the
 held-out good calibration images, measured with this module's :func:`measure_quality`, so the line
@@ -50,11 +56,24 @@ FEATURES = ("score", *QUALITY_FEATURES)
 STATES = ("no_reference", "warming_up", "ok", "imaging", "process")
 IMAGING_ADVICE = "imaging drift (check lighting, lens, focus)"
 PROCESS_ADVICE = "process drift (parts changed: collect and re-teach)"
+WHOLE_FRAME_CAVEAT = ("measured on whole frames, so changed parts move it too: drift.imaging_roi_px on a "
+                      "background region tells the two apart")
 REFERENCE_VERSION = 1
 _MAX_REFERENCE_VALUES = 512  # quantiles kept per feature: enough for 10 PSI bins, small manifest
 _PSI_EPS = 1e-4  # empty-bin floor; keeps PSI finite when a window leaves the reference range
 _FOCUS_CROP_PX = 512  # focus is measured at native resolution (downsampling would hide blur)
 _STATS_PIXELS = 65_536  # brightness/contrast/saturation on a strided subsample of about this many
+
+
+class RegionPx(BaseModel):
+    """A rectangle in frame pixels (after the camera's own ROI)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x_px: int = Field(ge=0, le=65_535, description="left edge, pixels from the frame's left")
+    y_px: int = Field(ge=0, le=65_535, description="top edge, pixels from the frame's top")
+    width_px: int = Field(ge=8, le=65_535, description="width in pixels")
+    height_px: int = Field(ge=8, le=65_535, description="height in pixels")
 
 
 class DriftConfig(BaseModel):
@@ -78,6 +97,12 @@ class DriftConfig(BaseModel):
     )
     saturation_level: float = Field(0.98, gt=0.5, le=1.0, description="pixel >= this x full scale is saturated")
     queue_size: int = Field(64, ge=1, le=10_000, description="frames waiting for the drift thread at most")
+    imaging_roi_px: tuple[RegionPx, ...] = Field(
+        (), max_length=16,
+        description="regions that see lighting and optics but never the part (background, fixture, grey "
+        "card); image quality is measured there only, so a changed part is not mistaken for imaging drift. "
+        "Empty = whole frame. Their reference is learned from the first min_reference_parts parts",
+    )
     min_reference_parts: int = Field(
         100, ge=10, le=100_000,
         description="a bundle reference with fewer values than this is too thin to judge by (false alarms): "
@@ -102,23 +127,59 @@ class ImageQuality:
         return {name: float(getattr(self, name)) for name in QUALITY_FEATURES}
 
 
-def measure_quality(image: npt.NDArray[Any], max_value: int, *, saturation_level: float = 0.98) -> ImageQuality:
-    """Image quality of one frame (mono HxW or RGB HxWx3, uint8/uint16); about 1 ms at 5 MP."""
+def measure_quality(image: npt.NDArray[Any], max_value: int, *, saturation_level: float = 0.98,
+                    regions: Sequence[RegionPx] = ()) -> ImageQuality:
+    """Image quality of one frame (mono HxW or RGB HxWx3, uint8/uint16); about 1 ms at 5 MP.
+
+    Whole frame by default (focus on the central crop); with ``regions``, on those rectangles only
+    (their pixels pooled; focus = area-weighted mean of each region's Laplacian variance, so region
+    borders never count as edges).
+    """
     if image.ndim not in (2, 3) or image.size == 0 or max_value <= 0:
         raise ImageError(f"drift: cannot measure an image of shape {image.shape} with full scale {max_value}")
+    if regions:
+        return _measure_regions(image, max_value, saturation_level, regions)
     h, w = image.shape[:2]
     step = max(1, math.isqrt(h * w // _STATS_PIXELS))
     sub = np.asarray(image[::step, ::step], dtype=np.float32)
-    grey_sub = sub.mean(axis=2) if sub.ndim == 3 else sub
     y0, x0 = max(0, (h - _FOCUS_CROP_PX) // 2), max(0, (w - _FOCUS_CROP_PX) // 2)
-    crop = np.asarray(image[y0 : y0 + _FOCUS_CROP_PX, x0 : x0 + _FOCUS_CROP_PX], dtype=np.float32)
-    if crop.ndim == 3:
-        crop = crop.mean(axis=2)
-    lap = cv2.Laplacian(crop / float(max_value), cv2.CV_32F, ksize=3)
+    crop = image[y0 : y0 + _FOCUS_CROP_PX, x0 : x0 + _FOCUS_CROP_PX]
+    return _quality(sub, [(_laplacian_var(crop, max_value), crop.shape[0] * crop.shape[1])], max_value,
+                    saturation_level, colour=image.ndim == 3)
+
+
+def _measure_regions(image: npt.NDArray[Any], max_value: int, saturation_level: float,
+                     regions: Sequence[RegionPx]) -> ImageQuality:
+    h, w = image.shape[:2]
+    pixels: list[npt.NDArray[np.float32]] = []
+    focus: list[tuple[float, int]] = []
+    for r in regions:
+        if r.x_px + r.width_px > w or r.y_px + r.height_px > h:
+            raise ImageError(f"drift: region x={r.x_px} y={r.y_px} {r.width_px}x{r.height_px} px lies outside "
+                             f"the {w}x{h} frame: fix drift.imaging_roi_px")
+        crop = image[r.y_px : r.y_px + r.height_px, r.x_px : r.x_px + r.width_px]
+        step = max(1, math.isqrt(crop.shape[0] * crop.shape[1] // _STATS_PIXELS))
+        pixels.append(np.asarray(crop[::step, ::step], dtype=np.float32).reshape(-1, *crop.shape[2:]))
+        focus.append((_laplacian_var(crop, max_value), crop.shape[0] * crop.shape[1]))
+    return _quality(np.concatenate(pixels), focus, max_value, saturation_level, colour=image.ndim == 3)
+
+
+def _laplacian_var(crop: npt.NDArray[Any], max_value: int) -> float:
+    f = np.asarray(crop, dtype=np.float32)
+    if f.ndim == 3:
+        f = f.mean(axis=2)
+    return float(cv2.Laplacian(f / float(max_value), cv2.CV_32F, ksize=3).var())
+
+
+def _quality(sub: npt.NDArray[np.float32], focus: Sequence[tuple[float, int]], max_value: int,
+             saturation_level: float, *, colour: bool) -> ImageQuality:
+    """``sub``: pixels (colour in the last axis when ``colour``); ``focus``: (variance, area) pairs."""
+    grey = sub.mean(axis=-1) if colour else sub
+    area = sum(a for _, a in focus)
     return ImageQuality(
-        brightness=float(grey_sub.mean()) / max_value,
-        contrast=float(grey_sub.std()) / max_value,
-        focus=float(lap.var()),
+        brightness=float(grey.mean()) / max_value,
+        contrast=float(grey.std()) / max_value,
+        focus=sum(v * a for v, a in focus) / area,
         saturation=float(np.count_nonzero(sub >= saturation_level * max_value)) / sub.size,
     )
 
@@ -240,15 +301,22 @@ class DriftDetector:
             if scores.size:
                 self._ref["score"] = scores
         # thin references (a small calibration set) give persistent false alarms: learn those
-        # features' references from the first parts on the line instead, and say so
+        # features' references from the first parts on the line instead, and say so. Quality measured
+        # in regions cannot be compared with the bundle's whole-frame reference: learned too.
+        on_line = set(QUALITY_FEATURES) if config.imaging_roi_px else set()
+        if on_line:
+            log.info("drift: image quality measured in %d region(s) (drift.imaging_roi_px): its reference is "
+                     "learned from the first %d parts on the line", len(config.imaging_roi_px),
+                     config.min_reference_parts)
         self._learning: dict[str, list[float]] = {
-            k: [] for k, v in self._ref.items() if v.size < config.min_reference_parts
+            k: [] for k, v in self._ref.items() if v.size < config.min_reference_parts or k in on_line
         }
+        self._learning.update({k: [] for k in on_line if k not in self._learning})
         for k in self._learning:
-            del self._ref[k]
-        if self._learning:
+            self._ref.pop(k, None)
+        if thin := sorted(k for k in self._learning if k not in on_line):
             log.warning("drift reference too thin for %s (< %d values): learning it from the first %d parts on "
-                        "the line; drift already present then goes unnoticed", sorted(self._learning),
+                        "the line; drift already present then goes unnoticed", thin,
                         config.min_reference_parts, config.min_reference_parts)
         self._win: dict[str, deque[float]] = {k: deque(maxlen=config.window_parts) for k in FEATURES}
         self._drifted: set[str] = set()
@@ -315,6 +383,8 @@ class DriftDetector:
         imaging = [n for n in QUALITY_FEATURES if n in feats and feats[n].drifted]
         if imaging:
             detail = ", ".join(_describe(n, feats[n]) for n in imaging)
+            if not self._cfg.imaging_roi_px:
+                detail += f"; {WHOLE_FRAME_CAVEAT}"
             return DriftAssessment(state="imaging", message=f"{IMAGING_ADVICE}: {detail}", features=feats,
                                    parts_seen=self.parts_seen)
         if "score" in feats and feats["score"].drifted:
@@ -395,6 +465,7 @@ class DriftMonitor:
         self._count = 0
         self._thread: threading.Thread | None = None
         self._logged_state = detector.last.state
+        self._measure_error_logged = False
         self._m.set_state(detector.last.state)
 
     @classmethod
@@ -461,9 +532,13 @@ class DriftMonitor:
 
     def _process(self, job: _Job) -> None:
         try:
-            q = measure_quality(job.image, self._max_value, saturation_level=self._cfg.saturation_level)
+            q = measure_quality(job.image, self._max_value, saturation_level=self._cfg.saturation_level,
+                                regions=self._cfg.imaging_roi_px)
         except (ImageError, cv2.error, ValueError) as exc:
-            log.debug("drift: frame not measured: %s", exc)
+            # a misplaced region fails every frame: say it once, loudly; count every frame
+            level = logging.WARNING if not self._measure_error_logged else logging.DEBUG
+            self._measure_error_logged = True
+            log.log(level, "drift: frame not measured (counted in lineguard_drift_dropped): %s", exc)
             self._m.dropped_total.labels(reason="measure_error").inc()
             return
         self._m.observed_total.inc()
