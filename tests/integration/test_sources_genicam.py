@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,42 @@ def test_read_never_waits_longer_than_its_timeout(sources: list[GenICamSource]) 
     assert src.read(0.05) is None
     assert time.monotonic() - t0 < 0.2
     assert src.stats.snapshot().timeouts == 1
+
+
+def _other_thread_turns_while_reading(src: GenICamSource, seconds: float) -> int:
+    """How often another Python thread gets the GIL back (0.1 ms sleeps) while ``read`` waits."""
+    turns, stop = [0], threading.Event()
+
+    def other() -> None:  # stands in for the PLC link: short GIL-needing steps between socket waits
+        while not stop.is_set():
+            time.sleep(0.0001)
+            turns[0] += 1
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        assert src.read(seconds) is None  # 1 frame/s: the wait runs out
+    finally:
+        stop.set()
+        t.join()
+    return turns[0]
+
+
+def test_waiting_for_a_frame_leaves_the_gil_to_other_threads(sources: list[GenICamSource]) -> None:
+    # harvesters' blocking wait holds the GIL: other threads get it only every switch interval (5 ms),
+    # which made Modbus transactions take 20-90 ms in the service test; polling sleeps between looks
+    blocking = _source(sources, pixel_format="Mono8", width=100, height=100, frame_rate_hz=1, poll_interval_us=0)
+    blocking.open()
+    _read_n(blocking, 1)
+    blocked_turns = _other_thread_turns_while_reading(blocking, 0.3)
+    blocking.close()
+    polling = _source(sources, pixel_format="Mono8", width=100, height=100, frame_rate_hz=1)
+    polling.open()
+    _read_n(polling, 1)
+    polled_turns = _other_thread_turns_while_reading(polling, 0.3)
+    assert polled_turns > 3 * blocked_turns, (polled_turns, blocked_turns)
+    frames = _read_n(polling, 2)  # and polling still delivers frames
+    assert len(frames) == 2
 
 
 def test_every_buffer_goes_back_to_the_producer(sources: list[GenICamSource]) -> None:

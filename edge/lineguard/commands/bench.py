@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="offered rate as a share of raw engine throughput (a line whose cycle leaves headroom)")
     p.add_argument("--memory-frames", type=int, default=0, help="frames for the RSS growth check (e.g. 20000)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    p.add_argument("--no-spin", action="store_true", help="ONNX Runtime workers do not busy-wait (spin_wait false)")
+    p.add_argument("--spin", action="store_true",
+                   help="ONNX Runtime workers busy-wait (spin_wait true; the service default is false)")
     p.add_argument("--jitter-s", type=float, default=5.0,
                    help="seconds of the CPU steadiness probe before the measurements (0: skip)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -94,7 +95,7 @@ def _rss_mb() -> float:
 
 
 def _service(bundle_dir: Path, images: list[npt.NDArray[Any]], *, count: int, rate: float | None,
-             queue: int, threads: int, spin: bool = True) -> InspectionService:
+             queue: int, threads: int, spin: bool = False) -> InspectionService:
     cfg = LineConfig(
         bundle=BundleSection(path=bundle_dir),
         source=SyntheticSourceConfig(type="synthetic"),  # replaced by the in-memory source below
@@ -122,7 +123,7 @@ def _run_service(service: InspectionService, timeout_s: float) -> float:
 
 
 def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load: float, memory_frames: int,
-          threads: int, spin: bool = True, jitter_s: float = 0.0) -> dict[str, Any]:
+          threads: int, spin: bool = False, jitter_s: float = 0.0) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     jitter = cpu_jitter(jitter_s) if jitter_s > 0 else None
     with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads, spin_wait=spin)) as runner:
@@ -194,7 +195,7 @@ def _load_images(args: argparse.Namespace) -> list[npt.NDArray[Any]]:
 def run(args: argparse.Namespace) -> int:
     images = _load_images(args)
     r = bench(args.bundle, images, frames=args.frames, load=args.load, memory_frames=args.memory_frames,
-              threads=args.threads, spin=not args.no_spin, jitter_s=args.jitter_s)
+              threads=args.threads, spin=args.spin, jitter_s=args.jitter_s)
     raw, e2e = r["raw_engine_ms"], r["service_e2e_ms"]
     if "cpu_jitter" in r:
         j = r["cpu_jitter"]

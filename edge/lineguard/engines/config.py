@@ -91,11 +91,11 @@ class OrtEngineConfig(BaseModel):
     )
     inter_op_threads: int = Field(0, ge=0, le=256, description="threads across operators; 0 = default")
     spin_wait: bool = Field(
-        True,
-        description="let ONNX Runtime's worker threads busy-wait after each run (its default). false: with an "
-        "anomaly and a classifier session alternating on 2 cores each graph ran ~2x faster, but with the "
-        "GenICam source on the same 2 cores the PLC link's Modbus transactions slowed to 20-90 ms: measure on "
-        "the target before turning it off (docs/engines.md)",
+        False,
+        description="let ONNX Runtime's worker threads busy-wait after each run (ONNX Runtime's own default). "
+        "Off here: spinning workers take the cores the acquisition, PLC, drift and publisher threads need, "
+        "and an anomaly and a classifier session spin against each other (each graph ~2x slower on 2 "
+        "cores). true only with cores to spare for it: measure with `lineguard bench --spin` (docs/engines.md)",
     )
     graph_optimization: GraphOptimization = Field("all", description="ONNX Runtime graph optimisation level")
 

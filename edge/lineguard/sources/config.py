@@ -115,6 +115,13 @@ class GenICamSourceConfig(BaseModel):
     num_buffers: int = Field(
         default=8, ge=2, le=256, description="Buffers announced to the GenTL producer for streaming."
     )
+    poll_interval_us: int = Field(
+        default=1000, ge=0, le=20_000,
+        description="Wait for a buffer by polling at this interval, sleeping in between (the GenTL wait "
+        "holds Python's GIL, which delays the PLC link and every other thread by up to 5 ms per hand-over; "
+        "docs/sources.md). Adds up to this much to frame latency and ~10 % of a core. 0: block in the "
+        "producer's wait instead (least CPU).",
+    )
     reconnect_initial_ms: int = Field(
         default=200, ge=10, le=60_000, description="First delay before reopening a lost camera, in ms."
     )

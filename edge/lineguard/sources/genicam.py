@@ -35,6 +35,8 @@ from lineguard.sources.config import GenICamSourceConfig
 from lineguard.sources.genicam_nodes import configure_device, describe_node_map
 
 log = logging.getLogger(__name__)
+# one look at the producer's event queue when polling (harvesters needs a timeout > 0; 0 = forever)
+_POLL_LOOK_S = 0.0001
 
 # Anything harvesters raises while talking to a device: GenTL/GenApi errors, and the plain
 # Python errors harvesters 1.4 lets through on a torn-down acquirer (IndexError, AttributeError).
@@ -221,6 +223,9 @@ class GenICamSource(BaseSource):
             try:
                 pixel_format, width, height = configure_device(ia.remote_device.node_map, cfg)
                 ia.num_buffers = cfg.num_buffers
+                if cfg.poll_interval_us:
+                    # each event wait returns at once; read() sleeps between polls, GIL released
+                    ia.timeout_period_on_update_event_data_call = 0
                 ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, self._incomplete)
                 ia.start()
             except BaseException:
@@ -262,13 +267,15 @@ class GenICamSource(BaseSource):
         deadline_ns = time.monotonic_ns() + int(max(timeout_s, 0.0) * 1e9)
         if self._lost and not self._reconnect(deadline_ns):
             return None
+        poll_s = self._cfg.poll_interval_us / 1e6
         while True:
             remaining_s = (deadline_ns - time.monotonic_ns()) / 1e9
-            # harvesters treats timeout=0 as "wait forever": never pass less than 1 ms.
-            remaining_s = max(remaining_s, 0.001)
+            # harvesters treats timeout=0 as "wait forever": never pass less than 1 ms (polling: one
+            # look at the event queue, 0.1 ms).
+            wait_s = _POLL_LOOK_S if poll_s else min(max(remaining_s, 0.001), self._cfg.fetch_timeout_ms / 1000.0)
             incomplete_before = self._incomplete.count
             try:
-                buffer = self._ia.try_fetch(timeout=min(remaining_s, self._cfg.fetch_timeout_ms / 1000.0))
+                buffer = self._ia.try_fetch(timeout=wait_s)
             except DEVICE_ERRORS as exc:
                 self._on_lost(exc)
                 return None
@@ -283,6 +290,8 @@ class GenICamSource(BaseSource):
                     self.stats.add(timeouts=1)
                     self._check_stall(t_capture_ns)
                     return None
+                if poll_s:
+                    time.sleep(poll_s)  # releases the GIL: the PLC link and the inspection thread run now
                 continue
             if time.monotonic_ns() >= deadline_ns:
                 self.stats.add(timeouts=1)
