@@ -89,7 +89,7 @@ def test_regions_measure_only_their_pixels() -> None:
 
 
 def test_region_outside_the_frame_is_a_clear_error() -> None:
-    with pytest.raises(ImageError, match="outside the 160x120 frame: fix drift.imaging_roi_px"):
+    with pytest.raises(ImageError, match=r"outside the 160x120 frame: fix drift\.imaging_roi_px"):
         measure_quality(_frame(1), 255, regions=(RegionPx(x_px=150, y_px=0, width_px=20, height_px=20),))
 
 
