@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,7 @@ from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
 from lineguard_models.data import Dataset
+from lineguard_models.views import IDENTITY, ViewAveraged, Views
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ class ClassifierConfig(BaseModel):
     )
     max_min_confidence: float = Field(
         0.9, ge=0.0, le=1.0, description="upper cap of min_confidence (keeps known defects from 'unknown')"
+    )
+    orientation_views: bool = Field(
+        True, description="train on every orientation view (flip, 90-degree turn) the camera profile "
+        "allows, as copies in feature space; an orientation_specific profile allows none",
+    )
+    average_views: bool = Field(
+        True, description="the exported graph averages class_probs over those views (test-time "
+        "averaging): one backbone pass per view for every classified part",
     )
     batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
     max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
@@ -208,33 +217,58 @@ class FeatureExtractor:
         return cls(features=PooledFeatures(backbone, max_value=spec.max_value), spec=spec,
                    batch_size=config.batch_size)
 
-    def __call__(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
+    def __call__(self, images: Sequence[Image], view: str = "identity") -> npt.NDArray[np.float32]:
+        """Features [N, D] of ``images`` seen in orientation ``view`` (``lineguard_models.views``)."""
         out = []
         with torch.inference_mode():
             for s in range(0, len(images), self.batch_size):
                 batch = np.concatenate([prepare(im, self.spec)[0] for im in images[s : s + self.batch_size]])
-                out.append(self.features(torch.from_numpy(batch)).numpy())
+                out.append(self.features(Views.apply(view, torch.from_numpy(batch))).numpy())
         if not out:
             return np.zeros((0, self.features.out_dim), np.float32)
         return np.concatenate(out).astype(np.float32)
 
 
+class ExtractFn(Protocol):
+    """Features [N, D] of raw images seen in one orientation view (``FeatureExtractor``)."""
+
+    def __call__(self, images: Sequence[Image], view: str = "identity") -> npt.NDArray[np.float32]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureSet:
-    """Features of the original images and of their augmented copies (``source`` = original index)."""
+    """Features of the original images, of their other orientation views and of their augmented copies.
+
+    ``x_views[i, v]`` is image i in the v-th non-identity view; with ``average_views`` a prediction
+    for image i is the mean of the class probabilities of all its views (what the exported graph does).
+    """
 
     classes: tuple[str, ...]
-    x: npt.NDArray[np.float32]  # [N, D] originals
+    x: npt.NDArray[np.float32]  # [N, D] originals as seen (identity view)
     y: npt.NDArray[np.int64]  # [N]
     x_aug: npt.NDArray[np.float32]  # [M, D] augmented copies
     aug_source: npt.NDArray[np.int64]  # [M] index into x of each copy's original
+    x_views: npt.NDArray[np.float32] | None = None  # [N, V - 1, D] other orientation views
+    average_views: bool = False
 
     def training_rows(self, originals: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Rows for fitting on ``originals``: those images plus only *their* augmented copies."""
+        """Rows for fitting on ``originals``: those images, their views and only *their* augmented copies."""
         keep = np.isin(self.aug_source, originals)
-        x = np.concatenate([self.x[originals], self.x_aug[keep]])
-        y = np.concatenate([self.y[originals], self.y[self.aug_source[keep]]])
-        return x, y
+        xs, ys = [self.x[originals], self.x_aug[keep]], [self.y[originals], self.y[self.aug_source[keep]]]
+        if self.x_views is not None and self.x_views.shape[1]:
+            xs.append(self.x_views[originals].reshape(-1, self.x.shape[1]))
+            ys.append(np.repeat(self.y[originals], self.x_views.shape[1]))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def probs(self, head: SoftmaxHead, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Class probabilities of originals ``rows`` as the exported graph computes them."""
+        p = head.probs(self.x[rows])
+        if self.average_views and self.x_views is not None and self.x_views.shape[1]:
+            n_views = self.x_views.shape[1] + 1
+            for v in range(n_views - 1):
+                p = p + head.probs(self.x_views[rows, v])
+            p = (p / np.float32(n_views)).astype(np.float32)
+        return p
 
 
 def check_class_sizes(images_by_class: Mapping[str, Sequence[Image]]) -> list[str]:
@@ -258,21 +292,25 @@ def check_class_sizes(images_by_class: Mapping[str, Sequence[Image]]) -> list[st
 
 
 def build_features(
-    images_by_class: Mapping[str, Sequence[Image]], extract: Callable[[Sequence[Image]], npt.NDArray[np.float32]],
+    images_by_class: Mapping[str, Sequence[Image]], extract: ExtractFn,
     *, augment_fn: AugmentFn | None, copies: int, seed: int, progress: ProgressFn | None = None,
+    views: Views = IDENTITY, average_views: bool = False,
 ) -> FeatureSet:
-    """Extract features of every image and of ``copies`` augmented variants of each."""
+    """Extract features of every image in every view and of ``copies`` augmented variants of each."""
     classes = tuple(sorted(images_by_class))
     images = [im for c in classes for im in images_by_class[c]]
     y = np.array([i for i, c in enumerate(classes) for _ in images_by_class[c]], np.int64)
     rng = np.random.default_rng(seed)
     chunks: list[npt.NDArray[np.float32]] = []
     aug_chunks: list[npt.NDArray[np.float32]] = []
+    view_chunks: list[npt.NDArray[np.float32]] = []
     sources: list[int] = []
     step = 32
     for s in range(0, len(images), step):
         part = images[s : s + step]
         chunks.append(extract(part))
+        if len(views) > 1:
+            view_chunks.append(np.stack([extract(part, v) for v in views.names[1:]], axis=1))
         if augment_fn is not None and copies > 0:
             variants = [augment_fn(im, rng) for im in part for _ in range(copies)]
             aug_chunks.append(extract(variants))
@@ -282,7 +320,9 @@ def build_features(
     dim = chunks[0].shape[1]
     x_aug = np.concatenate(aug_chunks) if aug_chunks else np.zeros((0, dim), np.float32)
     return FeatureSet(classes=classes, x=np.concatenate(chunks), y=y, x_aug=x_aug,
-                      aug_source=np.array(sources, np.int64))
+                      aug_source=np.array(sources, np.int64),
+                      x_views=np.concatenate(view_chunks) if view_chunks else None,
+                      average_views=average_views and len(views) > 1)
 
 
 # ------------------------------------------------------------------- cross-validation, thresholds
@@ -309,7 +349,7 @@ def out_of_fold_probs(
         x, y = fs.training_rows(train)
         head = fit_head(x, y, k, l2=l2, max_iter=max_iter)
         test = np.flatnonzero(folds == f)
-        oof[test] = head.probs(fs.x[test])
+        oof[test] = fs.probs(head, test)
     return oof
 
 
@@ -383,6 +423,8 @@ def fit_from_features(
         "cv_log_loss": {str(k): round(v, 4) for k, v in scores.items()},
         **cv_summary(oofs[best], fs.y, fs.classes, thresholds),
         "augmented_rows": len(fs.x_aug),
+        "view_rows": 0 if fs.x_views is None else int(fs.x_views.shape[0] * fs.x_views.shape[1]),
+        "views_averaged": fs.average_views,
     }
     x, y = fs.training_rows(np.arange(len(fs.y)))
     head = fit_head(x, y, len(fs.classes), l2=best, max_iter=config.max_iter)
@@ -402,18 +444,25 @@ class TrainedClassifier:
     graph: ClassifierGraph
     spec: InputSpec
     profile: CameraProfile
+    views: Views = IDENTITY  # averaged by the exported graph
     warnings: tuple[str, ...] = field(default=())
+
+    def exported_graph(self) -> nn.Module:
+        """The torch module that is exported: ``graph`` averaged over ``views``."""
+        return ViewAveraged(self.graph, self.views).eval()
 
     def predict_proba(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
         """class_probs of raw images through the same graph that is exported (torch, for checks)."""
-        extractor = FeatureExtractor(features=self.graph.features, spec=self.spec)
+        graph, out = self.exported_graph(), []
         with torch.inference_mode():
-            feats = torch.from_numpy(extractor(images))
-            return F.softmax(self.graph.linear(feats), dim=1).numpy()
+            for s in range(0, len(images), 16):
+                batch = np.concatenate([prepare(im, self.spec)[0] for im in images[s : s + 16]])
+                out.append(graph(torch.from_numpy(batch)).numpy())
+        return np.concatenate(out).astype(np.float32)
 
     def export_onnx(self, path: Path) -> EngineSpec:
         """Write the ONNX graph; returns the bundle engine entry (file name relative to its folder)."""
-        export_classifier_onnx(self.graph, Path(path), spec=self.spec)
+        export_classifier_onnx(self.exported_graph(), Path(path), spec=self.spec)
         return EngineSpec(file=Path(path).name, input_name=INPUT_NAME, outputs={"probs": PROBS_OUTPUT})
 
     def classifier_spec(self) -> ClassifierSpec:
@@ -422,7 +471,7 @@ class TrainedClassifier:
                               camera_profile=self.profile.model_dump(mode="json"))
 
 
-def export_classifier_onnx(graph: ClassifierGraph, path: Path, *, spec: InputSpec, opset: int = 17) -> Path:
+def export_classifier_onnx(graph: nn.Module, path: Path, *, spec: InputSpec, opset: int = 17) -> Path:
     """Export ``graph`` with input ``image`` [N, C, H, W] and output ``class_probs`` [N, K]."""
     import warnings
 
@@ -474,15 +523,17 @@ def train_classifier(
     def plausible(im: Image, rng: np.random.Generator) -> Image:
         return augment(im, profile, rng)
 
+    views = Views.for_camera(profile, spec) if config.orientation_views else IDENTITY
     fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, views=views, average_views=config.average_views)
     head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
     report["warnings"] = warnings_
-    report["augmentation"] = {"copies_per_image": profile.copies_per_image}
+    report["augmentation"] = {"copies_per_image": profile.copies_per_image, "views": list(views.names)}
     log.info("classifier: %d classes, CV accuracy %.3f (balanced %.3f), l2=%g", len(fs.classes),
              report["accuracy"], report["balanced_accuracy"], report["l2"])
     return TrainedClassifier(classes=fs.classes, min_confidence=thresholds, cv_report=report,
                              graph=ClassifierGraph(extract.features, head), spec=spec, profile=profile,
+                             views=views if fs.average_views else IDENTITY,
                              warnings=tuple(warnings_))
 
 

@@ -34,6 +34,9 @@ from torch import Tensor, nn
 
 from lineguard.errors import ConfigError
 from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.views import Views
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "LateStages", "Views", "finetune", "internal_split", "prefix_maps"]
 
 ProgressFn = Callable[[str, float], None]
 
@@ -57,42 +60,6 @@ class FinetuneConfig(BaseModel):
         0.2, ge=0.0, le=0.5,
         description="share of each class held out inside training to pick the epoch count (0 = use epochs)",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Views:
-    """Orientation views of a prepared batch [N, C, H, W]: names -> tensor transform."""
-
-    names: tuple[str, ...]
-
-    @staticmethod
-    def for_profile(*, flips: Sequence[str], rotate_90: bool, square: bool) -> Views:
-        names = ["identity"]
-        if "horizontal" in flips:
-            names.append("hflip")
-        if "vertical" in flips:
-            names.append("vflip")
-        if "horizontal" in flips and "vertical" in flips:
-            names.append("rot180")
-        if rotate_90 and square:
-            names += ["rot90", "rot270"]
-            if flips:
-                names += ["transpose", "antitranspose"]
-        return Views(names=tuple(names))
-
-    @staticmethod
-    def apply(name: str, x: Tensor) -> Tensor:
-        ops: dict[str, Callable[[Tensor], Tensor]] = {
-            "identity": lambda t: t,
-            "hflip": lambda t: t.flip(3),
-            "vflip": lambda t: t.flip(2),
-            "rot180": lambda t: t.flip(2, 3),
-            "rot90": lambda t: t.rot90(1, (2, 3)),
-            "rot270": lambda t: t.rot90(3, (2, 3)),
-            "transpose": lambda t: t.transpose(2, 3),
-            "antitranspose": lambda t: t.flip(2, 3).transpose(2, 3),
-        }
-        return ops[name](x)
 
 
 class LateStages(nn.Module):
@@ -146,7 +113,8 @@ class _Model(nn.Module):
             self.linear.bias.copy_(bias)
 
     def forward(self, maps: Tensor) -> Tensor:
-        return self.linear((self.late(maps) - self.get_buffer("mu")) / self.get_buffer("sd"))
+        logits: Tensor = self.linear((self.late(maps) - self.get_buffer("mu")) / self.get_buffer("sd"))
+        return logits
 
 
 def _cosine(step: int, total: int) -> float:
