@@ -189,7 +189,13 @@ class AnomalyScorer(nn.Module):
 
     def patch_scores(self, image: Tensor) -> Tensor:
         """Nearest-neighbour distance of every patch to the bank, [N, 1, h, w]."""
-        feats = self.features(self.normalise(image))
+        return self.distances(self.features(self.normalise(image)))
+
+    def distances(self, feats: Tensor) -> Tensor:
+        """Patch features [N, D, h, w] -> nearest-neighbour distance to the bank [N, 1, h, w].
+
+        Split from :meth:`patch_scores` so a benchmark can score cached features against many banks.
+        """
         h, w = self.features.grid_hw
         a = feats.flatten(2).transpose(1, 2) - self.bank_centre  # [N, hw, D]
         d2 = torch.matmul(a, self.bank_t_m2) + self.bank_sq  # [N, hw, M] without ||a||^2
@@ -206,7 +212,10 @@ class AnomalyScorer(nn.Module):
         return F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), self.blur.view(1, 1, k, 1))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        patches = self.patch_scores(image)
+        return self.score_patches(self.patch_scores(image))
+
+    def score_patches(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch distances [N, 1, h, w] -> (image score [N], blurred map [N, 1, H, W])."""
         size = (self.spec.input_height_px, self.spec.input_width_px)
         amap = self._blur(F.interpolate(patches, size=size, mode="bilinear", align_corners=False))
         source = amap if self.spec.image_score == "map_max" else patches

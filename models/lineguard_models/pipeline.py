@@ -39,6 +39,7 @@ from lineguard.errors import BundleError, CalibrationError, DatasetError
 from lineguard.imageio import encode_png
 from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
 from lineguard_models.augment import CameraProfile
+from lineguard_models.bank_augment import BankAugmentConfig, bank_variants, describe
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.report import write_report
@@ -73,8 +74,14 @@ class TrainConfig(BaseModel):
     allow_unreadable: bool = Field(False, description="skip unreadable files (listed in the report)")
     policy: CalibrationPolicy = Field(default_factory=lambda: CalibrationPolicy(), description="thresholds")
     camera_profile: Path | None = Field(
-        None, description="camera profile YAML for the classifier's augmentation (docs/augmentation.md); "
-        "none = the conservative profile for the images' format"
+        None, description="camera profile YAML (docs/augmentation.md): drives the classifier's augmentation and "
+        "the anomaly bank's variants (anomaly_bank); none = the classifier uses the conservative profile for the "
+        "images' format and the anomaly bank sees the good images as they are"
+    )
+    anomaly_bank: BankAugmentConfig = Field(
+        default_factory=lambda: BankAugmentConfig(),
+        description="camera-profile variants of the good images fed to the anomaly bank; used only when "
+        "camera_profile is given (docs/anomaly-model.md)",
     )
 
 
@@ -265,9 +272,17 @@ def new_bundle_id(product: str, fingerprint: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', product)[:48]}-{stamp}-{fingerprint[:8]}"
 
 
-def _iter_batches(ds: Dataset, samples: Sequence[Sample], spec: InputSpec) -> Iterator[npt.NDArray[np.float32]]:
-    for s in samples:
-        yield prepare(ds.load(s), spec)[0]  # tiles of one image are independent training samples
+def _iter_batches(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, *, profile: CameraProfile | None = None,
+                  bank: BankAugmentConfig | None = None, seed: int = 0) -> Iterator[npt.NDArray[np.float32]]:
+    """Engine inputs of the good training images; with a profile and ``bank``, each image is followed
+    by its camera-profile variants (``bank_augment``), made in raw units before preprocessing."""
+    for index, s in enumerate(samples):
+        image = ds.load(s)
+        if profile is None or bank is None:
+            yield prepare(image, spec)[0]  # tiles of one image are independent training samples
+            continue
+        for variant in bank_variants(image, profile, bank, seed=seed, index=index):
+            yield prepare(variant, spec)[0]
 
 
 def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
@@ -307,9 +322,15 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
              f"input {spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles")
     model_cfg = AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
                                    bank_size=cfg.bank_size, seed=cfg.seed, batch_size=cfg.batch_size)
+    bank_aug = describe(profile, cfg.anomaly_bank, len(train_s))
+    if bank_aug["applied"]:
+        progress(f"anomaly bank: {bank_aug['copies_per_image']} camera-profile variants per good image "
+                 f"({', '.join(bank_aug['kinds'])}); not allowed by the profile: "
+                 f"{', '.join(bank_aug['kinds_not_allowed_by_profile']) or 'none'}")
+    batches = _iter_batches(ds, train_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
     scorer = fit_anomaly_model(
-        batched(_iter_batches(ds, train_s, spec), cfg.batch_size), config=model_cfg, channels=spec.channels,
-        max_value=spec.max_value, images_total=len(train_s) * spec.tiles.count,
+        batched(batches, cfg.batch_size), config=model_cfg, channels=spec.channels,
+        max_value=spec.max_value, images_total=bank_aug["images_fitted"] * spec.tiles.count,
         progress=lambda p: progress(f"fit: {p.images_seen}/{p.images_total} tiles, {p.elapsed_s:.1f} s"))
     staging = staging_dir(out)
     try:
@@ -322,6 +343,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": _git_commit(),
             "training": cfg.model_dump(mode="json"), "anomaly_model": scorer.spec.to_dict(),
             "bank_rows": int(scorer.bank_rows), "train_images": len(train_s),
+            "anomaly_bank_augmentation": bank_aug,
             "training_image_sha256": train_sha, "train_seconds": round(time.monotonic() - t0, 1),
         }
         # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
@@ -354,6 +376,16 @@ def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
 # --- end drift reference ------------------------------------------------------------------------------
 
 
+def _bank_context(bank_aug: dict[str, Any] | None) -> dict[str, str]:
+    """One report line on what the anomaly bank was fitted on (absent for bundles from before it existed)."""
+    if bank_aug is None:
+        return {}
+    if not bank_aug["applied"]:
+        return {"anomaly bank augmentation": f"none ({bank_aug['reason']})"}
+    return {"anomaly bank augmentation": f"{bank_aug['copies_per_image']} camera-profile variants per good image "
+            f"({', '.join(bank_aug['kinds'])}); {bank_aug['images_fitted']} images fitted"}
+
+
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
             progress: Progress, keep: dict[str, Any] | None = None,
@@ -368,7 +400,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     write_scores(staging, scored)
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
     write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}",
-                 context=_report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe}))
+                 context=_report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
+                                              **_bank_context(provenance.get("anomaly_bank_augmentation"))}))
     if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
         golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]
