@@ -135,14 +135,17 @@ class CastingSplit:
     stream: list[Path]  # shuffled mix of good and def_front, disjoint from init
 
 
-def casting_split(root: Path, seed: int, n_good: int, n_def: int, n_stream: int) -> CastingSplit:
+def casting_split(root: Path, seed: int, n_good: int, n_def: int, n_stream: int,
+                  defect_share: float = 0.5) -> CastingSplit:
+    """First-teach images and a shuffled stream of ``n_stream`` parts, ``defect_share`` of them
+    def_front (0.5 = the folder's own mix; a line has far fewer)."""
     rng = np.random.default_rng(seed)
     goods = sorted((root / "train/good").glob("*"))
     defs = sorted((root / "train/def_front").glob("*"))
     goods = [goods[i] for i in rng.permutation(len(goods))]
     defs = [defs[i] for i in rng.permutation(len(defs))]
-    half = n_stream // 2  # train/ is half good, half def_front: the stream keeps that mix
-    stream = goods[n_good:n_good + half] + defs[n_def:n_def + n_stream - half]
+    n_bad = round(defect_share * n_stream)
+    stream = goods[n_good:n_good + n_stream - n_bad] + defs[n_def:n_def + n_bad]
     return CastingSplit(init_good=goods[:n_good], init_def=defs[:n_def],
                         stream=[stream[i] for i in rng.permutation(len(stream))])
 
@@ -178,7 +181,7 @@ def active_pick(sink: Path, budget: int, seed: int) -> tuple[set[str], Counter[s
 def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
                     test: tuple[list[Image], list[bool]]) -> dict[str, Any]:
     cfg = TrainConfig(seed=seed, input_size_px=a.size, bank_size=a.bank, golden_good=1, golden_defect=1)
-    sp = casting_split(root, seed, a.init_good, a.init_def, a.stream)
+    sp = casting_split(root, seed, a.init_good, a.init_def, a.stream, a.defect_share)
     copy_into(work / "init/good", sp.init_good)
     copy_into(work / "init/def_front", sp.init_def)
     for arm in ("active", "random"):
@@ -211,9 +214,12 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     for arm, sink in (("active", work / "sink"), ("random", work / "sink_random")):
         t0 = time.monotonic()
         res = retrain(work / f"ds_{arm}", work / "initial", work / f"cand_{arm}", train_cfg=cfg, sink=sink,
-                      progress=QUIET)
-        out["bundles"][arm] = judge_all(load_bundle(res.candidate_path), *test).metrics()
+                      good_use=a.good_use, progress=QUIET)
+        cand = load_bundle(res.candidate_path)
+        out["bundles"][arm] = judge_all(cand, *test).metrics()
         out["bundles"][arm]["gate_passed"] = res.decision.passed
+        out["bundles"][arm]["calibration_images"] = cand.manifest.calibration["images"]
+        out["bundles"][arm]["fitted_images"] = cand.manifest.provenance["train_images"]
         log(f"seed {seed}: {arm} retrain + test in {time.monotonic() - t0:.0f} s: {out['bundles'][arm]}")
     return out
 
@@ -422,6 +428,12 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more).",
             f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
             f"active {n_def['active']}, random {n_def['random']}."]
+    if "calibration_images" in rows[0]["bundles"]["active"]:
+        cal = {arm: _ms([r["bundles"][arm]["calibration_images"]["good"] for r in rows], False)
+               for arm in ("active", "random")}
+        fit = {arm: _ms([r["bundles"][arm]["fitted_images"] for r in rows], False) for arm in ("active", "random")}
+        out.append(f"Candidates' good images: fitted (memory bank) active {fit['active']}, random {fit['random']}; "
+                   f"calibration active {cal['active']}, random {cal['random']}.")
     return out
 
 
@@ -462,15 +474,18 @@ def forget_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def summarize(paths: Sequence[Path]) -> None:
     docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    active = [r for doc in docs for r in doc.get("active", [])]
-    if active:
-        print("\n".join(["### Active learning vs random", "", *active_table(active), ""]))
-        budget = int(docs[0]["args"]["budget"])
-        full = [r for r in active if sum(r["labelled"]["active"].values()) >= budget]
-        if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
-            print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
-                             *active_table(full), ""]))
-    for doc in docs:
+    for doc in docs:  # one table per run: runs differ in budget, stream mix and label use
+        active = doc.get("active", [])
+        if active:
+            args = doc["args"]
+            budget = int(args["budget"])
+            print("\n".join([f"### Active learning vs random: B = {budget}, stream def_front share "
+                             f"{args.get('defect_share', 0.5)}, new good labels: {args.get('good_use', 'fit')}", "",
+                             *active_table(active), ""]))
+            full = [r for r in active if sum(r["labelled"]["active"].values()) >= budget]
+            if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
+                print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
+                                 *active_table(full), ""]))
         if "drift" in doc:
             print("\n".join(["### Drift", "", *drift_table(doc["drift"]), ""]))
         if "forget" in doc:
@@ -492,6 +507,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init-def", type=int, default=14, help="def_front images of the first teach")
     p.add_argument("--stream", type=int, default=400, help="parts in the production stream")
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
+    p.add_argument("--defect-share", type=float, default=0.5,
+                   help="def_front share of the stream (0.5 = the folder's mix; 0.08 = closer to a line)")
+    p.add_argument("--good-use", choices=("by_verdict", "fit", "calibrate"), default="by_verdict",
+                   help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
     p.add_argument("--drift-train-good", type=int, default=500, help="good images of the drift bundle")
     p.add_argument("--drift-holdout", type=float, default=0.5,

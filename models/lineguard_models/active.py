@@ -6,12 +6,16 @@ shows the selection first, in rank order.
 
 Selection at a fixed budget per shift:
 
-1. **uncertainty band first**: unknown defects and frames whose score sits in the uncertainty
-   band are the pool (``informativeness`` >= ``min_informativeness``); only when the pool is
-   smaller than the budget are other frames considered;
-2. **diversity**: inside the pool a k-center greedy walk in embedding space, each step taking the
-   frame farthest from those already chosen, weighted by informativeness, so a burst of
-   near-identical frames (a stuck part, a repeated glare) costs one label, not fifty;
+1. **decision value first**: a label is worth most where it changes what the retrained bundle
+   decides (:func:`decision_value`): unknown defects, and frames whose score sits near one of the
+   two thresholds -- on either side, so a confident verdict from the publisher's audit share just
+   past a threshold (a possible false reject or escape) counts as much as a recheck just inside.
+   The middle of a wide uncertainty band moves neither threshold and comes last. (Until 2026-11-27
+   the pool was the band middle and a k-center walk on thumbnails spread the budget over the
+   whole band; it was no better than random labelling: docs/benchmarks/data-loop.md.)
+2. **near-duplicates cost one label**: in value order, a frame closer than ``duplicate_fraction``
+   of the median distance between candidates to one already chosen is skipped (a stuck part or
+   a repeated glare), and only taken when nothing else is left;
 3. **audit share**: a small random share of the budget drawn from all remaining frames, so the
    selection's blind spots are measured (the random share is what makes the model's recall on
    frames it was sure about estimable).
@@ -27,6 +31,7 @@ have the training extra), select a frame twice in one shift, or spend more than 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +56,12 @@ class SelectionConfig(BaseModel):
 
     budget_per_shift: int = Field(50, ge=1, le=100_000, description="frames selected for labelling per shift")
     audit_share: float = Field(0.1, ge=0.0, le=0.5, description="share of the budget drawn at random")
-    min_informativeness: float = Field(0.3, ge=0.0, le=1.0,
-                                       description="informativeness at or above which a frame is in the pool")
+    edge_width_bands: float = Field(0.25, gt=0.0, le=10.0,
+                                    description="how fast a frame's value falls with its distance from the "
+                                                "nearest threshold, in widths of the uncertainty band")
+    duplicate_fraction: float = Field(0.15, ge=0.0, le=1.0,
+                                      description="frames closer than this fraction of the median distance "
+                                                  "between candidates to a chosen frame are near-duplicates")
     shift_hours: int = Field(8, ge=1, le=24, description="shift length; shifts start at 00:00 UTC")
     max_candidates: int = Field(5000, ge=10, le=1_000_000, description="newest unlabelled frames considered")
     seed: int = Field(0, ge=0, description="seed of the audit draw")
@@ -87,56 +96,83 @@ def cheap_embedding(image: npt.NDArray[Any], anomaly_map: npt.NDArray[Any] | Non
     return np.concatenate(parts).astype(np.float32)
 
 
-def k_center_greedy(embeddings: npt.NDArray[np.float32], k: int, weights: npt.NDArray[np.float64] | None = None,
-                    first: int = 0) -> list[int]:
-    """Indices of ``k`` points, each the farthest (x weight) from those already chosen."""
+def decision_value(frame: QueuedFrame, edge_width_bands: float) -> float:
+    """How likely a label of this frame changes what the retrained bundle decides, in [0, 1].
+
+    The bundle accepts below ``lower`` and rejects at ``upper``; both are set by the extremes of
+    its calibration scores (the highest good, the lowest defect), and the memory bank learns most
+    from good frames it scores high. So labels change decisions at the **edges** of the band: a
+    good frame just below or above ``upper`` (a recheck or false reject the bank must learn, or a
+    good the reject threshold must clear) and a defect just above or below ``lower`` (an escape the
+    accept threshold must stop). The middle of a wide band changes neither threshold. Value falls
+    as ``exp(-d / edge_width_bands)`` with ``d`` the distance to the nearest threshold in band widths;
+    unknown defects (no known class explains them) are worth 1.
+    """
+    if frame.kind == "unknown_defect":
+        return 1.0
+    s, lo, up = frame.anomaly_score, frame.lower, frame.upper
+    if s is None or lo is None or up is None or not math.isfinite(s):
+        return 0.5  # fail-safe frames carry no score: a label still tells what the part was
+    width = up - lo if up > lo else max(abs(up) * 0.1, 1e-9)  # no band: scale by the threshold itself
+    d = min(abs(s - lo), abs(s - up)) / width
+    return math.exp(-d / edge_width_bands)
+
+
+def _near_duplicate_scale(embeddings: npt.NDArray[np.float32], rng: np.random.Generator) -> float:
+    """Median distance between candidates (a sample of pairs): the unit of 'near'."""
     n = embeddings.shape[0]
-    if n == 0 or k <= 0:
-        return []
-    w = np.ones(n) if weights is None else weights
-    chosen = [first]
-    dist = np.linalg.norm(embeddings - embeddings[first], axis=1).astype(np.float64)
-    dist[first] = -1.0
-    while len(chosen) < min(k, n):
-        nxt = int(np.argmax(dist * w))
-        if dist[nxt] < 0:
+    if n < 2:
+        return 0.0
+    i = rng.integers(0, n, size=min(4096, n * (n - 1)))
+    j = rng.integers(0, n, size=i.size)
+    keep = i != j
+    return float(np.median(np.linalg.norm(embeddings[i[keep]] - embeddings[j[keep]], axis=1))) if keep.any() else 0.0
+
+
+def rank_distinct(order: Sequence[int], embeddings: npt.NDArray[np.float32], k: int,
+                  min_distance: float) -> list[int]:
+    """The first ``k`` of ``order`` (best first), skipping any closer than ``min_distance`` to one
+    already taken: a burst of near-identical frames costs one label, not fifty."""
+    chosen: list[int] = []
+    for i in order:
+        if len(chosen) >= k:
             break
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(embeddings - embeddings[nxt], axis=1))
-        dist[chosen] = -1.0
+        if chosen and min_distance > 0 and \
+                float(np.min(np.linalg.norm(embeddings[chosen] - embeddings[i], axis=1))) < min_distance:
+            continue
+        chosen.append(int(i))
     return chosen
+
+
+def _reason(frame: QueuedFrame) -> str:
+    if frame.kind == "unknown_defect":
+        return "unknown_defect"
+    s, lo, up = frame.anomaly_score, frame.lower, frame.upper
+    if s is None or lo is None or up is None:
+        return "uncertain"
+    return "near_reject" if abs(s - up) <= abs(s - lo) else "near_accept"
 
 
 def select(candidates: Sequence[QueuedFrame], embeddings: npt.NDArray[np.float32], budget: int,
            cfg: SelectionConfig) -> list[Pick]:
-    """The shift's picks in rank order: pool (uncertain, diverse), then fill, then the audit share."""
+    """The shift's picks in rank order: highest decision value first, near-duplicates skipped, then
+    the random audit share."""
     n = len(candidates)
     if n == 0 or budget <= 0:
         return []
     budget = min(budget, n)
-    n_audit = min(round(cfg.audit_share * budget), budget)
-    n_main = budget - n_audit
-    info = np.array([c.informativeness for c in candidates], dtype=np.float64)
-    in_pool = np.flatnonzero(info >= cfg.min_informativeness)
-    picks: list[Pick] = []
-    taken: set[int] = set()
-
-    def walk(indices: npt.NDArray[np.int64], k: int, label: str) -> None:
-        if k <= 0 or indices.size == 0:
-            return
-        first = int(np.argmax(info[indices]))  # start from the most informative frame
-        order = k_center_greedy(embeddings[indices], k, 0.5 + info[indices], first)
-        for j in order:
-            i = int(indices[j])
-            reason = "unknown_defect" if candidates[i].kind == "unknown_defect" else label
-            picks.append(Pick(i, reason))
-            taken.add(i)
-
-    walk(in_pool, n_main, "uncertain")
-    rest = np.array([i for i in range(n) if i not in taken], dtype=np.int64)
-    walk(rest, n_main - len(picks), "diverse")  # the pool was smaller than the budget
-    left = np.array([i for i in range(n) if i not in taken], dtype=np.int64)
+    n_main = budget - min(round(cfg.audit_share * budget), budget)
     rng = np.random.default_rng(cfg.seed)
+    value = np.array([decision_value(c, cfg.edge_width_bands) for c in candidates], dtype=np.float64)
+    order = [int(i) for i in np.argsort(-value, kind="stable")]
+    near = cfg.duplicate_fraction * _near_duplicate_scale(embeddings, rng)
+    main = rank_distinct(order, embeddings, n_main, near)
+    if len(main) < n_main:  # only near-duplicates left: spend the rest on them, best first
+        taken = set(main)
+        main += [i for i in order if i not in taken][: n_main - len(main)]
+    picks = [Pick(i, _reason(candidates[i])) for i in main]
+    taken = set(main)
+    left = np.array([i for i in range(n) if i not in taken], dtype=np.int64)
     n_audit = budget - len(picks)
     for i in rng.choice(left, size=min(n_audit, left.size), replace=False) if left.size else []:
         picks.append(Pick(int(i), "audit"))

@@ -11,12 +11,20 @@ Layout::
     <root>/versions/000001.json         one file per version: parent, note, added records, sink cursors
     <root>/LOCK                         one writer at a time (flock)
 
-A record is (sha256, label, split, provenance). Resolving version *v* replays versions 1..v; the
-latest record of an image decides its label (a correction is a new record, the old one stays).
+A record is (sha256, label, split, use, provenance). Resolving version *v* replays versions 1..v;
+the latest record of an image decides its label (a correction is a new record, the old one stays).
 An image's **split** is fixed the first time the store sees it: about ``regression_fraction`` of
 each class, and at least one image of every class, goes to the frozen **regression** set that
 every retrain is judged on; the rest is **train**. So the regression set only grows, and holds
 every defect class ever seen.
+
+A train image's **use** is fixed the same way: ``fit`` (a good image may join the memory bank;
+the pipeline still holds a seeded share of them out for calibration) or ``calibrate`` (a good
+image only ever sets thresholds). Defect images are calibration-only whatever their use (the
+anomaly model never fits a defect). Who decides: :meth:`import_sink` by
+:class:`GoodUse` (why: docs/data-loop.md, "How labels are used"); folder imports are ``fit``.
+:meth:`materialize` writes ``calibrate`` goods to ``test/good`` -- the training contract's
+"calibration only" folder -- and everything else under ``train/``.
 
 Must never: delete or rewrite an object or a version file (historical defect images are kept for
 good), move an image between splits, or let a regression image reach training.
@@ -43,6 +51,12 @@ from lineguard.imageio import IMAGE_SUFFIXES
 from lineguard.sink.labels import GOOD, LabelBook, check_label
 
 Split = Literal["train", "regression"]
+Use = Literal["fit", "calibrate"]
+GoodUse = Literal["fit", "calibrate", "by_verdict"]
+"""How :meth:`DatasetStore.import_sink` uses a frame labelled good: ``fit`` all of them,
+``calibrate`` all of them, or ``by_verdict``: the ones the line did not accept (recheck, reject,
+fail-safe) fit -- the model must learn they are normal -- and the ones it accepted (audit frames)
+calibrate -- an unbiased sample of what the line calls good."""
 _VERSION_DIGITS = 6
 
 
@@ -53,6 +67,7 @@ class NewImage:
     path: Path
     label: str
     provenance: dict[str, Any]
+    use: Use = "fit"  # only read when the store sees the image for the first time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +81,7 @@ class Record:
     provenance: dict[str, Any]
     version: int  # version that set the current label
     history: tuple[str, ...] = ()  # earlier labels, oldest first
+    use: Use = "fit"  # frozen at first sight like the split; version files before it existed: fit
 
     @property
     def object_rel(self) -> str:
@@ -146,7 +162,8 @@ class DatasetStore:
                 history = (*old.history, old.label) if old is not None else ()
                 records[r["sha256"]] = Record(sha256=r["sha256"], ext=r["ext"], label=r["label"],
                                               split=old.split if old else r["split"], provenance=r["provenance"],
-                                              version=v, history=history)
+                                              version=v, history=history,
+                                              use=old.use if old else r.get("use", "fit"))
         return Snapshot(version=upto, records=records, cursors=cursors)
 
     def path_of(self, record: Record) -> Path:
@@ -191,10 +208,11 @@ class DatasetStore:
                     want = math.ceil(self.regression_fraction * class_counts[im.label])
                     split: Split = "regression" if split_counts[(im.label, "regression")] < want else "train"
                     split_counts[(im.label, split)] += 1
+                    use = im.use
                     self._store_object(im.path, sha, ext)
                 else:
-                    split = old.split  # frozen at first sight
-                added.append({"sha256": sha, "ext": ext, "label": im.label, "split": split,
+                    split, use = old.split, old.use  # frozen at first sight
+                added.append({"sha256": sha, "ext": ext, "label": im.label, "split": split, "use": use,
                               "provenance": im.provenance})
             new_cursors = {k: v for k, v in (cursors or {}).items() if snap.cursors.get(k) != v}
             if not added and not new_cursors:
@@ -227,8 +245,13 @@ class DatasetStore:
                   for s in ds.samples]
         return self.add(images, note=note or f"import of {ds.root}")
 
-    def import_sink(self, sink_root: str | Path, *, note: str = "") -> tuple[int, int]:
-        """Add the sink's label events not imported yet; returns (version, events imported)."""
+    def import_sink(self, sink_root: str | Path, *, note: str = "",
+                    good_use: GoodUse = "by_verdict") -> tuple[int, int]:
+        """Add the sink's label events not imported yet; returns (version, events imported).
+
+        ``good_use`` decides, per frame labelled good, whether it may fit the model or only
+        calibrates (:data:`GoodUse`); the verdict the line gave travels in the frame's header.
+        """
         key = str(Path(sink_root).resolve())
         book = LabelBook.open(sink_root)
         try:
@@ -238,7 +261,8 @@ class DatasetStore:
         if not events:
             return self.head(), 0
         latest = {e.message_id: e for e in events}  # a correction in the same batch wins
-        images = [NewImage(path=e.image_path, label=e.label, provenance={
+        images = [NewImage(path=e.image_path, label=e.label, use=sink_use(good_use, e.header.get("verdict")),
+                           provenance={
             "source": "sink", "sink": key, "message_id": e.message_id, "event_id": e.event_id,
             "labeller": e.labeller, "labelled_utc": e.labelled_utc, "bundle_id": e.header.get("bundle_id"),
             "camera_id": e.header.get("camera_id"), "verdict": e.header.get("verdict"),
@@ -249,16 +273,32 @@ class DatasetStore:
 
     def materialize(self, dest: str | Path, *, version: int | None = None, split: Split = "train",
                     exclude_classes: Iterable[str] = ()) -> Snapshot:
-        """Write ``split`` of a version as a dataset folder (hard links; copies across filesystems)."""
+        """Write ``split`` of a version as a dataset folder (hard links; copies across filesystems).
+
+        Flat layout (``good/``, ``<class>/``) when every good image may fit; otherwise the split
+        layout: ``train/good`` (fit), ``test/good`` (calibration only), ``train/<class>``.
+        """
         out = Path(dest)
         if out.exists() and any(out.iterdir()):
             raise DatasetError(f"{out} is not empty; materialize into a fresh folder")
         snap = self.snapshot(version)
-        for r in snap.select(split, exclude_classes):
-            target = out / r.label / f"{r.sha256[:16]}{r.ext}"
+        records = snap.select(split, exclude_classes)
+        split_layout = any(r.use == "calibrate" and r.label == GOOD for r in records)
+        for r in records:
+            folder = Path(r.label)
+            if split_layout:
+                folder = Path("test" if r.use == "calibrate" and r.label == GOOD else "train") / r.label
+            target = out / folder / f"{r.sha256[:16]}{r.ext}"
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(self.path_of(r), target)
             except OSError:
                 shutil.copyfile(self.path_of(r), target)
         return snap
+
+
+def sink_use(good_use: GoodUse, verdict: object) -> Use:
+    """The use of a frame labelled good, given the verdict the line gave it (see :data:`GoodUse`)."""
+    if good_use == "by_verdict":
+        return "calibrate" if verdict == "accept" else "fit"
+    return good_use

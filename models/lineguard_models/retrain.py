@@ -38,7 +38,7 @@ from lineguard.errors import BundleError, DatasetError
 from lineguard.imageio import is_grey_rgb, read_image
 from lineguard.sink.labels import GOOD
 from lineguard_models.backtest import Judge
-from lineguard_models.datastore import DatasetStore, Record
+from lineguard_models.datastore import DatasetStore, GoodUse, Record
 from lineguard_models.pipeline import TrainConfig, train
 
 Progress = Callable[[str], None]
@@ -170,17 +170,19 @@ def _report(res_path: Path, *, version: int, counts: dict[str, dict[str, int]], 
 
 def retrain(store_root: str | Path, active_bundle: str | Path, out: Path, *, train_cfg: TrainConfig,
             gate_cfg: GateConfig | None = None, sink: str | Path | None = None,
-            exclude_classes: Iterable[str] = (), progress: Progress = print) -> RetrainResult:
+            exclude_classes: Iterable[str] = (), good_use: GoodUse = "by_verdict",
+            progress: Progress = print) -> RetrainResult:
     """Import new labels, train on the whole history, evaluate, gate; see the module docstring.
 
     ``exclude_classes`` leaves classes out of *training* (ablations and the forgetting test); the
-    regression set always holds every class.
+    regression set always holds every class. ``good_use``: which new good labels may fit the
+    model and which only calibrate (``datastore.GoodUse``); it is fixed per image at import.
     """
     gate_cfg = gate_cfg or GateConfig()
     excluded = sorted(set(exclude_classes))
     store = DatasetStore.open(store_root, create=False)
     if sink is not None:
-        version, n = store.import_sink(sink)
+        version, n = store.import_sink(sink, good_use=good_use)
         progress(f"imported {n} label events from {sink} -> dataset version {version}")
     active = load_bundle(active_bundle)
     snap = store.snapshot()

@@ -35,8 +35,8 @@ def _fill(root: Path) -> dict[str, float]:
     store = FrameStore.open(root, quota_bytes=2**30, fsync=False)
     scores: dict[str, float] = {}
     for i, (label, score, kind, dclass) in enumerate([
-        ("scratch", 1.5, MessageKind.UNCERTAIN, "scratch"),  # middle of the band: most informative
-        ("good", 1.9, MessageKind.UNCERTAIN, ""),
+        ("scratch", 1.5, MessageKind.UNCERTAIN, "scratch"),  # middle of the band: moves no threshold
+        ("good", 1.9, MessageKind.UNCERTAIN, ""),  # near the reject threshold: its label matters most
         ("pit", 2.5, MessageKind.UNKNOWN_DEFECT, "unknown"),  # unknown defect: first of all
         ("good", 0.3, MessageKind.AUDIT, ""),
     ]):
@@ -89,7 +89,7 @@ def test_api_queue_order_overlay_and_hostile_input(server: tuple[LabelServer, di
     doc = json.loads(body)
     ids = [f["message_id"] for f in doc["frames"]]
     assert status == 200 and doc["shift"] == "2024-05-01/s1" and len(ids) == 4
-    assert [scores[i] for i in ids[:2]] == [2.5, 1.5]  # unknown defect, then the band's middle
+    assert [scores[i] for i in ids[:3]] == [2.5, 1.9, 1.5]  # unknown defect, near reject, band middle
     assert doc["frames"][3]["kind"] == "audit" and doc["frames"][3]["rank"] is None  # beyond the budget
     status, plain = _get(srv.url + f"api/image/{ids[0]}?overlay=0")
     status2, hot = _get(srv.url + f"api/image/{ids[0]}?overlay=1")
@@ -154,7 +154,7 @@ def test_keyboard_labelling_in_headless_chromium(server: tuple[LabelServer, dict
         field.send_keys(Keys.ENTER)
         wait.until(lambda d: body.get_attribute("data-current") != before)
         second = body.get_attribute("data-current")
-        assert scores[second] == 1.5
+        assert scores[second] == 1.9  # then the frame nearest a threshold
         body.send_keys("o")  # overlay off
         wait.until(lambda d: "overlay=0" in d.find_element(By.ID, "frame").get_attribute("src"))
         press("1")  # the first listed class

@@ -1,4 +1,4 @@
-"""Active-learning selection: uncertainty first, near-duplicates cost one label, audit share, budget.
+"""Active-learning selection: band edges first, near-duplicates cost one label, audit share, budget.
 
 Candidates are stored in a real sink store (FrameStore + LabelBook on a temp folder), so the test
 also covers the order the labelling page gets.
@@ -15,10 +15,18 @@ import numpy as np
 import pytest
 
 from lineguard.contracts import Decision, Frame, Verdict
-from lineguard.sink.labels import LabelBook, informativeness
+from lineguard.sink.labels import LabelBook, QueuedFrame, informativeness
 from lineguard.sink.store import FrameStore
 from lineguard.wire import MessageKind
-from lineguard_models.active import SelectionConfig, embed_frames, plan_shift, select, shift_id
+from lineguard_models.active import (
+    SelectionConfig,
+    decision_value,
+    embed_frames,
+    plan_shift,
+    rank_distinct,
+    select,
+    shift_id,
+)
 from lineguard_models.backtest import store_decision
 from lineguard_models.synth import SynthConfig, render_image, to_pixels
 
@@ -72,8 +80,9 @@ def test_near_duplicates_cost_one_label_and_budget_is_kept(sink: tuple[Path, dic
     # 30 uncertain frames, 20 of them one stuck part: diversity spends <= 2 labels on it
     assert chosen.count("stuck") <= 2, chosen
     assert chosen.count("distinct") == 10
-    # the first pick is the most informative frame (score nearest the band middle)
-    assert cands[picks[0].index].informativeness == max(c.informativeness for c in cands)
+    # the first pick is the frame of highest decision value (here: the score nearest a threshold)
+    values = [decision_value(c, 0.25) for c in cands]
+    assert values[picks[0].index] == max(values)
     # random choice at the same budget would spend ~8 of 12 on the stuck part
     book.close()
 
@@ -85,7 +94,8 @@ def test_uncertainty_first_then_audit_share(sink: tuple[Path, dict[str, str]]) -
     picks = select(cands, embed_frames(cands), 10, SelectionConfig(audit_share=0.2, seed=3))
     reasons = [p.reason for p in picks]
     assert reasons.count("audit") == 2 and reasons[-2:] == ["audit", "audit"]
-    assert all(groups[cands[p.index].message_id] != "audit" for p in picks if p.reason == "uncertain")
+    assert all(groups[cands[p.index].message_id] != "audit" for p in picks if p.reason != "audit")
+    assert {p.reason for p in picks[:-2]} <= {"near_reject", "near_accept"}
     book.close()
 
 
@@ -108,3 +118,33 @@ def test_plan_shift_tops_up_to_the_budget_and_orders_the_queue(sink: tuple[Path,
 def test_active_module_does_not_import_torch() -> None:
     code = "import sys, lineguard_models.active; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _frame(score: float | None, kind: str = "uncertain") -> QueuedFrame:
+    return QueuedFrame(message_id="m", kind=kind, verdict="recheck", anomaly_score=score, lower=LOWER, upper=UPPER,
+                       defect_class="", class_confidence=None, bundle_id="b", camera_id="c", received_utc="",
+                       image_path=Path("x.png"), map_path=None, map_shape=None, label=None, informativeness=0.0,
+                       selected="", rank=None)
+
+
+def test_decision_value_peaks_at_the_thresholds_not_the_band_middle() -> None:
+    def v(score: float | None, kind: str = "uncertain") -> float:
+        return decision_value(_frame(score, kind), 0.25)
+
+    # at a threshold a label moves it (a good just under the reject threshold, a defect just over
+    # the accept threshold); the middle of the band moves neither
+    assert v(UPPER) == v(LOWER) == 1.0
+    assert v(1.95) > v(1.8) > v(1.5)
+    assert v(1.05) > v(1.5)
+    # a false reject near the threshold (audit frame above it) is worth as much as a recheck below it
+    assert v(2.05, "audit") == pytest.approx(v(1.95))
+    assert v(2.05, "audit") > v(3.0, "audit")  # far above: a sure defect teaches nothing
+    assert v(0.9, "audit") > v(0.2, "audit")  # just accepted: maybe an escape
+    assert v(1.5, "unknown_defect") == 1.0 and v(None, "uncertain") == 0.5
+
+
+def test_rank_distinct_skips_near_duplicates_in_value_order() -> None:
+    emb = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.02]], np.float32)
+    assert rank_distinct([0, 1, 2, 3, 4], emb, 3, 0.1) == [0, 2, 3]
+    assert rank_distinct([1, 0, 4, 2, 3], emb, 4, 0.1) == [1, 4, 3]  # only 3 distinct frames
+    assert rank_distinct([1, 0, 4], emb, 3, 0.0) == [1, 0, 4]  # no distance: value order only

@@ -120,3 +120,76 @@ def test_label_book_refuses_unknown_frames_and_keeps_files(tmp_path: Path) -> No
     book.close()
     with pytest.raises(LabelError, match="not a sink store"):
         LabelBook.open(tmp_path / "nothing")
+
+
+def _sink_with_verdicts(root: Path, verdicts: list[Verdict]) -> list[str]:
+    store = FrameStore.open(root, quota_bytes=2**30, fsync=False)
+    ids = []
+    for i, verdict in enumerate(verdicts):
+        img = np.full((32, 40), 7 * i + 3, np.uint8)
+        frame = Frame(seq=i, part_id=i, t_capture_ns=1, image=img, camera_id="cam")
+        d = Decision(seq=i, part_id=i, verdict=verdict, anomaly_score=1.5, bundle_id="b7", camera_id="cam",
+                     t_capture_ns=1, t_decided_ns=2)
+        kind = MessageKind.UNCERTAIN if verdict is Verdict.RECHECK else MessageKind.AUDIT
+        ids.append(store_decision(store, d, frame, None, kind, {"lower": 1.0, "upper": 2.0}))
+    store.close()
+    return ids
+
+
+@pytest.mark.parametrize(("good_use", "expected"), [
+    ("by_verdict", {"accept": "calibrate", "recheck": "fit", "reject": "fit"}),
+    ("fit", {"accept": "fit", "recheck": "fit", "reject": "fit"}),
+    ("calibrate", {"accept": "calibrate", "recheck": "calibrate", "reject": "calibrate"}),
+])
+def test_sink_goods_fit_or_calibrate_by_the_line_verdict(tmp_path: Path, good_use: str,
+                                                         expected: dict[str, str]) -> None:
+    verdicts = [Verdict.ACCEPT, Verdict.RECHECK, Verdict.REJECT, Verdict.RECHECK]
+    ids = _sink_with_verdicts(tmp_path / "sink", verdicts)
+    book = LabelBook.open(tmp_path / "sink")
+    for mid in ids[:3]:
+        book.label(mid, "good", labeller="ana")
+    book.label(ids[3], "dent", labeller="ana")
+    book.close()
+    ds = DatasetStore.open(tmp_path / "store", regression_fraction=0.01)  # 1 regression image per class
+    ds.import_sink(tmp_path / "sink", good_use=good_use)  # type: ignore[arg-type]
+    recs = {r.provenance["verdict"]: r for r in ds.snapshot().records.values() if r.label == "good"}
+    assert {v: r.use for v, r in recs.items()} == expected
+    # the use is frozen like the split: a later relabel keeps it
+    first = ds.snapshot().records
+    some = next(r for r in first.values() if r.label == "good")
+    ds.add([NewImage(path=ds.path_of(some), label="dent", provenance={}, use="fit")], note="relabel")
+    ds.add([NewImage(path=ds.path_of(some), label="good", provenance={}, use="fit")], note="relabel back")
+    assert ds.snapshot().records[some.sha256].use == some.use
+
+
+def test_materialize_puts_calibration_goods_where_the_pipeline_only_calibrates(tmp_path: Path) -> None:
+    from lineguard_models.data import scan_dataset
+
+    ids = _sink_with_verdicts(tmp_path / "sink", [Verdict.ACCEPT] * 3 + [Verdict.RECHECK] * 3)
+    book = LabelBook.open(tmp_path / "sink")
+    for mid in ids:
+        book.label(mid, "good", labeller="ana")
+    book.close()
+    ds = DatasetStore.open(tmp_path / "store", regression_fraction=0.01)
+    ds.import_sink(tmp_path / "sink")  # default by_verdict
+    snap = ds.materialize(tmp_path / "m")
+    train = {r.sha256[:16] for r in snap.select("train")}
+    scanned = scan_dataset(tmp_path / "m", require_good=True)
+    calib = {Path(s.rel).stem for s in scanned.good("test")}
+    fit = {Path(s.rel).stem for s in scanned.good("train")}
+    want_calib = {r.sha256[:16] for r in snap.select("train") if r.use == "calibrate"}
+    assert calib == want_calib and len(train) == 5  # 6 goods, 1 went to the regression split
+    assert 2 <= len(calib) <= 3 and fit | calib == train and not fit & calib
+
+
+def test_version_files_without_use_read_as_fit(folder: Path, tmp_path: Path) -> None:
+    ds = DatasetStore.open(tmp_path / "store")
+    ds.import_folder(folder)
+    path = tmp_path / "store" / "versions" / "000001.json"
+    doc = json.loads(path.read_text())
+    for r in doc["added"]:
+        del r["use"]
+    path.write_text(json.dumps(doc))
+    assert {r.use for r in ds.snapshot().records.values()} == {"fit"}
+    ds.materialize(tmp_path / "flat")
+    assert (tmp_path / "flat" / "good").is_dir() and not (tmp_path / "flat" / "train").exists()
