@@ -509,7 +509,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
     p.add_argument("--defect-share", type=float, default=0.5,
                    help="def_front share of the stream (0.5 = the folder's mix; 0.08 = closer to a line)")
-    p.add_argument("--good-use", choices=("by_verdict", "fit", "calibrate"), default="by_verdict",
+    p.add_argument("--good-use", choices=("fit_flagged", "calibrate_flagged", "fit", "calibrate"),
+                   default="fit_flagged",
                    help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
     p.add_argument("--drift-train-good", type=int, default=500, help="good images of the drift bundle")

@@ -52,11 +52,12 @@ from lineguard.sink.labels import GOOD, LabelBook, check_label
 
 Split = Literal["train", "regression"]
 Use = Literal["fit", "calibrate"]
-GoodUse = Literal["fit", "calibrate", "by_verdict"]
+GoodUse = Literal["fit", "calibrate", "fit_flagged", "calibrate_flagged"]
 """How :meth:`DatasetStore.import_sink` uses a frame labelled good: ``fit`` all of them,
-``calibrate`` all of them, or ``by_verdict``: the ones the line did not accept (recheck, reject,
-fail-safe) fit -- the model must learn they are normal -- and the ones it accepted (audit frames)
-calibrate -- an unbiased sample of what the line calls good."""
+``calibrate`` all of them, or split by the verdict the line gave it: ``fit_flagged`` fits the
+frames the line flagged (recheck, reject, fail-safe) and calibrates the accepted ones;
+``calibrate_flagged`` the reverse: flagged goods set the thresholds, accepted goods join the
+memory bank (measured: docs/benchmarks/data-loop.md)."""
 _VERSION_DIGITS = 6
 
 
@@ -246,7 +247,7 @@ class DatasetStore:
         return self.add(images, note=note or f"import of {ds.root}")
 
     def import_sink(self, sink_root: str | Path, *, note: str = "",
-                    good_use: GoodUse = "by_verdict") -> tuple[int, int]:
+                    good_use: GoodUse = "fit_flagged") -> tuple[int, int]:
         """Add the sink's label events not imported yet; returns (version, events imported).
 
         ``good_use`` decides, per frame labelled good, whether it may fit the model or only
@@ -299,6 +300,7 @@ class DatasetStore:
 
 def sink_use(good_use: GoodUse, verdict: object) -> Use:
     """The use of a frame labelled good, given the verdict the line gave it (see :data:`GoodUse`)."""
-    if good_use == "by_verdict":
-        return "calibrate" if verdict == "accept" else "fit"
-    return good_use
+    if good_use in ("fit", "calibrate"):
+        return "fit" if good_use == "fit" else "calibrate"
+    flagged = verdict != "accept"
+    return "fit" if flagged == (good_use == "fit_flagged") else "calibrate"

@@ -170,7 +170,7 @@ def _report(res_path: Path, *, version: int, counts: dict[str, dict[str, int]], 
 
 def retrain(store_root: str | Path, active_bundle: str | Path, out: Path, *, train_cfg: TrainConfig,
             gate_cfg: GateConfig | None = None, sink: str | Path | None = None,
-            exclude_classes: Iterable[str] = (), good_use: GoodUse = "by_verdict",
+            exclude_classes: Iterable[str] = (), good_use: GoodUse = "fit_flagged",
             progress: Progress = print) -> RetrainResult:
     """Import new labels, train on the whole history, evaluate, gate; see the module docstring.
 

@@ -137,7 +137,8 @@ def _sink_with_verdicts(root: Path, verdicts: list[Verdict]) -> list[str]:
 
 
 @pytest.mark.parametrize(("good_use", "expected"), [
-    ("by_verdict", {"accept": "calibrate", "recheck": "fit", "reject": "fit"}),
+    ("fit_flagged", {"accept": "calibrate", "recheck": "fit", "reject": "fit"}),
+    ("calibrate_flagged", {"accept": "fit", "recheck": "calibrate", "reject": "calibrate"}),
     ("fit", {"accept": "fit", "recheck": "fit", "reject": "fit"}),
     ("calibrate", {"accept": "calibrate", "recheck": "calibrate", "reject": "calibrate"}),
 ])
@@ -171,7 +172,7 @@ def test_materialize_puts_calibration_goods_where_the_pipeline_only_calibrates(t
         book.label(mid, "good", labeller="ana")
     book.close()
     ds = DatasetStore.open(tmp_path / "store", regression_fraction=0.01)
-    ds.import_sink(tmp_path / "sink")  # default by_verdict
+    ds.import_sink(tmp_path / "sink")  # default fit_flagged: accepted goods calibrate
     snap = ds.materialize(tmp_path / "m")
     train = {r.sha256[:16] for r in snap.select("train")}
     scanned = scan_dataset(tmp_path / "m", require_good=True)
