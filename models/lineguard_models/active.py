@@ -57,8 +57,14 @@ class SelectionConfig(BaseModel):
     budget_per_shift: int = Field(50, ge=1, le=100_000, description="frames selected for labelling per shift")
     audit_share: float = Field(0.1, ge=0.0, le=0.5, description="share of the budget drawn at random")
     edge_width_bands: float = Field(0.25, gt=0.0, le=10.0,
-                                    description="how fast a frame's value falls with its distance from the "
-                                                "nearest threshold, in widths of the uncertainty band")
+                                    description="inside the band: distance from the nearest threshold, in band "
+                                                "widths, over which a frame's value falls by a factor e")
+    reject_side_width_bands: float = Field(1.0, gt=0.0, le=100.0,
+                                           description="above the reject threshold: the same distance for "
+                                                       "rejected frames (possible false rejects)")
+    accept_side_weight: float = Field(0.5, ge=0.0, le=1.0,
+                                      description="value of a frame at the accept threshold relative to one at "
+                                                  "the reject threshold")
     duplicate_fraction: float = Field(0.15, ge=0.0, le=1.0,
                                       description="frames closer than this fraction of the median distance "
                                                   "between candidates to a chosen frame are near-duplicates")
@@ -96,17 +102,18 @@ def cheap_embedding(image: npt.NDArray[Any], anomaly_map: npt.NDArray[Any] | Non
     return np.concatenate(parts).astype(np.float32)
 
 
-def decision_value(frame: QueuedFrame, edge_width_bands: float) -> float:
+def decision_value(frame: QueuedFrame, cfg: SelectionConfig) -> float:
     """How likely a label of this frame changes what the retrained bundle decides, in [0, 1].
 
     The bundle accepts below ``lower`` and rejects at ``upper``; both are set by the extremes of
-    its calibration scores (the highest good, the lowest defect), and the memory bank learns most
-    from good frames it scores high. So labels change decisions at the **edges** of the band: a
-    good frame just below or above ``upper`` (a recheck or false reject the bank must learn, or a
-    good the reject threshold must clear) and a defect just above or below ``lower`` (an escape the
-    accept threshold must stop). The middle of a wide band changes neither threshold. Value falls
-    as ``exp(-d / edge_width_bands)`` with ``d`` the distance to the nearest threshold in band widths;
-    unknown defects (no known class explains them) are worth 1.
+    its calibration scores (the highest good, the lowest defect). A good frame the line rejected
+    (a false reject) or rechecked near ``upper`` is what the memory bank learns most from (measured:
+    docs/benchmarks/data-loop.md): **reject side**, value 1 at ``upper``, falling with the distance
+    *d* (in band widths) as ``exp(-d / edge_width_bands)`` inside the band and, above it, as
+    ``exp(-d / reject_side_width_bands)`` -- every good part up there is a false reject, so rejected
+    frames keep their value further out. A defect near ``lower`` moves the accept threshold (a near
+    escape): **accept side**, the same fall-off from ``lower``, scaled by ``accept_side_weight``.
+    The middle of a wide band moves neither threshold and comes last; unknown defects are worth 1.
     """
     if frame.kind == "unknown_defect":
         return 1.0
@@ -114,8 +121,11 @@ def decision_value(frame: QueuedFrame, edge_width_bands: float) -> float:
     if s is None or lo is None or up is None or not math.isfinite(s):
         return 0.5  # fail-safe frames carry no score: a label still tells what the part was
     width = up - lo if up > lo else max(abs(up) * 0.1, 1e-9)  # no band: scale by the threshold itself
-    d = min(abs(s - lo), abs(s - up)) / width
-    return math.exp(-d / edge_width_bands)
+    if s >= up:
+        return math.exp(-(s - up) / width / cfg.reject_side_width_bands)
+    if s >= (lo + up) / 2:
+        return math.exp(-(up - s) / width / cfg.edge_width_bands)
+    return cfg.accept_side_weight * math.exp(-abs(s - lo) / width / cfg.edge_width_bands)
 
 
 def _near_duplicate_scale(embeddings: npt.NDArray[np.float32], rng: np.random.Generator) -> float:
@@ -150,7 +160,7 @@ def _reason(frame: QueuedFrame) -> str:
     s, lo, up = frame.anomaly_score, frame.lower, frame.upper
     if s is None or lo is None or up is None:
         return "uncertain"
-    return "near_reject" if abs(s - up) <= abs(s - lo) else "near_accept"
+    return "near_reject" if s >= (lo + up) / 2 else "near_accept"
 
 
 def select(candidates: Sequence[QueuedFrame], embeddings: npt.NDArray[np.float32], budget: int,
@@ -163,7 +173,7 @@ def select(candidates: Sequence[QueuedFrame], embeddings: npt.NDArray[np.float32
     budget = min(budget, n)
     n_main = budget - min(round(cfg.audit_share * budget), budget)
     rng = np.random.default_rng(cfg.seed)
-    value = np.array([decision_value(c, cfg.edge_width_bands) for c in candidates], dtype=np.float64)
+    value = np.array([decision_value(c, cfg) for c in candidates], dtype=np.float64)
     order = [int(i) for i in np.argsort(-value, kind="stable")]
     near = cfg.duplicate_fraction * _near_duplicate_scale(embeddings, rng)
     main = rank_distinct(order, embeddings, n_main, near)
