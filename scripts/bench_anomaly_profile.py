@@ -3,7 +3,8 @@
 
 For ``mvtec_bottle`` and ``mpdd_metal_plate`` (``../shared/datasets`` next to the repo, or
 ``--datasets``), few good training images (``--n-train``, e.g. 10 and 25), seeds ``--seeds``, and
-bank-augmentation conditions ``off`` / ``all`` / one kind at a time, this fits the anomaly model
+bank-augmentation conditions (``off``, all kinds combined in every variant, all kinds one per
+variant, orientation + illumination, one kind at a time), this fits the anomaly model
 through the shipped path (``bank_augment.bank_variants`` -> ``preprocess.prepare`` ->
 ``fit_anomaly_model``) and measures on held-out images:
 
@@ -41,7 +42,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets"
-CONDITIONS = ("off", "all", "orientation", "illumination", "focus", "noise")
+# all = every kind in every variant (mode combined); each = every kind, one kind per variant
+# (mode one_kind_each); orient+illum = those two, one per variant; a kind name = that kind alone
+CONDITIONS = ("off", "all", "each", "orient+illum", "orientation", "illumination", "focus", "noise")
 LIGHT = {"gain_range": (0.85, 1.15), "gradient_max_frac": 0.1, "blur_sigma_px_range": (0.0, 0.8),
          "noise_std_max_frac": 0.01, "contrast_range": (0.9, 1.1)}
 # What these two cameras can physically produce (docs/benchmarks/anomaly-profile.md says why).
@@ -137,8 +140,10 @@ def fit(data: Data, train_idx: list[int], condition: str, seed: int, size: int, 
 
     spec = spec_for(size)
     profile = CameraProfile.model_validate(PROFILES[dataset])
-    kinds = () if condition == "off" else (BANK_KINDS if condition == "all" else (condition,))
-    aug = BankAugmentConfig(kinds=kinds, copies_per_image=copies if kinds else 0)
+    named = {"off": (), "all": BANK_KINDS, "each": BANK_KINDS, "orient+illum": ("orientation", "illumination")}
+    kinds = named.get(condition, (condition,))
+    aug = BankAugmentConfig(kinds=kinds, copies_per_image=copies if kinds else 0,  # type: ignore[arg-type]
+                            mode="combined" if condition == "all" else "one_kind_each")
     counter = [0]
 
     def inputs() -> Iterator[np.ndarray]:

@@ -63,6 +63,10 @@ class BankAugmentConfig(BaseModel):
     copies_per_image: int = Field(
         4, ge=0, le=16, description="variants per good training image added to the bank's input (0 = off)"
     )
+    mode: Literal["one_kind_each", "combined"] = Field(
+        "one_kind_each", description="one_kind_each: variant j varies only kind j mod len(kinds) (every kind "
+        "alone in the bank); combined: every variant varies all kinds at once",
+    )
 
     @field_validator("kinds")
     @classmethod
@@ -122,10 +126,11 @@ def bank_variants(
     kinds = allowed_kinds(profile, config.kinds)
     if not kinds or config.copies_per_image == 0:
         return
-    sub = bank_profile(profile, kinds)
+    groups = [kinds] if config.mode == "combined" else [(k,) for k in kinds]
+    subs = [bank_profile(profile, g) for g in groups]
     rng = np.random.default_rng([seed, index, 0x42A])
-    for _ in range(config.copies_per_image):
-        yield bank_variant(image, sub, rng)
+    for j in range(config.copies_per_image):
+        yield bank_variant(image, subs[j % len(subs)], rng)
 
 
 def describe(profile: CameraProfile | None, config: BankAugmentConfig, n_images: int) -> dict[str, Any]:
@@ -140,6 +145,7 @@ def describe(profile: CameraProfile | None, config: BankAugmentConfig, n_images:
     reason = "" if applied else ("copies_per_image is 0" if kinds else "no requested kind is allowed by the profile")
     return {
         "applied": applied, "reason": reason, "kinds": list(kinds), "kinds_requested": list(config.kinds),
+        "mode": config.mode,
         "kinds_not_allowed_by_profile": skipped, "copies_per_image": copies,
         "images_fitted": n_images * (1 + copies),
         "profile": bank_profile(profile, kinds).model_dump(mode="json") if kinds else None,

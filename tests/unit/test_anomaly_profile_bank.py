@@ -125,3 +125,20 @@ def test_describe_records_what_was_applied() -> None:
     no_geometry = CameraProfile(sensor="colour", bit_depth=8, gain_range=(0.9, 1.1))
     partial = describe(no_geometry, BankAugmentConfig(kinds=("orientation", "focus")), 10)
     assert partial["applied"] is False and partial["kinds_not_allowed_by_profile"] == ["orientation", "focus"]
+
+
+def test_one_kind_each_varies_one_kind_per_variant_and_combined_varies_all() -> None:
+    image = _image()
+    profile = {**RICH, "rotation_max_deg": 0.0}
+    kinds = ("orientation", "illumination")
+    each = BankAugmentConfig(kinds=kinds, copies_per_image=4)  # type: ignore[arg-type]
+    assert each.mode == "one_kind_each"
+    got = list(bank_variants(image, CameraProfile.model_validate(profile), each, seed=1, index=0))
+
+    def rearranged(v: np.ndarray) -> bool:  # same pixel values, only moved: placement alone
+        return np.array_equal(np.sort(v, axis=None), np.sort(image, axis=None))
+
+    assert [rearranged(v) for v in got[1:]] == [True, False, True, False]
+    combined = list(bank_variants(
+        image, CameraProfile.model_validate(profile), each.model_copy(update={"mode": "combined"}), seed=1, index=0))
+    assert not any(rearranged(v) for v in combined[1:]) and len(combined) == 5
