@@ -290,6 +290,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jsonl", type=Path, required=True, help="append one JSON row per run here")
     ap.add_argument("--resources", action="store_true", help="also: fit time / peak RSS in fresh processes")
+    ap.add_argument("--resources-only", action="store_true", help="only the fresh-process fit time / peak RSS runs")
+    ap.add_argument("--resource-conditions", nargs="+", default=["off", "illumination"], choices=CONDITIONS)
     ap.add_argument("--summarize", action="store_true", help="only print the tables of the rows in --jsonl")
     args = ap.parse_args()
     if args.summarize:
@@ -300,12 +302,12 @@ def main() -> int:
         print(f"skip: datasets not found under {args.datasets}")
         return 0
     with args.jsonl.open("a") as sink:
-        for dataset in args.which:
+        for dataset in args.which if not args.resources_only else []:
             run_dataset(args, dataset, sink)
-        if args.resources:
+        if args.resources or args.resources_only:
             ctx = mp.get_context("spawn")
             for dataset in args.which:
-                for condition in ("off", "all"):
+                for condition in args.resource_conditions:
                     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
                         row = pool.submit(resources_one, args.datasets, dataset, condition, max(args.n_train),
                                           args.size, args.bank_size, args.copies, args.threads).result()
