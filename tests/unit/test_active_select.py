@@ -128,24 +128,22 @@ def _frame(score: float | None, kind: str = "uncertain") -> QueuedFrame:
 
 
 def test_decision_value_peaks_at_the_thresholds_not_the_band_middle() -> None:
-    def v(score: float | None, kind: str = "uncertain") -> float:
-        return decision_value(_frame(score, kind), SelectionConfig())
+    def v(score: float | None, kind: str = "uncertain", **kw: float) -> float:
+        return decision_value(_frame(score, kind), SelectionConfig(**kw))  # type: ignore[arg-type]
 
-    # at the reject threshold a good label changes most (a recheck or false reject the bank learns);
-    # at the accept threshold a defect label moves the accept threshold (weighted 0.5); the middle
-    # of the band moves neither
-    assert v(UPPER) == 1.0 and v(LOWER) == 0.5
+    # at a threshold a label moves it (a good just under the reject threshold, a defect just over
+    # the accept threshold); the middle of the band moves neither
+    assert v(UPPER) == v(LOWER) == 1.0
     assert v(1.95) > v(1.8) > v(1.5)
-    assert v(1.05) > v(1.5) and v(1.95) > v(1.05)
-    # above the reject threshold (audit frames) value falls 4x slower: every good part there is a
-    # false reject
-    assert v(2.2, "audit") == pytest.approx(np.exp(-0.2)) and v(2.2, "audit") > v(1.8)
-    assert v(2.2, "audit") > v(4.0, "audit")  # far above: most likely a sure defect
+    assert v(1.05) > v(1.5)
+    # a false reject near the threshold (audit frame above it) is worth as much as a recheck below it
+    assert v(2.05, "audit") == pytest.approx(v(1.95))
+    assert v(2.05, "audit") > v(3.0, "audit")  # far above: a sure defect teaches nothing
     assert v(0.9, "audit") > v(0.2, "audit")  # just accepted: maybe an escape
     assert v(1.5, "unknown_defect") == 1.0 and v(None, "uncertain") == 0.5
-    flat = SelectionConfig(accept_side_weight=1.0, reject_side_width_bands=0.25)
-    assert decision_value(_frame(1.05), flat) == pytest.approx(decision_value(_frame(1.95), flat))
-    assert decision_value(_frame(2.05), flat) == pytest.approx(decision_value(_frame(1.95), flat))
+    # the reject-side-first setting: accept side at half weight, rejected frames keep value further out
+    assert v(LOWER, accept_side_weight=0.5) == 0.5 and v(UPPER, accept_side_weight=0.5) == 1.0
+    assert v(2.2, "audit", reject_side_width_bands=1.0) == pytest.approx(np.exp(-0.2))
 
 
 def test_rank_distinct_skips_near_duplicates_in_value_order() -> None:
