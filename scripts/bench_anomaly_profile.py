@@ -18,9 +18,12 @@ through the shipped path (``bank_augment.bank_variants`` -> ``preprocess.prepare
 
 Test-image features are computed once per dataset and gain (they do not depend on the bank), so
 each condition costs one fit plus a nearest-neighbour search. Skips cleanly (exit 0) when the
-datasets are absent. ``--resources`` adds fit time and peak RSS in fresh processes (off vs all).
+datasets are absent. ``--resources`` (a separate invocation) measures fit time and peak RSS instead,
+one fresh process per fit.
 
-    .venv/bin/python scripts/bench_anomaly_profile.py --jsonl /tmp/ap.jsonl --out docs/benchmarks/anomaly-profile.md
+    .venv/bin/python scripts/bench_anomaly_profile.py --jsonl /tmp/ap.jsonl
+    .venv/bin/python scripts/bench_anomaly_profile.py --jsonl /tmp/ap.jsonl --resources --n-train 25
+    .venv/bin/python scripts/bench_anomaly_profile.py --jsonl /tmp/ap.jsonl --summarize
 """
 
 from __future__ import annotations
@@ -289,8 +292,10 @@ def main() -> int:
     ap.add_argument("--bank-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jsonl", type=Path, required=True, help="append one JSON row per run here")
-    ap.add_argument("--resources", action="store_true", help="also: fit time / peak RSS in fresh processes")
-    ap.add_argument("--resources-only", action="store_true", help="only the fresh-process fit time / peak RSS runs")
+    ap.add_argument("--resources", action="store_true",
+                    help="instead of the accuracy runs: fit time / peak RSS, one fresh process per fit (a separate "
+                    "invocation: Linux hands a parent's peak RSS to a spawned child, so it must not follow the "
+                    "runs that cache test features)")
     ap.add_argument("--resource-conditions", nargs="+", default=["off", "illumination"], choices=CONDITIONS)
     ap.add_argument("--summarize", action="store_true", help="only print the tables of the rows in --jsonl")
     args = ap.parse_args()
@@ -302,9 +307,9 @@ def main() -> int:
         print(f"skip: datasets not found under {args.datasets}")
         return 0
     with args.jsonl.open("a") as sink:
-        for dataset in args.which if not args.resources_only else []:
+        for dataset in args.which if not args.resources else []:
             run_dataset(args, dataset, sink)
-        if args.resources or args.resources_only:
+        if args.resources:
             ctx = mp.get_context("spawn")
             for dataset in args.which:
                 for condition in args.resource_conditions:
