@@ -51,7 +51,7 @@ class BankAugmentConfig(BaseModel):
 
     Default chosen by measurement (docs/benchmarks/anomaly-profile.md): illumination alone, 4 variants
     per image. It keeps lighting drift inside the profile's range from rejecting good parts (bottle at
-    gain 0.85: 100 % -> 3-4 % false rejects); orientation, focus and noise did not lower false rejects,
+    gain 0.85: 100 % -> 2.6-3.8 % false rejects); orientation, focus and noise did not lower false rejects,
     and sharing the copies with them left too few illumination variants to cover the range's ends.
     """
 
