@@ -159,24 +159,36 @@ class CachedMaps:
         self.backbone = EfficientNetLite0.from_state_dict_file(out_stages=config.stages)
         self.pooled = PooledFeatures(self.backbone, max_value=spec.max_value)
         self.late = LateStages(self.backbone, stages=config.stages, first_trained_stage="stage6")
+        self.late_dim = sum(self.backbone.stage_channels[s] for s in config.stages)
 
     def maps(
-        self, name: str, images: Callable[[], Sequence[Image]], view: str = "identity", *, mmap: bool = False
+        self, name: str, images: Sequence[Image], indices: npt.NDArray[np.int64], view: str = "identity",
     ) -> npt.NDArray[np.float32]:
-        """Stage-5 maps [N, C, h, w] of ``images()`` in ``view``, from ``<cache>/<name>.npy`` when there."""
-        path = self.cache / f"{name}.npy"
-        if path.exists():
-            return np.load(path, mmap_mode="r" if mmap else None)
-        t0, ims, out = time.perf_counter(), images(), []
-        scale, shift = self.pooled.get_buffer("in_scale"), self.pooled.get_buffer("in_shift")
-        for s in range(0, len(ims), 32):
-            x = torch.from_numpy(np.concatenate([prepare(im, self.spec)[0] for im in ims[s : s + 32]]))
-            x = Views.apply(view, x * scale + shift)
-            out.append(prefix_maps(self.backbone, x, last_block=self.late.first_block - 1).numpy())
-        maps = np.concatenate(out)
-        np.save(path, maps)
-        progress_line(f"{name}: stage-5 maps of {len(ims)} images in {time.perf_counter() - t0:.0f} s")
-        return maps
+        """Stage-5 maps [len(indices), C, h, w] of ``images[indices]`` in ``view``.
+
+        Cached as ``<name>.npy`` (rows) + ``<name>.idx.npy`` (which image each row is); only images
+        not cached yet are computed, so a run with more sizes or seeds extends the cache.
+        """
+        path, idx_path = self.cache / f"{name}.npy", self.cache / f"{name}.idx.npy"
+        have = np.load(idx_path) if idx_path.exists() else np.zeros(0, np.int64)
+        maps = np.load(path) if path.exists() else None
+        todo = np.setdiff1d(indices, have)
+        if len(todo):
+            t0, out = time.perf_counter(), []
+            scale, shift = self.pooled.get_buffer("in_scale"), self.pooled.get_buffer("in_shift")
+            for s in range(0, len(todo), 32):
+                x = torch.from_numpy(np.concatenate([prepare(images[i], self.spec)[0] for i in todo[s : s + 32]]))
+                x = Views.apply(view, x * scale + shift)
+                out.append(prefix_maps(self.backbone, x, last_block=self.late.first_block - 1).numpy())
+            new = np.concatenate(out)
+            maps = new if maps is None else np.concatenate([maps, new])
+            have = np.concatenate([have, todo])
+            np.save(path, maps)
+            np.save(idx_path, have)  # after the maps: a crash in between leaves rows without an index
+            progress_line(f"{name}: stage-5 maps of {len(todo)} images in {time.perf_counter() - t0:.0f} s")
+        assert maps is not None
+        row = {int(g): r for r, g in enumerate(have)}
+        return np.asarray(maps[[row[int(g)] for g in indices]])
 
     def features(self, maps: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
@@ -195,10 +207,25 @@ class CachedMaps:
         return torch.cat(out).numpy()
 
 
+class _Augmented(Sequence[Image]):
+    """Lazy augmented copies: item ``i * k + j`` is copy j of image i, from its own generator."""
+
+    def __init__(self, images: Sequence[Image], fn: Callable[[Image, np.random.Generator], Image], k: int) -> None:
+        self.images, self.fn, self.k = images, fn, k
+
+    def __len__(self) -> int:
+        return len(self.images) * self.k
+
+    def __getitem__(self, i: Any) -> Any:
+        # one generator per copy: the cached copy does not depend on which others were computed with it
+        return self.fn(self.images[int(i) // self.k], np.random.default_rng([7, int(i)]))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Variant:
     """One row of the NEU table: which views train, which copies are added, whether views are averaged."""
 
+    key: str  # for --rows
     name: str
     views: Views
     copies: str | None  # "plausible" | "harmful" | None
@@ -206,57 +233,61 @@ class Variant:
 
 
 def neu_variants(config: ClassifierConfig, spec: InputSpec) -> list[Variant]:
+    """The ablation rows; ``shipped`` follows ``config`` (the library defaults) and ``NEU_PROFILE``."""
     views = Views.for_camera(NEU_PROFILE, spec) if config.orientation_views else IDENTITY
-    shipped_copies = "plausible" if NEU_PROFILE.copies_per_image > 0 else None
+    copies = "plausible" if NEU_PROFILE.copies_per_image > 0 else None
+    avg = config.average_views
+    shipped = ", ".join(([f"{len(views)} views as training copies"] if len(views) > 1 else [])
+                        + (["photometric copies"] if copies else []) + (["views averaged"] if avg else []))
     return [
-        Variant("augmentation none (no copies, no views)", IDENTITY, None, False),
-        Variant("plausible copies only, no views (previous default)", IDENTITY, "plausible", False),
-        Variant(f"{len(views)} views as training copies, no averaging", views, shipped_copies, False),
-        Variant("**shipped: augmentation plausible** (views + averaging"
-                + (" + copies" if shipped_copies else "") + ")", views, shipped_copies, config.average_views),
-        Variant("augmentation harmful (shipped + perspective/jitter/JPEG copies)", views, "harmful",
-                config.average_views),
+        Variant("none", "augmentation none (no copies, no views)", IDENTITY, None, False),
+        Variant("copies", "plausible photometric copies only (previous default)", IDENTITY, "plausible", False),
+        Variant("shipped", f"**shipped: augmentation plausible** ({shipped})", views, copies, avg),
+        Variant("tta" if not avg else "no-tta", f"shipped {'+' if not avg else 'without'} views averaged in the graph",
+                views, copies, not avg),
+        Variant("harmful", "augmentation harmful (shipped + perspective/jitter/JPEG copies)", views, "harmful", avg),
     ]
 
 
 def _copy_rows(
-    copies: dict[str, npt.NDArray[np.float32]], kind: str | None, train: npt.NDArray[np.int64],
-    pool_row: dict[int, int], k: int, dim: int,
+    copies: dict[str, npt.NDArray[np.float32]], kind: str | None, train: npt.NDArray[np.int64], k: int, dim: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     if kind is None:
         return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-    rows = np.array([pool_row[int(g)] * k + j for g in train for j in range(k)])
+    rows = np.array([int(g) * k + j for g in train for j in range(k)])
     return copies[kind][rows], np.repeat(np.arange(len(train)), k)
 
 
 def neu_bench(root: Path, *, seeds: int, sizes: Sequence[int], input_px: int, config: ClassifierConfig,
-              test_per_class: int, cache: Path) -> dict[str, Any]:
+              test_per_class: int, cache: Path, rows_wanted: Sequence[str] | None = None) -> dict[str, Any]:
     data = load_classes(root, NEU_CLASSES)
     images = [im for c in NEU_CLASSES for im in data[c]]
     y = np.array([i for i, c in enumerate(NEU_CLASSES) for _ in data[c]], np.int64)
     spec = spec_for_images(images[:5], input_width=input_px, input_height=input_px)
     cm = CachedMaps(spec=spec, config=config, cache=cache / f"neu_{input_px}")
     test_idx, orders = neu_splits(y, test_per_class=test_per_class, seeds=seeds)
-    pool = np.setdiff1d(np.arange(len(y)), test_idx)  # augmented copies only of trainable images
-    feats, probe = {}, None
-    for v in VIEW_OPS:  # every view of every image: training copies and test-time averaging
-        maps = cm.maps(v, lambda: images, view=v)
-        feats[v] = cm.features(maps)
+    # only the images some split trains on (their copies too) or tests on are ever computed
+    pool = np.unique(np.concatenate([o[c][: max(sizes)] for o in orders for c in o]))
+    needed = np.union1d(test_idx, pool)
+    feats, probe = {}, np.zeros((len(y), 1280), np.float32)  # rows of images never needed stay zero
+    for v in VIEW_OPS:  # every view: training copies and test-time averaging
+        maps = cm.maps(v, images, needed, view=v)
+        feats[v] = np.zeros((len(y), cm.late_dim), np.float32)
+        feats[v][needed] = cm.features(maps)
         if v == "identity":
-            probe = cm.probe_features(maps)
+            probe[needed] = cm.probe_features(maps)
         del maps
-    assert probe is not None
     k = max(1, NEU_PROFILE.copies_per_image)
     copy_fns: dict[str, Callable[[Image, np.random.Generator], Image]] = {
         "plausible": lambda im, r: augment(im, NEU_PROFILE, r), "harmful": harmful}
     copies = {}
     for kind, fn in copy_fns.items():
-        def variants(fn: Callable[[Image, np.random.Generator], Image] = fn) -> list[Image]:
-            rng = np.random.default_rng(7)
-            return [fn(images[i], rng) for i in pool for _ in range(k)]
-        copies[kind] = cm.features(cm.maps(kind if k == 1 else f"{kind}_x{k}", variants))
-    pool_row = {int(g): j for j, g in enumerate(pool)}
-    variants_ = neu_variants(config, spec)
+        # copy j of image i comes from its own generator: the cache does not depend on which
+        # other images were computed with it
+        rows = np.array([i * k + j for i in pool for j in range(k)])
+        copies[kind] = np.zeros((len(y) * k, cm.late_dim), np.float32)
+        copies[kind][rows] = cm.features(cm.maps(f"{kind}_x{k}", _Augmented(images, fn, k), rows))
+    variants_ = [v for v in neu_variants(config, spec) if rows_wanted is None or v.key in rows_wanted]
     results: dict[str, dict[int, list[float]]] = {}
     unknown: dict[int, list[float]] = {}
     for seed, order in enumerate(orders):
@@ -268,14 +299,14 @@ def neu_bench(root: Path, *, seeds: int, sizes: Sequence[int], input_px: int, co
             for var in variants_:
                 def rows(idx: npt.NDArray[np.int64], var: Variant = var) -> npt.NDArray[np.float32] | None:
                     return np.stack([feats[v][idx] for v in var.views.names[1:]], 1) if len(var.views) > 1 else None
-                x_aug, src = _copy_rows(copies, var.copies, train, pool_row, k, feats["identity"].shape[1])
+                x_aug, src = _copy_rows(copies, var.copies, train, k, feats["identity"].shape[1])
                 fs = FeatureSet(classes=NEU_CLASSES, x=feats["identity"][train], y=y[train], x_aug=x_aug,
                                 aug_source=src, x_views=rows(train), average_views=var.average_views)
                 clf, thr, _ = fit_from_features(fs, config=config, seed=seed)
                 held = dataclasses.replace(fs, x=feats["identity"][test_idx], y=y[test_idx], x_views=rows(test_idx))
                 p = held.probs(clf, np.arange(len(test_idx)))
                 results.setdefault(var.name, {}).setdefault(n, []).append(float((p.argmax(1) == y[test_idx]).mean()))
-                if var.name.startswith("**shipped"):
+                if var.key == "shipped":
                     below = p.max(1) < np.array([thr[NEU_CLASSES[j]] for j in p.argmax(1)])
                     unknown.setdefault(n, []).append(float(below.mean()))
             progress_line(f"neu seed {seed} n={n}: " + ", ".join(
@@ -419,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("/tmp/lineguard_clf_cache"),
                    help="stage-5 maps of every NEU-DET image and view (about 1.6 GB at 224 px)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument("--rows", nargs="*", default=None, help="NEU rows to run (keys: none copies shipped tta "
+                   "no-tta harmful; default all); the probe always runs")
     args = p.parse_args(argv)
     if not args.datasets.is_dir():
         print(f"skip: {args.datasets} not found (benchmarks need the shared datasets)")
@@ -430,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     neu = bottle = lat = None
     if "neu" not in args.skip and neu_root.is_dir():
         neu = neu_bench(neu_root, seeds=args.seeds, sizes=args.sizes, input_px=args.input_px, config=config,
-                        test_per_class=args.test_per_class, cache=args.cache)
+                        test_per_class=args.test_per_class, cache=args.cache, rows_wanted=args.rows)
     if "bottle" not in args.skip and bottle_root.is_dir():
         bottle = bottle_bench(bottle_root, seeds=args.seeds, input_px=args.input_px, config=config)
     if "latency" not in args.skip and neu_root.is_dir():

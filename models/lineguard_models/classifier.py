@@ -1,23 +1,27 @@
 """Few-shot defect classifier: frozen pretrained backbone, multi-scale pooled features, softmax head.
 
 Data flow (training side): defect images by class (raw camera units) -> physically plausible
-augmentation (``lineguard_models.augment``, camera profile) -> shared preprocessing
-(``lineguard.preprocess.prepare``, the same input spec as the anomaly engine) -> frozen backbone
--> global-average-pooled features of several stages -> standardise -> class-balanced multinomial
-logistic regression -> ``class_probs``. Stratified cross-validation (augmented copies of a
-held-out image never train its fold) picks the L2 strength and gives out-of-fold probabilities;
-each class's ``min_confidence`` is a low quantile of its correct-class out-of-fold probability, so
-the edge reports ``unknown`` for a frame no known class explains as well as its own examples.
+augmentation (``lineguard_models.augment``, camera profile): the orientation views the profile
+allows (flips, 90-degree turns; ``lineguard_models.views``) of every image plus photometric copies
+-> shared preprocessing (``lineguard.preprocess.prepare``, the same input spec as the anomaly
+engine) -> frozen backbone -> global-average-pooled features of several stages -> standardise ->
+class-balanced multinomial logistic regression -> ``class_probs``. Stratified cross-validation
+(views and copies of a held-out image never train its fold) picks the L2 strength and gives
+out-of-fold probabilities; each class's ``min_confidence`` is a low quantile of its correct-class
+out-of-fold probability, so the edge reports ``unknown`` for a frame no known class explains as
+well as its own examples.
 
 Why this method: measured on NEU-DET and MVTec bottle (``docs/classifier.md``,
 ``scripts/bench_classifier.py``): pooled multi-scale features + logistic head beat the plain
-head-feature probe and train in seconds on 2 CPU cores; fine-tuning needs far more compute for
-the data sizes a factory has.
+head-feature probe and train in about a minute on 2 CPU cores; orientation views as training
+copies add a little; averaging the views at inference and fine-tuning stage6-7 did not pay.
 
 Exported graph (``export_onnx``): input ``image`` [N, C, H, W] float32 raw units -> /max_value,
 mono -> 3 channels, backbone normalisation -> backbone -> pooled features -> head -> softmax
--> output ``class_probs`` [N, n_classes]. Must never: train on a class with fewer than
-:data:`MIN_IMAGES_PER_CLASS` images, or export a graph whose class order differs from ``classes``.
+-> output ``class_probs`` [N, n_classes]; with ``average_views`` the graph runs the N x V views
+as one batch and outputs the mean of their probabilities (same input, same output). Must never:
+train on a class with fewer than :data:`MIN_IMAGES_PER_CLASS` images, or export a graph whose
+class order differs from ``classes``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ from lineguard.errors import ConfigError, DatasetError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
+from lineguard_models.classifier_head import (
+    SoftmaxHead,
+    confidence_thresholds,
+    cv_summary,
+    fit_head,
+    stratified_folds,
+)
 from lineguard_models.data import Dataset
 from lineguard_models.views import IDENTITY, ViewAveraged, Views
 
@@ -81,8 +92,9 @@ class ClassifierConfig(BaseModel):
         "allows, as copies in feature space; an orientation_specific profile allows none",
     )
     average_views: bool = Field(
-        True, description="the exported graph averages class_probs over those views (test-time "
-        "averaging): one backbone pass per view for every classified part",
+        False, description="the exported graph averages class_probs over those views (test-time "
+        "averaging): one backbone pass per view for every classified part; off by default, it did "
+        "not raise NEU-DET accuracy (docs/classifier.md)",
     )
     batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
     max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
@@ -130,63 +142,6 @@ class ClassifierGraph(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return F.softmax(self.linear(self.features(image)), dim=1)
-
-
-# ------------------------------------------------------------------------------------ the head
-
-
-@dataclass(frozen=True, slots=True)
-class SoftmaxHead:
-    """Standardisation + multinomial logistic regression, fitted on features (numpy arrays)."""
-
-    mu: npt.NDArray[np.float32]
-    sd: npt.NDArray[np.float32]
-    weight: npt.NDArray[np.float32]  # [D, K]
-    bias: npt.NDArray[np.float32]  # [K]
-
-    def probs(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        logits = ((x - self.mu) / self.sd) @ self.weight + self.bias
-        logits = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        probs: npt.NDArray[np.float32] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        return probs
-
-
-def fit_head(
-    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], n_classes: int, *, l2: float, max_iter: int = 200
-) -> SoftmaxHead:
-    """Class-balanced multinomial logistic regression (L-BFGS on the exact gradient, deterministic).
-
-    scipy rather than torch.optim: the problem is tiny, and torch's optimizers pull in the dynamo
-    compiler on first use (seconds of import on a 2-core box).
-    """
-    from scipy.optimize import minimize
-
-    mu = x.mean(axis=0).astype(np.float32)
-    sd = (x.std(axis=0) + 1e-6).astype(np.float32)
-    xs = ((x - mu) / sd).astype(np.float64)
-    n, d = xs.shape
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    # balanced: every class weighs the same in the loss, however many images it has
-    w_row = (len(y) / (n_classes * np.maximum(counts, 1.0)))[y]
-    w_row = w_row / w_row.sum()
-    onehot = np.zeros((n, n_classes))
-    onehot[np.arange(n), y] = 1.0
-
-    def loss_grad(theta: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-        weight, bias = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes :]
-        z = xs @ weight + bias
-        z -= z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss = -float((w_row * (logp * onehot).sum(axis=1)).sum()) + l2 * float((weight**2).sum())
-        g_z = (np.exp(logp) - onehot) * w_row[:, None]
-        g_w = xs.T @ g_z + 2.0 * l2 * weight
-        return loss, np.concatenate([g_w.ravel(), g_z.sum(axis=0)])
-
-    theta0 = np.zeros(d * n_classes + n_classes)
-    res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
-    weight = res.x[: d * n_classes].reshape(d, n_classes).astype(np.float32)
-    return SoftmaxHead(mu=mu, sd=sd, weight=weight, bias=res.x[d * n_classes :].astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------- features
@@ -328,16 +283,6 @@ def build_features(
 # ------------------------------------------------------------------- cross-validation, thresholds
 
 
-def stratified_folds(y: npt.NDArray[np.int64], n_folds: int, seed: int) -> npt.NDArray[np.int64]:
-    """Fold number of every sample; each class is spread evenly over the folds."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(y), np.int64)
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        fold[idx] = np.arange(len(idx)) % n_folds
-    return fold
-
-
 def out_of_fold_probs(
     fs: FeatureSet, folds: npt.NDArray[np.int64], *, l2: float, max_iter: int
 ) -> npt.NDArray[np.float32]:
@@ -351,52 +296,6 @@ def out_of_fold_probs(
         test = np.flatnonzero(folds == f)
         oof[test] = fs.probs(head, test)
     return oof
-
-
-def confidence_thresholds(
-    oof: npt.NDArray[np.float32], y: npt.NDArray[np.int64], classes: Sequence[str], config: ClassifierConfig
-) -> dict[str, float]:
-    """Per class: low quantile of the out-of-fold probability its own images get for it.
-
-    Floored at 1/K (below that the max probability always passes: the class has no useful threshold)
-    and capped so a class the head is very sure about still reports borderline examples as known.
-    """
-    k = len(classes)
-    out = {}
-    for i, name in enumerate(classes):
-        q = float(np.quantile(oof[y == i, i], config.confidence_quantile))
-        out[name] = min(config.max_min_confidence, max(1.0 / k, q))
-    return out
-
-
-def cv_summary(
-    oof: npt.NDArray[np.float32], y: npt.NDArray[np.int64], classes: Sequence[str], thresholds: Mapping[str, float]
-) -> dict[str, Any]:
-    """Accuracy, per-class recall, confusion and how often a known defect would read 'unknown'."""
-    pred = oof.argmax(axis=1)
-    conf = oof.max(axis=1)
-    unknown = conf < np.array([thresholds[classes[p]] for p in pred])
-    k = len(classes)
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    per_class = {}
-    for i, name in enumerate(classes):
-        mask = y == i
-        per_class[name] = {
-            "n_images": int(mask.sum()),
-            "recall": round(float((pred[mask] == i).mean()), 4),
-            "min_confidence": thresholds[name],
-            "unknown_rate": round(float(unknown[mask].mean()), 4),
-        }
-    recalls = [v["recall"] for v in per_class.values()]
-    return {
-        "accuracy": round(float((pred == y).mean()), 4),
-        "balanced_accuracy": round(float(np.mean(recalls)), 4),
-        "accuracy_known_only": round(float((pred[~unknown] == y[~unknown]).mean()), 4) if (~unknown).any() else None,
-        "unknown_rate": round(float(unknown.mean()), 4),
-        "per_class": per_class,
-        "confusion": {"rows_true_cols_pred": list(classes), "counts": confusion.tolist()},
-    }
 
 
 def fit_from_features(
@@ -415,7 +314,8 @@ def fit_from_features(
         if progress is not None:
             progress("classifier cross-validation", (i + 1) / len(config.l2_grid))
     best = min(config.l2_grid, key=lambda v: (round(scores[v], 4), -v))  # ties -> stronger L2
-    thresholds = confidence_thresholds(oofs[best], fs.y, fs.classes, config)
+    thresholds = confidence_thresholds(oofs[best], fs.y, fs.classes, quantile=config.confidence_quantile,
+                                      cap=config.max_min_confidence)
     report = {
         "method": f"logistic head on GAP features of {list(config.stages)} (frozen ImageNet backbone)",
         "folds": n_folds,

@@ -90,7 +90,8 @@ def test_view_average_is_the_mean_of_per_view_probabilities_in_onnx(tmp_path: Pa
 def with_views() -> TrainedClassifier:
     backbone = EfficientNetLite0.from_state_dict_file(out_stages=FAST.stages)
     data = {c: _images(c, 6) for c in CLASSES}
-    return train_classifier(data, spec=SQUARE, profile=FREE, seed=0, config=FAST, backbone=backbone)
+    config = FAST.model_copy(update={"average_views": True})  # the option; off by default
+    return train_classifier(data, spec=SQUARE, profile=FREE, seed=0, config=config, backbone=backbone)
 
 
 def test_training_uses_every_allowed_view(with_views: TrainedClassifier) -> None:
@@ -126,3 +127,12 @@ def test_orientation_specific_profile_exports_the_plain_graph(tmp_path: Path) ->
     batch = torch.from_numpy(np.stack([im[None].astype(np.float32) for im in images]))
     with torch.no_grad():
         np.testing.assert_allclose(clf.predict_proba(images), clf.graph(batch).numpy(), atol=1e-6)
+
+
+def test_by_default_views_train_but_are_not_averaged() -> None:
+    backbone = EfficientNetLite0.from_state_dict_file(out_stages=FAST.stages)
+    data = {c: _images(c, 5) for c in CLASSES[:2]}
+    assert FAST.orientation_views and not FAST.average_views  # the shipped defaults
+    clf = train_classifier(data, spec=SQUARE, profile=FREE, config=FAST, backbone=backbone)
+    assert clf.views.names == ("identity",)  # one backbone pass per part on the edge
+    assert clf.cv_report["view_rows"] == 10 * 7 and clf.cv_report["views_averaged"] is False
