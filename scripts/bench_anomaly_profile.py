@@ -242,14 +242,20 @@ def _pct(rows: list[dict[str, Any]], key: str) -> str:
     return f"{v.mean():.1f} ± {v.std():.1f}"
 
 
+def _label(row: dict[str, Any]) -> str:
+    """Condition name; a copy count other than the default 4 is named."""
+    copies = int(row.get("copies", 4))
+    return row["condition"] if copies in (0, 4) else f"{row['condition']} ({copies} copies)"
+
+
 def summarize(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: mean ± sd over seeds per (dataset, good images, condition)."""
     runs = [r for r in rows if r.get("kind") != "resources"]
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["n_train"], r["condition"]), []).append(r)
+        groups.setdefault((r["dataset"], r["n_train"], _label(r)), []).append(r)
     order = {c: i for i, c in enumerate(CONDITIONS)}
-    keys = sorted(groups, key=lambda k: (k[0], k[1], order[k[2]]))
+    keys = sorted(groups, key=lambda k: (k[0], k[1], order[k[2].split(" ")[0]], k[2]))
     out = ["| dataset | good | bank input | seeds | AUROC | FR % | good to recheck % | escapes % "
            "| FR % good-only thr | fit s | images fitted |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in keys:
@@ -273,7 +279,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     if res:
         out += ["", "| dataset | good | bank input | images fitted | bank rows | fit s | peak RSS MB |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['dataset']} | {r['n_train']} | {r['condition']} | {r['images_fitted']} | {r['bank_rows']} "
+        out += [f"| {r['dataset']} | {r['n_train']} | {_label(r)} | {r['images_fitted']} | {r['bank_rows']} "
                 f"| {r['fit_s']} | {r['peak_rss_mb']} |" for r in res]
     return "\n".join(out) + "\n"
 
