@@ -6,10 +6,10 @@ real datasets under ``--datasets`` (skips cleanly when absent):
 * ``neu_det`` (6 classes, mono): held-out accuracy with 20 / 40 / 80 training images per class,
   mean and spread over seeds, for the plain logistic probe on pooled 1280-d head features and for
   the shipped classifier (``ClassifierConfig()`` defaults with the NEU camera profile below:
-  multi-scale pooled features, the profile's orientation views as training copies, class
-  probabilities averaged over the views in the exported graph, CV-chosen L2), plus the augmentation
-  ablation on the same splits: none vs the physically plausible profile vs harmful kinds forced on
-  (perspective, colour jitter, JPEG).
+  multi-scale pooled features, the profile's orientation views as training copies, photometric
+  copies, CV-chosen L2), the option of averaging the views in the exported graph, and the
+  augmentation ablation on the same splits: none vs the physically plausible profile vs harmful
+  kinds forced on (perspective, colour jitter, JPEG). ``--rows`` picks rows, ``--sizes`` sizes.
 * ``mvtec_bottle``: the three defect classes, out-of-fold recall per class from
   ``train_classifier``'s own cross-validation (shipped defaults).
 * ONNX Runtime CPU latency of the exported classifier with 1, 4 and 8 averaged views
