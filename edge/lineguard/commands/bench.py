@@ -127,7 +127,8 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
     bundle = load_bundle(bundle_dir)
     jitter = cpu_jitter(jitter_s) if jitter_s > 0 else None
     with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads, spin_wait=spin)) as runner:
-        raw = measure_engine(runner, images, frames)
+        # as long in wall time as the paced service run, so both see the machine's periodic stalls alike
+        raw = measure_engine(runner, images, max(frames, round(frames / max(load, 1e-3))))
     rate = raw["throughput_per_s"] * load
     svc = _service(bundle_dir, images, count=frames, rate=rate, queue=8, threads=threads, spin=spin)
     _run_service(svc, timeout_s=frames / rate * 3 + 60)
