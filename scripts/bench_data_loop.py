@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry
 from scipy.stats import rankdata
 
 from lineguard.bundle import Bundle, load_bundle
-from lineguard.drift import DriftConfig, DriftMonitor
+from lineguard.drift import DriftConfig, DriftMonitor, RegionPx
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook
 from lineguard_models.active import SelectionConfig, plan_shift
@@ -270,9 +270,12 @@ def jitter(im: Image, rng: np.random.Generator) -> Image:
 class DriftRun:
     """One monitor, fed part by part as the service feeds it (observe after decide)."""
 
-    def __init__(self, judge: Judge, bundle: Bundle) -> None:
+    def __init__(self, judge: Judge, bundle: Bundle, regions: Sequence[str] = ()) -> None:
         self.judge = judge
-        self.monitor = DriftMonitor.from_bundle(bundle, CollectorRegistry(), DriftConfig())
+        cfg = DriftConfig(imaging_roi_px=tuple(
+            RegionPx(**dict(zip(("x_px", "y_px", "width_px", "height_px"), map(int, r.split(",")), strict=True)))
+            for r in regions))
+        self.monitor = DriftMonitor.from_bundle(bundle, CollectorRegistry(), cfg)
         self.parts = 0
         self.alarms: list[tuple[int, str, str]] = []  # (part, state, message) on entering an alarm state
         self._state = self.monitor.assessment.state
@@ -317,7 +320,7 @@ def bench_drift(root: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]
     out: dict[str, Any] = {"bundle_fit_good": n_ref - n_held, "reference_good": n_held,
                            "stream_good_images": len(stream_good), "thresholds": bundle.manifest.thresholds.lower}
     try:
-        run = DriftRun(judge, bundle)
+        run = DriftRun(judge, bundle, a.drift_roi)
         t0 = time.monotonic()
         states = Counter(run.feed(im) for im in looped(stream_good, a.clean_parts, rng))
         out["clean"] = {"parts": run.parts, "alarms": run.alarms, "states": dict(states),
@@ -335,7 +338,7 @@ def drift_case(judge: Judge, bundle: Bundle, kind: str, rep: int, goods: Sequenc
     """Lead-in of undrifted parts, then the drift; detected = an alarm state in which a feature that
     was not drifted at onset is drifted (a false alarm already active at onset does not count)."""
     rng = np.random.default_rng([a.seeds[0], rep, len(kind)])
-    run = DriftRun(judge, bundle)
+    run = DriftRun(judge, bundle, a.drift_roi)
     for im in looped(goods, a.lead_in, rng):
         run.feed(im)
     at_onset = run.drifted()
@@ -520,6 +523,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lead-in", type=int, default=300, help="undrifted parts before a drift starts")
     p.add_argument("--max-drift-parts", type=int, default=1000, help="give up detecting after this many parts")
     p.add_argument("--drift-reps", type=int, default=3)
+    p.add_argument("--drift-roi", nargs="*", default=[], metavar="X,Y,W,H",
+                   help="drift.imaging_roi_px regions in frame pixels (e.g. the four corners of the casting frame)")
     p.add_argument("--drift-kinds", nargs="+", default=["illumination_-20", "illumination_-10", "blur", "noise",
                                                           "geometry", "shift", "defect_parts"])
     p.add_argument("--forget-good", type=int, default=40)
