@@ -65,9 +65,14 @@ def sink(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_informativeness_orders_kinds_and_band_position() -> None:
     mid = informativeness(kind="uncertain", score=1.5, lower=LOWER, upper=UPPER)
-    edge = informativeness(kind="uncertain", score=1.95, lower=LOWER, upper=UPPER)
+    near_reject = informativeness(kind="uncertain", score=1.95, lower=LOWER, upper=UPPER)
+    near_accept = informativeness(kind="uncertain", score=1.05, lower=LOWER, upper=UPPER)
+    just_rejected = informativeness(kind="uncertain", score=2.05, lower=LOWER, upper=UPPER)
     assert informativeness(kind="unknown_defect", score=0.1, lower=LOWER, upper=UPPER) == 1.0
-    assert mid > edge > informativeness(kind="audit", score=0.2, lower=LOWER, upper=UPPER)
+    # the band's edges (both sides of each threshold) teach more than its middle
+    assert near_reject == pytest.approx(near_accept) == pytest.approx(just_rejected)
+    assert near_reject > mid > informativeness(kind="uncertain", score=3.5, lower=LOWER, upper=UPPER)
+    assert informativeness(kind="audit", score=1.95, lower=LOWER, upper=UPPER) == pytest.approx(near_reject / 2)
 
 
 def test_near_duplicates_cost_one_label_and_budget_is_kept(sink: tuple[Path, dict[str, str]]) -> None:

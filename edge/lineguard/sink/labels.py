@@ -106,21 +106,27 @@ class LabelEvent:
     header: dict[str, Any]
 
 
+_EDGE_WIDTH_BANDS = 0.25  # as SelectionConfig.edge_width_bands
+
+
 def informativeness(*, kind: str, score: float | None, lower: float | None, upper: float | None) -> float:
     """How much a label of this frame is likely to teach, in [0, 1].
 
-    Unknown defects (the classifier did not recognise them) teach most; then the score's closeness
-    to the middle of the uncertainty band, where the model is least sure; audit frames (confident
-    verdicts sampled at random) least: they measure, they rarely teach.
+    Unknown defects (the classifier did not recognise them) teach most; then frames whose score is
+    close to either threshold, where a label changes what the retrained bundle decides (a good part
+    near the reject threshold, a defect near the accept threshold); the middle of a wide band
+    changes neither (measured on casting: docs/benchmarks/data-loop.md). Closeness falls by a factor
+    e per quarter band width from the nearest threshold, the same shape as the shift selection
+    (``lineguard_models.active.decision_value``, default settings). Audit frames (confident
+    verdicts sampled at random) count half: they measure, they rarely teach.
     """
     if kind == "unknown_defect":
         return 1.0
     if score is None or lower is None or upper is None or not math.isfinite(score):
         return 0.5
-    if upper <= lower:
-        closeness = 1.0 if score == lower else 0.0
-    else:
-        closeness = max(0.0, 1.0 - abs(2.0 * (score - lower) / (upper - lower) - 1.0))
+    width = upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)  # no band: the threshold's scale
+    distance_bands = min(abs(score - lower), abs(score - upper)) / width
+    closeness = math.exp(-distance_bands / _EDGE_WIDTH_BANDS)
     base = 0.1 + 0.8 * closeness  # in (0.1, 0.9): between audit-without-score and unknown
     return base * (0.5 if kind == "audit" else 1.0)
 
