@@ -13,29 +13,26 @@ Link-level checks without the camera: hil/test_plc_hil.py; camera-only checks: h
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from lineguard.config import load_config
-from lineguard.ops.rig import e2e_p99_ms, load_rig, scrape, total
+from lineguard.ops.rig import RIG_ENV, e2e_p99_ms, metrics_url, rig_from_env, scrape, total
 from lineguard.ops.testing import LineProcess
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(3600)]
 
 
 def test_every_trigger_gets_one_acknowledged_verdict_in_time() -> None:
-    rig_path = os.environ.get("LINEGUARD_HIL_RIG")
-    if not rig_path:
-        pytest.skip("set LINEGUARD_HIL_RIG to the rig description (hil/rig.example.yaml)")
-    rig = load_rig(rig_path)
+    rig = rig_from_env()
+    if rig is None:
+        pytest.skip(f"set {RIG_ENV} to the rig description (hil/rig.example.yaml)")
     limits = rig.roundtrip
     line = load_config(rig.line_config)
     assert line.plc is not None, "the round trip needs the real PLC in the line config"
     assert line.source.type == "genicam", "the round trip needs the real camera"
-    host = "127.0.0.1" if line.metrics.host in ("0.0.0.0", "::") else line.metrics.host
-    url = f"http://{host}:{line.metrics.port}/metrics"
+    url = metrics_url(line)
     rig.report_dir.mkdir(parents=True, exist_ok=True)
     proc = LineProcess.start(["run", "--config", str(rig.line_config)], log_path=rig.report_dir / "roundtrip.log")
     try:

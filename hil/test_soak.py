@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lineguard.config import load_config
-from lineguard.ops.rig import e2e_p99_ms, load_rig, scrape, soak_sample
+from lineguard.ops.rig import RIG_ENV, e2e_p99_ms, metrics_url, rig_from_env, scrape, soak_sample
 from lineguard.ops.soak import SoakSample, evaluate_soak
 from lineguard.ops.testing import LineProcess
 
@@ -29,16 +29,14 @@ pytestmark = [pytest.mark.hil, pytest.mark.timeout(8 * 86400)]
 
 
 def test_soak() -> None:
-    rig_path = os.environ.get("LINEGUARD_HIL_RIG")
-    if not rig_path:
-        pytest.skip("set LINEGUARD_HIL_RIG to the rig description (hil/rig.example.yaml)")
-    rig = load_rig(rig_path)
+    rig = rig_from_env()
+    if rig is None:
+        pytest.skip(f"set {RIG_ENV} to the rig description (hil/rig.example.yaml)")
     limits = rig.soak
     duration_s = float(os.environ.get("LINEGUARD_SOAK_S", limits.duration_s))
     line = load_config(rig.line_config)
     assert line.metrics.enabled and line.metrics.port, "the soak needs metrics.port in the line config"
-    host = "127.0.0.1" if line.metrics.host in ("0.0.0.0", "::") else line.metrics.host
-    url = f"http://{host}:{line.metrics.port}/metrics"
+    url = metrics_url(line)
     rig.report_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     proc = LineProcess.start(["run", "--config", str(rig.line_config)],

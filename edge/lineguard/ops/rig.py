@@ -8,12 +8,14 @@ the annotated template. Sampling reads a running service's /metrics over HTTP an
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineguard.config import LineConfig
 from lineguard.ops.soak import SoakLimits, SoakSample, histogram_quantile
 from lineguard.yamlcfg import load_file
 
@@ -42,8 +44,23 @@ class RigConfig(BaseModel):
     soak: SoakLimits = Field(default_factory=lambda: SoakLimits(), description="soak test criteria")
 
 
+RIG_ENV = "LINEGUARD_HIL_RIG"
+
+
 def load_rig(path: str | Path) -> RigConfig:
     return load_file(RigConfig, path)
+
+
+def rig_from_env() -> RigConfig | None:
+    """The rig named by ``$LINEGUARD_HIL_RIG``; None when it is unset (the HIL checks then skip)."""
+    path = os.environ.get(RIG_ENV)
+    return load_rig(path) if path else None
+
+
+def metrics_url(line: LineConfig) -> str:
+    """Where a running line's /metrics is scraped from this host (a wildcard bind is reached on loopback)."""
+    host = "127.0.0.1" if line.metrics.host in ("0.0.0.0", "::") else line.metrics.host
+    return f"http://{host}:{line.metrics.port}/metrics"
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
