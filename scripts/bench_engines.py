@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     stats.update(bundle=bundle.bundle_id, onnxruntime=ort.__version__, cpu=platform.processor() or platform.machine(),
                  cores=os.cpu_count(), threads=args.threads, images=len(images), map=args.map)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps({k: v for k, v in stats.items() if k != "samples_ms"}, indent=2))  # summary only
         return 0
     t = stats["total"]
     print(f"bundle {bundle.bundle_id} on {stats['provider']} (ORT {ort.__version__}, {os.cpu_count()} cores, "

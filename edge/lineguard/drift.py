@@ -308,13 +308,11 @@ class DriftDetector:
             log.info("drift: image quality measured in %d region(s) (drift.imaging_roi_px): its reference is "
                      "learned from the first %d parts on the line", len(config.imaging_roi_px),
                      config.min_reference_parts)
-        self._learning: dict[str, list[float]] = {
-            k: [] for k, v in self._ref.items() if v.size < config.min_reference_parts or k in on_line
-        }
-        self._learning.update({k: [] for k in on_line if k not in self._learning})
+        thin = sorted(k for k, v in self._ref.items() if v.size < config.min_reference_parts and k not in on_line)
+        self._learning: dict[str, list[float]] = {k: [] for k in (*thin, *on_line)}
         for k in self._learning:
             self._ref.pop(k, None)
-        if thin := sorted(k for k in self._learning if k not in on_line):
+        if thin:
             log.warning("drift reference too thin for %s (< %d values): learning it from the first %d parts on "
                         "the line; drift already present then goes unnoticed", thin,
                         config.min_reference_parts, config.min_reference_parts)
