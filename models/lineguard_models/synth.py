@@ -204,6 +204,11 @@ def to_pixels(img: FloatImage, bit_depth: int) -> npt.NDArray[Any]:
     return np.round(img * 65535.0).astype(np.uint16)
 
 
+def render_pixels(cfg: SynthConfig, label: str, index: int) -> npt.NDArray[Any]:
+    """Image ``index`` of ``label`` as camera pixels (``cfg.bit_depth``), without its mask."""
+    return to_pixels(render_image(cfg, label, index)[0], cfg.bit_depth)
+
+
 def save_image(path: Path, pixels: npt.NDArray[Any]) -> None:
     """Write an HxW or HxWx3 (RGB order) image; raises OSError when OpenCV cannot write it."""
     bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels

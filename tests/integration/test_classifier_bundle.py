@@ -18,7 +18,7 @@ from lineguard.errors import DatasetError
 from lineguard.preprocess import prepare
 from lineguard_models.classifier import defect_images, train_classifier
 from lineguard_models.data import scan_dataset
-from lineguard_models.synth import SynthConfig, render_image, to_pixels, write_dataset
+from lineguard_models.synth import SynthConfig, render_pixels, write_dataset
 
 CLASSES = ("scratch", "pit", "stain")
 
@@ -50,7 +50,7 @@ def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
     hits = 0
     for label in CLASSES:
         for i in range(100, 103):  # render indices the training never saw
-            batch, _ = prepare(to_pixels(render_image(cfg, label, i)[0], 8), m.input)
+            batch, _ = prepare(render_pixels(cfg, label, i), m.input)
             probs = sess.run(["class_probs"], {"image": batch})[0]
             assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
             hits += m.classifier.classes[int(probs.argmax())] == label

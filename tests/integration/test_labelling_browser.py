@@ -26,7 +26,7 @@ from lineguard.sink.store import FrameStore
 from lineguard.wire import MessageKind
 from lineguard_models.active import SelectionConfig, plan_shift
 from lineguard_models.backtest import store_decision
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 SYN = SynthConfig(width_px=96, height_px=72, seed=8)
 
@@ -40,7 +40,7 @@ def _fill(root: Path) -> dict[str, float]:
         ("pit", 2.5, MessageKind.UNKNOWN_DEFECT, "unknown"),  # unknown defect: first of all
         ("good", 0.3, MessageKind.AUDIT, ""),
     ]):
-        img = to_pixels(render_image(SYN, label, i)[0], 8)
+        img = render_pixels(SYN, label, i)
         verdict = Verdict.REJECT if score >= 2 else (Verdict.RECHECK if score >= 1 else Verdict.ACCEPT)
         frame = Frame(seq=i, part_id=i, t_capture_ns=1, image=img, camera_id="cam0")
         d = Decision(seq=i, part_id=i, verdict=verdict, anomaly_score=score, bundle_id="bundle-a", camera_id="cam0",

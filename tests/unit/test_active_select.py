@@ -28,7 +28,7 @@ from lineguard_models.active import (
     shift_id,
 )
 from lineguard_models.backtest import store_decision
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 LOWER, UPPER = 1.0, 2.0
 SYN = SynthConfig(width_px=64, height_px=48, seed=5)
@@ -48,16 +48,16 @@ def sink(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """20 near-identical uncertain frames (a stuck part), 10 distinct uncertain ones, 10 audit frames."""
     store = FrameStore.open(tmp_path / "sink", quota_bytes=2**30, fsync=False)
     groups: dict[str, str] = {}
-    stuck = to_pixels(render_image(SYN, "good", 999)[0], 8)
+    stuck = render_pixels(SYN, "good", 999)
     rng = np.random.default_rng(0)
     for i in range(20):
         img = np.clip(stuck.astype(int) + rng.integers(-1, 2, stuck.shape), 0, 255).astype(np.uint8)
         groups[_put(store, img, 1.5 + 0.001 * i, MessageKind.UNCERTAIN, i)] = "stuck"
     for i in range(10):
-        img = to_pixels(render_image(SYN, "scratch", i)[0], 8)
+        img = render_pixels(SYN, "scratch", i)
         groups[_put(store, img, 1.3 + 0.04 * i, MessageKind.UNCERTAIN, 100 + i)] = "distinct"
     for i in range(10):
-        img = to_pixels(render_image(SYN, "good", i)[0], 8)
+        img = render_pixels(SYN, "good", i)
         groups[_put(store, img, 0.2, MessageKind.AUDIT, 200 + i)] = "audit"
     store.close()
     return tmp_path / "sink", groups

@@ -22,7 +22,7 @@ from lineguard_models.finetune import (
     internal_split,
     prefix_maps,
 )
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 CLASSES = ("scratch", "pit", "stain")
 STAGES = ("stage5", "stage6", "stage7")
@@ -31,7 +31,7 @@ SPEC = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input
 
 def _maps(backbone: EfficientNetLite0, views: Views) -> tuple[torch.Tensor, npt.NDArray[np.int64]]:
     cfg = SynthConfig(width_px=64, height_px=64, channels=1, bit_depth=8, defect_strength=2.0)
-    images = [to_pixels(render_image(cfg, c, i)[0], 8) for c in CLASSES for i in range(6)]
+    images = [render_pixels(cfg, c, i) for c in CLASSES for i in range(6)]
     y = np.repeat(np.arange(len(CLASSES)), 6).astype(np.int64)
     pooled = PooledFeatures(backbone, max_value=SPEC.max_value)
     x = torch.from_numpy(np.concatenate([prepare(im, SPEC)[0] for im in images]))

@@ -21,7 +21,7 @@ from lineguard_models.classifier import (
     check_class_sizes,
     train_classifier,
 )
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 CLASSES = ("scratch", "pit", "stain")
 FAST = ClassifierConfig(l2_grid=(3e-3,), cv_folds=3, max_iter=60)
@@ -30,7 +30,7 @@ FAST = ClassifierConfig(l2_grid=(3e-3,), cv_folds=3, max_iter=60)
 def _images(label: str, n: int, *, channels: int = 1, bits: int = 8, start: int = 0) -> list[Any]:
     cfg = SynthConfig(width_px=64, height_px=64, channels=channels, bit_depth=bits,  # type: ignore[arg-type]
                       defect_strength=2.0)
-    return [to_pixels(render_image(cfg, label, start + i)[0], bits) for i in range(n)]
+    return [render_pixels(cfg, label, start + i) for i in range(n)]
 
 
 def _spec(channels: int = 1, dtype: str = "uint8", max_value: int = 255) -> InputSpec:

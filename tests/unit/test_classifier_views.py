@@ -21,7 +21,7 @@ from lineguard_models.classifier import (
     export_classifier_onnx,
     train_classifier,
 )
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 from lineguard_models.views import VIEW_OPS, ViewAveraged, Views
 
 CLASSES = ("scratch", "pit", "stain")
@@ -33,7 +33,7 @@ FREE = CameraProfile(sensor="mono", bit_depth=8, orientation_specific=False, fli
 
 def _images(label: str, n: int, start: int = 0) -> list[Any]:
     cfg = SynthConfig(width_px=64, height_px=64, channels=1, bit_depth=8, defect_strength=2.0)
-    return [to_pixels(render_image(cfg, label, start + i)[0], 8) for i in range(n)]
+    return [render_pixels(cfg, label, start + i) for i in range(n)]
 
 
 def test_views_follow_the_camera_profile() -> None:

@@ -30,7 +30,7 @@ from lineguard.drift import (
     psi,
     reference_from_images,
 )
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 CFG = SynthConfig(width_px=160, height_px=120, seed=11)
 LOWER = 1.0
@@ -39,7 +39,7 @@ Image = npt.NDArray[Any]
 
 @functools.cache
 def _good(index: int) -> Image:  # cached: streams reuse the same parts; callers never modify it
-    return to_pixels(render_image(CFG, "good", index)[0], 8)
+    return render_pixels(CFG, "good", index)
 
 
 @pytest.fixture(scope="module")

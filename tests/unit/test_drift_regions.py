@@ -32,7 +32,7 @@ from lineguard.drift import (
     reference_from_images,
 )
 from lineguard.errors import ImageError
-from lineguard_models.synth import SynthConfig, render_image, to_pixels
+from lineguard_models.synth import SynthConfig, render_pixels
 
 SYNTH = SynthConfig(width_px=160, height_px=120, seed=5)
 BACKGROUND = RegionPx(x_px=0, y_px=0, width_px=40, height_px=120)
@@ -42,7 +42,7 @@ Image = npt.NDArray[Any]
 
 @functools.cache
 def _frame(index: int) -> Image:
-    return to_pixels(render_image(SYNTH, "good", index)[0], 8)
+    return render_pixels(SYNTH, "good", index)
 
 
 def _darker_part(img: Image) -> Image:
