@@ -239,7 +239,8 @@ def _place(x: npt.NDArray[np.float32], p: CameraProfile, rng: np.random.Generato
     if "vertical" in p.flips and rng.random() < 0.5:
         x = x[::-1, :]
     if p.rotate_90:
-        x = np.rot90(x, int(rng.integers(4)))
+        # the camera's frame never changes shape: a non-square frame can only show the part turned by 180
+        x = np.rot90(x, int(rng.integers(4)) if x.shape[0] == x.shape[1] else 2 * int(rng.integers(2)))
     if p.rotation_max_deg > 0:
         h, w = x.shape[:2]
         angle = float(rng.uniform(-p.rotation_max_deg, p.rotation_max_deg))

@@ -98,22 +98,10 @@ def bank_profile(profile: CameraProfile, kinds: Sequence[BankKind]) -> CameraPro
     return CameraProfile.model_validate({**profile.model_dump(), **update})
 
 
-def _view(image: Image, profile: CameraProfile, rng: np.random.Generator) -> Image:
-    """90-degree steps the profile allows; a non-square frame only turns by 180 degrees so its shape
-    (which the input spec may fix) is kept."""
-    if not profile.rotate_90:
-        return image
-    square = image.shape[0] == image.shape[1]
-    k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-    out: Image = np.ascontiguousarray(np.rot90(image, k))  # type: ignore[assignment]  # rot90 keeps dtype
-    return out
-
-
 def bank_variant(image: Image, sub: CameraProfile, rng: np.random.Generator) -> Image:
     """One variant under the reduced profile ``sub`` (from :func:`bank_profile`); same shape and dtype."""
-    rotated = _view(image, sub, rng)
-    # augment() applies the rest in physical order (flips, fixture play, light, optics, sensor, response)
-    return augment(rotated, sub.model_copy(update={"rotate_90": False}), rng)
+    # augment() applies it in physical order (placement, light, optics, sensor, response)
+    return augment(image, sub, rng)
 
 
 def bank_variants(

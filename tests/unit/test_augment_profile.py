@@ -115,6 +115,17 @@ def test_rotate_90_moves_structure_sometimes_and_keeps_values_in_range() -> None
     assert 5 <= moved <= 19  # three of four orientations move the bar off the left edge
 
 
+def test_rotate_90_on_a_non_square_frame_keeps_its_shape() -> None:
+    # the camera's frame never changes shape: only the half turn is a view it can produce
+    profile = CameraProfile(sensor="mono", bit_depth=8, orientation_specific=False, rotate_90=True)
+    image = np.full((24, 40), 40, np.uint8)
+    image[:, :4] = 220
+    rng = np.random.default_rng(0)
+    outs = [augment(image, profile, rng) for _ in range(20)]
+    assert all(o.shape == image.shape for o in outs)
+    assert 3 <= sum(o[:, -4:].mean() > 100 for o in outs) <= 17  # half turns put the bar on the right
+
+
 def test_gain_is_bounded_by_the_profile() -> None:
     profile = CameraProfile(sensor="mono", bit_depth=8, gain_range=(0.9, 1.1))
     image = np.full((16, 16), 100, np.uint8)
