@@ -180,7 +180,8 @@ def active_pick(sink: Path, budget: int, seed: int) -> tuple[set[str], Counter[s
 
 def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
                     test: tuple[list[Image], list[bool]]) -> dict[str, Any]:
-    cfg = TrainConfig(seed=seed, input_size_px=a.size, bank_size=a.bank, golden_good=1, golden_defect=1)
+    cfg = TrainConfig(seed=seed, input_size_px=a.size, bank_size=a.bank, golden_good=1, golden_defect=1,
+                      calibration_folds=a.calibration_folds)
     sp = casting_split(root, seed, a.init_good, a.init_def, a.stream, a.defect_share)
     copy_into(work / "init/good", sp.init_good)
     copy_into(work / "init/def_front", sp.init_def)
@@ -189,13 +190,15 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     DatasetStore.open(work / "ds_active").materialize(work / "init_train")
     t0 = time.monotonic()
     initial = train(work / "init_train", work / "initial", cfg, progress=QUIET)
-    log(f"seed {seed}: initial bundle in {time.monotonic() - t0:.0f} s")
+    initial_s = time.monotonic() - t0
+    log(f"seed {seed}: initial bundle in {initial_s:.0f} s")
     images = [(load_casting(p), str(p)) for p in sp.stream]
     truth = {pixel_key(im): ("good" if Path(ref).parent.name == "good" else "def_front") for im, ref in images}
     judge = Judge(initial, with_map=True)
     try:
         t0 = time.monotonic()
-        line = collect_stream(judge, images, work / "sink", audit_fraction=a.audit, seed=seed)
+        line = collect_stream(judge, images, work / "sink", audit_fraction=a.audit, seed=seed,
+                              near_reject_margin_bands=a.near_reject)
         stream_s = time.monotonic() - t0
         rng = np.random.default_rng(seed + 1000)
         rand_idx = sorted(rng.choice(len(images), size=a.budget, replace=False))
@@ -210,18 +213,27 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
                            "stream_verdicts": dict(Counter(d.verdict.label for _, d, _ in line)),
                            "sink_frames": sum(k is not None for _, _, k in line),
                            "active_reasons": dict(reasons), "labelled": {k: dict(v) for k, v in labelled.items()},
-                           "bundles": {"initial": judge_all(initial, *test).metrics()}}
+                           "stream_kinds": dict(Counter(k.value for _, _, k in line if k is not None)),
+                           # per part (score, verdict, truly good): the near_reject margin can be studied offline
+                           "stream": [(d.anomaly_score, d.verdict.label, truth[pixel_key(im)] == "good")
+                                      for (im, _), (_, d, _) in zip(images, line, strict=True)],
+                           "bundles": {"initial": {**judge_all(initial, *test).metrics(), **thresholds(initial),
+                                                   "train_s": initial_s}}}
     for arm, sink in (("active", work / "sink"), ("random", work / "sink_random")):
         t0 = time.monotonic()
         res = retrain(work / f"ds_{arm}", work / "initial", work / f"cand_{arm}", train_cfg=cfg, sink=sink,
                       good_use=a.good_use, progress=QUIET)
         cand = load_bundle(res.candidate_path)
-        out["bundles"][arm] = judge_all(cand, *test).metrics()
+        out["bundles"][arm] = {**judge_all(cand, *test).metrics(), **thresholds(cand)}
         out["bundles"][arm]["gate_passed"] = res.decision.passed
         out["bundles"][arm]["calibration_images"] = cand.manifest.calibration["images"]
         out["bundles"][arm]["fitted_images"] = cand.manifest.provenance["train_images"]
         log(f"seed {seed}: {arm} retrain + test in {time.monotonic() - t0:.0f} s: {out['bundles'][arm]}")
     return out
+
+
+def thresholds(bundle: Bundle) -> dict[str, float]:
+    return {"lower": bundle.manifest.thresholds.lower, "upper": bundle.manifest.thresholds.upper}
 
 
 def bench_active(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -230,8 +242,54 @@ def bench_active(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str
     results = []
     for seed in a.seeds:
         results.append(run_active_seed(root, work / f"active_{seed}", seed, a, test))
-        log(f"active seed {seed}: {json.dumps(results[-1])}")
+        log(f"active seed {seed}: {json.dumps({k: v for k, v in results[-1].items() if k != 'stream'})}")
+        if a.json:  # partial results survive an interrupted run (--summarize reads them)
+            partial = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                       "active": results, "partial": True}
+            a.json.write_text(json.dumps(partial, indent=1, default=str) + "\n", encoding="utf-8")
     return results
+
+
+def bench_calib(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The first-teach bundle of each seed trained with held-out calibration (folds 0) and with
+    out-of-fold calibration (``--calib-folds``): thresholds, training time, test metrics."""
+    paths = sorted((root / "test/good").glob("*")) + sorted((root / "test/def_front").glob("*"))
+    test = ([load_casting(p) for p in paths], [p.parent.name != "good" for p in paths])
+    rows = []
+    for seed in a.seeds:
+        sp = casting_split(root, seed, a.init_good, a.init_def, a.stream, a.defect_share)
+        data = work / f"calib_{seed}"
+        copy_into(data / "init/good", sp.init_good)
+        copy_into(data / "init/def_front", sp.init_def)
+        store = DatasetStore.open(data / "ds")
+        store.import_folder(data / "init", note="first teach")
+        store.materialize(data / "train")
+        for folds in (0, *a.calib_folds):
+            cfg = TrainConfig(seed=seed, input_size_px=a.size, bank_size=a.bank, golden_good=1, golden_defect=1,
+                              calibration_folds=folds)
+            t0 = time.monotonic()
+            b = train(data / "train", data / f"bundle_k{folds}", cfg, progress=QUIET)
+            row = {"seed": seed, "folds": folds, "train_s": time.monotonic() - t0, **thresholds(b),
+                   "calibration_images": b.manifest.calibration["images"],
+                   "fitted_images": b.manifest.provenance["train_images"], **judge_all(b, *test).metrics()}
+            rows.append(row)
+            log(f"calib seed {seed} folds {folds}: {row}")
+    return rows
+
+
+def calib_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    out = ["| calibration | good images calibrating | fitted | reject threshold (mean ± sd over seeds) | "
+           "accept threshold | training time, s | reject precision | false-reject rate | recheck rate | AUROC |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for folds in dict.fromkeys(r["folds"] for r in rows):
+        rs = [r for r in rows if r["folds"] == folds]
+        name = "held-out" if folds == 0 else f"out-of-fold, K = {folds}"
+        out.append(f"| {name} | {_ms([r['calibration_images']['good'] for r in rs], False)} | "
+                   f"{_ms([r['fitted_images'] for r in rs], False)} | {_ms([r['upper'] for r in rs], False)} | "
+                   f"{_ms([r['lower'] for r in rs], False)} | {_ms([r['train_s'] for r in rs], False)} | "
+                   + " | ".join(_ms([r[k] for r in rs]) for k in
+                                ("precision", "false_reject_rate", "recheck_rate", "auroc")) + " |")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +547,8 @@ def summarize(paths: Sequence[Path]) -> None:
             if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
                 print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
                                  *active_table(full), ""]))
+        if "calib" in doc:
+            print("\n".join(["### Calibration of the first-teach bundle", "", *calib_table(doc["calib"]), ""]))
         if "drift" in doc:
             print("\n".join(["### Drift", "", *drift_table(doc["drift"]), ""]))
         if "forget" in doc:
@@ -501,7 +561,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--summarize", type=Path, nargs="+", default=None, help="print tables of these --json files")
-    p.add_argument("--only", nargs="*", choices=("active", "drift", "forget"), default=["active", "drift", "forget"])
+    p.add_argument("--only", nargs="*", choices=("active", "calib", "drift", "forget"),
+                   default=["active", "drift", "forget"])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=192, help="engine input px")
@@ -516,6 +577,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    default="fit_flagged",
                    help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
+    p.add_argument("--near-reject", type=float, default=0.0,
+                   help="publisher.near_reject_margin_bands of the stream (0 = no near_reject kind, as before)")
+    p.add_argument("--calibration-folds", type=int, default=0,
+                   help="TrainConfig.calibration_folds for every bundle (0 = held-out calibration, as before)")
+    p.add_argument("--calib-folds", type=int, nargs="+", default=[5],
+                   help="section calib: out-of-fold K values compared with held-out calibration")
     p.add_argument("--drift-train-good", type=int, default=500, help="good images of the drift bundle")
     p.add_argument("--drift-holdout", type=float, default=0.5,
                    help="share of those held out for calibration = the drift reference")
@@ -553,6 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if "active" in a.only:
                 results["active"] = bench_active(casting, work, a)
+            if "calib" in a.only:
+                results["calib"] = bench_calib(casting, work, a)
             if "drift" in a.only:
                 results["drift"] = bench_drift(casting, work, a)
         if "forget" in a.only:

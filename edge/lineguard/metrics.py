@@ -39,9 +39,9 @@ STAGES = ("acquire", "preprocess", "inference", "decision", "plc_write", "e2e")
 VERDICTS = ("accept", "reject", "recheck", "failsafe")
 # Known values are pre-created so dashboards show 0 instead of "no data".
 PIPELINE_DROP_REASONS = ("queue_full", "corrupt_frame", "stale", "shutdown")
-PUBLISHER_DROP_REASONS = ("queue_full", "hwm", "encode_error", "send_error", "closed")
+PUBLISHER_DROP_REASONS = ("queue_full", "hwm", "encode_error", "send_error", "closed", "near_reject_budget")
 FAILSAFE_REASONS = ("deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle")
-MESSAGE_KINDS = ("uncertain", "audit", "unknown_defect")
+MESSAGE_KINDS = ("uncertain", "audit", "unknown_defect", "near_reject")
 SINK_REJECT_REASONS = (
     "bad_frame_count", "oversize", "bad_magic", "unsupported_version", "bad_json", "bad_header",
     "image_decode", "size_mismatch", "quota_full", "store_error", "internal",

@@ -9,7 +9,12 @@ What it must never do: block or slow the inspection loop (not when the sink is d
 the network stalls, not when PNG encoding is slow), or drop anything without counting it. Best
 effort by design: the PLC path is the one that never drops; this one drops and counts, by reason
 (``queue_full`` in process, ``hwm`` at ZeroMQ's send high-water mark, ``encode_error``,
-``send_error``, ``closed`` after shutdown).
+``send_error``, ``closed`` after shutdown, ``near_reject_budget`` when near rejects exceed their
+per-minute budget).
+
+What is sent (:func:`classify`): rechecks and fail-safes (``uncertain``), rejects of an unknown
+class (``unknown_defect``), rejects just above the reject threshold (``near_reject``: the likely
+false rejects, rate-limited), and an ``audit`` share of the remaining confident verdicts.
 
 The queue holds references to the frame's image, not copies: sources hand over images they no
 longer write to (contracts.Frame), so the inspection thread pays no copy.
@@ -19,9 +24,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +78,16 @@ class PublisherConfig(BaseModel):
                            description="how often the idle sender thread looks at the queue (latency to the sink)")
     png_compression: int = Field(default=1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small")
     curve: CurveClientConfig | None = Field(default=None, description="CurveZMQ keys; none = plain TCP")
+    near_reject_margin_bands: float = Field(
+        default=0.5, ge=0.0, le=10.0,
+        description="rejected frames whose anomaly score lies less than this many uncertainty-band widths "
+        "(upper - lower; 10 % of the reject threshold when the bundle has no band) above the reject threshold are "
+        "sent as near_reject: the possible false rejects a label teaches most; 0 = off "
+        "(default measured: docs/benchmarks/data-loop.md)")
+    near_reject_per_min: int = Field(
+        default=30, ge=1, le=100_000,
+        description="most near_reject messages per minute (token bucket, monotonic clock); more are counted as "
+        "drops with reason near_reject_budget, so a bundle that rejects too much cannot flood the sink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +111,66 @@ class Publisher(Protocol):
     def close(self, timeout_s: float = 2.0) -> None: ...
 
 
-def classify(decision: Decision) -> MessageKind | None:
-    """The kind a decision is published as, or None when it is confident (audit lottery aside)."""
+def band_width(lower: float, upper: float) -> float:
+    """The unit of "near": the uncertainty band's width, or 10 % of the reject threshold's magnitude
+    when the bundle has no band (``lower == upper``), as the label selection measures it."""
+    return upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)
+
+
+def is_near_reject(decision: Decision, thresholds: Mapping[str, float] | None, margin_bands: float) -> bool:
+    """A reject whose score lies within ``margin_bands`` band widths above the reject threshold.
+
+    Such a part is the likeliest false reject; without this kind it reached the sink only through
+    the audit lottery, so a label could never teach the bank the good parts the line wrongly
+    rejects (docs/benchmarks/data-loop.md). Needs finite ``lower`` and ``upper``; fail-safe
+    verdicts and scores at or beyond the margin are not near.
+    """
+    if margin_bands <= 0.0 or decision.verdict is not Verdict.REJECT or thresholds is None:
+        return False
+    lower, upper, score = thresholds.get("lower"), thresholds.get("upper"), decision.anomaly_score
+    if lower is None or upper is None or not all(math.isfinite(v) for v in (lower, upper, score)):
+        return False
+    return upper <= score < upper + margin_bands * band_width(lower, upper)
+
+
+def classify(decision: Decision, thresholds: Mapping[str, float] | None = None,
+             near_reject_margin_bands: float = 0.0) -> MessageKind | None:
+    """The kind a decision is published as, or None when it is confident (audit lottery aside).
+
+    Order: recheck/fail-safe -> ``uncertain``; unknown defect class -> ``unknown_defect`` (the
+    actionable label wins over nearness); a reject just above the reject threshold ->
+    ``near_reject`` (only with ``thresholds`` and a positive margin).
+    """
     if decision.verdict in (Verdict.RECHECK, Verdict.FAILSAFE):
         return MessageKind.UNCERTAIN
     if decision.defect_class == "unknown":
         return MessageKind.UNKNOWN_DEFECT
+    if is_near_reject(decision, thresholds, near_reject_margin_bands):
+        return MessageKind.NEAR_REJECT
     return None
+
+
+class TokenBucket:
+    """At most ``per_min`` takes per minute on average, bursts up to ``per_min`` (monotonic clock).
+
+    Single caller (the inspection thread): no lock.
+    """
+
+    def __init__(self, *, per_min: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate_per_s = per_min / 60.0
+        self._capacity = float(per_min)
+        self._tokens = float(per_min)
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate_per_s)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def _apply_curve(sock: zmq.Socket[bytes], curve: CurveClientConfig) -> None:
@@ -131,6 +201,7 @@ class UncertainPublisher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._maxlen = config.queue_size_msgs
         self._rng = random.Random(config.audit_seed)
+        self._near_reject_budget = TokenBucket(per_min=config.near_reject_per_min)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lineguard-publisher", daemon=True)
         self._thread.start()
@@ -162,8 +233,13 @@ class UncertainPublisher:
     # --- inspection thread -------------------------------------------------------------------
     def offer(self, decision: Decision, frame: Frame, anomaly_map: npt.NDArray[np.floating] | None, *,
               thresholds: Mapping[str, float] | None = None) -> MessageKind | None:
-        """Publish ``decision`` if it is uncertain, an unknown defect, or wins the audit lottery."""
-        kind = classify(decision)
+        """Publish ``decision`` if it is uncertain, an unknown defect, a near reject within its budget,
+        or wins the audit lottery. A near reject over budget is counted (``near_reject_budget``) and
+        still takes part in the audit lottery like any confident verdict."""
+        kind = classify(decision, thresholds, self._cfg.near_reject_margin_bands)
+        if kind is MessageKind.NEAR_REJECT and not self._near_reject_budget.take():
+            self._m.publisher_drops_total.labels(reason="near_reject_budget").inc()
+            kind = None
         if kind is None and self._cfg.audit_fraction > 0.0 and self._rng.random() < self._cfg.audit_fraction:
             kind = MessageKind.AUDIT
         if kind is None:

@@ -59,6 +59,7 @@ class MessageKind(str, enum.Enum):
     UNCERTAIN = "uncertain"  # verdict RECHECK: inside the uncertainty band
     AUDIT = "audit"  # a random share of confident verdicts, to measure what the band misses
     UNKNOWN_DEFECT = "unknown_defect"  # rejected, but the classifier did not recognise the class
+    NEAR_REJECT = "near_reject"  # rejected with a score just above the reject threshold: a possible false reject
 
 
 class ImageSpec(BaseModel):
@@ -89,7 +90,8 @@ class WireHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     message_id: str = Field(min_length=36, max_length=36, description="UUID4, de-duplication key")
-    kind: Literal["uncertain", "audit", "unknown_defect"] = Field(description="MessageKind value")
+    kind: Literal["uncertain", "audit", "unknown_defect", "near_reject"] = Field(
+        description="MessageKind value (near_reject: added within version 1, docs/wire-format.md)")
     seq: int = Field(ge=0, description="frame sequence number from the source")
     part_id: int = Field(ge=0, description="part id (from the PLC when it sends one)")
     camera_id: str = Field(min_length=1, max_length=128, description="source camera")

@@ -7,7 +7,8 @@ thresholds fit what the line will see, not what torch computed. The image score 
 over tiles. Every calibration score is kept in ``report/scores.csv`` inside the bundle so a later
 ``lineguard calibrate`` can add new images without retraining.
 
-Must never: calibrate on images the model was trained on, write a bundle anywhere but through
+Must never: calibrate on a score from a bank that was fitted on the image (a fitted good image
+calibrates only through its out-of-fold score, ``crossfit.py``), write a bundle anywhere but through
 ``lineguard.bundle.write_bundle`` (atomic, hashed), or let a defect image reach fitting.
 """
 
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
@@ -68,6 +69,10 @@ class TrainConfig(BaseModel):
     max_defects_per_class: int | None = Field(None, ge=1, description="most defect images per class to calibrate")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share of good images held out")
     min_holdout: int = Field(5, ge=2, le=10_000, description="fewest good images held out for calibration")
+    calibration_folds: int = Field(
+        0, ge=0, le=20, description="0: a seeded holdout_fraction of the good images calibrates and is not fitted; "
+        "K >= 2: every good image is fitted and also calibrates with an out-of-fold score (K extra banks, each "
+        "fitted without one fold; holdout_fraction and min_holdout are then unused; docs/calibration.md)")
     golden_good: int = Field(2, ge=0, le=20, description="good golden self-test images")
     golden_defect: int = Field(3, ge=0, le=20, description="defect golden self-test images")
     batch_size: int = Field(8, ge=1, le=256, description="images per forward pass while fitting")
@@ -83,6 +88,13 @@ class TrainConfig(BaseModel):
         description="camera-profile variants of the good images fed to the anomaly bank; used only when "
         "camera_profile is given (docs/anomaly-model.md)",
     )
+
+    @field_validator("calibration_folds")
+    @classmethod
+    def _folds_not_one(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("calibration_folds must be 0 (held-out calibration) or at least 2")
+        return folds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +145,8 @@ def split_good(ds: Dataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample
     order = np.random.default_rng(cfg.seed).permutation(len(pool))
     shuffled = [pool[i] for i in order]
     n_hold = max(cfg.min_holdout, math.ceil(cfg.holdout_fraction * len(pool)))
+    if cfg.calibration_folds >= 2:  # out-of-fold scores calibrate: nothing is held back from fitting
+        n_hold = 0 if cfg.max_good is None else max(0, len(pool) - cfg.max_good)
     if len(pool) - n_hold < 1:
         raise DatasetError(
             f"{len(pool)} good training images: holding out {n_hold} for calibration leaves none to train on; "
@@ -338,6 +352,13 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         progress(f"exported {ONNX_FILE} ({(staging / ONNX_FILE).stat().st_size / 1e6:.1f} MB)")
         ort_scorer = OrtScorer(staging / ONNX_FILE, spec)
         scored = score_samples(ort_scorer, ds, calib_good + defects, progress)
+        if cfg.calibration_folds >= 2:  # every fitted good image calibrates with an out-of-fold score
+            from lineguard_models.crossfit import out_of_fold_scores
+
+            scored += out_of_fold_scores(ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
+                                         profile=profile, bank=cfg.anomaly_bank,
+                                         scratch=staging / ".folds", progress=progress)
+            shutil.rmtree(staging / ".folds", ignore_errors=True)
         train_sha = sorted({_sha(s.path) for s in train_s})
         provenance = {
             "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": _git_commit(),
@@ -406,7 +427,10 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
         golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]
     else:
-        golden = write_golden(staging, ds, scored, result, cfg.golden_good, cfg.golden_defect, 1e-3)
+        # a fitted image's calibration score is out-of-fold; the bundle scores it ~0: never a golden test
+        trained = set(provenance.get("training_image_sha256", []))
+        golden = write_golden(staging, ds, [s for s in scored if s.sha256 not in trained], result,
+                              cfg.golden_good, cfg.golden_defect, 1e-3)
     manifest = {
         "bundle_id": bundle_id, "product": cfg.product, "recipe": cfg.recipe,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
