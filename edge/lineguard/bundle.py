@@ -33,6 +33,8 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # detached Ed25519 signature over manifest.json (optional)
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
+IMAGE_SOURCE = "image"
+ANOMALY_PREFIX = "anomaly:"
 
 
 class EngineSpec(BaseModel):
@@ -41,10 +43,35 @@ class EngineSpec(BaseModel):
     model_config = _Strict
 
     file: str = Field(description="path of the ONNX file, relative to the bundle root")
-    input_name: str = Field("image", description="name of the graph input (float32 NCHW, raw units)")
+    input_name: str = Field("image", description="name of the graph input (float32 NCHW)")
     outputs: dict[str, str] = Field(
         description="role -> graph output name, e.g. {'score': 'anomaly_score', 'map': 'anomaly_map'}"
     )
+    input_source: str = Field(
+        IMAGE_SOURCE, pattern=rf"^({IMAGE_SOURCE}|{ANOMALY_PREFIX}[A-Za-z0-9_.-]+)$",
+        description="what feeds the input: 'image' (the preprocessed tiles, raw units) or "
+        "'anomaly:<output name>' (that output of the anomaly engine for the top-scoring tile: the shared "
+        "backbone pass, docs/bundle-format.md)",
+    )
+    input_chw: tuple[int, int, int] | None = Field(
+        None, description="C, h, w of the input when it is not the image (required then); the image's "
+        "come from the input spec",
+    )
+
+    @property
+    def source_output(self) -> str | None:
+        """Name of the anomaly output that feeds this engine, or None when the image does."""
+        if self.input_source == IMAGE_SOURCE:
+            return None
+        return self.input_source.removeprefix(ANOMALY_PREFIX)
+
+    @model_validator(mode="after")
+    def verify_input_chw(self) -> EngineSpec:
+        if self.source_output is None and self.input_chw is not None:
+            raise ValueError("input_chw is only for inputs fed by another engine (the image's come from 'input')")
+        if self.source_output is not None and (self.input_chw is None or min(self.input_chw) < 1):
+            raise ValueError(f"input_source {self.input_source!r} needs input_chw [C, h, w] with positive sizes")
+        return self
 
 
 class Thresholds(BaseModel):
@@ -127,11 +154,31 @@ class Manifest(BaseModel):
             raise ValueError("the bundle has no 'anomaly' engine")
         if self.classifier is not None and "classifier" not in self.engines:
             raise ValueError("classifier section present but no 'classifier' engine")
+        verify_input_sources(self)
         referenced = [e.file for e in self.engines.values()] + [g.file for g in self.golden]
         missing = [f for f in referenced if f not in self.files]
         if missing:
             raise ValueError(f"files referenced but not listed with a hash: {missing}")
         return self
+
+
+def verify_input_sources(m: Manifest) -> None:
+    """An engine fed by the anomaly engine (shared backbone pass) must name an output it really has,
+    and the spec must be untiled: the classifier was trained on whole frames, one map per frame."""
+    for role, engine in m.engines.items():
+        name = engine.source_output
+        if name is None:
+            continue
+        if role == "anomaly":
+            raise ValueError("the anomaly engine reads the image; it cannot take input_source "
+                             f"{engine.input_source!r}")
+        if name not in m.engines["anomaly"].outputs.values():
+            raise ValueError(f"engine {role!r} takes input_source {engine.input_source!r} but the anomaly engine "
+                             f"names no output {name!r} (outputs: {sorted(m.engines['anomaly'].outputs.values())})")
+        if m.input.tiles.count != 1:
+            raise ValueError(f"engine {role!r} takes the anomaly output {name!r}, which needs an untiled input "
+                             f"spec (this one has {m.input.tiles.rows}x{m.input.tiles.cols} tiles): retrain the "
+                             "classifier with share_backbone off")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,11 @@ Data flow: engine input batch from ``lineguard.preprocess.prepare`` ([N, C, H, W
 camera units) -> :class:`AnomalyScorer` (scale by max_value, mono -> RGB, backbone normalisation,
 backbone stages, 3x3 neighbourhood averaging, upsample to the finest stage grid, optional fixed
 random projection, nearest-neighbour distance to the memory bank, anomaly map, image score) ->
-``anomaly_score`` [N] and ``anomaly_map`` [N, 1, H, W]. :func:`fit_anomaly_model` builds the
-memory bank from good images, streaming batch by batch with bounded memory (``coreset.py``).
-``AnomalyScorer.forward`` is exactly the graph ``export.export_onnx`` writes, so serving cannot
-drift from training.
+``anomaly_score`` [N] and ``anomaly_map`` [N, 1, H, W] (plus, in a bundle whose classifier shares the
+backbone pass, the raw map of the deepest stage: :meth:`AnomalyScorer.forward_with_stage`).
+:func:`fit_anomaly_model` builds the memory bank from good images, streaming batch by batch with
+bounded memory (``coreset.py``). ``AnomalyScorer.forward`` (or ``forward_with_stage``) is exactly
+the graph ``export.export_onnx`` writes, so serving cannot drift from training.
 
 Must never: see defect images during fitting, guess the pixel range (``max_value`` is part of the
 spec), or keep features of every training image in memory.
@@ -123,7 +124,10 @@ class PatchFeatures(nn.Module):
         self.register_buffer("projection", proj)
 
     def forward(self, x: Tensor) -> Tensor:
-        feats = self.backbone(x)
+        return self.combine(self.backbone(x))
+
+    def combine(self, feats: dict[str, Tensor]) -> Tensor:
+        """Backbone stage maps -> patch features (split from ``forward`` so a stage map can be reused)."""
         parts = []
         for name in self.stages:
             f = feats[name]
@@ -213,6 +217,18 @@ class AnomalyScorer(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.score_patches(self.patch_scores(image))
+
+    def forward_with_stage(self, image: Tensor, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward`` plus the backbone's raw ``stage`` map [N, C, h, w], computed in the same pass.
+
+        The shared-backbone export (``export.export_onnx(shared_stage=...)``): the defect
+        classifier continues from this map instead of running the backbone again on the image.
+        """
+        if stage not in self.features.stages:
+            raise ValueError(f"stage {stage!r} is not computed by this scorer (stages {self.features.stages})")
+        feats = self.features.backbone(self.normalise(image))
+        score, amap = self.score_patches(self.distances(self.features.combine(feats)))
+        return score, amap, feats[stage]
 
     def score_patches(self, patches: Tensor) -> tuple[Tensor, Tensor]:
         """Patch distances [N, 1, h, w] -> (image score [N], blurred map [N, 1, H, W])."""

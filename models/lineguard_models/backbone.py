@@ -71,6 +71,18 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_from(self, stage_map: Tensor, stage: str) -> dict[str, Tensor]:
+        """Continue a forward pass from the output map of ``stage`` (computed by an earlier pass).
+
+        Backbones that cannot resume mid-way (a TorchScript file is one opaque call) refuse.
+        """
+        raise ConfigError(f"{type(self).__name__} cannot continue a forward pass from a stage map")
+
+    def stage_order(self, stage: str) -> int:
+        """Depth of ``stage`` (0 = shallowest); stages are ordered by their stride, then channels."""
+        self._check_stages([stage])
+        return sorted(self.stage_channels, key=lambda s: (self.stage_strides[s], self.stage_channels[s])).index(stage)
+
     def _check_stages(self, stages: Sequence[str]) -> tuple[str, ...]:
         unknown = [s for s in stages if s not in self.stage_channels]
         if unknown or not stages:
@@ -176,6 +188,30 @@ class EfficientNetLite0(Backbone):
             if i in self._wanted:
                 out[self._wanted[i]] = x
         return out
+
+    def forward_from(self, stage_map: Tensor, stage: str) -> dict[str, Tensor]:
+        """The ``out_stages`` at or after ``stage``, continuing from that stage's output map.
+
+        The same blocks on the same tensor as :meth:`forward`, so ``forward_from(forward(x)[s], s)``
+        equals ``forward(x)`` on those stages: the shared backbone pass of the anomaly and
+        classifier engines (``docs/classifier.md``) splits here.
+        """
+        self._check_stages([stage])
+        start = self._stage_end[stage]
+        earlier = [s for s in self.out_stages if self._stage_end[s] < start]
+        if earlier:
+            raise ConfigError(f"stages {earlier} come before {stage}: they cannot be computed from its map")
+        out: dict[str, Tensor] = {stage: stage_map} if stage in self.out_stages else {}
+        x = stage_map
+        for i in range(start + 1, self._last_block + 1):
+            x = self._blocks[i](x)
+            if i in self._wanted:
+                out[self._wanted[i]] = x
+        return out
+
+    def stage_order(self, stage: str) -> int:
+        self._check_stages([stage])
+        return list(self._stage_end).index(stage)
 
     def classify(self, x: Tensor) -> Tensor:
         """ImageNet logits [N, 1000] (used to prove the weights are ImageNet weights)."""

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from lineguard.bundle import ClassifierSpec, EngineSpec
 from lineguard.errors import ConfigError, DatasetError
 from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
 from lineguard_models.classifier_head import (
@@ -96,6 +97,13 @@ class ClassifierConfig(BaseModel):
         "averaging): one backbone pass per view for every classified part; off by default, it did "
         "not raise NEU-DET accuracy (docs/classifier.md)",
     )
+    share_backbone: bool = Field(
+        True, description="when the input spec is untiled, views are not averaged and every classifier stage "
+        "lies at or after the anomaly model's deepest stage (same backbone weights), the classifier graph "
+        "takes the anomaly engine's map of that stage instead of the image, so a flagged part runs the "
+        "backbone once (measured ~30 % less anomaly + classifier latency, docs/classifier.md); false = "
+        "the classifier always runs the backbone from the image",
+    )
     batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
     max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
 
@@ -122,7 +130,11 @@ class PooledFeatures(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         scale, shift = self.get_buffer("in_scale"), self.get_buffer("in_shift")
-        feats = self.backbone(image * scale + shift)
+        return self.pool(self.backbone(image * scale + shift))
+
+    def pool(self, feats: dict[str, Tensor]) -> Tensor:
+        """Stage maps -> pooled feature vector [N, D]; the one pooling of both graph inputs
+        (image, or the anomaly engine's shared stage map: :class:`StageMapGraph`)."""
         return torch.cat([feats[s].mean(dim=(2, 3)) for s in self.stages], dim=1)
 
 
@@ -142,6 +154,25 @@ class ClassifierGraph(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return F.softmax(self.linear(self.features(image)), dim=1)
+
+
+class StageMapGraph(nn.Module):
+    """The shared-backbone graph: the anomaly engine's raw ``stage`` map [N, C, h, w] -> class_probs [N, K].
+
+    Continues ``graph``'s own backbone after ``stage`` (``Backbone.forward_from``), then the same
+    pooling and linear layer: equal to ``graph`` on the image within float rounding when the anomaly
+    engine computed the map with the same backbone weights and input normalisation (checked at
+    export, :func:`lineguard_models.shared.verify_shared_exactness`).
+    """
+
+    def __init__(self, graph: ClassifierGraph, stage: str) -> None:
+        super().__init__()
+        self.graph = graph
+        self.stage = stage
+
+    def forward(self, stage_map: Tensor) -> Tensor:
+        feats = self.graph.features
+        return F.softmax(self.graph.linear(feats.pool(feats.backbone.forward_from(stage_map, self.stage))), dim=1)
 
 
 # ---------------------------------------------------------------------------------- features
@@ -371,8 +402,15 @@ class TrainedClassifier:
                               camera_profile=self.profile.model_dump(mode="json"))
 
 
-def export_classifier_onnx(graph: nn.Module, path: Path, *, spec: InputSpec, opset: int = 17) -> Path:
-    """Export ``graph`` with input ``image`` [N, C, H, W] and output ``class_probs`` [N, K]."""
+def export_classifier_onnx(
+    graph: nn.Module, path: Path, *, spec: InputSpec, opset: int = 17,
+    input_name: str = INPUT_NAME, example: Tensor | None = None,
+) -> Path:
+    """Export ``graph`` with input ``image`` [N, C, H, W] and output ``class_probs`` [N, K].
+
+    A shared-backbone graph (:class:`StageMapGraph`) passes its own ``input_name`` and an
+    ``example`` stage map instead of the image.
+    """
     import warnings
 
     import onnx
@@ -380,14 +418,15 @@ def export_classifier_onnx(graph: nn.Module, path: Path, *, spec: InputSpec, ops
     from lineguard.errors import EngineError
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.full((1, spec.channels, spec.input_height, spec.input_width), spec.max_value / 2.0)
+    if example is None:
+        example = torch.full((1, spec.channels, spec.input_height, spec.input_width), spec.max_value / 2.0)
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=UserWarning)
             torch.onnx.export(  # TorchScript exporter: no onnxscript needed (same as the anomaly export)
-                graph.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[PROBS_OUTPUT],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, PROBS_OUTPUT: {0: "batch"}},
+                graph.eval(), (example,), str(path), input_names=[input_name], output_names=[PROBS_OUTPUT],
+                dynamic_axes={input_name: {0: "batch"}, PROBS_OUTPUT: {0: "batch"}},
                 opset_version=opset, do_constant_folding=True, dynamo=False,
             )
         onnx.checker.check_model(str(path))
@@ -449,13 +488,18 @@ ONNX_FILE = "classifier.onnx"
 
 def classifier_for_bundle(
     dataset: Dataset, spec: InputSpec, staging: Path, *, seed: int, progress: Callable[[str], None],
-    profile: CameraProfile | None = None,
+    profile: CameraProfile | None = None, anomaly: AnomalyScorer | None = None,
+    anomaly_onnx: Path | None = None, config: ClassifierConfig | None = None,
 ) -> dict[str, Any] | None:
     """Called by ``lineguard train``: train when every defect folder has enough images.
 
     Writes ``classifier.onnx`` into the bundle staging folder and returns the manifest fields
-    ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict, "report": cv report}``, or None
-    (with the reason sent to ``progress``) when there is nothing to train.
+    ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict, "report": cv report,
+    "anomaly_outputs": extra anomaly output roles}``, or None (with the reason sent to ``progress``)
+    when there is nothing to train. Given the fitted ``anomaly`` scorer and its exported
+    ``anomaly_onnx``, the classifier shares its backbone pass where that applies
+    (``lineguard_models.shared``): ``anomaly_onnx`` is then re-exported with the ``shared_features``
+    output (scores checked unchanged) and the classifier graph takes that map.
     """
     counts = {c: len(dataset.defects(c)) for c in dataset.defect_classes}
     small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
@@ -469,9 +513,16 @@ def classifier_for_bundle(
         progress("defect classifier skipped: tiled input specs are not supported by the classifier yet")
         return None
     progress(f"defect classifier: {len(counts)} classes, {sum(counts.values())} images")
-    clf = train_classifier(defect_images(dataset), spec=spec, profile=profile, seed=seed,
+    config = config or ClassifierConfig()
+    images = defect_images(dataset)
+    clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"))
-    engine = clf.export_onnx(staging / ONNX_FILE)
     progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
-    return {"engine": engine.model_dump(), "classifier": clf.classifier_spec().model_dump(),
-            "report": clf.cv_report}
+    from lineguard_models.shared import export_for_bundle  # shared-backbone mode (docs/classifier.md)
+
+    engine, anomaly_outputs, shared_report = export_for_bundle(
+        clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,
+        check_images=[im for v in images.values() for im in v[:2]], progress=progress)
+    report = {**clf.cv_report, "shared_backbone": shared_report}
+    return {"engine": engine.model_dump(exclude_defaults=True), "classifier": clf.classifier_spec().model_dump(),
+            "report": report, "anomaly_outputs": anomaly_outputs}

@@ -2,11 +2,14 @@
 
 Data flow: fitted :class:`~lineguard_models.anomaly.AnomalyScorer` -> one ONNX graph
 (input ``image`` [N, C, H, W] float32 in raw camera units; outputs ``anomaly_score`` [N] and
-``anomaly_map`` [N, 1, H, W]) -> bundle (written by ``lineguard.bundle``) -> ONNX Runtime on the edge.
-The batch axis is dynamic so tiles of one frame run as one batch.
+``anomaly_map`` [N, 1, H, W]; with ``shared_stage`` also ``shared_features`` [N, C', h, w], the raw
+backbone map the defect classifier continues from when it shares the backbone pass) -> bundle
+(written by ``lineguard.bundle``) -> ONNX Runtime on the edge. The batch axis is dynamic so tiles
+of one frame run as one batch.
 
-Must never: export anything other than ``AnomalyScorer.forward`` (the parity test relies on it),
-or leave the output names to the exporter's defaults (the edge binds outputs by name).
+Must never: export anything other than ``AnomalyScorer.forward`` / ``forward_with_stage`` (the
+parity tests rely on it), or leave the output names to the exporter's defaults (the edge binds
+outputs by name).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lineguard_models.backbone import Backbone
 INPUT_NAME = "image"
 SCORE_OUTPUT = "anomaly_score"
 MAP_OUTPUT = "anomaly_map"
+SHARED_OUTPUT = "shared_features"  # the classifier's input in a shared-backbone bundle
 
 
 def _export(model: nn.Module, path: Path, example: Tensor, outputs: list[str], opset: int) -> Path:
@@ -46,12 +50,27 @@ def _export(model: nn.Module, path: Path, example: Tensor, outputs: list[str], o
     return path
 
 
+class _WithSharedStage(nn.Module):
+    """``AnomalyScorer.forward_with_stage`` as a module: score, map and the raw ``stage`` map."""
+
+    def __init__(self, scorer: AnomalyScorer, stage: str) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.stage = stage
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.scorer.forward_with_stage(image, self.stage)
+
+
 def export_onnx(
-    scorer: AnomalyScorer, path: Path, *, input_shape: Sequence[int] | None = None, opset: int = 17
+    scorer: AnomalyScorer, path: Path, *, input_shape: Sequence[int] | None = None, opset: int = 17,
+    shared_stage: str | None = None,
 ) -> Path:
     """Write the complete scoring graph; ``input_shape`` is [N, C, H, W] of the example (N is dynamic).
 
     ``input_shape`` defaults to [1, C, H, W] from the scorer's spec; C, H, W must match it.
+    ``shared_stage`` adds the output ``shared_features``: that backbone stage's raw map, which the
+    pass computes anyway (measured free on the accept path: docs/benchmarks/classifier.md).
     """
     spec = scorer.spec
     shape = tuple(input_shape) if input_shape is not None else (
@@ -61,7 +80,12 @@ def export_onnx(
                           f"[N, {spec.channels}, {spec.input_height_px}, {spec.input_width_px}]")
     # a mid-range example avoids constant-folding surprises with all-zero inputs
     example = torch.full(shape, spec.max_value / 2.0)
-    return _export(scorer, Path(path), example, [SCORE_OUTPUT, MAP_OUTPUT], opset)
+    if shared_stage is None:
+        return _export(scorer, Path(path), example, [SCORE_OUTPUT, MAP_OUTPUT], opset)
+    if shared_stage not in spec.stages:
+        raise EngineError(f"shared_stage {shared_stage!r} is not one of the scorer's stages {spec.stages}")
+    return _export(_WithSharedStage(scorer, shared_stage), Path(path), example,
+                   [SCORE_OUTPUT, MAP_OUTPUT, SHARED_OUTPUT], opset)
 
 
 class _BackboneOnly(nn.Module):

@@ -370,7 +370,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
         from lineguard_models.classifier import classifier_for_bundle
 
-        classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile)
+        classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile,
+                                           anomaly=scorer, anomaly_onnx=staging / ONNX_FILE)  # shared backbone
         # --- end defect classifier ---
         bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
                          classifier=classifier)
@@ -446,6 +447,7 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     }
     if classifier is not None:  # defect classifier (issue 5): engine, class list + thresholds, CV report
         manifest["engines"]["classifier"] = classifier["engine"]
+        manifest["engines"]["anomaly"]["outputs"].update(classifier.get("anomaly_outputs", {}))  # shared map
         manifest["classifier"] = classifier["classifier"]
         manifest["calibration"]["classifier"] = classifier["report"]
     if keep is not None:

@@ -41,17 +41,20 @@ def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
     m = load_bundle(bundle).manifest  # hashes verified, classifier section validated
     assert m.classifier is not None and m.classifier.classes == sorted(CLASSES)
     engine = m.engines["classifier"]
-    assert engine.outputs == {"probs": "class_probs"} and engine.input_name == "image"
+    # untiled spec, stage5-7 after the anomaly's stage4: the classifier shares the backbone pass
+    assert engine.outputs == {"probs": "class_probs"} and engine.input_source == "anomaly:shared_features"
     assert m.classifier.camera_profile["sensor"] == "mono"
     assert sorted(m.classifier.camera_profile["flips"]) == ["horizontal", "vertical"]  # --camera-profile used
     assert m.calibration["classifier"]["folds"] == 5
+    anomaly = ort.InferenceSession(str(bundle / m.engines["anomaly"].file), providers=["CPUExecutionProvider"])
     sess = ort.InferenceSession(str(bundle / engine.file), providers=["CPUExecutionProvider"])
     cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
     hits = 0
     for label in CLASSES:
         for i in range(100, 103):  # render indices the training never saw
             batch, _ = prepare(render_pixels(cfg, label, i), m.input)
-            probs = sess.run(["class_probs"], {"image": batch})[0]
+            (stage_map,) = anomaly.run(["shared_features"], {"image": batch})
+            probs = sess.run(["class_probs"], {"shared_features": stage_map})[0]
             assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
             hits += m.classifier.classes[int(probs.argmax())] == label
     assert hits >= 6  # of 9; chance is 3

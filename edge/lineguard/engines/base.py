@@ -1,7 +1,10 @@
 """The engine protocol and the registry of engine back-ends, keyed by ``backend``.
 
 Data flow: preprocess -> batch [T, C, H, W] float32 -> ``Engine.run`` -> outputs bound by *role*
-('score', 'map', 'probs'), never by index -> :class:`lineguard.engines.runner.BundleRunner`.
+('score', 'map', 'probs', 'features'), never by index -> :class:`lineguard.engines.runner.BundleRunner`.
+An engine's input is the image batch, or (shared backbone pass) the anomaly engine's output named
+by the manifest's ``input_source``; :func:`input_chw` and :func:`fed_outputs` give the shapes both
+sides are checked against.
 
 A back-end module is imported only when a config selects it, so a CPU box without TensorRT or
 CUDA never imports them, and selecting a missing one fails with a clear :class:`EngineError`.
@@ -46,7 +49,10 @@ class Engine(Protocol):
         ...
 
     def run(self, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[Any]]:
-        """Run one batch [N, C, H, W]; returns output role -> array. Raises :class:`EngineError`."""
+        """Run one batch [N, C, H, W] (tiles or stage maps); returns output role -> array.
+
+        Raises :class:`EngineError`.
+        """
         ...
 
     def close(self) -> None:
@@ -75,6 +81,29 @@ def engine_spec(bundle: Bundle, role: str) -> EngineSpec:
             f"in manifest.engines.{role}.outputs (has {sorted(spec.outputs)})"
         )
     return spec
+
+
+def input_chw(bundle: Bundle, spec: EngineSpec) -> tuple[int, int, int]:
+    """C, H, W of an engine's input: the input spec's tile for the image, else the manifest's ``input_chw``."""
+    if spec.input_chw is not None:
+        return spec.input_chw
+    inp = bundle.manifest.input
+    return inp.channels, inp.input_height, inp.input_width
+
+
+def fed_outputs(bundle: Bundle, role: str) -> dict[str, tuple[int, int, int]]:
+    """Outputs of engine ``role`` that feed another engine's input -> the C, h, w that input takes.
+
+    A shared backbone pass (anomaly output ``shared_features`` -> classifier input) must agree on
+    the map's shape; the engines check their graphs against this when they load.
+    """
+    out: dict[str, tuple[int, int, int]] = {}
+    if role != "anomaly":
+        return out
+    for spec in bundle.manifest.engines.values():
+        if spec.source_output is not None and spec.input_chw is not None:
+            out[spec.source_output] = spec.input_chw
+    return out
 
 
 def build_engine(

@@ -1,7 +1,8 @@
 """ONNX Runtime engine: CPU, CUDA or TensorRT execution providers chosen by config.
 
-Data flow: batch [N, C, H, W] float32 raw units -> ``InferenceSession.run`` -> outputs bound by
-the names the bundle's manifest gives for each role.
+Data flow: batch [N, C, H, W] float32 (image tiles in raw units, or the anomaly engine's shared
+stage map for a classifier that shares the backbone pass) -> ``InferenceSession.run`` -> outputs
+bound by the names the bundle's manifest gives for each role.
 
 ONNX Runtime silently falls back to the CPU when a requested provider is missing (library not
 installed, CUDA too old). On a line that means a 5 ms GPU model quietly becomes a 150 ms CPU model
@@ -23,7 +24,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from lineguard.bundle import Bundle
-from lineguard.engines.base import engine_spec
+from lineguard.engines.base import engine_spec, fed_outputs, input_chw
 from lineguard.engines.config import (
     CpuProvider,
     CudaProvider,
@@ -140,8 +141,7 @@ class OrtEngine:
         """Create the session for ``role``: check provider availability, names and input geometry."""
         spec = engine_spec(bundle, role)
         where = f"bundle {bundle.bundle_id} engine {role!r} ({spec.file})"
-        inp = bundle.manifest.input
-        chw = (inp.channels, inp.input_height, inp.input_width)
+        chw = input_chw(bundle, spec)  # the image tile, or the shared map for a classifier fed by the anomaly engine
         sha = bundle.manifest.files[spec.file]
         pairs = [provider_options(p, input_name=spec.input_name, input_chw=chw, batch=batch, onnx_sha256=sha)
                  for p in cfg.providers]
@@ -168,6 +168,7 @@ class OrtEngine:
         if not cfg.allow_fallback:
             session.disable_fallback()  # an EP failure at run time must raise, not re-run on the CPU
         _check_io(session, spec.input_name, spec.outputs, chw, where)
+        _check_fed_outputs(session, fed_outputs(bundle, role), where)
         log.info(
             "%s: ONNX Runtime %s runs on %s (requested %s, intra_op_threads=%d, optimisation=%s)",
             where, ort.__version__, really, requested, cfg.intra_op_threads, cfg.graph_optimization,
@@ -217,13 +218,28 @@ def _check_io(
         raise BundleError(f"{where}: graph has {len(inputs)} inputs {sorted(inputs)}; exactly one is supported")
     graph_chw = _static_chw(list(inputs[input_name].shape), where)
     if graph_chw != chw:
-        raise BundleError(f"{where}: graph input is C,H,W={graph_chw} but the manifest input spec says {chw}")
+        raise BundleError(f"{where}: graph input is C,H,W={graph_chw} but the manifest says {chw} "
+                          "(input spec, or input_chw for a shared-backbone input)")
     if inputs[input_name].type != "tensor(float)":
         raise BundleError(f"{where}: graph input type {inputs[input_name].type}, expected tensor(float)")
     names = {o.name for o in session.get_outputs()}
     missing = {role: name for role, name in outputs.items() if name not in names}
     if missing:
         raise BundleError(f"{where}: manifest names outputs {missing} the graph does not have (has {sorted(names)})")
+
+
+def _check_fed_outputs(session: ort.InferenceSession, fed: dict[str, tuple[int, int, int]], where: str) -> None:
+    """Outputs another engine takes as input (shared backbone map) must have the C, h, w it expects."""
+    shapes = {o.name: list(o.shape) for o in session.get_outputs()}
+    for name, chw in fed.items():
+        shape = shapes.get(name)
+        if shape is None:
+            raise BundleError(f"{where}: the classifier takes output {name!r}, which the graph does not have "
+                              f"(outputs: {sorted(shapes)})")
+        static = [d if isinstance(d, int) else None for d in shape[1:]]
+        if len(shape) != 4 or any(d is not None and d != c for d, c in zip(static, chw, strict=True)):
+            raise BundleError(f"{where}: output {name!r} has shape {shape} but the classifier's input_chw is "
+                              f"{list(chw)} (shared stage mismatch: anomaly and classifier from different trainings?)")
 
 
 ENGINE = OrtEngine

@@ -2,8 +2,10 @@
 
 Data flow: ``Frame.image`` -> :func:`lineguard.preprocess.prepare` (tiles, letterbox; the spec
 comes from the bundle) -> anomaly engine on all tiles -> image score = max over tiles ->
-classifier on the highest-scoring tile -> optional stitched anomaly map -> ``EngineOutput``
-(with per-stage timings) -> decision.
+classifier on the highest-scoring tile (its image, or -- shared backbone pass, manifest
+``input_source: anomaly:<output>`` -- that tile's stage map from the anomaly engine, so the
+backbone runs once) -> optional stitched anomaly map -> ``EngineOutput`` (with per-stage
+timings) -> decision.
 
 Used from one inference thread; a hot swap builds a new runner, warms it up, self-tests it and
 then replaces the reference, so a frame is never scored by two bundles. Must never: return a
@@ -34,6 +36,19 @@ def _ms(t0: int, t1: int) -> float:
     return (t1 - t0) / 1e6
 
 
+def _classifier_feed(bundle: Bundle) -> tuple[str | None, tuple[int, int, int] | None]:
+    """(anomaly output role feeding the classifier, its C, h, w), or (None, None) when the image does."""
+    m = bundle.manifest
+    spec = m.engines.get("classifier")
+    if spec is None or spec.source_output is None:
+        return None, None
+    roles = [r for r, name in m.engines["anomaly"].outputs.items() if name == spec.source_output]
+    if not roles:  # verify_input_sources refuses such a manifest; kept for runners built by hand
+        raise BundleError(f"bundle {m.bundle_id}: the classifier takes anomaly output {spec.source_output!r}, "
+                          "which the anomaly engine does not name")
+    return roles[0], spec.input_chw
+
+
 class BundleRunner:
     """The engines of one bundle; build with :meth:`from_bundle`."""
 
@@ -50,6 +65,7 @@ class BundleRunner:
         # parts scored below the accept threshold are accepted whatever the classifier says:
         # skip the classifier and the map stitching for them (most parts on a real line)
         self._lower = bundle.manifest.thresholds.lower
+        self._feed_role, self._feed_chw = _classifier_feed(bundle) if classifier is not None else (None, None)
 
     @classmethod
     def from_bundle(
@@ -100,7 +116,9 @@ class BundleRunner:
         top = int(np.argmax(scores))
         t2 = time.perf_counter_ns()
         suspect = bool(scores[top] >= self._lower)
-        probs = self._class_probs(batch[top : top + 1]) if self._classifier is not None and suspect else None
+        probs = None
+        if self._classifier is not None and suspect:
+            probs = self._class_probs(self._classifier_input(batch, out, top))
         t3 = time.perf_counter_ns()
         amap = None
         if self._with_map and suspect:
@@ -130,6 +148,18 @@ class BundleRunner:
         if maps.ndim != 4 or maps.shape[0] != self._tiles or maps.shape[1] != 1:
             raise EngineError(f"anomaly 'map' output has shape {maps.shape}, expected [{self._tiles}, 1, h, w]")
         return maps.astype(np.float32, copy=False)
+
+    def _classifier_input(
+        self, batch: npt.NDArray[np.float32], out: dict[str, npt.NDArray[Any]], top: int
+    ) -> npt.NDArray[np.float32]:
+        """The top tile's image, or its shared stage map from the anomaly engine's outputs."""
+        if self._feed_role is None:
+            return batch[top : top + 1]
+        feats = out[self._feed_role]
+        if feats.ndim != 4 or feats.shape[0] != self._tiles or tuple(feats.shape[1:]) != self._feed_chw:
+            raise EngineError(f"anomaly {self._feed_role!r} output has shape {feats.shape}, expected "
+                              f"[{self._tiles}, {', '.join(map(str, self._feed_chw or ()))}] (the classifier's input)")
+        return np.ascontiguousarray(feats[top : top + 1], dtype=np.float32)
 
     def _class_probs(self, tile: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         assert self._classifier is not None

@@ -1,7 +1,10 @@
 """Native TensorRT 10 engine, built on the target from the bundle's ONNX graph and cached on disk.
 
-Data flow: batch [N, C, H, W] float32 -> host-to-device copy -> ``execute_async_v3`` with
-tensor-name I/O -> device-to-host copies -> outputs bound by the manifest's names.
+Data flow: batch [N, C, H, W] float32 (image tiles, or the anomaly engine's shared stage map for a
+classifier that shares the backbone pass: shapes from ``engines.base.input_chw``) -> host-to-device
+copy -> ``execute_async_v3`` with tensor-name I/O -> device-to-host copies -> outputs bound by the
+manifest's names (the anomaly engine's ``features`` output comes back to the host like the others;
+the runner hands the top tile's map to the classifier engine).
 
 Build: ``OnnxParser`` -> one optimisation profile (batch 1..tile count, tuned for the tile count)
 -> FP16 (and INT8 with an entropy calibrator fed from the bundle's golden images) -> serialized
@@ -30,8 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lineguard.bundle import Bundle
-from lineguard.engines.base import engine_spec
+from lineguard.bundle import Bundle, EngineSpec
+from lineguard.engines.base import engine_spec, fed_outputs, input_chw
 from lineguard.engines.config import TensorrtEngineConfig
 from lineguard.errors import BundleError, EngineError, LineGuardError
 from lineguard.imageio import read_image
@@ -145,8 +148,15 @@ class _DeviceBuffer:
             self.ptr = 0
 
 
-def calibration_batches(bundle: Bundle, batch: int, min_images: int) -> list[npt.NDArray[np.float32]]:
-    """INT8 calibration data: the golden images' tiles, prepared exactly as on the line, in batches."""
+def calibration_batches(
+    bundle: Bundle, batch: int, min_images: int, spec: EngineSpec | None = None
+) -> list[npt.NDArray[np.float32]]:
+    """INT8 calibration data: the golden images' tiles, prepared exactly as on the line, in batches.
+
+    For an engine fed by the anomaly engine (``spec.input_source``: shared backbone pass) the
+    calibration inputs are that engine's maps of the same tiles, computed with ONNX Runtime on the
+    CPU from the bundle's anomaly graph (the same graph TensorRT builds from; build time only).
+    """
     golden = bundle.manifest.golden
     if len(golden) < min_images:
         raise EngineError(
@@ -154,10 +164,27 @@ def calibration_batches(bundle: Bundle, batch: int, min_images: int) -> list[npt
             f"{len(golden)} golden images: use precision fp16 or add golden images"
         )
     tiles = np.concatenate([prepare(read_image(bundle.path(g.file)), bundle.manifest.input)[0] for g in golden])
+    if spec is not None and spec.source_output is not None:
+        tiles = _anomaly_output(bundle, spec.source_output, tiles)
     count = len(tiles) // batch
     if count == 0:
         raise EngineError(f"{len(tiles)} calibration tiles do not fill one batch of {batch}")
     return [np.ascontiguousarray(tiles[i * batch : (i + 1) * batch]) for i in range(count)]
+
+
+def _anomaly_output(bundle: Bundle, name: str, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Output ``name`` of the bundle's anomaly graph on ``tiles`` (ONNX Runtime, CPU)."""
+    try:
+        import onnxruntime as ort
+
+        anomaly = bundle.manifest.engines["anomaly"]
+        sess = ort.InferenceSession(str(bundle.path(anomaly.file)), providers=["CPUExecutionProvider"])
+        maps = [sess.run([name], {anomaly.input_name: tiles[i : i + 1]})[0] for i in range(len(tiles))]
+    except Exception as exc:  # ORT's pybind errors
+        raise EngineError(
+            f"INT8 calibration: cannot compute anomaly output {name!r} on the golden images: {exc}"
+        ) from exc
+    return np.ascontiguousarray(np.concatenate(maps), dtype=np.float32)
 
 
 def make_calibrator(
@@ -222,8 +249,7 @@ def build_serialized(
 ) -> bytes:
     """Build a serialized engine for ``role`` (minutes on a Jetson; cached by the caller)."""
     spec = engine_spec(bundle, role)
-    inp = bundle.manifest.input
-    chw = (inp.channels, inp.input_height, inp.input_width)
+    chw = input_chw(bundle, spec)  # the image tile, or the shared stage map (classifier fed by the anomaly engine)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse_onnx(trt, builder, logger, bundle.path(spec.file))
@@ -237,7 +263,7 @@ def build_serialized(
         config.set_flag(trt.BuilderFlag.FP16)
     if cfg.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        batches = calibration_batches(bundle, batch, cfg.int8_calibration_images_min)
+        batches = calibration_batches(bundle, batch, cfg.int8_calibration_images_min, spec)
         calibrator = make_calibrator(trt, cudart, batches, calib_file)
         config.int8_calibrator = calibrator
         config.set_calibration_profile(profile)
@@ -251,13 +277,24 @@ def build_serialized(
     return bytes(serialized)
 
 
-def _check_engine_io(engine: Any, input_name: str, chw: tuple[int, int, int], where: str) -> None:
+def _check_engine_io(
+    engine: Any, input_name: str, chw: tuple[int, int, int], where: str,
+    fed: dict[str, tuple[int, int, int]] | None = None,
+) -> None:
+    """Input name and C, H, W as the manifest says; outputs another engine takes (``fed``: the shared
+    backbone map) with the C, h, w that engine's ``input_chw`` expects."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     if input_name not in names:
         raise BundleError(f"{where}: engine has no input {input_name!r} (tensors: {names})")
     dims = tuple(engine.get_tensor_shape(input_name))
     if len(dims) != 4 or tuple(dims[1:]) != chw:
-        raise BundleError(f"{where}: engine input is {dims}, the manifest input spec says [N, {chw}]")
+        raise BundleError(f"{where}: engine input is {dims}, the manifest says [N, {chw}]")
+    for name, want in (fed or {}).items():
+        if name not in names:
+            raise BundleError(f"{where}: the classifier takes output {name!r}, which the engine lacks ({names})")
+        got = tuple(engine.get_tensor_shape(name))
+        if len(got) != 4 or tuple(got[1:]) != want:
+            raise BundleError(f"{where}: output {name!r} is {got}, the classifier's input_chw is [N, {want}]")
 
 
 class TensorrtEngine:
@@ -320,10 +357,10 @@ class TensorrtEngine:
         spec = engine_spec(bundle, role)
         cuda_check(cudart, cudart.cudaSetDevice(cfg.device_id), f"select device {cfg.device_id}")
         gpu = gpu_info(cudart, cfg.device_id)
-        inp = bundle.manifest.input
+        chw = input_chw(bundle, spec)
         key = engine_cache_key(
             gpu=gpu, trt_version=str(trt.__version__), onnx_sha256=bundle.manifest.files[spec.file],
-            precision=cfg.precision, batch=batch, input_chw=(inp.channels, inp.input_height, inp.input_width),
+            precision=cfg.precision, batch=batch, input_chw=chw,
         )
         try:
             cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +385,7 @@ class TensorrtEngine:
             engine = runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise EngineError(f"TensorRT built but cannot deserialize the {role} engine ({path})")
-        _check_engine_io(engine, spec.input_name, (inp.channels, inp.input_height, inp.input_width), path.name)
+        _check_engine_io(engine, spec.input_name, chw, path.name, fed_outputs(bundle, role))
         provider = f"TensorRT {trt.__version__} native {cfg.precision} on {gpu.name}"
         log.info("bundle %s engine %r runs on %s (cache %s)", bundle.bundle_id, role, provider, path.name)
         return cls(role=role, trt=trt, runtime=runtime, trt_engine=engine, cudart=cudart,

@@ -1,0 +1,176 @@
+"""Shared backbone pass: the classifier continues from the anomaly engine's stage map (training side).
+
+Data flow: fitted :class:`~lineguard_models.anomaly.AnomalyScorer` + trained classifier ->
+:func:`shared_stage_for` decides -> the anomaly graph is re-exported with the extra output
+``shared_features`` (raw map of its deepest backbone stage; scores checked unchanged) -> the
+classifier graph is exported from that map (:class:`~lineguard_models.classifier.StageMapGraph`)
+-> ONNX Runtime check that ``class_probs`` from the shared path equal the image path -> manifest
+entries: the classifier engine's ``input_source`` is ``anomaly:shared_features`` with its
+``input_chw`` (``lineguard.bundle.EngineSpec``); the anomaly engine gains the output role
+``features``.
+
+Why: a flagged part (score >= accept threshold) runs the classifier; its backbone up to the
+anomaly's deepest stage repeats work the anomaly engine has just done. Measured on ONNX Runtime CPU
+(docs/benchmarks/classifier.md): about 30 % less anomaly + classifier latency per flagged part, no
+cost on accepted parts.
+
+Must never: share when the class probabilities could differ from the image path (tiled input,
+view averaging, other backbone weights or normalisation, a stage before the shared one), or write
+a shared bundle whose check failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from lineguard.bundle import EngineSpec
+from lineguard.errors import EngineError
+from lineguard.preprocess import prepare
+from lineguard_models.anomaly import AnomalyScorer
+from lineguard_models.classifier import (
+    PROBS_OUTPUT,
+    ClassifierConfig,
+    StageMapGraph,
+    TrainedClassifier,
+    export_classifier_onnx,
+)
+from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
+
+FEATURES_ROLE = "features"  # role of the shared map among the anomaly engine's outputs
+PROBS_ATOL = 1e-4  # class_probs shared vs image path; float32 reorderings give ~1e-6
+SCORE_RTOL = 1e-5  # anomaly scores of the re-exported graph vs the one calibration used
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStage:
+    """The backbone stage both engines share: its name and the map's [C, h, w] per tile."""
+
+    stage: str
+    chw: tuple[int, int, int]
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def shared_stage_for(
+    anomaly: AnomalyScorer, clf: TrainedClassifier, config: ClassifierConfig
+) -> tuple[SharedStage | None, str]:
+    """(the stage to share, or None; the reason in words). Pure apart from one probe pass."""
+    if not config.share_backbone:
+        return None, "share_backbone is off"
+    if clf.spec.tiles.count != 1:
+        return None, "the input spec is tiled"
+    if len(clf.views) > 1:
+        return None, "the classifier graph averages orientation views of the image"
+    a_bb, c_feats = anomaly.features.backbone, clf.graph.features
+    c_bb = c_feats.backbone
+    if type(a_bb) is not type(c_bb) or not _same_tensors(a_bb.state_dict(), c_bb.state_dict()):
+        return None, "the engines use different backbones or weights"
+    same_norm = torch.equal(anomaly.in_scale, c_feats.get_buffer("in_scale")) and torch.equal(
+        anomaly.in_shift, c_feats.get_buffer("in_shift"))
+    if not same_norm:
+        return None, "the engines normalise the input differently"
+    stage = max(anomaly.spec.stages, key=a_bb.stage_order)
+    earlier = [s for s in c_feats.stages if c_bb.stage_order(s) < a_bb.stage_order(stage)]
+    if earlier:
+        return None, f"classifier stages {earlier} lie before the anomaly's deepest stage {stage}"
+    spec = anomaly.spec
+    with torch.no_grad():
+        probe = anomaly.forward_with_stage(torch.zeros(1, spec.channels, spec.input_height_px,
+                                                       spec.input_width_px), stage)[2]
+    c, h, w = (int(d) for d in probe.shape[1:])
+    return SharedStage(stage=stage, chw=(c, h, w)), f"continues from the anomaly engine's {stage} map"
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _check_batch(clf: TrainedClassifier, images: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
+    if not images:
+        raise EngineError("the shared-backbone check needs at least one image")
+    return np.concatenate([prepare(im, clf.spec)[0] for im in images]).astype(np.float32)
+
+
+def verify_shared(
+    clf: TrainedClassifier, *, old_anomaly: Path, new_anomaly: Path, classifier: Path,
+    images: Sequence[npt.NDArray[Any]],
+) -> dict[str, float]:
+    """ONNX Runtime check: the new anomaly graph scores like the old one, and class_probs from its
+    shared map equal the image path (torch ``predict_proba``, the graph the CV measured).
+
+    Returns the largest differences; raises :class:`EngineError` beyond tolerance.
+    """
+    batch = _check_batch(clf, images)
+    (old_scores,) = _session(old_anomaly).run([SCORE_OUTPUT], {"image": batch})
+    new_scores, maps = _session(new_anomaly).run([SCORE_OUTPUT, SHARED_OUTPUT], {"image": batch})
+    (probs,) = _session(classifier).run([PROBS_OUTPUT], {SHARED_OUTPUT: maps})
+    expected = clf.predict_proba(list(images))
+    score_rel = float(np.max(np.abs(new_scores - old_scores) / np.maximum(np.abs(old_scores), 1e-12)))
+    probs_abs = float(np.max(np.abs(probs - expected)))
+    if score_rel > SCORE_RTOL:
+        raise EngineError(f"the anomaly graph with the shared output scores differently (relative {score_rel:.2g} "
+                          f"> {SCORE_RTOL}): a bug; retrain with ClassifierConfig(share_backbone=False)")
+    if probs_abs > PROBS_ATOL:
+        raise EngineError(f"class_probs from the shared map differ from the image path by {probs_abs:.2g} "
+                          f"(> {PROBS_ATOL}): a bug; retrain with ClassifierConfig(share_backbone=False)")
+    return {"max_score_rel_diff": score_rel, "max_probs_abs_diff": probs_abs}
+
+
+def export_shared(
+    clf: TrainedClassifier, anomaly: AnomalyScorer, shared: SharedStage, *, anomaly_onnx: Path,
+    classifier_onnx: Path, check_images: Sequence[npt.NDArray[Any]],
+) -> tuple[EngineSpec, dict[str, float]]:
+    """Re-export ``anomaly_onnx`` with the shared output, export the stage-map classifier, verify both."""
+    fresh = anomaly_onnx.with_name(f".{anomaly_onnx.name}.shared")
+    try:
+        export_onnx(anomaly, fresh, shared_stage=shared.stage)
+        graph = StageMapGraph(clf.graph, shared.stage).eval()
+        export_classifier_onnx(graph, classifier_onnx, spec=clf.spec, input_name=SHARED_OUTPUT,
+                               example=torch.zeros(1, *shared.chw))
+        diffs = verify_shared(clf, old_anomaly=anomaly_onnx, new_anomaly=fresh, classifier=classifier_onnx,
+                              images=check_images)
+        os.replace(fresh, anomaly_onnx)
+    except BaseException:
+        fresh.unlink(missing_ok=True)
+        classifier_onnx.unlink(missing_ok=True)
+        raise
+    engine = EngineSpec(file=classifier_onnx.name, input_name=SHARED_OUTPUT, outputs={"probs": PROBS_OUTPUT},
+                        input_source=f"anomaly:{SHARED_OUTPUT}", input_chw=shared.chw)
+    return engine, diffs
+
+
+def export_for_bundle(
+    clf: TrainedClassifier, classifier_onnx: Path, *, config: ClassifierConfig, anomaly: AnomalyScorer | None,
+    anomaly_onnx: Path | None, check_images: Sequence[npt.NDArray[Any]], progress: Callable[[str], None],
+) -> tuple[EngineSpec, dict[str, str], dict[str, Any]]:
+    """Export the classifier, shared with the anomaly engine where that applies.
+
+    Returns (classifier engine entry, extra anomaly output roles, report section).
+    """
+    if anomaly is None or anomaly_onnx is None:
+        shared, why = None, "no anomaly graph given"
+    else:
+        shared, why = shared_stage_for(anomaly, clf, config)
+    if shared is None or anomaly is None or anomaly_onnx is None:
+        progress(f"classifier reads the image (no shared backbone pass: {why})")
+        return clf.export_onnx(classifier_onnx), {}, {"shared": False, "reason": why}
+    engine, diffs = export_shared(clf, anomaly, shared, anomaly_onnx=anomaly_onnx, classifier_onnx=classifier_onnx,
+                                  check_images=check_images)
+    progress(f"classifier shares the backbone pass: {why} {list(shared.chw)} (class_probs within "
+             f"{diffs['max_probs_abs_diff']:.1g} of the image path)")
+    return engine, {FEATURES_ROLE: SHARED_OUTPUT}, {
+        "shared": True, "stage": shared.stage, "input_chw": list(shared.chw), **diffs}
