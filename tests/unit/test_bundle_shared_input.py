@@ -1,0 +1,96 @@
+"""Manifest rules for a classifier fed by the anomaly engine (shared backbone pass); pure, no graphs.
+
+Old manifests (no ``input_source``) must keep loading unchanged; a manifest whose classifier claims
+an anomaly output that is not there, or that shares with a tiled spec, is refused at load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lineguard.bundle import EngineSpec, Manifest, read_manifest
+from lineguard.engines.base import fed_outputs, input_chw
+from lineguard.errors import BundleError
+
+
+def _doc(*, classifier: dict[str, Any] | None = None, anomaly_outputs: dict[str, str] | None = None,
+         tiles: dict[str, int] | None = None) -> dict[str, Any]:
+    inp: dict[str, Any] = {"channels": 1, "dtype": "uint8", "max_value": 255, "input_width": 64, "input_height": 48}
+    if tiles is not None:
+        inp["tiles"] = tiles
+    return {
+        "schema_version": 1, "bundle_id": "m-1", "product": "p", "created_utc": "2026-01-01T00:00:00Z",
+        "input": inp,
+        "engines": {"anomaly": {"file": "a.onnx", "outputs": anomaly_outputs or {
+                        "score": "anomaly_score", "features": "shared_features"}},
+                    "classifier": classifier or {"file": "c.onnx", "outputs": {"probs": "class_probs"}}},
+        "thresholds": {"lower": 1.0, "upper": 2.0},
+        "classifier": {"classes": ["crack", "pit"], "min_confidence": {"crack": 0.5, "pit": 0.5}},
+        "files": {"a.onnx": "0" * 64, "c.onnx": "1" * 64},
+    }
+
+
+SHARED = {"file": "c.onnx", "input_name": "shared_features", "outputs": {"probs": "class_probs"},
+          "input_source": "anomaly:shared_features", "input_chw": [80, 3, 4]}
+
+
+def _load(tmp_path: Path, doc: dict[str, Any]) -> Manifest:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    return read_manifest(tmp_path)
+
+
+def test_old_manifest_without_input_source_reads_the_image(tmp_path: Path) -> None:
+    m = _load(tmp_path, _doc(anomaly_outputs={"score": "anomaly_score"}))
+    spec = m.engines["classifier"]
+    assert spec.input_source == "image" and spec.source_output is None and spec.input_chw is None
+    # and an image-mode engine entry dumps exactly as before (an older edge still reads it)
+    assert spec.model_dump(exclude_defaults=True) == {"file": "c.onnx", "outputs": {"probs": "class_probs"}}
+
+
+def test_shared_manifest_names_the_anomaly_output_and_its_shape(tmp_path: Path) -> None:
+    m = _load(tmp_path, _doc(classifier=SHARED))
+    spec = m.engines["classifier"]
+    assert spec.source_output == "shared_features" and spec.input_chw == (80, 3, 4)
+
+
+def test_engine_shapes_come_from_the_spec_or_input_chw(tmp_path: Path) -> None:
+    from lineguard.bundle import Bundle
+
+    bundle = Bundle(root=tmp_path, manifest=_load(tmp_path, _doc(classifier=SHARED)))
+    m = bundle.manifest
+    assert input_chw(bundle, m.engines["anomaly"]) == (1, 48, 64)
+    assert input_chw(bundle, m.engines["classifier"]) == (80, 3, 4)
+    assert fed_outputs(bundle, "anomaly") == {"shared_features": (80, 3, 4)}
+    assert fed_outputs(bundle, "classifier") == {}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"anomaly_outputs": {"score": "anomaly_score"}}, "names no output 'shared_features'"),
+    ({"tiles": {"rows": 2, "cols": 1}}, "untiled input spec"),
+    ({"classifier": {**SHARED, "input_chw": None}}, "needs input_chw"),
+    ({"classifier": {**SHARED, "input_chw": [80, 0, 4]}}, "positive sizes"),
+    ({"classifier": {**SHARED, "input_source": "classifier:x"}}, "input_source"),
+    ({"classifier": {"file": "c.onnx", "outputs": {"probs": "p"}, "input_chw": [1, 2, 3]}}, "only for inputs fed"),
+])
+def test_bad_shared_input_is_refused_at_load(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    kwargs: dict[str, Any] = {"classifier": SHARED, **change}
+    with pytest.raises(BundleError, match=message):
+        _load(tmp_path, _doc(**kwargs))
+
+
+def test_anomaly_engine_cannot_take_its_own_output(tmp_path: Path) -> None:
+    doc = _doc(classifier=SHARED)
+    doc["engines"]["anomaly"].update(input_source="anomaly:shared_features", input_chw=[80, 3, 4])
+    with pytest.raises(BundleError, match="anomaly engine reads the image"):
+        _load(tmp_path, doc)
+
+
+def test_engine_spec_round_trips_through_json() -> None:
+    spec = EngineSpec.model_validate(SHARED)
+    again = EngineSpec.model_validate(json.loads(json.dumps(spec.model_dump(exclude_defaults=True))))
+    assert again == spec
