@@ -1,0 +1,60 @@
+"""Out-of-fold calibration (TrainConfig.calibration_folds): every fitted good image calibrates with a
+score from a bank that never saw it; fitted images never become golden tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from lineguard.errors import DatasetError
+from lineguard.imageio import read_image
+from lineguard_models.crossfit import fold_of
+from lineguard_models.data import scan_dataset
+from lineguard_models.pipeline import OrtScorer, TrainConfig, read_scores, train
+from lineguard_models.synth import SynthConfig, write_dataset
+
+N_GOOD = 12
+
+
+def test_folds_are_balanced_seeded_and_cover_every_image(tmp_path: Path) -> None:
+    write_dataset(tmp_path, SynthConfig(n_good=10, n_defect_per_class=1, defect_classes=("pit",), seed=1))
+    goods = scan_dataset(tmp_path).good()
+    f = fold_of(goods, 3, seed=4)
+    assert sorted(np.bincount(f).tolist()) == [3, 3, 4]
+    assert f == fold_of(goods, 3, seed=4) and f != fold_of(goods, 3, seed=5)
+    with pytest.raises(ValidationError):
+        TrainConfig(calibration_folds=1)
+
+
+def test_every_good_image_calibrates_out_of_fold(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_dataset(data, SynthConfig(n_good=N_GOOD, n_defect_per_class=5, defect_classes=("scratch",), seed=3))
+    # a bank larger than all patches keeps every one: the final bank scores its own images at 0
+    cfg = TrainConfig(input_size_px=64, bank_size=4096, seed=2, calibration_folds=3, golden_good=2, golden_defect=2)
+    bundle = train(data, tmp_path / "bundle", cfg, progress=lambda _: None)
+    m = bundle.manifest
+    assert m.provenance["train_images"] == N_GOOD  # nothing held back from fitting
+    assert m.calibration["images"] == {"good": N_GOOD, "scratch": 5}  # ... and every good image calibrates
+    trained = set(m.provenance["training_image_sha256"])
+    assert all(g.label != "good" for g in m.golden)  # a fitted image is never a golden test
+    # each out-of-fold score comes from a bank without the image: clearly above the final bank's own
+    # score of it (the final bank holds its patches, so that one is 0 up to float rounding)
+    ds = scan_dataset(data)
+    by_rel = {s.rel: s for s in ds.good()}
+    scorer = OrtScorer(bundle.path(m.engines["anomaly"].file), m.input)
+    goods = [s for s in read_scores(bundle) if s.label == "good"]
+    assert {s.sha256 for s in goods} == trained
+    in_sample = np.array([scorer.score(read_image(by_rel[s.rel].path)) for s in goods])
+    oof = np.array([s.score for s in goods])
+    assert np.all(oof > in_sample)
+    assert np.median(oof) > 2 * np.median(in_sample)
+
+
+def test_more_folds_than_good_images_is_refused(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "d", SynthConfig(n_good=4, n_defect_per_class=2, defect_classes=("pit",), seed=1))
+    cfg = TrainConfig(input_size_px=64, bank_size=32, calibration_folds=5)
+    with pytest.raises(DatasetError, match="folds"):
+        train(tmp_path / "d", tmp_path / "b", cfg, progress=lambda _: None)
