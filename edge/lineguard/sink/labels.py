@@ -118,7 +118,9 @@ def informativeness(*, kind: str, score: float | None, lower: float | None, uppe
     changes neither (measured on casting: docs/benchmarks/data-loop.md). Closeness falls by a factor
     e per quarter band width from the nearest threshold, the same shape as the shift selection
     (``lineguard_models.active.decision_value``, default settings). Audit frames (confident
-    verdicts sampled at random) count half: they measure, they rarely teach.
+    verdicts sampled at random) count half: they measure, they rarely teach. ``near_reject``
+    frames (rejects the publisher found just above the reject threshold: possible false rejects)
+    count in full, by the same closeness.
     """
     if kind == "unknown_defect":
         return 1.0
