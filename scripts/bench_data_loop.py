@@ -485,8 +485,9 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows])) for arm in ("active", "random")}
     sink = _ms([r["sink_frames"] for r in rows], False)
     n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False) for arm in ("active", "random")}
-    out += ["", f"False rejects, active vs random (ratio of the means over seeds): "
-            f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more).",
+    out += ["", "False rejects, active vs random (ratio of the means over seeds): "
+            + (f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more)." if fr["random"] > 0
+             else "random has none."),
             f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
             f"active {n_def['active']}, random {n_def['random']}."]
     if "calibration_images" in rows[0]["bundles"]["active"]:
@@ -495,6 +496,41 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         fit = {arm: _ms([r["bundles"][arm]["fitted_images"] for r in rows], False) for arm in ("active", "random")}
         out.append(f"Candidates' good images: fitted (memory bank) active {fit['active']}, random {fit['random']}; "
                    f"calibration active {cal['active']}, random {cal['random']}.")
+    if "upper" in rows[0]["bundles"]["initial"]:  # threshold jumps between retrains, in initial band widths
+        def jump(r: dict[str, Any], arm: str) -> float:
+            b0, b1 = r["bundles"]["initial"], r["bundles"][arm]
+            return abs(b1["upper"] - b0["upper"]) / max(b0["upper"] - b0["lower"], 1e-9)
+        out.append("Reject threshold change first teach -> candidate, in first-teach band widths: "
+                   f"active {_ms([jump(r, 'active') for r in rows], False)}, "
+                   f"random {_ms([jump(r, 'random') for r in rows], False)}.")
+    if "stream_kinds" in rows[0]:
+        kinds = sorted({k for r in rows for k in r["stream_kinds"]})
+        out.append("Sink frames by kind per stream: " + ", ".join(
+            f"{k} {_ms([r['stream_kinds'].get(k, 0) for r in rows], False)}" for k in kinds) + ".")
+    return out
+
+
+def margin_table(rows: Sequence[dict[str, Any]], margins: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> list[str]:
+    """What a near_reject margin would have sent, from the first-teach bundle's stream verdicts:
+    share of the stream's false rejects it reaches (the audit lottery reaches ``audit``) and sink
+    frames it adds per 100 parts."""
+    out = ["| near_reject margin (band widths) | false rejects of the stream reached | near_reject frames "
+           "per 100 parts | of them good |", "|---|---|---|---|"]
+    for m in margins:
+        reach, load, good_share = [], [], []
+        for r in rows:
+            b = r["bundles"]["initial"]
+            width = b["upper"] - b["lower"] if b["upper"] > b["lower"] else max(abs(b["upper"]) * 0.1, 1e-9)
+            rej = [(s, g) for s, v, g in r["stream"] if v == "reject"]
+            near = [(s, g) for s, g in rej if s < b["upper"] + m * width]
+            fr = sum(g for _, g in rej)
+            if fr:
+                reach.append(sum(g for _, g in near) / fr)
+            load.append(100 * len(near) / len(r["stream"]))
+            if near:
+                good_share.append(sum(g for _, g in near) / len(near))
+        out.append(f"| {m:g} | {_ms(reach)} % ({len(reach)} seeds with false rejects) | {_ms(load, False)} | "
+                   f"{_ms(good_share)} % |")
     return out
 
 
@@ -543,6 +579,9 @@ def summarize(paths: Sequence[Path]) -> None:
             print("\n".join([f"### Active learning vs random: B = {budget}, stream def_front share "
                              f"{args.get('defect_share', 0.5)}, new good labels: {args.get('good_use', 'fit')}", "",
                              *active_table(active), ""]))
+            if "stream" in active[0]:
+                print("\n".join(["Near-reject margin, from the first-teach bundles' stream verdicts:", "",
+                                 *margin_table(active), ""]))
             full = [r for r in active if sum(r["labelled"]["active"].values()) >= budget]
             if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
                 print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
