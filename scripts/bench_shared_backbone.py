@@ -39,11 +39,11 @@ from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import (
     ClassifierGraph,
     PooledFeatures,
-    StageMapGraph,
     export_classifier_onnx,
 )
 from lineguard_models.classifier_head import SoftmaxHead
 from lineguard_models.export import SHARED_OUTPUT, export_onnx
+from lineguard_models.shared import StageMapGraph
 
 ANOMALY_STAGES = ("stage3", "stage4")
 CLASSIFIER_STAGES = ("stage5", "stage6", "stage7")

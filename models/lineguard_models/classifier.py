@@ -19,7 +19,11 @@ copies add a little; averaging the views at inference and fine-tuning stage6-7 d
 Exported graph (``export_onnx``): input ``image`` [N, C, H, W] float32 raw units -> /max_value,
 mono -> 3 channels, backbone normalisation -> backbone -> pooled features -> head -> softmax
 -> output ``class_probs`` [N, n_classes]; with ``average_views`` the graph runs the N x V views
-as one batch and outputs the mean of their probabilities (same input, same output). Must never:
+as one batch and outputs the mean of their probabilities (same input, same output). In a bundle
+where the classifier shares the anomaly engine's backbone pass (``lineguard_models.shared``,
+``ClassifierConfig.share_backbone``), the exported graph is ``shared.StageMapGraph`` instead: input
+``shared_features`` (the anomaly graph's stage4 map), the rest of the backbone, the same pooling
+(``PooledFeatures.pool``) and head. Must never:
 train on a class with fewer than :data:`MIN_IMAGES_PER_CLASS` images, or export a graph whose
 class order differs from ``classes``.
 """
@@ -134,7 +138,7 @@ class PooledFeatures(nn.Module):
 
     def pool(self, feats: dict[str, Tensor]) -> Tensor:
         """Stage maps -> pooled feature vector [N, D]; the one pooling of both graph inputs
-        (image, or the anomaly engine's shared stage map: :class:`StageMapGraph`)."""
+        (image, or the anomaly engine's shared stage map: ``shared.StageMapGraph``)."""
         return torch.cat([feats[s].mean(dim=(2, 3)) for s in self.stages], dim=1)
 
 
@@ -155,24 +159,6 @@ class ClassifierGraph(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         return F.softmax(self.linear(self.features(image)), dim=1)
 
-
-class StageMapGraph(nn.Module):
-    """The shared-backbone graph: the anomaly engine's raw ``stage`` map [N, C, h, w] -> class_probs [N, K].
-
-    Continues ``graph``'s own backbone after ``stage`` (``Backbone.forward_from``), then the same
-    pooling and linear layer: equal to ``graph`` on the image within float rounding when the anomaly
-    engine computed the map with the same backbone weights and input normalisation (checked at
-    export, :func:`lineguard_models.shared.verify_shared_exactness`).
-    """
-
-    def __init__(self, graph: ClassifierGraph, stage: str) -> None:
-        super().__init__()
-        self.graph = graph
-        self.stage = stage
-
-    def forward(self, stage_map: Tensor) -> Tensor:
-        feats = self.graph.features
-        return F.softmax(self.graph.linear(feats.pool(feats.backbone.forward_from(stage_map, self.stage))), dim=1)
 
 
 # ---------------------------------------------------------------------------------- features

@@ -3,7 +3,7 @@
 Data flow: fitted :class:`~lineguard_models.anomaly.AnomalyScorer` + trained classifier ->
 :func:`shared_stage_for` decides -> the anomaly graph is re-exported with the extra output
 ``shared_features`` (raw map of its deepest backbone stage; scores checked unchanged) -> the
-classifier graph is exported from that map (:class:`~lineguard_models.classifier.StageMapGraph`)
+classifier graph is exported from that map (:class:`StageMapGraph`)
 -> ONNX Runtime check that ``class_probs`` from the shared path equal the image path -> manifest
 entries: the classifier engine's ``input_source`` is ``anomaly:shared_features`` with its
 ``input_chw`` (``lineguard.bundle.EngineSpec``); the anomaly engine gains the output role
@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from lineguard.bundle import EngineSpec
 from lineguard.errors import EngineError
@@ -38,7 +40,7 @@ from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.classifier import (
     PROBS_OUTPUT,
     ClassifierConfig,
-    StageMapGraph,
+    ClassifierGraph,
     TrainedClassifier,
     export_classifier_onnx,
 )
@@ -47,6 +49,25 @@ from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
 FEATURES_ROLE = "features"  # role of the shared map among the anomaly engine's outputs
 PROBS_ATOL = 1e-4  # class_probs shared vs image path; float32 reorderings give ~1e-6
 SCORE_RTOL = 1e-5  # anomaly scores of the re-exported graph vs the one calibration used
+
+
+class StageMapGraph(nn.Module):
+    """The shared-backbone graph: the anomaly engine's raw ``stage`` map [N, C, h, w] -> class_probs [N, K].
+
+    Continues ``graph``'s own backbone after ``stage`` (``Backbone.forward_from``), then the same
+    pooling and linear layer: equal to ``graph`` on the image within float rounding when the anomaly
+    engine computed the map with the same backbone weights and input normalisation (checked at
+    export, :func:`verify_shared`).
+    """
+
+    def __init__(self, graph: ClassifierGraph, stage: str) -> None:
+        super().__init__()
+        self.graph = graph
+        self.stage = stage
+
+    def forward(self, stage_map: Tensor) -> Tensor:
+        feats = self.graph.features
+        return F.softmax(self.graph.linear(feats.pool(feats.backbone.forward_from(stage_map, self.stage))), dim=1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

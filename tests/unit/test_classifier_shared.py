@@ -23,11 +23,10 @@ from lineguard_models.classifier import (
     ClassifierConfig,
     ClassifierGraph,
     PooledFeatures,
-    StageMapGraph,
     TrainedClassifier,
 )
 from lineguard_models.classifier_head import SoftmaxHead
-from lineguard_models.shared import shared_stage_for
+from lineguard_models.shared import StageMapGraph, shared_stage_for
 from lineguard_models.views import Views
 
 SPEC = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=96)
