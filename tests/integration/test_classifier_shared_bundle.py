@@ -160,3 +160,16 @@ def test_shape_mismatch_between_map_and_classifier_is_refused(trained: tuple[Bun
     root = _rewrite(trained[0], tmp_path / "b", edit_manifest=wrong_chw)
     with pytest.raises(BundleError, match="input_chw"):
         BundleRunner.from_bundle(load_bundle(root), CPU)
+
+
+def test_int8_calibration_data_of_a_shared_classifier_are_the_anomaly_maps(trained: tuple[Bundle, Path]) -> None:
+    """TensorRT cannot run here; its INT8 calibration data for the shared classifier is plain ORT code."""
+    from lineguard.engines.tensorrt import calibration_batches
+
+    bundle = trained[0]
+    batches = calibration_batches(bundle, 1, 1, bundle.manifest.engines["classifier"])
+    assert len(batches) == len(bundle.manifest.golden) and batches[0].shape == (1, 80, 4, 4)
+    anomaly = build_engine(bundle, "anomaly", CPU, batch=1)
+    tile, _ = prepare(read_image(bundle.path(bundle.manifest.golden[0].file)), bundle.manifest.input)
+    np.testing.assert_allclose(batches[0], anomaly.run(tile)["features"], rtol=1e-5, atol=1e-6)
+    assert calibration_batches(bundle, 1, 1, bundle.manifest.engines["anomaly"])[0].shape == tile.shape

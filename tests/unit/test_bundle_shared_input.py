@@ -94,3 +94,33 @@ def test_engine_spec_round_trips_through_json() -> None:
     spec = EngineSpec.model_validate(SHARED)
     again = EngineSpec.model_validate(json.loads(json.dumps(spec.model_dump(exclude_defaults=True))))
     assert again == spec
+
+
+class _TrtEngineShapes:
+    """The three calls of TensorRT's ICudaEngine that the I/O check uses (TensorRT cannot run here)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self._shapes = shapes
+        self.num_io_tensors = len(shapes)
+
+    def get_tensor_name(self, i: int) -> str:
+        return list(self._shapes)[i]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+
+def test_tensorrt_io_check_binds_the_shared_map_by_name_and_shape() -> None:
+    from lineguard.engines.tensorrt import _check_engine_io
+
+    anomaly = _TrtEngineShapes({"image": (-1, 1, 48, 64), "anomaly_score": (-1,),
+                                "shared_features": (-1, 80, 3, 4)})
+    _check_engine_io(anomaly, "image", (1, 48, 64), "a", {"shared_features": (80, 3, 4)})
+    with pytest.raises(BundleError, match="input_chw"):
+        _check_engine_io(anomaly, "image", (1, 48, 64), "a", {"shared_features": (80, 6, 8)})
+    with pytest.raises(BundleError, match="lacks"):
+        _check_engine_io(anomaly, "image", (1, 48, 64), "a", {"stage_map": (80, 3, 4)})
+    classifier = _TrtEngineShapes({"shared_features": (-1, 80, 3, 4), "class_probs": (-1, 2)})
+    _check_engine_io(classifier, "shared_features", (80, 3, 4), "c")
+    with pytest.raises(BundleError, match="engine input"):
+        _check_engine_io(classifier, "shared_features", (1, 48, 64), "c")
