@@ -155,6 +155,9 @@ def split_good(ds: Dataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample
     held, train = shuffled[:n_hold], shuffled[n_hold:]
     if cfg.max_good is not None:
         train = train[: cfg.max_good]
+    if cfg.calibration_folds > len(train):  # refused before an hour of training, not after
+        raise DatasetError(f"calibration_folds {cfg.calibration_folds} needs at least as many good training images; "
+                           f"there are {len(train)}: add good images or lower calibration_folds")
     return sorted(train, key=lambda s: s.rel), sorted(held, key=lambda s: s.rel) + extra
 
 
