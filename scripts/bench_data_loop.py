@@ -198,7 +198,8 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     try:
         t0 = time.monotonic()
         line = collect_stream(judge, images, work / "sink", audit_fraction=a.audit, seed=seed,
-                              near_reject_margin_bands=a.near_reject)
+                              near_reject_margin_bands=a.near_reject,
+                              near_reject_min_margin_fraction=a.near_reject_floor)
         stream_s = time.monotonic() - t0
         rng = np.random.default_rng(seed + 1000)
         rand_idx = sorted(rng.choice(len(images), size=a.budget, replace=False))
@@ -617,6 +618,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
     p.add_argument("--near-reject", type=float, default=0.0,
                    help="publisher.near_reject_margin_bands of the stream (0 = no near_reject kind, as before)")
+    p.add_argument("--near-reject-floor", type=float, default=0.0,
+                   help="publisher.near_reject_min_margin_fraction of the stream (0 = band widths only)")
     p.add_argument("--calibration-folds", type=int, default=0,
                    help="TrainConfig.calibration_folds for every bundle (0 = held-out calibration, as before)")
     p.add_argument("--calib-folds", type=int, nargs="+", default=[5],

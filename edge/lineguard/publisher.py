@@ -84,6 +84,11 @@ class PublisherConfig(BaseModel):
         "(upper - lower; 10 % of the reject threshold when the bundle has no band) above the reject threshold are "
         "sent as near_reject: the possible false rejects a label teaches most; 0 = off "
         "(default measured: docs/benchmarks/data-loop.md)")
+    near_reject_min_margin_fraction: float = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="the near_reject margin is at least this fraction of the reject threshold's magnitude: when "
+        "the band collapses (lower close to upper) a margin in band widths would be ~0 exactly when the line "
+        "rejects many good parts (measured on casting: docs/benchmarks/data-loop.md); 0 = band widths only")
     near_reject_per_min: int = Field(
         default=30, ge=1, le=100_000,
         description="most near_reject messages per minute (token bucket, monotonic clock); more are counted as "
@@ -117,8 +122,10 @@ def band_width(lower: float, upper: float) -> float:
     return upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)
 
 
-def is_near_reject(decision: Decision, thresholds: Mapping[str, float] | None, margin_bands: float) -> bool:
-    """A reject whose score lies within ``margin_bands`` band widths above the reject threshold.
+def is_near_reject(decision: Decision, thresholds: Mapping[str, float] | None, margin_bands: float,
+                   min_margin_fraction: float = 0.0) -> bool:
+    """A reject whose score lies within ``margin_bands`` band widths above the reject threshold (at
+    least ``min_margin_fraction`` of ``|upper|``, so a collapsed band still has a margin).
 
     Such a part is the likeliest false reject; without this kind it reached the sink only through
     the audit lottery, so a label could never teach the bank the good parts the line wrongly
@@ -130,11 +137,12 @@ def is_near_reject(decision: Decision, thresholds: Mapping[str, float] | None, m
     lower, upper, score = thresholds.get("lower"), thresholds.get("upper"), decision.anomaly_score
     if lower is None or upper is None or not all(math.isfinite(v) for v in (lower, upper, score)):
         return False
-    return upper <= score < upper + margin_bands * band_width(lower, upper)
+    margin = max(margin_bands * band_width(lower, upper), min_margin_fraction * abs(upper))
+    return upper <= score < upper + margin
 
 
 def classify(decision: Decision, thresholds: Mapping[str, float] | None = None,
-             near_reject_margin_bands: float = 0.0) -> MessageKind | None:
+             near_reject_margin_bands: float = 0.0, near_reject_min_margin_fraction: float = 0.0) -> MessageKind | None:
     """The kind a decision is published as, or None when it is confident (audit lottery aside).
 
     Order: recheck/fail-safe -> ``uncertain``; unknown defect class -> ``unknown_defect`` (the
@@ -145,7 +153,7 @@ def classify(decision: Decision, thresholds: Mapping[str, float] | None = None,
         return MessageKind.UNCERTAIN
     if decision.defect_class == "unknown":
         return MessageKind.UNKNOWN_DEFECT
-    if is_near_reject(decision, thresholds, near_reject_margin_bands):
+    if is_near_reject(decision, thresholds, near_reject_margin_bands, near_reject_min_margin_fraction):
         return MessageKind.NEAR_REJECT
     return None
 
@@ -236,7 +244,8 @@ class UncertainPublisher:
         """Publish ``decision`` if it is uncertain, an unknown defect, a near reject within its budget,
         or wins the audit lottery. A near reject over budget is counted (``near_reject_budget``) and
         still takes part in the audit lottery like any confident verdict."""
-        kind = classify(decision, thresholds, self._cfg.near_reject_margin_bands)
+        kind = classify(decision, thresholds, self._cfg.near_reject_margin_bands,
+                        self._cfg.near_reject_min_margin_fraction)
         if kind is MessageKind.NEAR_REJECT and not self._near_reject_budget.take():
             self._m.publisher_drops_total.labels(reason="near_reject_budget").inc()
             kind = None

@@ -56,6 +56,15 @@ def test_without_a_band_the_margin_is_relative_to_the_threshold() -> None:
     assert classify(decision(10.6), single, 0.5) is None
 
 
+def test_a_collapsed_band_keeps_a_margin_relative_to_the_threshold() -> None:
+    collapsed = {"lower": 43.10, "upper": 43.16}  # a real first-teach band on casting
+    assert classify(decision(43.5), collapsed, 0.5) is None  # 0.5 band widths = 0.03 score units
+    assert classify(decision(43.5), collapsed, 0.5, 0.02) is MessageKind.NEAR_REJECT  # 2 % of 43.16 = 0.86
+    assert classify(decision(44.1), collapsed, 0.5, 0.02) is None
+    # with a normal band the floor changes nothing
+    assert classify(decision(5.1), BAND, 0.5, 0.02) is None
+
+
 def test_token_bucket_allows_the_budget_then_refills_with_time() -> None:
     now = [100.0]
     bucket = TokenBucket(per_min=3, clock=lambda: now[0])
