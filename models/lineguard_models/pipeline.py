@@ -506,7 +506,7 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
         for rel in keep_files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(old.path(rel), staging / rel)
-        keep = {"engines": {k: v.model_dump() for k, v in m.engines.items()},
+        keep = {"engines": {k: v.model_dump(exclude_unset=True) for k, v in m.engines.items()},
                 "score_tolerance": m.score_tolerance, "golden": [g.model_dump() for g in m.golden],
                 "drift_reference": m.calibration.get("reference")}  # data loop: used when no good images
         if m.classifier is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from lineguard.bundle import load_bundle
+from lineguard.bundle import MANIFEST, load_bundle
 from lineguard.cli import main
 from lineguard_models.synth import SynthConfig, write_dataset
 
@@ -45,6 +46,9 @@ def test_new_defect_images_only(bundle: tuple[Path, Path], tmp_path: Path) -> No
     assert after.thresholds.policy["false_reject_budget"] == before.thresholds.policy["false_reject_budget"]
     # same graph, same golden images and scores; the old bundle is untouched
     assert after.files["anomaly.onnx"] == before.files["anomaly.onnx"]
+    # engine entries are carried over as written: no new default keys an older edge would refuse
+    raw = [json.loads((b / MANIFEST).read_text())["engines"] for b in (old, out)]
+    assert raw[1] == raw[0]
     assert [g.expected_score for g in after.golden] == [g.expected_score for g in before.golden]
     assert load_bundle(old).manifest.bundle_id == before.bundle_id
     old_rows = {r["sha256"]: r["score"] for r in _rows(old)}

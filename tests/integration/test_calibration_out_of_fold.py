@@ -58,3 +58,15 @@ def test_more_folds_than_good_images_is_refused(tmp_path: Path) -> None:
     cfg = TrainConfig(input_size_px=64, bank_size=32, calibration_folds=5)
     with pytest.raises(DatasetError, match="folds"):
         train(tmp_path / "d", tmp_path / "b", cfg, progress=lambda _: None)
+
+
+def test_cli_passes_calibration_folds_and_refuses_bad_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lineguard.cli import main
+
+    write_dataset(tmp_path / "d", SynthConfig(n_good=4, n_defect_per_class=2, defect_classes=("pit",), seed=1))
+    base = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "b"), "--input-size", "64"]
+    assert main([*base, "--calibration-folds", "1"]) != 0  # one fold is no out-of-fold score
+    assert "calibration_folds" in capsys.readouterr().err
+    assert main([*base, "--calibration-folds", "5"]) != 0  # more folds than good images: refused before training
+    assert "folds" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

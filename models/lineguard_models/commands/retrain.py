@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=224, help="engine input long side per tile, px")
     p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
+    p.add_argument("--calibration-folds", type=int, default=0,
+                   help="0: held-out good images calibrate; K >= 2: out-of-fold calibration (docs/calibration.md)")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--product", default="product", help="product name in the bundle")
     p.add_argument("--recipe", type=int, default=0, help="PLC recipe number")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         train_cfg = TrainConfig(product=args.product, recipe=args.recipe, seed=args.seed,
                                 input_size_px=args.input_size, tile_rows=args.tiles[0], tile_cols=args.tiles[1],
-                                bank_size=args.bank_size)
+                                bank_size=args.bank_size, calibration_folds=args.calibration_folds)
         gate_cfg = GateConfig(recall_tolerance=args.recall_tolerance,
                               false_reject_tolerance=args.false_reject_tolerance)
     except ValidationError as exc:

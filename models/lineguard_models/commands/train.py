@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int, default=0, help="overlap between tiles, image px")
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows after coreset selection")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of good images held out (0.2)")
+    p.add_argument("--calibration-folds", type=int, default=0,
+                   help="0: the held-out good images calibrate; K >= 2: every good image is fitted and calibrates "
+                        "out-of-fold (K extra banks, about 1 + K/1.7 times the training time; docs/calibration.md)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--camera-profile", type=Path, default=None,
                    help="camera profile YAML: which augmentations this camera can really produce "
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             product=args.product, recipe=args.recipe, seed=args.seed, input_size_px=args.input_size,
             tile_rows=args.tiles[0], tile_cols=args.tiles[1], tile_overlap_px=args.tile_overlap,
             bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
-            holdout_fraction=args.holdout_fraction, allow_unreadable=args.skip_unreadable,
+            holdout_fraction=args.holdout_fraction, calibration_folds=args.calibration_folds,
+            allow_unreadable=args.skip_unreadable,
             camera_profile=args.camera_profile,
             policy=CalibrationPolicy.model_validate(policy_updates(args)),
         )
