@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,3 +16,20 @@ def sim() -> Iterator[PlcSimulator]:
     s = PlcSimulator().start()
     yield s
     s.stop()
+
+
+Waiter = Callable[..., None]
+
+
+def _poll(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def wait_for() -> Waiter:
+    """``wait_for(cond, timeout_s=5.0)``: poll until ``cond()`` holds, fail the test after the timeout."""
+    return _poll

@@ -34,14 +34,6 @@ def make_pair(seq: int, score: float, verdict: Verdict = Verdict.REJECT) -> tupl
     return decision, frame
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[tuple[SinkServer, zmq.Context[zmq.Socket[bytes]]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -56,7 +48,7 @@ def sink(tmp_path: Path) -> Iterator[tuple[SinkServer, zmq.Context[zmq.Socket[by
     ctx.destroy(linger=0)
 
 
-def test_near_rejects_reach_the_sink_within_their_budget(
+def test_near_rejects_reach_the_sink_within_their_budget(wait_for: Callable[..., None],
         sink: tuple[SinkServer, zmq.Context[zmq.Socket[bytes]]], tmp_path: Path) -> None:
     server, ctx = sink
     reg = CollectorRegistry()

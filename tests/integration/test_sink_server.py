@@ -41,14 +41,6 @@ def wire_parts(seq: int) -> list[bytes]:
     return encode_message(header, frame.image, None)
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
@@ -92,7 +84,7 @@ def push(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes
     return s
 
 
-def test_publisher_to_sink_end_to_end_with_metrics(
+def test_publisher_to_sink_end_to_end_with_metrics(wait_for: Callable[..., None],
         ctx: zmq.Context[zmq.Socket[bytes]], run_sink: Callable[[SinkConfig], SinkServer], tmp_path: Path
 ) -> None:
     sink = run_sink(SinkConfig(bind="tcp://127.0.0.1:*", store_dir=tmp_path, metrics_port=0, fsync=False))
@@ -114,7 +106,7 @@ def test_publisher_to_sink_end_to_end_with_metrics(
     assert m["lineguard_sink_store_bytes"] == sink.store.total_bytes > 0
 
 
-def test_hostile_messages_are_rejected_counted_and_survived(
+def test_hostile_messages_are_rejected_counted_and_survived(wait_for: Callable[..., None],
         ctx: zmq.Context[zmq.Socket[bytes]], run_sink: Callable[[SinkConfig], SinkServer], tmp_path: Path
 ) -> None:
     cfg = SinkConfig(bind="tcp://127.0.0.1:*", store_dir=tmp_path, metrics_port=0, fsync=False,
@@ -152,7 +144,7 @@ def test_hostile_messages_are_rejected_counted_and_survived(
     tx.close()
 
 
-def test_curve_authenticates_known_edge_boxes_only(
+def test_curve_authenticates_known_edge_boxes_only(wait_for: Callable[..., None],
         ctx: zmq.Context[zmq.Socket[bytes]], run_sink: Callable[[SinkConfig], SinkServer], tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys"
