@@ -156,9 +156,12 @@ class CachedMaps:
     def __init__(self, *, spec: InputSpec, config: ClassifierConfig, cache: Path) -> None:
         self.spec, self.cache = spec, cache
         cache.mkdir(parents=True, exist_ok=True)
-        self.backbone = EfficientNetLite0.from_state_dict_file(out_stages=config.stages)
+        # the probe needs EfficientNet's own head after stage7, whatever stages the classifier pools
+        stages = tuple(dict.fromkeys((*config.stages, "stage7")))
+        self.backbone = EfficientNetLite0.from_state_dict_file(out_stages=stages)
         self.pooled = PooledFeatures(self.backbone, max_value=spec.max_value)
         self.late = LateStages(self.backbone, stages=config.stages, first_trained_stage="stage6")
+        self.probe_late = LateStages(self.backbone, stages=("stage7",), first_trained_stage="stage6")
         self.late_dim = sum(self.backbone.stage_channels[s] for s in config.stages)
 
     def maps(
@@ -201,7 +204,7 @@ class CachedMaps:
         with torch.inference_mode():
             for s in range(0, len(maps), 128):
                 x = torch.from_numpy(maps[s : s + 128])
-                for block in self.late.blocks:
+                for block in self.probe_late.blocks:
                     x = block(x)
                 out.append(F.relu6(b._bn1(b._conv_head(x))).mean(dim=(2, 3)))
         return torch.cat(out).numpy()
