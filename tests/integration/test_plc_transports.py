@@ -103,6 +103,9 @@ def test_tls_with_verified_certificates(pki: Path) -> None:
         link = PlcLink.from_config(_tls_cfg(pki, sim.port), metrics_registry=reg)
         link.start()
         try:
+            # parts flow once the link is up, as in the service: the TLS handshake alone took 30+ ms on a
+            # loaded 2-core CI box, and 8 parts fed before it overflowed the PLC's result buffer by design
+            assert sim.wait_until(lambda: link.health().connected, 5.0)
             feed(link, range(1, 11), period_s=0.005)
             assert settle(link, 5.0)
         finally:
@@ -183,6 +186,7 @@ def test_rtu_over_pseudo_terminals(pty_pair: tuple[str, str]) -> None:
         link = PlcLink.from_config(cfg, metrics_registry=reg)
         link.start()
         try:
+            assert sim.wait_until(lambda: link.health().connected, 5.0)
             feed(link, range(1, 11), period_s=0.01)
             assert settle(link, 10.0)
         finally:
