@@ -50,6 +50,7 @@ from prometheus_client import CollectorRegistry
 from scipy.stats import rankdata
 
 from lineguard.bundle import Bundle, load_bundle
+from lineguard.decision import band_width
 from lineguard.drift import DriftConfig, DriftMonitor, RegionPx
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook
@@ -520,7 +521,7 @@ def margin_table(rows: Sequence[dict[str, Any]], margins: Sequence[float] = (0.2
         reach, load, good_share = [], [], []
         for r in rows:
             b = r["bundles"]["initial"]
-            width = b["upper"] - b["lower"] if b["upper"] > b["lower"] else max(abs(b["upper"]) * 0.1, 1e-9)
+            width = band_width(b["lower"], b["upper"])
             rej = [(s, g) for s, v, g in r["stream"] if v == "reject"]
             near = [(s, g) for s, g in rej if s < b["upper"] + m * width]
             fr = sum(g for _, g in rej)

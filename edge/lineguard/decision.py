@@ -78,6 +78,13 @@ class DecisionPolicy:
         )
 
 
+def band_width(lower: float, upper: float) -> float:
+    """The unit of "near a threshold" for the data loop (publisher, label book, shift selection): the
+    uncertainty band's width, or 10 % of the reject threshold's magnitude when the bundle has no band
+    (``lower == upper``)."""
+    return upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)
+
+
 def verdict_for_score(score: float, lower: float, upper: float) -> Verdict:
     """ACCEPT below ``lower``, REJECT at or above ``upper``, RECHECK in between.
 

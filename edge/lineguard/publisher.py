@@ -40,6 +40,7 @@ import zmq.auth
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.contracts import Decision, Frame, Verdict
+from lineguard.decision import band_width
 from lineguard.errors import ConfigError, PublisherError
 from lineguard.metrics import EdgeMetrics
 from lineguard.wire import MessageKind, WireFormatError, build_header, encode_message
@@ -114,12 +115,6 @@ class Publisher(Protocol):
                 kind: MessageKind, *, thresholds: Mapping[str, float] | None = None) -> bool: ...
 
     def close(self, timeout_s: float = 2.0) -> None: ...
-
-
-def band_width(lower: float, upper: float) -> float:
-    """The unit of "near": the uncertainty band's width, or 10 % of the reject threshold's magnitude
-    when the bundle has no band (``lower == upper``), as the label selection measures it."""
-    return upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)
 
 
 def is_near_reject(decision: Decision, thresholds: Mapping[str, float] | None, margin_bands: float,

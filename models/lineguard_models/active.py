@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineguard.decision import band_width
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook, QueuedFrame
 
@@ -122,7 +123,7 @@ def decision_value(frame: QueuedFrame, cfg: SelectionConfig) -> float:
     s, lo, up = frame.anomaly_score, frame.lower, frame.upper
     if s is None or lo is None or up is None or not math.isfinite(s):
         return 0.5  # fail-safe frames carry no score: a label still tells what the part was
-    width = up - lo if up > lo else max(abs(up) * 0.1, 1e-9)  # no band: scale by the threshold itself
+    width = band_width(lo, up)
     if s >= up:
         return math.exp(-(s - up) / width / cfg.reject_side_width_bands)
     if s >= (lo + up) / 2:

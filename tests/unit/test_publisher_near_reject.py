@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.publisher import PublisherConfig, TokenBucket, band_width, classify, is_near_reject
+from lineguard.decision import band_width
+from lineguard.publisher import PublisherConfig, TokenBucket, classify, is_near_reject
 from lineguard.wire import MessageKind
 
 BAND = {"lower": 2.0, "upper": 4.0}  # band width 2.0

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lineguard.decision import band_width
 from lineguard.errors import PublisherError
 
 GOOD = "good"
@@ -126,7 +127,7 @@ def informativeness(*, kind: str, score: float | None, lower: float | None, uppe
         return 1.0
     if score is None or lower is None or upper is None or not math.isfinite(score):
         return 0.5
-    width = upper - lower if upper > lower else max(abs(upper) * 0.1, 1e-9)  # no band: the threshold's scale
+    width = band_width(lower, upper)
     distance_bands = min(abs(score - lower), abs(score - upper)) / width
     closeness = math.exp(-distance_bands / _EDGE_WIDTH_BANDS)
     base = 0.1 + 0.8 * closeness  # in (0.1, 0.9): between audit-without-score and unknown
