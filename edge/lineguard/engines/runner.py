@@ -42,11 +42,9 @@ def _classifier_feed(bundle: Bundle) -> tuple[str | None, tuple[int, int, int] |
     spec = m.engines.get("classifier")
     if spec is None or spec.source_output is None:
         return None, None
-    roles = [r for r, name in m.engines["anomaly"].outputs.items() if name == spec.source_output]
-    if not roles:  # verify_input_sources refuses such a manifest; kept for runners built by hand
-        raise BundleError(f"bundle {m.bundle_id}: the classifier takes anomaly output {spec.source_output!r}, "
-                          "which the anomaly engine does not name")
-    return roles[0], spec.input_chw
+    # the manifest's validator (bundle.verify_input_sources) guarantees the anomaly engine names it
+    role = next(r for r, name in m.engines["anomaly"].outputs.items() if name == spec.source_output)
+    return role, spec.input_chw
 
 
 class BundleRunner:
