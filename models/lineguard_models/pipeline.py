@@ -170,14 +170,19 @@ def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
     return out
 
 
+def cpu_session(onnx_path: Path) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for training-side checks (scoring, calibration, export checks)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
 class OrtScorer:
     """The exported graph in ONNX Runtime on the CPU, fed exactly like the edge feeds it."""
 
     def __init__(self, onnx_path: Path, spec: InputSpec) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path)
         self.spec = spec
 
     def score(self, image: npt.NDArray[Any]) -> float:

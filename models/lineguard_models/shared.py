@@ -45,6 +45,7 @@ from lineguard_models.classifier import (
     export_classifier_onnx,
 )
 from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
+from lineguard_models.pipeline import cpu_session
 
 FEATURES_ROLE = "features"  # role of the shared map among the anomaly engine's outputs
 PROBS_ATOL = 1e-4  # class_probs shared vs image path; float32 reorderings give ~1e-6
@@ -112,14 +113,6 @@ def shared_stage_for(
     return SharedStage(stage=stage, chw=(c, h, w)), f"continues from the anomaly engine's {stage} map"
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _check_batch(clf: TrainedClassifier, images: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
     if not images:
         raise EngineError("the shared-backbone check needs at least one image")
@@ -136,9 +129,9 @@ def verify_shared(
     Returns the largest differences; raises :class:`EngineError` beyond tolerance.
     """
     batch = _check_batch(clf, images)
-    (old_scores,) = _session(old_anomaly).run([SCORE_OUTPUT], {"image": batch})
-    new_scores, maps = _session(new_anomaly).run([SCORE_OUTPUT, SHARED_OUTPUT], {"image": batch})
-    (probs,) = _session(classifier).run([PROBS_OUTPUT], {SHARED_OUTPUT: maps})
+    (old_scores,) = cpu_session(old_anomaly).run([SCORE_OUTPUT], {"image": batch})
+    new_scores, maps = cpu_session(new_anomaly).run([SCORE_OUTPUT, SHARED_OUTPUT], {"image": batch})
+    (probs,) = cpu_session(classifier).run([PROBS_OUTPUT], {SHARED_OUTPUT: maps})
     expected = clf.predict_proba(list(images))
     score_rel = float(np.max(np.abs(new_scores - old_scores) / np.maximum(np.abs(old_scores), 1e-12)))
     probs_abs = float(np.max(np.abs(probs - expected)))
