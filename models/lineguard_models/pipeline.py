@@ -42,6 +42,7 @@ from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
 from lineguard_models.augment import CameraProfile
 from lineguard_models.bank_augment import BankAugmentConfig, bank_variants, describe
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
+from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.report import write_report
 
@@ -87,6 +88,12 @@ class TrainConfig(BaseModel):
         default_factory=lambda: BankAugmentConfig(),
         description="camera-profile variants of the good images fed to the anomaly bank; used only when "
         "camera_profile is given (docs/anomaly-model.md)",
+    )
+
+    classifier: ClassifierConfig = Field(
+        default_factory=lambda: ClassifierConfig(),
+        description="defect classifier settings (docs/classifier.md); trained when every defect folder has enough "
+        "images",
     )
 
     @field_validator("calibration_folds")
@@ -379,7 +386,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         from lineguard_models.classifier import classifier_for_bundle
 
         classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile,
-                                           anomaly=scorer, anomaly_onnx=staging / ONNX_FILE)  # shared backbone
+                                           anomaly=scorer, anomaly_onnx=staging / ONNX_FILE,  # shared backbone
+                                           config=cfg.classifier)
         # --- end defect classifier ---
         bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
                          classifier=classifier)

@@ -104,3 +104,32 @@ def test_impossible_camera_profile_is_refused_before_training(
     assert rc == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", SynthConfig(width_px=64, height_px=64, n_good=10, n_defect_per_class=6,
+                                                 defect_classes=CLASSES, defect_strength=2.0, seed=5))
+    profile = tmp_path / "camera.yaml"
+    profile.write_text("sensor: mono\nbit_depth: 8\norientation_specific: false\nflips: [horizontal]\n")
+    rc = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), "--input-size", "64",
+               "--bank-size", "32", "--seed", "2", "--camera-profile", str(profile), "--classifier-finetune"])
+    assert rc == 0
+    m = load_bundle(tmp_path / "b").manifest
+    assert m.classifier is not None
+    engine = m.engines["classifier"]
+    # a fine-tuned backbone is not the anomaly engine's: the classifier runs from the image, views averaged
+    assert engine.input_name == "image" and engine.input_source == "image"
+    report = m.calibration["classifier"]
+    assert "fine-tuned" in report["method"] and report["frozen"]["folds"] == 5
+    assert m.provenance["training"]["classifier"]["finetune"]["epochs"] == 4
+    assert report["augmentation"]["views"] == ["identity", "hflip"]
+    sess = ort.InferenceSession(str(tmp_path / "b" / engine.file), providers=["CPUExecutionProvider"])
+    cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
+    hits = 0
+    for label in CLASSES:
+        for i in range(100, 103):
+            batch, _ = prepare(render_pixels(cfg, label, i), m.input)
+            probs = sess.run(["class_probs"], {"image": batch})[0]
+            assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
+            hits += m.classifier.classes[int(probs.argmax())] == label
+    assert hits >= 6  # of 9; chance is 3

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
+from lineguard.errors import ConfigError
 from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.augment import CameraProfile
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import PooledFeatures, fit_head
+from lineguard_models.classifier import PROBS_OUTPUT, ClassifierConfig, PooledFeatures, fit_head, train_classifier
 from lineguard_models.finetune import (
     FinetuneConfig,
     HeadParams,
@@ -80,7 +85,7 @@ def test_finetune_trains_only_late_stages_and_lowers_the_loss(backbone: Efficien
     views = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=False, square=True)
     maps, y = _maps(backbone, views)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    cfg = FinetuneConfig(epochs=4, batch_size=6, label_smoothing=0.0, val_fraction=0.0)
+    cfg = FinetuneConfig(epochs=4, batch_size=6, lr_backbone=3e-4, label_smoothing=0.0, val_fraction=0.0)
     res = finetune(backbone, maps, y, stages=STAGES, fit_head=_fit, config=cfg, seed=0)
     # the caller's backbone is untouched; the copy changed only from stage6 on
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
@@ -104,3 +109,51 @@ def test_validation_split_picks_an_epoch_count(backbone: EfficientNetLite0) -> N
     res = finetune(backbone, maps, y, stages=STAGES, fit_head=_fit, config=cfg, seed=1)
     assert len(res.val_log_loss) == 3
     assert res.epochs == int(np.argmin(res.val_log_loss)) + 1
+
+
+FREE = CameraProfile(sensor="mono", bit_depth=8, orientation_specific=False, flips=("horizontal",),
+                     copies_per_image=0)
+TUNED = ClassifierConfig(l2_grid=(3e-3,), cv_folds=3, max_iter=60, average_views=True,
+                         finetune=FinetuneConfig(epochs=1, batch_size=16), finetune_folds=2)
+
+
+def _by_class(n: int, start: int = 0) -> dict[str, list[Any]]:
+    cfg = SynthConfig(width_px=64, height_px=64, channels=1, bit_depth=8, defect_strength=2.0)
+    return {c: [render_pixels(cfg, c, start + i) for i in range(n)] for c in CLASSES}
+
+
+def test_fine_tuning_needs_view_averaging() -> None:
+    with pytest.raises(ValidationError, match="average_views"):
+        ClassifierConfig(finetune=FinetuneConfig())
+
+
+def test_train_classifier_fine_tunes_and_exports_what_it_measured(tmp_path: Path) -> None:
+    images = _by_class(6)
+    clf = train_classifier(images, spec=SPEC, profile=FREE, seed=0, config=TUNED)
+    report = clf.cv_report
+    assert "fine-tuned" in report["method"] and report["folds"] == 2
+    assert report["frozen"]["folds"] == 3  # the frozen fit's own cross-validation is kept beside it
+    assert report["finetune"]["epochs"] == 1 and report["finetune"]["maps_mib"] > 0
+    assert clf.views.names == ("identity", "hflip")  # the graph averages the views it was trained on
+    assert all(0.0 <= t <= TUNED.max_min_confidence for t in clf.min_confidence.values())
+    # only the trained stage moved: stage5 (the frozen prefix) is ImageNet's, stage6 is not
+    imagenet = EfficientNetLite0.from_state_dict_file(out_stages=TUNED.stages)
+    late = LateStages(imagenet, stages=TUNED.stages, first_trained_stage="stage6")
+    tuned = clf.graph.features.backbone
+    moved = {i for i, (a, b) in enumerate(zip(imagenet._blocks, tuned._blocks, strict=False))
+             if not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(),
+                                                          strict=True))}
+    assert moved and min(moved) >= late.first_block, moved
+    # the exported ONNX graph computes the probabilities the training measured, views averaged
+    clf.export_onnx(tmp_path / "c.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    unseen = [im for v in _by_class(2, start=50).values() for im in v]
+    batch = np.concatenate([prepare(im, SPEC)[0] for im in unseen]).astype(np.float32)
+    onnx_probs = sess.run([PROBS_OUTPUT], {"image": batch})[0]
+    np.testing.assert_allclose(onnx_probs, clf.predict_proba(unseen), atol=1e-4)
+
+
+def test_the_map_cache_cap_stops_before_fine_tuning() -> None:
+    cfg = TUNED.model_copy(update={"finetune_max_map_mib": 0.01})
+    with pytest.raises(ConfigError, match="finetune_max_map_mib"):
+        train_classifier(_by_class(6), spec=SPEC, profile=FREE, seed=0, config=cfg)

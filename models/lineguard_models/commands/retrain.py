@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
-from lineguard_models.commands.train import tiles_arg
+from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
 from lineguard_models.datastore import DatasetStore
 from lineguard_models.pipeline import TrainConfig
 from lineguard_models.retrain import GateConfig, retrain
@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
     p.add_argument("--calibration-folds", type=int, default=0,
                    help="0: held-out good images calibrate; K >= 2: out-of-fold calibration (docs/calibration.md)")
+    add_classifier_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--product", default="product", help="product name in the bundle")
     p.add_argument("--recipe", type=int, default=0, help="PLC recipe number")
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         train_cfg = TrainConfig(product=args.product, recipe=args.recipe, seed=args.seed,
                                 input_size_px=args.input_size, tile_rows=args.tiles[0], tile_cols=args.tiles[1],
-                                bank_size=args.bank_size, calibration_folds=args.calibration_folds)
+                                bank_size=args.bank_size, calibration_folds=args.calibration_folds,
+                                classifier=classifier_config(args))
         gate_cfg = GateConfig(recall_tolerance=args.recall_tolerance,
                               false_reject_tolerance=args.false_reject_tolerance)
     except ValidationError as exc:

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
 from lineguard_models.calibration import CalibrationPolicy
+from lineguard_models.classifier import ClassifierConfig
+from lineguard_models.finetune import FinetuneConfig
 from lineguard_models.pipeline import TrainConfig, train
 
 HELP = "train an anomaly bundle from a dataset folder (needs the train extra)"
@@ -39,6 +41,21 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
+
+
+def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``lineguard retrain``."""
+    p.add_argument("--classifier-finetune", action="store_true",
+                   help="fine-tune the defect classifier's last stage on every orientation view and average the "
+                        "views at inference: more accurate with few images per class (NEU-DET, 40/class: 99.0 vs "
+                        "98.3-98.7 %%), several times the classifier's training time and latency per flagged part, "
+                        "no shared backbone pass (docs/classifier.md)")
+
+
+def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
+    if args.classifier_finetune:
+        return ClassifierConfig(average_views=True, finetune=FinetuneConfig())
+    return ClassifierConfig()
 
 
 def policy_updates(args: argparse.Namespace) -> dict[str, object]:
@@ -67,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-profile", type=Path, default=None,
                    help="camera profile YAML: which augmentations this camera can really produce "
                         "(docs/augmentation.md); default: conservative profile for the images' format")
+    add_classifier_arguments(p)
     add_policy_arguments(p)
 
 
@@ -78,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
             holdout_fraction=args.holdout_fraction, calibration_folds=args.calibration_folds,
             allow_unreadable=args.skip_unreadable,
-            camera_profile=args.camera_profile,
+            camera_profile=args.camera_profile, classifier=classifier_config(args),
             policy=CalibrationPolicy.model_validate(policy_updates(args)),
         )
     except ValidationError as exc:
