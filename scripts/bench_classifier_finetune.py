@@ -1,18 +1,26 @@
-"""Benchmark fine-tuning the classifier's last backbone stages on NEU-DET (issue 5: >= 99 % at 40/class).
+"""Benchmark fine-tuning the classifier's last backbone stage on NEU-DET (issue 5: >= 99 % at 40/class).
 
 Same held-out set, training draws and stage-5 map cache as ``scripts/bench_classifier.py``
 (``neu_splits``, ``CachedMaps``: the maps of every image in every dihedral view are computed there
-once). Per seed: the shipped frozen-feature classifier (``fit_from_features`` with the views as
-training copies and probabilities averaged over the views) on those splits as the baseline, then
-``lineguard_models.finetune.finetune`` started from a logistic head, evaluated on the held-out set
-without and with averaging over the views. The timing printed per seed is the fine-tuning itself
-(maps cached), i.e. what fine-tuning would add to ``train_classifier`` on top of the views' maps.
-Prints a markdown table row per variant; the numbers go into docs/benchmarks/classifier.md by hand.
+once). Settings are chosen without the test set: per seed, the images of the 200-per-class training
+pool that the seed does not train on are the **validation** set (160/class at 40/class); every
+setting reports validation and test accuracy, read through the identity view only and with the
+class probabilities averaged over the 8 views (what the exported graph does with
+``average_views``). The run itself is ``lineguard_models.finetune.finetune`` on every view of every
+training image (an epoch sees each view as its own map), started from a logistic head on the
+frozen features, exactly as ``train_classifier`` runs it with ``ClassifierConfig.finetune``
+(there the head's L2 comes from the frozen fit's cross-validation; here it is 1e-3).
+``--frozen`` adds the shipped frozen classifier (8 views as training copies) on the same splits.
+The time printed per run is the fine-tuning itself (maps cached). Prints one line per setting; the
+numbers go into docs/benchmarks/classifier.md by hand.
+
+    .venv/bin/python scripts/bench_classifier_finetune.py --n 40 --settings 1:1e-4 2:1e-4 4:1e-4 --frozen
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,18 +33,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classifier import NEU_CLASSES, CachedMaps, load_classes, neu_splits, progress_line
 
 from lineguard.preprocess import spec_for_images
-from lineguard_models.classifier import ClassifierConfig, FeatureSet, SoftmaxHead, fit_from_features, fit_head
-from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, Views, finetune
+from lineguard_models.classifier import ClassifierConfig, FeatureSet, fit_from_features, fit_head
+from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, Views, finetune, view_averaged_probs
 
 
-def _probs(late: LateStages, maps: list[npt.NDArray[np.float32]], head: SoftmaxHead) -> npt.NDArray[np.float32]:
-    """Mean over views of the class probabilities of held-out maps (one array per view)."""
-    out = []
-    with torch.no_grad():
-        for m in maps:
-            t = torch.from_numpy(np.ascontiguousarray(m))
-            out.append(head.probs(torch.cat([late(t[s : s + 128]) for s in range(0, len(t), 128)]).numpy()))
-    return np.mean(out, axis=0)
+def _accuracies(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[np.float32]],
+                y: npt.NDArray[np.int64], names: tuple[str, ...], rows: dict[str, npt.NDArray[np.int64]],
+                ) -> dict[str, float]:
+    out = {}
+    for split, idx in rows.items():
+        stacked = torch.from_numpy(np.stack([maps[v][idx] for v in names], axis=1))
+        out[f"{split}_identity"] = float((view_averaged_probs(late, head, stacked[:, :1]).argmax(1) == y[idx]).mean())
+        out[f"{split}_averaged"] = float((view_averaged_probs(late, head, stacked).argmax(1) == y[idx]).mean())
+    return out
+
+
+def _line(name: str, res: dict[str, list[float]]) -> str:
+    return f"{name}: " + " | ".join(f"{k} {np.mean(v) * 100:.2f} ± {np.std(v) * 100:.2f}" for k, v in res.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,16 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=40, help="training images per class")
     p.add_argument("--input-px", type=int, default=224)
     p.add_argument("--test-per-class", type=int, default=100)
-    p.add_argument("--views", choices=["flips", "dihedral"], default="dihedral")
-    p.add_argument("--first-stage", default="stage6")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr-backbone", type=float, default=1e-4)
-    p.add_argument("--lr-head", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--val-fraction", type=float, default=0.0)
-    p.add_argument("--all-views", action="store_true", help="every epoch sees every view (else one random view)")
+    p.add_argument("--settings", nargs="*", default=["4:1e-4"], metavar="EPOCHS:LR_BACKBONE",
+                   help="fine-tuning settings to compare (head learning rate 1e-3, stage6 trained)")
+    p.add_argument("--frozen", action="store_true", help="also the shipped frozen classifier on the same splits")
     p.add_argument("--cache", type=Path, default=Path("/tmp/lineguard_clf_cache"))
-    p.add_argument("--baseline", action="store_true", help="also the frozen classifier (CV on all views: slow)")
+    p.add_argument("--json", type=Path, default=None, help="append one JSON line per setting here")
     args = p.parse_args(argv)
     root = args.datasets / "neu_det"
     if not root.is_dir():
@@ -63,60 +71,67 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(2)
     cfg = ClassifierConfig()
-    ft = FinetuneConfig(first_trained_stage=args.first_stage, epochs=args.epochs, lr_backbone=args.lr_backbone,
-                        lr_head=args.lr_head, weight_decay=args.weight_decay, val_fraction=args.val_fraction)
     data = load_classes(root, NEU_CLASSES)
     images = [im for c in NEU_CLASSES for im in data[c]]
     y = np.array([i for i, c in enumerate(NEU_CLASSES) for _ in data[c]], np.int64)
     spec = spec_for_images(images[:5], input_width=args.input_px, input_height=args.input_px)
     cm = CachedMaps(spec=spec, config=cfg, cache=args.cache / f"neu_{args.input_px}")
-    views = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=args.views == "dihedral", square=True)
+    views = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True, square=True)
     test_idx, orders = neu_splits(y, test_per_class=args.test_per_class, seeds=max(args.seeds) + 1)
-    trains = {s: np.concatenate([orders[s][c][: args.n] for c in range(len(NEU_CLASSES))]) for s in args.seeds}
-    needed = np.union1d(test_idx, np.concatenate(list(trains.values())))
-    row = {int(g): r for r, g in enumerate(needed)}
-    all_maps = {v: cm.maps(v, images, needed, view=v) for v in views.names}
-    test_maps = [all_maps[v][[row[int(g)] for g in test_idx]] for v in views.names]
+    pool = np.setdiff1d(np.arange(len(y)), test_idx)
+    everything = np.arange(len(y))
+    maps = {v: cm.maps(v, images, everything, view=v) for v in views.names}  # row = image index
     late0 = LateStages(cm.backbone, stages=cfg.stages, first_trained_stage="stage6")
-    rows: dict[str, list[float]] = {"frozen, views + averaging": [], "fine-tuned, identity": [],
-                                    "fine-tuned, views averaged": []}
-    times = []
-    for seed in args.seeds:
-        train = trains[seed]
-        rows_ = [row[int(g)] for g in train]
-        maps = torch.from_numpy(np.stack([all_maps[v][rows_] for v in views.names], axis=1))
-        with torch.no_grad():
-            feats = torch.stack([late0(maps[:, i]) for i in range(len(views))], dim=1).numpy()
-        fs = FeatureSet(classes=NEU_CLASSES, x=feats[:, 0], y=y[train], x_aug=feats[:0, 0],
-                        aug_source=np.zeros(0, np.int64), x_views=feats[:, 1:], average_views=True)
-        if args.baseline:
+    splits = {s: np.concatenate([orders[s][c][: args.n] for c in range(len(NEU_CLASSES))]) for s in args.seeds}
+
+    def rows(seed: int) -> dict[str, npt.NDArray[np.int64]]:
+        return {"val": np.setdiff1d(pool, splits[seed]), "test": test_idx}
+
+    def report(name: str, res: dict[str, list[float]], extra: dict[str, object]) -> None:
+        print(_line(name, res), flush=True)
+        if args.json:
+            with args.json.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"setting": name, "n": args.n, "seeds": args.seeds, **extra, **res}) + "\n")
+
+    if args.frozen:
+        res: dict[str, list[float]] = {}
+        for seed in args.seeds:
+            train = splits[seed]
+            with torch.no_grad():
+                feats = np.stack([late0(torch.from_numpy(np.ascontiguousarray(maps[v][train]))).numpy()
+                                  for v in views.names], axis=1)
+            fs = FeatureSet(classes=NEU_CLASSES, x=feats[:, 0], y=y[train], x_aug=feats[:0, 0],
+                            aug_source=np.zeros(0, np.int64), x_views=feats[:, 1:], average_views=False)
             head, _, _ = fit_from_features(fs, config=cfg, seed=seed)
-            frozen = _probs(late0, test_maps, head)
-            rows["frozen, views + averaging"].append(float((frozen.argmax(1) == y[test_idx]).mean()))
+            for k, v in _accuracies(late0, (head.mu, head.sd, head.weight, head.bias), maps, y, views.names,
+                                    rows(seed)).items():
+                res.setdefault(k, []).append(v)
+            progress_line(f"frozen seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in res.items()))
+        report(f"frozen stage5+6, 8 views as training copies, n={args.n}", res, {})
 
-        def fit(x: np.ndarray, yy: np.ndarray) -> HeadParams:
-            h = fit_head(x, yy, len(NEU_CLASSES), l2=1e-3, max_iter=cfg.max_iter)  # the start; CV would cost minutes
-            return h.mu, h.sd, h.weight, h.bias
+    for setting in args.settings:
+        epochs, lr = setting.split(":")
+        ft = FinetuneConfig(epochs=int(epochs), lr_backbone=float(lr))
+        res, times = {}, []
+        for seed in args.seeds:
+            train = splits[seed]
+            stacked = torch.from_numpy(np.stack([maps[v][train] for v in views.names], axis=1))
 
-        t1 = time.perf_counter()
-        train_maps, train_y = maps, y[train]
-        if args.all_views:  # [N * V, 1, ...]: an epoch is every view of every image
-            train_maps = maps.reshape(-1, 1, *maps.shape[2:])
-            train_y = np.repeat(y[train], len(views))
-        res = finetune(cm.backbone, train_maps, train_y, stages=cfg.stages, fit_head=fit, config=ft, seed=seed)
-        times.append(time.perf_counter() - t1)
-        tuned = LateStages(res.backbone, stages=cfg.stages, first_trained_stage=ft.first_trained_stage)
-        tuned_head = SoftmaxHead(mu=res.mu, sd=res.sd, weight=res.weight, bias=res.bias)
-        rows["fine-tuned, identity"].append(
-            float((_probs(tuned, test_maps[:1], tuned_head).argmax(1) == y[test_idx]).mean()))
-        rows["fine-tuned, views averaged"].append(
-            float((_probs(tuned, test_maps, tuned_head).argmax(1) == y[test_idx]).mean()))
-        progress_line(f"seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in rows.items() if v)
-                      + f" (epochs {res.epochs}, {times[-1]:.0f} s)")
-    cells = " | ".join(f"{k} {np.mean(v) * 100:.2f} ± {np.std(v) * 100:.2f}" for k, v in rows.items() if v)
-    print(f"| {args.first_stage}.., {len(views)} views{' all/epoch' if args.all_views else ''}, "
-          f"lr {args.lr_backbone:g}/{args.lr_head:g}, wd {args.weight_decay:g}, {args.epochs} ep "
-          f"| seeds {args.seeds} | {cells} | {np.mean(times):.0f} s/seed |")
+            def fit(x: npt.NDArray[np.float32], yy: npt.NDArray[np.int64]) -> HeadParams:
+                h = fit_head(x, yy, len(NEU_CLASSES), l2=1e-3, max_iter=cfg.max_iter)
+                return h.mu, h.sd, h.weight, h.bias
+
+            t0 = time.perf_counter()
+            r = finetune(cm.backbone, stacked.reshape(-1, 1, *stacked.shape[2:]), np.repeat(y[train], len(views)),
+                         stages=cfg.stages, fit_head=fit, config=ft, seed=seed)
+            times.append(time.perf_counter() - t0)
+            tuned = LateStages(r.backbone, stages=cfg.stages, first_trained_stage=ft.first_trained_stage)
+            for k, v in _accuracies(tuned, (r.mu, r.sd, r.weight, r.bias), maps, y, views.names, rows(seed)).items():
+                res.setdefault(k, []).append(v)
+            progress_line(f"{setting} seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in res.items())
+                          + f" ({times[-1]:.0f} s)")
+        report(f"fine-tuned stage6, {setting} (epochs:lr), 8 views, n={args.n}, {np.mean(times):.0f} s/run",
+               res, {"epochs": int(epochs), "lr_backbone": float(lr), "seconds": times})
     return 0
 
 

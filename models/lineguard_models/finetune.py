@@ -5,9 +5,11 @@ images -> orientation views the camera profile allows (flips, 90-degree turns on
 frozen backbone prefix up to ``prefix_stage`` (computed once per view and cached: the expensive
 part) -> trainable blocks of the later stages -> global-average-pooled features of the classifier's
 stages -> standardise -> linear head -> softmax. The head starts from the frozen-feature logistic
-solution; the trainable blocks start from ImageNet. An internal validation split of the training
-images (never the user's held-out data) picks the number of epochs; the final model is then
-trained on every image for that many epochs.
+solution; the trainable blocks start from ImageNet. ``train_classifier`` (with
+``ClassifierConfig.finetune``) passes every view of every image as its own map and runs
+:func:`finetune_cross_validated`: one run per fold for out-of-fold probabilities (views averaged,
+as exported), then the final run on everything for the configured epochs. Optionally
+(``val_fraction``) an internal validation split of the training images picks the epoch count.
 
 The result is a backbone with updated late-stage weights plus a :class:`SoftmaxHead`, so the
 exported graph is exactly the frozen-feature classifier's graph (``ClassifierGraph``): one ONNX
