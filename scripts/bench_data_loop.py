@@ -186,7 +186,7 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     sp = casting_split(root, seed, a.init_good, a.init_def, a.stream, a.defect_share)
     copy_into(work / "init/good", sp.init_good)
     copy_into(work / "init/def_front", sp.init_def)
-    for arm in ("active", "random"):
+    for arm in ("active", "random", *(x for x in EXTRA_ARMS if getattr(a, x))):
         DatasetStore.open(work / f"ds_{arm}").import_folder(work / "init", note="first teach")
     DatasetStore.open(work / "ds_active").materialize(work / "init_train")
     t0 = time.monotonic()
@@ -205,11 +205,26 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
         rng = np.random.default_rng(seed + 1000)
         rand_idx = sorted(rng.choice(len(images), size=a.budget, replace=False))
         collect_stream(judge, [images[i] for i in rand_idx], work / "sink_random", audit_fraction=1.0, seed=seed)
+        extra: dict[str, list[int]] = {}
+        if a.oracle:
+            extra["oracle"] = oracle_pick([d for _, d, _ in line], [truth[pixel_key(im)] == "good" for im, _ in images],
+                                          initial.manifest.thresholds.lower, initial.manifest.thresholds.upper,
+                                          a.budget)
+        if a.top:  # no labels needed: the highest anomaly scores of the stream (the reject bin first)
+            extra["top"] = sorted(int(i) for i in np.argsort([-d.anomaly_score for _, d, _ in line],
+                                                             kind="stable")[:a.budget])
+        for arm, picked_idx in extra.items():
+            collect_stream(judge, [images[i] for i in picked_idx], work / f"sink_{arm}", audit_fraction=1.0, seed=seed)
     finally:
         judge.close()
     picked, reasons = active_pick(work / "sink", a.budget, seed)
     labelled = {"active": label_sink(work / "sink", truth, picked),
                 "random": label_sink(work / "sink_random", truth, None)}
+    arms = [("active", work / "sink"), ("random", work / "sink_random")]
+    for arm in EXTRA_ARMS:
+        if getattr(a, arm):
+            labelled[arm] = label_sink(work / f"sink_{arm}", truth, None)
+            arms.append((arm, work / f"sink_{arm}"))
     out: dict[str, Any] = {"seed": seed, "stream_parts": len(images),
                            "stream_ms_per_part": 1000 * stream_s / len(images),
                            "stream_verdicts": dict(Counter(d.verdict.label for _, d, _ in line)),
@@ -221,7 +236,7 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
                                       for (im, _), (_, d, _) in zip(images, line, strict=True)],
                            "bundles": {"initial": {**judge_all(initial, *test).metrics(), **thresholds(initial),
                                                    "train_s": initial_s}}}
-    for arm, sink in (("active", work / "sink"), ("random", work / "sink_random")):
+    for arm, sink in arms:
         t0 = time.monotonic()
         res = retrain(work / f"ds_{arm}", work / "initial", work / f"cand_{arm}", train_cfg=cfg, sink=sink,
                       good_use=a.good_use, progress=QUIET)
@@ -232,6 +247,21 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
         out["bundles"][arm]["fitted_images"] = cand.manifest.provenance["train_images"]
         log(f"seed {seed}: {arm} retrain + test in {time.monotonic() - t0:.0f} s: {out['bundles'][arm]}")
     return out
+
+
+EXTRA_ARMS = ("oracle", "top")  # bench-only selections beside active and random (flags --oracle, --top)
+
+
+def oracle_pick(decisions: Sequence[Any], good: Sequence[bool], lower: float, upper: float,
+                budget: int) -> list[int]:
+    """An upper-bound selection, not a product rule: knowing every label, the ``budget`` stream
+    parts the first bundle got most wrong (good parts by how far their score lies above the accept
+    threshold, def_front parts by how far below the reject threshold, in band widths), whatever the
+    publisher sent. What perfect uncertainty sampling could pick at this budget."""
+    width = band_width(lower, upper)
+    hardness = [(d.anomaly_score - lower) / width if g else (upper - d.anomaly_score) / width
+                for d, g in zip(decisions, good, strict=True)]
+    return sorted(int(i) for i in np.argsort(hardness, kind="stable")[::-1][:budget])
 
 
 def thresholds(bundle: Bundle) -> dict[str, float]:
@@ -476,20 +506,25 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     out = [f"Seeds {[r['seed'] for r in rows]}; mean ± sample sd, percent.", "",
            "| bundle | reject precision | false-reject rate | escape rate | recheck rate | AUROC | gate passed |",
            "|---|---|---|---|---|---|---|"]
-    for arm in ("initial", "active", "random"):
+    extra = [x for x in EXTRA_ARMS if all(x in r["bundles"] for r in rows)]
+    for arm in ("initial", "active", "random", *extra):
         b = [r["bundles"][arm] for r in rows]
         gates = "–" if arm == "initial" else f"{sum(x['gate_passed'] for x in b)}/{len(b)}"
         out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + f" | {gates} |")
-    d = {k: [r["bundles"]["active"][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
-    wins = {k: sum((x > 0) if k in ("precision", "auroc") else (x < 0) for x in d[k]) for k in keys}
-    out.append("| active − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
-                                                  for k in keys) + " | |")
-    fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows])) for arm in ("active", "random")}
+    for arm in ("active", *extra):
+        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
+        wins = {k: sum((x > 0) if k in ("precision", "auroc") else (x < 0) for x in d[k]) for k in keys}
+        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
+                                                       for k in keys) + " | |")
+    fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows]))
+          for arm in ("active", "random", *extra)}
     sink = _ms([r["sink_frames"] for r in rows], False)
     n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False) for arm in ("active", "random")}
     out += ["", "False rejects, active vs random (ratio of the means over seeds): "
             + (f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more)." if fr["random"] > 0
-             else "random has none."),
+             else "random has none.")
+            + "".join(f" {x} vs random: {100 * (1 - fr[x] / fr['random']):.0f} % fewer."
+                      for x in extra if fr["random"] > 0),
             f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
             f"active {n_def['active']}, random {n_def['random']}."]
     if "calibration_images" in rows[0]["bundles"]["active"]:
@@ -617,6 +652,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    default="fit_flagged",
                    help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
+    p.add_argument("--oracle", action="store_true",
+                   help="an arm that knows every label and takes the parts the first bundle got most wrong")
+    p.add_argument("--top", action="store_true",
+                   help="an arm that takes the stream parts with the highest anomaly scores (no labels needed)")
     p.add_argument("--near-reject", type=float, default=0.0,
                    help="publisher.near_reject_margin_bands of the stream (0 = no near_reject kind, as before)")
     p.add_argument("--near-reject-floor", type=float, default=0.0,
