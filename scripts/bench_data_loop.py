@@ -167,12 +167,13 @@ def label_sink(sink: Path, truth: dict[str, str], only: set[str] | None) -> Coun
     return counts
 
 
-def active_pick(sink: Path, budget: int, seed: int) -> tuple[set[str], Counter[str]]:
-    """The shift's selection exactly as ``lineguard label`` computes it."""
+def active_pick(sink: Path, budget: int, seed: int, **selection: float) -> tuple[set[str], Counter[str]]:
+    """The shift's selection exactly as ``lineguard label`` computes it (``selection``: SelectionConfig
+    fields other than the budget and seed; none = the defaults)."""
     book = LabelBook.open(sink)
     try:
         now = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
-        shift, _ = plan_shift(book, SelectionConfig(budget_per_shift=budget, seed=seed), now=now)
+        shift, _ = plan_shift(book, SelectionConfig(budget_per_shift=budget, seed=seed, **selection), now=now)
         picked = [f for f in book.queue(shift=shift, limit=budget) if f.selected]
     finally:
         book.close()
@@ -217,7 +218,9 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
             collect_stream(judge, [images[i] for i in picked_idx], work / f"sink_{arm}", audit_fraction=1.0, seed=seed)
     finally:
         judge.close()
-    picked, reasons = active_pick(work / "sink", a.budget, seed)
+    selection = {k: v for k, v in (("accept_side_weight", a.accept_side_weight),
+                                   ("reject_side_width_bands", a.reject_side_width)) if v is not None}
+    picked, reasons = active_pick(work / "sink", a.budget, seed, **selection)
     labelled = {"active": label_sink(work / "sink", truth, picked),
                 "random": label_sink(work / "sink_random", truth, None)}
     arms = [("active", work / "sink"), ("random", work / "sink_random")]
@@ -654,6 +657,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
     p.add_argument("--oracle", action="store_true",
                    help="an arm that knows every label and takes the parts the first bundle got most wrong")
+    p.add_argument("--accept-side-weight", type=float, default=None,
+                   help="SelectionConfig.accept_side_weight of the active arm (default: the product default)")
+    p.add_argument("--reject-side-width", type=float, default=None,
+                   help="SelectionConfig.reject_side_width_bands of the active arm (default: the product default)")
     p.add_argument("--top", action="store_true",
                    help="an arm that takes the stream parts with the highest anomaly scores (no labels needed)")
     p.add_argument("--near-reject", type=float, default=0.0,

@@ -81,16 +81,18 @@ def test_connection_lost_mid_run(sim: PlcSimulator, how: str) -> None:
 
 
 def test_plc_slower_than_the_deadline(sim: PlcSimulator) -> None:
-    """Responses take 60 ms (deadline 100 ms, timeout 100 ms): verdicts queue up, none is lost."""
+    """Responses take 60 ms (deadline 100 ms, timeout 200 ms): verdicts queue up, none is lost.
+    (The timeout has headroom over 100 ms so that a starved CI box does not time out answers the
+    simulator sends at once, which would keep the link reconnecting after the slow phase.)"""
     reg = CollectorRegistry()
-    link = PlcLink.from_config(_cfg(sim.port, result_buffer_size=32), metrics_registry=reg)
+    link = PlcLink.from_config(_cfg(sim.port, result_buffer_size=32, timeout_ms=200), metrics_registry=reg)
     link.start()
     try:
         assert sim.wait_until(lambda: sim.heartbeats() != [], 2.0)
         sim.set_response_delay_ms(60)
         feed(link, range(1, 21), skip={5}, period_s=0.01)
         assert settle(link, 10.0)
-        sim.set_response_delay_ms(250)  # now slower than the timeout: timeouts, reconnects
+        sim.set_response_delay_ms(450)  # now slower than the timeout: timeouts, reconnects
         feed(link, range(21, 26), period_s=0.01)
         time.sleep(0.5)
         sim.set_response_delay_ms(0)
