@@ -74,6 +74,14 @@ class SelectionConfig(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the audit draw")
 
 
+# ``lineguard label --reject-side-first``: only the reject side counts, and every reject as much as
+# one at the threshold. Casting, 8 % defect stream, out-of-fold calibration (K = 3), 40 labels, 8
+# seeds: +5.2 points reject precision and 83 % fewer false rejects than random labelling (the
+# default, both sides alike: -2.4 points, 4 % fewer); escapes +3.0 points. Not measured with
+# held-out calibration (K = 0), where a milder reject-side setting was worse: docs/benchmarks/data-loop.md.
+REJECT_SIDE_FIRST: dict[str, float] = {"accept_side_weight": 0.0, "reject_side_width_bands": 100.0}
+
+
 @dataclass(frozen=True, slots=True)
 class Pick:
     index: int  # into the candidate list

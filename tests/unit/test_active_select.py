@@ -19,6 +19,7 @@ from lineguard.sink.labels import LabelBook, QueuedFrame, informativeness
 from lineguard.sink.store import FrameStore
 from lineguard.wire import MessageKind
 from lineguard_models.active import (
+    REJECT_SIDE_FIRST,
     SelectionConfig,
     decision_value,
     embed_frames,
@@ -149,6 +150,23 @@ def test_decision_value_peaks_at_the_thresholds_not_the_band_middle() -> None:
     # the reject-side-first setting: accept side at half weight, rejected frames keep value further out
     assert v(LOWER, accept_side_weight=0.5) == 0.5 and v(UPPER, accept_side_weight=0.5) == 1.0
     assert v(2.2, "audit", reject_side_width_bands=1.0) == pytest.approx(np.exp(-0.2))
+    # `lineguard label --reject-side-first`: the accept side is worth nothing, every reject about 1
+    assert v(LOWER, **REJECT_SIDE_FIRST) == 0.0 and v(0.9, "audit", **REJECT_SIDE_FIRST) == 0.0
+    assert v(3.0, "audit", **REJECT_SIDE_FIRST) > 0.98 and v(UPPER, **REJECT_SIDE_FIRST) == 1.0
+    assert v(1.9, **REJECT_SIDE_FIRST) > v(1.6, **REJECT_SIDE_FIRST) > 0.0  # the upper band by closeness
+
+
+def test_label_cli_reject_side_first_sets_the_selection() -> None:
+    import argparse
+
+    from lineguard.commands.label import add_arguments, selection_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    plain = selection_config(p.parse_args(["--store", "s"]))
+    assert plain.accept_side_weight == 1.0
+    sel = selection_config(p.parse_args(["--store", "s", "--reject-side-first", "--budget", "40"]))
+    assert (sel.accept_side_weight, sel.reject_side_width_bands, sel.budget_per_shift) == (0.0, 100.0, 40)
 
 
 def test_rank_distinct_skips_near_duplicates_in_value_order() -> None:
