@@ -54,7 +54,8 @@ from lineguard.decision import band_width
 from lineguard.drift import DriftConfig, DriftMonitor, RegionPx
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook
-from lineguard_models.active import SelectionConfig, plan_shift
+from lineguard.wire import MessageKind
+from lineguard_models.active import REJECT_SIDE_FIRST, SelectionConfig, plan_shift
 from lineguard_models.backtest import Judge, collect_stream
 from lineguard_models.data import load_image
 from lineguard_models.datastore import DatasetStore
@@ -95,21 +96,48 @@ def copy_into(folder: Path, paths: Sequence[Path]) -> None:
 
 @dataclass(frozen=True)
 class Scores:
-    """One bundle judged on casting test/: verdicts and scores against the true labels."""
+    """One bundle judged on casting test/ (and spare good parts, ``spare``): verdicts and scores
+    against the true labels."""
 
     verdicts: list[str]
     scores: list[float]
     defect: list[bool]
+    spare: list[bool]  # True: a spare train/good image of this seed (line figures only), not test/
 
-    def metrics(self) -> dict[str, float]:
-        v, d = np.array(self.verdicts), np.array(self.defect)
-        rej = v == "reject"
-        n_good, n_def = int((~d).sum()), int(d.sum())
-        return {"precision": float((rej & d).sum() / rej.sum()) if rej.any() else float("nan"),
-                "false_reject_rate": float((rej & ~d).sum() / n_good),
-                "escape_rate": float(((v == "accept") & d).sum() / n_def),
-                "recheck_rate": float((v == "recheck").mean()),
-                "auroc": auroc(np.array(self.scores), d)}
+    def metrics(self, defect_share: float) -> dict[str, float]:
+        """test/ figures as before, plus figures at the line's defect share ``defect_share``.
+
+        test/ holds 63 % def_front, so its reject precision is far above what the same bundle gives
+        on a line with few defects, and a +9.4-point difference cannot show when random is already
+        above 90.6 %. ``line_precision`` = r·TPR / (r·TPR + (1−r)·FPR): the share of rejects that are
+        defective on a line with def_front share r, TPR = def_front rejected / def_front (test/),
+        FPR = good rejected / good over test/good *and* the spare goods (``line_false_reject_rate``:
+        more good parts, so fewer ties at 0 false rejects). ``line_precision_test``: the same with
+        test/good only. ``line_recheck_rate``: the share of a line's parts a person rechecks."""
+        v, d, sp = np.array(self.verdicts), np.array(self.defect), np.array(self.spare)
+        t = ~sp
+        rej, rec = v == "reject", v == "recheck"
+        n_good, n_def = int((~d & t).sum()), int((d & t).sum())
+        tpr = float((rej & d & t).sum() / n_def)
+        fpr_test = float((rej & ~d & t).sum() / n_good)
+        fpr_line = float((rej & ~d).sum() / (~d).sum())
+        r = defect_share
+
+        def at_line(fpr: float) -> float:
+            den = r * tpr + (1 - r) * fpr
+            return r * tpr / den if den > 0 else float("nan")
+
+        return {"precision": float((rej & d & t).sum() / (rej & t).sum()) if (rej & t).any() else float("nan"),
+                "false_reject_rate": fpr_test,
+                "escape_rate": float(((v == "accept") & d & t).sum() / n_def),
+                "recheck_rate": float(rec[t].mean()),
+                "auroc": auroc(np.array(self.scores)[t], d[t]),
+                "defect_reject_rate": tpr,
+                "line_false_reject_rate": fpr_line,
+                "line_precision": at_line(fpr_line),
+                "line_precision_test": at_line(fpr_test),
+                "line_recheck_rate": float(r * rec[d & t].mean() + (1 - r) * rec[~d].mean()),
+                "spare_good": int(sp.sum()), "defect_share": r}
 
 
 def auroc(scores: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]) -> float:
@@ -119,14 +147,16 @@ def auroc(scores: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]) -> f
     return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def judge_all(bundle: Bundle, images: Sequence[Image], defect: Sequence[bool]) -> Scores:
+def judge_all(bundle: Bundle, images: Sequence[Image], defect: Sequence[bool],
+              spare: Sequence[Image] = ()) -> Scores:
+    """Judge test/ (``images``, ``defect``) and then the ``spare`` good images."""
     judge = Judge(bundle)
     try:
-        out = [judge.judge(im)[0] for im in images]
+        out = [judge.judge(im)[0] for im in (*images, *spare)]
     finally:
         judge.close()
     return Scores(verdicts=[d.verdict.label for d in out], scores=[d.anomaly_score for d in out],
-                  defect=list(defect))
+                  defect=[*defect, *(False,) * len(spare)], spare=[False] * len(images) + [True] * len(spare))
 
 
 @dataclass(frozen=True)
@@ -134,6 +164,7 @@ class CastingSplit:
     init_good: list[Path]
     init_def: list[Path]
     stream: list[Path]  # shuffled mix of good and def_front, disjoint from init
+    spare_good: list[Path]  # train/good images neither taught nor streamed (line false-reject figures)
 
 
 def casting_split(root: Path, seed: int, n_good: int, n_def: int, n_stream: int,
@@ -148,7 +179,8 @@ def casting_split(root: Path, seed: int, n_good: int, n_def: int, n_stream: int,
     n_bad = round(defect_share * n_stream)
     stream = goods[n_good:n_good + n_stream - n_bad] + defs[n_def:n_def + n_bad]
     return CastingSplit(init_good=goods[:n_good], init_def=defs[:n_def],
-                        stream=[stream[i] for i in rng.permutation(len(stream))])
+                        stream=[stream[i] for i in rng.permutation(len(stream))],
+                        spare_good=goods[n_good + n_stream - n_bad:])
 
 
 def label_sink(sink: Path, truth: dict[str, str], only: set[str] | None) -> Counter[str]:
@@ -195,6 +227,7 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     initial_s = time.monotonic() - t0
     log(f"seed {seed}: initial bundle in {initial_s:.0f} s")
     images = [(load_casting(p), str(p)) for p in sp.stream]
+    spare = [load_casting(p) for p in sp.spare_good[:a.spare_good]]
     truth = {pixel_key(im): ("good" if Path(ref).parent.name == "good" else "def_front") for im, ref in images}
     judge = Judge(initial, with_map=True)
     try:
@@ -205,7 +238,8 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
         stream_s = time.monotonic() - t0
         rng = np.random.default_rng(seed + 1000)
         rand_idx = sorted(rng.choice(len(images), size=a.budget, replace=False))
-        collect_stream(judge, [images[i] for i in rand_idx], work / "sink_random", audit_fraction=1.0, seed=seed)
+        collect_stream(judge, [images[i] for i in rand_idx], work / "sink_random", audit_fraction=1.0, seed=seed,
+                       every_as=MessageKind.AUDIT)  # a random sample of the line: what the audit lottery sends
         extra: dict[str, list[int]] = {}
         if a.oracle:
             extra["oracle"] = oracle_pick([d for _, d, _ in line], [truth[pixel_key(im)] == "good" for im, _ in images],
@@ -220,13 +254,16 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
         judge.close()
     selection = {k: v for k, v in (("accept_side_weight", a.accept_side_weight),
                                    ("reject_side_width_bands", a.reject_side_width)) if v is not None}
+    if a.rsf:  # the same sink, a second person labelling it with lineguard label --reject-side-first
+        shutil.copytree(work / "sink", work / "sink_rsf")
     picked, reasons = active_pick(work / "sink", a.budget, seed, **selection)
     labelled = {"active": label_sink(work / "sink", truth, picked),
                 "random": label_sink(work / "sink_random", truth, None)}
     arms = [("active", work / "sink"), ("random", work / "sink_random")]
     for arm in EXTRA_ARMS:
         if getattr(a, arm):
-            labelled[arm] = label_sink(work / f"sink_{arm}", truth, None)
+            only = active_pick(work / "sink_rsf", a.budget, seed, **REJECT_SIDE_FIRST)[0] if arm == "rsf" else None
+            labelled[arm] = label_sink(work / f"sink_{arm}", truth, only)
             arms.append((arm, work / f"sink_{arm}"))
     out: dict[str, Any] = {"seed": seed, "stream_parts": len(images),
                            "stream_ms_per_part": 1000 * stream_s / len(images),
@@ -237,14 +274,15 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
                            # per part (score, verdict, truly good): the near_reject margin can be studied offline
                            "stream": [(d.anomaly_score, d.verdict.label, truth[pixel_key(im)] == "good")
                                       for (im, _), (_, d, _) in zip(images, line, strict=True)],
-                           "bundles": {"initial": {**judge_all(initial, *test).metrics(), **thresholds(initial),
+                           "bundles": {"initial": {**judge_all(initial, *test, spare).metrics(a.defect_share),
+                                                   **thresholds(initial),
                                                    "train_s": initial_s}}}
     for arm, sink in arms:
         t0 = time.monotonic()
         res = retrain(work / f"ds_{arm}", work / "initial", work / f"cand_{arm}", train_cfg=cfg, sink=sink,
                       good_use=a.good_use, progress=QUIET)
         cand = load_bundle(res.candidate_path)
-        out["bundles"][arm] = {**judge_all(cand, *test).metrics(), **thresholds(cand)}
+        out["bundles"][arm] = {**judge_all(cand, *test, spare).metrics(a.defect_share), **thresholds(cand)}
         out["bundles"][arm]["gate_passed"] = res.decision.passed
         out["bundles"][arm]["calibration_images"] = cand.manifest.calibration["images"]
         out["bundles"][arm]["fitted_images"] = cand.manifest.provenance["train_images"]
@@ -252,7 +290,8 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
     return out
 
 
-EXTRA_ARMS = ("oracle", "top")  # bench-only selections beside active and random (flags --oracle, --top)
+# bench-only arms beside active and random (flags --oracle, --top, --rsf)
+EXTRA_ARMS = ("oracle", "top", "rsf")
 
 
 def oracle_pick(decisions: Sequence[Any], good: Sequence[bool], lower: float, upper: float,
@@ -306,7 +345,8 @@ def bench_calib(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str,
             b = train(data / "train", data / f"bundle_k{folds}", cfg, progress=QUIET)
             row = {"seed": seed, "folds": folds, "train_s": time.monotonic() - t0, **thresholds(b),
                    "calibration_images": b.manifest.calibration["images"],
-                   "fitted_images": b.manifest.provenance["train_images"], **judge_all(b, *test).metrics()}
+                   "fitted_images": b.manifest.provenance["train_images"],
+                   **judge_all(b, *test).metrics(a.defect_share)}
             rows.append(row)
             log(f"calib seed {seed} folds {folds}: {row}")
     return rows
@@ -522,14 +562,15 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows]))
           for arm in ("active", "random", *extra)}
     sink = _ms([r["sink_frames"] for r in rows], False)
-    n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False) for arm in ("active", "random")}
+    n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False)
+             for arm in ("active", "random", *extra)}
     out += ["", "False rejects, active vs random (ratio of the means over seeds): "
             + (f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more)." if fr["random"] > 0
              else "random has none.")
             + "".join(f" {x} vs random: {100 * (1 - fr[x] / fr['random']):.0f} % fewer."
                       for x in extra if fr["random"] > 0),
             f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
-            f"active {n_def['active']}, random {n_def['random']}."]
+            + ", ".join(f"{arm} {n}" for arm, n in n_def.items()) + "."]
     if "calibration_images" in rows[0]["bundles"]["active"]:
         cal = {arm: _ms([r["bundles"][arm]["calibration_images"]["good"] for r in rows], False)
                for arm in ("active", "random")}
@@ -546,6 +587,40 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         kinds = sorted({k for r in rows for k in r["stream_kinds"]})
         out.append("Sink frames by kind per stream: " + ", ".join(
             f"{k} {_ms([r['stream_kinds'].get(k, 0) for r in rows], False)}" for k in kinds) + ".")
+    if "line_precision" in rows[0]["bundles"]["initial"]:
+        out += ["", *line_table(rows, extra)]
+    return out
+
+
+def line_table(rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> list[str]:
+    """The same bundles at the stream's def_front share (``Scores.metrics``): what a line sees."""
+    keys = ("line_precision", "line_false_reject_rate", "defect_reject_rate", "escape_rate", "line_recheck_rate")
+    better_up = ("line_precision", "defect_reject_rate")
+    first = rows[0]["bundles"]["initial"]
+    out = [f"At the stream's def_front share ({first.get('defect_share', '?')}); good parts: test/good + "
+           f"{first['spare_good']} spare train/good per seed.", "",
+           "| bundle | line reject precision | line false-reject rate | def_front rejected | escape rate | "
+           "line recheck rate |", "|---|---|---|---|---|---|"]
+    for arm in ("initial", "active", "random", *extra):
+        b = [r["bundles"][arm] for r in rows]
+        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + " |")
+    for arm in ("active", *extra):
+        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
+        wins = {k: sum((x > 0) if k in better_up else (x < 0) for x in d[k]) for k in keys}
+        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
+                                                       for k in keys) + " |")
+    fr = {arm: float(np.mean([r["bundles"][arm]["line_false_reject_rate"] for r in rows]))
+          for arm in ("initial", "active", "random", *extra)}
+    tpr = {arm: float(np.mean([r["bundles"][arm]["defect_reject_rate"] for r in rows])) for arm in fr}
+    share = float(first.get("defect_share", 0.5))
+    pooled = {arm: share * tpr[arm] / (share * tpr[arm] + (1 - share) * fr[arm]) for arm in fr}
+    if fr["random"] > 0:
+        out += ["", "Line false rejects vs random (ratio of the means): " + "; ".join(
+            f"{arm} {100 * (1 - fr[arm] / fr['random']):.0f} % fewer" for arm in ("active", *extra)) + "."]
+    out.append("Pooled line reject precision (every seed's bundle on an equal share of the line; no seed's "
+               "zero-false-reject draw counts as 100 %): " + ", ".join(
+                   f"{arm} {100 * pooled[arm]:.1f} %" for arm in fr) + "; minus random: " + ", ".join(
+                   f"{arm} {100 * (pooled[arm] - pooled['random']):+.1f} pp" for arm in ("active", *extra)) + ".")
     return out
 
 
@@ -651,7 +726,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
     p.add_argument("--defect-share", type=float, default=0.5,
                    help="def_front share of the stream (0.5 = the folder's mix; 0.08 = closer to a line)")
-    p.add_argument("--good-use", choices=("fit_flagged", "calibrate_flagged", "fit", "calibrate"),
+    p.add_argument("--good-use", choices=("fit_flagged", "calibrate_flagged", "fit", "calibrate",
+                                          "fit_flagged_unbiased"),
                    default="fit_flagged",
                    help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")
@@ -663,6 +739,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="SelectionConfig.reject_side_width_bands of the active arm (default: the product default)")
     p.add_argument("--top", action="store_true",
                    help="an arm that takes the stream parts with the highest anomaly scores (no labels needed)")
+    p.add_argument("--rsf", action="store_true",
+                   help="an arm labelled as lineguard label --reject-side-first would on the same sink "
+                        "(active.REJECT_SIDE_FIRST), beside the active arm's selection")
+    p.add_argument("--spare-good", type=int, default=1000,
+                   help="train/good images neither taught nor streamed, judged for the line false-reject rate")
     p.add_argument("--near-reject", type=float, default=0.0,
                    help="publisher.near_reject_margin_bands of the stream (0 = no near_reject kind, as before)")
     p.add_argument("--near-reject-floor", type=float, default=0.0,
@@ -687,7 +768,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--forget-strengths", type=float, nargs="+", default=[0.4, 0.1])
     a = p.parse_args(argv)
     if a.smoke:
-        a.seeds, a.size, a.bank, a.stream, a.budget = a.seeds[:1], 64, 64, 40, 8
+        a.seeds, a.size, a.bank, a.stream, a.budget, a.spare_good = a.seeds[:1], 64, 64, 40, 8, 50
         a.drift_train_good, a.clean_parts, a.lead_in, a.max_drift_parts, a.drift_reps = 40, 200, 120, 150, 1
         a.drift_kinds, a.forget_good, a.forget_strengths, a.forget_seeds = ["illumination_-20"], 16, [0.4], [0]
     return a

@@ -80,21 +80,22 @@ def store_decision(store: FrameStore, decision: Decision, frame: Frame, anomaly_
 
 def collect_stream(judge: Judge, images: Iterable[tuple[npt.NDArray[Any], str]], sink_root: str | Path, *,
                    audit_fraction: float = 0.05, seed: int = 0, near_reject_margin_bands: float = 0.0,
-                   near_reject_min_margin_fraction: float = 0.0,
+                   near_reject_min_margin_fraction: float = 0.0, every_as: MessageKind | None = None,
                    quota_bytes: int = 2**40) -> list[tuple[str, Decision, MessageKind | None]]:
     """Judge each (image, source_ref) and store what the publisher would send; returns
     (source_ref, decision, kind or None) per image in order.
 
     ``near_reject_margin_bands`` and ``near_reject_min_margin_fraction`` are the publisher's
     settings of those names (margin 0 = no near_reject kind); its per-minute budget is not
-    applied: a replay has no line clock."""
+    applied: a replay has no line clock. ``every_as``: store every frame as this kind instead (e.g.
+    ``AUDIT`` for parts drawn at random from the line, which are a sample of it whatever their verdict)."""
     rng = np.random.default_rng(seed)
     store = FrameStore.open(sink_root, quota_bytes=quota_bytes, fsync=False)
     out: list[tuple[str, Decision, MessageKind | None]] = []
     try:
         for i, (image, ref) in enumerate(images):
             d, frame, amap = judge.judge(image, part_id=i, source_ref=ref)
-            kind = classify(d, judge.thresholds, near_reject_margin_bands, near_reject_min_margin_fraction)
+            kind = every_as or classify(d, judge.thresholds, near_reject_margin_bands, near_reject_min_margin_fraction)
             if kind is None and audit_fraction > 0 and rng.random() < audit_fraction:
                 kind = MessageKind.AUDIT
             if kind is not None:

@@ -7,7 +7,10 @@ and defect images). The folder contract (``docs/training.md``)::
     <root>/good/*                 <root>/train/good/*   (split layout; test/ likewise)
     <root>/<defect_class>/*       <root>/test/<defect_class>/*
 
-``masks/`` and ``boxes_voc_xml/`` folders, ``manifest.csv`` and hidden files are not data. Every
+``masks/`` and ``boxes_voc_xml/`` folders, ``manifest.csv`` and hidden files are not data. An optional
+``<root>/fit_only.txt`` lists good training images (relative paths, one per line) that may join the
+memory bank but must never set a threshold: frames chosen *for their score* by the data loop are not
+a sample of the line, so calibrating on them would bias the thresholds (``docs/data-loop.md``). Every
 image is decoded once while scanning, so an unreadable or empty file is found *before* training:
 by default it stops the scan with a :class:`DatasetError` listing every bad path; with
 ``allow_unreadable`` the files are skipped, logged as a warning and kept in ``Dataset.skipped`` so
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 GOOD = "good"
 NOT_CLASSES = frozenset({"masks", "boxes_voc_xml"})
 NOT_DATA_FILES = frozenset({"manifest.csv"})
+FIT_ONLY_FILE = "fit_only.txt"  # good training images that fit the model and never calibrate
 SPLITS = ("train", "test")
 Split = Literal["train", "test", ""]
 Image = npt.NDArray[Any]
@@ -75,6 +79,7 @@ class Dataset:
     skipped: tuple[BadFile, ...] = ()
     warnings: tuple[str, ...] = ()
     sizes: tuple[tuple[int, int], ...] = field(default=())  # distinct (width, height) seen
+    fit_only: frozenset[str] = frozenset()  # rel paths of good training images never used to calibrate
 
     def good(self, split: Split | None = None) -> list[Sample]:
         return [s for s in self.samples if s.label == GOOD and (split is None or s.split == split)]
@@ -99,6 +104,7 @@ class Dataset:
             "defect_classes": list(self.defect_classes),
             "skipped": [{"file": b.rel, "reason": b.reason} for b in self.skipped],
             "warnings": list(self.warnings),
+            "fit_only": len(self.fit_only),
         }
 
 
@@ -260,6 +266,8 @@ def scan_dataset(root: str | Path, *, allow_unreadable: bool = False, require_go
     if len(sizes) > 1:
         warnings.append(f"images have {len(sizes)} different sizes, e.g. {list(sizes[:3])}: frame size left open")
     classes = tuple(sorted({s.label for s in scan.samples if s.label != GOOD}))
+    fit_only = _read_fit_only(root, scan.samples)
+    hashes = scan.hashes + ([(FIT_ONLY_FILE, _file_sha256(root / FIT_ONLY_FILE))] if fit_only else [])
     for w in warnings:
         if "treated as mono" not in w:  # that one is information, already logged
             log.warning("dataset %s: %s", root, w)
@@ -270,8 +278,32 @@ def scan_dataset(root: str | Path, *, allow_unreadable: bool = False, require_go
         channels=channels,
         dtype="uint16" if dtype == "uint16" else "uint8",
         mono_from_rgb=mono_from_rgb,
-        fingerprint=fingerprint(scan.hashes),
+        fingerprint=fingerprint(hashes),
         skipped=tuple(scan.bad),
         warnings=tuple(warnings),
         sizes=sizes,
+        fit_only=fit_only,
     )
+
+
+def _read_fit_only(root: Path, samples: list[Sample]) -> frozenset[str]:
+    """The rel paths ``<root>/fit_only.txt`` lists (blank lines and ``#`` comments skipped).
+
+    Raises :class:`DatasetError` when an entry is not a good *training* image of this dataset: a
+    typo or a stale list would otherwise put a score-selected image into calibration unnoticed.
+    """
+    path = root / FIT_ONLY_FILE
+    if not path.is_file():
+        return frozenset()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc}); fix or remove the file") from exc
+    listed = {ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")}
+    trainable = {s.rel for s in samples if s.label == GOOD and s.split in ("train", "")}
+    unknown = sorted(listed - trainable)
+    if unknown:
+        raise DatasetError(f"{path} lists {len(unknown)} files that are not good training images of this dataset "
+                           f"(good/ or train/good/): {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+                           "correct or remove those lines")
+    return frozenset(listed)

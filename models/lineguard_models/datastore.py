@@ -19,12 +19,14 @@ every retrain is judged on; the rest is **train**. So the regression set only gr
 every defect class ever seen.
 
 A train image's **use** is fixed the same way: ``fit`` (a good image may join the memory bank;
-the pipeline still holds a seeded share of them out for calibration) or ``calibrate`` (a good
-image only ever sets thresholds). Defect images are calibration-only whatever their use (the
+the pipeline still holds a seeded share of them out for calibration), ``calibrate`` (a good
+image only ever sets thresholds) or ``fit_only`` (a good image chosen for its score: it may join
+the memory bank and never sets a threshold). Defect images are calibration-only whatever their use (the
 anomaly model never fits a defect). Who decides: :meth:`import_sink` by
 :class:`GoodUse` (why: docs/data-loop.md, "How labels are used"); folder imports are ``fit``.
 :meth:`materialize` writes ``calibrate`` goods to ``test/good`` -- the training contract's
-"calibration only" folder -- and everything else under ``train/``.
+"calibration only" folder -- and everything else under ``train/``, listing ``fit_only`` goods in
+``fit_only.txt``.
 
 Must never: delete or rewrite an object or a version file (historical defect images are kept for
 good), move an image between splits, or let a regression image reach training.
@@ -49,15 +51,20 @@ from lineguard.errors import DatasetError
 from lineguard.fsutil import sha256_file, write_atomic
 from lineguard.imageio import IMAGE_SUFFIXES
 from lineguard.sink.labels import GOOD, LabelBook, check_label
+from lineguard_models.data import FIT_ONLY_FILE
 
 Split = Literal["train", "regression"]
-Use = Literal["fit", "calibrate"]
-GoodUse = Literal["fit", "calibrate", "fit_flagged", "calibrate_flagged"]
+Use = Literal["fit", "calibrate", "fit_only"]
+GoodUse = Literal["fit", "calibrate", "fit_flagged", "calibrate_flagged", "fit_flagged_unbiased"]
 """How :meth:`DatasetStore.import_sink` uses a frame labelled good: ``fit`` all of them,
 ``calibrate`` all of them, or split by the verdict the line gave it: ``fit_flagged`` fits the
 frames the line flagged (recheck, reject, fail-safe) and calibrates the accepted ones;
 ``calibrate_flagged`` the reverse: flagged goods set the thresholds, accepted goods join the
-memory bank (measured: docs/benchmarks/data-loop.md)."""
+memory bank (measured: docs/benchmarks/data-loop.md). ``fit_flagged_unbiased``: as ``fit_flagged``,
+but a flagged good the publisher sent *for its score* (kind ``uncertain``, ``near_reject``,
+``unknown_defect``: the high-scoring goods, not a sample of the line) is ``fit_only``: it joins the
+memory bank and never sets a threshold. Only the publisher's random audit frames calibrate, so the
+thresholds stay an estimate for the whole line."""
 _VERSION_DIGITS = 6
 
 
@@ -262,7 +269,8 @@ class DatasetStore:
         if not events:
             return self.head(), 0
         latest = {e.message_id: e for e in events}  # a correction in the same batch wins
-        images = [NewImage(path=e.image_path, label=e.label, use=sink_use(good_use, e.header.get("verdict")),
+        images = [NewImage(path=e.image_path, label=e.label,
+                           use=sink_use(good_use, e.header.get("verdict"), e.header.get("kind")),
                            provenance={
             "source": "sink", "sink": key, "message_id": e.message_id, "event_id": e.event_id,
             "labeller": e.labeller, "labelled_utc": e.labelled_utc, "bundle_id": e.header.get("bundle_id"),
@@ -277,7 +285,9 @@ class DatasetStore:
         """Write ``split`` of a version as a dataset folder (hard links; copies across filesystems).
 
         Flat layout (``good/``, ``<class>/``) when every good image may fit; otherwise the split
-        layout: ``train/good`` (fit), ``test/good`` (calibration only), ``train/<class>``.
+        layout: ``train/good`` (fit), ``test/good`` (calibration only), ``train/<class>``. Good images
+        whose use is ``fit_only`` go where fitted ones go and are listed in ``fit_only.txt``
+        (``data.FIT_ONLY_FILE``), so training fits them and never calibrates on them.
         """
         out = Path(dest)
         if out.exists() and any(out.iterdir()):
@@ -285,6 +295,7 @@ class DatasetStore:
         snap = self.snapshot(version)
         records = snap.select(split, exclude_classes)
         split_layout = any(r.use == "calibrate" and r.label == GOOD for r in records)
+        fit_only: list[str] = []
         for r in records:
             folder = Path(r.label)
             if split_layout:
@@ -295,12 +306,22 @@ class DatasetStore:
                 os.link(self.path_of(r), target)
             except OSError:
                 shutil.copyfile(self.path_of(r), target)
+            if r.use == "fit_only" and r.label == GOOD:
+                fit_only.append(target.relative_to(out).as_posix())
+        if fit_only:
+            (out / FIT_ONLY_FILE).write_text(
+                "# good images chosen for their score: they fit the model and never set a threshold\n"
+                + "".join(f"{rel}\n" for rel in sorted(fit_only)), encoding="utf-8")
         return snap
 
 
-def sink_use(good_use: GoodUse, verdict: object) -> Use:
-    """The use of a frame labelled good, given the verdict the line gave it (see :data:`GoodUse`)."""
+def sink_use(good_use: GoodUse, verdict: object, kind: object = None) -> Use:
+    """The use of a frame labelled good, given the verdict the line gave it and the kind the publisher
+    sent it as (see :data:`GoodUse`)."""
     if good_use in ("fit", "calibrate"):
         return "fit" if good_use == "fit" else "calibrate"
     flagged = verdict != "accept"
-    return "fit" if flagged == (good_use == "fit_flagged") else "calibrate"
+    use: Use = "fit" if flagged == (good_use != "calibrate_flagged") else "calibrate"
+    if good_use == "fit_flagged_unbiased" and use == "fit" and kind != "audit":
+        return "fit_only"
+    return use

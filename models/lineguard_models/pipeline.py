@@ -146,20 +146,26 @@ def make_input_spec(ds: Dataset, train: Sequence[Sample], cfg: TrainConfig) -> I
 
 
 def split_good(ds: Dataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
-    """(training good, calibration good): a seeded hold-out of the training pool plus test/good."""
-    pool = ds.good("train") or ds.good("")
+    """(training good, calibration good): a seeded hold-out of the training pool plus test/good.
+
+    Images in ``ds.fit_only`` are never held out (they always fit); the hold-out is drawn from the
+    others, and :func:`train` drops their out-of-fold scores, so they never calibrate.
+    """
+    everything = ds.good("train") or ds.good("")
+    pool = [s for s in everything if s.rel not in ds.fit_only]
+    fit_only = [s for s in everything if s.rel in ds.fit_only]
     extra = ds.good("test") if ds.good("train") else []
     order = np.random.default_rng(cfg.seed).permutation(len(pool))
     shuffled = [pool[i] for i in order]
     n_hold = max(cfg.min_holdout, math.ceil(cfg.holdout_fraction * len(pool)))
     if cfg.calibration_folds >= 2:  # out-of-fold scores calibrate: nothing is held back from fitting
         n_hold = 0 if cfg.max_good is None else max(0, len(pool) - cfg.max_good)
-    if len(pool) - n_hold < 1:
+    if len(pool) + len(fit_only) - n_hold < 1:
         raise DatasetError(
             f"{len(pool)} good training images: holding out {n_hold} for calibration leaves none to train on; "
             "add good images"
         )
-    held, train = shuffled[:n_hold], shuffled[n_hold:]
+    held, train = shuffled[:n_hold], shuffled[n_hold:] + fit_only
     if cfg.max_good is not None:
         train = train[: cfg.max_good]
     if cfg.calibration_folds > len(train):  # refused before an hour of training, not after
@@ -370,9 +376,10 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         if cfg.calibration_folds >= 2:  # every fitted good image calibrates with an out-of-fold score
             from lineguard_models.crossfit import out_of_fold_scores
 
-            scored += out_of_fold_scores(ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
-                                         profile=profile, bank=cfg.anomaly_bank,
-                                         scratch=staging / ".folds", progress=progress)
+            oof = out_of_fold_scores(ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
+                                     profile=profile, bank=cfg.anomaly_bank,
+                                     scratch=staging / ".folds", progress=progress)
+            scored += [s for s in oof if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
         train_sha = sorted({_sha(s.path) for s in train_s})
         provenance = {

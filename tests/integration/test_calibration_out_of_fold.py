@@ -70,3 +70,32 @@ def test_cli_passes_calibration_folds_and_refuses_bad_ones(tmp_path: Path, capsy
     assert main([*base, "--calibration-folds", "5"]) != 0  # more folds than good images: refused before training
     assert "folds" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_fit_only_goods_are_fitted_and_never_calibrate(tmp_path: Path, folds: int) -> None:
+    """Goods listed in fit_only.txt (chosen for their score by the data loop) join the bank and are
+    neither held out nor scored for calibration, with held-out and with out-of-fold calibration."""
+    from lineguard_models.data import FIT_ONLY_FILE
+    from lineguard_models.pipeline import split_good
+
+    data = tmp_path / "data"
+    write_dataset(data, SynthConfig(n_good=N_GOOD, n_defect_per_class=5, defect_classes=("scratch",), seed=3))
+    goods = sorted(s.rel for s in scan_dataset(data).good())
+    listed = set(goods[:4])
+    (data / FIT_ONLY_FILE).write_text("".join(f"{g}\n" for g in sorted(listed)), encoding="utf-8")
+    cfg = TrainConfig(input_size_px=64, bank_size=256, seed=2, calibration_folds=folds, golden_good=1,
+                      golden_defect=1, holdout_fraction=0.5)
+    ds = scan_dataset(data)
+    fitted, held = split_good(ds, cfg)
+    assert listed <= {s.rel for s in fitted} and not listed & {s.rel for s in held}
+    bundle = train(data, tmp_path / "bundle", cfg, progress=lambda _: None)
+    m = bundle.manifest
+    calibrated = {s.rel for s in read_scores(bundle) if s.label == "good"}
+    assert not calibrated & listed
+    n_rest = N_GOOD - len(listed)
+    if folds:  # every other good fits and calibrates out-of-fold
+        assert m.provenance["train_images"] == N_GOOD and m.calibration["images"]["good"] == n_rest
+    else:  # max(min_holdout 5, half of the 8 others) are held out; the listed ones always fit
+        assert m.calibration["images"]["good"] == 5
+        assert m.provenance["train_images"] == N_GOOD - 5

@@ -122,7 +122,8 @@ def test_label_book_refuses_unknown_frames_and_keeps_files(tmp_path: Path) -> No
         LabelBook.open(tmp_path / "nothing")
 
 
-def _sink_with_verdicts(root: Path, verdicts: list[Verdict]) -> list[str]:
+def _sink_with_verdicts(root: Path, verdicts: list[Verdict], kinds: list[MessageKind] | None = None) -> list[str]:
+    """One frame per verdict; kind: ``kinds`` or uncertain for a recheck, audit otherwise."""
     store = FrameStore.open(root, quota_bytes=2**30, fsync=False)
     ids = []
     for i, verdict in enumerate(verdicts):
@@ -130,7 +131,7 @@ def _sink_with_verdicts(root: Path, verdicts: list[Verdict]) -> list[str]:
         frame = Frame(seq=i, part_id=i, t_capture_ns=1, image=img, camera_id="cam")
         d = Decision(seq=i, part_id=i, verdict=verdict, anomaly_score=1.5, bundle_id="b7", camera_id="cam",
                      t_capture_ns=1, t_decided_ns=2)
-        kind = MessageKind.UNCERTAIN if verdict is Verdict.RECHECK else MessageKind.AUDIT
+        kind = kinds[i] if kinds else MessageKind.UNCERTAIN if verdict is Verdict.RECHECK else MessageKind.AUDIT
         ids.append(store_decision(store, d, frame, None, kind, {"lower": 1.0, "upper": 2.0}))
     store.close()
     return ids
@@ -141,6 +142,9 @@ def _sink_with_verdicts(root: Path, verdicts: list[Verdict]) -> list[str]:
     ("calibrate_flagged", {"accept": "fit", "recheck": "calibrate", "reject": "calibrate"}),
     ("fit", {"accept": "fit", "recheck": "fit", "reject": "fit"}),
     ("calibrate", {"accept": "calibrate", "recheck": "calibrate", "reject": "calibrate"}),
+    # the recheck came as 'uncertain' (chosen for its score): it fits and never calibrates; the
+    # reject came through the audit lottery (a sample of the line): it fits and may calibrate
+    ("fit_flagged_unbiased", {"accept": "calibrate", "recheck": "fit_only", "reject": "fit"}),
 ])
 def test_sink_goods_fit_or_calibrate_by_the_line_verdict(tmp_path: Path, good_use: str,
                                                          expected: dict[str, str]) -> None:
@@ -194,3 +198,29 @@ def test_version_files_without_use_read_as_fit(folder: Path, tmp_path: Path) -> 
     assert {r.use for r in ds.snapshot().records.values()} == {"fit"}
     ds.materialize(tmp_path / "flat")
     assert (tmp_path / "flat" / "good").is_dir() and not (tmp_path / "flat" / "train").exists()
+
+
+def test_score_selected_goods_are_listed_fit_only_and_training_reads_the_list(tmp_path: Path) -> None:
+    from lineguard_models.data import FIT_ONLY_FILE, scan_dataset
+
+    verdicts = [Verdict.ACCEPT] * 3 + [Verdict.RECHECK] * 3 + [Verdict.REJECT] * 2
+    kinds = [MessageKind.AUDIT] * 3 + [MessageKind.UNCERTAIN] * 3 + [MessageKind.NEAR_REJECT, MessageKind.AUDIT]
+    ids = _sink_with_verdicts(tmp_path / "sink", verdicts, kinds)
+    book = LabelBook.open(tmp_path / "sink")
+    for mid in ids:
+        book.label(mid, "good", labeller="ana")
+    book.close()
+    ds = DatasetStore.open(tmp_path / "store", regression_fraction=0.01)
+    ds.import_sink(tmp_path / "sink", good_use="fit_flagged_unbiased")
+    snap = ds.materialize(tmp_path / "m")
+    train = snap.select("train")
+    want = {r.sha256[:16] for r in train if r.use == "fit_only"}
+    by_kind = {r.provenance["message_id"]: r.use for r in train}
+    assert {by_kind[m] for m in ids[3:7] if m in by_kind} == {"fit_only"}  # uncertain + near_reject
+    assert {by_kind[m] for m in ids[:3] if m in by_kind} == {"calibrate"}
+    assert by_kind.get(ids[7], "fit") == "fit"  # the audited reject
+    scanned = scan_dataset(tmp_path / "m")
+    assert {Path(rel).stem for rel in scanned.fit_only} == want and len(want) >= 3
+    assert all(rel.startswith("train/good/") for rel in scanned.fit_only)  # fitted, not calibration-only
+    assert (tmp_path / "m" / FIT_ONLY_FILE).read_text().startswith("#")
+    assert scanned.summary()["fit_only"] == len(want)
