@@ -617,8 +617,8 @@ def line_table(rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> list[str
     if fr["random"] > 0:
         out += ["", "Line false rejects vs random (ratio of the means): " + "; ".join(
             f"{arm} {100 * (1 - fr[arm] / fr['random']):.0f} % fewer" for arm in ("active", *extra)) + "."]
-    out.append("Pooled line reject precision (every seed's bundle on an equal share of the line; no seed's "
-               "zero-false-reject draw counts as 100 %): " + ", ".join(
+    out.append("Pooled line reject precision (every seed's bundle on an equal share of the line: less swayed "
+               "than the mean by a seed without false rejects, which counts as 100 %): " + ", ".join(
                    f"{arm} {100 * pooled[arm]:.1f} %" for arm in fr) + "; minus random: " + ", ".join(
                    f"{arm} {100 * (pooled[arm] - pooled['random']):+.1f} pp" for arm in ("active", *extra)) + ".")
     return out
@@ -683,8 +683,30 @@ def forget_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def summarize(paths: Sequence[Path]) -> None:
+# run settings that must agree before runs over different seeds are pooled into one table
+SAME_RUN = ("budget", "defect_share", "good_use", "audit", "near_reject", "near_reject_floor", "calibration_folds",
+            "size", "bank", "init_good", "init_def", "stream", "accept_side_weight", "reject_side_width",
+            "spare_good")
+
+
+def merge_runs(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One run from several ``--json`` files of the same settings over different seeds (``--merge``)."""
+    first = docs[0]["args"]
+    for d in docs[1:]:
+        differ = [k for k in SAME_RUN if d["args"].get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"--merge: runs differ in {differ}; they cannot share one table")
+    rows = [r for d in docs for r in d.get("active", [])]
+    seeds = [r["seed"] for r in rows]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: a seed appears twice ({sorted(seeds)})")
+    return {"args": {**first, "seeds": seeds}, "active": rows}
+
+
+def summarize(paths: Sequence[Path], merge: bool = False) -> None:
     docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    if merge:
+        docs = [merge_runs(docs)]
     for doc in docs:  # one table per run: runs differ in budget, stream mix and label use
         active = doc.get("active", [])
         if active:
@@ -714,6 +736,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--summarize", type=Path, nargs="+", default=None, help="print tables of these --json files")
+    p.add_argument("--merge", action="store_true",
+                   help="with --summarize: pool the files (same settings, other seeds) into one table")
     p.add_argument("--only", nargs="*", choices=("active", "calib", "drift", "forget"),
                    default=["active", "drift", "forget"])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
@@ -777,7 +801,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse(argv)
     if a.summarize:
-        summarize(a.summarize)
+        summarize(a.summarize, a.merge)
         return 0
     casting = a.datasets / "casting"
     work = a.work or Path(tempfile.mkdtemp(prefix="bench-data-loop-"))

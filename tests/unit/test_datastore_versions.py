@@ -224,3 +224,24 @@ def test_score_selected_goods_are_listed_fit_only_and_training_reads_the_list(tm
     assert all(rel.startswith("train/good/") for rel in scanned.fit_only)  # fitted, not calibration-only
     assert (tmp_path / "m" / FIT_ONLY_FILE).read_text().startswith("#")
     assert scanned.summary()["fit_only"] == len(want)
+
+
+def test_retrain_cli_imports_sink_labels_with_the_chosen_good_use(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from lineguard.cli import main
+
+    verdicts = [Verdict.ACCEPT, Verdict.RECHECK, Verdict.RECHECK, Verdict.REJECT]
+    ids = _sink_with_verdicts(tmp_path / "sink", verdicts)
+    book = LabelBook.open(tmp_path / "sink")
+    for mid in ids:
+        book.label(mid, "good", labeller="ana")
+    book.close()
+    store = tmp_path / "store"
+    assert main(["retrain", "--datastore", str(store), "--sink", str(tmp_path / "sink"),
+                 "--good-use", "fit_flagged_unbiased"]) == 0
+    assert "4 label events" in capsys.readouterr().out
+    uses = {r.provenance["verdict"]: r.use for r in DatasetStore.open(store).snapshot().records.values()}
+    assert uses["recheck"] == "fit_only" and uses["accept"] == "calibrate" and uses["reject"] == "fit"
+    with pytest.raises(SystemExit) as exc:
+        main(["retrain", "--datastore", str(store), "--good-use", "everything"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
 from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
-from lineguard_models.datastore import DatasetStore
+from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig
 from lineguard_models.retrain import GateConfig, retrain
 
@@ -28,7 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datastore", type=Path, required=True, help="dataset store folder (created by --import-folder)")
     p.add_argument("--import-folder", type=Path, action="append", default=[],
                    help="add a dataset folder (good/, <class>/) to the store first; repeatable")
-    p.add_argument("--sink", type=Path, default=None, help="sink store whose new labels are imported first")
+    p.add_argument("--sink", type=Path, default=None,
+                   help="sink store whose new labels are imported first (without --active/--out: import only)")
+    p.add_argument("--good-use", choices=get_args(GoodUse), default="fit_flagged",
+                   help="what a new good label from the sink does: fit_flagged = flagged goods join the memory bank, "
+                        "accepted (audit) goods calibrate; fit_flagged_unbiased = as fit_flagged, but goods sent for "
+                        "their score never calibrate (docs/data-loop.md)")
     p.add_argument("--active", type=Path, help="the bundle on the line (the gate's baseline)")
     p.add_argument("--out", type=Path, help="candidate bundle folder (written only if the gate passes)")
     p.add_argument("--recall-tolerance", type=float, default=0.05, help="largest allowed recall drop per class")
@@ -51,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     store = DatasetStore.open(args.datastore)
     for folder in args.import_folder:
         print(f"{folder}: dataset version {store.import_folder(folder)}")
-    if args.active is None and args.out is None:
-        return 0  # import only
+    if args.active is None and args.out is None:  # import only
+        if args.sink is not None:
+            version, n = store.import_sink(args.sink, good_use=args.good_use)
+            print(f"{args.sink}: {n} label events -> dataset version {version}")
+        return 0
     if args.active is None or args.out is None:
         raise ConfigError("retraining needs both --active and --out")
     try:
@@ -65,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(f"invalid retrain options: {exc}") from exc
     result = retrain(args.datastore, args.active, args.out, train_cfg=train_cfg, gate_cfg=gate_cfg, sink=args.sink,
-                     exclude_classes=args.exclude_class)
+                     exclude_classes=args.exclude_class, good_use=args.good_use)
     for reason in result.decision.reasons:
         print(f"REFUSED: {reason}")
     return 0 if result.decision.passed else EXIT_REFUSED
