@@ -156,17 +156,21 @@ def test_decision_value_peaks_at_the_thresholds_not_the_band_middle() -> None:
     assert v(1.9, **REJECT_SIDE_FIRST) > v(1.6, **REJECT_SIDE_FIRST) > 0.0  # the upper band by closeness
 
 
-def test_label_cli_reject_side_first_sets_the_selection() -> None:
+def test_label_cli_selects_reject_side_first_unless_both_sides() -> None:
     import argparse
 
     from lineguard.commands.label import add_arguments, selection_config
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    plain = selection_config(p.parse_args(["--store", "s"]))
-    assert plain.accept_side_weight == 1.0
-    sel = selection_config(p.parse_args(["--store", "s", "--reject-side-first", "--budget", "40"]))
-    assert (sel.accept_side_weight, sel.reject_side_width_bands, sel.budget_per_shift) == (0.0, 100.0, 40)
+    plain = selection_config(p.parse_args(["--store", "s", "--budget", "40"]))
+    assert (plain.accept_side_weight, plain.reject_side_width_bands, plain.budget_per_shift) == (0.0, 100.0, 40)
+    assert selection_config(p.parse_args(["--store", "s", "--reject-side-first"])) == plain.model_copy(
+        update={"budget_per_shift": 50})
+    both = selection_config(p.parse_args(["--store", "s", "--both-sides"]))
+    assert (both.accept_side_weight, both.reject_side_width_bands) == (1.0, 0.25)  # SelectionConfig's own
+    with pytest.raises(SystemExit):
+        p.parse_args(["--store", "s", "--both-sides", "--reject-side-first"])
 
 
 def test_rank_distinct_skips_near_duplicates_in_value_order() -> None:

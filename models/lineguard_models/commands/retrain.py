@@ -45,8 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=224, help="engine input long side per tile, px")
     p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
-    p.add_argument("--calibration-folds", type=int, default=0,
-                   help="0: held-out good images calibrate; K >= 2: out-of-fold calibration (docs/calibration.md)")
+    p.add_argument("--calibration-folds", type=int, default=3,
+                   help="K >= 2 (default 3): every good image fits and calibrates out-of-fold, K extra banks; "
+                        "0: held-out good images calibrate. On casting the data loop only beats random "
+                        "labelling with K = 3 (docs/benchmarks/data-loop.md)")
     add_classifier_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--product", default="product", help="product name in the bundle")
