@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import cv2
 import numpy as np
@@ -58,7 +58,7 @@ from lineguard.wire import MessageKind
 from lineguard_models.active import REJECT_SIDE_FIRST, SelectionConfig, plan_shift
 from lineguard_models.backtest import Judge, collect_stream
 from lineguard_models.data import load_image
-from lineguard_models.datastore import DatasetStore
+from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.retrain import GateConfig, evaluate, gate, retrain
 from lineguard_models.synth import SynthConfig, write_dataset
@@ -544,21 +544,34 @@ def _ms(xs: Sequence[float], pct: bool = True) -> str:
     return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if v.size > 1 else 0.0:.1f}"
 
 
+def arm_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str], better_up: Sequence[str], extra: Sequence[str],
+             tail: Callable[[str, list[dict[str, Any]]], str] | None = None) -> list[str]:
+    """Table rows: mean ± sd of ``keys`` per arm, then each arm minus random with the seeds in which it
+    was better (higher for ``better_up`` keys, lower for the others); ``tail``: extra cells per arm."""
+    out = []
+    for arm in ("initial", "active", "random", *extra):
+        b = [r["bundles"][arm] for r in rows]
+        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + " |"
+                   + (tail(arm, b) if tail else ""))
+    for arm in ("active", *extra):
+        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
+        wins = {k: sum((x > 0) if k in better_up else (x < 0) for x in d[k]) for k in keys}
+        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
+                                                       for k in keys) + (" | |" if tail else " |"))
+    return out
+
+
 def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     keys = ("precision", "false_reject_rate", "escape_rate", "recheck_rate", "auroc")
     out = [f"Seeds {[r['seed'] for r in rows]}; mean ± sample sd, percent.", "",
            "| bundle | reject precision | false-reject rate | escape rate | recheck rate | AUROC | gate passed |",
            "|---|---|---|---|---|---|---|"]
     extra = [x for x in EXTRA_ARMS if all(x in r["bundles"] for r in rows)]
-    for arm in ("initial", "active", "random", *extra):
-        b = [r["bundles"][arm] for r in rows]
-        gates = "–" if arm == "initial" else f"{sum(x['gate_passed'] for x in b)}/{len(b)}"
-        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + f" | {gates} |")
-    for arm in ("active", *extra):
-        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
-        wins = {k: sum((x > 0) if k in ("precision", "auroc") else (x < 0) for x in d[k]) for k in keys}
-        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
-                                                       for k in keys) + " | |")
+
+    def gates(arm: str, b: list[dict[str, Any]]) -> str:
+        return " – |" if arm == "initial" else f" {sum(x['gate_passed'] for x in b)}/{len(b)} |"
+
+    out += arm_rows(rows, keys, ("precision", "auroc"), extra, tail=gates)
     fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows]))
           for arm in ("active", "random", *extra)}
     sink = _ms([r["sink_frames"] for r in rows], False)
@@ -579,7 +592,7 @@ def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                    f"calibration active {cal['active']}, random {cal['random']}.")
     if "upper" in rows[0]["bundles"]["initial"]:  # threshold jumps between retrains, in score units
         def jump(r: dict[str, Any], arm: str) -> float:
-            return abs(r["bundles"][arm]["upper"] - r["bundles"]["initial"]["upper"])
+            return float(abs(r["bundles"][arm]["upper"] - r["bundles"]["initial"]["upper"]))
         out.append("Reject threshold change first teach -> candidate (|Δ upper|, score units; scores of good "
                    f"parts are about 35-50): active {_ms([jump(r, 'active') for r in rows], False)}, "
                    f"random {_ms([jump(r, 'random') for r in rows], False)}.")
@@ -601,14 +614,7 @@ def line_table(rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> list[str
            f"{first['spare_good']} spare train/good per seed.", "",
            "| bundle | line reject precision | line false-reject rate | def_front rejected | escape rate | "
            "line recheck rate |", "|---|---|---|---|---|---|"]
-    for arm in ("initial", "active", "random", *extra):
-        b = [r["bundles"][arm] for r in rows]
-        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + " |")
-    for arm in ("active", *extra):
-        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
-        wins = {k: sum((x > 0) if k in better_up else (x < 0) for x in d[k]) for k in keys}
-        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
-                                                       for k in keys) + " |")
+    out += arm_rows(rows, keys, better_up, extra)
     fr = {arm: float(np.mean([r["bundles"][arm]["line_false_reject_rate"] for r in rows]))
           for arm in ("initial", "active", "random", *extra)}
     tpr = {arm: float(np.mean([r["bundles"][arm]["defect_reject_rate"] for r in rows])) for arm in fr}
@@ -750,8 +756,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=40, help="labelling budget per arm")
     p.add_argument("--defect-share", type=float, default=0.5,
                    help="def_front share of the stream (0.5 = the folder's mix; 0.08 = closer to a line)")
-    p.add_argument("--good-use", choices=("fit_flagged", "calibrate_flagged", "fit", "calibrate",
-                                          "fit_flagged_unbiased"),
+    p.add_argument("--good-use", choices=get_args(GoodUse),
                    default="fit_flagged",
                    help="retrain's use of new good labels (datastore.GoodUse; 'fit' = before 2026-11-27)")
     p.add_argument("--audit", type=float, default=0.05, help="publisher audit fraction")

@@ -515,7 +515,7 @@ def _finetuned(
     def chunk(part: Sequence[Image]) -> Tensor:
         raw = torch.from_numpy(np.concatenate([prepare(im, extract.spec)[0] for im in part]))
         return view_maps(backbone, raw, views, in_scale=features.get_buffer("in_scale"),
-                         in_shift=features.get_buffer("in_shift"), prefix_stage=late0.prefix_stage)
+                         in_shift=features.get_buffer("in_shift"), last_block=late0.first_block - 1)
 
     chunks = [chunk(images[:32])]  # its map size decides whether the rest is computed at all
     mib = chunks[0][0, 0].numel() * 4 * len(images) * len(views) / 2**20

@@ -237,14 +237,13 @@ def finetune(
 
 def view_maps(
     backbone: EfficientNetLite0, prepared: Tensor, views: Views, *, in_scale: Tensor, in_shift: Tensor,
-    prefix_stage: str, batch: int = 32,
+    last_block: int, batch: int = 32,
 ) -> Tensor:
     """Frozen prefix maps [N, V, C, h, w] of prepared engine inputs (raw units) in every view:
     the view is applied to the raw input, then the graph's own normalisation (``in_scale``,
-    ``in_shift``), then the frozen blocks up to and including ``prefix_stage``."""
-    last = backbone._stage_end[prefix_stage]
-    per_view = [prefix_maps(backbone, Views.apply(v, prepared) * in_scale + in_shift, last_block=last, batch=batch)
-                for v in views.names]
+    ``in_shift``), then the frozen blocks up to ``last_block`` (``LateStages.first_block - 1``)."""
+    per_view = [prefix_maps(backbone, Views.apply(v, prepared) * in_scale + in_shift, last_block=last_block,
+                            batch=batch) for v in views.names]
     return torch.stack(per_view, dim=1)
 
 

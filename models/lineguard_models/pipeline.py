@@ -160,12 +160,12 @@ def split_good(ds: Dataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample
     n_hold = max(cfg.min_holdout, math.ceil(cfg.holdout_fraction * len(pool)))
     if cfg.calibration_folds >= 2:  # out-of-fold scores calibrate: nothing is held back from fitting
         n_hold = 0 if cfg.max_good is None else max(0, len(pool) - cfg.max_good)
-    if len(pool) + len(fit_only) - n_hold < 1:
+    held, train = shuffled[:n_hold], shuffled[n_hold:] + fit_only
+    if not train:
         raise DatasetError(
             f"{len(pool)} good training images: holding out {n_hold} for calibration leaves none to train on; "
             "add good images"
         )
-    held, train = shuffled[:n_hold], shuffled[n_hold:] + fit_only
     if cfg.max_good is not None:
         train = train[: cfg.max_good]
     if cfg.calibration_folds > len(train):  # refused before an hour of training, not after

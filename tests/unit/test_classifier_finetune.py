@@ -25,7 +25,7 @@ from lineguard_models.finetune import (
     Views,
     finetune,
     internal_split,
-    prefix_maps,
+    view_maps,
 )
 from lineguard_models.synth import SynthConfig, render_pixels
 
@@ -40,9 +40,9 @@ def _maps(backbone: EfficientNetLite0, views: Views) -> tuple[torch.Tensor, npt.
     y = np.repeat(np.arange(len(CLASSES)), 6).astype(np.int64)
     pooled = PooledFeatures(backbone, max_value=SPEC.max_value)
     x = torch.from_numpy(np.concatenate([prepare(im, SPEC)[0] for im in images]))
-    x = x * pooled.get_buffer("in_scale") + pooled.get_buffer("in_shift")
     last = LateStages(backbone, stages=STAGES, first_trained_stage="stage6").first_block - 1
-    maps = torch.stack([prefix_maps(backbone, Views.apply(v, x), last_block=last) for v in views.names], dim=1)
+    maps = view_maps(backbone, x, views, in_scale=pooled.get_buffer("in_scale"),
+                     in_shift=pooled.get_buffer("in_shift"), last_block=last)
     return maps, y
 
 

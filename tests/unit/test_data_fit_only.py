@@ -40,3 +40,15 @@ def test_an_unreadable_list_is_refused(data: Path) -> None:
     (data / FIT_ONLY_FILE).write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DatasetError, match="cannot read"):
         scan_dataset(data)
+
+
+def test_hold_out_that_leaves_nothing_to_fit_is_refused_unless_listed_goods_fit(data: Path) -> None:
+    from lineguard_models.pipeline import TrainConfig, split_good
+
+    cfg = TrainConfig(min_holdout=6)  # all 6 good images would be held out
+    with pytest.raises(DatasetError, match="leaves none to train on"):
+        split_good(scan_dataset(data), cfg)
+    listed = sorted(s.rel for s in scan_dataset(data).good())[:2]
+    (data / FIT_ONLY_FILE).write_text("\n".join(listed) + "\n", encoding="utf-8")
+    fitted, held = split_good(scan_dataset(data), cfg)
+    assert sorted(s.rel for s in fitted) == listed and len(held) == 4  # the other 4, all held out
