@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "plc-sim": "lineguard.commands.plc_sim",
     "sink": "lineguard.commands.sink",
     "cameras": "lineguard.commands.cameras",
+    "capture": "lineguard.commands.capture",
     # changeover (bundle store, signatures, hot swap)
     "install-bundle": "lineguard.commands.install_bundle",
     "sign-bundle": "lineguard.commands.sign_bundle",
@@ -62,6 +63,7 @@ SUMMARIES: dict[str, str] = {
     "plc-sim": "run a Modbus server that plays the PLC side",
     "sink": "run the collection sink for uncertain frames",
     "cameras": "list GenICam devices visible through a GenTL producer (.cti)",
+    "capture": "take teach-set frames from the line's camera into a dataset folder (PNG + JSON sidecar)",
     "install-bundle": "install a signed bundle into the edge box's bundle store (engines prepared now)",
     "sign-bundle": "sign a bundle's manifest with Ed25519 (or --generate-key a signing key)",
     "bundles": "list, activate (map to its recipe) or remove installed bundle versions",

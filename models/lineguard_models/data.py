@@ -7,7 +7,8 @@ and defect images). The folder contract (``docs/training.md``)::
     <root>/good/*                 <root>/train/good/*   (split layout; test/ likewise)
     <root>/<defect_class>/*       <root>/test/<defect_class>/*
 
-``masks/`` and ``boxes_voc_xml/`` folders, ``manifest.csv`` and hidden files are not data. An optional
+``masks/`` and ``boxes_voc_xml/`` folders, ``manifest.csv``, hidden files and the ``NNNNNN.json`` sidecar
+``lineguard capture`` writes beside each ``NNNNNN.png`` are not data. An optional
 ``<root>/fit_only.txt`` lists good training images (relative paths, one per line) that may join the
 memory bank but must never set a threshold: frames chosen *for their score* by the data loop are not
 a sample of the line, so calibrating on them would bias the thresholds (``docs/data-loop.md``). Every
@@ -152,6 +153,8 @@ def _files(folder: Path, root: Path, ignored: list[str]) -> list[Path]:
             continue
         if any(part in NOT_CLASSES for part in p.relative_to(root).parts[:-1]):
             continue
+        if p.suffix.lower() == ".json" and p.with_suffix(".png").is_file():
+            continue  # the sidecar `lineguard capture` writes beside each frame: metadata, not data
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             ignored.append(p.relative_to(root).as_posix())
             continue

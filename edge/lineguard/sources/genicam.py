@@ -32,7 +32,7 @@ from lineguard.errors import ImageError, SourceError
 from lineguard.sources import pixels
 from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
 from lineguard.sources.config import GenICamSourceConfig
-from lineguard.sources.genicam_nodes import configure_device, describe_node_map
+from lineguard.sources.genicam_nodes import configure_device, describe_node_map, read_settings
 
 log = logging.getLogger(__name__)
 # one look at the producer's event queue when polling (harvesters needs a timeout > 0; 0 = forever)
@@ -209,6 +209,16 @@ class GenICamSource(BaseSource):
             self._ia.remote_device.node_map.TriggerSoftware.execute()
         except DEVICE_ERRORS as exc:
             raise SourceError(f"software trigger failed: {exc}") from exc
+
+    def camera_settings(self) -> dict[str, Any]:
+        """The camera's current imaging settings read back from it (``lineguard capture`` sidecars)."""
+        if self._ia is None:
+            return {}
+        try:
+            return read_settings(self._ia.remote_device.node_map)
+        except DEVICE_ERRORS as exc:  # a camera lost mid-capture: the frame is still good
+            log.warning("camera %s: cannot read its settings back: %s", self.camera_id, exc)
+            return {}
 
     def _open_device(self) -> None:
         cfg = self._cfg

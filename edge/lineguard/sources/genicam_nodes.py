@@ -157,3 +157,25 @@ def describe_node_map(node_map: Any) -> dict[str, str]:
             hint = f"camera offers {list(node.symbolics)}, LineGuard converts {usable}"
         out[key] = f"{current} ({hint})" if hint else str(current)
     return out
+
+
+# Read back into a capture's sidecar (``lineguard capture``): what the camera was really set to.
+_READ_BACK: tuple[str, ...] = (
+    "PixelFormat", "Width", "Height", "OffsetX", "OffsetY", "ExposureTime", "ExposureTimeAbs", "ExposureAuto",
+    "Gain", "GainAuto", "AcquisitionFrameRate", "AcquisitionFrameRateAbs", "TriggerMode", "TriggerSource",
+    "TriggerActivation", "DeviceFirmwareVersion",
+)
+
+
+def read_settings(node_map: Any) -> dict[str, Any]:
+    """The camera's current value of each imaging feature it has (absent features are left out)."""
+    out: dict[str, Any] = {}
+    for name in _READ_BACK:
+        if not node_map.has_node(name):
+            continue
+        try:
+            value = node_map.get_node(name).value
+        except (GenApiError, AttributeError):  # not readable now (e.g. locked while streaming)
+            continue
+        out[name] = value if isinstance(value, (int, float, bool)) else str(value)
+    return out
