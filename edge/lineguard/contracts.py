@@ -28,7 +28,18 @@ class Verdict(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One image from a source. ``image`` is HxW (mono) or HxWx3 (RGB order), uint8 or uint16."""
+    """One triggered part as the source saw it. ``image`` is HxW (mono) or HxWx3 (RGB order),
+    uint8 or uint16.
+
+    Identity: ``seq`` counts every part the source knows of (images, unreadable files, incomplete
+    buffers and ids missing from the camera's sequence alike), so ``part_id`` never shifts when one
+    of them cannot be judged. ``frame_id`` is the identity the line gives the frame: the GenICam
+    frame/block id, the replay file's position in the replayed stream, the synthetic index.
+
+    A frame with ``fault`` set arrived (or is known to be missing) but has no usable image: ``image``
+    is empty and ``fault`` is the fail-safe reason token (``unreadable_frame``, ``incomplete_frame``,
+    ``missing_frame``); the service answers it with the fail-safe verdict at once.
+    """
 
     seq: int
     part_id: int
@@ -37,6 +48,9 @@ class Frame:
     camera_id: str
     camera_timestamp_ns: int | None = None  # the camera's own clock, when it has one
     source_ref: str = ""  # e.g. the file path for replayed images
+    frame_id: int | None = None  # camera frame/block id, replay stream position; None when unknown
+    fault: str = ""  # "" for a usable image, else the fail-safe reason token
+    fault_detail: str = ""  # human-readable: which file, what the decoder said
 
 
 @dataclass(frozen=True, slots=True)

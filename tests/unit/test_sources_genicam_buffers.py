@@ -1,5 +1,6 @@
-"""GenICam read loop on the paths viky cannot produce: incomplete and unusable buffers,
-camera timestamps. A small fake acquirer with harvesters' try_fetch/Buffer semantics stands in
+"""GenICam read loop on the paths viky cannot produce on its own: incomplete and unusable buffers
+(each is its part: an incomplete_frame fault frame under its frame id), id gaps and counter resets
+at exact places, camera timestamps. A small fake acquirer with harvesters' try_fetch/Buffer semantics stands in
 (harvesters queues an incomplete buffer itself, fires INCOMPLETE_BUFFER and returns None)."""
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class FakeAcquirer:
         return step
 
 
-def _source(script: list[Any]) -> GenICamSource:
-    src = GenICamSource(cfg=GenICamSourceConfig(type="genicam", cti_path=str(Path(__file__))))
+def _source(script: list[Any], **cfg: Any) -> GenICamSource:
+    src = GenICamSource(cfg=GenICamSourceConfig(type="genicam", cti_path=str(Path(__file__)), **cfg))
     # Wire the fake where open() would put harvesters' acquirer (the device part is tested
     # against viky in tests/integration/test_sources_genicam.py).
     src._ia = FakeAcquirer(script, src._incomplete.emit)
@@ -75,37 +76,73 @@ def _source(script: list[Any]) -> GenICamSource:
     return src
 
 
-def test_incomplete_buffers_are_counted_and_skipped_within_one_read() -> None:
-    good = FakeBuffer(np.arange(8, dtype=np.uint8), frame_id=3)
-    src = _source(["incomplete", "incomplete", good])
-    frame = src.read(1.0)
-    assert frame is not None and frame.image.shape == (2, 4) and frame.image[1, 3] == 7
-    assert good.queued
-    assert src.stats.snapshot().incomplete == 2
-    assert frame.camera_timestamp_ns == 3_000_000
+def _buf(frame_id: int) -> FakeBuffer:
+    return FakeBuffer(np.arange(8, dtype=np.uint8), frame_id=frame_id)
 
 
-def test_only_incomplete_buffers_still_end_at_the_timeout() -> None:
-    src = _source(["incomplete"] * 10_000)
-    t0 = time.monotonic()
-    assert src.read(0.05) is None
-    assert time.monotonic() - t0 < 0.5
-    stats = src.stats.snapshot()
-    assert stats.incomplete > 0 and stats.timeouts == 1
+def _read_all(src: GenICamSource, n: int) -> list[Any]:
+    frames = [src.read(0.05) for _ in range(n)]
+    assert all(f is not None for f in frames), frames
+    return frames
 
 
-def test_unusable_buffer_is_queued_back_counted_and_skipped() -> None:
-    short = FakeBuffer(np.zeros(3, np.uint8), frame_id=1)  # 4x2 needs 8 values
-    good = FakeBuffer(np.ones(8, np.uint8), frame_id=2)
-    src = _source([short, good])
-    frame = src.read(1.0)
-    assert frame is not None and short.queued and good.queued
+def test_incomplete_buffers_are_parts_with_a_fault_under_the_next_id() -> None:
+    good = _buf(3)
+    src = _source([_buf(1), "incomplete", good])
+    frames = _read_all(src, 3)
+    # the fake cannot say which id harvesters discarded: the next expected one (2) is taken
+    assert [(f.frame_id, f.fault, f.part_id) for f in frames] == [(1, "", 1), (2, "incomplete_frame", 2), (3, "", 3)]
+    assert frames[1].image.size == 0 and frames[2].image.shape == (2, 4) and frames[2].image[1, 3] == 7
+    assert good.queued and frames[2].camera_timestamp_ns == 3_000_000
     assert src.stats.snapshot().incomplete == 1
 
 
-def test_frame_id_gaps_are_counted_as_dropped() -> None:
-    bufs = [FakeBuffer(np.ones(8, np.uint8), frame_id=i) for i in (1, 2, 6, 7)]
-    src = _source(list(bufs))
-    frames = [src.read(1.0) for _ in bufs]
-    assert all(f is not None for f in frames)
+def test_only_incomplete_buffers_each_return_a_fault_frame_at_once() -> None:
+    src = _source([_buf(1), *["incomplete"] * 3])
+    t0 = time.monotonic()
+    frames = _read_all(src, 4)
+    assert time.monotonic() - t0 < 0.5
+    assert [f.fault for f in frames[1:]] == ["incomplete_frame"] * 3 and [f.frame_id for f in frames] == [1, 2, 3, 4]
+    assert src.read(0.05) is None and src.stats.snapshot().timeouts == 1
+
+
+def test_unusable_buffer_is_queued_back_and_answered_under_its_own_id() -> None:
+    short = FakeBuffer(np.zeros(3, np.uint8), frame_id=1)  # 4x2 needs 8 values
+    good = _buf(2)
+    src = _source([short, good])
+    first, second = _read_all(src, 2)
+    assert short.queued and good.queued
+    assert (first.frame_id, first.fault, first.part_id) == (1, "incomplete_frame", 1)
+    assert first.fault_detail == "Mono8 buffer holds 3 values, 4x2 needs 8"
+    assert (second.frame_id, second.fault, second.part_id) == (2, "", 2)
+    assert src.stats.snapshot().incomplete == 1
+
+
+def test_frame_id_gaps_become_missing_frames_and_ids_never_shift() -> None:
+    src = _source([_buf(i) for i in (1, 2, 6, 7)])
+    frames = _read_all(src, 7)
+    assert [f.frame_id for f in frames] == [1, 2, 3, 4, 5, 6, 7]
+    assert [f.part_id for f in frames] == [1, 2, 3, 4, 5, 6, 7]
+    assert [f.fault for f in frames] == ["", "", "missing_frame", "missing_frame", "missing_frame", "", ""]
     assert src.stats.snapshot().dropped == 3
+
+
+def test_a_gap_beyond_the_bound_answers_the_newest_and_counts_the_rest() -> None:
+    src = _source([_buf(1), _buf(12)], max_gap_failsafes=4)
+    frames = _read_all(src, 6)
+    # 10 ids missing: the 4 newest get a fail-safe, 6 are counted; part ids still follow the ids
+    assert [(f.frame_id, f.part_id, f.fault) for f in frames[1:]] == [
+        (8, 8, "missing_frame"), (9, 9, "missing_frame"), (10, 10, "missing_frame"), (11, 11, "missing_frame"),
+        (12, 12, ""),
+    ]
+    stats = src.stats.snapshot()
+    assert stats.dropped == 10 and stats.gap_excess == 6
+
+
+def test_counter_reset_is_a_new_baseline_not_thousands_of_failsafes() -> None:
+    src = _source([_buf(5000), _buf(5001), _buf(1), _buf(2)])
+    frames = _read_all(src, 4)
+    assert [f.fault for f in frames] == ["", "", "", ""]
+    assert [f.part_id for f in frames] == [1, 2, 3, 4]
+    stats = src.stats.snapshot()
+    assert stats.id_resets == 1 and stats.dropped == 0

@@ -60,15 +60,19 @@ def test_decoding_mono_colour_16_bit_and_unreadable(folder: Path) -> None:
     with src:
         frames = list(src.frames(timeout_s=1.0))
         stats = src.stats.snapshot()
-    assert [Path(f.source_ref).name for f in frames] == ["a.png", "colour.png", "deep.png"]
-    mono, colour, deep = (f.image for f in frames)
+    # the unreadable file is still its part: a fault frame under its own id, no shift
+    assert [Path(f.source_ref).name for f in frames] == ["a.png", "colour.png", "deep.png", "bad.png"]
+    assert [f.fault for f in frames] == ["", "", "", "unreadable_frame"]
+    assert frames[3].image.size == 0 and "decode" in frames[3].fault_detail
+    mono, colour, deep = (f.image for f in frames[:3])
     assert mono.shape == (6, 8) and mono.dtype == np.uint8 and mono[0, 0] == 10
     assert colour.shape == (6, 8, 3) and tuple(colour[0, 0]) == (200, 0, 0)  # RGB order
     assert deep.dtype == np.uint16 and deep[0, 0] == 4000  # 16-bit kept, not scaled
-    assert stats.frames == 3 and stats.unreadable == 1
+    assert stats.frames == 4 and stats.unreadable == 1
     ((bad_path, reason),) = src.stats.unreadable_paths
     assert bad_path.endswith("bad.png") and "decode" in reason
-    assert [f.seq for f in frames] == [0, 1, 2] and [f.part_id for f in frames] == [1, 2, 3]
+    assert [f.seq for f in frames] == [0, 1, 2, 3] and [f.part_id for f in frames] == [1, 2, 3, 4]
+    assert [f.frame_id for f in frames] == [0, 1, 2, 3]
 
 
 def test_bgra_alpha_is_dropped(tmp_path: Path) -> None:
@@ -81,23 +85,27 @@ def test_bgra_alpha_is_dropped(tmp_path: Path) -> None:
     assert frame is not None and frame.image.shape == (4, 4, 3) and tuple(frame.image[0, 0]) == (0, 0, 50)
 
 
-def test_loop_repeats_and_skips_bad_files_every_pass(folder: Path) -> None:
+def test_loop_repeats_and_answers_bad_files_every_pass(folder: Path) -> None:
     files = list_images([folder], recursive=True, extensions=[".png"])
     with ReplaySource(camera_id="c", files=files, loop=True) as src:
-        frames = [src.read(1.0) for _ in range(7)]
+        frames = [src.read(1.0) for _ in range(9)]
+    assert all(f is not None for f in frames)
     names = [Path(f.source_ref).name for f in frames if f is not None]
-    assert names == ["a.png", "colour.png", "deep.png"] * 2 + ["a.png"]
+    assert names == ["a.png", "colour.png", "deep.png", "bad.png"] * 2 + ["a.png"]
+    # positions count on across passes, so part ids never repeat
+    assert [f.frame_id for f in frames if f is not None] == list(range(9))
+    assert [f.part_id for f in frames if f is not None] == list(range(1, 10))
     assert src.stats.snapshot().unreadable == 2  # once per pass
     assert not src.finished
 
 
 def test_loop_over_only_bad_files_raises_instead_of_spinning(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    with (
-        ReplaySource(camera_id="c", files=[tmp_path / "bad.png"], loop=True) as src,
-        pytest.raises(SourceError, match="none of the 1 files decodes"),
-    ):
-        src.read(1.0)
+    with ReplaySource(camera_id="c", files=[tmp_path / "bad.png"], loop=True) as src:
+        first = src.read(1.0)  # the first pass answers the bad file as its part
+        assert first is not None and first.fault == "unreadable_frame"
+        with pytest.raises(SourceError, match="none of the 1 files decodes"):
+            src.read(1.0)
 
 
 def test_rate_and_info(folder: Path) -> None:
@@ -121,10 +129,23 @@ def test_mixed_sizes_leave_info_unknown(folder: Path) -> None:
 def test_skip_policy_advances_past_missed_files(folder: Path) -> None:
     files = [folder / "a.png"] * 30
     with ReplaySource(camera_id="c", files=files, rate_parts_per_s=100.0, late_policy="skip") as src:
-        src.read(1.0)
+        first = src.read(1.0)
         time.sleep(0.1)
-        src.read(1.0)
-        rest = list(src.frames())
+        rest = [first, *src.frames()]
     dropped = src.stats.snapshot().dropped
     assert dropped >= 7
-    assert 2 + len(rest) + dropped == 30  # every file either delivered or counted as dropped
+    # every file is one frame: delivered, or a missing_frame for a slot nobody read, in order
+    delivered = [f for f in rest if f is not None and not f.fault]
+    missing = [f for f in rest if f is not None and f.fault == "missing_frame"]
+    assert len(missing) == dropped and len(delivered) + len(missing) == 30
+    assert [f.part_id for f in rest if f is not None] == list(range(1, 31))
+
+
+def test_skipped_slots_at_the_end_still_get_their_frames(tmp_path: Path) -> None:
+    _write(tmp_path / "a.png", np.full((6, 8), 10, np.uint8))
+    with ReplaySource(camera_id="c", files=[tmp_path / "a.png"] * 10, rate_parts_per_s=100.0,
+                      late_policy="skip") as src:
+        src.read(1.0)
+        time.sleep(0.2)  # the remaining 9 slots all pass unread: the list ends inside the gap
+        rest = list(src.frames())
+    assert [f.part_id for f in rest] == list(range(2, 11)) and {f.fault for f in rest} == {"missing_frame"}

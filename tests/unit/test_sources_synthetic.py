@@ -101,8 +101,12 @@ def test_skip_policy_drops_missed_slots_and_counts_them() -> None:
     assert first is not None and second is not None
     dropped = src.stats.snapshot().dropped
     assert 8 <= dropped <= 12
-    assert second.seq == 1  # seq numbers delivered frames; the source_ref shows the skipped index
-    assert second.source_ref == f"synthetic:k={1 + dropped}"
+    # the missed slots are parts too: each gets a missing_frame (fail-safe downstream), in order
+    assert second.seq == 1 and second.fault == "missing_frame" and second.frame_id == 1
+    rest = [src.read(1.0) for _ in range(dropped)]
+    assert [f.fault for f in rest if f is not None][-1] == ""
+    image = rest[-1]
+    assert image is not None and image.source_ref == f"synthetic:k={1 + dropped}" and image.seq == 1 + dropped
 
 
 def test_keep_policy_never_drops() -> None:

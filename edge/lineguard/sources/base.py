@@ -5,13 +5,22 @@ generator) into :class:`lineguard.contracts.Frame` objects on the acquisition th
 composition root builds one with :func:`build_source` from the ``source:`` config and reads it
 with ``read(timeout_s)`` or ``frames()``.
 
-Never: block longer than the timeout it is given, raise on a single bad frame (count it and go
-on), or import a back-end's third-party package before that back-end is chosen.
+Part identity: every part the source knows of becomes exactly one Frame, in order, so part ids
+never shift. A part whose image cannot be used (unreadable file, incomplete buffer) is delivered
+as a *fault frame* (``Frame.fault`` set, empty image) under its own id; ids missing from the
+camera's frame-id sequence (dropped buffers) are delivered as ``missing_frame`` fault frames before
+the frame that revealed the gap (:class:`FrameIdTracker`). The service answers fault frames with
+the fail-safe verdict at once.
+
+Never: block longer than the timeout it is given, raise on a single bad frame (count it, deliver
+it as a fault frame and go on), or import a back-end's third-party package before that back-end
+is chosen.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
 from collections import deque
@@ -24,9 +33,15 @@ import numpy as np
 
 from lineguard.contracts import Frame
 from lineguard.errors import SourceError
+from lineguard.sources.identity import DEFAULT_MAX_GAP_FAILSAFES, MISSING_FRAME, FrameIdTracker
 
 if TYPE_CHECKING:
     from lineguard.sources.config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+_EMPTY_IMAGE: np.ndarray = np.zeros((0, 0), np.uint8)
+_EMPTY_IMAGE.flags.writeable = False
 
 PartIdFn = Callable[[int], int]
 """Maps a frame's ``seq`` to its ``part_id``. The default counts parts from 1; the PLC link can
@@ -64,11 +79,14 @@ class SourceStatsSnapshot:
     reconnect_failures: int
     connected: bool
     last_frame_ns: int | None
+    gap_excess: int = 0
+    id_resets: int = 0
 
     def counts_since(self, earlier: SourceStatsSnapshot) -> dict[str, int]:
         """Counter increments since ``earlier``: what to ``inc()`` on Prometheus counters when
         the metrics are fed from the acquisition loop (counters only, no gauges)."""
-        names = ("frames", "incomplete", "dropped", "timeouts", "unreadable", "reconnects", "reconnect_failures")
+        names = ("frames", "incomplete", "dropped", "timeouts", "unreadable", "reconnects", "reconnect_failures",
+                 "gap_excess", "id_resets")
         return {name: getattr(self, name) - getattr(earlier, name) for name in names}
 
 
@@ -78,15 +96,17 @@ class SourceStats:
     :meth:`snapshot` (the lock makes a snapshot consistent, it is not needed for the writes' sake
     of the GIL but for the reader's)."""
 
-    frames: int = 0  # frames delivered
-    incomplete: int = 0  # buffers the camera delivered incomplete, skipped
-    dropped: int = 0  # frames the camera/pacer produced that never reached read()
+    frames: int = 0  # frames delivered, fault frames included (one per part the source knows of)
+    incomplete: int = 0  # buffers the camera delivered incomplete or unusable (fault frames)
+    dropped: int = 0  # ids the camera/pacer produced that never reached read() (missing_frame)
     timeouts: int = 0  # read() calls that ended without a frame
-    unreadable: int = 0  # replay files that failed to decode, skipped
+    unreadable: int = 0  # replay files that failed to decode (fault frames)
     reconnects: int = 0  # successful reopenings of a lost device
     reconnect_failures: int = 0  # failed reopen attempts
     connected: bool = False
     last_frame_ns: int | None = None  # monotonic time of the last frame, for liveness
+    gap_excess: int = 0  # missing ids beyond the per-gap bound: counted, not answered
+    id_resets: int = 0  # frame-id counter went backwards (camera restarted): new baseline
     # The last unreadable paths with the reason, for the operator (bounded on purpose).
     unreadable_paths: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=32))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -113,6 +133,8 @@ class SourceStats:
                 reconnect_failures=self.reconnect_failures,
                 connected=self.connected,
                 last_frame_ns=self.last_frame_ns,
+                gap_excess=self.gap_excess,
+                id_resets=self.id_resets,
             )
 
 
@@ -143,18 +165,28 @@ class Source(Protocol):
 
 
 class BaseSource:
-    """Shared plumbing: frame numbering, part ids, counters, iteration, context manager.
+    """Shared plumbing: frame numbering, part ids, gaps, counters, iteration, context manager.
 
-    Subclasses implement ``open``, ``read`` and ``close`` and build frames with :meth:`_emit`.
+    Subclasses implement ``open``, ``_read`` and ``close`` and build frames with :meth:`_emit`
+    (an image) or :meth:`_emit_fault` (a part without a usable image). Frames that a gap or a
+    fault produced ahead of the current one wait in ``_pending`` and are returned first.
     """
 
-    def __init__(self, *, camera_id: str, part_id_fn: PartIdFn | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        camera_id: str,
+        part_id_fn: PartIdFn | None = None,
+        max_gap_failsafes: int = DEFAULT_MAX_GAP_FAILSAFES,
+    ) -> None:
         self.camera_id = camera_id
         self.stats = SourceStats()
         self._part_id_fn: PartIdFn = part_id_fn or default_part_id
         self._seq = 0
         self._info: SourceInfo | None = None
         self._finished = False
+        self._ids = FrameIdTracker(max_gap_failsafes=max_gap_failsafes)
+        self._pending: deque[Frame] = deque()
 
     @classmethod
     def from_config(cls, cfg: Any, *, part_id_fn: PartIdFn | None = None) -> BaseSource:
@@ -167,12 +199,18 @@ class BaseSource:
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self._finished and not self._pending
 
     def open(self) -> None:
         raise NotImplementedError
 
     def read(self, timeout_s: float) -> Frame | None:
+        """Frames a gap or a fault queued come first, in id order; then the back-end's next one."""
+        if self._pending:
+            return self._pending.popleft()
+        return self._read(timeout_s)
+
+    def _read(self, timeout_s: float) -> Frame | None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -185,6 +223,79 @@ class BaseSource:
         t_capture_ns: int,
         camera_timestamp_ns: int | None = None,
         source_ref: str = "",
+        frame_id: int | None = None,
+    ) -> Frame:
+        """The next frame to deliver for an image with ``frame_id``: a missing id before it (the
+        image then waits in ``_pending``) or the image itself."""
+        self._account_gap(frame_id, t_capture_ns)
+        return self._queue_or_return(
+            self._new_frame(image, t_capture_ns, camera_timestamp_ns=camera_timestamp_ns,
+                            source_ref=source_ref, frame_id=frame_id)
+        )
+
+    def _emit_fault(
+        self,
+        reason: str,
+        *,
+        t_capture_ns: int,
+        frame_id: int | None,
+        source_ref: str = "",
+        detail: str = "",
+    ) -> Frame:
+        """Like :meth:`_emit` for a part that arrived without a usable image (``reason`` is one of
+        :data:`FRAME_FAULTS`): it keeps its id and gets the fail-safe verdict downstream."""
+        self._account_gap(frame_id, t_capture_ns)
+        return self._queue_or_return(
+            self._new_frame(_EMPTY_IMAGE, t_capture_ns, source_ref=source_ref, frame_id=frame_id,
+                            fault=reason, fault_detail=detail)
+        )
+
+    def _end_of_stream(self, next_id: int) -> Frame | None:
+        """A finite stream ended before ``next_id``: ids after the last delivered one that were
+        skipped (missed slots) still get their ``missing_frame``; returns the first of them."""
+        self._account_gap(next_id, time.monotonic_ns())
+        return self._pending.popleft() if self._pending else None
+
+    def _queue_or_return(self, frame: Frame) -> Frame:
+        if not self._pending:
+            return frame
+        self._pending.append(frame)
+        return self._pending.popleft()
+
+    def _account_gap(self, frame_id: int | None, t_capture_ns: int) -> None:
+        """Queue a ``missing_frame`` for every id the tracker says never arrived before ``frame_id``."""
+        if frame_id is None:
+            return
+        gap = self._ids.advance(frame_id)
+        if gap.reset:
+            self.stats.add(id_resets=1)
+            log.warning("camera %s: frame id went back to %d: counter reset (camera restarted?); "
+                        "new baseline, no fail-safes synthesized", self.camera_id, frame_id)
+            return
+        if not gap.missing:
+            return
+        self.stats.add(dropped=gap.missing, gap_excess=gap.excess)
+        if gap.excess:
+            # Those parts exist but get no verdict: their part ids are skipped, never reused.
+            self._seq += gap.excess
+            log.warning("camera %s: %d frame ids missing before %d; the oldest %d get no fail-safe "
+                        "(max_gap_failsafes %d)", self.camera_id, gap.missing, frame_id, gap.excess,
+                        len(gap.answered))
+        for missing_id in gap.answered:
+            self._pending.append(self._new_frame(
+                _EMPTY_IMAGE, t_capture_ns, frame_id=missing_id, fault=MISSING_FRAME,
+                fault_detail=f"frame id {missing_id} never arrived (next id {frame_id})"))
+
+    def _new_frame(
+        self,
+        image: np.ndarray,
+        t_capture_ns: int,
+        *,
+        camera_timestamp_ns: int | None = None,
+        source_ref: str = "",
+        frame_id: int | None = None,
+        fault: str = "",
+        fault_detail: str = "",
     ) -> Frame:
         """Number the frame, ask for its part id and count it."""
         seq = self._seq
@@ -197,6 +308,9 @@ class BaseSource:
             camera_id=self.camera_id,
             camera_timestamp_ns=camera_timestamp_ns,
             source_ref=source_ref,
+            frame_id=frame_id,
+            fault=fault,
+            fault_detail=fault_detail,
         )
         with self.stats._lock:
             self.stats.frames += 1

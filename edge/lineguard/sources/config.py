@@ -134,6 +134,13 @@ class GenICamSourceConfig(BaseModel):
         le=3_600_000,
         description="Free run only: reopen the camera after this long without a frame; None: never.",
     )
+    max_gap_failsafes: int = Field(
+        default=64, ge=0, le=100_000,
+        description="Frame ids missing from the camera's sequence (dropped buffers) each get a fail-safe "
+        "verdict under their own part id, up to this many per gap; the older excess of a larger gap is "
+        "only counted (lineguard_camera_gap_excess_total). A frame id going backwards is a counter reset, "
+        "never a gap (docs/sources.md).",
+    )
 
     @model_validator(mode="after")
     def _verify(self) -> GenICamSourceConfig:

@@ -2,10 +2,18 @@
 
 Where it sits: head of the edge pipeline on a real line. ``read(timeout_s)`` waits for one
 buffer (never longer than the timeout), copies its pixels into an owned Frame image and queues
-the buffer back to the producer before returning, on every path (``with buffer:``). Incomplete
-buffers are counted and skipped, gaps in the producer's frame ids are counted as dropped frames,
-and a device that fails is closed and reopened with exponential backoff inside ``read`` (counted
-in ``stats.reconnects``); the process never has to restart for a cable pull.
+the buffer back to the producer before returning, on every path (``with buffer:``). A device
+that fails is closed and reopened with exponential backoff inside ``read`` (counted in
+``stats.reconnects``); the process never has to restart for a cable pull.
+
+Identity: ``Frame.frame_id`` is the producer's frame (block) id. An incomplete or unusable buffer
+is that part: it becomes an ``incomplete_frame`` fault frame under its frame id (harvesters
+discards an incomplete buffer inside ``try_fetch`` and only fires INCOMPLETE_BUFFER; the id is read
+from the buffer it discarded, else taken as the next expected id). Ids missing between two buffers
+(dropped by the producer or the network) become ``missing_frame`` fault frames, bounded by
+``max_gap_failsafes`` per gap. A reopen starts a new id baseline; ids going backwards without a
+reopen are a counter reset (logged, counted), never a gap. Parts triggered while the camera was
+lost have no id at all: the PLC's deadline answers them (docs/plc.md).
 
 Never: hold a camera buffer after ``read`` returns, raise on a single bad buffer, or touch a
 camera feature the config did not ask for (a missing feature that *was* asked for fails loudly).
@@ -32,7 +40,8 @@ from lineguard.errors import ImageError, SourceError
 from lineguard.sources import pixels
 from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
 from lineguard.sources.config import GenICamSourceConfig
-from lineguard.sources.genicam_nodes import configure_device, describe_node_map, read_settings
+from lineguard.sources.genicam_nodes import configure_device, describe_node_map
+from lineguard.sources.identity import INCOMPLETE_FRAME
 
 log = logging.getLogger(__name__)
 # one look at the producer's event queue when polling (harvesters needs a timeout > 0; 0 = forever)
@@ -44,6 +53,7 @@ DEVICE_ERRORS: tuple[type[BaseException], ...] = (GenTLError, GenApiError, Index
 # harvesters.create() reports "no such device" as ValueError; a reopen may also fail our checks.
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, ValueError)
 _REOPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, SourceError)
+_DISCARDED_ID_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, TypeError, ValueError, KeyError)
 
 
 def viky_cti_path() -> Path | None:
@@ -152,7 +162,8 @@ def select_device(devices: list[DeviceDescription], *, serial: str | None, model
 
 
 class _IncompleteCounter:
-    """harvesters' INCOMPLETE_BUFFER callback: it queues the buffer back itself, we count."""
+    """harvesters' INCOMPLETE_BUFFER callback: it queues the buffer back itself, we count and
+    answer the part (``on_incomplete`` runs on the reading thread, inside ``try_fetch``)."""
 
     def __init__(self, on_incomplete: Callable[[], None]) -> None:
         self._on_incomplete = on_incomplete
@@ -167,12 +178,11 @@ class GenICamSource(BaseSource):
     """One GenICam camera: configured at open, streamed, reopened with backoff when lost."""
 
     def __init__(self, *, cfg: GenICamSourceConfig, part_id_fn: PartIdFn | None = None) -> None:
-        super().__init__(camera_id=cfg.camera_id, part_id_fn=part_id_fn)
+        super().__init__(camera_id=cfg.camera_id, part_id_fn=part_id_fn, max_gap_failsafes=cfg.max_gap_failsafes)
         self._cfg = cfg
         self._harvester: Any = None
         self._ia: Any = None
-        self._incomplete = _IncompleteCounter(lambda: self.stats.add(incomplete=1))
-        self._last_frame_id: int | None = None
+        self._incomplete = _IncompleteCounter(self._on_incomplete)
         self._backoff_s = cfg.reconnect_initial_ms / 1000.0
         self._next_attempt_ns = 0
         self._lost = False
@@ -210,16 +220,6 @@ class GenICamSource(BaseSource):
         except DEVICE_ERRORS as exc:
             raise SourceError(f"software trigger failed: {exc}") from exc
 
-    def camera_settings(self) -> dict[str, Any]:
-        """The camera's current imaging settings read back from it (``lineguard capture`` sidecars)."""
-        if self._ia is None:
-            return {}
-        try:
-            return read_settings(self._ia.remote_device.node_map)
-        except DEVICE_ERRORS as exc:  # a camera lost mid-capture: the frame is still good
-            log.warning("camera %s: cannot read its settings back: %s", self.camera_id, exc)
-            return {}
-
     def _open_device(self) -> None:
         cfg = self._cfg
         harvester = _load_producer(cfg.cti_path)
@@ -245,7 +245,7 @@ class GenICamSource(BaseSource):
             _reset_quietly(harvester)
             raise
         self._harvester, self._ia, self.device = harvester, ia, devices[index]
-        self._last_frame_id = None
+        self._ids.reset()  # a (re)opened stream numbers its frames afresh: the next id is the baseline
         self._last_progress_ns = time.monotonic_ns()
         lay = pixels.layout(pixel_format)
         self._info = SourceInfo(
@@ -271,7 +271,7 @@ class GenICamSource(BaseSource):
 
     # ----- acquisition -----------------------------------------------------------------------
 
-    def read(self, timeout_s: float) -> Frame | None:
+    def _read(self, timeout_s: float) -> Frame | None:
         if self._closed:
             raise SourceError("GenICamSource.read() on a closed source; call open() first")
         deadline_ns = time.monotonic_ns() + int(max(timeout_s, 0.0) * 1e9)
@@ -291,10 +291,10 @@ class GenICamSource(BaseSource):
                 return None
             t_capture_ns = time.monotonic_ns()
             if buffer is not None:
-                frame = self._frame_from(buffer, t_capture_ns)
-                if frame is not None:
-                    return frame
-            elif self._incomplete.count == incomplete_before:
+                return self._frame_from(buffer, t_capture_ns)
+            if self._pending:  # an incomplete buffer (and any gap before it) became fault frames
+                return self._pending.popleft()
+            if self._incomplete.count == incomplete_before:
                 # Not an incomplete buffer: the wait ran out.
                 if t_capture_ns >= deadline_ns:
                     self.stats.add(timeouts=1)
@@ -307,33 +307,40 @@ class GenICamSource(BaseSource):
                 self.stats.add(timeouts=1)
                 return None
 
-    def _frame_from(self, buffer: Any, t_capture_ns: int) -> Frame | None:
-        """Copy the pixels out and queue the buffer back (the ``with`` does, on every path)."""
+    def _frame_from(self, buffer: Any, t_capture_ns: int) -> Frame:
+        """Copy the pixels out and queue the buffer back (the ``with`` does, on every path).
+
+        A buffer without a usable image is still its part: an ``incomplete_frame`` fault frame."""
         with buffer:
             self._last_progress_ns = t_capture_ns
+            frame_id = _buffer_frame_id(buffer)
             components = buffer.payload.components if buffer.payload is not None else []
-            if not components:
-                self.stats.add(incomplete=1)  # a buffer without an image part is as good as lost
-                return None
-            comp = components[0]
-            try:
-                image = pixels.to_image(comp.data, comp.data_format, comp.width, comp.height)
-            except ImageError as exc:
-                # A short or odd buffer is one bad frame, not a broken camera: count and go on.
-                self.stats.add(incomplete=1)
-                log.warning("camera %s: skipping unusable buffer: %s", self.camera_id, exc)
-                return None
+            problem = "buffer has no image component" if not components else ""
+            image: np.ndarray | None = None
+            if components:
+                comp = components[0]
+                try:
+                    image = pixels.to_image(comp.data, comp.data_format, comp.width, comp.height)
+                except ImageError as exc:
+                    problem = str(exc)
             camera_ts = _buffer_timestamp_ns(buffer)
-            self._count_gap(_buffer_frame_id(buffer))
-        return self._emit(image, t_capture_ns=t_capture_ns, camera_timestamp_ns=camera_ts)
+        if image is None:
+            # A short or odd buffer is one bad part, not a broken camera: answer it and go on.
+            self.stats.add(incomplete=1)
+            log.warning("camera %s: frame id %s unusable, fail-safe: %s", self.camera_id, frame_id, problem)
+            return self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=t_capture_ns, frame_id=frame_id, detail=problem)
+        return self._emit(image, t_capture_ns=t_capture_ns, camera_timestamp_ns=camera_ts, frame_id=frame_id)
 
-    def _count_gap(self, frame_id: int | None) -> None:
-        """Producer frame ids that never reached us are frames the camera took and we lost."""
+    def _on_incomplete(self) -> None:
+        """harvesters discarded an incomplete buffer inside try_fetch: answer that part now."""
+        self.stats.add(incomplete=1)
+        frame_id = _discarded_frame_id(self._ia)
         if frame_id is None:
-            return
-        if self._last_frame_id is not None and frame_id > self._last_frame_id + 1:
-            self.stats.add(dropped=frame_id - self._last_frame_id - 1)
-        self._last_frame_id = frame_id
+            frame_id = self._ids.expected()  # producers deliver in id order: the next one it was
+        log.warning("camera %s: incomplete buffer (frame id %s), fail-safe", self.camera_id, frame_id)
+        frame = self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=time.monotonic_ns(), frame_id=frame_id,
+                                 detail="the producer delivered the buffer incomplete")
+        self._pending.appendleft(frame)  # _emit_fault returned the oldest queued frame: put it back first
 
     def _check_stall(self, now_ns: int) -> None:
         stall_ms = self._cfg.stall_reconnect_ms
@@ -397,4 +404,18 @@ def _buffer_frame_id(buffer: Any) -> int | None:
     try:
         return int(buffer.module.frame_id)
     except DEVICE_ERRORS:
+        return None
+
+
+def _discarded_frame_id(ia: Any) -> int | None:
+    """The frame id of the buffer harvesters just discarded as incomplete, or None.
+
+    harvesters (1.4) queues the buffer back and fires INCOMPLETE_BUFFER without handing it over;
+    the buffer is still its event monitor's current buffer and its frame id still readable. That
+    is harvesters' private state, so anything unexpected falls back to None (the caller then takes
+    the next expected id)."""
+    try:
+        monitors = list(ia._new_buffer_event_monitor_dict.values())
+        return int(monitors[0].buffer.frame_id) if len(monitors) == 1 else None
+    except _DISCARDED_ID_ERRORS:
         return None

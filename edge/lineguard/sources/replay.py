@@ -2,12 +2,20 @@
 
 Where it sits: at the head of the edge pipeline instead of a camera, for demos, benchmarks and
 repeatable tests. Files are read with OpenCV ``IMREAD_UNCHANGED``: mono stays HxW, colour becomes
-HxWx3 in RGB order (alpha dropped), 16-bit stays uint16. A file that does not decode is counted
-(``stats.unreadable``), logged with its path, remembered in ``stats.unreadable_paths`` and
-skipped; the stream goes on. A part whose image cannot be judged (wrong size, say) is delivered
-as it is: judging it is the decision stage's job.
+HxWx3 in RGB order (alpha dropped), 16-bit stays uint16.
 
-Never: stop the stream for one bad file, or convert pixel values (no scaling, no bit shifting).
+Identity: each file is one part. ``Frame.frame_id`` is the file's position in the replayed stream
+(0-based, counting on across loop passes; position in the list = frame_id % len(files)) and the
+part id follows it (``part_id_fn(frame_id)``, 1-based by default), so a bad file never shifts the
+parts after it. A file that does not decode is still its part: it is delivered as an
+``unreadable_frame`` fault frame (empty image; the service answers it with the fail-safe at once),
+counted (``stats.unreadable``), logged with its path and remembered in ``stats.unreadable_paths``.
+Slots a slow consumer missed under ``late_policy: skip`` become ``missing_frame`` fault frames,
+like the dropped buffers of a camera. A part whose image cannot be judged (wrong size, say) is
+delivered as it is: judging it is the decision stage's job.
+
+Never: stop the stream for one bad file, skip a file without a frame for it, or convert pixel
+values (no scaling, no bit shifting).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from lineguard.contracts import Frame
 from lineguard.errors import ImageError, SourceError
 from lineguard.sources.base import BaseSource, Pacer, PartIdFn, SourceInfo
 from lineguard.sources.config import ReplaySourceConfig
+from lineguard.sources.identity import UNREADABLE_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,7 @@ class ReplaySource(BaseSource):
         self._late_policy = late_policy
         self._pacer = Pacer(rate_per_s=rate_parts_per_s, late_policy=late_policy)
         self._index = 0
+        self._position = 0  # frame_id of the next file: its position in the stream, across passes
         self._good_in_pass = 0  # readable files seen in the current pass (detects all-bad lists)
         self._opened = False
 
@@ -112,6 +122,10 @@ class ReplaySource(BaseSource):
 
     def open(self) -> None:
         self._index = 0
+        self._position = 0
+        self._seq = 0  # a reopened replay starts the stream (and its part ids) again
+        self._ids.start_at(0)
+        self._pending.clear()
         self._good_in_pass = 0
         self._finished = False
         self._pacer = Pacer(rate_per_s=self._rate, late_policy=self._late_policy)
@@ -123,7 +137,7 @@ class ReplaySource(BaseSource):
         self._opened = False
         self.stats.set_connected(False)
 
-    def read(self, timeout_s: float) -> Frame | None:
+    def _read(self, timeout_s: float) -> Frame | None:
         if not self._opened:
             raise RuntimeError("ReplaySource.read() before open()")
         if self._finished:
@@ -132,33 +146,34 @@ class ReplaySource(BaseSource):
         if skipped is None:
             self.stats.add(timeouts=1)
             return None
-        for _ in range(skipped):  # slots that passed unread: those parts went by unseen
-            self.stats.add(dropped=1)
+        for _ in range(skipped):  # slots that passed unread: the gap before the next file says so
             if not self._advance():
-                return None
-        # Bad files are skipped within the same slot; a full pass of bad files ends in an error.
-        while True:
-            if self._index >= len(self._files) and not self._wrap():
-                return None
-            path = self._files[self._index]
-            t_capture_ns = time.monotonic_ns()
-            try:
-                image = decode_image(path)
-            except ImageError as exc:
-                self._index += 1
-                self.stats.add(unreadable=1)
-                self.stats.unreadable_paths.append((str(path), str(exc)))
-                log.warning("replay: skipping unreadable image: %s", exc)
-                continue
-            self._index += 1
-            self._good_in_pass += 1
-            return self._emit(image, t_capture_ns=t_capture_ns, source_ref=str(path))
+                return self._end_of_stream(self._position)
+        # One file per slot, readable or not; a full pass of bad files in a loop ends in an error.
+        if self._index >= len(self._files) and not self._wrap():
+            return None
+        path = self._files[self._index]
+        position = self._position
+        self._index += 1
+        self._position += 1
+        t_capture_ns = time.monotonic_ns()
+        try:
+            image = decode_image(path)
+        except ImageError as exc:
+            self.stats.add(unreadable=1)
+            self.stats.unreadable_paths.append((str(path), str(exc)))
+            log.warning("replay: part at position %d is unreadable, fail-safe: %s", position, exc)
+            return self._emit_fault(UNREADABLE_FRAME, t_capture_ns=t_capture_ns, frame_id=position,
+                                    source_ref=str(path), detail=str(exc))
+        self._good_in_pass += 1
+        return self._emit(image, t_capture_ns=t_capture_ns, source_ref=str(path), frame_id=position)
 
     def _advance(self) -> bool:
-        """Skip one file; False when the list ended (and does not loop)."""
+        """Skip one file (a missed slot); False when the list ended (and does not loop)."""
         if self._index >= len(self._files) and not self._wrap():
             return False
         self._index += 1
+        self._position += 1
         self._good_in_pass += 1  # a skipped slot is not evidence of a bad list
         return True
 

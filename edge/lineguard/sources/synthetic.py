@@ -4,6 +4,8 @@ Where it sits: a stand-in for the camera at the head of the edge pipeline when n
 nor an image folder is at hand. Frame ``k`` depends only on (seed, k), so two runs with the same
 seed see the same parts in the same order, whatever the consumer's speed. A defective frame says
 so in ``source_ref`` (``synthetic:k=12:defect=scratch``) so a smoke test can score the pipeline.
+``Frame.frame_id`` is ``k``; slots a slow consumer missed under ``late_policy: skip`` are ids that
+never arrived and become ``missing_frame`` fault frames (fail-safe), as a camera's dropped buffers do.
 
 Never: take wall-clock time or global random state into the image content.
 """
@@ -70,6 +72,7 @@ class SyntheticSource(BaseSource):
         )
 
     def open(self) -> None:
+        self._ids.start_at(self._k)
         self._texture = _texture(self._width + 2 * _MARGIN, self._height + 2 * _MARGIN, self._seed)
         self._info = SourceInfo(
             camera_id=self.camera_id,
@@ -86,7 +89,7 @@ class SyntheticSource(BaseSource):
         self._texture = None
         self.stats.set_connected(False)
 
-    def read(self, timeout_s: float) -> Frame | None:
+    def _read(self, timeout_s: float) -> Frame | None:
         if self._texture is None:
             raise RuntimeError("SyntheticSource.read() before open()")
         if self._num_frames is not None and self._k >= self._num_frames:
@@ -97,16 +100,16 @@ class SyntheticSource(BaseSource):
             self.stats.add(timeouts=1)
             return None
         if skipped:
-            self.stats.add(dropped=skipped)
+            # the gap before the next frame id answers them (missing_frame), counted as dropped
             self._k += skipped
             if self._num_frames is not None and self._k >= self._num_frames:
                 self._finished = True
-                return None
+                return self._end_of_stream(self._num_frames)
         t_capture_ns = time.monotonic_ns()
         image, defect = self.render(self._k)
         ref = f"synthetic:k={self._k}" + (f":defect={defect}" if defect else "")
         self._k += 1
-        return self._emit(image, t_capture_ns=t_capture_ns, source_ref=ref)
+        return self._emit(image, t_capture_ns=t_capture_ns, source_ref=ref, frame_id=self._k - 1)
 
     def render(self, k: int) -> tuple[np.ndarray, str]:
         """Frame ``k`` and its defect kind ("" for a good part); pure function of (seed, k)."""
