@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +38,54 @@ def _poll(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
 def wait_for() -> Waiter:
     """``wait_for(cond, timeout_s=5.0)``: poll until ``cond()`` holds, fail the test after the timeout."""
     return _poll
+
+
+class SmallDisk:
+    """A real, small file system (tmpfs of ``size_bytes``) mounted for one test: ENOSPC for real."""
+
+    def __init__(self, path: Path, size_bytes: int) -> None:
+        self.path = path
+        self.size_bytes = size_bytes
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.path).free
+
+    def fill(self, name: str = "ballast") -> Path:
+        """Write a ballast file until the disk refuses more (ENOSPC); delete it to give the space back."""
+        ballast = self.path / name
+        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, b"\0" * chunk)
+        finally:
+            os.close(fd)
+        assert self.free_bytes() == 0, f"ballast left {self.free_bytes()} bytes free"
+        return ballast
+
+    def remount(self, *, read_only: bool) -> None:
+        mode = "ro" if read_only else "rw"
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], SmallDisk]]:
+    """``small_disk(size_bytes)``: mount a tmpfs of that size under tmp_path (root only; skips otherwise)."""
+    mounted: list[Path] = []
+
+    def make(size_bytes: int) -> SmallDisk:
+        if os.geteuid() != 0:
+            pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root (CAP_SYS_ADMIN)")
+        mount_point = tmp_path / f"small-disk-{len(mounted)}"
+        mount_point.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "lineguard-test",
+                              str(mount_point)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); a real full disk needs one")
+        mounted.append(mount_point)
+        return SmallDisk(mount_point, size_bytes)
+
+    yield make
+    for mount_point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

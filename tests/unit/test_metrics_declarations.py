@@ -19,6 +19,8 @@ EXPECTED_EDGE = {
     "lineguard_drops": ("counter", {"reason"}),
     "lineguard_camera_reconnects": ("counter", {"camera_id"}),
     "lineguard_camera_incomplete_frames": ("counter", {"camera_id"}),
+    "lineguard_camera_gap_excess": ("counter", {"camera_id"}),
+    "lineguard_camera_frame_id_resets": ("counter", {"camera_id"}),
     "lineguard_publisher_drops": ("counter", {"reason"}),
     "lineguard_publisher_sent": ("counter", {"kind"}),
     "lineguard_publisher_queue_depth": ("gauge", set()),
@@ -27,6 +29,11 @@ EXPECTED_EDGE = {
     "lineguard_last_frame_timestamp_seconds": ("gauge", set()),
     "lineguard_last_frame_age_seconds": ("gauge", set()),
     "lineguard_failsafe_verdicts": ("counter", {"reason"}),
+    "lineguard_decision_log_written_lines": ("counter", set()),
+    "lineguard_decision_log_lost_lines": ("counter", {"reason"}),
+    "lineguard_decision_log_fault_episodes": ("counter", set()),
+    "lineguard_decision_log_fault": ("gauge", set()),
+    "lineguard_decision_log_backlog_lines": ("gauge", set()),
 }
 
 
