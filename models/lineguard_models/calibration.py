@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -59,8 +59,14 @@ class CalibrationPolicy(BaseModel):
         0.01, ge=0.0, lt=0.5, description="max fraction of good parts rejected (score >= upper)"
     )
     confidence: float = Field(0.95, ge=0.5, le=0.9999, description="one-sided confidence of the bounds")
-    band: Literal["recheck", "none"] = Field(
-        "recheck", description="'recheck': uncertainty band between the thresholds; 'none': one threshold"
+    band: Literal["automate", "recheck", "none"] = Field(
+        "automate", description="'automate': the thresholds that decide the most calibration parts within the "
+        "targets (a band only where good and defect scores overlap); 'recheck': the whole gap between the "
+        "classes is a band; 'none': one threshold"
+    )
+    targets_on: Literal["bound", "observed"] = Field(
+        "bound", description="'bound': the targets limit the Clopper-Pearson upper bounds where the data can "
+        "support that (else the observed rates, flagged); 'observed': the observed rates only"
     )
     min_good: int = Field(5, ge=2, le=100_000, description="fewest held-out good scores to calibrate at all")
     min_per_class: int = Field(
@@ -80,6 +86,8 @@ class GoodStats:
     extra_needed: int | None  # more good images (no further false rejects) to bound under the budget
     score_median: float
     score_max: float
+    allowed: int = 0  # false rejects the policy allowed on these images
+    supported: bool = False  # can zero false rejects among n bring the bound under the budget?
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +105,8 @@ class ClassStats:
     auroc: float  # good vs this class; 1 = perfectly separated
     score_min: float
     score_median: float
+    allowed: int = 0  # escapes the policy allowed on this class
+    supported: bool = False  # can zero escapes among n bring the bound under the target?
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +122,8 @@ class CalibrationResult:
     warnings: tuple[str, ...]
     t_false_reject: float
     t_escape: float | None
+    automated_share: float = 0.0  # (accepted + rejected) / all calibration images
+    curve: dict[str, Any] | None = None  # operating_curve(): for the report, not the manifest
 
     def thresholds(self) -> dict[str, Any]:
         """The manifest's ``thresholds`` section."""
@@ -124,6 +136,7 @@ class CalibrationResult:
             "confidence": self.policy.confidence,
             "t_false_reject": self.t_false_reject,
             "t_escape": self.t_escape,
+            "automated_share": self.automated_share,
             "good": asdict(self.good),
             "classes": {c.name: {k: v for k, v in asdict(c).items() if k != "name"} for c in self.classes},
             "warnings": list(self.warnings),
@@ -200,23 +213,48 @@ def _check(name: str, scores: Scores) -> None:
         raise CalibrationError(f"{bad} of {scores.size} {name} scores are NaN or infinite: the model output is broken")
 
 
-def false_reject_threshold(good: Scores, budget: float) -> float:
-    """Smallest t with at most floor(budget * n) good scores >= t."""
+def false_reject_threshold(good: Scores, budget: float, allowed: int | None = None) -> float:
+    """Smallest t with at most ``allowed`` (default floor(budget * n)) good scores >= t."""
     g = np.sort(good)
-    allowed = min(math.floor(budget * g.size + 1e-9), g.size - 1)
-    return float(np.nextafter(g[g.size - allowed - 1], np.inf))
+    k = math.floor(budget * g.size + 1e-9) if allowed is None else allowed
+    k = min(k, g.size - 1)
+    return float(np.nextafter(g[g.size - k - 1], np.inf))
 
 
-def escape_threshold(defect: Scores, target: float) -> float:
-    """Largest t with at most floor(target * n) defect scores < t."""
+def escape_threshold(defect: Scores, target: float, allowed: int | None = None) -> float:
+    """Largest t with at most ``allowed`` (default floor(target * n)) defect scores < t."""
     d = np.sort(defect)
-    allowed = min(math.floor(target * d.size + 1e-9), d.size - 1)
-    return float(d[allowed])
+    k = math.floor(target * d.size + 1e-9) if allowed is None else allowed
+    return float(d[min(k, d.size - 1)])
 
 
-def _good_stats(good: Scores, lower: float, upper: float, policy: CalibrationPolicy) -> GoodStats:
+def allowed_errors(n: int, target: float, confidence: float, targets_on: str = "bound") -> tuple[int, bool]:
+    """(errors allowed among ``n`` calibration images, whether the data support the target).
+
+    ``targets_on="bound"``: the most errors whose Clopper-Pearson upper bound is still ``<= target``.
+    When even zero errors cannot get the bound under the target (too few images: 0/20 -> 13.9 %
+    against 2 %), the observed rule ``floor(target * n)`` is used and ``supported`` is False; the
+    report then says how many more images would support it. ``"observed"``: always the observed rule.
+    """
+    observed = min(math.floor(target * n + 1e-9), max(n - 1, 0))
+    supported = n > 0 and clopper_pearson_upper(0, n, confidence) <= target
+    if targets_on == "observed" or not supported:
+        return observed, supported
+    lo, hi = 0, min(observed + 1, n)  # bound(lo) <= target < bound(hi): k/n > target there
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if clopper_pearson_upper(mid, n, confidence) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo, True
+
+
+def _good_stats(good: Scores, lower: float, upper: float, policy: CalibrationPolicy,
+                allowed: tuple[int, bool] = (0, False)) -> GoodStats:
     fr = int(np.count_nonzero(good >= upper))
     return GoodStats(
+        allowed=allowed[0], supported=allowed[1],
         n=int(good.size),
         false_rejects=fr,
         rechecks=int(np.count_nonzero((good >= lower) & (good < upper))),
@@ -228,10 +266,12 @@ def _good_stats(good: Scores, lower: float, upper: float, policy: CalibrationPol
     )
 
 
-def _class_stats(name: str, good: Scores, d: Scores, lower: float, upper: float, p: CalibrationPolicy) -> ClassStats:
+def _class_stats(name: str, good: Scores, d: Scores, lower: float, upper: float, p: CalibrationPolicy,
+                 allowed: tuple[int, bool] = (0, False)) -> ClassStats:
     esc = int(np.count_nonzero(d < lower))
     rej = int(np.count_nonzero(d >= upper))
     return ClassStats(
+        allowed=allowed[0], supported=allowed[1],
         name=name,
         n=int(d.size),
         escapes=esc,
@@ -249,7 +289,9 @@ def _class_stats(name: str, good: Scores, d: Scores, lower: float, upper: float,
 def _thresholds(t_fr: float, t_esc: float | None, policy: CalibrationPolicy) -> tuple[float, float]:
     if t_esc is None:
         return t_fr, t_fr
-    if policy.band == "recheck":
+    if policy.band == "recheck" or (policy.band == "automate" and t_esc < t_fr):
+        # overlap: lower = t_esc and upper = t_fr are the highest accept and the lowest reject threshold
+        # the targets allow, so this band is the narrowest, i.e. the largest automated share
         return min(t_esc, t_fr), max(t_esc, t_fr)
     # one threshold: midway through a gap; on overlap, protecting against escapes wins
     t = 0.5 * (t_fr + t_esc) if t_esc >= t_fr else t_esc
@@ -287,8 +329,11 @@ def calibrate(
             )
         if d.size:
             classes[name] = d
-    t_fr = false_reject_threshold(good, policy.false_reject_budget)
-    t_esc = min((escape_threshold(d, policy.escape_target) for d in classes.values()), default=None)
+    conf, on = policy.confidence, policy.targets_on
+    allow_g = allowed_errors(good.size, policy.false_reject_budget, conf, on)
+    allow_c = {n: allowed_errors(d.size, policy.escape_target, conf, on) for n, d in classes.items()}
+    t_fr = false_reject_threshold(good, policy.false_reject_budget, allow_g[0])
+    t_esc = min((escape_threshold(d, policy.escape_target, allow_c[n][0]) for n, d in classes.items()), default=None)
     if t_esc is None:
         warnings.append(
             "NO DEFECT IMAGES: threshold is the good-score quantile for the false-reject budget; "
@@ -297,16 +342,88 @@ def calibrate(
     lower, upper = _thresholds(t_fr, t_esc, policy)
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise CalibrationError(f"calibration produced non-finite thresholds ({lower}, {upper})")
-    per_class = tuple(_class_stats(n, good, d, lower, upper, policy) for n, d in classes.items())
+    per_class = tuple(_class_stats(n, good, d, lower, upper, policy, allow_c[n]) for n, d in classes.items())
     for c in per_class:
         if c.auroc < 0.6:
             warnings.append(f"defect class {c.name!r} is barely separable from good parts (AUROC {c.auroc:.2f})")
-    good_stats = _good_stats(good, lower, upper, policy)
+    good_stats = _good_stats(good, lower, upper, policy, allow_g)
     if good_stats.rechecks > 0.2 * good.size:
         warnings.append(f"the uncertainty band sends {good_stats.rechecks}/{good.size} good parts to recheck")
+    unsupported = _unsupported(good_stats, per_class, policy)
+    if unsupported and policy.targets_on == "bound":
+        warnings.append(unsupported)
+    everything = np.concatenate([good, *classes.values()])
+    share = float(np.mean((everything < lower) | (everything >= upper)))
     for w in warnings:
         log.warning("calibration: %s", w)
     return CalibrationResult(
         lower=lower, upper=upper, mode="defects" if per_class else "good_only", policy=policy,
         good=good_stats, classes=per_class, warnings=tuple(warnings), t_false_reject=t_fr, t_escape=t_esc,
+        automated_share=share, curve=operating_curve(good, classes, lower, upper, conf),
     )
+
+
+def _unsupported(g: GoodStats, classes: Sequence[ClassStats], policy: CalibrationPolicy) -> str:
+    """One sentence naming each set too small for its target's bound, and how many more images would do."""
+    conf = policy.confidence
+    parts = []
+    if not g.supported:
+        parts.append(f"good {g.n} images (false-reject bound {100 * g.false_reject_upper:.1f} % vs budget "
+                     f"{100 * policy.false_reject_budget:.1f} %; {_more(g.extra_needed)})")
+    for c in classes:
+        if not c.supported:
+            parts.append(f"{c.name} {c.n} images (escape bound {100 * c.escape_upper:.1f} % vs target "
+                         f"{100 * policy.escape_target:.1f} %; {_more(c.extra_needed)})")
+    if not parts:
+        return ""
+    return (f"too few images to support the targets at {100 * conf:.0f} % confidence even with no errors: "
+            + "; ".join(parts) + ". Until then the targets hold on the observed rates only")
+
+
+def _more(extra: int | None) -> str:
+    return "no finite number proves a zero rate" if extra is None else f"+{extra} scored correctly would"
+
+
+def _upper_bounds(k: npt.NDArray[np.int64], n: int, confidence: float) -> Scores:
+    """Vectorised :func:`clopper_pearson_upper` for event counts ``k`` out of ``n``."""
+    out = np.ones(k.shape, np.float64)
+    below = k < n
+    out[below] = stats.beta.ppf(confidence, k[below] + 1, n - k[below])
+    return out
+
+
+def operating_curve(good: Scores, classes: Mapping[str, Scores], lower: float, upper: float,
+                    confidence: float, points: int = 160) -> dict[str, Any]:
+    """The trade-off around the chosen thresholds, for the report (JSON-safe lists).
+
+    ``escape``: the accept threshold swept (reject threshold kept, raised to it when passed): the
+    automated share against the worst class's observed escape rate and its upper bound.
+    ``false_reject``: the reject threshold swept (accept threshold kept, lowered to it when passed):
+    the share against the false-reject rate and its bound. ``chosen``: the calibrated point.
+    """
+    every = np.concatenate([good, *classes.values()])
+    cands = np.unique(every)
+    if cands.size > points:  # evenly spaced in rank: the curve's shape, not every score
+        cands = cands[np.unique(np.linspace(0, cands.size - 1, points).round().astype(int))]
+    cands = np.unique(np.concatenate([cands, [lower, upper]]))
+    srt = np.sort(every)
+
+    def share(lo: Scores, hi: Scores) -> Scores:
+        inside = np.searchsorted(srt, hi, "left") - np.searchsorted(srt, lo, "left")
+        return np.asarray(1.0 - inside / srt.size, np.float64)
+
+    g_sorted = np.sort(good)
+    out: dict[str, Any] = {"chosen": {"lower": lower, "upper": upper}}
+    fr = g_sorted.size - np.searchsorted(g_sorted, cands, "left")
+    out["false_reject"] = {"threshold": cands.tolist(), "share": share(np.minimum(lower, cands), cands).tolist(),
+                           "rate": (fr / g_sorted.size).tolist(),
+                           "bound": _upper_bounds(fr, g_sorted.size, confidence).tolist()}
+    if classes:
+        rates, bounds = [], []
+        for d in classes.values():
+            esc = np.searchsorted(np.sort(d), cands, "left")
+            rates.append(esc / d.size)
+            bounds.append(_upper_bounds(esc, d.size, confidence))
+        out["escape"] = {"threshold": cands.tolist(), "share": share(cands, np.maximum(upper, cands)).tolist(),
+                         "rate": np.max(rates, axis=0).tolist(), "bound": np.max(bounds, axis=0).tolist()}
+    return out

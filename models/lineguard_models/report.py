@@ -1,8 +1,10 @@
 """Calibration report: Markdown plus PNG plots a person can read at a glance.
 
 Data flow: :class:`~lineguard_models.calibration.CalibrationResult` and the scores it came from ->
-``report/report.md``, ``report/hist_<class>.png``, ``report/roc.png`` inside the bundle staging
-folder (so the report is hashed with the bundle). Plots use matplotlib's Agg back-end (no display).
+``report/report.md``, ``report/hist_<class>.png``, ``report/roc.png``, ``report/operating_curve.png``
+(and ``.svg``) and ``report/report.json`` (the same figures as data: thresholds, rates, the operating
+curve and, from automatic configuration, every candidate) inside the bundle staging folder (so the
+report is hashed with the bundle). Plots use matplotlib's Agg back-end (no display).
 
 Must never: compute thresholds or rates itself (everything shown comes from the result), or open
 a window.
@@ -10,6 +12,7 @@ a window.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: before pyplot is imported
+matplotlib.rcParams["svg.hashsalt"] = "lineguard"  # SVG element ids stable between runs
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +87,60 @@ def plot_roc(path: Path, result: CalibrationResult, good: npt.ArrayLike,
     return path
 
 
+def plot_operating_curve(path: Path, result: CalibrationResult) -> list[Path]:
+    """Automated share against the escape bound (accept threshold swept) and against false rejects
+    (reject threshold swept), targets dashed, the calibrated point marked. Writes PNG and SVG."""
+    curve = result.curve or {}
+    panels = [k for k in ("escape", "false_reject") if k in curve]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), dpi=90, squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        c = curve[key]
+        target = result.policy.escape_target if key == "escape" else result.policy.false_reject_budget
+        what = "escape (worst class)" if key == "escape" else "false reject"
+        ax.plot(np.asarray(c["bound"]) * 100, c["share"], lw=1.5, label=f"{what}: upper bound")
+        ax.plot(np.asarray(c["rate"]) * 100, c["share"], lw=1.0, ls=":", label=f"{what}: observed")
+        ax.axvline(target * 100, color="red", ls="--", lw=1.0, label=f"target {100 * target:.1f} %")
+        i = int(np.argmin(np.abs(np.asarray(c["threshold"]) - (result.lower if key == "escape" else result.upper))))
+        ax.plot([c["bound"][i] * 100], [c["share"][i]], "o", color="black", label="calibrated")
+        ax.set_xlabel(f"{what} rate, %")
+        ax.set_ylabel("automated share (accept + reject) / all")
+        ax.set_xlim(0, max(5.0 * target * 100, c["bound"][i] * 100 * 1.3, 1.0))
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    svg = path.with_suffix(".svg")
+    fig.savefig(path, metadata=_PNG_META)
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return [path, svg]
+
+
+def report_data(result: CalibrationResult, *, context: Mapping[str, Any],
+                auto: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report as data (``report.json``): what a renderer needs besides the plots."""
+    return {"thresholds": result.thresholds(), "calibration": result.summary(), "curve": result.curve,
+            "auto": dict(auto) if auto else None, "context": {k: str(v) for k, v in context.items()}}
+
+
+def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
+    """Automatic configuration: every candidate tried, its out-of-fold figures and the choice."""
+    if not auto:
+        return []
+    lines = ["## Automatic configuration", "", f"- chosen: **{auto.get('chosen')}** ({auto.get('reason', '')})",
+             f"- criterion: {auto.get('criterion', '')}", f"- {auto.get('budget_note', '')}", "",
+             "| candidate | settings | automated share | AUROC | good-score tail | engine p50 ms | fit s | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in auto.get("candidates", []):
+        lines.append(f"| {c['name']} | {c.get('settings', '')} | {_num(c.get('automated_share'))} | "
+                     f"{_num(c.get('auroc'))} | {_num(c.get('tail'))} | {_num(c.get('engine_p50_ms'), 1)} | "
+                     f"{_num(c.get('seconds'), 0)} | {c.get('note', '')} |")
+    return [*lines, ""]
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{float(x):.{digits}f}"
+
+
 def _pct(x: float) -> str:
     return f"{100.0 * x:.1f} %"
 
@@ -113,7 +171,7 @@ def _tables(result: CalibrationResult) -> list[str]:
 
 
 def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[str],
-                    context: Mapping[str, Any]) -> str:
+                    context: Mapping[str, Any], auto: Mapping[str, Any] | None = None) -> str:
     """The report text. ``plots`` are file names relative to the report; ``context`` is shown as a list."""
     out = [f"# {title}", ""]
     if result.warnings:
@@ -128,7 +186,10 @@ def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[st
         f"(Clopper-Pearson) at {_pct(result.policy.confidence)}",
         "- 'more images needed': further images of that set, all scored correctly, that would bring the "
         "upper bound under the target",
+        f"- automated share on the calibration images: **{_pct(result.automated_share)}** (accepted + rejected "
+        "without a person)",
         "",
+        *_auto_section(auto),
         "## Rates on the calibration images",
         "",
         *_tables(result),
@@ -147,7 +208,7 @@ def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[st
 
 def write_report(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike,
                  defects: Mapping[str, npt.ArrayLike], *, title: str = "Calibration report",
-                 context: Mapping[str, Any] | None = None) -> Path:
+                 context: Mapping[str, Any] | None = None, auto: Mapping[str, Any] | None = None) -> Path:
     """Write ``report.md`` and its plots into ``out_dir`` (created); returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
@@ -158,6 +219,11 @@ def write_report(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike,
         plots.append(plot_histogram(out_dir / "hist_good.png", result, good, "good", None).name)
     else:
         plots.append(plot_roc(out_dir / "roc.png", result, good, defects).name)
+    if result.curve:
+        plots.append(plot_operating_curve(out_dir / "operating_curve.png", result)[0].name)
     md = out_dir / "report.md"
-    md.write_text(render_markdown(result, title=title, plots=plots, context=context or {}), encoding="utf-8")
+    md.write_text(render_markdown(result, title=title, plots=plots, context=context or {}, auto=auto),
+                  encoding="utf-8")
+    data = report_data(result, context=context or {}, auto=auto)
+    (out_dir / "report.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return md

@@ -76,7 +76,7 @@ def test_roc_curve_endpoints_and_area() -> None:
 def test_separable_classes_give_a_band_over_the_gap() -> None:
     good = np.linspace(0.0, 1.0, 100)
     defects = {"scratch": np.linspace(2.0, 3.0, 20), "pit": np.linspace(1.5, 2.5, 20)}
-    res = calibrate(good, defects, CalibrationPolicy(false_reject_budget=0.0, escape_target=0.0))
+    res = calibrate(good, defects, CalibrationPolicy(false_reject_budget=0.0, escape_target=0.0, band="recheck"))
     assert res.mode == "defects"
     assert res.lower == pytest.approx(1.0) and res.lower > 1.0  # just above the highest good
     assert res.upper == 1.5  # the lowest defect score is rejected

@@ -1,0 +1,146 @@
+"""Operating point: the thresholds that decide the most calibration parts within the targets' bounds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lineguard_models.calibration import (
+    CalibrationPolicy,
+    allowed_errors,
+    calibrate,
+    clopper_pearson_upper,
+    extra_needed,
+)
+from lineguard_models.report import write_report
+
+
+def _bound(k: int, n: int) -> float:
+    return 1.0 if k >= n else float(stats.beta.ppf(0.95, k + 1, n - k))
+
+
+def test_allowed_errors_follow_the_bound_and_fall_back_when_unsupported() -> None:
+    # 1000 goods at a 1 % budget: the observed rule would allow 10, the bound allows only 4
+    k, ok = allowed_errors(1000, 0.01, 0.95)
+    assert ok and k == 4
+    assert _bound(4, 1000) <= 0.01 < _bound(5, 1000)
+    assert allowed_errors(1000, 0.01, 0.95, "observed") == (10, True)
+    # 20 defects at 2 %: even 0/20 gives a 13.9 % bound -> observed rule (0 allowed), flagged
+    assert allowed_errors(20, 0.02, 0.95) == (0, False)
+    assert allowed_errors(300, 0.02, 0.95) == (1, True)  # 1/300 -> 1.57 %, 2/300 -> 2.09 %
+
+
+def _brute_force_share(good: np.ndarray, defect: np.ndarray, esc_target: float, fr_budget: float) -> float:
+    """Best automated share over every (lower, upper) pair of observed scores whose bounds meet the targets."""
+    every = np.concatenate([good, defect])
+    cands = np.unique(np.concatenate([every, [every.max() + 1.0]]))
+    esc_ok = np.array([_bound(int(np.sum(defect < t)), defect.size) <= esc_target for t in cands])
+    fr_ok = np.array([_bound(int(np.sum(good >= t)), good.size) <= fr_budget for t in cands])
+    below = np.array([np.sum(every < t) for t in cands])  # accepted when t is the lower threshold
+    above = np.array([np.sum(every >= t) for t in cands])  # rejected when t is the upper threshold
+    share = (below[:, None] + above[None, :]) / every.size  # [lower, upper]
+    ok = esc_ok[:, None] & fr_ok[None, :] & (cands[:, None] <= cands[None, :])
+    return float(share[ok].max())
+
+
+def test_overlap_planted_scores_pick_the_largest_share_within_the_bounds() -> None:
+    good = np.linspace(0.0, 1.0, 300)  # 0/300 false rejects -> bound 0.995 % <= 1 %: supported
+    defect = np.linspace(0.9, 3.0, 300)  # overlap with the goods on [0.9, 1.0]
+    res = calibrate(good, {"crack": defect}, CalibrationPolicy())
+    c = res.classes[0]
+    assert (res.good.allowed, res.good.supported) == (0, True)
+    assert (c.allowed, c.supported) == (1, True)
+    assert res.lower == defect[1]  # one escape allowed: the second-lowest defect score
+    assert res.upper == np.nextafter(1.0, np.inf)  # no false reject allowed: just above the top good
+    assert c.escapes == 1 and res.good.false_rejects == 0
+    assert c.escape_upper <= 0.02 and res.good.false_reject_upper <= 0.01
+    every = np.concatenate([good, defect])
+    expected = float(np.mean((every < res.lower) | (every >= res.upper)))
+    assert res.automated_share == pytest.approx(expected)
+    assert res.automated_share == pytest.approx(_brute_force_share(good, defect, 0.02, 0.01))
+    assert 0.9 < res.automated_share < 1.0
+
+
+def test_random_overlaps_match_the_brute_force_optimum() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        good, defect = rng.normal(0, 1, 160), rng.normal(3.0, 1, 160)
+        pol = CalibrationPolicy(escape_target=0.05, false_reject_budget=0.05)
+        res = calibrate(good, {"d": defect}, pol)
+        assert res.automated_share == pytest.approx(_brute_force_share(good, defect, 0.05, 0.05))
+
+
+def test_separated_classes_are_decided_by_one_threshold_in_the_gap() -> None:
+    good = np.linspace(0.0, 1.0, 60)
+    defects = {"scratch": np.linspace(3.0, 4.0, 20), "pit": np.linspace(2.0, 5.0, 20)}
+    res = calibrate(good, defects)
+    assert res.lower == res.upper == pytest.approx((1.0 + 2.0) / 2)
+    assert res.automated_share == 1.0 and res.good.rechecks == 0
+    # the old behaviour stays available: the whole gap is a band
+    band = calibrate(good, defects, CalibrationPolicy(band="recheck"))
+    assert band.lower == pytest.approx(1.0) and band.upper == 2.0 and band.automated_share == 1.0
+
+
+def test_too_few_images_are_named_with_the_images_that_would_support_the_target() -> None:
+    good = np.linspace(0.0, 1.0, 50)
+    res = calibrate(good, {"pit": np.linspace(2.0, 3.0, 20)})
+    assert not res.good.supported and not res.classes[0].supported
+    # 0/20 -> bound 13.9 %: n >= ln(0.05)/ln(0.98) = 148.3 -> 149 images, i.e. 129 more
+    assert res.classes[0].extra_needed == 129 == extra_needed(0, 20, 0.02, 0.95)
+    assert clopper_pearson_upper(0, 149, 0.95) <= 0.02 < clopper_pearson_upper(0, 148, 0.95)
+    assert res.good.extra_needed == 249  # 0/299 -> 0.997 % <= 1 %
+    text = " ".join(res.warnings)
+    assert "too few images to support the targets" in text and "+129" in text and "+249" in text
+    # enough images: no such warning
+    big = calibrate(np.linspace(0.0, 1.0, 400), {"pit": np.linspace(2.0, 3.0, 200)})
+    assert not any("too few images" in w for w in big.warnings)
+
+
+def test_curve_contains_the_chosen_point_and_trades_share_for_escapes() -> None:
+    rng = np.random.default_rng(5)
+    good, defect = rng.normal(0, 1, 400), rng.normal(2.5, 1, 200)
+    res = calibrate(good, {"a": defect, "b": defect + 0.5})
+    curve = res.curve
+    assert curve is not None and curve["chosen"] == {"lower": res.lower, "upper": res.upper}
+    esc, fr = curve["escape"], curve["false_reject"]
+    i = esc["threshold"].index(res.lower)
+    assert esc["share"][i] == pytest.approx(res.automated_share)
+    assert esc["bound"][i] == pytest.approx(max(c.escape_upper for c in res.classes))
+    j = fr["threshold"].index(res.upper)
+    assert fr["share"][j] == pytest.approx(res.automated_share)
+    assert fr["bound"][j] == pytest.approx(res.good.false_reject_upper)
+    # raising the accept threshold can only raise escapes; the bound is never below the rate
+    assert all(np.diff(esc["rate"]) >= 0) and all(b >= r for b, r in zip(esc["bound"], esc["rate"], strict=True))
+    assert all(np.diff(fr["rate"]) <= 0)
+    assert len(esc["threshold"]) <= 162
+
+
+def test_observed_mode_keeps_the_floor_rule() -> None:
+    good = np.linspace(0.0, 1.0, 1000)
+    res = calibrate(good, {}, CalibrationPolicy(targets_on="observed"))
+    assert res.good.false_rejects == math.floor(0.01 * 1000)
+    res_b = calibrate(good, {})
+    assert res_b.good.false_rejects == 4 and res_b.good.false_reject_upper <= 0.01
+
+
+def test_report_writes_the_curve_plots_and_its_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    good, defect = rng.normal(0, 1, 80), rng.normal(3, 1, 30)
+    res = calibrate(good, {"dent": defect})
+    auto = {"chosen": "a", "reason": "largest share", "criterion": "c", "budget_note": "n",
+            "candidates": [{"name": "a", "settings": "224 px", "automated_share": 0.9, "auroc": 0.99,
+                            "tail": 1.2, "engine_p50_ms": 12.0, "seconds": 3.0, "note": ""}]}
+    md = write_report(tmp_path, res, good, {"dent": defect}, context={"x": 1}, auto=auto)
+    assert (tmp_path / "operating_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "operating_curve.svg").read_text()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["curve"]["escape"]["share"] == res.curve["escape"]["share"]  # type: ignore[index]
+    assert data["calibration"]["automated_share"] == res.automated_share
+    assert data["auto"]["candidates"][0]["name"] == "a"
+    text = md.read_text()
+    assert "operating_curve.png" in text and "Automatic configuration" in text and "| a | 224 px |" in text
