@@ -48,6 +48,36 @@ SINK_REJECT_REASONS = (
 )
 
 
+DECISION_LOG_LOSS_REASONS = ("queue_full", "backlog_full", "shutdown", "closed")
+
+
+class DecisionLogMetrics:
+    """The decision log's metrics (``lineguard_decision_log_*``); part of :class:`EdgeMetrics`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.written_lines_total = Counter(
+            "lineguard_decision_log_written_lines", "Decision-log lines written to the file", registry=r
+        )
+        self.lost_lines_total = Counter(
+            "lineguard_decision_log_lost_lines", "Decision-log lines never written, by reason", ["reason"],
+            registry=r,
+        )
+        self.fault_episodes_total = Counter(
+            "lineguard_decision_log_fault_episodes",
+            "Times the decision log became unwritable (disk full, read-only, I/O error)", registry=r,
+        )
+        self.fault = Gauge(
+            "lineguard_decision_log_fault", "1 while the decision log cannot be written, else 0", registry=r
+        )
+        self.backlog_lines = Gauge(
+            "lineguard_decision_log_backlog_lines", "Decision-log lines held in memory, waiting for the disk",
+            registry=r,
+        )
+        for reason in DECISION_LOG_LOSS_REASONS:
+            self.lost_lines_total.labels(reason=reason)
+
+
 class EdgeMetrics:
     """The edge service's metrics in one registry (a fresh one per test)."""
 
@@ -110,6 +140,7 @@ class EdgeMetrics:
             "lineguard_failsafe_verdicts", "Fail-safe verdicts given instead of a judgement", ["reason"],
             registry=r,
         )
+        self.decision_log = DecisionLogMetrics(r)
         self._last_frame_mono = time.monotonic()
         # The age is computed at scrape time so a stalled loop shows a growing age by itself.
         self.last_frame_age.set_function(lambda: time.monotonic() - self._last_frame_mono)

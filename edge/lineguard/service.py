@@ -153,8 +153,11 @@ class InspectionService:
         plc = build_plc_link(cfg.plc, registry=reg)
         publisher = build_publisher(cfg.publisher, metrics=metrics)
         source = build_source(cfg.source)
+        svc = cfg.service
         dlog: DecisionLog | NullDecisionLog = (
-            DecisionLog(path=cfg.service.decision_log_path) if cfg.service.decision_log_path else NullDecisionLog()
+            DecisionLog(path=svc.decision_log_path, backlog_lines=svc.decision_log_backlog_lines,
+                        retry_ms=svc.decision_log_retry_ms, metrics=metrics.decision_log)
+            if svc.decision_log_path else NullDecisionLog()
         )
         service = cls(
             cfg=cfg,
