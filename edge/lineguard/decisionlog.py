@@ -231,7 +231,8 @@ class DecisionLog:
         """The next lines to write at once: up to CHUNK_LINES, cut where the file has to rotate."""
         self._open()
         room = self._max_bytes - self._size if self._regular and self._size > 0 else self._max_bytes
-        lines, size = [], 0
+        lines: list[bytes] = []
+        size = 0
         for line in itertools.islice(self._backlog, CHUNK_LINES):
             if lines and size + len(line) > room:
                 break
