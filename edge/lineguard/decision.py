@@ -45,7 +45,10 @@ IN_BAND = "in_uncertainty_band"
 AT_OR_ABOVE_UPPER = "at_or_above_upper"
 UNKNOWN_DEFECT = "unknown_defect"
 # reasons[0] tokens of a fail-safe frame (the same names as lineguard.metrics.FAILSAFE_REASONS)
-FAILSAFE_REASONS = ("deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle")
+FAILSAFE_REASONS = (
+    "deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle",
+    "unreadable_frame", "incomplete_frame", "missing_frame", "queue_full", "shutdown",
+)
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 

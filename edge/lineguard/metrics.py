@@ -40,7 +40,12 @@ VERDICTS = ("accept", "reject", "recheck", "failsafe")
 # Known values are pre-created so dashboards show 0 instead of "no data".
 PIPELINE_DROP_REASONS = ("queue_full", "corrupt_frame", "stale", "shutdown")
 PUBLISHER_DROP_REASONS = ("queue_full", "hwm", "encode_error", "send_error", "closed", "near_reject_budget")
-FAILSAFE_REASONS = ("deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle")
+# unreadable_frame / incomplete_frame / missing_frame: parts the source delivered without a usable
+# image (lineguard.sources.identity); queue_full / shutdown: parts the service could not judge in time.
+FAILSAFE_REASONS = (
+    "deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle",
+    "unreadable_frame", "incomplete_frame", "missing_frame", "queue_full", "shutdown",
+)
 MESSAGE_KINDS = ("uncertain", "audit", "unknown_defect", "near_reject")
 SINK_REJECT_REASONS = (
     "bad_frame_count", "oversize", "bad_magic", "unsupported_version", "bad_json", "bad_header",
@@ -111,8 +116,18 @@ class EdgeMetrics:
             "lineguard_camera_reconnects", "Camera reopened after a loss", ["camera_id"], registry=r
         )
         self.camera_incomplete_frames_total = Counter(
-            "lineguard_camera_incomplete_frames", "Incomplete camera buffers skipped", ["camera_id"],
-            registry=r,
+            "lineguard_camera_incomplete_frames", "Incomplete or unusable camera buffers (each gets a fail-safe)",
+            ["camera_id"], registry=r,
+        )
+        self.camera_gap_excess_total = Counter(
+            "lineguard_camera_gap_excess",
+            "Frame ids missing beyond source.max_gap_failsafes in one gap: counted, given no verdict",
+            ["camera_id"], registry=r,
+        )
+        self.camera_frame_id_resets_total = Counter(
+            "lineguard_camera_frame_id_resets",
+            "Times the camera's frame-id counter went backwards without a reopen (restart): new baseline",
+            ["camera_id"], registry=r,
         )
         self.publisher_drops_total = Counter(
             "lineguard_publisher_drops", "Frames the uncertain-frame publisher did not send", ["reason"],
@@ -162,6 +177,8 @@ class EdgeMetrics:
         for cam in camera_ids:
             self.camera_reconnects_total.labels(camera_id=cam)
             self.camera_incomplete_frames_total.labels(camera_id=cam)
+            self.camera_gap_excess_total.labels(camera_id=cam)
+            self.camera_frame_id_resets_total.labels(camera_id=cam)
 
     # --- helpers the pipeline calls where the event happens -----------------------------------
     def frame_arrived(self) -> None:

@@ -4,10 +4,12 @@
 does); ``start()`` reads like a table of contents and ``stop()`` tears down in reverse.
 
 Threads: acquisition (source -> bounded queue, named overflow policy, every drop counted and
-answered with a fail-safe verdict) -> inspection (preprocess, engines, decision) -> outputs (PLC
-link with its own writer thread and deadlines; publisher with its own encoder thread; decision log;
-metrics). The main thread supervises: it feeds systemd's watchdog only while both loops are alive,
-follows the PLC's recipe requests, and handles SIGTERM (finish the part in flight, close the camera).
+answered with a fail-safe verdict; a part the source delivers without a usable image, a *fault
+frame*, is answered with the fail-safe at once under its own part id) -> inspection (preprocess,
+engines, decision) -> outputs (PLC link with its own writer thread and deadlines; publisher with
+its own encoder thread; decision log; metrics). The main thread supervises: it feeds systemd's
+watchdog only while both loops are alive, follows the PLC's recipe requests, and handles SIGTERM
+(finish the part in flight, close the camera).
 
 Must never: let a trigger go without a verdict, block the inspection loop on the sink or the disk,
 or score one frame with two bundles.
@@ -74,14 +76,21 @@ def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> Plc
 class ServiceStats:
     """Counters the CLI summary and the tests read (metrics carry the same for Prometheus)."""
 
-    frames: int = 0
+    frames: int = 0  # every part the source delivered, fault frames included
     decided: int = 0
     queue_drops: int = 0
     failsafe: int = 0
     by_verdict: dict[str, int] = field(default_factory=dict)
+    source_faults: dict[str, int] = field(default_factory=dict)  # fault frames by reason (unreadable_frame...)
     e2e_ms: list[float] = field(default_factory=list)  # bounded ring, see _record
     first_decided_ns: int = 0  # monotonic time of the first / last decision (throughput)
     last_decided_ns: int = 0
+
+    def failsafe_breakdown(self) -> str:
+        """Why parts got a fail-safe at the source or the queue, for the run summaries."""
+        parts = [f"queue full {self.queue_drops}"]
+        parts += [f"{reason} {n}" for reason, n in sorted(self.source_faults.items())]
+        return ", ".join(parts)
 
     @property
     def decisions_per_s(self) -> float:
@@ -298,6 +307,9 @@ class InspectionService:
             self.stats.frames += 1
             self.metrics.frame_arrived()
             self.plc.expect(frame.part_id, frame.t_capture_ns)
+            if frame.fault:
+                self._answer_fault_frame(frame)
+                continue
             if self.cfg.service.overflow_policy == "block":
                 self._put_blocking(frame)
                 continue
@@ -310,6 +322,16 @@ class InspectionService:
                 self.metrics.drops_total.labels(reason="queue_full").inc()
                 self._emit(failsafe_decision(frame, self.bundle.bundle_id, "queue_full"), frame, None)
         self._beat["acquisition"] = float("inf")  # a finished replay is not a wedged loop
+
+    def _answer_fault_frame(self, frame: Frame) -> None:
+        """A part without a usable image (unreadable, incomplete, missing id): fail-safe now,
+        under its own part id, without taking a place in the inspection queue."""
+        faults = self.stats.source_faults
+        faults[frame.fault] = faults.get(frame.fault, 0) + 1
+        detail = frame.fault_detail or frame.source_ref
+        if frame.frame_id is not None:
+            detail = f"frame id {frame.frame_id}: {detail}"
+        self._emit(failsafe_decision(frame, self.bundle.bundle_id, frame.fault, detail), frame, None)
 
     def _put_blocking(self, frame: Frame) -> None:
         while not self._stop.is_set():
@@ -415,6 +437,8 @@ class InspectionService:
             self.metrics.camera_incomplete_frames_total.labels(camera_id=cam).inc(delta["incomplete"])
             self.metrics.drops_total.labels(reason="camera").inc(delta["dropped"])
             self.metrics.drops_total.labels(reason="corrupt_frame").inc(delta["unreadable"])
+            self.metrics.camera_gap_excess_total.labels(camera_id=cam).inc(delta["gap_excess"])
+            self.metrics.camera_frame_id_resets_total.labels(camera_id=cam).inc(delta["id_resets"])
         self._source_snap = snap
         self.plc.set_status(camera_ok=snap.connected)
 

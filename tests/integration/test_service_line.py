@@ -46,7 +46,7 @@ def line(tmp_path: Path) -> Iterator[dict[str, object]]:
         cv2.imwrite(str(p), synthetic_image(kind, spec, rng))  # type: ignore[arg-type]
         files.append(str(p))
         truth[i + 1] = kind
-    # one corrupt file in the stream: the replay source must count it, never feed garbage
+    # one corrupt file in the stream (the last, part 37): never fed as garbage, answered with the fail-safe
     (tmp_path / "frames" / "999_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     sim = PlcSimulator().start()
     sink = SinkServer.from_config(SinkConfig(bind=f"tcp://127.0.0.1:{free_port()}", store_dir=tmp_path / "sink"))
@@ -99,9 +99,13 @@ def test_every_part_gets_one_verdict_and_uncertain_frames_reach_the_sink(line: d
     truth = line["truth"]
     assert isinstance(truth, dict)
     by_part = sim.verdicts_by_part()
-    assert sorted(by_part) == sorted(truth), "every replayed part has a result block at the PLC"
+    corrupt = len(truth) + 1
+    assert sorted(by_part) == [*sorted(truth), corrupt], "every replayed file has a result block at the PLC"
     assert all(len(v) == 1 for v in by_part.values()), "exactly one verdict per part"
     verdicts = {p: next(iter(v))[1] for p, v in by_part.items()}  # (seq, verdict)
+    # the unreadable file: the configured fail-safe verdict (reject) with result_flags bit1
+    assert verdicts[corrupt] == int(Verdict.REJECT)
+    assert [r.flags for r in sim.results() if r.part_id == corrupt] == [0b10]
     for part, kind in truth.items():
         expected = {"good": Verdict.ACCEPT, "bright": Verdict.REJECT, "dark": Verdict.REJECT,
                     "faint": Verdict.RECHECK}[kind]
@@ -117,10 +121,10 @@ def test_every_part_gets_one_verdict_and_uncertain_frames_reach_the_sink(line: d
     assert stored and all(f.map_path is not None and f.map_shape == (64, 64) for f in stored)
     families = {f.name: f for f in text_string_to_metric_families(body)}
     frames = sum(s.value for s in families["lineguard_frames"].samples if s.name.endswith("_total"))
-    assert frames == len(truth)
-    assert service.stats.failsafe == 0
+    assert frames == len(truth) + 1
+    assert service.stats.failsafe == 1 and service.stats.source_faults == {"unreadable_frame": 1}
     log_lines = (line["tmp"] / "decisions.jsonl").read_text().splitlines()  # type: ignore[operator]
-    assert len(log_lines) == len(truth) and all('"bundle_id": "synthetic-1"' in ln for ln in log_lines)
+    assert len(log_lines) == len(truth) + 1 and all('"bundle_id": "synthetic-1"' in ln for ln in log_lines)
 
 
 def test_wrong_frame_size_gets_failsafe_not_silence(line: dict[str, object], tmp_path: Path) -> None:
@@ -191,5 +195,5 @@ def test_sink_down_costs_no_verdict(line: dict[str, object]) -> None:
     sim, truth = line["sim"], line["truth"]
     assert isinstance(sim, PlcSimulator) and isinstance(truth, dict)
     by_part = sim.verdicts_by_part()
-    assert sorted(by_part) == sorted(truth) and all(len(v) == 1 for v in by_part.values())
-    assert service.stats.failsafe == 0
+    assert sorted(by_part) == [*sorted(truth), len(truth) + 1] and all(len(v) == 1 for v in by_part.values())
+    assert service.stats.failsafe == 1  # the corrupt file only

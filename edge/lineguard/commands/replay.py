@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         service.stop()
     s = service.stats
     lat = percentiles(s.e2e_ms)
-    print(f"bundle {service.bundle.bundle_id}: {s.frames} frames, {s.decided} verdicts, fail-safe {s.failsafe}")
+    print(f"bundle {service.bundle.bundle_id}: {s.frames} frames, {s.decided} verdicts, fail-safe {s.failsafe} "
+          f"({s.failsafe_breakdown()})")
     for verdict, n in sorted(s.by_verdict.items()):
         print(f"  {verdict:<9} {n:6d}  {100 * n / max(s.decided, 1):5.1f} %")
     print(f"  latency frame -> verdict: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")

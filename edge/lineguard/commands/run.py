@@ -40,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         service.stop()
     s = service.stats
-    print(f"frames {s.frames}  decisions {s.decided}  fail-safe {s.failsafe} (queue full {s.queue_drops})  "
+    print(f"frames {s.frames}  decisions {s.decided}  fail-safe {s.failsafe} ({s.failsafe_breakdown()})  "
           f"verdicts {s.by_verdict}")
     return 0
