@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from lineguard.plc import PlcConfig, PlcLink
 from lineguard.plc.config import FieldSpec, RegisterMapConfig
 from lineguard.plc.sim import PlcSimulator, free_port
-from lineguard.plc.testing import audit, fast_config, feed, sample, settle
+from lineguard.plc import PlcOutcome
+from lineguard.plc.testing import Records, audit, audit_records, fast_config, feed, sample, settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,6 +35,8 @@ def test_plc_absent_at_start() -> None:
     port = free_port()
     reg = CollectorRegistry()
     link = PlcLink.from_config(_cfg(port), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
     sim = PlcSimulator(port=port).start(listen=False)
     link.start()
     try:
@@ -49,15 +52,22 @@ def test_plc_absent_at_start() -> None:
         sim.stop()
     a = audit(sim, reg, range(1, 31))
     assert a.ok, a
-    assert a.counted_unwritten == 12  # overflow while the PLC was away, counted
+    # while the PLC was away: 8 buffered results passed their deadline (never written late), 12 overflowed
+    assert a.counted_unwritten == 20 and a.written == 10
     assert sample(reg, "lineguard_plc_errors_total", kind="connection") >= 1
     assert sample(reg, "lineguard_plc_buffer_overflows_total") == 12
+    assert sample(reg, "lineguard_plc_failsafe_verdicts_total", reason="missed_deadline") == 8
+    assert audit_records(sim, records, range(1, 31)) == []
+    assert (records.count(PlcOutcome.MISSED_DEADLINE), records.count(PlcOutcome.OVERFLOW)) == (8, 12)
+    assert records.count(PlcOutcome.WRITTEN) == 10
 
 
 @pytest.mark.parametrize("how", ["drop", "offline"])
 def test_connection_lost_mid_run(sim: PlcSimulator, how: str) -> None:
     reg = CollectorRegistry()
     link = PlcLink.from_config(_cfg(sim.port, result_buffer_size=64), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
     link.start()
     try:
         feed(link, range(1, 31), period_s=0.004)
@@ -76,7 +86,10 @@ def test_connection_lost_mid_run(sim: PlcSimulator, how: str) -> None:
         link.stop()
     a = audit(sim, reg, range(1, 91))
     assert a.ok, a
-    assert a.counted_unwritten == 0  # the 64-result buffer bridged the outage
+    # the 64-result buffer bridges the outage for results still within their deadline; the others
+    # are counted as missed_deadline and never written late
+    assert a.counted_unwritten == sample(reg, "lineguard_plc_failsafe_verdicts_total", reason="missed_deadline")
+    assert audit_records(sim, records, range(1, 91)) == []
     assert link.health().reconnects >= 1 and sample(reg, "lineguard_plc_reconnects_total") >= 1
 
 

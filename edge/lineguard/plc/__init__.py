@@ -4,9 +4,11 @@ Public API: ``PlcConfig`` (config), ``PlcLink`` / ``NullPlcLink`` (the link), ``
 (lives in ``lineguard.plc.sim``; imported lazily so the service does not load the server side).
 """
 
+from lineguard.plc.api import PlcHealth, PlcLinkLike, RecordSink
+from lineguard.plc.book import PlcOutcome
 from lineguard.plc.config import PlcConfig, RegisterMapConfig
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
-from lineguard.plc.link import PlcHealth, PlcLink, PlcLinkLike
+from lineguard.plc.link import PlcLink
 from lineguard.plc.null import NullPlcLink
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "PlcHealth",
     "PlcLink",
     "PlcLinkLike",
+    "PlcOutcome",
     "PlcTransactionError",
+    "RecordSink",
     "RegisterMapConfig",
 ]

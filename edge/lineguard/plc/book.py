@@ -1,15 +1,21 @@
 """Result book: the deadline scheduler and the result buffer of the PLC link, as pure logic.
 
 Data flow: ``expect``/``submit`` calls (service threads, via the writer's inbox) -> ResultBook
--> result blocks for the writer to put on the wire. Owned by the writer thread only; no
-locks, no I/O, no clock reads (times come in as arguments) so it is tested exhaustively
-without sockets. Invariant: every expected part leaves exactly once, as a queued real verdict,
-a queued fail-safe verdict, or a counted overflow; nothing else is ever queued for it.
+-> result blocks for the writer to put on the wire, and one ``PartRecord`` per part (what the
+PLC got) for the decision log. Owned by the writer thread only; no locks, no I/O, no clock
+reads (times come in as arguments) so it is tested exhaustively without sockets.
+
+Invariants: every expected part leaves the result buffer exactly once, as a queued real verdict,
+a queued fail-safe verdict, or a counted overflow; nothing else is ever queued for it. Every part
+that was expected or submitted yields exactly one ``PartRecord`` (``take_done``), whatever the
+PLC did: written, fail-safe at the deadline, missed deadline (link down), overflow, refused,
+or still buffered when the link stops.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import heapq
 from dataclasses import dataclass
@@ -18,6 +24,9 @@ from lineguard.contracts import Decision, Verdict
 from lineguard.plc.regmap import FLAG_DEADLINE_FAILSAFE, FLAG_DECISION_FAILSAFE, PlcResult, next_seq
 
 RECENT_PARTS = 8192  # answered part ids remembered to catch late/duplicate verdicts
+# After a deadline fail-safe, how long the record waits for the part's real (late) verdict so the
+# decision log keeps what the model said; parts the camera never delivered are logged without one.
+LATE_VERDICT_WAIT_NS = 5_000_000_000
 
 
 class Outcome(str, enum.Enum):
@@ -30,11 +39,50 @@ class Outcome(str, enum.Enum):
     DUPLICATE = "duplicate"  # second verdict for an answered part: ignored
 
 
+class PlcOutcome(str, enum.Enum):
+    """What the PLC got for one part: the ``plc`` field of the part's decision-log line."""
+
+    WRITTEN = "written"  # its verdict reached the PLC (and was acknowledged, in acknowledged mode)
+    FAILSAFE_DEADLINE = "failsafe_deadline"  # no verdict by the deadline: the fail-safe (flag bit0) reached it
+    MISSED_DEADLINE = "missed_deadline"  # the link was down when the deadline passed: never written
+    OVERFLOW = "overflow"  # result buffer full: never written
+    PLC_REJECTED = "plc_rejected"  # the PLC answered the result block with an exception
+    UNACKNOWLEDGED = "unacknowledged"  # written, never acknowledged (link lost past its deadline, or stop)
+    UNSENT = "unsent"  # still buffered when the link stopped: never written
+    NONE = "none"  # no PLC configured
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     outcome: Outcome
     part_id: int
     seq: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartRecord:
+    """The end of one part at the link: its decision (None when no verdict ever came) and what
+    the PLC got. ``t_deadline_ns`` is the part's deadline (monotonic), for a log line without a decision."""
+
+    part_id: int
+    decision: Decision | None
+    plc: PlcOutcome
+    t_deadline_ns: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    result: PlcResult
+    deadline_ns: int
+    decision: Decision | None  # None: a deadline fail-safe (its record waits in _late)
+
+
+@dataclass(slots=True)
+class _Late:
+    deadline_ns: int
+    give_up_ns: int
+    plc: PlcOutcome | None = None  # None while the fail-safe result is still buffered
+    decision: Decision | None = None
 
 
 class ResultBook:
@@ -59,8 +107,12 @@ class ResultBook:
         self._pending: dict[int, int] = {}  # part_id -> deadline (monotonic ns)
         self._heap: list[tuple[int, int]] = []
         self._answered: collections.OrderedDict[int, bool] = collections.OrderedDict()  # -> was fail-safe
-        self._queue: collections.deque[PlcResult] = collections.deque()
-        self._head_written = False
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._late: dict[int, _Late] = {}  # deadline fail-safes whose record waits (insertion = time order)
+        self._done: list[PartRecord] = []
+        self._head_written = False  # acknowledged mode: the head is on the wire, its ack awaited
+        self._head_sent = False  # the head was written at least once (it may have reached the PLC)
+        self._t_now_ns = 0  # latest time seen (times only come in as arguments)
         self.last_seq = 0
 
     # -- configuration ---------------------------------------------------------------------
@@ -82,13 +134,18 @@ class ResultBook:
 
     def submit(self, decision: Decision, t_submit_ns: int, t_now_ns: int) -> list[Event]:
         """A real verdict arrived at ``t_submit_ns`` (when submit() was called, not processed)."""
+        self._t_now_ns = max(self._t_now_ns, t_now_ns)
         pid = decision.part_id
         if pid in self._answered:
-            return [Event(outcome=Outcome.LATE if self._answered[pid] else Outcome.DUPLICATE, part_id=pid)]
+            late = self._answered[pid]
+            if late:
+                self._join_late(pid, decision)
+            return [Event(outcome=Outcome.LATE if late else Outcome.DUPLICATE, part_id=pid)]
         deadline = self._pending.get(pid)
         if deadline is not None and t_submit_ns > deadline:
             # The writer lagged: the deadline passed before this verdict existed. Fail-safe wins.
-            events = self._fail(pid, t_now_ns)
+            events = self._fail(pid, deadline, t_now_ns)
+            self._join_late(pid, decision)
             return [*events, Event(outcome=Outcome.LATE, part_id=pid)]
         self._pending.pop(pid, None)
         failsafe = decision.failsafe or decision.verdict is Verdict.FAILSAFE
@@ -96,43 +153,94 @@ class ResultBook:
         # a frame that could not be judged gets the line's configured fail-safe verdict, like a deadline
         verdict = int(self._failsafe) if failsafe else int(decision.verdict)
         code = 0 if not decision.defect_class else self._codes.get(decision.defect_class, self._unknown)
-        return [self._enqueue(pid, verdict, code, decision.anomaly_score, flags, t_now_ns, False)]
+        if deadline is None:  # never announced: its deadline counts from the capture
+            deadline = decision.t_capture_ns + self._deadline_ns
+        self._remember(pid, False)
+        res = self._result(pid, verdict, code, decision.anomaly_score, flags, t_now_ns)
+        return [self._enqueue(_Entry(result=res, deadline_ns=deadline, decision=decision))]
 
     def expire(self, t_now_ns: int) -> list[Event]:
         """Fire every deadline that has passed: the fail-safe verdict is queued for the part."""
+        self._t_now_ns = max(self._t_now_ns, t_now_ns)
         events: list[Event] = []
         while self._heap and self._heap[0][0] <= t_now_ns:
             deadline, pid = heapq.heappop(self._heap)
             if self._pending.get(pid) == deadline:
-                events.extend(self._fail(pid, t_now_ns))
+                events.extend(self._fail(pid, deadline, t_now_ns))
+        self._close_waiting(t_now_ns)
         return events
 
-    def _fail(self, pid: int, t_now_ns: int) -> list[Event]:
+    def _fail(self, pid: int, deadline: int, t_now_ns: int) -> list[Event]:
         self._pending.pop(pid, None)
-        return [self._enqueue(pid, int(self._failsafe), 0, float("nan"), FLAG_DEADLINE_FAILSAFE, t_now_ns, True)]
+        self._remember(pid, True)
+        self._late[pid] = _Late(deadline_ns=deadline, give_up_ns=t_now_ns + LATE_VERDICT_WAIT_NS)
+        res = self._result(pid, int(self._failsafe), 0, float("nan"), FLAG_DEADLINE_FAILSAFE, t_now_ns)
+        return [self._enqueue(_Entry(result=res, deadline_ns=deadline, decision=None))]
 
-    def _enqueue(self, pid: int, verdict: int, code: int, score: float, flags: int, t_ns: int, failsafe: bool) -> Event:
-        self._remember(pid, failsafe)
+    def _result(self, pid: int, verdict: int, code: int, score: float, flags: int, t_ns: int) -> PlcResult:
+        return PlcResult(
+            seq=0, part_id=pid, verdict=verdict, defect_code=code, score=score, flags=flags, t_queued_ns=t_ns
+        )
+
+    def _enqueue(self, entry: _Entry) -> Event:
+        pid = entry.result.part_id
         if len(self._queue) >= self._capacity:
+            self._finish(entry, PlcOutcome.OVERFLOW)
             return Event(outcome=Outcome.OVERFLOW, part_id=pid)
         self.last_seq = next_seq(self.last_seq)
-        self._queue.append(
-            PlcResult(
-                seq=self.last_seq,
-                part_id=pid,
-                verdict=verdict,
-                defect_code=code,
-                score=score,
-                flags=flags,
-                t_queued_ns=t_ns,
-            )
-        )
+        entry.result = dataclasses.replace(entry.result, seq=self.last_seq)
+        self._queue.append(entry)
+        failsafe = entry.decision is None
         return Event(outcome=Outcome.FAILSAFE_QUEUED if failsafe else Outcome.QUEUED, part_id=pid, seq=self.last_seq)
 
     def _remember(self, pid: int, failsafe: bool) -> None:
         self._answered[pid] = failsafe
         if len(self._answered) > RECENT_PARTS:
             self._answered.popitem(last=False)
+
+    # -- records (one per part) -------------------------------------------------------------
+    def _pop_head(self, plc: PlcOutcome) -> _Entry:
+        entry = self._queue.popleft()
+        self._head_written = self._head_sent = False
+        self._finish(entry, plc)
+        return entry
+
+    def _finish(self, entry: _Entry, plc: PlcOutcome) -> None:
+        pid = entry.result.part_id
+        if entry.decision is not None:
+            self._done.append(self._record(pid, entry.decision, plc, entry.deadline_ns))
+            return
+        late = self._late.get(pid)
+        if late is None:
+            return
+        late.plc = PlcOutcome.FAILSAFE_DEADLINE if plc is PlcOutcome.WRITTEN else plc
+        self._maybe_close(pid, late)
+
+    def _join_late(self, pid: int, decision: Decision) -> None:
+        late = self._late.get(pid)
+        if late is not None and late.decision is None:
+            late.decision = decision
+            self._maybe_close(pid, late)
+
+    def _maybe_close(self, pid: int, late: _Late, *, force: bool = False) -> None:
+        if late.plc is not None and (force or late.decision is not None or self._t_now_ns >= late.give_up_ns):
+            del self._late[pid]
+            self._done.append(self._record(pid, late.decision, late.plc, late.deadline_ns))
+
+    @staticmethod
+    def _record(pid: int, decision: Decision | None, plc: PlcOutcome, deadline_ns: int) -> PartRecord:
+        return PartRecord(part_id=pid, decision=decision, plc=plc, t_deadline_ns=deadline_ns)
+
+    def _close_waiting(self, t_now_ns: int) -> None:
+        for pid, late in list(self._late.items()):
+            if late.give_up_ns > t_now_ns:
+                break  # inserted in time order: the rest waits longer
+            self._maybe_close(pid, late)
+
+    def take_done(self) -> list[PartRecord]:
+        """Records of parts the link is done with since the last call (oldest first)."""
+        done, self._done = self._done, []
+        return done
 
     # -- output side -------------------------------------------------------------------------
     def to_write(self) -> PlcResult | None:
@@ -141,22 +249,21 @@ class ResultBook:
             return None
         if self._ack_mode and self._head_written:
             return None
-        return self._queue[0]
+        return self._queue[0].result
 
     def mark_written(self, seq: int) -> None:
         """The head reached the PLC. Fire-and-forget: done. Acknowledged: wait for its ack."""
-        if not self._queue or self._queue[0].seq != seq:
+        if not self._queue or self._queue[0].result.seq != seq:
             return
         if self._ack_mode:
-            self._head_written = True
+            self._head_written = self._head_sent = True
         else:
-            self._queue.popleft()
+            self._pop_head(PlcOutcome.WRITTEN)
 
     def drop_head(self, seq: int) -> PlcResult | None:
         """The PLC refused the head (exception response): remove it so the line keeps moving."""
-        if self._queue and self._queue[0].seq == seq:
-            self._head_written = False
-            return self._queue.popleft()
+        if self._queue and self._queue[0].result.seq == seq:
+            return self._pop_head(PlcOutcome.PLC_REJECTED).result
         return None
 
     def connection_lost(self) -> None:
@@ -165,11 +272,44 @@ class ResultBook:
 
     def ack(self, seq: int) -> bool:
         """The PLC's ack register holds ``seq``; pop the head if that is the one it acknowledges."""
-        if self._ack_mode and self._head_written and self._queue and self._queue[0].seq == seq:
-            self._queue.popleft()
-            self._head_written = False
+        if self._ack_mode and self._head_written and self._queue and self._queue[0].result.seq == seq:
+            self._pop_head(PlcOutcome.WRITTEN)
             return True
         return False
+
+    def drop_stale(self, t_now_ns: int) -> dict[PlcOutcome, int]:
+        """The link is down: results whose part deadline has passed are never written later as if
+        fresh. The head counts as ``unacknowledged`` when it was written before the link was lost."""
+        self._t_now_ns = max(self._t_now_ns, t_now_ns)
+        counts: dict[PlcOutcome, int] = {}
+        if not self._queue or min(e.deadline_ns for e in self._queue) > t_now_ns:
+            return counts
+        keep: collections.deque[_Entry] = collections.deque()
+        for i, entry in enumerate(self._queue):
+            if entry.deadline_ns > t_now_ns:
+                keep.append(entry)
+                continue
+            plc = PlcOutcome.UNACKNOWLEDGED if i == 0 and self._head_sent else PlcOutcome.MISSED_DEADLINE
+            counts[plc] = counts.get(plc, 0) + 1
+            self._finish(entry, plc)
+        if self._queue[0].deadline_ns <= t_now_ns:
+            self._head_written = self._head_sent = False
+        self._queue = keep
+        return counts
+
+    def drain(self) -> dict[PlcOutcome, int]:
+        """The link stops: everything still buffered is recorded (never written / not acknowledged)
+        and every record still waiting for a late verdict is closed."""
+        counts: dict[PlcOutcome, int] = {}
+        for i, entry in enumerate(self._queue):
+            plc = PlcOutcome.UNACKNOWLEDGED if i == 0 and self._head_sent else PlcOutcome.UNSENT
+            counts[plc] = counts.get(plc, 0) + 1
+            self._finish(entry, plc)
+        self._queue.clear()
+        self._head_written = self._head_sent = False
+        for pid, late in list(self._late.items()):
+            self._maybe_close(pid, late, force=True)  # nobody delivers a late verdict any more
+        return counts
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -183,6 +323,11 @@ class ResultBook:
     @property
     def pending_deadlines(self) -> int:
         return len(self._pending)
+
+    @property
+    def waiting_records(self) -> int:
+        """Deadline fail-safes whose decision-log record still waits for the late verdict."""
+        return len(self._late)
 
     def next_deadline_ns(self) -> int | None:
         while self._heap and self._pending.get(self._heap[0][1]) != self._heap[0][0]:

@@ -5,6 +5,10 @@ heartbeat. Service threads only call the non-blocking methods ``expect``/``submi
 ``set_status``/``poll_*``; those never touch the network. The writer puts results first,
 heartbeat/status second and PLC input polling third; it never retries on the hot path, never
 writes a part twice with different verdicts, and never writes a late verdict over a fail-safe.
+
+Faults: results whose part deadline passes while the link is down are never written later
+(``missed_deadline``); one flight-recorder dump per fault episode (``FaultEpisodes``); per-part
+warnings are throttled. Every part ends in exactly one record for the decision log (record sink).
 """
 
 from __future__ import annotations
@@ -15,59 +19,25 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision
-from lineguard.plc.book import Event, Outcome, ResultBook
+from lineguard.plc.api import PlcHealth, PlcLinkLike, RecordSink
+from lineguard.plc.book import Event, Outcome, PartRecord, PlcOutcome, ResultBook
 from lineguard.plc.config import PlcConfig
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
 from lineguard.plc.metrics import PlcMetrics
-from lineguard.plc.recorder import FlightRecorder
+from lineguard.plc.recorder import FaultEpisodes, FlightRecorder, Throttle
 from lineguard.plc.regmap import STATUS_BITS, PlcResult, RegisterMap, status_word
 from lineguard.plc.transport import ModbusTransport
 
 log = logging.getLogger(__name__)
 TRIGGER_BACKLOG = 256  # announced part ids not yet taken by poll_trigger(); drop-oldest, counted
 _MS = 1_000_000
-
-
-class PlcLinkLike(Protocol):
-    """What the service sees; ``PlcLink`` and ``NullPlcLink`` both provide it."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def expect(self, part_id: int, t_trigger_ns: int) -> None: ...
-    def submit(self, decision: Decision) -> None: ...
-    def set_status(
-        self,
-        *,
-        ready: bool | None = None,
-        fault: bool | None = None,
-        degraded: bool | None = None,
-        model_loaded: bool | None = None,
-        camera_ok: bool | None = None,
-    ) -> None: ...
-    def set_active_recipe(self, recipe: int) -> None: ...
-    def set_defect_classes(self, classes: list[str]) -> None: ...
-    def poll_recipe_request(self) -> int | None: ...
-    def poll_trigger(self) -> int | None: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlcHealth:
-    """A snapshot for status pages and tests."""
-
-    connected: bool
-    t_lost_ns: int | None  # monotonic time the current outage was detected, None when connected
-    t_last_loss_ns: int | None  # detection time of the most recent outage, kept after recovery
-    reconnects: int
-    inbox: int  # expect/submit calls not yet taken by the writer
-    queued_results: int
-    pending_deadlines: int
-    last_seq: int
+EPISODE_QUIET_NS = 1_000_000_000  # healthy this long with no new fault ends a fault episode
+ACK_OVERDUE_NS = 1_000_000_000  # a written result not acknowledged this long is a fault
+DELIVERED = (PlcOutcome.WRITTEN, PlcOutcome.FAILSAFE_DEADLINE)
 
 
 class PlcLink:
@@ -121,7 +91,13 @@ class PlcLink:
         self._overflow_until = 0
         self._last_trigger_seq: int | None = None
         self._reconnects = 0
-        self._fault_dumped = False
+        self._episodes = FaultEpisodes(recorder=recorder, logger=log, quiet_ns=EPISODE_QUIET_NS)
+        self._throttle = Throttle(log)
+        self._sink: RecordSink | None = None
+        self._t_progress_ns = clock_ns()
+        self._t_head_written_ns: int | None = None
+        self.outcomes: dict[str, int] = {}  # PlcOutcome value -> parts (read after stop())
+        self.left_at_stop: dict[str, int] = {}  # results still buffered when the link stopped
 
     @classmethod
     def from_config(cls, cfg: PlcConfig, *, metrics_registry: CollectorRegistry | None = None) -> PlcLink:
@@ -141,15 +117,26 @@ class PlcLink:
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the writer: parts still waiting for a verdict get the fail-safe, queued results are
-        flushed for up to half of ``timeout_s``, then the PLC is told ``ready=0``."""
+        flushed for up to half of ``timeout_s``, then the PLC is told ``ready=0``. Results still
+        buffered then go to the record sink as ``unsent`` / ``unacknowledged``, reported in one line."""
         with self._cv:
             self._stopping = True
             self._stop_by_ns = self._clock() + int(timeout_s * 500_000_000)
             self._cv.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            # the writer gives up flushing at _stop_by_ns; a transaction in flight ends by timeout_ms
+            self._thread.join(timeout_s + 3 * self.cfg.timeout_ms / 1000)
+            if self._thread.is_alive():
+                log.error("PLC writer did not stop in time; buffered results are not recorded")
+                self._t.close()
+                return
             self._thread = None
         self._t.close()
+        self._drain_at_stop()
+
+    def set_record_sink(self, sink: RecordSink) -> None:
+        """Where each part's record goes (the decision log); set before start()."""
+        self._sink = sink
 
     def expect(self, part_id: int, t_trigger_ns: int) -> None:
         """A part was triggered at ``t_trigger_ns`` (monotonic); its deadline starts now."""
@@ -210,6 +197,9 @@ class PlcLink:
         with self._cv:
             inbox = len(self._inbox)
         return PlcHealth(
+            waiting_records=self._book.waiting_records,
+            t_last_progress_ns=self._t_progress_ns,
+            fault_episodes=self._episodes.count,
             connected=self._t.connected,
             t_lost_ns=self._t_lost_ns,
             t_last_loss_ns=self._t_last_loss_ns,
@@ -250,15 +240,74 @@ class PlcLink:
                 self._handle(kind, payload, t_ns, now)
             # on stop nobody will decide the pending parts any more: they get the fail-safe now
             self._on_events(self._book.expire(self._clock() if not stopping else 2**62))
+            if not self._t.connected:
+                self._drop_stale()
+            self._flush_records()
             if stopping and (self._book.queued == 0 or self._clock() >= self._stop_by_ns):
                 break
             if not self._t.connected:
                 self._maybe_connect()
             if self._t.connected:
                 self._service_bus()
+                self._check_health()
+            self._flush_records()
             self._m.unacked.set(self._book.queued)
             self._sleep_until_next()
         self._say_goodbye()
+
+    def _drop_stale(self) -> None:
+        """Link down: a result whose part deadline has passed is never written later as if fresh."""
+        counts = self._book.drop_stale(self._clock())
+        for outcome, n in counts.items():
+            if outcome is PlcOutcome.MISSED_DEADLINE:
+                self._m.failsafe.labels(reason="missed_deadline").inc(n)
+            self._episodes.note(outcome.value, n)
+
+    def _check_health(self) -> None:
+        now = self._clock()
+        t_written = self._t_head_written_ns
+        if self._book.awaiting_ack and t_written is not None and now - t_written >= ACK_OVERDUE_NS:
+            self._fault(f"PLC has not acknowledged result seq {self._book.last_seq} for "
+                        f"{(now - t_written) / 1e9:.1f} s")
+        elif self._book.queued == 0 and self._episodes.healthy(now):
+            self._throttle.flush()
+
+    def _flush_records(self) -> None:
+        """Each part's record to the sink (decision log), counted by what the PLC got."""
+        for rec in self._book.take_done():
+            self.outcomes[rec.plc.value] = self.outcomes.get(rec.plc.value, 0) + 1
+            self._m.part_outcomes.labels(plc=rec.plc.value).inc()
+            if rec.plc in DELIVERED:
+                self._t_progress_ns = self._clock()
+            sink = self._sink
+            if sink is None:
+                continue
+            try:
+                sink(rec.decision or self._no_verdict(rec), rec.plc)
+            except Exception:  # a broken sink must not stop the writer: the PLC comes first
+                log.exception("record sink failed for part %d", rec.part_id)
+
+    def _no_verdict(self, rec: PartRecord) -> Decision:
+        """The decision-log entry of a part that got a deadline fail-safe and no verdict at all."""
+        return Decision(
+            seq=0, part_id=rec.part_id, verdict=self.cfg.failsafe_code, anomaly_score=float("nan"),
+            bundle_id="", camera_id="", t_capture_ns=rec.t_deadline_ns - int(self.cfg.deadline_ms * _MS),
+            t_decided_ns=rec.t_deadline_ns, reasons=("deadline", "no verdict arrived"), failsafe=True,
+        )
+
+    def _drain_at_stop(self) -> None:
+        counts = self._book.drain()
+        self._flush_records()
+        self._m.unacked.set(0)
+        self._episodes.end(self._clock(), "link stopped")
+        self._throttle.flush()
+        self.left_at_stop = {k.value: v for k, v in counts.items()}
+        if counts:
+            detail = ", ".join(f"{k} {v}" for k, v in self.left_at_stop.items())
+            log.warning(
+                "PLC link stopped with %d result(s) the PLC never acknowledged (%s); each is in the decision "
+                "log with that plc outcome", sum(counts.values()), detail
+            )
 
     def _handle(self, kind: str, payload: object, t_ns: int, now: int) -> None:
         if kind == "expect":
@@ -272,10 +321,14 @@ class PlcLink:
             self._book.set_class_codes(payload)
 
     def _on_events(self, events: list[Event]) -> None:
+        now = self._clock()
         for ev in events:
             if ev.outcome is Outcome.FAILSAFE_QUEUED:
                 self._m.failsafe.labels(reason="deadline").inc()
-                log.warning(
+                self._episodes.note("deadline_failsafe")
+                self._throttle.warning(
+                    now,
+                    "deadline",
                     "part %d: no verdict within %.0f ms; fail-safe %s queued (seq %d)",
                     ev.part_id,
                     self.cfg.deadline_ms,
@@ -288,13 +341,17 @@ class PlcLink:
                 self._overflow_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
                 with self._cv:
                     self._status_dirty = True
-                self._dump(f"result buffer overflow ({self.cfg.result_buffer_size} unacked), part {ev.part_id}")
+                self._fault(f"result buffer overflow ({self.cfg.result_buffer_size} unacked), part {ev.part_id}")
+                self._episodes.note("overflow")
+                self._throttle.warning(now, "overflow", "part %d: result buffer full; nothing written", ev.part_id)
             elif ev.outcome is Outcome.LATE:
                 self._m.late.inc()
-                log.warning("part %d: verdict arrived after the fail-safe was written; not written", ev.part_id)
+                self._throttle.warning(
+                    now, "late", "part %d: verdict arrived after the fail-safe was chosen; not written", ev.part_id
+                )
             elif ev.outcome is Outcome.DUPLICATE:
                 self._m.duplicates.inc()
-                log.warning("part %d: second verdict ignored", ev.part_id)
+                self._throttle.warning(now, "duplicate", "part %d: second verdict ignored", ev.part_id)
 
     def _service_bus(self) -> None:
         try:
@@ -318,7 +375,7 @@ class PlcLink:
             if exc.kind.breaks_connection:
                 raise
             self._m.errors.labels(kind=exc.kind.value).inc()
-            self._dump(str(exc))
+            self._fault(str(exc))
 
     def _write_results(self) -> None:
         while (res := self._book.to_write()) is not None:
@@ -330,12 +387,14 @@ class PlcLink:
                 self._m.errors.labels(kind=exc.kind.value).inc()
                 self._book.drop_head(res.seq)
                 self._m.failsafe.labels(reason="plc_rejected").inc()
-                self._dump(f"PLC refused result seq {res.seq} for part {res.part_id}: {exc}")
+                self._episodes.note("plc_rejected")
+                self._fault(f"PLC refused result seq {res.seq} for part {res.part_id}: {exc}")
                 continue
             self._mark_written(res)
 
     def _mark_written(self, res: PlcResult) -> None:
         self._book.mark_written(res.seq)
+        self._t_head_written_ns = self._clock()
         self._m.results.labels(verdict=str(res.verdict)).inc()
         if self._book.awaiting_ack:
             self._next_poll = min(self._next_poll, self._clock() + int(self.cfg.ack_poll_period_ms * _MS))
@@ -345,7 +404,6 @@ class PlcLink:
             t0 = self._clock()
             self._t.write_registers(address, words)
             self._m.write_latency.labels(op=op).observe((self._clock() - t0) / 1e9)
-        self._fault_dumped = False
 
     def _write_heartbeat(self) -> None:
         now = self._clock()
@@ -417,7 +475,8 @@ class PlcLink:
             self._m.errors.labels(kind=exc.kind.value).inc()
             if self._t_lost_ns is None:
                 self._t_lost_ns = self._t_last_loss_ns = now
-                self._dump(f"cannot reach PLC: {exc}")
+                log.warning("cannot reach PLC %s (%s); retrying with backoff", self._t.describe, exc)
+            self._fault(f"cannot reach PLC: {exc}")
             self._next_connect = self._clock() + self._backoff_ns
             self._backoff_ns = min(self._backoff_ns * 2, int(self.cfg.reconnect_backoff_max_ms * _MS))
             return
@@ -461,13 +520,12 @@ class PlcLink:
         self._book.connection_lost()
         self._next_connect = self._t_lost_ns  # first retry at once, then back off
         log.warning("PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
-        self._dump(str(exc))
+        self._fault(str(exc))
 
-    def _dump(self, reason: str) -> None:
-        # one dump per fault episode: a PLC that stays away must not flood the log
-        if not self._fault_dumped:
-            self._fault_dumped = True
-            self._rec.dump(log, reason)
+    def _fault(self, reason: str) -> None:
+        # one dump per fault episode: a PLC that stays away or never acknowledges must not flood the log
+        if self._episodes.fault(self._clock(), reason):
+            self._m.fault_episodes.inc()
 
     def _sleep_until_next(self) -> None:
         wakes = [self._book.next_deadline_ns()]

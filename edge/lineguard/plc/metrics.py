@@ -13,7 +13,11 @@ from lineguard.plc.errors import PlcErrorKind
 
 # 0.25 ms .. 1 s: loopback writes take well under 1 ms, a PLC on a busy LAN a few ms.
 LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-FAILSAFE_REASONS = ("deadline", "overflow", "plc_rejected")
+FAILSAFE_REASONS = ("deadline", "overflow", "plc_rejected", "missed_deadline")
+# what the PLC got per part: the decision log's ``plc`` field (lineguard.plc.book.PlcOutcome)
+PART_OUTCOMES = (
+    "written", "failsafe_deadline", "missed_deadline", "overflow", "plc_rejected", "unacknowledged", "unsent"
+)
 
 
 class PlcMetrics:
@@ -66,6 +70,19 @@ class PlcMetrics:
             "triggers the PLC issued faster than LineGuard polled",
             registry=registry,
         )
+        self.fault_episodes = Counter(
+            "lineguard_plc_fault_episodes_total",
+            "PLC fault episodes (first fault until the link is healthy again); one flight-recorder dump each",
+            registry=registry,
+        )
+        self.part_outcomes = Counter(
+            "lineguard_plc_part_outcomes_total",
+            "parts the link is done with, by what the PLC got (the decision log's plc field)",
+            ["plc"],
+            registry=registry,
+        )
+        for outcome in PART_OUTCOMES:
+            self.part_outcomes.labels(plc=outcome)
         for op in ("result", "heartbeat", "poll", "coils"):
             self.write_latency.labels(op=op)
         for kind in PlcErrorKind:

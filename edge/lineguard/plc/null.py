@@ -1,11 +1,14 @@
 """``NullPlcLink``: the PLC link stand-in for runs without a PLC (replay, bench, demo without sim).
 
-Same API as ``PlcLink`` (``PlcLinkLike``); accepts everything, writes nothing, never blocks.
+Same API as ``PlcLink`` (``PlcLinkLike``); accepts everything, writes nothing, never blocks. Each
+submitted decision goes straight to the record sink with ``plc: none``.
 """
 
 from __future__ import annotations
 
 from lineguard.contracts import Decision
+from lineguard.plc.api import RecordSink
+from lineguard.plc.book import PlcOutcome
 
 
 class NullPlcLink:
@@ -13,6 +16,12 @@ class NullPlcLink:
 
     def __init__(self) -> None:
         self.submitted = 0
+        self._sink: RecordSink | None = None
+        self.outcomes: dict[str, int] = {}
+        self.left_at_stop: dict[str, int] = {}
+
+    def set_record_sink(self, sink: RecordSink) -> None:
+        self._sink = sink
 
     def start(self) -> None:
         return None
@@ -25,6 +34,8 @@ class NullPlcLink:
 
     def submit(self, decision: Decision) -> None:
         self.submitted += 1
+        if self._sink is not None:
+            self._sink(decision, PlcOutcome.NONE)
 
     def set_status(
         self,

@@ -52,3 +52,90 @@ class FlightRecorder:
             for tx in txs
         ]
         logger.warning("PLC fault (%s); last %d transactions:\n%s", reason, len(txs), "\n".join(lines))
+
+
+class Throttle:
+    """At most ``burst`` log lines per kind of per-part message in each ``window_ns``; the rest are
+    counted and reported in one line, so a fault hitting every part writes a handful of lines."""
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 3, window_ns: int = 10_000_000_000) -> None:
+        self._log = logger
+        self._burst = burst
+        self._window_ns = window_ns
+        self._windows: dict[str, list[int]] = {}  # kind -> [window start, lines, suppressed]
+
+    def warning(self, now_ns: int, kind: str, msg: str, *args: object) -> None:
+        w = self._windows.get(kind)
+        if w is None or now_ns - w[0] >= self._window_ns:
+            self._report(kind)
+            w = self._windows[kind] = [now_ns, 0, 0]
+        if w[1] < self._burst:
+            w[1] += 1
+            self._log.warning(msg, *args)
+        else:
+            w[2] += 1
+
+    def flush(self) -> None:
+        for kind in list(self._windows):
+            self._report(kind)
+        self._windows.clear()
+
+    def _report(self, kind: str) -> None:
+        w = self._windows.get(kind)
+        if w is not None and w[2]:
+            self._log.warning("... and %d more '%s' messages (suppressed, see metrics)", w[2], kind)
+            w[2] = 0
+
+
+class FaultEpisodes:
+    """Fault episodes of the PLC link: an episode starts at the first fault (connection lost or
+    refused, overflow, refused result, unacknowledged result) and ends when the link has been
+    healthy again (connected, every result acknowledged) for ``quiet_ns`` with no new fault.
+
+    One flight-recorder dump and one count per episode, one summary line at its end.
+    """
+
+    def __init__(self, *, recorder: FlightRecorder, logger: logging.Logger, quiet_ns: int) -> None:
+        self._rec = recorder
+        self._log = logger
+        self._quiet_ns = quiet_ns
+        self._t_start: int | None = None
+        self._t_last_fault = 0
+        self._counts: dict[str, int] = {}
+        self.count = 0
+
+    @property
+    def active(self) -> bool:
+        return self._t_start is not None
+
+    def fault(self, now_ns: int, reason: str) -> bool:
+        """Record a fault; True when it opened a new episode (then the recorder was dumped)."""
+        self._t_last_fault = now_ns
+        if self._t_start is not None:
+            return False
+        self._t_start = now_ns
+        self._counts = {}
+        self.count += 1
+        self._rec.dump(self._log, f"fault episode {self.count}: {reason}")
+        return True
+
+    def note(self, what: str, n: int = 1) -> None:
+        """Count a per-part consequence (overflow, missed deadline, ...) for the episode's summary."""
+        if self._t_start is not None and n:
+            self._counts[what] = self._counts.get(what, 0) + n
+
+    def healthy(self, now_ns: int) -> bool:
+        """The link is healthy now; True when that ended the open episode (summary logged)."""
+        if self._t_start is None or now_ns - self._t_last_fault < self._quiet_ns:
+            return False
+        self.end(now_ns, "link healthy again")
+        return True
+
+    def end(self, now_ns: int, why: str) -> None:
+        if self._t_start is None:
+            return
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items())) or "no part affected"
+        self._log.warning(
+            "PLC fault episode %d over (%s) after %.1f s: %s", self.count, why, (now_ns - self._t_start) / 1e9, detail
+        )
+        self._t_start = None

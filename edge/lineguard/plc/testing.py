@@ -6,14 +6,16 @@ Not used by the service itself; never imported on the hot path.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
 from lineguard.plc.config import PlcConfig, TcpTransportConfig
+from lineguard.plc.book import PlcOutcome
 from lineguard.plc.link import PlcLink
 from lineguard.plc.sim import PlcSimulator
 
@@ -79,7 +81,7 @@ class Audit:
 
     parts: int
     written: int
-    counted_unwritten: int  # overflow + PLC-refused results
+    counted_unwritten: int  # overflow + PLC-refused results + missed deadlines (link down)
     multiple: tuple[int, ...]  # parts that received more than one distinct (seq, verdict): a defect
     strangers: tuple[int, ...]  # part ids the PLC received that were never fed: a defect
 
@@ -91,8 +93,9 @@ class Audit:
 def audit(sim: PlcSimulator, registry: CollectorRegistry, part_ids: Iterable[int]) -> Audit:
     parts = set(part_ids)
     got = sim.verdicts_by_part()
-    counted = sample(registry, "lineguard_plc_failsafe_verdicts_total", reason="overflow") + sample(
-        registry, "lineguard_plc_failsafe_verdicts_total", reason="plc_rejected"
+    counted = sum(
+        sample(registry, "lineguard_plc_failsafe_verdicts_total", reason=r)
+        for r in ("overflow", "plc_rejected", "missed_deadline")
     )
     return Audit(
         parts=len(parts),
@@ -101,3 +104,50 @@ def audit(sim: PlcSimulator, registry: CollectorRegistry, part_ids: Iterable[int
         multiple=tuple(sorted(p for p, v in got.items() if len(v) > 1)),
         strangers=tuple(sorted(set(got) - parts)),
     )
+
+
+@dataclass
+class Records:
+    """A record sink for tests: what the decision log would receive, one (decision, plc) per part."""
+
+    items: list[tuple[Decision, PlcOutcome]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, decision: Decision, plc: PlcOutcome) -> None:
+        with self._lock:
+            self.items.append((decision, plc))
+
+    def by_part(self) -> dict[int, list[PlcOutcome]]:
+        with self._lock:
+            out: dict[int, list[PlcOutcome]] = {}
+            for d, plc in self.items:
+                out.setdefault(d.part_id, []).append(plc)
+            return out
+
+    def count(self, plc: PlcOutcome) -> int:
+        with self._lock:
+            return sum(1 for _, p in self.items if p is plc)
+
+
+def audit_records(sim: PlcSimulator, records: Records, part_ids: Iterable[int]) -> list[str]:
+    """Problems with the "exactly one record per part, and it says what the PLC got" contract:
+    every part has one record; written / failsafe_deadline parts are at the PLC exactly once;
+    missed_deadline / overflow / plc_rejected / unsent parts never reached it. Empty = all good."""
+    parts = set(part_ids)
+    got = sim.verdicts_by_part()
+    problems: list[str] = []
+    by_part = records.by_part()
+    for pid in sorted(parts | set(by_part)):
+        recs = by_part.get(pid, [])
+        if pid not in parts:
+            problems.append(f"part {pid}: record for a part never fed")
+        elif len(recs) != 1:
+            problems.append(f"part {pid}: {len(recs)} records {recs}")
+        elif recs[0] in (PlcOutcome.WRITTEN, PlcOutcome.FAILSAFE_DEADLINE) and len(got.get(pid, [])) != 1:
+            problems.append(f"part {pid}: {recs[0].value} but the PLC holds {got.get(pid)}")
+        elif recs[0] in NEVER_WRITTEN and pid in got:
+            problems.append(f"part {pid}: {recs[0].value} but the PLC received {got[pid]}")
+    return problems
+
+
+NEVER_WRITTEN = (PlcOutcome.MISSED_DEADLINE, PlcOutcome.OVERFLOW, PlcOutcome.PLC_REJECTED, PlcOutcome.UNSENT)
