@@ -45,6 +45,7 @@ from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, c
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.report import write_report
+from lineguard_models.report_html import write_for_bundle
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -444,9 +445,12 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     progress(f"calibrated: accept < {result.lower:.6g}, reject >= {result.upper:.6g} ({result.mode})")
     write_scores(staging, scored)
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
-    write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}",
-                 context=_report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
-                                              **_bank_context(provenance.get("anomaly_bank_augmentation"))}))
+    context = _report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
+                                   **_bank_context(provenance.get("anomaly_bank_augmentation"))})
+    write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context)
+    # the same report as one self-contained page with thumbnails and anomaly maps (report_html.py)
+    write_for_bundle(staging / "report", staging / ONNX_FILE, spec, ds, scored, result, good, defects,
+                     title=f"Calibration report: {bundle_id}", context=context)
     if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
         golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]
