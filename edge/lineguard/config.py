@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lineguard.changeover.config import ChangeoverConfig
+from lineguard.changeover.config import ChangeoverConfig, decode_public_key
 from lineguard.drift import DriftConfig
 from lineguard.engines.config import EngineConfig, OrtEngineConfig
 from lineguard.plc.config import PlcConfig
@@ -37,6 +37,24 @@ class BundleSection(BaseModel):
     model_config = _Strict
 
     path: Path = Field(description="directory of the model bundle to run (verified at start)")
+    trusted_keys: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="lines without a changeover section: base64 Ed25519 public keys whose bundle signatures "
+        "`run` accepts (with a changeover section, changeover.trusted_keys applies to run too)",
+    )
+    allow_unsigned: bool | None = Field(
+        None, description="lines without a changeover section: false refuses unsigned, untrusted or edited "
+        "bundles at start; true accepts them (development, logged as a WARNING at every start); unset: "
+        "false when trusted_keys are listed, otherwise true with the same warning (configs from before run "
+        "checked signatures)",
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def verify_keys(cls, keys: list[str]) -> list[str]:
+        for k in keys:
+            decode_public_key(k)
+        return keys
 
 
 class MetricsSection(BaseModel):
@@ -96,6 +114,27 @@ class LineConfig(BaseModel):
     changeover: ChangeoverConfig | None = Field(
         None, description="bundle store, signed bundles, hot swap, shadow mode, control endpoint; absent = off"
     )
+
+    @model_validator(mode="after")
+    def verify_one_signature_policy(self) -> LineConfig:
+        b = self.bundle
+        if self.changeover is not None and (b.trusted_keys or b.allow_unsigned is not None):
+            raise ValueError("bundle.trusted_keys / bundle.allow_unsigned are set but so is a changeover section, "
+                             "whose trusted_keys / allow_unsigned apply to run too: keep them under changeover only")
+        if self.changeover is None and b.allow_unsigned is False and not b.trusted_keys:
+            raise ValueError("bundle.allow_unsigned is false but bundle.trusted_keys is empty: every bundle would "
+                             "be refused (add the public key printed by lineguard sign-bundle --generate-key)")
+        return self
+
+    def signature_policy(self) -> tuple[list[str], bool, str]:
+        """(trusted keys, allow unsigned, config field of the keys): one policy for run, swaps and checks."""
+        if self.changeover is not None:
+            return list(self.changeover.trusted_keys), self.changeover.allow_unsigned, "changeover.trusted_keys"
+        b = self.bundle
+        # unset: keys listed = enforce them; no keys = a config written before run checked signatures,
+        # still accepted so it keeps working, but with a WARNING at every start (signing.warn_if_permissive)
+        allow = b.allow_unsigned if b.allow_unsigned is not None else not b.trusted_keys
+        return list(b.trusted_keys), allow, "bundle.trusted_keys"
 
 
 def load_config(path: str | Path) -> LineConfig:

@@ -28,6 +28,10 @@ class BundleError(LineGuardError):
     """A model bundle is incomplete, tampered with, or fails its self-test."""
 
 
+class SelfTestError(BundleError):
+    """A verified bundle's engines do not reproduce its golden scores on this runtime."""
+
+
 class EngineError(LineGuardError):
     """An inference engine cannot be built or failed on a frame."""
 

@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from lineguard.bundle import Bundle, load_bundle
+from lineguard.bundle import Bundle
+from lineguard.changeover.signing import line_verifier, verify_bundle
 from lineguard.changeover.swap import ChangeoverController
 from lineguard.config import LineConfig
 from lineguard.contracts import Decision, Frame
@@ -37,7 +38,7 @@ from lineguard.decision import DecisionPolicy, decide, failsafe_decision, failsa
 from lineguard.decisionlog import DecisionLog, NullDecisionLog
 from lineguard.drift import DriftMonitor
 from lineguard.engines import BundleRunner, run_golden
-from lineguard.errors import BundleError, LineGuardError
+from lineguard.errors import LineGuardError, SelfTestError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
 from lineguard.plc import NullPlcLink, PlcConfig, PlcLink
 from lineguard.publisher import Publisher, build_publisher
@@ -57,7 +58,7 @@ def warm_up_and_self_test(runner: BundleRunner, bundle: Bundle) -> None:
     runner.warmup()
     failures = run_golden(runner, bundle)
     if failures:
-        raise BundleError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
+        raise SelfTestError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
 
 
 def build_runner(bundle: Bundle, cfg: LineConfig) -> BundleRunner:
@@ -150,14 +151,18 @@ class InspectionService:
         self._beat = {"acquisition": time.monotonic(), "inspection": time.monotonic()}
         self._source_snap: SourceStatsSnapshot | None = None
         self.changeover: ChangeoverController | None = None  # set by from_config when configured
+        self.verifier = line_verifier(cfg)  # the line's one signature policy: start, reload, swaps
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: LineConfig, *, registry: CollectorRegistry | None = None) -> InspectionService:
         """Load and verify the bundle, build engines, source, PLC link, publisher and metrics."""
+        # signature + every hash before anything else is built: a refused bundle never judges a part
+        verified = verify_bundle(cfg.bundle.path, line_verifier(cfg))
+        bundle = verified.bundle
+        log.info("bundle %s: %s", bundle.bundle_id, verified.signature.describe())
         reg = registry if registry is not None else REGISTRY
         metrics = EdgeMetrics(reg, camera_ids=[cfg.source.camera_id])
-        bundle = load_bundle(cfg.bundle.path)
         runner = build_runner(bundle, cfg)
         plc = build_plc_link(cfg.plc, registry=reg)
         publisher = build_publisher(cfg.publisher, metrics=metrics)
@@ -190,6 +195,7 @@ class InspectionService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self.verifier.warn_if_permissive(f"starting with bundle {self.bundle.bundle_id}")
         self._start_metrics()
         self._start_plc()
         self._warm_up_and_self_test()
@@ -245,9 +251,10 @@ class InspectionService:
     def prepare_bundle(self, path: str | Path) -> PreparedBundle:
         """Verify, build, warm up and self-test a bundle off the hot path (the line keeps running).
 
-        Raises :class:`BundleError` / :class:`EngineError` and leaves the running bundle untouched.
+        Raises :class:`SignatureError` / :class:`BundleError` (hashes) / :class:`EngineError` /
+        :class:`SelfTestError` and leaves the running bundle untouched.
         """
-        bundle = load_bundle(path)
+        bundle = verify_bundle(path, self.verifier).bundle
         runner = build_runner(bundle, self.cfg)
         try:
             warm_up_and_self_test(runner, bundle)

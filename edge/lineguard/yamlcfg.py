@@ -78,12 +78,23 @@ def validate(model: type[M], doc: Any, path: str = "<config>") -> M:
 
 
 def load_file(model: type[M], path: str | Path) -> M:
+    return load_file_with_doc(model, path)[0]
+
+
+def load_file_with_doc(model: type[M], path: str | Path) -> tuple[M, Any]:
+    """The validated model and the parsed YAML document (for :func:`line_of` in later checks)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
-    return validate(model, parse_yaml(text, str(p)), str(p))
+    doc = parse_yaml(text, str(p))
+    return validate(model, doc, str(p)), doc
+
+
+def line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """1-based YAML line of a config field (or of its nearest ancestor present in the file)."""
+    return _line_of(doc, loc)
 
 
 def _plain(node: Any) -> Any:

@@ -26,7 +26,13 @@ from lineguard.changeover import control
 from lineguard.changeover.config import ChangeoverConfig, ControlConfig, RollbackConfig
 from lineguard.changeover.signing import SignatureVerifier, public_key_text, sign_bundle
 from lineguard.changeover.store import BundleStore
-from lineguard.changeover.testing import break_engine, break_golden, flip_byte, make_bundle
+from lineguard.changeover.testing import (
+    break_engine,
+    break_golden,
+    edit_thresholds_after_signing,
+    flip_byte,
+    make_bundle,
+)
 from lineguard.config import BundleSection, LineConfig, MetricsSection, ServiceSection
 from lineguard.engines.synthetic import synthetic_image
 from lineguard.plc.config import PlcConfig, TcpTransportConfig
@@ -200,6 +206,11 @@ def _tamper_signature(rig: Rig) -> str:
     return "signature"
 
 
+def _tamper_thresholds(rig: Rig) -> str:
+    edit_thresholds_after_signing(rig.store.get(B).path)  # hashes and golden would pass
+    return "signature"
+
+
 def _tamper_byte(rig: Rig) -> str:
     flip_byte(rig.store.get(B).path / "golden" / "02_bright.png", 40)
     return "verification"
@@ -215,8 +226,10 @@ def _tamper_engine(rig: Rig) -> str:
     return "engine"
 
 
-@pytest.mark.parametrize("tamper", [_tamper_signature, _tamper_byte, _tamper_golden, _tamper_engine],
-                         ids=["bad_signature", "changed_byte", "failing_golden", "engine_build_error"])
+@pytest.mark.parametrize("tamper", [_tamper_signature, _tamper_thresholds, _tamper_byte, _tamper_golden,
+                                    _tamper_engine],
+                         ids=["bad_signature", "edited_after_signing", "changed_byte", "failing_golden",
+                              "engine_build_error"])
 def test_failed_swap_keeps_the_old_bundle_and_says_why(rig: Rig, tamper: object) -> None:
     assert callable(tamper)
     expected = tamper(rig)
@@ -288,6 +301,47 @@ def test_rollback_when_the_new_bundle_rejects_too_much(rig: Rig) -> None:
     reason = {"reason": "reject_rate_high"}
     assert service.registry.get_sample_value("lineguard_changeover_rollbacks_total", reason) == 1.0
     assert status["last_swaps"][-1]["source"] == "rollback" and status["active"]["bundle_id"] == A
+
+
+def test_preloaded_bundle_edited_on_disk_is_refused_at_the_swap(rig: Rig) -> None:
+    service = _service(rig, preload_bundles=2)
+    with Running(service, rig.token) as line:
+        assert B in service.changeover.status()["preloaded"]  # type: ignore[union-attr]
+        line.wait_decided(40)
+        edit_thresholds_after_signing(rig.store.get(B).path)  # after it was verified and prepared
+        code, doc = line.call("POST", "/swap", {"recipe": 2, "wait_s": 30})
+        assert code == 409 and doc["result"] == "signature", doc
+        assert "manifest.json was changed after it was signed" in str(doc["message"])
+        assert B not in service.changeover.status()["preloaded"]  # type: ignore[union-attr]
+        line.wait_finished()
+    _assert_one_verdict_per_part(rig, service)
+    assert _bundle_runs(rig) == [(A, rig.n_frames)] and _active_recipe(rig) == 1
+    assert _swaps(service, "control", "signature") == 1
+
+
+def test_rollback_refuses_a_previous_bundle_edited_on_disk(rig: Rig) -> None:
+    make_bundle(rig.tmp / "src" / "prod-b-2", bundle_id="prod-b-2", recipe=2, key=rig.key, lower=0.001, upper=0.002)
+    rig.store.install(rig.tmp / "src" / "prod-b-2", verifier=SignatureVerifier.from_texts(
+        [public_key_text(rig.key)], allow_unsigned=False))
+    window = RollbackConfig(watch_parts=200, min_parts=20, reject_rate_max_fraction=0.6)
+    service = _service(rig, rollback=window, preload_bundles=2)
+    assert service.changeover is not None
+    with Running(service) as line:
+        line.wait_decided(40)
+        edit_thresholds_after_signing(rig.store.get(A).path)  # the rollback target, while it judges parts
+        rig.sim.set_recipe_request(2)
+        assert rig.sim.wait_until(lambda: _active_recipe(rig) == 2, 10)
+        assert rig.sim.wait_until(lambda: _swaps(service, "rollback", "signature") == 1, 10)
+        line.wait_finished()
+        status = service.changeover.status()
+    _assert_one_verdict_per_part(rig, service)
+    assert [bid for bid, _ in _bundle_runs(rig)] == [A, "prod-b-2"], "the edited bundle never judged again"
+    assert service.registry.get_sample_value("lineguard_changeover_rollbacks_total",
+                                             {"reason": "reject_rate_high"}) == 1.0
+    last = status["last_swaps"][-1]
+    assert last["source"] == "rollback" and last["ok"] is False and last["result"] == "signature", last
+    assert status["active"]["bundle_id"] == "prod-b-2" and _active_recipe(rig) == 2
+    assert _swaps(service, "rollback", "ok") == 0
 
 
 def test_shadow_candidate_judges_live_frames_without_touching_the_plc(rig: Rig) -> None:

@@ -1,8 +1,11 @@
 """Ed25519 signatures over a bundle's ``manifest.json`` bytes (detached, in ``manifest.sig``).
 
-Where it sits: before :func:`lineguard.bundle.load_bundle` in every install and swap. The manifest
-lists every other file's sha256, so one signature over its exact bytes covers the whole bundle:
-a changed byte anywhere either breaks a hash (``load_bundle``) or breaks the signature (here).
+Where it sits: :func:`verify_bundle` is the one check every entry point runs before a bundle may
+judge a part: ``lineguard run`` at start (``InspectionService.from_config``), ``prepare_bundle``
+(reload), swaps (cold and preloaded), rollback, shadow, install, ``check-config`` and
+``check-bundle --config``. The manifest lists every other file's sha256, so one signature over its
+exact bytes covers the whole bundle: a changed byte anywhere either breaks a hash (``load_bundle``)
+or breaks the signature (here).
 
 ``manifest.sig`` is JSON: ``{"algorithm": "ed25519", "key_id": "<16 hex>", "signature": "<b64>"}``;
 ``key_id`` is the first 16 hex digits of sha256(raw public key) and only picks the key to try.
@@ -22,14 +25,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lineguard.bundle import MANIFEST, SIGNATURE
+from lineguard.bundle import MANIFEST, SIGNATURE, Bundle, Manifest, load_bundle
 from lineguard.changeover.config import decode_public_key
 from lineguard.errors import BundleError
+
+if TYPE_CHECKING:
+    from lineguard.config import LineConfig
 
 log = logging.getLogger(__name__)
 ALGORITHM = "ed25519"
@@ -100,23 +107,46 @@ def sign_bundle(root: Path, key: Ed25519PrivateKey) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class SignatureCheck:
-    """Outcome of a successful check: which key signed, and the exact manifest bytes it covered."""
+    """Outcome of a successful check: which key signed, and the exact manifest bytes it covered.
+
+    ``signed`` is False only for a bundle accepted under ``allow_unsigned``; ``problem`` then says
+    why it would have been refused (missing, untrusted key, changed after signing).
+    """
 
     signed: bool
     key_id: str
     manifest_bytes: bytes
+    fingerprint: str = ""  # sha256 of the raw public key, hex (the key's full identity)
+    key_field: str = ""  # where the key is configured, e.g. "changeover.trusted_keys[0]"
+    problem: str = ""
+
+    def describe(self) -> str:
+        """One line for the operator: who signed, or why the bundle is accepted anyway."""
+        if self.signed:
+            return f"signed by key {self.key_id} ({self.key_field}, sha256 fingerprint {self.fingerprint})"
+        return f"NOT verified ({self.problem}), accepted only because allow_unsigned is set"
 
 
 class SignatureVerifier:
-    """Trusted public keys from the config; :meth:`verify` checks one bundle directory."""
+    """Trusted public keys from the config; :meth:`verify` checks one bundle directory.
 
-    def __init__(self, *, trusted: Iterable[bytes], allow_unsigned: bool) -> None:
-        self._keys = {key_id(raw): Ed25519PublicKey.from_public_bytes(raw) for raw in trusted}
+    ``keys_field`` names the config field the keys come from, so every refusal says where to fix it.
+    """
+
+    def __init__(self, *, trusted: Iterable[bytes], allow_unsigned: bool,
+                 keys_field: str = "changeover.trusted_keys") -> None:
+        raws = list(trusted)
+        self._keys = {key_id(raw): Ed25519PublicKey.from_public_bytes(raw) for raw in raws}
+        self._where = {key_id(raw): (f"{keys_field}[{i}]", hashlib.sha256(raw).hexdigest())
+                       for i, raw in enumerate(raws)}
         self.allow_unsigned = allow_unsigned
+        self.keys_field = keys_field
 
     @classmethod
-    def from_texts(cls, keys: Iterable[str], *, allow_unsigned: bool) -> SignatureVerifier:
-        return cls(trusted=[decode_public_key(k) for k in keys], allow_unsigned=allow_unsigned)
+    def from_texts(cls, keys: Iterable[str], *, allow_unsigned: bool,
+                   keys_field: str = "changeover.trusted_keys") -> SignatureVerifier:
+        return cls(trusted=[decode_public_key(k) for k in keys], allow_unsigned=allow_unsigned,
+                   keys_field=keys_field)
 
     @property
     def key_ids(self) -> list[str]:
@@ -129,20 +159,19 @@ class SignatureVerifier:
         except OSError as exc:
             raise SignatureError(f"bundle {root}: cannot read {MANIFEST}: {exc}") from exc
         sig_path = root / SIGNATURE
-        if not sig_path.is_file():
-            if self.allow_unsigned:
-                log.warning("bundle %s is UNSIGNED and accepted only because allow_unsigned is set", root)
-                return SignatureCheck(signed=False, key_id="", manifest_bytes=data)
-            raise SignatureError(
-                f"bundle {root} is not signed ({SIGNATURE} missing); sign it with lineguard sign-bundle"
-            )
         try:
+            if not sig_path.is_file():
+                raise SignatureError(
+                    f"bundle {root} is not signed ({SIGNATURE} missing): sign it with lineguard sign-bundle "
+                    f"using a key listed in {self.keys_field}"
+                )
             return self._check(root, data, sig_path)
-        except SignatureError:
-            if self.allow_unsigned:
-                log.warning("bundle %s has a BAD signature, accepted only because allow_unsigned is set", root)
-                return SignatureCheck(signed=False, key_id="", manifest_bytes=data)
-            raise
+        except SignatureError as exc:
+            if not self.allow_unsigned:
+                raise
+            # development only: accepted, but never quietly (every start, swap and install says so)
+            log.warning("%s -- ACCEPTED only because allow_unsigned is set", exc)
+            return SignatureCheck(signed=False, key_id="", manifest_bytes=data, problem=str(exc))
 
     def _check(self, root: Path, data: bytes, sig_path: Path) -> SignatureCheck:
         try:
@@ -155,13 +184,63 @@ class SignatureVerifier:
         key = self._keys.get(str(kid))
         if key is None:
             raise SignatureError(
-                f"bundle {root} is signed by key {kid}, which is not in trusted_keys "
-                f"({', '.join(self.key_ids) or 'none'})"
+                f"bundle {root} is signed by key {kid}, which is not in trusted_keys (config field "
+                f"{self.keys_field}: {', '.join(self.key_ids) or 'none'}): add that public key there if you trust it, "
+                "or re-sign the bundle with a trusted key"
             )
+        field, fingerprint = self._where[str(kid)]
         try:
             key.verify(sig, data)
         except InvalidSignature as exc:
             raise SignatureError(
-                f"bundle {root}: signature does not match {MANIFEST} (changed after signing?)"
+                f"bundle {root}: {MANIFEST} was changed after it was signed by key {kid} ({field}): the "
+                "signature does not match; restore the signed bundle, or review the change and sign it "
+                "again with lineguard sign-bundle"
             ) from exc
-        return SignatureCheck(signed=True, key_id=str(kid), manifest_bytes=data)
+        return SignatureCheck(signed=True, key_id=str(kid), manifest_bytes=data, fingerprint=fingerprint,
+                              key_field=field)
+
+    def warn_if_permissive(self, what: str) -> None:
+        """Say loudly, at every start, that this line would run an unsigned or edited bundle."""
+        if self.allow_unsigned:
+            log.warning("%s: allow_unsigned is set: unsigned, untrusted or edited bundles are ACCEPTED "
+                        "(development only; set allow_unsigned: false and list keys in %s on a line)",
+                        what, self.keys_field)
+
+
+def line_verifier(cfg: LineConfig) -> SignatureVerifier:
+    """The verifier of a line's one signature policy (``LineConfig.signature_policy``)."""
+    keys, allow_unsigned, field = cfg.signature_policy()
+    return SignatureVerifier.from_texts(keys, allow_unsigned=allow_unsigned, keys_field=field)
+
+
+def manifest_of(raw: bytes) -> Manifest:
+    """The manifest a signature covered, parsed from exactly those bytes."""
+    try:
+        return Manifest.model_validate(json.loads(raw))
+    except ValueError as exc:
+        raise BundleError(f"signed manifest is not valid: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBundle:
+    """A bundle whose signature (per the line's policy) and every file hash were checked together."""
+
+    bundle: Bundle
+    signature: SignatureCheck
+
+
+def verify_bundle(root: str | Path, verifier: SignatureVerifier) -> VerifiedBundle:
+    """THE check before a bundle becomes active anywhere: signature, then every hash.
+
+    The manifest that was hash-checked must be the one that was signed (a manifest swapped between
+    the two reads is refused). Raises :class:`SignatureError` or :class:`BundleError`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} does not exist or is not a directory")
+    check = verifier.verify(root)
+    bundle = load_bundle(root)
+    if manifest_of(check.manifest_bytes) != bundle.manifest:
+        raise BundleError(f"bundle {root}: {MANIFEST} changed while it was being verified")
+    return VerifiedBundle(bundle=bundle, signature=check)

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineguard.bundle import MANIFEST, SIGNATURE, Bundle, Manifest, load_bundle
-from lineguard.changeover.signing import SignatureVerifier
+from lineguard.bundle import MANIFEST, SIGNATURE, Bundle, Manifest
+from lineguard.changeover.signing import SignatureVerifier, verify_bundle
 from lineguard.errors import BundleError
 from lineguard.fsutil import fsync_path, fsync_tree
 
@@ -58,23 +58,6 @@ class StoredBundle:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def manifest_of(raw: bytes) -> Manifest:
-    """The manifest a signature covered, parsed from exactly those bytes."""
-    try:
-        return Manifest.model_validate(json.loads(raw))
-    except ValueError as exc:
-        raise BundleError(f"signed manifest is not valid: {exc}") from exc
-
-
-def verify_source(src: Path, verifier: SignatureVerifier) -> tuple[Bundle, str]:
-    """Signature, then hashes; the manifest that was hashed must be the one that was signed."""
-    check = verifier.verify(src)
-    bundle = load_bundle(src)
-    if manifest_of(check.manifest_bytes) != bundle.manifest:
-        raise BundleError(f"bundle {src}: manifest.json changed while it was being verified")
-    return bundle, check.key_id
 
 
 class BundleStore:
@@ -166,7 +149,7 @@ class BundleStore:
         self, src: Path, *, verifier: SignatureVerifier, prepare: PrepareHook | None = None, map_recipe: bool = True
     ) -> StoredBundle:
         """Verify, copy atomically, verify the copy, prepare engines, record; returns the entry."""
-        bundle, _ = verify_source(src, verifier)
+        bundle = verify_bundle(src, verifier).bundle
         bid = bundle.bundle_id
         final = self.bundles_dir / bid
         if final.exists():
@@ -178,7 +161,8 @@ class BundleStore:
                     (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src / rel, staging / rel)
             fsync_tree(staging)
-            copy, signed_by = verify_source(staging, verifier)  # the bytes we keep, not the ones we read
+            kept = verify_bundle(staging, verifier)  # the bytes we keep, not the ones we read
+            copy, signed_by = kept.bundle, kept.signature.key_id
             prepared = prepare(copy) if prepare is not None else {}
             with self._locked():
                 if final.exists():

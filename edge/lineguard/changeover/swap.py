@@ -4,7 +4,8 @@ Where it sits: beside the inspection service (built by its composition root when
 is configured). Requests come from the PLC's recipe-request register (``tick()`` on the main
 thread), the control endpoint (``submit``) and the drop folder; one worker thread handles them in
 order: resolve (store) -> signature + hashes -> build, warm up, golden self-test (or take a bundle
-prepared earlier) -> ``service.activate`` between two parts -> watch for rollback. A failed
+prepared earlier and verify its signature and hashes on disk again) -> ``service.activate`` between
+two parts -> watch for rollback (the rollback target is verified again too). A failed
 request keeps the old bundle, and its reason is counted (``lineguard_changeover_swaps``), logged
 and shown by ``GET /status``.
 
@@ -32,10 +33,10 @@ from lineguard.changeover.control import ControlServer, read_token
 from lineguard.changeover.metrics import ChangeoverMetrics
 from lineguard.changeover.preload import PreparedCache
 from lineguard.changeover.shadow import RollbackWatch, ShadowRunner
-from lineguard.changeover.signing import SignatureError, SignatureVerifier
-from lineguard.changeover.store import BundleStore, StoredBundle, verify_source
+from lineguard.changeover.signing import SignatureError, SignatureVerifier, verify_bundle
+from lineguard.changeover.store import BundleStore, StoredBundle
 from lineguard.contracts import Decision, Frame
-from lineguard.errors import BundleError, EngineError, LineGuardError
+from lineguard.errors import BundleError, EngineError, LineGuardError, SelfTestError
 from lineguard.plc import NullPlcLink, PlcLink
 
 if TYPE_CHECKING:
@@ -263,27 +264,41 @@ class ChangeoverController:
     def _prepared_for(self, entry: StoredBundle) -> tuple[PreparedBundle, str]:
         hit = self._cache.take(entry.bundle_id)
         if hit is not None:
+            try:
+                self._recheck(hit)
+            except SwapFailed:
+                self._cache.release(hit)  # never again from memory: a new request prepares it afresh
+                raise
             return hit, "preloaded"
         return self._prepare(entry.path), "cold"
 
     def _prepare(self, path: Path) -> PreparedBundle:
-        """Signature -> hashes -> engines, warm-up, golden; each failure named for the metric."""
+        """Signature -> hashes -> engines, warm-up, golden (``service.prepare_bundle``); each failure
+        named for the metric."""
         try:
-            bundle, _ = verify_source(path, self.verifier)
+            return self.service.prepare_bundle(path)
+        except SignatureError as exc:
+            raise SwapFailed("signature", str(exc)) from exc
+        except EngineError as exc:
+            raise SwapFailed("engine", str(exc)) from exc
+        except SelfTestError as exc:
+            raise SwapFailed("golden", str(exc)) from exc
+        except BundleError as exc:
+            raise SwapFailed("verification", str(exc)) from exc
+
+    def _recheck(self, prepared: PreparedBundle) -> None:
+        """Verify a bundle prepared earlier on disk again, right before it becomes active (preloaded
+        swap, rollback): the store may have been edited since. Costs the hashes (ms), not a build."""
+        root = prepared.bundle.root
+        try:
+            current = verify_bundle(root, self.verifier).bundle
         except SignatureError as exc:
             raise SwapFailed("signature", str(exc)) from exc
         except BundleError as exc:
             raise SwapFailed("verification", str(exc)) from exc
-        try:
-            prepared = self.service.prepare_bundle(path)
-        except EngineError as exc:
-            raise SwapFailed("engine", str(exc)) from exc
-        except BundleError as exc:  # hashes passed a moment ago: what is left is the golden self-test
-            raise SwapFailed("golden", str(exc)) from exc
-        if prepared.bundle.manifest != bundle.manifest:
-            prepared.runner.close()
-            raise SwapFailed("verification", f"bundle {path}: manifest changed during the swap")
-        return prepared
+        if current.manifest != prepared.bundle.manifest:
+            raise SwapFailed("verification", f"bundle {root}: manifest differs from the one prepared earlier; "
+                             "request the swap again to prepare the bundle as it is now")
 
     def _after_activate(self, previous: PreparedBundle, *, watch: bool) -> None:
         self.store.mark_active(self.service.bundle.bundle_id)
@@ -312,6 +327,11 @@ class ChangeoverController:
                   watch.bundle_id, reason, watch.summary(), previous.bundle.bundle_id)
         self.metrics.rollbacks_total.labels(reason=reason).inc()
         self._watch = None
+        try:
+            self._recheck(previous)
+        except SwapFailed as exc:
+            self._refuse_rollback(previous, watch.bundle_id, exc)
+            return
         self._cache.take(previous.bundle.bundle_id)  # it becomes active: not a cache entry any more
         self._first_part = (previous.bundle.bundle_id, time.monotonic_ns())
         failed = self.service.activate(previous)
@@ -326,6 +346,18 @@ class ChangeoverController:
             bundle_id=previous.bundle.bundle_id, previous_id=watch.bundle_id, prepared="preloaded",
             message=f"rolled back: {reason} {watch.summary()}")]
         self.metrics.swaps_total.labels(source="rollback", result="ok").inc()
+
+    def _refuse_rollback(self, previous: PreparedBundle, current_id: str, exc: SwapFailed) -> None:
+        """The rollback target no longer verifies: it must not judge parts; the current bundle stays."""
+        log.error("rollback to %s REFUSED (%s: %s); bundle %s stays active", previous.bundle.bundle_id,
+                  exc.result, exc, current_id)
+        self._previous = None
+        self._cache.release(previous)
+        self._cache.failed[previous.bundle.bundle_id] = str(exc)
+        self._history = [*self._history[-19:], SwapResult(
+            ok=False, result=exc.result, source="rollback", requested=f"bundle {previous.bundle.bundle_id}",
+            bundle_id=previous.bundle.bundle_id, previous_id=current_id, message=str(exc))]
+        self.metrics.swaps_total.labels(source="rollback", result=exc.result).inc()
 
     # ---------------------------------------------------------------- drop folder and preload
     def _scan_drop_dir(self) -> None:
@@ -382,7 +414,7 @@ class ChangeoverController:
     def start_shadow(self, bundle_id: str) -> dict[str, Any]:
         """Run an installed bundle beside the active one (replaces any earlier candidate)."""
         entry = self.store.get(bundle_id)
-        verify_source(entry.path, self.verifier)
+        verify_bundle(entry.path, self.verifier)
         runner = ShadowRunner.from_path(entry.path, engine_cfg=self.service.cfg.engine, cfg=self.cfg.shadow,
                                         metrics=self.metrics)
         with self._shadow_lock:

@@ -64,6 +64,18 @@ def break_engine(root: Path, key: Ed25519PrivateKey) -> None:
     sign_bundle(root, key)
 
 
+def edit_thresholds_after_signing(root: Path, *, lower: float = 5.0, upper: float = 9.0) -> None:
+    """The manipulation signatures exist for: thresholds raised so defective parts pass, and the golden
+    expectations edited to match, hashes left true. Only the signature over the manifest catches it."""
+
+    def loosen(doc: dict[str, Any]) -> None:
+        doc["thresholds"]["lower"], doc["thresholds"]["upper"] = lower, upper
+        for g in doc["golden"]:
+            g["expected_verdict"] = "accept" if g["expected_score"] < lower else g["expected_verdict"]
+
+    rewrite_manifest(root, loosen, rehash=False)
+
+
 def flip_byte(path: Path, offset: int = -1) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF

@@ -1,11 +1,15 @@
 """``lineguard check-bundle BUNDLE``: is this bundle safe to put on the line, on this box?
 
 Off the frame path; the same checks a hot swap runs before it replaces the active bundle:
-verify the manifest and every file's sha256 (``load_bundle``), build the engines with the chosen
-engine (ONNX Runtime CPU by default), warm up, and run the golden self-test. Prints each problem
-and exits 1, or prints OK with the execution provider that really ran.
+verify the manifest and every file's sha256, build the engines with the chosen engine (ONNX Runtime
+CPU by default), warm up, and run the golden self-test. With ``--config line.yaml`` the signature is
+checked against that line's policy by the same ``verify_bundle`` that ``run`` and swaps use (who
+signed it, or why it is refused) and the bundle's input spec against the line's source. Without it,
+the signature cannot be judged (the trusted keys live in the config) and the output says so. Prints
+each problem and exits 1, or prints OK with the execution provider that really ran.
 
-Never: change the bundle, or report OK when the engines could not be built.
+Never: change the bundle, or report OK when the engines could not be built or, with ``--config``,
+when the line would refuse the bundle.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lineguard.bundle import load_bundle
+from lineguard.bundle import SIGNATURE, Bundle, load_bundle
+from lineguard.changeover.signing import line_verifier, verify_bundle
+from lineguard.config import load_config
 from lineguard.engines.config import (
     CpuProvider,
     CudaProvider,
@@ -31,6 +37,8 @@ ENGINES = ("cpu", "cuda", "tensorrt-ep", "tensorrt")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--config", help="line YAML config: check the signature against its trusted keys and the "
+                   "input size / pixel format against its source")
     p.add_argument(
         "--engine", choices=ENGINES, default="cpu",
         help="cpu / cuda / tensorrt-ep: ONNX Runtime with that provider; tensorrt: native TensorRT",
@@ -55,12 +63,30 @@ def engine_config(args: argparse.Namespace) -> OrtEngineConfig | TensorrtEngineC
     return TensorrtEngineConfig(backend="tensorrt", device_id=args.device, precision=args.precision, cache_dir=cache)
 
 
+def _verify(args: argparse.Namespace) -> tuple[Bundle, str]:
+    """The bundle and a line about its signature; raises LineGuardError when the line would refuse it."""
+    if args.config is None:
+        bundle = load_bundle(args.bundle)
+        signed = (bundle.root / SIGNATURE).is_file()
+        return bundle, (f"{SIGNATURE} present, NOT checked against trusted keys (give --config line.yaml)"
+                        if signed else f"UNSIGNED (no {SIGNATURE}); a line with allow_unsigned: false refuses it")
+    from lineguard.preflight import source_format_problems
+
+    cfg = load_config(args.config)
+    verified = verify_bundle(args.bundle, line_verifier(cfg))
+    problems = source_format_problems(cfg, verified.bundle.manifest.input)
+    if problems:
+        raise LineGuardError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+    return verified.bundle, verified.signature.describe()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        bundle = load_bundle(args.bundle)
+        bundle, signature = _verify(args)
     except LineGuardError as exc:
         print(f"FAIL {args.bundle}: {exc}")
         return 1
+    print(f"bundle {bundle.bundle_id}: {signature}")
     m = bundle.manifest
     clf = f"{len(m.classifier.classes)} classes" if m.classifier else "no classifier"
     print(f"bundle {m.bundle_id}: product {m.product}, recipe {m.recipe}, {len(m.files)} files verified, "
