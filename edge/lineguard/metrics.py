@@ -235,6 +235,18 @@ class SinkMetrics:
         self.recovered_orphans_total = Counter(
             "lineguard_sink_recovered_orphans", "Unindexed or temporary files removed at start", registry=r
         )
+        self.quota_bytes = Gauge(
+            "lineguard_sink_quota_bytes",
+            "Effective quota: the configured one, lowered to stored + free - min_free_bytes on a small disk",
+            registry=r,
+        )
+        self.disk_free_bytes = Gauge(
+            "lineguard_sink_disk_free_bytes", "Free bytes on the store's disk, measured per batch", registry=r
+        )
+        self.store_fault = Gauge(
+            "lineguard_sink_store_fault",
+            "1 while the store refuses frames (store_error or quota_full), 0 once one is stored again", registry=r,
+        )
         for reason in SINK_REJECT_REASONS:
             self.rejected_total.labels(reason=reason)
         for kind in MESSAGE_KINDS:

@@ -64,22 +64,30 @@ class SmallDisk:
         assert self.free_bytes() == 0, f"ballast left {self.free_bytes()} bytes free"
         return ballast
 
-    def remount(self, *, read_only: bool) -> None:
-        mode = "ro" if read_only else "rw"
-        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
+    def fill_inodes(self, name: str = "inode-ballast") -> Path:
+        """Create empty files until the disk has no inode left: ENOSPC with bytes still free (rmtree it)."""
+        folder = self.path / name
+        folder.mkdir()
+        with contextlib.suppress(OSError):
+            for i in range(10**7):
+                (folder / str(i)).touch()
+        assert os.statvfs(self.path).f_favail == 0
+        return folder
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[int], SmallDisk]]:
-    """``small_disk(size_bytes)``: mount a tmpfs of that size under tmp_path (root only; skips otherwise)."""
+def small_disk(tmp_path: Path) -> Iterator[Callable[..., SmallDisk]]:
+    """``small_disk(size_bytes, nr_inodes=None)``: mount a tmpfs of that size under tmp_path (root only;
+    skips otherwise)."""
     mounted: list[Path] = []
 
-    def make(size_bytes: int) -> SmallDisk:
+    def make(size_bytes: int, nr_inodes: int | None = None) -> SmallDisk:
         if os.geteuid() != 0:
             pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root (CAP_SYS_ADMIN)")
         mount_point = tmp_path / f"small-disk-{len(mounted)}"
         mount_point.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "lineguard-test",
+        options = f"size={size_bytes},mode=0755" + (f",nr_inodes={nr_inodes}" if nr_inodes else "")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "lineguard-test",
                               str(mount_point)], capture_output=True, text=True)
         if res.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); a real full disk needs one")

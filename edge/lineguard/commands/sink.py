@@ -16,7 +16,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
-from lineguard.sink.config import CurveServerConfig, SinkConfig
+from lineguard.sink.config import DEFAULT_MIN_FREE_BYTES, CurveServerConfig, SinkConfig
 from lineguard.sink.server import SinkServer
 
 HELP = "run the collection sink for uncertain frames"
@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default="tcp://127.0.0.1:5560", help="ZeroMQ endpoint to bind (PULL)")
     p.add_argument("--store", required=True, type=Path, help="store folder (index.sqlite3, frames/)")
     p.add_argument("--quota-mb", type=float, default=20 * 1024, help="disk quota for frame files in MB")
+    p.add_argument("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_BYTES / 1024**2,
+                   help="free space kept on the store's disk; the quota shrinks to respect it (evicting)")
     p.add_argument("--max-message-mb", type=float, default=64, help="larger messages are refused")
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics endpoint address")
     p.add_argument("--metrics-port", type=int, default=None, help="metrics endpoint port (0 = any free)")
@@ -46,6 +48,7 @@ def _config(args: argparse.Namespace) -> SinkConfig:
                                       authorized_clients_dir=args.curve_authorized_dir)
         return SinkConfig(
             bind=args.bind, store_dir=args.store, quota_bytes=int(args.quota_mb * 1024 * 1024),
+            min_free_bytes=int(args.min_free_mb * 1024 * 1024),
             max_message_bytes=int(args.max_message_mb * 1024 * 1024), metrics_host=args.metrics_host,
             metrics_port=args.metrics_port, fsync=not args.no_fsync, curve=curve,
             decode_threads=args.decode_threads,

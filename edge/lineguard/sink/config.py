@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_MIN_FREE_BYTES = 512 * 1024**2  # room for the OS, logs and the SQLite WAL on a shared disk
+
 
 class CurveServerConfig(BaseModel):
     """CurveZMQ server side: the sink's own certificate and the folder of allowed edge boxes."""
@@ -27,6 +29,10 @@ class SinkConfig(BaseModel):
     store_dir: Path = Field(description="folder holding index.sqlite3 and frames/")
     quota_bytes: int = Field(default=20 * 1024**3, ge=1024 * 1024, le=2**50,
                              description="upper bound of stored frame files; oldest unlabelled evicted first")
+    min_free_bytes: int = Field(default=DEFAULT_MIN_FREE_BYTES, ge=0, le=2**50,
+                                description="free space kept on the store's disk: the quota is lowered to "
+                                            "stored + free - this, so a disk smaller than the quota (or filled "
+                                            "by others) makes the store evict instead of failing writes")
     max_message_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024, le=1024**3,
                                    description="larger messages are refused and counted as oversize")
     max_pixels: int = Field(default=50_000_000, ge=1, le=1_000_000_000,

@@ -4,10 +4,13 @@ Data flow: edge publishers (PUSH, connect) -> this socket (PULL, bind) -> :func:
 -> :meth:`FrameStore.store_batch`. One thread owns the socket and the store; messages that arrive
 together are stored in one transaction to amortise fsync.
 
-What it must never do: crash or stop receiving because of what a peer sent. Every message ends
-as stored, duplicate, or rejected with a counted reason. A single ZeroMQ frame larger than twice
-``max_message_bytes`` is cut by ZeroMQ itself (MAXMSGSIZE) before it is read into memory; ZeroMQ
-then drops that peer's connection, which this process cannot count (documented in docs/sink.md).
+What it must never do: crash or stop receiving because of what a peer sent or because its disk
+is full. Every message ends as stored, duplicate, or rejected with a counted reason. Store faults
+(``store_error``: a write or commit failed; ``quota_full``: nothing left to evict) are logged once
+per fault episode (one WARNING, one INFO when frames are stored again), not once per batch.
+A single ZeroMQ frame larger than twice ``max_message_bytes`` is cut by ZeroMQ itself (MAXMSGSIZE)
+before it is read into memory; ZeroMQ then drops that peer's connection, which this process cannot
+count (documented in docs/sink.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import zmq.auth
 from prometheus_client import CollectorRegistry
 from zmq.auth.thread import ThreadAuthenticator
 
+from lineguard.episode import FaultEpisode
 from lineguard.errors import ConfigError, PublisherError
 from lineguard.metrics import MetricsServer, SinkMetrics, start_metrics_server
 from lineguard.sink.config import CurveServerConfig, SinkConfig
@@ -78,16 +82,25 @@ class SinkServer:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="sink-decode")
         self._counts = {"received": 0, "stored": 0, "duplicates": 0, "rejected": 0}
+        self._store_fault = FaultEpisode(log, f"sink store {store.root}")
+        self._refused_in_fault = 0
         self.endpoint = str(socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._m.store_bytes.set(store.total_bytes)
         self._m.store_frames.set(store.count())
+        try:
+            quota, free = store.effective_quota()
+            self._m.quota_bytes.set(quota)
+            self._m.disk_free_bytes.set(free)
+        except OSError:  # the first batch reports it as a store_error
+            pass
         self._m.recovered_orphans_total.inc(store.recovery.orphan_files_removed + store.recovery.temp_files_removed)
 
     @classmethod
     def from_config(cls, cfg: SinkConfig, *, registry: CollectorRegistry | None = None,
                     context: zmq.Context[zmq.Socket[bytes]] | None = None) -> SinkServer:
         """Open the store (recovering it), bind the PULL socket, start auth and metrics as configured."""
-        store = FrameStore.open(cfg.store_dir, quota_bytes=cfg.quota_bytes, fsync=cfg.fsync)
+        store = FrameStore.open(cfg.store_dir, quota_bytes=cfg.quota_bytes, fsync=cfg.fsync,
+                                min_free_bytes=cfg.min_free_bytes)
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.PULL)
         auth = None
@@ -109,8 +122,9 @@ class SinkServer:
         server = (start_metrics_server(reg, cfg.metrics_host, cfg.metrics_port)
                   if cfg.metrics_port is not None else None)
         sink = cls(config=cfg, socket=sock, store=store, metrics=metrics, auth=auth, metrics_server=server)
-        log.info("sink listening on %s, store %s (%d frames, %.1f MB, quota %.1f MB)%s", sink.endpoint,
-                 cfg.store_dir, store.count(), store.total_bytes / 1e6, cfg.quota_bytes / 1e6,
+        log.info("sink listening on %s, store %s (%d frames, %.1f MB, quota %.1f MB, %.1f MB kept free)%s",
+                 sink.endpoint, cfg.store_dir, store.count(), store.total_bytes / 1e6, cfg.quota_bytes / 1e6,
+                 cfg.min_free_bytes / 1e6,
                  f", metrics on :{server.port}" if server else "")
         return sink
 
@@ -170,7 +184,7 @@ class SinkServer:
         try:
             result = self.store.store_batch(batch)
         except PublisherError as exc:
-            self._reject("store_error", str(exc), len(batch))
+            self._refuse_for_fault("store_error", str(exc), len(batch))
             return
         except Exception as exc:  # keep receiving; the bug is logged with its trace and counted
             log.exception("sink: unexpected failure storing a batch")
@@ -186,12 +200,31 @@ class SinkServer:
         self._counts["duplicates"] += r.duplicates
         self._m.duplicates_total.inc(r.duplicates)
         if r.quota_refused:
-            self._reject("quota_full", "quota reached and only labelled frames left to evict", r.quota_refused)
+            limit = "the disk's free space minus min_free_bytes" if r.disk_bound else "the configured quota"
+            self._refuse_for_fault("quota_full", f"store at {r.quota_bytes / 1e6:.1f} MB ({limit}) and only "
+                                   "labelled frames left to evict", r.quota_refused)
         if r.store_errors:
-            self._reject("store_error", "file write failed (see log)", r.store_errors)
+            self._refuse_for_fault("store_error", f"file write failed: {r.first_error}", r.store_errors)
+        if r.stored_kinds and not (r.quota_refused or r.store_errors) and self._store_fault.active:
+            self._store_fault.recover(f"{self._refused_in_fault} frames refused during the fault")
+            self._refused_in_fault = 0
+            self._m.store_fault.set(0)
         self._m.evicted_total.inc(r.evicted)
         self._m.store_bytes.set(self.store.total_bytes)
         self._m.store_frames.set(self.store.count())
+        self._m.quota_bytes.set(r.quota_bytes)
+        self._m.disk_free_bytes.set(r.free_bytes)
+
+    def _refuse_for_fault(self, reason: str, detail: str, n: int) -> None:
+        """Count frames the store could not take; log the first of an episode only (a full disk
+        would otherwise log every batch)."""
+        self._counts["rejected"] += n
+        self._m.rejected_total.labels(reason=reason).inc(n)
+        if self._store_fault.fail(f"{reason}: {detail[:300]}", "frames are refused and counted in "
+                                  f"lineguard_sink_rejected_total{{reason=\"{reason}\"}} until one is stored again"):
+            self._refused_in_fault = 0
+            self._m.store_fault.set(1)
+        self._refused_in_fault += n
 
     def close(self) -> None:
         """Close socket, authenticator, metrics endpoint and store, in reverse order of opening."""

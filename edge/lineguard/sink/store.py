@@ -13,6 +13,13 @@ Commit protocol, so a kill -9 at any instant leaves a consistent store:
    is the moment a frame counts as stored;
 3. evicted files are unlinked after the commit.
 
+The quota follows the disk: the effective quota of each batch is
+``min(quota_bytes, stored bytes + free bytes - min_free_bytes)`` (free space measured per batch),
+so a store on a disk smaller than its quota, or one that another process fills, evicts its oldest
+unlabelled frames instead of failing every write. When the disk (not the configured quota) is the
+limit, the evictions are committed and their files deleted *before* the batch is written, so the
+space they free is there for it.
+
 A kill between 1 and 2 leaves complete but unindexed files; between 2 and 3 leaves files of
 deleted rows. :meth:`FrameStore.open` removes both kinds and everything under ``tmp/``, so every
 indexed row has its file and no file outlives its row. The store must never delete a labelled
@@ -21,10 +28,12 @@ frame and never index a file before it is durable.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +98,10 @@ class BatchResult:
     quota_refused: int = 0
     store_errors: int = 0
     evicted: int = 0
+    quota_bytes: int = 0  # the effective quota this batch was fitted to
+    free_bytes: int = 0  # free space on the store's disk before the batch
+    disk_bound: bool = False  # the disk's free space, not the configured quota, set the limit
+    first_error: str = ""  # the first file write error of the batch (store_errors > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +150,11 @@ class FrameStore:
     """Single-writer store; one instance per process (the sink's receive thread)."""
 
     def __init__(self, *, root: Path, db: sqlite3.Connection, quota_bytes: int, fsync: bool,
-                 recovery: RecoveryReport) -> None:
+                 recovery: RecoveryReport, min_free_bytes: int = 0) -> None:
         self.root = root
         self._db = db
         self._quota = quota_bytes
+        self._min_free = min_free_bytes
         self._fsync = fsync
         self.recovery = recovery
         total, count = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM frames").fetchone()
@@ -148,7 +162,7 @@ class FrameStore:
         self._count = int(count)
 
     @classmethod
-    def open(cls, root: str | Path, *, quota_bytes: int, fsync: bool = True) -> FrameStore:
+    def open(cls, root: str | Path, *, quota_bytes: int, fsync: bool = True, min_free_bytes: int = 0) -> FrameStore:
         """Open (or create) a store and clean up whatever a crash left behind."""
         base = Path(root)
         try:
@@ -164,18 +178,44 @@ class FrameStore:
             raise PublisherError(f"sink store {base}: cannot open ({exc}); check the path and free space") from exc
         if recovery.temp_files_removed or recovery.orphan_files_removed or recovery.rows_without_file:
             log.warning("sink store %s recovered after an unclean stop: %s", base, recovery)
-        return cls(root=base, db=db, quota_bytes=quota_bytes, fsync=fsync, recovery=recovery)
+        store = cls(root=base, db=db, quota_bytes=quota_bytes, fsync=fsync, recovery=recovery,
+                    min_free_bytes=min_free_bytes)
+        effective, free = store.effective_quota()
+        if effective < quota_bytes:
+            log.warning("sink store %s: quota %.1f MB is more than the disk can hold (%.1f MB stored + %.1f MB free "
+                        "- %.1f MB kept free): the store is limited to %.1f MB and evicts its oldest unlabelled "
+                        "frames beyond that", base, quota_bytes / 1e6, store.total_bytes / 1e6, free / 1e6,
+                        min_free_bytes / 1e6, effective / 1e6)
+        return store
 
     def close(self) -> None:
         self._db.close()
 
     # --- writing ---------------------------------------------------------------------------
+    def effective_quota(self) -> tuple[int, int]:
+        """(bytes the store may hold now, free bytes on its disk): the configured quota, lowered to what
+        the disk can hold while ``min_free_bytes`` stay free. OSError when the disk cannot be read."""
+        free = shutil.disk_usage(self.root).free
+        return max(0, min(self._quota, self._total_bytes + free - self._min_free)), free
+
     def store_batch(self, messages: Sequence[WireMessage]) -> BatchResult:
-        """Store validated messages durably; duplicates and over-quota ones are skipped and counted."""
+        """Store validated messages durably; duplicates and over-quota ones are skipped and counted.
+
+        Raises :class:`PublisherError` when the batch cannot be made durable or committed (its files
+        are removed again); per-file write errors are counted in ``store_errors``.
+        """
         result = BatchResult()
+        try:
+            result.quota_bytes, result.free_bytes = self.effective_quota()
+        except OSError as exc:
+            raise PublisherError(f"sink store {self.root}: cannot read free space ({exc})") from exc
+        result.disk_bound = result.quota_bytes < self._quota
         fresh, evict = self._fit_quota(self._new_messages(messages, result), result)
         if not fresh and not evict:
             return result
+        if evict and result.disk_bound:  # free the space first: the batch needs it on this disk
+            result.evicted = self._evict_now(evict)
+            evict = []
         now = dt.datetime.now(dt.timezone.utc)
         rows: list[tuple[object, ...]] = []
         moves: list[tuple[Path, Path]] = []
@@ -183,9 +223,10 @@ class FrameStore:
         for msg in fresh:
             try:
                 row, msg_moves = self._write_temp(msg, now)
-            except OSError as exc:
-                log.error("sink store: cannot write frame %s: %s", msg.header.message_id, exc)
+            except OSError as exc:  # counted; the server logs the first of a fault episode, not each frame
+                log.debug("sink store: cannot write frame %s: %s", msg.header.message_id, exc)
                 result.store_errors += 1
+                result.first_error = result.first_error or str(exc)
                 continue
             rows.append(row)
             moves.extend(msg_moves)
@@ -194,21 +235,39 @@ class FrameStore:
         try:
             self._publish_files(moves)
         except OSError as exc:
-            for tmp, _ in moves:
+            for tmp, final in moves:
                 tmp.unlink(missing_ok=True)
+                final.unlink(missing_ok=True)  # renamed but never indexed: would hold space until restart
             raise PublisherError(f"sink store: cannot make {len(rows)} frames durable ({exc}); "
                                  "check free space and the disk") from exc
-        evict = self._commit(rows, evict)
+        try:
+            evict = self._commit(rows, evict)
+        except PublisherError:
+            for _, final in moves:  # not indexed: remove now rather than at the next start
+                with contextlib.suppress(OSError):
+                    final.unlink(missing_ok=True)
+            raise
+        self._unlink_evicted(evict)
+        result.evicted += len(evict)
+        self._total_bytes += added - sum(e.size for e in evict)
+        self._count += len(rows) - len(evict)
+        return result
+
+    def _evict_now(self, evict: list[_Eviction]) -> int:
+        """Delete planned evictions in a transaction of their own, then their files; returns how many."""
+        done = self._commit([], evict)
+        self._unlink_evicted(done)
+        self._total_bytes -= sum(e.size for e in done)
+        self._count -= len(done)
+        return len(done)
+
+    def _unlink_evicted(self, evict: list[_Eviction]) -> None:
         for e in evict:
             for rel in e.paths:
                 try:
                     (self.root / rel).unlink(missing_ok=True)
                 except OSError as exc:  # its row is gone; the next start removes the file
                     log.error("sink store: cannot delete evicted %s: %s", rel, exc)
-        result.evicted = len(evict)
-        self._total_bytes += added - sum(e.size for e in evict)
-        self._count += len(rows) - len(evict)
-        return result
 
     def _new_messages(self, messages: Sequence[WireMessage], result: BatchResult) -> list[WireMessage]:
         seen: set[str] = set()
@@ -230,7 +289,7 @@ class FrameStore:
                    ) -> tuple[list[WireMessage], list[_Eviction]]:
         """Plan evictions (oldest unlabelled first) so the batch fits; refuse what still does not."""
         evict: list[_Eviction] = []
-        need = self._total_bytes + sum(_size(m) for m in fresh) - self._quota
+        need = self._total_bytes + sum(_size(m) for m in fresh) - result.quota_bytes
         if need <= 0:
             return fresh, evict
         freed = 0
