@@ -17,7 +17,7 @@ from lineguard.bundle import Bundle
 from lineguard.config import LineConfig
 from lineguard.yamlcfg import ConfigProblem, line_of, load_file_with_doc
 
-HELP = "validate a config file (schema with YAML lines, then bundle, paths, directories, endpoints on this box)"
+HELP = "validate a config file and report each error with its YAML line"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
