@@ -211,7 +211,7 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def writable_problem(directory: Path, *, field_name: str, need_bytes: int) -> str | None:
+def writable_problem(directory: Path, *, need_bytes: int) -> str | None:
     """Why ``directory`` cannot take files (probe created and removed at once), or None.
 
     A directory that does not exist yet is judged by its nearest existing parent: the service
@@ -219,18 +219,18 @@ def writable_problem(directory: Path, *, field_name: str, need_bytes: int) -> st
     """
     base = _nearest_existing(directory)
     if not base.is_dir():
-        return (f"{field_name}: {base} is not a directory, so {directory} cannot be created. Fix: choose a "
+        return (f"{base} is not a directory, so {directory} cannot be created. Fix: choose a "
                 "path under a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".lineguard-check-", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        return (f"{field_name}: cannot write in {base} ({exc.strerror}). Fix: make it writable for the service "
+        return (f"cannot write in {base} ({exc.strerror}). Fix: make it writable for the service "
                 "user, or choose another path")
     free = shutil.disk_usage(base).free
     if free < need_bytes:
-        return (f"{field_name}: only {free / 2**20:.0f} MiB free on the filesystem of {base}, "
+        return (f"only {free / 2**20:.0f} MiB free on the filesystem of {base}, "
                 f"{need_bytes / 2**20:.0f} MiB needed. Fix: free space or choose another filesystem")
     return None
 
@@ -261,7 +261,7 @@ def check_directories(cfg: LineConfig, out: Preflight, *, bundle: Bundle | None,
             if cache is not None and getattr(prov, "trt_engine_cache_enable", False):
                 dirs.append((("engine", "providers", i, "trt_engine_cache_path"), cache, min_free_bytes))
     for loc, directory, need in dirs:
-        why = writable_problem(directory, field_name=".".join(map(str, loc)), need_bytes=need)
+        why = writable_problem(directory, need_bytes=need)
         if why is not None:
             out.refuse(loc, why)
 

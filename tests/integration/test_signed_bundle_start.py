@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineguard.bundle import SIGNATURE, load_bundle
 from lineguard.changeover.signing import key_id, public_key_text, public_raw, sign_bundle
-from lineguard.changeover.testing import edit_thresholds_after_signing, make_bundle
+from lineguard.changeover.testing import edit_thresholds_after_signing, make_bundle, rewrite_manifest
 from lineguard.cli import main
 from lineguard.engines.synthetic import synthetic_image
 from lineguard.plc.sim import PlcSimulator, free_port
@@ -221,3 +221,43 @@ def test_check_config_port_collision_and_bad_endpoint(line: Line, capsys: pytest
     assert code == 1
     assert f"changeover.control.port: port {port} is also metrics.port" in err, err
     assert "publisher.endpoint: port '99999' of 'tcp://127.0.0.1:99999' is not a TCP port (1-65535)" in err
+
+
+def test_check_config_refuses_a_640x480_bundle_for_a_320x240_camera(
+    line: Line, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def trained_on_640x480(doc: dict[str, Any]) -> None:
+        doc["input"]["image_width"], doc["input"]["image_height"] = 640, 480
+
+    rewrite_manifest(line.bundle, trained_on_640x480)
+    sign_bundle(line.bundle, line.key)  # a genuine, signed 640x480 bundle
+    path = Path(line.config())
+    doc = json.loads(path.read_text())
+    doc["source"] = {"type": "genicam", "cti_path": "/opt/viky.cti", "pixel_format": "Mono8",
+                     "width": 320, "height": 240}
+    path.write_text(json.dumps(doc, indent=2))
+    code, out, err = _cli(capsys, "check-config", str(path))
+    assert code == 1 and "signed by key" in out
+    width_line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if '"width"' in ln)
+    assert (f"{path}:{width_line}: source.width: camera ROI 320x240 delivers 320x240 px but the bundle expects "
+            "640x480 px") in err, err
+    assert "Fix: set source.width/height to 640/480" in err
+
+
+def test_check_config_refuses_missing_replay_path_and_unwritable_log_with_lines(
+    line: Line, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(line.config())
+    doc = json.loads(path.read_text())
+    doc["source"]["paths"] = [str(line.frames), str(line.tmp / "no-such-folder")]
+    doc["service"]["decision_log_path"] = "/sys/decisions.jsonl"  # sysfs refuses new files, even to root
+    path.write_text(json.dumps(doc, indent=2))
+    code, _, err = _cli(capsys, "check-config", str(path))
+    assert code == 1
+    lines = path.read_text().splitlines()
+    missing = next(i for i, ln in enumerate(lines, 1) if "no-such-folder" in ln)
+    log_line = next(i for i, ln in enumerate(lines, 1) if "decision_log_path" in ln)
+    assert f"{path}:{missing}: source.paths.1: replay path {line.tmp / 'no-such-folder'} does not exist" in err
+    assert f"{path}:{log_line}: service.decision_log_path: cannot write in /sys (" in err
+    assert "2 problem(s)" in err, err
+    assert _cli(capsys, "check-config", "--schema-only", str(path))[0] == 0, "the schema itself is fine"

@@ -105,8 +105,8 @@ def test_missing_tls_files_and_token_are_named(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ directories
 def test_unwritable_decision_log_directory() -> None:
     # /sys refuses new files even to root, so this holds on a developer box and in CI alike
-    why = writable_problem(Path("/sys"), field_name="service.decision_log_path", need_bytes=0)
-    assert why is not None and why.startswith("service.decision_log_path: cannot write in /sys (")
+    why = writable_problem(Path("/sys"), need_bytes=0)
+    assert why is not None and why.startswith("cannot write in /sys (")
     assert why.endswith("Fix: make it writable for the service user, or choose another path")
 
 
