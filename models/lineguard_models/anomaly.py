@@ -34,6 +34,7 @@ from lineguard_models.backbone import Backbone, BackboneConfig, load_backbone
 from lineguard_models.coreset import StreamingCoreset
 
 log = logging.getLogger(__name__)
+ImageScore = Literal["patch_max", "map_max", "topk_mean"]
 
 
 class AnomalyModelConfig(BaseModel):
@@ -50,17 +51,30 @@ class AnomalyModelConfig(BaseModel):
     projection_dim: int | None = Field(
         None, ge=8, le=1024, description="fixed random projection of patch features (None = keep all dims)"
     )
-    bank_size: int = Field(1000, ge=16, le=65536, description="memory bank rows after coreset selection")
+    bank_size: int = Field(
+        16384, ge=16, le=1_000_000,
+        description="memory bank rows after coreset selection (with bank_fraction: the most rows)",
+    )
+    bank_fraction: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="bank = this share of every training patch, by greedy coreset, at most "
+        "bank_size rows (1.0 = every patch; None = always bank_size rows)",
+    )
     buffer_rows: int = Field(
-        16384, ge=64, le=1_000_000, description="feature rows buffered before each coreset reduction"
+        65536, ge=64, le=1_000_000, description="feature rows buffered before each coreset reduction"
     )
     patches_per_image: int | None = Field(
         None, ge=1, le=1_000_000, description="random patches kept per training image (None = all)"
     )
-    blur_sigma_px: float = Field(4.0, ge=0.0, le=64.0, description="gaussian blur of the anomaly map, input px")
-    image_score: Literal["map_max", "patch_max"] = Field(
-        "map_max", description="image score: max of the blurred map, or max of raw patch distances"
+    bank_turns: Literal[1, 2, 4] = Field(
+        1, description="copies of each training input in the bank: 1 as is, 2 + 180 deg, 4 = the four 90 deg "
+        "turns (parts lying in any orientation; a non-square input gets 180 deg only)",
     )
+    blur_sigma_px: float = Field(4.0, ge=0.0, le=64.0, description="gaussian blur of the anomaly map, input px")
+    image_score: ImageScore = Field(
+        "patch_max", description="image score: max raw patch distance (patch_max), max of the blurred map "
+        "(map_max), or mean of the score_top_k largest patch distances (topk_mean)",
+    )
+    score_top_k: int = Field(3, ge=1, le=4096, description="patches averaged by image_score=topk_mean")
     batch_size: int = Field(8, ge=1, le=256, description="images per forward pass while fitting")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random choice in fitting")
 
@@ -86,7 +100,8 @@ class ScorerSpec:
     projection_dim: int | None
     projection_seed: int
     blur_sigma_px: float
-    image_score: Literal["map_max", "patch_max"]
+    image_score: ImageScore
+    score_top_k: int = 1  # used by image_score="topk_mean" only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +162,8 @@ class AnomalyScorer(nn.Module):
     """Raw image batch [N, C, H, W] -> (anomaly_score [N], anomaly_map [N, 1, H, W]).
 
     This forward is exactly what is exported to ONNX. The map has the input resolution; the
-    score is its maximum (``map_max``) or the maximum raw patch distance (``patch_max``).
+    score is the maximum raw patch distance (``patch_max``), the map's maximum (``map_max``) or the mean of
+    the ``score_top_k`` largest patch distances (``topk_mean``).
     """
 
     in_scale: Tensor
@@ -234,8 +250,13 @@ class AnomalyScorer(nn.Module):
         """Patch distances [N, 1, h, w] -> (image score [N], blurred map [N, 1, H, W])."""
         size = (self.spec.input_height_px, self.spec.input_width_px)
         amap = self._blur(F.interpolate(patches, size=size, mode="bilinear", align_corners=False))
-        source = amap if self.spec.image_score == "map_max" else patches
-        return source.flatten(1).amax(dim=1), amap
+        if self.spec.image_score == "map_max":
+            return amap.flatten(1).amax(dim=1), amap
+        flat = patches.flatten(1)
+        if self.spec.image_score == "topk_mean":  # one bright patch alone (noise, dust) no longer decides
+            k = min(self.spec.score_top_k, flat.shape[1])
+            return flat.topk(k, dim=1).values.mean(dim=1), amap
+        return flat.amax(dim=1), amap
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,6 +284,20 @@ def _as_batch(batch: npt.NDArray[Any] | Tensor, spec: ScorerSpec) -> Tensor:
     return t
 
 
+def _turns_used(x: Tensor, turns: int) -> int:
+    return turns if turns == 1 or x.shape[-1] == x.shape[-2] else min(turns, 2)
+
+
+def turned(x: Tensor, turns: int) -> Tensor:
+    """[N, C, H, W] -> the batch followed by its turned copies: ``turns`` = 2 adds 180 deg, 4 adds 90, 180
+    and 270 deg. A non-square input cannot turn by 90 deg inside a fixed (H, W): it gets 180 deg only."""
+    used = _turns_used(x, turns)
+    if used == 1:
+        return x
+    ks = (2,) if used == 2 else (1, 2, 3)
+    return torch.cat([x, *(torch.rot90(x, k, dims=(2, 3)) for k in ks)])
+
+
 def fit_anomaly_model(
     batches: Iterable[npt.NDArray[Any] | Tensor],
     *,
@@ -285,23 +320,25 @@ def fit_anomaly_model(
         max_value=float(max_value), stages=config.backbone.stages,
         neighbourhood_cells=config.neighbourhood_cells, projection_dim=config.projection_dim,
         projection_seed=config.seed, blur_sigma_px=config.blur_sigma_px, image_score=config.image_score,
+        score_top_k=config.score_top_k,
     )
     bb = backbone if backbone is not None else load_backbone(config.backbone)
     dim = (config.projection_dim or sum(bb.stage_channels[s] for s in spec.stages))
     # a placeholder bank lets the scorer's feature path be reused for fitting
     scorer = AnomalyScorer(bb.eval(), torch.zeros(1, dim), spec).eval()
-    coreset = StreamingCoreset(bank_size=config.bank_size, buffer_rows=config.buffer_rows, seed=config.seed)
+    coreset = StreamingCoreset(bank_size=config.bank_size, buffer_rows=config.buffer_rows, seed=config.seed,
+                               fraction=config.bank_fraction)
     gen = torch.Generator().manual_seed(config.seed + 1)
     seen, t0 = 0, time.monotonic()
     with torch.inference_mode():
         for batch in batches:
-            x = _as_batch(batch, spec)
+            x = turned(_as_batch(batch, spec), config.bank_turns)
             feats = scorer.features(scorer.normalise(x))  # [N, D, h, w]
             for rows in feats.flatten(2).transpose(1, 2):  # per image: [hw, D]
                 if config.patches_per_image is not None and config.patches_per_image < rows.shape[0]:
                     rows = rows[torch.randperm(rows.shape[0], generator=gen)[: config.patches_per_image]]
                 coreset.add(rows)
-            seen += x.shape[0]
+            seen += x.shape[0] // _turns_used(x, config.bank_turns)
             report = FitProgress(
                 images_seen=seen, images_total=images_total, feature_rows_seen=coreset.rows_seen,
                 reductions=coreset.reductions, elapsed_s=time.monotonic() - t0,

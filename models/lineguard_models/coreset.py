@@ -8,11 +8,15 @@ Memory does not grow with the number of training images: features go into a buff
 buffer is reduced to ``bank_size`` rows by greedy k-center selection (merge-and-reduce). The
 greedy k-center rule (PatchCore, Roth et al. 2022) picks the point farthest from all chosen ones,
 so rare but normal patterns survive while thousands of near-identical background patches collapse.
+With ``fraction`` the final bank is that share of every row seen (PatchCore's 10 % coreset), capped at
+``bank_size``: the bank grows with the images and their size instead of a fixed, too small row count.
 
 Must never: keep every training feature, or use unseeded randomness (training is deterministic by seed).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -55,11 +59,15 @@ class StreamingCoreset:
     """
 
     def __init__(
-        self, *, bank_size: int, buffer_rows: int, seed: int, selection_dim: int | None = 128
+        self, *, bank_size: int, buffer_rows: int, seed: int, selection_dim: int | None = 128,
+        fraction: float | None = None,
     ) -> None:
         if buffer_rows < bank_size:
             raise ValueError(f"buffer_rows ({buffer_rows}) must be >= bank_size ({bank_size})")
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction ({fraction}) must be in (0, 1]")
         self.bank_size = bank_size
+        self.fraction = fraction
         self.buffer_rows = buffer_rows
         self.selection_dim = selection_dim
         self._gen = torch.Generator().manual_seed(seed)
@@ -81,18 +89,29 @@ class StreamingCoreset:
         if self._pending_rows >= self.buffer_rows:
             self._reduce()
 
-    def _reduce(self) -> None:
+    def _reduce(self, size: int | None = None) -> None:
         parts = ([] if self._bank is None else [self._bank]) + self._pending
         pool = torch.cat(parts)
         self._pending, self._pending_rows = [], 0
-        keep = greedy_kcenter(pool, self.bank_size, generator=self._gen, selection_dim=self.selection_dim)
+        keep = greedy_kcenter(pool, size or self.bank_size, generator=self._gen, selection_dim=self.selection_dim)
         self._bank = pool[keep].clone()
         self.reductions += 1
 
+    @property
+    def target_rows(self) -> int:
+        """Rows of the final bank: ``bank_size``, or with ``fraction`` that share of every row seen (at most
+        ``bank_size``; at least one)."""
+        if self.fraction is None:
+            return self.bank_size
+        return max(1, min(self.bank_size, math.ceil(self.fraction * self.rows_seen)))
+
     def bank(self) -> Tensor:
-        """Final memory bank [min(bank_size, rows_seen), D]."""
-        if self._pending:
-            self._reduce()
+        """Final memory bank [min(target_rows, rows_seen), D]."""
+        held = self._pending_rows + (0 if self._bank is None else self._bank.shape[0])
+        if self._pending or held > self.target_rows:
+            # greedy k-center is nested (its first k picks do not depend on the final size): reducing
+            # a bank to the fraction after merge-and-reduce is the same rule applied once more
+            self._reduce(self.target_rows)
         if self._bank is None:
             raise ValueError("no features were added: the training set is empty")
         return self._bank

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +52,9 @@ Progress = Callable[[str], None]
 ONNX_FILE = "anomaly.onnx"
 SCORES_FILE = "report/scores.csv"
 _BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)
+InputSide = Literal["long", "short"]
+AnomalyBackbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+ImageScore = Literal["patch_max", "map_max", "topk_mean"]  # as lineguard_models.anomaly (torch-free import here)
 
 
 class TrainConfig(BaseModel):
@@ -62,11 +65,26 @@ class TrainConfig(BaseModel):
     product: str = Field("product", min_length=1, max_length=64, description="product name in the bundle")
     recipe: int = Field(0, ge=0, le=65535, description="PLC recipe number this bundle serves")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random choice")
-    input_size_px: int = Field(224, ge=32, le=2048, description="engine input long side (per tile), px")
+    input_size_px: int = Field(224, ge=32, le=2048, description="engine input size of the side named by "
+                               "input_side (per tile, aspect ratio kept), px")
+    input_side: InputSide = Field(
+        "short", description="which tile side gets input_size_px: short (long frames keep their detail, the long "
+        "side grows with the aspect ratio) or long (the whole frame fits in input_size_px)")
     tile_rows: int = Field(1, ge=1, le=16, description="tile rows")
     tile_cols: int = Field(1, ge=1, le=16, description="tile columns")
     tile_overlap_px: int = Field(0, ge=0, le=4096, description="tile overlap, image px")
-    bank_size: int = Field(1000, ge=16, le=65536, description="memory bank rows after coreset selection")
+    bank_size: int = Field(16384, ge=16, le=1_000_000, description="most memory bank rows after coreset selection")
+    bank_fraction: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="anomaly bank = this share of every training patch (greedy coreset), at "
+        "most bank_size rows; 1.0 = every patch; None = bank_size rows (docs/anomaly-model.md)")
+    backbone: AnomalyBackbone = Field("efficientnet_lite0", description="anomaly feature backbone (ImageNet weights)")
+    stages: tuple[str, ...] = Field(("stage3", "stage5"), min_length=1, max_length=4,
+                                    description="backbone stages of the anomaly patch features")
+    image_score: ImageScore = Field("patch_max", description="anomaly image score: patch_max, map_max or topk_mean")
+    score_top_k: int = Field(3, ge=1, le=4096, description="patches averaged when image_score is topk_mean")
+    bank_turns: Literal["auto", 1, 2, 4] = Field(
+        "auto", description="turned copies of each good image in the anomaly bank: auto = the four 90-degree turns "
+        "when the camera profile says rotate_90 (parts in any orientation), else none; 1, 2 (180 deg) or 4")
     max_good: int | None = Field(None, ge=1, description="most good images used for fitting (after hold-out)")
     max_defects_per_class: int | None = Field(None, ge=1, description="most defect images per class to calibrate")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share of good images held out")
@@ -115,14 +133,6 @@ class Scored:
     score: float
 
 
-def input_size_for(width: int, height: int, tiles: TileSpec, long_side_px: int) -> tuple[int, int]:
-    """(input_width, input_height): the tile's aspect ratio kept, both multiples of 32."""
-    _, _, tw, th = tile_regions(width, height, tiles)[0]
-    long_px = max(32, round(long_side_px / 32) * 32)
-    short_px = max(32, round(long_px * min(tw, th) / max(tw, th) / 32) * 32)
-    return (long_px, short_px) if tw >= th else (short_px, long_px)
-
-
 def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
     """Full scale of the camera: 255 for 8 bit; for 16-bit containers the smallest common bit depth
     (10/12/14/16) holding every training pixel, so a 12-bit camera is not scaled as if 16 bit."""
@@ -132,12 +142,25 @@ def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
     return next(v for v in _BIT_DEPTHS if v >= peak)
 
 
+def input_size_for_side(width: int, height: int, side_px: int, side: InputSide) -> tuple[int, int]:
+    """(input_width, input_height) of a ``width`` x ``height`` tile with its aspect ratio kept and
+    ``side_px`` on its ``side`` ("long" or "short"); both multiples of 32."""
+    side32 = max(32, round(side_px / 32) * 32)
+    long_, short_ = max(width, height), min(width, height)
+    if side == "long":
+        other = max(32, round(side32 * short_ / long_ / 32) * 32)
+    else:  # long frames keep their detail: the short side gets side_px, the long side grows with the aspect
+        other = max(32, round(side32 * long_ / short_ / 32) * 32)
+    return (side32, other) if (width >= height) == (side == "long") else (other, side32)
+
+
 def make_input_spec(ds: Dataset, train: Sequence[Sample], cfg: TrainConfig) -> InputSpec:
     tiles = TileSpec(rows=cfg.tile_rows, cols=cfg.tile_cols, overlap_px=cfg.tile_overlap_px)
     widths = sorted(w for w, _ in ds.sizes)
     heights = sorted(h for _, h in ds.sizes)
     w, h = widths[len(widths) // 2], heights[len(heights) // 2]
-    in_w, in_h = input_size_for(w, h, tiles, cfg.input_size_px)
+    _, _, tw, th = tile_regions(w, h, tiles)[0]
+    in_w, in_h = input_size_for_side(tw, th, cfg.input_size_px, cfg.input_side)
     fixed = len(ds.sizes) == 1
     return InputSpec(
         channels=ds.channels, dtype=ds.dtype, max_value=_max_value(ds, train),
@@ -339,9 +362,28 @@ def _camera_profile(path: Path | None, spec: InputSpec) -> CameraProfile | None:
     return profile
 
 
+def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
+    """The :class:`~lineguard_models.anomaly.AnomalyModelConfig` that ``train`` fits for ``cfg`` (one place,
+    so automatic configuration (``autoconfig.py``) and the folds score exactly what the bundle will hold)."""
+    from lineguard_models.anomaly import AnomalyModelConfig
+    from lineguard_models.backbone import BackboneConfig
+
+    turns = cfg.bank_turns
+    if turns == "auto":
+        profile = _camera_profile(cfg.camera_profile, spec)
+        turns = 4 if profile is not None and profile.rotate_90 else 1
+    fraction = cfg.bank_fraction
+    return AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
+                              backbone=BackboneConfig(kind=cfg.backbone, stages=cfg.stages),
+                              bank_size=cfg.bank_size, bank_fraction=fraction,
+                              buffer_rows=max(cfg.bank_size, AnomalyModelConfig().buffer_rows),
+                              image_score=cfg.image_score, score_top_k=cfg.score_top_k, bank_turns=turns,
+                              seed=cfg.seed, batch_size=cfg.batch_size)
+
+
 def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False) -> Bundle:
     """Train, export, calibrate and bundle. Returns the verified bundle at ``out``."""
-    from lineguard_models.anomaly import AnomalyModelConfig, batched, fit_anomaly_model
+    from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
 
     t0 = time.monotonic()
@@ -356,8 +398,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
              f"{len(defects)} defect images in {len(ds.defect_classes)} classes; "
              f"{'mono' if spec.channels == 1 else 'RGB'} {spec.dtype} (full scale {spec.max_value}), "
              f"input {spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles")
-    model_cfg = AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
-                                   bank_size=cfg.bank_size, seed=cfg.seed, batch_size=cfg.batch_size)
+    model_cfg = anomaly_model_config(cfg, spec)
     bank_aug = describe(profile, cfg.anomaly_bank, len(train_s))
     if bank_aug["applied"]:
         progress(f"anomaly bank: {bank_aug['copies_per_image']} camera-profile variants per good image "

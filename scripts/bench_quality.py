@@ -1,0 +1,231 @@
+"""Cross-dataset quality suite: the product's train -> calibration -> edge score path on every anomaly set.
+
+Data flow per (set, seed, config): ``quality_sets.make_split`` -> a symlink training folder under
+``/work/data/quality/folders`` (60 goods: the product fits 50 and holds 10 out; <= 20 defects per
+class) -> ``lineguard_models.pipeline.train`` (exactly ``lineguard train``: fit, ONNX export,
+calibration on ONNX Runtime scores, bundle) -> the edge's ``BundleRunner`` + ``decide`` on the test
+images (exactly ``lineguard score``, ONNX Runtime CPU, 2 threads) -> image AUROC, pixel AUROC (masks),
+verdict rates -> one JSON per (arm, config, set, seed) under ``/work/data/quality/results`` (runs
+resume and merge) -> ``--doc`` writes ``docs/benchmarks/quality.md`` from the JSON. The comparator arm
+(``plain_patchcore.py``) fits the same 50 goods and scores the same test images.
+
+Usage::
+
+    .venv/bin/python scripts/bench_quality.py --arms product,plain --seeds 0,1,2
+    .venv/bin/python scripts/bench_quality.py --latency --configs default,s320   # quiet machine
+    .venv/bin/python scripts/bench_quality.py --doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_sets as q
+
+BASE = Path("/work/data/quality")
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# named recipe settings: TrainConfig overrides (the defaults are "default")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "previous": {"input_side": "long", "bank_size": 1000, "bank_fraction": None, "stages": ("stage3", "stage4"),
+                 "image_score": "map_max"},
+    "long224": {"input_side": "long"},
+    "s320": {"input_size_px": 320},
+    "cs25": {"bank_fraction": 0.25},
+    "every_patch": {"bank_fraction": 1.0, "bank_size": 1_000_000},
+    "map_max": {"image_score": "map_max"},
+    "top3": {"image_score": "topk_mean", "score_top_k": 3},
+    "stages34": {"stages": ("stage3", "stage4")},
+    "lite1": {"backbone": "efficientnet_lite1"},
+    "lite2": {"backbone": "efficientnet_lite2"},
+    "turns4": {"bank_turns": 4},
+}
+
+
+def train_config(seed: int, name: str) -> Any:
+    from lineguard_models.pipeline import TrainConfig
+
+    base = q.split_config(seed).model_dump()
+    return TrainConfig.model_validate({**base, "golden_good": 1, "golden_defect": 1, **CONFIGS[name]})
+
+
+def _result_path(arm: str, cfg: str, name: str, seed: int) -> Path:
+    return BASE / "results" / (arm if arm == "plain" else f"{arm}_{cfg}") / f"{name}_s{seed}.json"
+
+
+def _load(sp: q.Split, item: q.Item, mono: bool) -> np.ndarray:
+    from lineguard_models.data import load_image
+
+    return load_image(sp.root / item.path, mono_from_rgb=mono)
+
+
+def _pixel_auroc(sp: q.Split, bundle: Any, mono: bool) -> float | None:
+    """Pixel AUROC over the test images when the set has masks (good images count as all-normal),
+    from the bundle's own graph through ``prepare`` and ``stitch_map`` (the edge's map), at 1/4 scale."""
+    from lineguard.preprocess import prepare, stitch_map
+    from lineguard_models.pipeline import cpu_session
+
+    if not any(i.mask for i in sp.test):
+        return None
+    m = bundle.manifest
+    sess = cpu_session(bundle.path(m.engines["anomaly"].file))
+    vals, truth = [], []
+    for it in sp.test:
+        img = _load(sp, it, mono)
+        batch, pl = prepare(img, m.input)
+        (maps,) = sess.run([m.engines["anomaly"].outputs["map"]], {"image": batch})
+        amap = stitch_map(maps.astype(np.float32), pl, img.shape[1], img.shape[0])
+        h, w = img.shape[0] // 4, img.shape[1] // 4
+        mask = np.zeros((h, w), bool)
+        if it.mask:
+            mask = cv2.resize(cv2.imread(str(sp.root / it.mask), cv2.IMREAD_GRAYSCALE), (w, h)) > 127
+        elif it.label != "good":
+            continue  # a defect without a mask cannot say which pixels are wrong
+        vals.append(cv2.resize(amap, (w, h), interpolation=cv2.INTER_AREA).ravel())
+        truth.append(mask.ravel())
+    v, t = np.concatenate(vals), np.concatenate(truth)
+    return q.auroc(v[~t], v[t])
+
+
+def run_product(name: str, seed: int, cfg: str) -> dict[str, Any]:
+    from lineguard.bundle import load_bundle
+    from lineguard.contracts import Frame
+    from lineguard.decision import DecisionPolicy, decide
+    from lineguard.engines.config import CpuProvider, OrtEngineConfig
+    from lineguard.engines.runner import BundleRunner
+    from lineguard_models.pipeline import train
+
+    sp = q.make_split(DATASETS, name, seed)
+    folder = q.build_folder(sp, BASE / "folders")
+    out = BASE / "bundles" / cfg / f"{name}_s{seed}"
+    log = (BASE / "logs" / f"train_{cfg}_{name}_s{seed}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with log.open("w") as f:
+        train(folder, out, train_config(seed, cfg), progress=lambda s: print(s, file=f, flush=True), overwrite=True)
+    train_s = time.monotonic() - t0
+    bundle = load_bundle(out)
+    policy = DecisionPolicy.from_manifest(bundle.manifest)
+    mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
+    ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=2)
+    scores, verdicts, labels, anomaly_ms = [], [], [], []
+    with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
+        runner.warmup()
+        for i, it in enumerate(sp.test):
+            res = runner.infer(_load(sp, it, mono))
+            frame = Frame(seq=i, part_id=i, t_capture_ns=0, image=np.zeros((0, 0), np.uint8), camera_id="q",
+                          source_ref=it.path)
+            verdicts.append(decide(res, frame, policy, t_decided_ns=0).verdict.label)
+            scores.append(res.anomaly_score)
+            labels.append(it.label != "good")
+            anomaly_ms.append(res.timings_ms["anomaly"])
+    s, y, v = np.array(scores), np.array(labels), np.array(verdicts)
+    prov = bundle.manifest.provenance
+    return {
+        "arm": "product", "config": cfg, "set": name, "seed": seed, "train_config": CONFIGS[cfg],
+        "image_auroc": q.auroc(s[~y], s[y]), "pixel_auroc": _pixel_auroc(sp, bundle, mono),
+        "n_test_good": int((~y).sum()), "n_test_defect": int(y.sum()),
+        "automated": float(np.isin(v, ["accept", "reject"]).mean()),
+        "escape": float((v[y] == "accept").mean()), "false_reject": float((v[~y] == "reject").mean()),
+        "recheck": float((v == "recheck").mean()),
+        "lower": bundle.manifest.thresholds.lower, "upper": bundle.manifest.thresholds.upper,
+        "train_s": round(train_s, 1), "bank_rows": prov["bank_rows"],
+        "input_wh": [bundle.manifest.input.input_width, bundle.manifest.input.input_height],
+        "anomaly_ms_p50_under_load": float(np.median(anomaly_ms)), "loadavg": os.getloadavg()[0],
+    }
+
+
+def run_plain(name: str, seed: int) -> dict[str, Any]:
+    from plain_patchcore import PlainPatchCore
+
+    from lineguard_models.data import load_image, scan_dataset
+
+    sp = q.make_split(DATASETS, name, seed)
+    folder = q.build_folder(sp, BASE / "folders")
+    mono = scan_dataset(folder).mono_from_rgb
+    model = PlainPatchCore()
+    t0 = time.monotonic()
+    model.fit([load_image(p, mono_from_rgb=mono) for p in q.fit_goods(sp, folder, seed)])
+    fit_s = time.monotonic() - t0
+    s = np.array([model.score(_load(sp, it, mono)) for it in sp.test])
+    y = np.array([it.label != "good" for it in sp.test])
+    assert model.bank is not None
+    return {"arm": "plain", "set": name, "seed": seed, "image_auroc": q.auroc(s[~y], s[y]),
+            "bank_rows": int(model.bank.shape[0]), "fit_s": round(fit_s, 1),
+            "score_s_per_image": round((time.monotonic() - t0 - fit_s) / len(s), 3)}
+
+
+def latency(name: str, cfg: str, runs: int = 200) -> dict[str, Any]:
+    """Engine p50/p90 of the seed-0 bundle's anomaly engine through the edge runner, 2 threads."""
+    from lineguard.bundle import load_bundle
+    from lineguard.engines.config import CpuProvider, OrtEngineConfig
+    from lineguard.engines.runner import BundleRunner
+
+    sp = q.make_split(DATASETS, name, 0)
+    bundle = load_bundle(BASE / "bundles" / cfg / f"{name}_s0")
+    mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
+    img = _load(sp, sp.test[0], mono)
+    ms = []
+    load0 = os.getloadavg()[0]
+    ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=2)
+    with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
+        for _ in range(20):
+            runner.infer(img)
+        for _ in range(runs):
+            ms.append(runner.infer(img).timings_ms["anomaly"])
+    return {"set": name, "config": cfg, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+            "runs": runs, "loadavg_before": load0, "loadavg_after": os.getloadavg()[0],
+            "onnx_mb": round(bundle.path(bundle.manifest.engines["anomaly"].file).stat().st_size / 1e6, 2),
+            "bank_rows": bundle.manifest.provenance["bank_rows"],
+            "input_wh": [bundle.manifest.input.input_width, bundle.manifest.input.input_height]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default=",".join(q.SETS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default="product,plain")
+    ap.add_argument("--configs", default="default")
+    ap.add_argument("--latency", action="store_true", help="time the seed-0 bundles instead of running arms")
+    ap.add_argument("--doc", action="store_true", help="write docs/benchmarks/quality.md from the JSON")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    if a.doc:
+        from quality_doc import write_doc
+
+        write_doc(BASE / "results", Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "quality.md")
+        return
+    for cfg in a.configs.split(","):
+        for name in a.sets.split(","):
+            if a.latency:
+                path = BASE / "results" / "latency" / f"{name}_{cfg}.json"
+                res = latency(name, cfg)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(res, indent=1))
+                print(json.dumps(res), flush=True)
+                continue
+            for seed in map(int, a.seeds.split(",")):
+                for arm in a.arms.split(","):
+                    path = _result_path(arm, cfg, name, seed)
+                    if path.exists():
+                        continue
+                    res = run_product(name, seed, cfg) if arm == "product" else run_plain(name, seed)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(res, indent=1))
+                    print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
