@@ -16,6 +16,11 @@ What is sent (:func:`classify`): rechecks and fail-safes (``uncertain``), reject
 class (``unknown_defect``), rejects just above the reject threshold (``near_reject``: the likely
 false rejects, rate-limited), and an ``audit`` share of the remaining confident verdicts.
 
+"Sent" (``lineguard_publisher_sent_total``) means handed to the local ZeroMQ socket: PUSH/PULL has
+no reply, so the edge cannot know whether the sink stored a message or refused it (malformed,
+quota, a full or failing disk). The sink's own metrics (``lineguard_sink_stored_total``,
+``lineguard_sink_rejected_total{reason}``) and its once-per-episode log say that (docs/metrics.md).
+
 The queue holds references to the frame's image, not copies: sources hand over images they no
 longer write to (contracts.Frame), so the inspection thread pays no copy.
 """
