@@ -150,6 +150,7 @@ class InspectionService:
         self._threads: list[threading.Thread] = []
         self._beat = {"acquisition": time.monotonic(), "inspection": time.monotonic()}
         self._source_snap: SourceStatsSnapshot | None = None
+        self._record_lock = threading.Lock()  # _record runs on the acquisition and inspection threads
         self.changeover: ChangeoverController | None = None  # set by from_config when configured
         self.verifier = line_verifier(cfg)  # the line's one signature policy: start, reload, swaps
 
@@ -287,6 +288,8 @@ class InspectionService:
         self.metrics.set_execution_provider(engine="anomaly", provider=self._active.runner.provider)
 
     def _open_source(self) -> None:
+        # the baseline of the counter deltas: what the source counts from its first frame on is exported
+        self._source_snap = self.source.stats.snapshot()
         self.source.open()
 
     def _start_threads(self) -> None:
@@ -328,7 +331,20 @@ class InspectionService:
                 self.stats.queue_drops += 1
                 self.metrics.drops_total.labels(reason="queue_full").inc()
                 self._emit(failsafe_decision(frame, self.bundle.bundle_id, "queue_full"), frame, None)
+        self._answer_pending_at_stop()
         self._beat["acquisition"] = float("inf")  # a finished replay is not a wedged loop
+
+    def _answer_pending_at_stop(self) -> None:
+        """Parts the source already knows of (ids of a gap, a frame queued behind them) are parts
+        too: at shutdown each gets its fail-safe instead of vanishing with the source."""
+        for frame in self.source.take_pending():
+            self.stats.frames += 1
+            self.metrics.frame_arrived()
+            self.plc.expect(frame.part_id, frame.t_capture_ns)
+            if frame.fault:
+                self._answer_fault_frame(frame)
+            else:
+                self._emit(failsafe_decision(frame, self.bundle.bundle_id, "shutdown"), frame, None)
 
     def _answer_fault_frame(self, frame: Frame) -> None:
         """A part without a usable image (unreadable, incomplete, missing id): fail-safe now,
@@ -391,6 +407,10 @@ class InspectionService:
             self.changeover.observe(d, frame)
 
     def _record(self, d: Decision) -> None:
+        with self._record_lock:
+            self._record_locked(d)
+
+    def _record_locked(self, d: Decision) -> None:
         s = self.stats
         s.decided += 1
         s.last_decided_ns = d.t_decided_ns

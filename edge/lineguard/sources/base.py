@@ -161,6 +161,9 @@ class Source(Protocol):
     def frames(self, *, timeout_s: float = 1.0, stop: threading.Event | None = None) -> Iterator[Frame]:
         """Frames until ``stop`` is set or the source finishes; timeouts are skipped."""
 
+    def take_pending(self) -> list[Frame]:
+        """Frames already known (a gap, a fault) but not yet read: at shutdown they still need a verdict."""
+
     def close(self) -> None: ...
 
 
@@ -206,12 +209,22 @@ class BaseSource:
 
     def read(self, timeout_s: float) -> Frame | None:
         """Frames a gap or a fault queued come first, in id order; then the back-end's next one."""
-        if self._pending:
-            return self._pending.popleft()
-        return self._read(timeout_s)
+        frame = self._pending.popleft() if self._pending else self._read(timeout_s)
+        if frame is not None:  # counted when delivered: frames a gap queued are counted as they go out
+            with self.stats._lock:
+                self.stats.frames += 1
+                self.stats.last_frame_ns = frame.t_capture_ns
+        return frame
 
     def _read(self, timeout_s: float) -> Frame | None:
         raise NotImplementedError
+
+    def take_pending(self) -> list[Frame]:
+        frames = list(self._pending)
+        self._pending.clear()
+        with self.stats._lock:
+            self.stats.frames += len(frames)
+        return frames
 
     def close(self) -> None:
         raise NotImplementedError
@@ -297,7 +310,7 @@ class BaseSource:
         fault: str = "",
         fault_detail: str = "",
     ) -> Frame:
-        """Number the frame, ask for its part id and count it."""
+        """Number the frame and ask for its part id (``read`` counts it when it goes out)."""
         seq = self._seq
         self._seq += 1
         frame = Frame(
@@ -312,9 +325,6 @@ class BaseSource:
             fault=fault,
             fault_detail=fault_detail,
         )
-        with self.stats._lock:
-            self.stats.frames += 1
-            self.stats.last_frame_ns = t_capture_ns
         return frame
 
     def frames(self, *, timeout_s: float = 1.0, stop: threading.Event | None = None) -> Iterator[Frame]:

@@ -7,9 +7,12 @@ that fails is closed and reopened with exponential backoff inside ``read`` (coun
 ``stats.reconnects``); the process never has to restart for a cable pull.
 
 Identity: ``Frame.frame_id`` is the producer's frame (block) id. An incomplete or unusable buffer
-is that part: it becomes an ``incomplete_frame`` fault frame under its frame id (harvesters
-discards an incomplete buffer inside ``try_fetch`` and only fires INCOMPLETE_BUFFER; the id is read
-from the buffer it discarded, else taken as the next expected id). Ids missing between two buffers
+is that part: it becomes an ``incomplete_frame`` fault frame under its frame id. harvesters
+discards an incomplete buffer inside ``try_fetch``: it queues it back and only then fires
+INCOMPLETE_BUFFER, when GenTL no longer lets anyone read the buffer's info (viky: "buffer ... is
+currently owned by the acquisition engine"), so the id is the next expected one; producers deliver
+in id order, so it is exact unless ids were also dropped right before it (then the two reasons
+may be swapped between those ids; counts and part ids stay right). Ids missing between two buffers
 (dropped by the producer or the network) become ``missing_frame`` fault frames, bounded by
 ``max_gap_failsafes`` per gap. A reopen starts a new id baseline; ids going backwards without a
 reopen are a counter reset (logged, counted), never a gap. Parts triggered while the camera was
@@ -33,14 +36,14 @@ from typing import Any
 import numpy as np
 from genicam.genapi import GenericException as GenApiError
 from genicam.gentl import GenericException as GenTLError
-from harvesters.core import Harvester, ImageAcquirer
+from harvesters.core import Callback, Harvester, ImageAcquirer
 
 from lineguard.contracts import Frame
 from lineguard.errors import ImageError, SourceError
 from lineguard.sources import pixels
 from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
 from lineguard.sources.config import GenICamSourceConfig
-from lineguard.sources.genicam_nodes import configure_device, describe_node_map
+from lineguard.sources.genicam_nodes import configure_device, describe_node_map, read_settings
 from lineguard.sources.identity import INCOMPLETE_FRAME
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,6 @@ DEVICE_ERRORS: tuple[type[BaseException], ...] = (GenTLError, GenApiError, Index
 # harvesters.create() reports "no such device" as ValueError; a reopen may also fail our checks.
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, ValueError)
 _REOPEN_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, SourceError)
-_DISCARDED_ID_ERRORS: tuple[type[BaseException], ...] = (*DEVICE_ERRORS, TypeError, ValueError, KeyError)
 
 
 def viky_cti_path() -> Path | None:
@@ -161,17 +163,20 @@ def select_device(devices: list[DeviceDescription], *, serial: str | None, model
     return matches[0].index
 
 
-class _IncompleteCounter:
+class _IncompleteCounter(Callback):  # type: ignore[misc]  # harvesters is untyped
     """harvesters' INCOMPLETE_BUFFER callback: it queues the buffer back itself, we count and
-    answer the part (``on_incomplete`` runs on the reading thread, inside ``try_fetch``)."""
+    answer the part (``on_incomplete`` runs on the reading thread, inside ``try_fetch``).
 
-    def __init__(self, on_incomplete: Callable[[], None]) -> None:
+    It must subclass harvesters' ``Callback``: harvesters raises TypeError from ``try_fetch`` for
+    any other object, which would end the acquisition loop at the first incomplete buffer."""
+
+    def __init__(self, on_incomplete: Callable[[object | None], None]) -> None:
         self._on_incomplete = on_incomplete
         self.count = 0
 
-    def emit(self, context: object | None = None) -> None:
+    def emit(self, context: object | None = None) -> None:  # harvesters passes its ImageAcquirer
         self.count += 1
-        self._on_incomplete()
+        self._on_incomplete(context)
 
 
 class GenICamSource(BaseSource):
@@ -219,6 +224,21 @@ class GenICamSource(BaseSource):
             self._ia.remote_device.node_map.TriggerSoftware.execute()
         except DEVICE_ERRORS as exc:
             raise SourceError(f"software trigger failed: {exc}") from exc
+
+    @property
+    def last_frame_id(self) -> int | None:
+        """The producer's frame id of the last frame read (None before the first, or without ids)."""
+        return self._ids.last
+
+    def camera_settings(self) -> dict[str, Any]:
+        """The camera's current imaging settings read back from it (``lineguard capture`` sidecars)."""
+        if self._ia is None:
+            return {}
+        try:
+            return read_settings(self._ia.remote_device.node_map)
+        except DEVICE_ERRORS as exc:  # a camera lost mid-capture: the frame is still good
+            log.warning("camera %s: cannot read its settings back: %s", self.camera_id, exc)
+            return {}
 
     def _open_device(self) -> None:
         cfg = self._cfg
@@ -331,12 +351,11 @@ class GenICamSource(BaseSource):
             return self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=t_capture_ns, frame_id=frame_id, detail=problem)
         return self._emit(image, t_capture_ns=t_capture_ns, camera_timestamp_ns=camera_ts, frame_id=frame_id)
 
-    def _on_incomplete(self) -> None:
+    def _on_incomplete(self, _acquirer: object | None) -> None:
         """harvesters discarded an incomplete buffer inside try_fetch: answer that part now."""
         self.stats.add(incomplete=1)
-        frame_id = _discarded_frame_id(self._ia)
-        if frame_id is None:
-            frame_id = self._ids.expected()  # producers deliver in id order: the next one it was
+        # The buffer is back with the producer, its info unreadable: the next id in order is the one.
+        frame_id = self._ids.expected()
         log.warning("camera %s: incomplete buffer (frame id %s), fail-safe", self.camera_id, frame_id)
         frame = self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=time.monotonic_ns(), frame_id=frame_id,
                                  detail="the producer delivered the buffer incomplete")
@@ -404,18 +423,4 @@ def _buffer_frame_id(buffer: Any) -> int | None:
     try:
         return int(buffer.module.frame_id)
     except DEVICE_ERRORS:
-        return None
-
-
-def _discarded_frame_id(ia: Any) -> int | None:
-    """The frame id of the buffer harvesters just discarded as incomplete, or None.
-
-    harvesters (1.4) queues the buffer back and fires INCOMPLETE_BUFFER without handing it over;
-    the buffer is still its event monitor's current buffer and its frame id still readable. That
-    is harvesters' private state, so anything unexpected falls back to None (the caller then takes
-    the next expected id)."""
-    try:
-        monitors = list(ia._new_buffer_event_monitor_dict.values())
-        return int(monitors[0].buffer.frame_id) if len(monitors) == 1 else None
-    except _DISCARDED_ID_ERRORS:
         return None
