@@ -91,6 +91,7 @@ class DecisionLog:
         self._fd: int | None = None
         self._size = 0
         self._regular = True  # set on open: only a regular file is rotated
+        self._next_retry = 0.0  # monotonic time of the next write attempt during a fault
         self._episode = FaultEpisode(log, f"decision log {path}")
         self._deferred = 0  # lines that waited in the backlog during the current episode
         self._lost_at_start = 0  # self.lost when the current episode started
@@ -112,6 +113,11 @@ class DecisionLog:
     @property
     def fault_episodes(self) -> int:
         return self._episode.episodes
+
+    @property
+    def failed_attempts(self) -> int:
+        """Write attempts that failed in the current (or last) fault episode."""
+        return self._episode.failures
 
     def write(self, d: Decision, extra: Mapping[str, Any] | None = None) -> None:
         """Queue one line for ``d`` (``extra`` keys are added to the record); never blocks nor raises."""
@@ -149,8 +155,10 @@ class DecisionLog:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            # During a fault new lines are taken in as they come, but the disk is tried once per retry_ms.
+            timeout = max(0.001, self._next_retry - time.monotonic()) if self._episode.active else 0.5
             try:
-                item = self._q.get(timeout=self._retry_s if self._episode.active else 0.5)
+                item = self._q.get(timeout=timeout)
             except queue.Empty:
                 item = None
             batch = [item] if item is not None else []
@@ -165,7 +173,8 @@ class DecisionLog:
                 elif isinstance(it, _Entry):
                     self._enqueue(it)
             self._m.backlog_lines.set(len(self._backlog))
-            if self._backlog:
+            retry_due = not self._episode.active or time.monotonic() >= self._next_retry
+            if self._backlog and (retry_due or stopping):  # stopping: one last try, whenever it is
                 self._flush()
         self._report_at_close()
 
@@ -184,7 +193,8 @@ class DecisionLog:
         record["t_utc"] = e.t_utc
         if e.extra:
             record.update(e.extra)
-        self._backlog.append((json.dumps(record) + "\n").encode())
+        # default=str: an odd value in ``extra`` must cost its readability, not the writer thread
+        self._backlog.append((json.dumps(record, default=str) + "\n").encode())
         if self._episode.active:
             self._deferred += 1
 
@@ -216,6 +226,7 @@ class DecisionLog:
 
     def _on_fault(self, exc: OSError) -> None:
         self._close_fd()  # reopen on retry: the folder may have been remounted or replaced
+        self._next_retry = time.monotonic() + self._retry_s
         self._m.backlog_lines.set(len(self._backlog))
         detail = f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror or exc}"
         consequence = (f"verdicts still go to the PLC; keeping up to {self._backlog_max} lines in memory and "
