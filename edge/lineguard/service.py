@@ -403,7 +403,9 @@ class InspectionService:
             self.publisher.offer(d, frame, anomaly_map, thresholds=self._active.thresholds)
         self.decision_log.write(d)
         self._record(d)
-        if self.changeover is not None:  # O(1) hand-off: rollback watch and shadow candidate
+        # O(1) hand-off: rollback watch and shadow candidate; a picture the camera or a file never
+        # delivered says nothing about the bundle, so it must not count toward a rollback
+        if self.changeover is not None and not frame.fault:
             self.changeover.observe(d, frame)
 
     def _record(self, d: Decision) -> None:
