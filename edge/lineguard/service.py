@@ -40,13 +40,14 @@ from lineguard.drift import DriftMonitor
 from lineguard.engines import BundleRunner, run_golden
 from lineguard.errors import LineGuardError, SelfTestError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
-from lineguard.plc import NullPlcLink, PlcConfig, PlcLink
+from lineguard.plc import NullPlcLink, PlcConfig, PlcLink, PlcOutcome
 from lineguard.publisher import Publisher, build_publisher
 from lineguard.sources import Source, SourceStatsSnapshot, build_source
 from lineguard.systemd import Notifier
 
 log = logging.getLogger(__name__)
 ENGINE_STAGES = ("preprocess", "inference")  # runner timings exported as stage latency
+FINISH_ACK_TIMEOUT_S = 5.0  # run --until-finished: how long the PLC may acknowledge nothing at the end
 
 
 def warm_up_and_self_test(runner: BundleRunner, bundle: Bundle) -> None:
@@ -153,6 +154,9 @@ class InspectionService:
         self._record_lock = threading.Lock()  # _record runs on the acquisition and inspection threads
         self.changeover: ChangeoverController | None = None  # set by from_config when configured
         self.verifier = line_verifier(cfg)  # the line's one signature policy: start, reload, swaps
+        # the decision log gets each part once, from the PLC link, when it knows what the PLC got
+        self.plc.set_record_sink(self._log_record)
+        self._t_judged_ns: int | None = None  # when finished() first saw every frame judged
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -401,12 +405,15 @@ class InspectionService:
         self.plc.submit(d)
         if not d.failsafe:  # the publisher picks uncertain frames and the audit sample itself
             self.publisher.offer(d, frame, anomaly_map, thresholds=self._active.thresholds)
-        self.decision_log.write(d)
         self._record(d)
         # O(1) hand-off: rollback watch and shadow candidate; a picture the camera or a file never
         # delivered says nothing about the bundle, so it must not count toward a rollback
         if self.changeover is not None and not frame.fault:
             self.changeover.observe(d, frame)
+
+    def _log_record(self, d: Decision, plc: PlcOutcome) -> None:
+        """Record sink of the PLC link: one decision-log line per part, saying what the PLC got."""
+        self.decision_log.write(d, {"plc": plc.value})
 
     def _record(self, d: Decision) -> None:
         with self._record_lock:
@@ -448,13 +455,22 @@ class InspectionService:
         now = time.monotonic()
         return all(now - beat < budget for beat in self._beat.values())
 
-    def finished(self) -> bool:
-        """True when the source is exhausted, every frame is judged and the PLC holds every result."""
+    def finished(self, ack_timeout_s: float = FINISH_ACK_TIMEOUT_S) -> bool:
+        """True when the source is exhausted, every frame is judged, and then either the PLC holds
+        (has acknowledged) every result or no result reached it for ``ack_timeout_s``; ``stop()``
+        then logs what is left as ``unsent`` / ``unacknowledged``."""
         judged = not self._threads[0].is_alive() and self._queue.empty() and self.stats.decided >= self.stats.frames
-        if not judged or not isinstance(self.plc, PlcLink):
-            return judged
+        if not judged:
+            return False
+        now = time.monotonic_ns()
+        if self._t_judged_ns is None:
+            self._t_judged_ns = now
+        if not isinstance(self.plc, PlcLink):
+            return True
         h = self.plc.health()
-        return h.inbox + h.queued_results == 0 or not h.connected
+        if h.inbox + h.queued_results == 0:
+            return True
+        return now - max(self._t_judged_ns, h.t_last_progress_ns) >= ack_timeout_s * 1e9
 
     def _export_source_stats(self) -> None:
         """Camera counters -> metrics and the PLC's camera_ok bit (main thread, once per tick)."""
@@ -482,10 +498,12 @@ class InspectionService:
             log.error("inspection stalled: %s", {k: round(time.monotonic() - v, 2) for k, v in self._beat.items()})
             self.plc.set_status(fault=True)
 
-    def run_forever(self, stop: threading.Event, *, until_finished: bool = False) -> None:
+    def run_forever(
+        self, stop: threading.Event, *, until_finished: bool = False, ack_timeout_s: float = FINISH_ACK_TIMEOUT_S
+    ) -> None:
         period = Notifier.watchdog_interval_s() or 0.5
-        while not stop.wait(min(period, 0.5)):
+        while not stop.wait(min(period, 0.5 if not until_finished else 0.1)):
             self.supervise_once()
-            if until_finished and self.finished():
+            if until_finished and self.finished(ack_timeout_s):
                 break
 

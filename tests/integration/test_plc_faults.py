@@ -44,6 +44,7 @@ def test_plc_absent_at_start() -> None:
         time.sleep(0.3)
         assert not link.health().connected and link.health().t_lost_ns is not None
         sim.online()
+        assert sim.wait_until(lambda: link.health().connected, 5.0)
         assert settle(link, 5.0)
         feed(link, range(21, 31), period_s=0.005)
         assert settle(link, 5.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.plc.book import Outcome, ResultBook
+from lineguard.plc.book import LATE_VERDICT_WAIT_NS, Outcome, PlcOutcome, ResultBook
 from lineguard.plc.regmap import FLAG_DEADLINE_FAILSAFE, FLAG_DECISION_FAILSAFE
 
 MS = 1_000_000
@@ -149,3 +149,81 @@ def test_numbering_continues_after_the_plc_value() -> None:
     b.submit(_dec(1), 0, 0)
     r = b.to_write()
     assert r is not None and r.seq == 1
+
+
+# ---- one record per part: what the PLC got (the decision log's plc field) ------------------------
+def _records(b: ResultBook) -> dict[int, tuple[PlcOutcome, bool]]:
+    """part_id -> (outcome, has a decision); fails on a second record for a part."""
+    out: dict[int, tuple[PlcOutcome, bool]] = {}
+    for r in b.take_done():
+        assert r.part_id not in out, r
+        out[r.part_id] = (r.plc, r.decision is not None)
+    return out
+
+
+def test_every_part_gets_exactly_one_record() -> None:
+    b = _book(capacity=2)
+    for pid in (1, 2, 3):
+        b.expect(pid, 0)
+        b.submit(_dec(pid), 10 * MS, 10 * MS)  # 3 overflows the buffer of 2
+    r1 = b.to_write()
+    assert r1 is not None
+    b.mark_written(r1.seq)
+    assert _records(b) == {3: (PlcOutcome.OVERFLOW, True)}  # 1 waits for its ack
+    b.ack(r1.seq)
+    r2 = b.to_write()
+    assert r2 is not None
+    b.drop_head(r2.seq)  # the PLC refused it
+    assert _records(b) == {1: (PlcOutcome.WRITTEN, True), 2: (PlcOutcome.PLC_REJECTED, True)}
+    assert b.take_done() == []
+
+
+def test_deadline_failsafe_record_carries_the_late_verdict() -> None:
+    b = _book()
+    b.expect(1, 0)
+    b.expect(2, 0)
+    b.expire(100 * MS)
+    _drain(b)
+    assert _records(b) == {}  # both fail-safes reached the PLC; the records wait for the verdicts
+    b.submit(_dec(1, Verdict.REJECT), 150 * MS, 150 * MS)
+    [rec] = b.take_done()
+    assert (rec.part_id, rec.plc, rec.decision is not None) == (1, PlcOutcome.FAILSAFE_DEADLINE, True)
+    assert rec.decision is not None and rec.decision.verdict is Verdict.REJECT
+    b.expire(100 * MS + LATE_VERDICT_WAIT_NS)  # part 2's verdict never comes: logged without one
+    assert _records(b) == {2: (PlcOutcome.FAILSAFE_DEADLINE, False)}
+    b.submit(_dec(2), 100 * MS + LATE_VERDICT_WAIT_NS + 1, 100 * MS + LATE_VERDICT_WAIT_NS + 1)
+    assert b.take_done() == []  # too late even for the log: never a second record
+
+
+def test_link_down_results_past_their_deadline_are_never_written_late() -> None:
+    b = _book()
+    for pid in (1, 2, 3):
+        b.expect(pid, pid * 10 * MS)  # deadlines 110, 120, 130 ms
+        b.submit(_dec(pid), pid * 10 * MS, pid * 10 * MS)
+    r1 = b.to_write()
+    assert r1 is not None
+    b.mark_written(r1.seq)
+    b.connection_lost()
+    assert b.drop_stale(115 * MS) == {PlcOutcome.UNACKNOWLEDGED: 1}  # on the wire before the loss
+    assert b.drop_stale(125 * MS) == {PlcOutcome.MISSED_DEADLINE: 1}
+    r3 = b.to_write()
+    assert r3 is not None and r3.part_id == 3  # still within its deadline: written after the reconnect
+    assert _records(b) == {1: (PlcOutcome.UNACKNOWLEDGED, True), 2: (PlcOutcome.MISSED_DEADLINE, True)}
+
+
+def test_drain_records_what_is_still_buffered() -> None:
+    b = _book()
+    b.expect(9, 0)
+    b.expire(100 * MS)  # part 9: fail-safe queued, verdict never came
+    for pid in (1, 2):
+        b.submit(_dec(pid), 0, 0)
+    r = b.to_write()
+    assert r is not None
+    b.mark_written(r.seq)
+    assert b.drain() == {PlcOutcome.UNACKNOWLEDGED: 1, PlcOutcome.UNSENT: 2}
+    assert _records(b) == {
+        9: (PlcOutcome.UNACKNOWLEDGED, False),
+        1: (PlcOutcome.UNSENT, True),
+        2: (PlcOutcome.UNSENT, True),
+    }
+    assert b.queued == 0 and b.waiting_records == 0

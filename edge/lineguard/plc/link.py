@@ -24,9 +24,10 @@ from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision
 from lineguard.plc.api import PlcHealth, PlcLinkLike, RecordSink
-from lineguard.plc.book import Event, Outcome, PartRecord, PlcOutcome, ResultBook
+from lineguard.plc.book import Event, Outcome, PlcOutcome, ResultBook
 from lineguard.plc.config import PlcConfig
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
+from lineguard.plc.ledger import PartLedger
 from lineguard.plc.metrics import PlcMetrics
 from lineguard.plc.recorder import FaultEpisodes, FlightRecorder, Throttle
 from lineguard.plc.regmap import STATUS_BITS, PlcResult, RegisterMap, status_word
@@ -37,7 +38,6 @@ TRIGGER_BACKLOG = 256  # announced part ids not yet taken by poll_trigger(); dro
 _MS = 1_000_000
 EPISODE_QUIET_NS = 1_000_000_000  # healthy this long with no new fault ends a fault episode
 ACK_OVERDUE_NS = 1_000_000_000  # a written result not acknowledged this long is a fault
-DELIVERED = (PlcOutcome.WRITTEN, PlcOutcome.FAILSAFE_DEADLINE)
 
 
 class PlcLink:
@@ -58,8 +58,9 @@ class PlcLink:
         self._m = metrics
         self._clock = clock_ns
         self._map = RegisterMap(cfg=cfg.registers)
+        self._book_deadline_ns = int(cfg.deadline_ms * _MS)
         self._book = ResultBook(
-            deadline_ns=int(cfg.deadline_ms * _MS),
+            deadline_ns=self._book_deadline_ns,
             failsafe_verdict=cfg.failsafe_code,
             capacity=cfg.result_buffer_size,
             acknowledged=cfg.handshake == "acknowledged",
@@ -93,11 +94,10 @@ class PlcLink:
         self._reconnects = 0
         self._episodes = FaultEpisodes(recorder=recorder, logger=log, quiet_ns=EPISODE_QUIET_NS)
         self._throttle = Throttle(log)
-        self._sink: RecordSink | None = None
-        self._t_progress_ns = clock_ns()
+        self._ledger = PartLedger(
+            metrics=metrics, failsafe_verdict=cfg.failsafe_code, deadline_ns=self._book_deadline_ns, clock_ns=clock_ns
+        )
         self._t_head_written_ns: int | None = None
-        self.outcomes: dict[str, int] = {}  # PlcOutcome value -> parts (read after stop())
-        self.left_at_stop: dict[str, int] = {}  # results still buffered when the link stopped
 
     @classmethod
     def from_config(cls, cfg: PlcConfig, *, metrics_registry: CollectorRegistry | None = None) -> PlcLink:
@@ -136,7 +136,17 @@ class PlcLink:
 
     def set_record_sink(self, sink: RecordSink) -> None:
         """Where each part's record goes (the decision log); set before start()."""
-        self._sink = sink
+        self._ledger.sink = sink
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Parts by what the PLC got (PlcOutcome value); complete after stop()."""
+        return self._ledger.outcomes
+
+    @property
+    def left_at_stop(self) -> dict[str, int]:
+        """Results still buffered when the link stopped, by outcome (unsent / unacknowledged)."""
+        return self._ledger.left_at_stop
 
     def expect(self, part_id: int, t_trigger_ns: int) -> None:
         """A part was triggered at ``t_trigger_ns`` (monotonic); its deadline starts now."""
@@ -198,7 +208,7 @@ class PlcLink:
             inbox = len(self._inbox)
         return PlcHealth(
             waiting_records=self._book.waiting_records,
-            t_last_progress_ns=self._t_progress_ns,
+            t_last_progress_ns=self._ledger.t_progress_ns,
             fault_episodes=self._episodes.count,
             connected=self._t.connected,
             t_lost_ns=self._t_lost_ns,
@@ -273,27 +283,7 @@ class PlcLink:
             self._throttle.flush()
 
     def _flush_records(self) -> None:
-        """Each part's record to the sink (decision log), counted by what the PLC got."""
-        for rec in self._book.take_done():
-            self.outcomes[rec.plc.value] = self.outcomes.get(rec.plc.value, 0) + 1
-            self._m.part_outcomes.labels(plc=rec.plc.value).inc()
-            if rec.plc in DELIVERED:
-                self._t_progress_ns = self._clock()
-            sink = self._sink
-            if sink is None:
-                continue
-            try:
-                sink(rec.decision or self._no_verdict(rec), rec.plc)
-            except Exception:  # a broken sink must not stop the writer: the PLC comes first
-                log.exception("record sink failed for part %d", rec.part_id)
-
-    def _no_verdict(self, rec: PartRecord) -> Decision:
-        """The decision-log entry of a part that got a deadline fail-safe and no verdict at all."""
-        return Decision(
-            seq=0, part_id=rec.part_id, verdict=self.cfg.failsafe_code, anomaly_score=float("nan"),
-            bundle_id="", camera_id="", t_capture_ns=rec.t_deadline_ns - int(self.cfg.deadline_ms * _MS),
-            t_decided_ns=rec.t_deadline_ns, reasons=("deadline", "no verdict arrived"), failsafe=True,
-        )
+        self._ledger.flush(self._book.take_done())
 
     def _drain_at_stop(self) -> None:
         counts = self._book.drain()
@@ -301,13 +291,7 @@ class PlcLink:
         self._m.unacked.set(0)
         self._episodes.end(self._clock(), "link stopped")
         self._throttle.flush()
-        self.left_at_stop = {k.value: v for k, v in counts.items()}
-        if counts:
-            detail = ", ".join(f"{k} {v}" for k, v in self.left_at_stop.items())
-            log.warning(
-                "PLC link stopped with %d result(s) the PLC never acknowledged (%s); each is in the decision "
-                "log with that plc outcome", sum(counts.values()), detail
-            )
+        self._ledger.report_stop(counts)
 
     def _handle(self, kind: str, payload: object, t_ns: int, now: int) -> None:
         if kind == "expect":

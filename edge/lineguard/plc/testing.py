@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.plc.config import PlcConfig, TcpTransportConfig
 from lineguard.plc.book import PlcOutcome
+from lineguard.plc.config import PlcConfig, TcpTransportConfig
 from lineguard.plc.link import PlcLink
 from lineguard.plc.sim import PlcSimulator
 
