@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from lineguard.changeover.signing import (
     SignatureError,
     SignatureVerifier,
     generate_key,
+    key_id,
     load_private_key,
     public_key_text,
+    public_raw,
     sign_bundle,
 )
 
@@ -85,3 +89,39 @@ def test_generated_key_is_private_and_never_overwritten(tmp_path: Path) -> None:
     assert public_key_text(load_private_key(path)) == public_key_text(key)
     with pytest.raises(FileExistsError):
         generate_key(path)
+
+
+def test_check_names_the_key_entry_and_fingerprint(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    root = _bundle(tmp_path)
+    sign_bundle(root, key)
+    verifier = SignatureVerifier.from_texts([public_key_text(Ed25519PrivateKey.generate()), public_key_text(key)],
+                                            allow_unsigned=False, keys_field="bundle.trusted_keys")
+    check = verifier.verify(root)
+    raw = public_raw(key.public_key())
+    assert check.describe() == (f"signed by key {key_id(raw)} (bundle.trusted_keys[1], sha256 fingerprint "
+                                f"{hashlib.sha256(raw).hexdigest()})")
+
+
+def test_refusals_name_the_config_field_and_the_fix(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    root = _bundle(tmp_path)
+    verifier = _verifier(key)
+    with pytest.raises(SignatureError, match=r"sign it with lineguard sign-bundle using a key listed in "
+                                             r"changeover\.trusted_keys"):
+        verifier.verify(root)
+    sign_bundle(root, key)
+    (root / MANIFEST).write_text((root / MANIFEST).read_text().replace('"x"', '"y"'))
+    kid = key_id(public_raw(key.public_key()))
+    with pytest.raises(SignatureError, match=rf"manifest\.json was changed after it was signed by key {kid} "
+                                             r"\(changeover\.trusted_keys\[0\]\)"):
+        verifier.verify(root)
+
+
+def test_permissive_policy_warns_at_every_start(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    _verifier(Ed25519PrivateKey.generate()).warn_if_permissive("starting")
+    assert caplog.records == []
+    _verifier(allow_unsigned=True).warn_if_permissive("starting")
+    [rec] = caplog.records
+    assert rec.levelno == logging.WARNING and rec.getMessage().startswith("starting: allow_unsigned is set")
