@@ -8,6 +8,7 @@ A refused bundle must leave no trace at the PLC: no result block, not even a hea
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineguard.bundle import SIGNATURE, load_bundle
 from lineguard.changeover.signing import key_id, public_key_text, public_raw, sign_bundle
-from lineguard.changeover.testing import edit_thresholds_after_signing, make_bundle, rewrite_manifest
+from lineguard.changeover.testing import edit_thresholds_after_signing, flip_byte, make_bundle, rewrite_manifest
 from lineguard.cli import main
 from lineguard.engines.synthetic import synthetic_image
 from lineguard.plc.sim import PlcSimulator, free_port
@@ -261,3 +262,19 @@ def test_check_config_refuses_missing_replay_path_and_unwritable_log_with_lines(
     assert f"{path}:{log_line}: service.decision_log_path: cannot write in /sys (" in err
     assert "2 problem(s)" in err, err
     assert _cli(capsys, "check-config", "--schema-only", str(path))[0] == 0, "the schema itself is fine"
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing", "does not exist or is not a directory"),
+    ("changed_file", "anomaly.onnx: sha256 mismatch (file changed after the bundle was made)"),
+])
+def test_check_config_refuses_a_missing_or_changed_bundle(
+    line: Line, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    if case == "missing":
+        shutil.rmtree(line.bundle)
+    else:
+        flip_byte(line.bundle / "anomaly.onnx")
+    config = line.config()
+    code, _, err = _cli(capsys, "check-config", config)
+    assert code == 1 and f"{config}:3: bundle.path: bundle {line.bundle}" in err and message in err, err
