@@ -79,9 +79,28 @@ def run(args: argparse.Namespace) -> int:
                 log.info("dropped all connections")
                 next_drop += args.drop_every_s
             _report(sim)
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT is the normal way to end a commissioning session
+        pass
     finally:
         sim.stop()
+        _summary(sim)
     return 0
+
+
+def _summary(sim: object) -> None:
+    """One machine-readable line of what the PLC received, printed at exit (commissioning, tests)."""
+    from collections import Counter
+
+    from lineguard.contracts import Verdict
+    from lineguard.plc.sim import PlcSimulator
+
+    assert isinstance(sim, PlcSimulator)
+    by_part = sim.verdicts_by_part()
+    names = {int(v): v.label for v in Verdict}
+    verdicts = Counter(names.get(v, str(v)) for answers in by_part.values() for _, v in answers)
+    doubles = sum(1 for v in by_part.values() if len(v) > 1)
+    print(f"plc-sim stopped: parts {len(by_part)} results {len(sim.results())} doubly-answered {doubles} "
+          f"verdicts {dict(sorted(verdicts.items()))}", flush=True)
 
 
 def _report(sim: object) -> None:

@@ -46,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"WARNING: {w}")
     out = args.out or args.bundle
     print(f"bundle {m.bundle_id}: accept < {m.thresholds.lower:.6g}, reject >= {m.thresholds.upper:.6g}; "
-          f"report: {out / 'report' / 'report.md'}")
+          f"report: {out / 'report' / 'report.md'} (in a browser: {out / 'report' / 'report.html'})")
     return 0

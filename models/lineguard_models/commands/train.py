@@ -106,5 +106,5 @@ def run(args: argparse.Namespace) -> int:
     for w in m.calibration.get("warnings", []):
         print(f"WARNING: {w}")
     print(f"bundle {m.bundle_id}: accept < {m.thresholds.lower:.6g}, reject >= {m.thresholds.upper:.6g}; "
-          f"report: {args.out / 'report' / 'report.md'}")
+          f"report: {args.out / 'report' / 'report.md'} (in a browser: {args.out / 'report' / 'report.html'})")
     return 0
