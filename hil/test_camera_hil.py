@@ -122,3 +122,25 @@ def test_unplug_and_replug(make: Any) -> None:
         src.read(1.0)
     assert src.stats.snapshot().reconnects >= 1
     _frames(src, 3)
+
+
+def test_capture_with_software_trigger_records_the_settings(tmp_path: Any) -> None:
+    """``lineguard capture --trigger software`` on the real camera: one frame per trigger, and the
+    sidecars hold what viky cannot show (exposure and gain read back, trigger on, camera timestamps)."""
+    import json
+
+    from lineguard.cli import main
+
+    source = {"type": "genicam", "cti_path": str(CTI), "serial": SERIAL, "exposure_us": 1000.0, "gain_db": 0.0}
+    if PIXEL_FORMAT:
+        source["pixel_format"] = PIXEL_FORMAT
+    (tmp_path / "line.yaml").write_text(json.dumps({"source": source}))
+    code = main(["capture", "--config", str(tmp_path / "line.yaml"), "--out", str(tmp_path / "d"), "--count", "3",
+                 "--trigger", "software", "--min-free-mb", "1"])
+    assert code == 0
+    sides = [json.loads((tmp_path / "d" / "good" / f"{i:06d}.json").read_text()) for i in (1, 2, 3)]
+    settings = sides[0]["camera_settings"]
+    assert settings["TriggerMode"] == "On" and settings["TriggerSource"] == "Software"
+    assert abs(float(settings.get("ExposureTime", settings.get("ExposureTimeAbs", 0))) - 1000.0) < 50
+    stamps = [s["frame"]["camera_timestamp_ns"] for s in sides]
+    assert all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps)
