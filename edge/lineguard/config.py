@@ -88,7 +88,7 @@ class ServiceSection(BaseModel):
     decision_log_backlog_lines: int = Field(
         50_000, ge=0, le=5_000_000,
         description="lines kept in memory while the decision log cannot be written (disk full, read-only) and "
-        "written in order when it can again (~300 bytes each); lines beyond are lost and counted",
+        "written in order when it can again (~320 bytes each); lines beyond are lost and counted",
     )
     decision_log_retry_ms: int = Field(
         1000, ge=10, le=600_000, description="how often a decision log that cannot be written is tried again"

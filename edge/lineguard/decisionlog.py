@@ -8,7 +8,8 @@ Disk faults (full disk, read-only remount, I/O error) must never reach the PLC p
 journal. The writer thread keeps lines it cannot write in a bounded in-memory **backlog**, logs one
 WARNING when the fault starts and one INFO when writing works again ("N lines deferred and
 written, M lost"), retries every ``retry_ms``, and writes the backlog in order before newer lines
-once space returns. Lines beyond the backlog are lost and counted by reason
+once space returns. A log file deleted or moved away under the running service is created again
+rather than written into the void. Lines beyond the backlog are lost and counted by reason
 (``lineguard_decision_log_lost_lines_total``). A write that fails half-way is cut back to the last
 complete line, so the file only ever holds whole lines. :meth:`DecisionLog.close` makes one last
 attempt, reports what could not be written in one line, and never raises.
@@ -91,6 +92,7 @@ class DecisionLog:
         self._fd: int | None = None
         self._size = 0
         self._regular = True  # set on open: only a regular file is rotated
+        self._ident = (0, 0)  # (device, inode) of the open file, to notice it deleted or moved
         self._next_retry = 0.0  # monotonic time of the next write attempt during a fault
         self._episode = FaultEpisode(log, f"decision log {path}")
         self._deferred = 0  # lines that waited in the backlog during the current episode
@@ -270,15 +272,25 @@ class DecisionLog:
         self._size = start + len(data)
 
     def _open(self) -> int:
+        if self._fd is not None and not self._still_at_path():
+            self._close_fd()  # deleted or moved away: writing on would fill a file nobody can read
         if self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # RDWR: pread below
             st = os.fstat(fd)
+            self._ident = (st.st_dev, st.st_ino)
             self._regular = stat.S_ISREG(st.st_mode)  # never rotate /dev/null, /dev/full or a pipe
             self._size = st.st_size if self._regular else 0
             self._fd = fd
             if self._size and os.pread(fd, 1, self._size - 1) != b"\n":  # a torn line from a crash
                 self._append(b"\n")
         return self._fd
+
+    def _still_at_path(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
 
     def _rotate(self) -> None:
         self._close_fd()

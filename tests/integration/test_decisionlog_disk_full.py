@@ -152,3 +152,25 @@ def test_rotation_and_a_torn_last_line_from_a_crash(tmp_path: Path) -> None:
             torn.append(ln)
     assert seqs == [-1, *range(40)]
     assert torn == ['{"seq": -2, "verd'], "the torn line stays alone on its line"
+
+
+def test_a_log_deleted_or_its_folder_removed_under_the_service_is_created_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    folder = tmp_path / "log"
+    path = folder / "decisions.jsonl"
+    dlog = DecisionLog(path=path, retry_ms=20)
+    dlog.write(decision(0))
+    wait(lambda: dlog.written == 1)
+    path.unlink()  # an operator "frees space": the next lines must not go into the deleted inode
+    dlog.write(decision(1))
+    wait(lambda: dlog.written == 2)
+    assert [r["seq"] for r in lines_of(path)] == [1]
+    folder.rename(tmp_path / "moved")  # the folder is gone: a fault (ENOENT) until it is back
+    dlog.write(decision(2))
+    wait(lambda: dlog.fault_episodes == 1)
+    folder.mkdir()
+    wait(lambda: dlog.written == 3)
+    dlog.close()
+    assert [r["seq"] for r in lines_of(path)] == [2]
+    assert [r.levelname for r in caplog.records if r.name == LOGGER] == ["WARNING", "INFO"]
