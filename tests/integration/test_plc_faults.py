@@ -9,10 +9,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from lineguard.plc import PlcConfig, PlcLink
+from lineguard.plc import PlcConfig, PlcLink, PlcOutcome
 from lineguard.plc.config import FieldSpec, RegisterMapConfig
 from lineguard.plc.sim import PlcSimulator, free_port
-from lineguard.plc import PlcOutcome
 from lineguard.plc.testing import Records, audit, audit_records, fast_config, feed, sample, settle
 
 pytestmark = pytest.mark.timeout(60)
@@ -171,3 +170,25 @@ def test_illegal_address_response(sim: PlcSimulator, caplog: pytest.LogCaptureFi
     assert sample(reg, "lineguard_plc_errors_total", kind="illegal_address") >= 7
     assert sample(reg, "lineguard_plc_failsafe_verdicts_total", reason="plc_rejected") == 7
     assert "last" in caplog.text and "transactions" in caplog.text  # flight recorder dumped
+
+
+def test_inbox_full_still_one_record_per_part() -> None:
+    """A writer that cannot keep up (here: not started yet) must not cost a part its log line,
+    nor give one part two: the dropped verdict is logged at once, its later fail-safe is not."""
+    port = free_port()  # nobody listens: the parts end unsent at stop
+    reg = CollectorRegistry()
+    link = PlcLink.from_config(_cfg(port, inbox_capacity=16, deadline_ms=50), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
+    for pid in range(1, 17):
+        link.expect(pid, time.monotonic_ns())  # fills the inbox
+    feed(link, [1])  # expect + submit of part 1: both dropped; the verdict is logged now
+    assert records.by_part() == {1: [PlcOutcome.UNSENT]}
+    link.start()
+    time.sleep(0.2)  # the 16 deadlines pass while the link is down
+    link.stop()
+    by_part = records.by_part()
+    assert sorted(by_part) == list(range(1, 17)) and all(len(v) == 1 for v in by_part.values()), by_part
+    # the link was down when their deadlines passed: nothing queued, nothing overflowed
+    assert by_part[1] == [PlcOutcome.UNSENT] and records.count(PlcOutcome.MISSED_DEADLINE) == 15
+    assert sample(reg, "lineguard_plc_inbox_drops_total") == 2

@@ -227,3 +227,16 @@ def test_drain_records_what_is_still_buffered() -> None:
         2: (PlcOutcome.UNSENT, True),
     }
     assert b.queued == 0 and b.waiting_records == 0
+
+
+def test_deadline_while_the_link_is_down_queues_nothing() -> None:
+    b = _book(capacity=1)
+    b.link_up = False
+    for pid in (1, 2, 3):
+        b.expect(pid, 0)
+    assert [e.outcome for e in b.expire(100 * MS)] == [Outcome.MISSED_DEADLINE] * 3  # no overflow either
+    assert b.queued == 0
+    b.submit(_dec(2), 150 * MS, 150 * MS)  # the late verdict joins its record
+    assert _records(b) == {2: (PlcOutcome.MISSED_DEADLINE, True)}
+    b.expire(100 * MS + LATE_VERDICT_WAIT_NS)
+    assert _records(b) == {1: (PlcOutcome.MISSED_DEADLINE, False), 3: (PlcOutcome.MISSED_DEADLINE, False)}

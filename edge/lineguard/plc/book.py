@@ -37,6 +37,7 @@ class Outcome(str, enum.Enum):
     OVERFLOW = "overflow"  # buffer full: nothing queued, counted fail-safe
     LATE = "late"  # real verdict after the fail-safe was chosen: logged, never written
     DUPLICATE = "duplicate"  # second verdict for an answered part: ignored
+    MISSED_DEADLINE = "missed_deadline"  # deadline passed while the link was down: nothing queued
 
 
 class PlcOutcome(str, enum.Enum):
@@ -113,6 +114,7 @@ class ResultBook:
         self._head_written = False  # acknowledged mode: the head is on the wire, its ack awaited
         self._head_sent = False  # the head was written at least once (it may have reached the PLC)
         self._t_now_ns = 0  # latest time seen (times only come in as arguments)
+        self.link_up = True  # set by the link: a deadline passing while it is down queues nothing
         self.last_seq = 0
 
     # -- configuration ---------------------------------------------------------------------
@@ -173,7 +175,11 @@ class ResultBook:
     def _fail(self, pid: int, deadline: int, t_now_ns: int) -> list[Event]:
         self._pending.pop(pid, None)
         self._remember(pid, True)
-        self._late[pid] = _Late(deadline_ns=deadline, give_up_ns=t_now_ns + LATE_VERDICT_WAIT_NS)
+        late = self._late[pid] = _Late(deadline_ns=deadline, give_up_ns=t_now_ns + LATE_VERDICT_WAIT_NS)
+        if not self.link_up:  # a fail-safe written after the deadline would be as stale as a verdict
+            late.plc = PlcOutcome.MISSED_DEADLINE
+            self._maybe_close(pid, late)
+            return [Event(outcome=Outcome.MISSED_DEADLINE, part_id=pid)]
         res = self._result(pid, int(self._failsafe), 0, float("nan"), FLAG_DEADLINE_FAILSAFE, t_now_ns)
         return [self._enqueue(_Entry(result=res, deadline_ns=deadline, decision=None))]
 

@@ -230,12 +230,14 @@ class PlcLink:
 
     def _post(self, kind: str, payload: object, t_ns: int) -> None:
         with self._cv:
-            if len(self._inbox) >= self.cfg.inbox_capacity:
-                # reject-newest: the part's deadline (if expected) still yields a counted fail-safe
-                self._m.inbox_drops.inc()
+            if len(self._inbox) < self.cfg.inbox_capacity:
+                self._inbox.append((kind, payload, t_ns))
+                self._cv.notify()
                 return
-            self._inbox.append((kind, payload, t_ns))
-            self._cv.notify()
+            # reject-newest: the part's deadline (if expected) still yields a counted fail-safe
+            self._m.inbox_drops.inc()
+        if isinstance(payload, Decision):  # its verdict never reaches the writer: logged now, once
+            self._ledger.record_now(payload, PlcOutcome.UNSENT)
 
     # ---- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -246,6 +248,7 @@ class PlcLink:
                 items = list(self._inbox)
                 self._inbox.clear()
             now = self._clock()
+            self._book.link_up = self._t.connected
             for kind, payload, t_ns in items:
                 self._handle(kind, payload, t_ns, now)
             # on stop nobody will decide the pending parts any more: they get the fail-safe now
@@ -328,6 +331,9 @@ class PlcLink:
                 self._fault(f"result buffer overflow ({self.cfg.result_buffer_size} unacked), part {ev.part_id}")
                 self._episodes.note("overflow")
                 self._throttle.warning(now, "overflow", "part %d: result buffer full; nothing written", ev.part_id)
+            elif ev.outcome is Outcome.MISSED_DEADLINE:
+                self._m.failsafe.labels(reason="missed_deadline").inc()
+                self._episodes.note("missed_deadline")
             elif ev.outcome is Outcome.LATE:
                 self._m.late.inc()
                 self._throttle.warning(
