@@ -5,9 +5,9 @@ repeatable tests. Files are read with OpenCV ``IMREAD_UNCHANGED``: mono stays Hx
 HxWx3 in RGB order (alpha dropped), 16-bit stays uint16.
 
 Identity: each file is one part. ``Frame.frame_id`` is the file's position in the replayed stream
-(0-based, counting on across loop passes; position in the list = frame_id % len(files)) and the
-part id follows it (``part_id_fn(frame_id)``, 1-based by default), so a bad file never shifts the
-parts after it. A file that does not decode is still its part: it is delivered as an
+(0-based, counting on across loop passes; position in the list = frame_id % len(files)); the
+source counts every file as a part (``part_id = part_id_fn(seq)``, by default position + 1), so a
+bad file never shifts the parts after it. A file that does not decode is still its part: it is delivered as an
 ``unreadable_frame`` fault frame (empty image; the service answers it with the fail-safe at once),
 counted (``stats.unreadable``), logged with its path and remembered in ``stats.unreadable_paths``.
 Slots a slow consumer missed under ``late_policy: skip`` become ``missing_frame`` fault frames,
@@ -123,7 +123,6 @@ class ReplaySource(BaseSource):
     def open(self) -> None:
         self._index = 0
         self._position = 0
-        self._seq = 0  # a reopened replay starts the stream (and its part ids) again
         self._ids.start_at(0)
         self._pending.clear()
         self._good_in_pass = 0
