@@ -90,6 +90,8 @@ def test_first_day_capture_train_report_install_run(tmp_path: Path, capsys: pyte
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     assert m.calibration["images"] == {"good": 5, "green_ball": 6} and m.input.channels == 3
+    green = m.calibration["classes"]["green_ball"]
+    assert green["auroc"] == 1.0 and green["rejects"] == 6  # the reject-bin parts are told apart
 
     # 4. the report: one self-contained page, listed (and hashed) in the bundle
     page = (bundle_dir / "report" / "report.html").read_text()
