@@ -87,7 +87,7 @@ def test_full_disk_every_part_reaches_the_plc_one_warning_lines_written_when_spa
         service.start()
         port = service.metrics_server.port if service.metrics_server else 0
         wait(lambda: len(sim.verdicts_by_part()) >= N_PARTS // 2, "half the parts at the PLC")
-        assert metric(port, "lineguard_decision_log_fault") == 1
+        wait(lambda: metric(port, "lineguard_decision_log_fault") == 1, "the fault on /metrics")
         assert metric(port, "lineguard_decision_log_written_lines_total") == 0
         assert log_path.stat().st_size == 0
         ballast.unlink()  # space returns while the line runs
