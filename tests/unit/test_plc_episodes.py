@@ -44,3 +44,15 @@ def test_throttle_bounds_per_part_lines(caplog: pytest.LogCaptureFixture) -> Non
     lines = caplog.text.splitlines()
     assert len(lines) == 5, lines
     assert "... and 47 more 'overflow' messages" in caplog.text and "part 99" in caplog.text
+
+
+def test_throttle_backs_off_while_every_part_is_hit(caplog: pytest.LogCaptureFixture) -> None:
+    """An hour of a fault that hits every part at 10 parts/s: a few dozen lines, not 36 000."""
+    caplog.set_level(logging.WARNING)
+    th = Throttle(log, burst=3, window_ns=10 * S, max_window_ns=600 * S)
+    for i in range(36_000):
+        th.warning(i * S // 10, "overflow", "part %d: buffer full", i)
+    th.flush()
+    assert 20 <= len(caplog.records) <= 60, len(caplog.records)
+    suppressed = sum(int(r.getMessage().split()[2]) for r in caplog.records if "more" in r.getMessage())
+    assert suppressed + sum(1 for r in caplog.records if "more" not in r.getMessage()) == 36_000

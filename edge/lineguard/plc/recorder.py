@@ -55,25 +55,38 @@ class FlightRecorder:
 
 
 class Throttle:
-    """At most ``burst`` log lines per kind of per-part message in each ``window_ns``; the rest are
-    counted and reported in one line, so a fault hitting every part writes a handful of lines."""
+    """At most ``burst`` log lines per kind of per-part message in each window; the rest are counted
+    and reported in one line when the window ends. A window that had to suppress doubles the next
+    one (10 s, 20 s, 40 s ... up to ``max_window_ns``), so a fault hitting every part for an hour
+    writes a few dozen lines, not one per part; a quiet window resets it."""
 
-    def __init__(self, logger: logging.Logger, *, burst: int = 3, window_ns: int = 10_000_000_000) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 3,
+        window_ns: int = 10_000_000_000,
+        max_window_ns: int = 600_000_000_000,
+    ) -> None:
         self._log = logger
         self._burst = burst
         self._window_ns = window_ns
-        self._windows: dict[str, list[int]] = {}  # kind -> [window start, lines, suppressed]
+        self._max_ns = max_window_ns
+        self._windows: dict[str, list[int]] = {}  # kind -> [window start, length, lines, suppressed]
 
     def warning(self, now_ns: int, kind: str, msg: str, *args: object) -> None:
         w = self._windows.get(kind)
-        if w is None or now_ns - w[0] >= self._window_ns:
+        if w is None or now_ns - w[0] >= w[1]:
+            length = self._window_ns
+            if w is not None and w[3] and now_ns - w[0] < 2 * w[1]:
+                length = min(2 * w[1], self._max_ns)  # still busy: back off further
             self._report(kind)
-            w = self._windows[kind] = [now_ns, 0, 0]
-        if w[1] < self._burst:
-            w[1] += 1
+            w = self._windows[kind] = [now_ns, length, 0, 0]
+        if w[2] < self._burst:
+            w[2] += 1
             self._log.warning(msg, *args)
         else:
-            w[2] += 1
+            w[3] += 1
 
     def flush(self) -> None:
         for kind in list(self._windows):
@@ -82,9 +95,9 @@ class Throttle:
 
     def _report(self, kind: str) -> None:
         w = self._windows.get(kind)
-        if w is not None and w[2]:
-            self._log.warning("... and %d more '%s' messages (suppressed, see metrics)", w[2], kind)
-            w[2] = 0
+        if w is not None and w[3]:
+            self._log.warning("... and %d more '%s' messages (suppressed, see metrics)", w[3], kind)
+            w[3] = 0
 
 
 class FaultEpisodes:
