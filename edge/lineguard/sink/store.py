@@ -235,9 +235,10 @@ class FrameStore:
         try:
             self._publish_files(moves)
         except OSError as exc:
-            for tmp, final in moves:
-                tmp.unlink(missing_ok=True)
-                final.unlink(missing_ok=True)  # renamed but never indexed: would hold space until restart
+            for tmp, final in moves:  # a renamed, never indexed file would hold space until restart
+                with contextlib.suppress(OSError):  # a failing disk: the next start removes them
+                    tmp.unlink(missing_ok=True)
+                    final.unlink(missing_ok=True)
             raise PublisherError(f"sink store: cannot make {len(rows)} frames durable ({exc}); "
                                  "check free space and the disk") from exc
         try:
