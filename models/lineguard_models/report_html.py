@@ -19,6 +19,7 @@ says so instead).
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import logging
 from collections.abc import Mapping, Sequence
@@ -291,9 +292,9 @@ def _more_images(result: CalibrationResult) -> str:
     return f'<div class="need" id="more-images"><ul>{body}</ul></div>'
 
 
-def _figures(examples: Sequence[Example], empty: str) -> str:
+def _figures(examples: Sequence[Example], empty: str, note: str) -> str:
     if not examples:
-        return f'<p class="none">{_esc(empty)}</p>'
+        return f'<p class="none">{_esc(note or empty)}</p>'
     out = []
     for e in examples:
         imgs = f'<img class="thumb" alt="{_esc(e.rel)}" src="{_b64(e.image_png)}">'
@@ -301,7 +302,8 @@ def _figures(examples: Sequence[Example], empty: str) -> str:
             imgs += f'<img class="thumb map" alt="anomaly map of {_esc(e.rel)}" src="{_b64(e.overlay_png)}">'
         out.append(f'<figure class="example" data-label="{_esc(e.label)}">{imgs}<figcaption>{_esc(e.rel)}<br>'
                    f'score {e.score:.4g} &rarr; <b class="v-{e.verdict}">{e.verdict}</b></figcaption></figure>')
-    return '<div class="thumbs">' + "".join(out) + "</div>"
+    shown = '<div class="thumbs">' + "".join(out) + "</div>"
+    return shown + (f'<p class="note">{_esc(note)}</p>' if note else "")
 
 
 def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike], *,
@@ -340,10 +342,10 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
         f"{curve_svg(result, curve)}</section>",
         f'<section><h2>Score histograms per class</h2>{legend}<div class="charts">{"".join(hists)}</div></section>',
         '<section id="worst-good"><h2>Worst-scoring good parts</h2><p>The good calibration images the model liked '
-        f"least, with the anomaly map (red = near a reject).</p>{_figures(worst_good, examples_note or 'none')}"
+        f"least, with the anomaly map (red = near a reject).</p>{_figures(worst_good, 'none', examples_note)}"
         "</section>",
         '<section id="hidden-defects"><h2>Best-hidden defects</h2><p>The defect images that scored lowest: what '
-        f"could escape.</p>{_figures(hidden_defects, examples_note or 'no defect images')}</section>",
+        f"could escape.</p>{_figures(hidden_defects, 'no defect images', examples_note)}</section>",
         '<section><h2>Context</h2><ul id="context">'
         + "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in context.items()) + "</ul></section>",
         "</body></html>\n",
@@ -370,19 +372,25 @@ def collect_examples(onnx_path: Path, spec: Any, ds: Any, scored: Sequence[Any],
     """(worst-scoring good, best-hidden defects, note): ``n`` of each among the calibration images still
     in the dataset folder, re-run through the exported graph (ONNX Runtime, the edge's preprocessing) for
     their anomaly maps. ``scored`` items have ``rel``, ``label``, ``score``; ``ds`` is a scanned
-    :class:`~lineguard_models.data.Dataset`. Scores from an earlier calibration whose images are not in
-    this folder have no thumbnail; the note says so."""
+    :class:`~lineguard_models.data.Dataset`; an item with ``sha256`` is matched by content too. Scores from
+    an earlier calibration whose images are not in this folder have no thumbnail; the note says so."""
     import onnxruntime as ort
 
     from lineguard.preprocess import prepare, stitch_map
 
     by_rel = {s.rel: s for s in ds.samples}
-    here = [s for s in scored if s.rel in by_rel and by_rel[s.rel].label == s.label]
+
+    def in_folder(s: Any) -> bool:  # same name is not enough: an earlier folder may have used it too
+        sample = by_rel.get(s.rel)
+        return sample is not None and sample.label == s.label and (
+            not getattr(s, "sha256", "") or hashlib.sha256(sample.path.read_bytes()).hexdigest() == s.sha256)
+
+    here = [s for s in scored if in_folder(s)]
     goods = sorted((s for s in here if s.label == "good"), key=lambda s: -s.score)[:n]
     defects = sorted((s for s in here if s.label != "good"), key=lambda s: s.score)[:n]
     missing = len(scored) - len(here)
-    note = f"{missing} calibration images are not in this dataset folder (earlier calibration): no thumbnail" \
-        if missing else ""
+    note = (f"{missing} calibration scores come from images not in this dataset folder (an earlier calibration): "
+            "they have no thumbnail, so the parts shown are the worst among the others") if missing else ""
     try:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2

@@ -12,6 +12,7 @@ tests). The long-running peers (PLC simulator, sink, service) run as separate pr
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 import signal
@@ -99,6 +100,25 @@ def test_first_day_capture_train_report_install_run(tmp_path: Path, capsys: pyte
     assert f"{m.thresholds.lower:.6g}" in page and '<svg class="histogram" data-class="green_ball"' in page
     assert page.count('class="thumb map"') >= 8  # worst goods and best-hidden defects, each with its map
     assert all(r.startswith("data:") for r in re.findall(r'src="([^"]*)"', page))
+    assert "more images" in page.lower() and "+143" in page  # what the report asks for: more green balls
+
+    # more reject-bin parts later: added without retraining, into a new bundle version
+    more = tmp_path / "teach-more"
+    _lg(capsys, "capture", "--config", str(reject_bin), "--out", str(more), "--class", "green_ball", "--count", "4",
+        "--every-nth", "7")
+    known = {_sha(p) for p in (teach / "green_ball").glob("*.png")}
+    new = {_sha(p) for p in (more / "green_ball").glob("*.png")} - known  # viky replays its ball path on open
+    assert new
+    out = _lg(capsys, "calibrate", "--bundle", str(bundle_dir), "--data", str(more), "--out",
+              str(tmp_path / "bundles" / "partA-v2"))
+    bundle_dir = tmp_path / "bundles" / "partA-v2"
+    m = load_bundle(bundle_dir).manifest
+    assert m.calibration["images"] == {"good": 5, "green_ball": 6 + len(new)} and "report.html" in out
+    page = (bundle_dir / "report" / "report.html").read_text()
+    # thumbnails only for scored images that are in this folder (same name and content)
+    same = [q for q in (more / "green_ball").glob("*.png") if _sha(q) == _sha_or_none(teach / "green_ball" / q.name)]
+    assert f"{11 - len(same)} calibration scores come from images not in this dataset folder" in page
+    assert page.count('class="thumb map"') == min(4, len(new) + len(same))
 
     # 5. sign and install
     out = _lg(capsys, "sign-bundle", "--generate-key", str(tmp_path / "release.pem"))
@@ -147,6 +167,14 @@ def test_first_day_capture_train_report_install_run(tmp_path: Path, capsys: pyte
     stored = int(re.search(r"stored (\d+)", (tmp_path / "sink.log").read_text()).group(1))  # type: ignore[union-attr]
     assert stored >= 1, sink_out
     print(f"service: {run_out.strip()}\nPLC: {summary.group(0)}\nsink: stored {stored}")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sha_or_none(path: Path) -> str | None:
+    return _sha(path) if path.is_file() else None
 
 
 def _decisions(tmp: Path) -> int:
