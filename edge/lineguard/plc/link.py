@@ -24,19 +24,19 @@ from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision
 from lineguard.plc.api import PlcHealth, PlcLinkLike, RecordSink
-from lineguard.plc.book import Event, Outcome, PlcOutcome, ResultBook
+from lineguard.plc.book import Event, PlcOutcome, ResultBook
 from lineguard.plc.config import PlcConfig
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
+from lineguard.plc.faults import LinkFaults
 from lineguard.plc.ledger import PartLedger
 from lineguard.plc.metrics import PlcMetrics
-from lineguard.plc.recorder import FaultEpisodes, FlightRecorder, Throttle
+from lineguard.plc.recorder import FlightRecorder
 from lineguard.plc.regmap import STATUS_BITS, PlcResult, RegisterMap, status_word
 from lineguard.plc.transport import ModbusTransport
 
 log = logging.getLogger(__name__)
 TRIGGER_BACKLOG = 256  # announced part ids not yet taken by poll_trigger(); drop-oldest, counted
 _MS = 1_000_000
-EPISODE_QUIET_NS = 1_000_000_000  # healthy this long with no new fault ends a fault episode
 ACK_OVERDUE_NS = 1_000_000_000  # a written result not acknowledged this long is a fault
 
 
@@ -92,8 +92,7 @@ class PlcLink:
         self._overflow_until = 0
         self._last_trigger_seq: int | None = None
         self._reconnects = 0
-        self._episodes = FaultEpisodes(recorder=recorder, logger=log, quiet_ns=EPISODE_QUIET_NS)
-        self._throttle = Throttle(log)
+        self._faults = LinkFaults(cfg=cfg, metrics=metrics, recorder=recorder, logger=log)
         self._ledger = PartLedger(
             metrics=metrics, failsafe_verdict=cfg.failsafe_code, deadline_ns=self._book_deadline_ns, clock_ns=clock_ns
         )
@@ -209,7 +208,7 @@ class PlcLink:
         return PlcHealth(
             waiting_records=self._book.waiting_records,
             t_last_progress_ns=self._ledger.t_progress_ns,
-            fault_episodes=self._episodes.count,
+            fault_episodes=self._faults.episodes.count,
             connected=self._t.connected,
             t_lost_ns=self._t_lost_ns,
             t_last_loss_ns=self._t_last_loss_ns,
@@ -270,11 +269,7 @@ class PlcLink:
 
     def _drop_stale(self) -> None:
         """Link down: a result whose part deadline has passed is never written later as if fresh."""
-        counts = self._book.drop_stale(self._clock())
-        for outcome, n in counts.items():
-            if outcome is PlcOutcome.MISSED_DEADLINE:
-                self._m.failsafe.labels(reason="missed_deadline").inc(n)
-            self._episodes.note(outcome.value, n)
+        self._faults.on_stale(self._book.drop_stale(self._clock()))
 
     def _check_health(self) -> None:
         now = self._clock()
@@ -282,8 +277,8 @@ class PlcLink:
         if self._book.awaiting_ack and t_written is not None and now - t_written >= ACK_OVERDUE_NS:
             self._fault(f"PLC has not acknowledged result seq {self._book.last_seq} for "
                         f"{(now - t_written) / 1e9:.1f} s")
-        elif self._book.queued == 0 and self._episodes.healthy(now):
-            self._throttle.flush()
+        elif self._book.queued == 0:
+            self._faults.healthy(now)
 
     def _flush_records(self) -> None:
         self._ledger.flush(self._book.take_done())
@@ -292,8 +287,7 @@ class PlcLink:
         counts = self._book.drain()
         self._flush_records()
         self._m.unacked.set(0)
-        self._episodes.end(self._clock(), "link stopped")
-        self._throttle.flush()
+        self._faults.end(self._clock(), "link stopped")
         self._ledger.report_stop(counts)
 
     def _handle(self, kind: str, payload: object, t_ns: int, now: int) -> None:
@@ -308,40 +302,10 @@ class PlcLink:
             self._book.set_class_codes(payload)
 
     def _on_events(self, events: list[Event]) -> None:
-        now = self._clock()
-        for ev in events:
-            if ev.outcome is Outcome.FAILSAFE_QUEUED:
-                self._m.failsafe.labels(reason="deadline").inc()
-                self._episodes.note("deadline_failsafe")
-                self._throttle.warning(
-                    now,
-                    "deadline",
-                    "part %d: no verdict within %.0f ms; fail-safe %s queued (seq %d)",
-                    ev.part_id,
-                    self.cfg.deadline_ms,
-                    self.cfg.failsafe_verdict,
-                    ev.seq,
-                )
-            elif ev.outcome is Outcome.OVERFLOW:
-                self._m.failsafe.labels(reason="overflow").inc()
-                self._m.overflows.inc()
-                self._overflow_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
-                with self._cv:
-                    self._status_dirty = True
-                self._fault(f"result buffer overflow ({self.cfg.result_buffer_size} unacked), part {ev.part_id}")
-                self._episodes.note("overflow")
-                self._throttle.warning(now, "overflow", "part %d: result buffer full; nothing written", ev.part_id)
-            elif ev.outcome is Outcome.MISSED_DEADLINE:
-                self._m.failsafe.labels(reason="missed_deadline").inc()
-                self._episodes.note("missed_deadline")
-            elif ev.outcome is Outcome.LATE:
-                self._m.late.inc()
-                self._throttle.warning(
-                    now, "late", "part %d: verdict arrived after the fail-safe was chosen; not written", ev.part_id
-                )
-            elif ev.outcome is Outcome.DUPLICATE:
-                self._m.duplicates.inc()
-                self._throttle.warning(now, "duplicate", "part %d: second verdict ignored", ev.part_id)
+        if self._faults.on_events(events, self._clock()):  # overflow: status bits 6 + 1 for a while
+            self._overflow_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
+            with self._cv:
+                self._status_dirty = True
 
     def _service_bus(self) -> None:
         try:
@@ -377,7 +341,7 @@ class PlcLink:
                 self._m.errors.labels(kind=exc.kind.value).inc()
                 self._book.drop_head(res.seq)
                 self._m.failsafe.labels(reason="plc_rejected").inc()
-                self._episodes.note("plc_rejected")
+                self._faults.episodes.note("plc_rejected")
                 self._fault(f"PLC refused result seq {res.seq} for part {res.part_id}: {exc}")
                 continue
             self._mark_written(res)
@@ -513,9 +477,7 @@ class PlcLink:
         self._fault(str(exc))
 
     def _fault(self, reason: str) -> None:
-        # one dump per fault episode: a PLC that stays away or never acknowledges must not flood the log
-        if self._episodes.fault(self._clock(), reason):
-            self._m.fault_episodes.inc()
+        self._faults.fault(self._clock(), reason)
 
     def _sleep_until_next(self) -> None:
         wakes = [self._book.next_deadline_ns()]
