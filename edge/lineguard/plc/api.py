@@ -57,8 +57,3 @@ class PlcHealth:
     waiting_records: int = 0  # deadline fail-safes whose record waits for the late verdict
     t_last_progress_ns: int = 0  # monotonic time a result last reached the PLC (acked / written)
     fault_episodes: int = 0
-
-    @property
-    def idle(self) -> bool:
-        """Nothing left to do: every part's record has gone to the sink."""
-        return self.inbox + self.queued_results + self.pending_deadlines + self.waiting_records == 0
