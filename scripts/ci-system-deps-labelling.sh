@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages for tests/integration/test_labelling_browser.py: headless Chromium + chromedriver
+# System packages for tests/integration/test_labelling_browser.py and test_report_html_browser.py:
+# headless Chromium + chromedriver
 # (Debian/Ubuntu). Tolerant of failure: without them the browser test is
 # skipped (the HTTP API test still runs), so a CI image without apt access does not break the build.
 set -u

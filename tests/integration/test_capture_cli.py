@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -186,3 +187,22 @@ def test_a_full_disk_while_writing_leaves_no_partial_file(small_disk: Path) -> N
     assert 1 <= kept < 20
     assert files == sorted([f"{i:06d}.png" for i in range(1, kept + 1)] + [f"{i:06d}.json" for i in range(1, kept + 1)])
     assert all(np.array_equal(read_image(p), noise) for p in writer.written)  # every kept frame is whole
+
+
+def test_replay_skips_a_broken_file_keeps_the_source_path(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    src_dir = tmp_path / "vendor-tool"
+    src_dir.mkdir()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 50), dtype=np.uint8) for _ in range(3)]
+    for i, img in enumerate(images):
+        cv2.imwrite(str(src_dir / f"img{i}.png"), img)
+    (src_dir / "img1b.png").write_bytes(b"\x89PNG truncated")  # sorts between img1 and img2
+    (tmp_path / "line.yaml").write_text(json.dumps({"source": {"type": "replay", "paths": [str(src_dir)]}}))
+    code, out, err = _capture(capsys, str(tmp_path / "line.yaml"), tmp_path / "d", "--count", "10")
+    assert code == 0 and "captured 3 frames" in out and "finished after 3 of 10 frames" in err
+    assert "img1b.png" in err + caplog.text  # named where the operator looks
+    written = sorted((tmp_path / "d" / "good").glob("*.png"))
+    assert [np.array_equal(read_image(p), img) for p, img in zip(written, images, strict=True)] == [True] * 3
+    side = json.loads((tmp_path / "d" / "good" / "000003.json").read_text())
+    assert side["frame"]["source_ref"].endswith("img2.png") and side["source"]["type"] == "replay"

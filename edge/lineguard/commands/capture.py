@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,9 @@ def _capture(args: argparse.Namespace, source: BaseSource, cfg: SourceConfig, wr
     progress = _Progress(args.count, f"{args.class_name} -> {writer.folder}")
     pixel_format = _pixel_format(cfg, source)
     fmt: FrameFormat | None = None
-    seen = faults = 0
+    seen = 0
+    faults: Counter[str] = Counter()
+    details: list[str] = []
     reserve = int(args.min_free_mb * 2**20)
     while len(writer.written) < args.count:
         frame = _next_frame(source, software, args.timeout_s)
@@ -160,7 +163,10 @@ def _capture(args: argparse.Namespace, source: BaseSource, cfg: SourceConfig, wr
                   file=sys.stderr)
             break
         if getattr(frame, "fault", ""):  # a part the source could not see (incomplete buffer, bad file)
-            faults += 1
+            faults[str(getattr(frame, "fault", ""))] += 1
+            detail = str(getattr(frame, "fault_detail", ""))
+            if detail and len(details) < 3:
+                details.append(detail)
             continue
         seen += 1
         if (seen - 1) % args.every_nth:
@@ -179,8 +185,10 @@ def _capture(args: argparse.Namespace, source: BaseSource, cfg: SourceConfig, wr
         progress.show(len(writer.written))
     progress.done()
     if faults:
-        print(f"{faults} frames without a usable image skipped (incomplete buffers / unreadable files)",
-              file=sys.stderr)
+        # missing_frame: the camera took frames capture did not keep up with (PNG encoding is slower
+        # than a fast line); incomplete_frame / unreadable_frame: pictures that were broken
+        print(f"skipped, no usable image: {dict(faults)} (missing_frame = the camera was faster than capture)"
+              + "".join(f"\n  {d}" for d in details), file=sys.stderr)
     return len(writer.written)
 
 
