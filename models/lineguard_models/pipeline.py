@@ -381,8 +381,15 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
                               seed=cfg.seed, batch_size=cfg.batch_size)
 
 
-def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False) -> Bundle:
-    """Train, export, calibrate and bundle. Returns the verified bundle at ``out``."""
+def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False,
+          oof: Sequence[Scored] | None = None, auto: dict[str, Any] | None = None) -> Bundle:
+    """Train, export, calibrate and bundle. Returns the verified bundle at ``out``.
+
+    ``oof``: out-of-fold good scores already computed for exactly this ``cfg`` (automatic configuration
+    scored the winner with the same folds), used instead of fitting the folds again. ``auto``: the
+    automatic configuration's record (every candidate and the choice), written to the report and
+    the manifest's ``calibration.auto``.
+    """
     from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
 
@@ -418,7 +425,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         if cfg.calibration_folds >= 2:  # every fitted good image calibrates with an out-of-fold score
             from lineguard_models.crossfit import out_of_fold_scores
 
-            oof = out_of_fold_scores(ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
+            oof = oof if oof is not None else out_of_fold_scores(
+                                     ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
                                      profile=profile, bank=cfg.anomaly_bank,
                                      scratch=staging / ".folds", progress=progress)
             scored += [s for s in oof if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
@@ -439,7 +447,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
                                            config=cfg.classifier)
         # --- end defect classifier ---
         bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
-                         classifier=classifier)
+                         classifier=classifier, auto=auto)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -476,7 +484,7 @@ def _bank_context(bank_aug: dict[str, Any] | None) -> dict[str, str]:
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
             progress: Progress, keep: dict[str, Any] | None = None,
-            classifier: dict[str, Any] | None = None) -> Bundle:
+            classifier: dict[str, Any] | None = None, auto: dict[str, Any] | None = None) -> Bundle:
     """Calibrate, write report, scores and golden images, then the manifest (atomically).
 
     ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier,
@@ -488,7 +496,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
     context = _report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
                                    **_bank_context(provenance.get("anomaly_bank_augmentation"))})
-    write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context)
+    write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context,
+                 auto=auto)
     # the same report as one self-contained page with thumbnails and anomaly maps (report_html.py)
     write_for_bundle(staging / "report", staging / ONNX_FILE, spec, ds, scored, result, good, defects,
                      title=f"Calibration report: {bundle_id}", context=context)
@@ -509,7 +518,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
         "thresholds": result.thresholds(),
         "calibration": {**result.summary(), "scores_file": SCORES_FILE,
                         "images": {"good": len(good), **{k: len(v) for k, v in defects.items()}},
-                        "reference": _drift_reference(ds, scored, spec.max_value, keep)},  # data loop: drift
+                        "reference": _drift_reference(ds, scored, spec.max_value, keep),  # data loop: drift
+                        **({"auto": auto} if auto else {})},  # autoconfig: every candidate and the choice
         "golden": golden,
         "provenance": provenance,
     }

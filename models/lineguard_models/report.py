@@ -21,7 +21,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: before pyplot is imported
-matplotlib.rcParams["svg.hashsalt"] = "lineguard"  # SVG element ids stable between runs
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
@@ -110,7 +109,8 @@ def plot_operating_curve(path: Path, result: CalibrationResult) -> list[Path]:
     fig.tight_layout()
     svg = path.with_suffix(".svg")
     fig.savefig(path, metadata=_PNG_META)
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    with plt.rc_context({"svg.hashsalt": "lineguard"}):  # SVG element ids stable between runs
+        fig.savefig(svg, metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return [path, svg]
 

@@ -188,6 +188,12 @@ def _stain(rng: np.random.Generator, img: FloatImage, s: float) -> tuple[FloatIm
 _RENDERERS = {"scratch": _scratch, "pit": _pit, "crack": _crack, "stain": _stain}
 
 
+def draw_defect(rng: np.random.Generator, img: FloatImage, kind: str, strength: float) -> FloatImage:
+    """``kind`` drawn on any [0, 1] float image (H x W or H x W x 3); used by ``autoconfig`` to judge
+    a line's candidate recipes when it has no defect images of its own."""
+    return _RENDERERS[kind](rng, img, strength)[0]
+
+
 def render_image(cfg: SynthConfig, label: str, index: int) -> tuple[FloatImage, FloatImage]:
     """(image in [0, 1], defect mask) for ``label`` ('good' or a defect kind) number ``index``."""
     rng = _rng(cfg.seed, label, index)

@@ -43,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port (0 = any free port)")
     p.add_argument("--deadline-ms", type=float, default=500.0, help="trigger -> verdict deadline")
     p.add_argument("--retrain", action="store_true", help="train a new bundle even if one exists")
-    p.add_argument("--input-size", type=int, default=224, help="model input size (long side) for training")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="model input size for training; given, it turns the automatic per-line configuration off")
+    p.add_argument("--auto-time-budget-s", type=float, default=None,
+                   help="time for the automatic configuration's search and training (default: lineguard train's)")
 
 
 def _free_port() -> int:
@@ -82,7 +85,11 @@ def _bundle(args: argparse.Namespace, data: Path) -> Path:
         except BundleError as exc:
             print(f"[demo] existing bundle unusable ({exc}); training again", flush=True)
     cmd = [sys.executable, "-m", "lineguard.cli", "train", "--data", str(data), "--out", str(out),
-           "--product", "demo-part", "--recipe", "1", "--input-size", str(args.input_size), "--overwrite"]
+           "--product", "demo-part", "--recipe", "1", "--overwrite"]
+    if args.input_size is not None:  # a recipe by hand; otherwise train chooses one for the demo line
+        cmd += ["--input-size", str(args.input_size)]
+    if args.auto_time_budget_s is not None:
+        cmd += ["--auto-time-budget-s", str(args.auto_time_budget_s)]
     print(f"[demo] training: {' '.join(cmd[2:])}", flush=True)
     t0 = time.monotonic()
     if subprocess.call(cmd) != 0:
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = _dataset(args)
     bundle_dir = _bundle(args, data)
+    _calibration_outcome(bundle_dir)
     stream = _stream(data, args.parts)
 
     plc_sim = PlcSimulator().start()
@@ -154,6 +162,18 @@ def run(args: argparse.Namespace) -> int:
     return _report(service, plc_sim, sink.stats.stored, stream)
 
 
+def _calibration_outcome(bundle_dir: Path) -> None:
+    """What calibration promised for this line: thresholds, automated share, the recipe chosen."""
+    m = load_bundle(bundle_dir).manifest
+    cal = m.calibration
+    print(f"[demo] bundle {m.bundle_id}: accept < {m.thresholds.lower:.4g}, reject >= {m.thresholds.upper:.4g}; "
+          f"automated share on its calibration images {100 * float(cal.get('automated_share', 0.0)):.1f} %",
+          flush=True)
+    auto = cal.get("auto")
+    if isinstance(auto, dict):
+        print(f"[demo] recipe chosen for this line: {auto.get('chosen')} ({auto.get('reason')})", flush=True)
+
+
 def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str]) -> None:
     """What the PLC received per true label (the image's folder): the line engineer's view."""
     from lineguard.contracts import Verdict
@@ -170,6 +190,12 @@ def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str]) ->
     for label in sorted(table, key=lambda x: (x != "good", x)):
         cells = "  ".join(f"{v}={n}" for v, n in sorted(table[label].items()))
         print(f"[demo]   {label:<12} {cells}")
+    total = sum(sum(row.values()) for row in table.values())
+    decided = sum(n for row in table.values() for v, n in row.items() if v in ("accept", "reject"))
+    escapes = sum(n for label, row in table.items() if label != "good" for v, n in row.items() if v == "accept")
+    false_rejects = table.get("good", {}).get("reject", 0)
+    print(f"[demo] decided without a person: {decided}/{total} ({100 * decided / max(total, 1):.1f} %); "
+          f"escapes (defects accepted): {escapes}; false rejects: {false_rejects}")
 
 
 def _report(service: InspectionService, plc_sim: object, sink_stored: int, stream: list[str]) -> int:

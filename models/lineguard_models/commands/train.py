@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
+from lineguard_models.autoconfig import AutoConfig, train_auto
 from lineguard_models.calibration import CalibrationPolicy
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.finetune import FinetuneConfig
@@ -36,8 +37,10 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
                    help="max fraction of each defect class accepted on the calibration images (default 0.02)")
     p.add_argument("--false-reject-budget", type=float, default=None,
                    help="max fraction of good parts rejected (default 0.01)")
-    p.add_argument("--band", choices=["recheck", "none"], default=None,
-                   help="'recheck' (default): uncertainty band between the thresholds; 'none': one threshold")
+    p.add_argument("--band", choices=["automate", "recheck", "none"], default=None,
+                   help="'automate' (default): the thresholds that decide the most calibration parts within the "
+                        "targets (a band only where good and defect scores overlap); 'recheck': the whole gap "
+                        "between the classes is a band; 'none': one threshold")
     p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
@@ -69,17 +72,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     p.add_argument("--max-good", type=int, default=None, help="most good images used for fitting")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, coreset and sampling")
-    p.add_argument("--input-size", type=int, default=224,
-                   help="engine input long side per tile, px (aspect kept, multiples of 32)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="engine input side per tile, px (aspect kept, multiples of 32; default: the product "
+                        "default); a recipe option: given, it turns automatic configuration off")
     p.add_argument("--product", default="product", help="product name in the bundle")
     p.add_argument("--recipe", type=int, default=0, help="PLC recipe number this bundle serves")
-    p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles (default 1x1)")
+    p.add_argument("--tiles", type=tiles_arg, default=None,
+                   help="ROWSxCOLS tiles (default 1x1); a recipe option: given, it turns automatic configuration off")
     p.add_argument("--tile-overlap", type=int, default=0, help="overlap between tiles, image px")
-    p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows after coreset selection")
+    p.add_argument("--bank-size", type=int, default=None,
+                   help="memory bank rows after coreset selection (default: the product default); a recipe option: "
+                        "given, it turns automatic configuration off")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of good images held out (0.2)")
-    p.add_argument("--calibration-folds", type=int, default=0,
+    p.add_argument("--calibration-folds", type=int, default=None,
                    help="0: the held-out good images calibrate; K >= 2: every good image is fitted and calibrates "
-                        "out-of-fold (K extra banks, about 1 + K/1.7 times the training time; docs/calibration.md)")
+                        "out-of-fold (K extra banks, about 1 + K/1.7 times the training time; docs/calibration.md). "
+                        "Default: 3 in automatic configuration (its folds), 0 with --no-auto")
+    add_auto_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--camera-profile", type=Path, default=None,
                    help="camera profile YAML: which augmentations this camera can really produce "
@@ -88,23 +97,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_policy_arguments(p)
 
 
+# options that set the recipe by hand: any of them given means no automatic configuration
+RECIPE_OPTIONS = ("input_size", "tiles", "bank_size")
+
+
+def add_auto_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-auto", action="store_true",
+                   help="train the recipe as given instead of choosing it per line (automatic configuration tries "
+                        "a few recipes out-of-fold on the line's own images and keeps the one that decides the most "
+                        "parts within the targets; docs/training.md)")
+    p.add_argument("--latency-budget-ms", type=float, default=40.0,
+                   help="automatic configuration: most engine p50 (ONNX Runtime, 2 CPU threads, this machine) a "
+                        "chosen recipe may have (default 40)")
+    p.add_argument("--auto-time-budget-s", type=float, default=600.0,
+                   help="automatic configuration: wall time for trying recipes and the final training; candidates "
+                        "that would not fit are skipped and listed (default 600)")
+
+
+def recipe_updates(args: argparse.Namespace) -> dict[str, object]:
+    """TrainConfig fields the recipe options set (None = the product default)."""
+    out: dict[str, object] = {}
+    if args.input_size is not None:
+        out["input_size_px"] = args.input_size
+    if args.tiles is not None:
+        out["tile_rows"], out["tile_cols"] = args.tiles
+    if args.bank_size is not None:
+        out["bank_size"] = args.bank_size
+    return out
+
+
+def auto_mode(args: argparse.Namespace) -> bool:
+    return not args.no_auto and all(getattr(args, name, None) is None for name in RECIPE_OPTIONS)
+
+
 def run(args: argparse.Namespace) -> int:
+    auto = auto_mode(args)
+    folds = args.calibration_folds if args.calibration_folds is not None else (3 if auto else 0)
+    if auto and folds < 2:
+        raise ConfigError("automatic configuration calibrates out-of-fold: --calibration-folds must be >= 2 "
+                          "(or use --no-auto for a held-out calibration)")
     try:
-        cfg = TrainConfig(
-            product=args.product, recipe=args.recipe, seed=args.seed, input_size_px=args.input_size,
-            tile_rows=args.tiles[0], tile_cols=args.tiles[1], tile_overlap_px=args.tile_overlap,
-            bank_size=args.bank_size, max_good=args.max_good, max_defects_per_class=args.max_defects_per_class,
-            holdout_fraction=args.holdout_fraction, calibration_folds=args.calibration_folds,
-            allow_unreadable=args.skip_unreadable,
-            camera_profile=args.camera_profile, classifier=classifier_config(args),
-            policy=CalibrationPolicy.model_validate(policy_updates(args)),
-        )
+        cfg = TrainConfig.model_validate({
+            "product": args.product, "recipe": args.recipe, "seed": args.seed, **recipe_updates(args),
+            "tile_overlap_px": args.tile_overlap, "max_good": args.max_good,
+            "max_defects_per_class": args.max_defects_per_class, "holdout_fraction": args.holdout_fraction,
+            "calibration_folds": folds, "allow_unreadable": args.skip_unreadable,
+            "camera_profile": args.camera_profile, "classifier": classifier_config(args),
+            "policy": CalibrationPolicy.model_validate(policy_updates(args)),
+        })
+        auto_cfg = AutoConfig(folds=max(folds, 2), time_budget_s=args.auto_time_budget_s,
+                              latency_budget_ms=args.latency_budget_ms)
     except ValidationError as exc:
         raise ConfigError(f"invalid training options: {exc}") from exc
-    bundle = train(args.data, args.out, cfg, overwrite=args.overwrite)
+    if auto:
+        bundle = train_auto(args.data, args.out, cfg, auto_cfg, overwrite=args.overwrite)
+    else:
+        bundle = train(args.data, args.out, cfg, overwrite=args.overwrite)
     m = bundle.manifest
     for w in m.calibration.get("warnings", []):
         print(f"WARNING: {w}")
+    if "auto" in m.calibration:
+        a = m.calibration["auto"]
+        print(f"automatic configuration chose {a['chosen']}: {a['reason']} ({a['budget_note']})")
+    print(f"automated share on the calibration images: {100 * m.calibration.get('automated_share', 0):.1f} %")
     print(f"bundle {m.bundle_id}: accept < {m.thresholds.lower:.6g}, reject >= {m.thresholds.upper:.6g}; "
           f"report: {args.out / 'report' / 'report.md'} (in a browser: {args.out / 'report' / 'report.html'})")
     return 0

@@ -1,0 +1,376 @@
+"""Per-line automatic configuration: the recipe that suits this line, chosen on its own images.
+
+Data flow (``lineguard train`` without ``--no-auto``, before :func:`pipeline.train`): the dataset
+folder -> a small list of candidate recipes (:func:`default_candidates`: changes to
+:class:`~lineguard_models.pipeline.TrainConfig`, the current default first) -> for each candidate,
+within a time budget: the good training images dealt into K seeded folds (``crossfit.fold_of``, the
+same folds the bundle's out-of-fold calibration uses), a bank fitted without each fold, exported to
+ONNX and run in ONNX Runtime through ``lineguard.preprocess.prepare`` (the edge's path) on the fold's
+good images and on a share of the defect images (or, without defect images, on synthetic defects
+drawn on the fold's good images) -> :func:`lineguard_models.calibration.calibrate` at the line's
+policy -> automated share, AUROC, separation, engine p50 -> the winner -> :func:`pipeline.train`
+with the winner's settings, reusing its out-of-fold good scores, and the record of every candidate
+in the report and the manifest (``calibration.auto``).
+
+Why out-of-fold: a good image fitted into the bank scores about 0 on it, so a candidate can only be
+judged on images its bank did not see. Why the automated share: it is what the line feels (parts
+decided without a person) and it already folds in the escape target and the false-reject budget
+(the thresholds keep both, the share is what is left to decide). Without defect images the share
+is measured against synthetic defects (scratches, pits, cracks, stains from ``synth.py``) drawn on
+the line's own good images: a proxy, flagged as such in the record (docs/training.md).
+
+Must never: let a defect image reach a bank, choose a candidate whose engine is slower than the
+latency budget while one within it was measured, or run past the time budget without saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineguard.bundle import Bundle
+from lineguard.errors import BundleError, ConfigError
+from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.calibration import CalibrationResult, calibrate
+from lineguard_models.data import Dataset, Sample
+from lineguard_models.pipeline import (
+    OrtScorer,
+    Progress,
+    Scored,
+    TrainConfig,
+    _camera_profile,
+    _iter_batches,
+    anomaly_model_config,
+    cpu_session,
+    make_input_spec,
+    pick_defects,
+    split_good,
+    train,
+)
+
+log = logging.getLogger(__name__)
+PSEUDO = "synthetic"  # label of the synthetic defects in the goods-only criterion
+
+
+class AutoConfig(BaseModel):
+    """How automatic configuration searches (``lineguard train`` options; recorded in the manifest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folds: int = Field(3, ge=2, le=10, description="out-of-fold folds per candidate (and of the bundle's calibration)")
+    time_budget_s: float = Field(600.0, gt=0.0, description="wall time for the search and the final training")
+    latency_budget_ms: float = Field(40.0, gt=0.0, description="most engine p50 (2 CPU threads) a chosen candidate "
+                                     "may have")
+    latency_runs: int = Field(15, ge=3, le=1000, description="timed engine runs per candidate")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """One recipe tried: a name and its changes to the base :class:`TrainConfig`."""
+
+    name: str
+    updates: dict[str, Any]
+    why: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class Outcome:
+    """What one candidate achieved out-of-fold (JSON-safe through :meth:`record`)."""
+
+    name: str
+    settings: str
+    why: str
+    status: str = "tried"  # tried | skipped: time budget | failed: <reason>
+    seconds: float | None = None
+    engine_p50_ms: float | None = None
+    automated_share: float | None = None
+    auroc: float | None = None  # worst class (or synthetic defects) against the out-of-fold goods
+    separation: float | None = None  # (accept-side defect score - reject-side good score) / good IQR
+    tail: float | None = None  # (max - median) / IQR of the out-of-fold good scores: heavier = riskier
+    note: str = ""
+    oof: list[Scored] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "oof"}
+
+
+def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:
+    """The recipes tried on a line, the product default first, then single changes of the suite's
+    recipe (issue 22) in rising cost. Only knobs :class:`TrainConfig` has are used."""
+    fields = TrainConfig.model_fields
+    out = [Candidate(name="default", updates={}, why="the product default")]
+    if "image_score" in fields and base.image_score != "topk_mean":
+        out.append(Candidate(name="topk", updates={"image_score": "topk_mean"},
+                             why="image score from the few worst patches: one noisy patch alone does not decide"))
+    size = base.input_size_px
+    out.append(Candidate(name=f"{size + 96}px", updates={"input_size_px": size + 96},
+                         why="small defects: more pixels per defect"))
+    if "bank_turns" in fields and base.bank_turns in ("auto", 1):
+        out.append(Candidate(name="turns4", updates={"bank_turns": 4}, why="parts lying in any orientation"))
+    if "bank_fraction" in fields and base.bank_fraction is not None and base.bank_fraction < 0.3:
+        out.append(Candidate(name="bank30", updates={"bank_fraction": 0.3, "bank_size": max(base.bank_size, 65536)},
+                             why="a larger share of the training patches in the bank"))
+    elif "bank_fraction" not in fields:
+        out.append(Candidate(name="bank4x", updates={"bank_size": min(4 * base.bank_size, 65536)},
+                             why="a larger memory bank"))
+    if max(image_size) >= 3 * size:
+        out.append(Candidate(name="tiles2x2", updates={"tile_rows": 2, "tile_cols": 2},
+                             why="large frames: four tiles keep small defects visible"))
+    return out
+
+
+def _config(base: TrainConfig, cand: Candidate, folds: int) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate({**base.model_dump(), **cand.updates, "calibration_folds": folds})
+    except ValidationError as exc:
+        raise ConfigError(f"auto candidate {cand.name!r} is not a valid training config: {exc}") from exc
+
+
+def _settings(cfg: TrainConfig, spec: InputSpec, cand: Candidate) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in cand.updates.items() if k not in ("input_size_px",))
+    return f"{spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles" + (f"; {extra}" if extra else "")
+
+
+def pseudo_defect(image: npt.NDArray[Any], max_value: int, kind_index: int, seed: int) -> npt.NDArray[Any]:
+    """A synthetic defect (``synth.py``'s scratch, pit, crack or stain in turn) drawn on a good image,
+    in the image's own pixel format: the goods-only criterion's stand-in for a defect."""
+    from lineguard_models.synth import DEFECT_KINDS, draw_defect
+
+    kind = DEFECT_KINDS[kind_index % len(DEFECT_KINDS)]
+    rng = np.random.default_rng([seed, kind_index, 7])
+    f = image.astype(np.float32) / float(max_value)
+    if f.ndim == 3 and f.shape[2] == 1:
+        f = f[:, :, 0]
+    out = draw_defect(rng, np.ascontiguousarray(f), kind, 0.6)
+    return np.round(np.clip(out, 0.0, 1.0) * max_value).reshape(image.shape).astype(image.dtype)
+
+
+def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
+    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``pipeline.cpu_session``)."""
+    session = cpu_session(onnx_path)
+    for _ in range(3):
+        session.run(["anomaly_score"], {"image": batch})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(["anomaly_score"], {"image": batch})
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def _pseudo_scored(scorer: OrtScorer, ds: Dataset, held: Sequence[Sample], spec: InputSpec,
+                   seed: int) -> list[Scored]:
+    return [Scored(rel=f"{s.rel}#{PSEUDO}", sha256="", label=PSEUDO,
+                   score=scorer.score(pseudo_defect(ds.load(s), spec.max_value, i, seed)))
+            for i, s in enumerate(held)]
+
+
+def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequence[Sample],
+                 others: Sequence[Sample], auto: AutoConfig, scratch: Path,
+                 progress: Progress) -> tuple[list[Scored], list[Scored], float]:
+    """(out-of-fold good scores of ``train_s``, scores of ``others`` (each by one fold's bank) or of
+    synthetic defects when there are none, engine p50 ms of the first fold's graph)."""
+    from lineguard_models.anomaly import batched, fit_anomaly_model
+    from lineguard_models.backbone import load_backbone
+    from lineguard_models.crossfit import fold_of
+    from lineguard_models.export import export_onnx
+
+    model_cfg = anomaly_model_config(cfg, spec)
+    profile = _camera_profile(cfg.camera_profile, spec)
+    backbone = load_backbone(model_cfg.backbone)
+    fold = fold_of(train_s, auto.folds, cfg.seed)  # the very folds pipeline.train's calibration uses
+    goods: list[Scored] = []
+    rest: list[Scored] = []
+    p50 = math.nan
+    for k in range(auto.folds):
+        fit_s = [s for s, f in zip(train_s, fold, strict=True) if f != k]
+        held = [s for s, f in zip(train_s, fold, strict=True) if f == k]
+        batches = _iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
+        scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
+                                   channels=spec.channels, max_value=spec.max_value, backbone=backbone)
+        onnx_path = scratch / f"fold{k}.onnx"
+        export_onnx(scorer, onnx_path)
+        ort_scorer = OrtScorer(onnx_path, spec)
+        goods += [_scored(ort_scorer, ds, s) for s in held]
+        rest += [_scored(ort_scorer, ds, s) for i, s in enumerate(others) if i % auto.folds == k]
+        if not any(s.label != "good" for s in others):
+            rest += _pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
+        if k == 0:
+            p50 = engine_p50_ms(onnx_path, prepare(ds.load(held[0]), spec)[0], auto.latency_runs)
+        onnx_path.unlink()
+        progress(f"  fold {k + 1}/{auto.folds}: {len(fit_s)} fitted, {len(held)} good scored")
+    return goods, rest, p50
+
+
+def _scored(scorer: OrtScorer, ds: Dataset, s: Sample) -> Scored:
+    from lineguard_models.pipeline import _sha
+
+    return Scored(rel=s.rel, sha256=_sha(s.path), label=s.label, score=scorer.score(ds.load(s)))
+
+
+def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.float64]) -> None:
+    q25, q50, q75 = np.percentile(good, [25, 50, 75])
+    iqr = max(float(q75 - q25), 1e-12)
+    outcome.automated_share = result.automated_share
+    outcome.auroc = min((c.auroc for c in result.classes), default=None)
+    if result.t_escape is not None:
+        outcome.separation = (result.t_escape - result.t_false_reject) / iqr
+    outcome.tail = float((good.max() - q50) / iqr)
+
+
+def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path,
+             progress: Progress) -> Outcome:
+    """One candidate's out-of-fold figures on the line's images (see the module docstring)."""
+    cfg = _config(base, cand, auto.folds)
+    train_s, extra_good = split_good(ds, cfg)
+    spec = make_input_spec(ds, train_s, cfg)
+    outcome = Outcome(name=cand.name, settings=_settings(cfg, spec, cand), why=cand.why)
+    t0 = time.monotonic()
+    scratch.mkdir(parents=True, exist_ok=True)
+    others = extra_good + pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
+    goods, rest, outcome.engine_p50_ms = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress)
+    outcome.oof = [s for s in goods if s.rel not in ds.fit_only]  # fit_only never calibrates
+    good = np.array([s.score for s in outcome.oof + rest if s.label == "good"])
+    defects: dict[str, list[float]] = {}
+    for s in rest:
+        if s.label != "good":
+            defects.setdefault(s.label, []).append(s.score)
+    logging.disable(logging.WARNING)  # a candidate's calibration warnings are not the bundle's
+    try:
+        result = calibrate(good, defects, cfg.policy)
+    finally:
+        logging.disable(logging.NOTSET)
+    _figures(outcome, result, good)
+    outcome.seconds = round(time.monotonic() - t0, 1)
+    if PSEUDO in defects:
+        outcome.note = "share and AUROC against synthetic defects (no defect images)"
+    return outcome
+
+
+def _cost(ds: Dataset, base: TrainConfig, cand: Candidate, folds: int) -> float:
+    """Relative cost of a candidate: input pixels x tiles x bank turns (fitting and search scale so)."""
+    cfg = _config(base, cand, folds)
+    spec = make_input_spec(ds, split_good(ds, cfg)[0], cfg)
+    turns = getattr(cfg, "bank_turns", 1)
+    return float(spec.input_width * spec.input_height * spec.tiles.count * (turns if isinstance(turns, int) else 1))
+
+
+def _key(o: Outcome) -> tuple[float, float, float, float]:
+    """Larger is better: automated share, then worst AUROC, then separation, then speed."""
+    return (o.automated_share or 0.0, o.auroc if o.auroc is not None else 0.0,
+            o.separation if o.separation is not None else -math.inf, -(o.engine_p50_ms or math.inf))
+
+
+def choose(outcomes: Sequence[Outcome], latency_budget_ms: float) -> tuple[Outcome, str]:
+    """The winner among the tried candidates and why (within the latency budget when any is)."""
+    tried = [o for o in outcomes if o.status == "tried"]
+    if not tried:
+        raise ConfigError("automatic configuration tried no candidate: raise --auto-time-budget-s or use --no-auto")
+    fast = [o for o in tried if (o.engine_p50_ms or math.inf) <= latency_budget_ms]
+    if not fast:
+        best = min(tried, key=lambda o: o.engine_p50_ms or math.inf)
+        return best, (f"no candidate within the latency budget {latency_budget_ms:g} ms: the fastest "
+                      f"({best.engine_p50_ms:.1f} ms) is taken")
+    best = max(fast, key=_key)
+    ties = [o.name for o in fast if o is not best and o.automated_share == best.automated_share]
+    why = f"largest out-of-fold automated share ({100 * (best.automated_share or 0):.1f} %)"
+    if ties:
+        why += f"; tied with {', '.join(ties)} on the share, ahead on AUROC / separation / speed"
+    slow = [o.name for o in tried if o not in fast]
+    if slow:
+        why += f"; over the latency budget, not chosen: {', '.join(slow)}"
+    return best, why
+
+
+def _skip_reason(elapsed: float, est: float, auto: AutoConfig) -> str | None:
+    if elapsed + est > auto.time_budget_s:
+        return f"skipped: time budget (needs about {est:.0f} s, {max(auto.time_budget_s - elapsed, 0):.0f} s left)"
+    return None
+
+
+def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, progress: Progress = print,
+           candidates: Sequence[Candidate] | None = None) -> tuple[TrainConfig, list[Scored], dict[str, Any]]:
+    """Try the candidates within the time budget; returns (winner's config, its out-of-fold good
+    scores, the record for the report and the manifest)."""
+    cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
+    t0 = time.monotonic()
+    outcomes: list[Outcome] = []
+    rates: list[float] = []  # seconds per unit of _cost of each candidate tried
+    per_cost = math.nan
+    for i, cand in enumerate(cands, 1):
+        cost = _cost(ds, base, cand, auto.folds)
+        # the final training (one more fit, classifier, golden) is reserved as half a candidate
+        est = 1.5 * per_cost * cost if math.isfinite(per_cost) else 0.0
+        skip = _skip_reason(time.monotonic() - t0, est, auto) if outcomes else None
+        if skip:
+            cfg = _config(base, cand, auto.folds)
+            outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
+                ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=skip))
+            progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {skip}")
+            continue
+        progress(f"auto: candidate {i}/{len(cands)} {cand.name} ({cand.why}), {time.monotonic() - t0:.0f} s "
+                 f"of {auto.time_budget_s:.0f} s used")
+        try:
+            o = evaluate(ds, base, cand, auto, scratch / cand.name, progress)
+        finally:
+            shutil.rmtree(scratch / cand.name, ignore_errors=True)
+        outcomes.append(o)
+        rates.append((o.seconds or 0.0) / cost)
+        per_cost = float(np.mean(rates))
+        progress(f"auto: {o.name}: automated share {100 * (o.automated_share or 0):.1f} %, AUROC "
+                 f"{o.auroc if o.auroc is not None else float('nan'):.3f}, engine p50 {o.engine_p50_ms:.1f} ms, "
+                 f"{o.seconds:.0f} s")
+    best, why = choose(outcomes, auto.latency_budget_ms)
+    winner = next(c for c in cands if c.name == best.name)
+    record = _record(outcomes, best, why, winner, auto, time.monotonic() - t0, ds)
+    progress(f"auto: chose {best.name}: {why}")
+    return _config(base, winner, auto.folds), best.oof, record
+
+
+def _median_size(ds: Dataset) -> tuple[int, int]:
+    widths, heights = sorted(w for w, _ in ds.sizes), sorted(h for _, h in ds.sizes)
+    return widths[len(widths) // 2], heights[len(heights) // 2]
+
+
+def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candidate, auto: AutoConfig,
+            seconds: float, ds: Dataset) -> dict[str, Any]:
+    skipped = [o.name for o in outcomes if o.status.startswith("skipped")]
+    with_defects = bool(ds.defect_classes)
+    crit = ("automated share at the line's policy on out-of-fold scores of its own good images and a share of "
+            "its defect images" if with_defects else
+            "no defect images: automated share against synthetic defects drawn on out-of-fold good images (a proxy)")
+    note = (f"time budget {auto.time_budget_s:.0f} s: {len(outcomes) - len(skipped)} of {len(outcomes)} candidates "
+            f"tried in {seconds:.0f} s" + (f"; stopped before {', '.join(skipped)}" if skipped else "")
+            + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, first fold's bank)")
+    return {"chosen": best.name, "reason": why, "criterion": crit + "; ties: worst-class AUROC, separation, speed",
+            "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1),
+            "config": auto.model_dump(), "candidates": [o.record() for o in outcomes]}
+
+
+def train_auto(data: Path, out: Path, base: TrainConfig, auto: AutoConfig | None = None, *,
+               progress: Progress = print, overwrite: bool = False,
+               candidates: Sequence[Candidate] | None = None) -> Bundle:
+    """``lineguard train`` in automatic mode: choose the recipe, then train the bundle with it (the
+    winner's out-of-fold scores calibrate; the record goes to the report and ``calibration.auto``)."""
+    from lineguard_models.data import scan_dataset
+
+    auto = auto or AutoConfig()
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists (choose another --out or remove it)")
+    ds = scan_dataset(data, allow_unreadable=base.allow_unreadable)
+    scratch = out.parent / f".{out.name}.auto"
+    try:
+        cfg, oof, record = select(ds, base, auto, scratch, progress=progress, candidates=candidates)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record)

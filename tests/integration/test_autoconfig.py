@@ -1,0 +1,116 @@
+"""Automatic per-line configuration on small generated data: the planted better recipe wins, the time
+budget is kept and said, every candidate is recorded, and the auto-mode bundle runs on the edge.
+
+Tiny images (128x96), a 64-row bank and two folds keep each candidate to a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lineguard.bundle import load_bundle
+from lineguard.cli import main
+from lineguard.imageio import read_image
+from lineguard.preprocess import prepare
+from lineguard_models.autoconfig import AutoConfig, Candidate, Outcome, choose, select, train_auto
+from lineguard_models.data import scan_dataset
+from lineguard_models.pipeline import OrtScorer, TrainConfig
+from lineguard_models.synth import SynthConfig, write_dataset
+
+pytestmark = pytest.mark.slow  # about 20-50 s per test on a loaded 2-core box
+BASE = {"bank_size": 64, "bank_fraction": None, "input_size_px": 64, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("auto") / "data"
+    write_dataset(root, SynthConfig(n_good=12, n_defect_per_class=6, defect_classes=("scratch", "pit"),
+                                    defect_strength=0.6, seed=5))
+    return root
+
+
+def _base() -> TrainConfig:
+    return TrainConfig.model_validate({k: v for k, v in BASE.items() if k in TrainConfig.model_fields})
+
+
+def test_the_planted_better_candidate_wins_and_every_candidate_is_recorded(data: Path, tmp_path: Path) -> None:
+    # planted difference: squeezed to 32 px the 1-3 px scratches and pits all but vanish; at 128 px they do not
+    cands = [Candidate(name="blind", updates={"input_size_px": 32}),
+             Candidate(name="sharp", updates={"input_size_px": 128})]
+    lines: list[str] = []
+    cfg, oof, rec = select(scan_dataset(data), _base(), AutoConfig(folds=2, latency_budget_ms=1e4), tmp_path,
+                           progress=lines.append, candidates=cands)
+    by = {c["name"]: c for c in rec["candidates"]}
+    assert rec["chosen"] == "sharp" and cfg.input_size_px == 128 and cfg.calibration_folds == 2
+    assert by["sharp"]["auroc"] > by["blind"]["auroc"]
+    assert by["sharp"]["automated_share"] >= by["blind"]["automated_share"]
+    for c in by.values():
+        assert c["status"] == "tried" and c["engine_p50_ms"] > 0 and c["seconds"] >= 0
+    assert len(oof) == 12 and {s.label for s in oof} == {"good"}  # every good image, out-of-fold
+    assert any("candidate 2/2 sharp" in line for line in lines)  # progress is shown
+    assert not (tmp_path / "blind").exists()  # scratch cleaned
+
+
+def test_a_tiny_time_budget_stops_after_the_first_candidate_and_says_so(data: Path, tmp_path: Path) -> None:
+    cands = [Candidate(name=f"c{s}", updates={"input_size_px": s}) for s in (64, 96, 128)]
+    _, _, rec = select(scan_dataset(data), _base(), AutoConfig(folds=2, time_budget_s=0.01), tmp_path,
+                       progress=lambda _: None, candidates=cands)
+    status = [c["status"] for c in rec["candidates"]]
+    assert status[0] == "tried" and all(s.startswith("skipped: time budget") for s in status[1:])
+    assert [c["name"] for c in rec["candidates"]] == ["c64", "c96", "c128"]
+    assert rec["chosen"] == "c64" and "stopped before c96, c128" in rec["budget_note"]
+
+
+def _outcome(name: str, share: float, auroc: float, p50: float) -> Outcome:
+    return Outcome(name=name, settings="", why="", automated_share=share, auroc=auroc, engine_p50_ms=p50,
+                   separation=0.0)
+
+
+def test_choose_keeps_the_latency_budget_and_breaks_ties() -> None:
+    fast, slow = _outcome("fast", 0.90, 0.99, 10.0), _outcome("slow", 0.97, 0.999, 55.0)
+    best, why = choose([fast, slow], 40.0)
+    assert best is fast and "over the latency budget, not chosen: slow" in why
+    assert choose([fast, slow], 60.0)[0] is slow
+    tie = _outcome("tie", 0.90, 0.995, 30.0)
+    assert choose([fast, tie], 40.0)[0] is tie  # same share: the better AUROC
+    best, why = choose([slow], 40.0)
+    assert best is slow and "no candidate within the latency budget" in why
+    assert math.isfinite(best.engine_p50_ms or math.nan)
+
+
+def test_auto_bundle_records_the_choice_and_runs_on_the_edge(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    cands = [Candidate(name="default", updates={}), Candidate(name="96px", updates={"input_size_px": 96})]
+    bundle = train_auto(data, out, _base(), AutoConfig(folds=2, latency_budget_ms=1e4), progress=lambda _: None,
+                        candidates=cands)
+    m = load_bundle(out).manifest  # the edge's own loader verifies hashes and the manifest
+    auto = m.calibration["auto"]
+    assert auto["chosen"] in ("default", "96px") and len(auto["candidates"]) == 2
+    assert m.provenance["training"]["calibration_folds"] == 2
+    assert m.calibration["images"]["good"] == 12  # every good image calibrated out-of-fold
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["auto"]["chosen"] == auto["chosen"] and report["curve"]["escape"]["share"]
+    assert "## Automatic configuration" in (out / "report" / "report.md").read_text()
+    # the edge runs it unchanged: golden images reproduce through the edge's preprocessing
+    scorer = OrtScorer(bundle.path(m.engines["anomaly"].file), m.input)
+    for g in m.golden:
+        img = read_image(bundle.path(g.file))
+        assert prepare(img, m.input)[0].shape[1:] == (1, m.input.input_height, m.input.input_width)
+        assert scorer.score(img) == pytest.approx(g.expected_score, rel=1e-3, abs=1e-5)
+    assert main(["check-bundle", str(out)]) == 0  # the edge's bundle check: hashes, thresholds, golden self-test
+
+
+def test_cli_turns_auto_off_with_a_recipe_option(data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "manual"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--input-size", "64", "--bank-size", "64"])
+    assert rc == 0
+    m = load_bundle(out).manifest
+    assert "auto" not in m.calibration and m.provenance["training"]["calibration_folds"] == 0
+    assert "automatic configuration chose" not in capsys.readouterr().out
+    assert np.isfinite(m.thresholds.lower)
