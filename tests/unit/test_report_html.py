@@ -59,3 +59,11 @@ def test_fallback_curve_matches_the_rates_at_the_thresholds() -> None:
     assert all(b >= r for b, r in zip(curve["escape"]["bound"], curve["escape"]["rate"], strict=True))
     page = render_html(result, GOOD, DEFECTS, title="t", context={})
     assert 'class="curve-false_reject"' in page and 'class="curve-escape-bound"' in page
+
+
+def test_good_only_page_asks_for_reject_bin_parts() -> None:
+    result = calibrate(GOOD, {})
+    page = render_html(result, GOOD, {}, title="t", context={})
+    assert result.mode == "good_only" and page.count('<svg class="histogram"') == 1
+    assert "lineguard capture --class NAME" in page and "lineguard calibrate" in page
+    assert 'class="curve-false_reject"' in page and 'class="curve-escape"' not in page
