@@ -93,6 +93,16 @@ class ServiceSection(BaseModel):
     decision_log_retry_ms: int = Field(
         1000, ge=10, le=600_000, description="how often a decision log that cannot be written is tried again"
     )
+    part_ids: Literal["source", "plc_trigger"] = Field(
+        "source",
+        description="where part ids come from: source counts every part the camera/replay delivers (1, 2, 3, "
+        "fault frames included); plc_trigger gives the n-th part the part id of the PLC's n-th trigger "
+        "(registers 20-22; the PLC's part ids must grow by 1 per trigger; docs/plc.md)",
+    )
+    trigger_wait_ms: int = Field(
+        50, ge=0, le=10_000,
+        description="part_ids: plc_trigger: how long a frame may wait for the PLC link to read its trigger",
+    )
 
 
 class LineConfig(BaseModel):
@@ -124,6 +134,13 @@ class LineConfig(BaseModel):
         if self.changeover is None and b.allow_unsigned is False and not b.trusted_keys:
             raise ValueError("bundle.allow_unsigned is false but bundle.trusted_keys is empty: every bundle would "
                              "be refused (add the public key printed by lineguard sign-bundle --generate-key)")
+        return self
+
+    @model_validator(mode="after")
+    def verify_part_id_source(self) -> LineConfig:
+        if self.service.part_ids == "plc_trigger" and self.plc is None:
+            raise ValueError("service.part_ids is plc_trigger but there is no plc section to read the triggers "
+                             "from: add plc (registers 20-22 carry the trigger) or set service.part_ids: source")
         return self
 
     def signature_policy(self) -> tuple[list[str], bool, str]:

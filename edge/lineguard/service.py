@@ -40,9 +40,10 @@ from lineguard.drift import DriftMonitor
 from lineguard.engines import BundleRunner, run_golden
 from lineguard.errors import LineGuardError, SelfTestError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
+from lineguard.partids import TriggerPartIds
 from lineguard.plc import NullPlcLink, PlcConfig, PlcLink, PlcOutcome
 from lineguard.publisher import Publisher, build_publisher
-from lineguard.sources import Source, SourceStatsSnapshot, build_source
+from lineguard.sources import PartIdFn, Source, SourceStatsSnapshot, build_source
 from lineguard.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def build_runner(bundle: Bundle, cfg: LineConfig) -> BundleRunner:
 def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> PlcLink | NullPlcLink:
     """The configured PLC link, or a stand-in that writes nothing when ``plc:`` is absent."""
     return PlcLink.from_config(cfg, metrics_registry=registry) if cfg is not None else NullPlcLink()
+
+
+def part_id_fn(cfg: LineConfig, plc: PlcLink | NullPlcLink) -> PartIdFn | None:
+    """The source's part numbering: its own count (None), or the PLC's trigger part ids."""
+    if cfg.service.part_ids != "plc_trigger":
+        return None
+    return TriggerPartIds(plc.last_trigger, wait_s=cfg.service.trigger_wait_ms / 1000)
 
 
 @dataclass
@@ -171,7 +179,7 @@ class InspectionService:
         runner = build_runner(bundle, cfg)
         plc = build_plc_link(cfg.plc, registry=reg)
         publisher = build_publisher(cfg.publisher, metrics=metrics)
-        source = build_source(cfg.source)
+        source = build_source(cfg.source, part_id_fn=part_id_fn(cfg, plc))
         svc = cfg.service
         dlog: DecisionLog | NullDecisionLog = (
             DecisionLog(path=svc.decision_log_path, backlog_lines=svc.decision_log_backlog_lines,

@@ -132,3 +132,41 @@ def test_replay_command_summary_counts_every_triggered_part(
     assert f"{N_FILES} frames, {N_FILES} verdicts, fail-safe 6 (queue full 0, unreadable_frame 6)" in out, out
     sim.wait_until(lambda: len(sim.results()) >= N_FILES, timeout_s=5)
     _check_plc_and_log(sim, truth, tmp / "cli.jsonl")
+
+
+def test_part_ids_from_plc_triggers_follow_the_files_including_the_unreadable(stream: dict[str, object]) -> None:
+    """service.part_ids: plc_trigger: the PLC triggers parts 5000.. and writes their ids (registers
+    20-22); the n-th file is the n-th trigger and its result carries the trigger's part id."""
+    sim, tmp = stream["sim"], stream["tmp"]
+    assert isinstance(sim, PlcSimulator) and isinstance(tmp, Path)
+    cfg = LineConfig(
+        bundle=BundleSection(path=stream["bundle"]),  # type: ignore[arg-type]
+        source=ReplaySourceConfig(type="replay", paths=(str(stream["folder"]),), rate_parts_per_s=20.0),
+        plc=PlcConfig(transport=TcpTransportConfig(host=sim.host, port=sim.port), deadline_ms=2000.0),
+        publisher=PublisherConfig(enabled=False),
+        metrics=MetricsSection(enabled=False),
+        service=ServiceSection(decision_log_path=tmp / "trig.jsonl", part_ids="plc_trigger", trigger_wait_ms=1000),
+    )
+    service = InspectionService.from_config(cfg, registry=CollectorRegistry())
+    try:
+        service.start()
+        sim.wait_until(lambda: service.plc.health().connected, timeout_s=5)  # type: ignore[union-attr]
+        time.sleep(0.1)  # the link's first poll is its baseline: triggers start after it
+        sim.start_triggers(20.0, first_part_id=5000, count=N_FILES)
+        t0 = time.monotonic()
+        while not service.finished():
+            assert time.monotonic() - t0 < 30, "replay did not finish"
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    sim.wait_until(lambda: len(sim.results()) >= N_FILES, timeout_s=5)
+    by_part = sim.verdicts_by_part()
+    assert sorted(by_part) == list(range(5000, 5000 + N_FILES)) and all(len(v) == 1 for v in by_part.values())
+    flags = {r.part_id: r.flags for r in sim.results()}
+    assert sorted(p for p, f in flags.items() if f & 0b10) == [5000 + pos for pos in sorted(UNREADABLE)]
+    assert not any(f & 0b01 for f in flags.values()), "no part waited for its deadline"
+    truth = stream["truth"]
+    assert isinstance(truth, dict)
+    for part, kind in truth.items():  # the judged ones carry their own file's verdict
+        if kind != "unreadable":
+            assert next(iter(by_part[4999 + part]))[1] == int(EXPECTED[kind]), (part, kind)

@@ -17,6 +17,7 @@ SERVICE_API = {
     "set_defect_classes",
     "poll_recipe_request",
     "poll_trigger",
+    "last_trigger",
 }
 
 
@@ -33,6 +34,6 @@ def test_null_link_accepts_everything() -> None:
     link.expect(1, 0)
     link.submit(decision(1))
     link.set_status(ready=True)
-    assert link.poll_trigger() is None and link.poll_recipe_request() is None
+    assert link.poll_trigger() is None and link.poll_recipe_request() is None and link.last_trigger() is None
     assert link.submitted == 1
     link.stop()

@@ -91,6 +91,8 @@ class PlcLink:
         self._recovered_until = 0
         self._overflow_until = 0
         self._last_trigger_seq: int | None = None
+        self._trigger_count = 0  # triggers since the baseline read, the ones polled too late included
+        self._last_trigger: tuple[int, int] | None = None  # (trigger_count, part_id) of the latest (under _cv)
         self._reconnects = 0
         self._faults = LinkFaults(cfg=cfg, metrics=metrics, recorder=recorder, logger=log)
         self._ledger = PartLedger(
@@ -201,6 +203,13 @@ class PlcLink:
         """The oldest part id the PLC announced and nobody took yet, or None."""
         with self._cv:
             return self._triggers.popleft() if self._triggers else None
+
+    def last_trigger(self) -> tuple[int, int] | None:
+        """(n, part_id) of the latest trigger read: it was the n-th trigger (1-based) since the link's
+        first read, counting the ones the PLC issued between two polls; None before the first.
+        The service's part-id join (lineguard.partids) anchors camera frames on it."""
+        with self._cv:
+            return self._last_trigger
 
     def health(self) -> PlcHealth:
         with self._cv:
@@ -410,6 +419,8 @@ class PlcLink:
         if self.cfg.expect_on_trigger:
             self._book.expect(part_id, t_read_ns)
         with self._cv:
+            self._trigger_count += gap
+            self._last_trigger = (self._trigger_count, part_id)
             if len(self._triggers) >= TRIGGER_BACKLOG:
                 self._triggers.popleft()
                 self._m.missed_triggers.inc()

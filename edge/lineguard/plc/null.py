@@ -59,3 +59,6 @@ class NullPlcLink:
 
     def poll_trigger(self) -> int | None:
         return None
+
+    def last_trigger(self) -> tuple[int, int] | None:
+        return None
