@@ -85,7 +85,8 @@ def bench_genicam(seconds: float, pixel_format: str) -> dict[str, Any] | None:
             copy_ms.clear()
             n, t0 = 0, time.monotonic()
             while time.monotonic() - t0 < seconds:
-                if src.read(1.0) is not None:
+                frame = src.read(1.0)
+                if frame is not None and not frame.fault:  # pictures only: missing ids are fault frames
                     n += 1
             elapsed = time.monotonic() - t0
             stats = src.stats.snapshot()
