@@ -79,7 +79,10 @@ class DecisionLog:
     def __init__(self, *, path: Path, max_bytes: int = 50_000_000, backups: int = 10, queue_size: int = 4096,
                  backlog_lines: int = 50_000, retry_ms: int = 1000, metrics: DecisionLogMetrics | None = None,
                  close_timeout_s: float = 5.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A folder that cannot be made now (full or read-only disk) is a fault episode of the writer
+        # thread, reported and retried like any other, never a crash of the service at start.
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._max_bytes = max_bytes
         self._backups = backups

@@ -69,9 +69,9 @@ class SmallDisk:
         folder = self.path / name
         folder.mkdir()
         with contextlib.suppress(OSError):
-            for i in range(10**7):
+            for i in range(100_000):
                 (folder / str(i)).touch()
-        assert os.statvfs(self.path).f_favail == 0
+        assert os.statvfs(self.path).f_favail == 0, "mount the small disk with nr_inodes= a few hundred"
         return folder
 
 

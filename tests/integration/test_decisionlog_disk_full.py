@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,4 +176,23 @@ def test_a_log_deleted_or_its_folder_removed_under_the_service_is_created_again(
     wait(lambda: dlog.written == 3)
     dlog.close()
     assert [r["seq"] for r in lines_of(path)] == [2]
+    assert [r.levelname for r in caplog.records if r.name == LOGGER] == ["WARNING", "INFO"]
+
+
+def test_a_folder_that_cannot_be_made_at_start_is_a_fault_not_a_crash(
+        small_disk: Callable[[int], Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    disk = small_disk(64 * 1024, nr_inodes=64)
+    ballast = disk.fill()
+    inodes = disk.fill_inodes()  # not even a folder can be created now
+    path = disk.path / "audit" / "decisions.jsonl"
+    dlog = DecisionLog(path=path, retry_ms=20)  # must not raise
+    dlog.write(decision(0))
+    wait(lambda: dlog.fault_episodes == 1)
+    ballast.unlink()
+    shutil.rmtree(inodes)
+    path.parent.mkdir()  # the operator frees the disk and makes the folder
+    wait(lambda: dlog.written == 1)
+    dlog.close()
+    assert [r["seq"] for r in lines_of(path)] == [0]
     assert [r.levelname for r in caplog.records if r.name == LOGGER] == ["WARNING", "INFO"]
