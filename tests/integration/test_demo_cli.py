@@ -20,6 +20,7 @@ def test_demo_runs_the_whole_line(tmp_path: Path) -> None:
     assert res.returncode == 0, out[-3000:]
     assert "PLC check: 24 parts with a verdict, 0 without, 0 with more than one -> OK" in out
     assert "verdicts at the PLC by true label:" in out
+    assert "decided without a person:" in out and "automated share on its calibration images" in out
     # a second run reuses the verified bundle instead of training again
     res2 = subprocess.run([*cmd[:6], "--parts", "6", "--metrics-port", "0", "--input-size", "96"],
                           capture_output=True, text=True, timeout=300)

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest allowed rise of the false-reject rate")
     p.add_argument("--exclude-class", action="append", default=[],
                    help="leave a class out of training (ablation; the gate still checks it)")
-    p.add_argument("--input-size", type=int, default=224, help="engine input long side per tile, px")
+    p.add_argument("--input-size", type=int, default=224,
+                   help="engine input size per tile, px (the short side, aspect kept)")
     p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
     p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
     p.add_argument("--calibration-folds", type=int, default=3,

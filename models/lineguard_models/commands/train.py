@@ -73,8 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-good", type=int, default=None, help="most good images used for fitting")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, coreset and sampling")
     p.add_argument("--input-size", type=int, default=None,
-                   help="engine input side per tile, px (aspect kept, multiples of 32; default: the product "
-                        "default); a recipe option: given, it turns automatic configuration off")
+                   help="engine input size per tile, px, of the side --input-side names (aspect kept, multiples "
+                        "of 32; default 224 on the short side); a recipe option: given, it turns automatic "
+                        "configuration off (as do --input-side, --tiles, --bank-size, --bank-fraction, --backbone, "
+                        "--stages, --image-score, --bank-turns)")
+    add_recipe_arguments(p)
     p.add_argument("--product", default="product", help="product name in the bundle")
     p.add_argument("--recipe", type=int, default=0, help="PLC recipe number this bundle serves")
     p.add_argument("--tiles", type=tiles_arg, default=None,
@@ -98,7 +101,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # options that set the recipe by hand: any of them given means no automatic configuration
-RECIPE_OPTIONS = ("input_size", "tiles", "bank_size")
+RECIPE_OPTIONS = ("input_size", "tiles", "bank_size", "input_side", "bank_fraction", "backbone", "stages",
+                  "image_score", "bank_turns")
+_RECIPE_FIELDS = {"input_side": "input_side", "bank_fraction": "bank_fraction", "backbone": "backbone",
+                  "stages": "stages", "image_score": "image_score", "bank_turns": "bank_turns"}
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The issue-22 recipe knobs (docs/anomaly-model.md); each given one turns automatic configuration off."""
+    p.add_argument("--input-side", choices=["short", "long"], default=None,
+                   help="which side --input-size sets: short (default; long frames keep their detail) or long")
+    p.add_argument("--bank-fraction", type=float, default=None,
+                   help="memory bank = this share of every training patch by greedy coreset (default 0.1; 1 = all)")
+    p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+                   default=None, help="feature backbone (default efficientnet_lite0)")
+    p.add_argument("--stages", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
+                   help="backbone stages feeding the patch features, comma-separated (default stage3,stage5)")
+    p.add_argument("--image-score", choices=["patch_max", "map_max", "topk_mean"], default=None,
+                   help="how patch distances become the image score (default patch_max)")
+    p.add_argument("--bank-turns", type=int, choices=[1, 2, 4], default=None,
+                   help="copies of each training image in the bank: 1, 2 (+180 deg) or 4 (90 deg turns); default: "
+                        "4 when the camera profile says parts lie in any orientation, else 1")
 
 
 def add_auto_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,6 +146,9 @@ def recipe_updates(args: argparse.Namespace) -> dict[str, object]:
         out["tile_rows"], out["tile_cols"] = args.tiles
     if args.bank_size is not None:
         out["bank_size"] = args.bank_size
+    for option, name in _RECIPE_FIELDS.items():
+        if getattr(args, option, None) is not None:
+            out[name] = getattr(args, option)
     return out
 
 
