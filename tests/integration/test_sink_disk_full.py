@@ -22,6 +22,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from lineguard.contracts import Decision, Frame, Verdict
+from lineguard.sink.headroom import HEADROOM_BYTES
 from lineguard.sink.store import FrameStore, verify_store
 from lineguard.wire import MessageKind, WireMessage, build_header, decode_message, encode_message
 
@@ -127,3 +128,23 @@ def test_sink_process_on_a_full_small_disk_keeps_collecting_and_counts_store_err
     assert len(recovered) == 1 and "6 frames refused during the fault" in recovered[0], err[-3000:]
     assert "No space left on device" in warnings[0]
     assert "Traceback" not in err and " ERROR " not in err, "no line per refused frame"
+
+
+def test_store_reopened_on_a_disk_others_filled_evicts_to_its_reserve(small_disk: Callable[[int], Any]) -> None:
+    """Without the headroom file SQLite cannot even open the index here ("disk I/O error")."""
+    disk = small_disk(8 * MB)
+    root = disk.path / "store"
+    store = FrameStore.open(root, quota_bytes=DEFAULT_QUOTA, min_free_bytes=256 * 1024)
+    for i in range(40):  # ~2.6 MB
+        store.store_batch([message(i)])
+    store.close()
+    disk.fill()  # another program takes every free byte while the sink is stopped
+    store = FrameStore.open(root, quota_bytes=DEFAULT_QUOTA, min_free_bytes=256 * 1024)
+    before = store.count()
+    r = store.store_batch([message(100)])
+    assert r.stored_kinds == ["uncertain"] and r.evicted >= 4 and not r.store_errors, r
+    assert store.count() == before + 1 - r.evicted
+    assert disk.free_bytes() >= 128 * 1024  # the reserve is free again (page rounding aside)
+    assert (root / "headroom").stat().st_size == HEADROOM_BYTES  # and SQLite's headroom is back
+    store.close()
+    assert verify_store(root) == []

@@ -18,7 +18,8 @@ The quota follows the disk: the effective quota of each batch is
 so a store on a disk smaller than its quota, or one that another process fills, evicts its oldest
 unlabelled frames instead of failing every write. When the disk (not the configured quota) is the
 limit, the evictions are committed and their files deleted *before* the batch is written, so the
-space they free is there for it.
+space they free is there for it. A ``headroom`` file (:mod:`lineguard.sink.headroom`) holds 1 MB
+back so SQLite can open the index and commit those evictions on a disk filled to the last byte.
 
 A kill between 1 and 2 leaves complete but unindexed files; between 2 and 3 leaves files of
 deleted rows. :meth:`FrameStore.open` removes both kinds and everything under ``tmp/``, so every
@@ -44,6 +45,7 @@ import numpy as np
 
 from lineguard.errors import PublisherError
 from lineguard.fsutil import fsync_path
+from lineguard.sink.headroom import Headroom
 from lineguard.wire import WireMessage
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ class FrameStore:
         self._db = db
         self._quota = quota_bytes
         self._min_free = min_free_bytes
+        self._headroom = Headroom(root / "headroom")
         self._fsync = fsync
         self.recovery = recovery
         total, count = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM frames").fetchone()
@@ -165,6 +168,8 @@ class FrameStore:
     def open(cls, root: str | Path, *, quota_bytes: int, fsync: bool = True, min_free_bytes: int = 0) -> FrameStore:
         """Open (or create) a store and clean up whatever a crash left behind."""
         base = Path(root)
+        headroom = Headroom(base / "headroom")
+        headroom.release()  # room for SQLite to open even on a disk others filled while we were stopped
         try:
             (base / "tmp").mkdir(parents=True, exist_ok=True)
             (base / "frames").mkdir(exist_ok=True)
@@ -180,6 +185,8 @@ class FrameStore:
             log.warning("sink store %s recovered after an unclean stop: %s", base, recovery)
         store = cls(root=base, db=db, quota_bytes=quota_bytes, fsync=fsync, recovery=recovery,
                     min_free_bytes=min_free_bytes)
+        store._headroom = headroom
+        headroom.restore()  # when there is no room yet, the first batch's eviction makes it
         effective, free = store.effective_quota()
         if effective < quota_bytes:
             log.warning("sink store %s: quota %.1f MB is more than the disk can hold (%.1f MB stored + %.1f MB free "
@@ -196,7 +203,8 @@ class FrameStore:
         """(bytes the store may hold now, free bytes on its disk): the configured quota, lowered to what
         the disk can hold while ``min_free_bytes`` stay free. OSError when the disk cannot be read."""
         free = shutil.disk_usage(self.root).free
-        return max(0, min(self._quota, self._total_bytes + free - self._min_free)), free
+        keep = self._min_free + (0 if self._headroom.held else self._headroom.size)  # room to restore it
+        return max(0, min(self._quota, self._total_bytes + free - keep)), free
 
     def store_batch(self, messages: Sequence[WireMessage]) -> BatchResult:
         """Store validated messages durably; duplicates and over-quota ones are skipped and counted.
@@ -214,8 +222,11 @@ class FrameStore:
         if not fresh and not evict:
             return result
         if evict and result.disk_bound:  # free the space first: the batch needs it on this disk
+            if result.free_bytes < self._headroom.size:
+                self._headroom.release()  # the eviction's own WAL pages need room on a disk others filled
             result.evicted = self._evict_now(evict)
             evict = []
+            self._headroom.restore()
         now = dt.datetime.now(dt.timezone.utc)
         rows: list[tuple[object, ...]] = []
         moves: list[tuple[Path, Path]] = []
