@@ -368,15 +368,15 @@ def _unsupported(g: GoodStats, classes: Sequence[ClassStats], policy: Calibratio
     conf = policy.confidence
     parts = []
     if not g.supported:
-        parts.append(f"good {g.n} images (false-reject bound {100 * g.false_reject_upper:.1f} % vs budget "
+        parts.append(f"good {g.n} images (false-reject bound here {100 * g.false_reject_upper:.1f} % vs budget "
                      f"{100 * policy.false_reject_budget:.1f} %; {_more(g.extra_needed)})")
     for c in classes:
         if not c.supported:
-            parts.append(f"{c.name} {c.n} images (escape bound {100 * c.escape_upper:.1f} % vs target "
+            parts.append(f"{c.name} {c.n} images (escape bound here {100 * c.escape_upper:.1f} % vs target "
                          f"{100 * policy.escape_target:.1f} %; {_more(c.extra_needed)})")
     if not parts:
         return ""
-    return (f"too few images to support the targets at {100 * conf:.0f} % confidence even with no errors: "
+    return (f"too few images to support the targets on their {100 * conf:.0f} % bounds (not even with no errors): "
             + "; ".join(parts) + ". Until then the targets hold on the observed rates only")
 
 
