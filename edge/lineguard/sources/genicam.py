@@ -45,6 +45,7 @@ from lineguard.sources.base import BaseSource, PartIdFn, SourceInfo
 from lineguard.sources.config import GenICamSourceConfig
 from lineguard.sources.genicam_nodes import configure_device, describe_node_map, read_settings
 from lineguard.sources.identity import INCOMPLETE_FRAME
+from lineguard.sources.partwarn import PartWarnings
 
 log = logging.getLogger(__name__)
 # one look at the producer's event queue when polling (harvesters needs a timeout > 0; 0 = forever)
@@ -188,6 +189,7 @@ class GenICamSource(BaseSource):
         self._harvester: Any = None
         self._ia: Any = None
         self._incomplete = _IncompleteCounter(self._on_incomplete)
+        self._warnings = PartWarnings(log, "incomplete or unusable buffers")  # a dropping camera: no flood
         self._backoff_s = cfg.reconnect_initial_ms / 1000.0
         self._next_attempt_ns = 0
         self._lost = False
@@ -213,6 +215,7 @@ class GenICamSource(BaseSource):
         """Stop streaming and release camera and producer; never raises."""
         self._closed = True
         self._teardown()
+        self._warnings.flush()
 
     def trigger(self) -> None:
         """Fire one software trigger (``trigger: software``)."""
@@ -347,7 +350,8 @@ class GenICamSource(BaseSource):
         if image is None:
             # A short or odd buffer is one bad part, not a broken camera: answer it and go on.
             self.stats.add(incomplete=1)
-            log.warning("camera %s: frame id %s unusable, fail-safe: %s", self.camera_id, frame_id, problem)
+            self._warnings.warn("camera %s: frame id %s unusable, fail-safe: %s", self.camera_id, frame_id,
+                                problem)
             return self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=t_capture_ns, frame_id=frame_id, detail=problem)
         return self._emit(image, t_capture_ns=t_capture_ns, camera_timestamp_ns=camera_ts, frame_id=frame_id)
 
@@ -356,7 +360,7 @@ class GenICamSource(BaseSource):
         self.stats.add(incomplete=1)
         # The buffer is back with the producer, its info unreadable: the next id in order is the one.
         frame_id = self._ids.expected()
-        log.warning("camera %s: incomplete buffer (frame id %s), fail-safe", self.camera_id, frame_id)
+        self._warnings.warn("camera %s: incomplete buffer (frame id %s), fail-safe", self.camera_id, frame_id)
         frame = self._emit_fault(INCOMPLETE_FRAME, t_capture_ns=time.monotonic_ns(), frame_id=frame_id,
                                  detail="the producer delivered the buffer incomplete")
         self._pending.appendleft(frame)  # _emit_fault returned the oldest queued frame: put it back first

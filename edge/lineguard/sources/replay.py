@@ -33,6 +33,7 @@ from lineguard.errors import ImageError, SourceError
 from lineguard.sources.base import BaseSource, Pacer, PartIdFn, SourceInfo
 from lineguard.sources.config import ReplaySourceConfig
 from lineguard.sources.identity import UNREADABLE_FRAME
+from lineguard.sources.partwarn import PartWarnings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class ReplaySource(BaseSource):
         self._position = 0  # frame_id of the next file: its position in the stream, across passes
         self._good_in_pass = 0  # readable files seen in the current pass (detects all-bad lists)
         self._opened = False
+        self._warnings = PartWarnings(log, "unreadable replay files")  # a broken folder is not a log flood
 
     @classmethod
     def from_config(cls, cfg: ReplaySourceConfig, *, part_id_fn: PartIdFn | None = None) -> ReplaySource:
@@ -135,6 +137,7 @@ class ReplaySource(BaseSource):
     def close(self) -> None:
         self._opened = False
         self.stats.set_connected(False)
+        self._warnings.flush()
 
     def _read(self, timeout_s: float) -> Frame | None:
         if not self._opened:
@@ -161,7 +164,7 @@ class ReplaySource(BaseSource):
         except ImageError as exc:
             self.stats.add(unreadable=1)
             self.stats.unreadable_paths.append((str(path), str(exc)))
-            log.warning("replay: part at position %d is unreadable, fail-safe: %s", position, exc)
+            self._warnings.warn("replay: part at position %d is unreadable, fail-safe: %s", position, exc)
             return self._emit_fault(UNREADABLE_FRAME, t_capture_ns=t_capture_ns, frame_id=position,
                                     source_ref=str(path), detail=str(exc))
         self._good_in_pass += 1
