@@ -114,3 +114,16 @@ def test_cli_turns_auto_off_with_a_recipe_option(data: Path, tmp_path: Path,
     assert "auto" not in m.calibration and m.provenance["training"]["calibration_folds"] == 0
     assert "automatic configuration chose" not in capsys.readouterr().out
     assert np.isfinite(m.thresholds.lower)
+
+
+def test_without_defect_images_candidates_are_judged_on_synthetic_defects(tmp_path: Path) -> None:
+    root = tmp_path / "goods"
+    write_dataset(root, SynthConfig(n_good=10, n_defect_per_class=0, defect_classes=(), seed=4))
+    ds = scan_dataset(root)
+    assert not ds.defect_classes
+    _, oof, rec = select(ds, _base(), AutoConfig(folds=2, latency_budget_ms=1e4), tmp_path / "s",
+                         progress=lambda _: None, candidates=[Candidate(name="default", updates={})])
+    c = rec["candidates"][0]
+    assert "synthetic defects" in c["note"] and "synthetic defects" in rec["criterion"]
+    assert c["auroc"] is not None and 0.0 <= c["auroc"] <= 1.0 and c["tail"] is not None
+    assert len(oof) == 10 and all(s.label == "good" for s in oof)  # synthetic defects never calibrate the bundle
