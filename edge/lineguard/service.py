@@ -34,14 +34,14 @@ from lineguard.changeover.signing import line_verifier, verify_bundle
 from lineguard.changeover.swap import ChangeoverController
 from lineguard.config import LineConfig
 from lineguard.contracts import Decision, Frame
-from lineguard.decision import DecisionPolicy, decide, failsafe_decision, failsafe_reason
+from lineguard.decision import decide, failsafe_decision, failsafe_reason
 from lineguard.decisionlog import DecisionLog, NullDecisionLog
 from lineguard.drift import DriftMonitor
-from lineguard.engines import BundleRunner, run_golden
-from lineguard.errors import LineGuardError, SelfTestError
+from lineguard.errors import LineGuardError
 from lineguard.metrics import EdgeMetrics, MetricsServer, start_metrics_server
 from lineguard.partids import TriggerPartIds
 from lineguard.plc import NullPlcLink, PlcConfig, PlcLink, PlcOutcome
+from lineguard.prepared import PreparedBundle, build_runner, prepare_bundle, warm_up_and_self_test
 from lineguard.publisher import Publisher, build_publisher
 from lineguard.sources import PartIdFn, Source, SourceStatsSnapshot, build_source
 from lineguard.systemd import Notifier
@@ -49,25 +49,6 @@ from lineguard.systemd import Notifier
 log = logging.getLogger(__name__)
 ENGINE_STAGES = ("preprocess", "inference")  # runner timings exported as stage latency
 FINISH_ACK_TIMEOUT_S = 5.0  # run --until-finished: how long the PLC may acknowledge nothing at the end
-
-
-def warm_up_and_self_test(runner: BundleRunner, bundle: Bundle) -> None:
-    """Warm up, then prove the engines reproduce the bundle's golden scores on this runtime.
-
-    The first inference allocates buffers and (TensorRT) autotunes: the line must not pay for it.
-    A bundle that fails the golden self-test never judges a part.
-    """
-    runner.warmup()
-    failures = run_golden(runner, bundle)
-    if failures:
-        raise SelfTestError(f"bundle {bundle.bundle_id} failed its golden self-test: " + "; ".join(failures))
-
-
-def build_runner(bundle: Bundle, cfg: LineConfig) -> BundleRunner:
-    """The bundle's engines; the anomaly map is stitched only when the sink is to receive it."""
-    pub = cfg.publisher
-    with_map = pub.enabled and pub.include_anomaly_map and "map" in bundle.manifest.engines["anomaly"].outputs
-    return BundleRunner.from_bundle(bundle, cfg.engine, with_map=with_map)
 
 
 def build_plc_link(cfg: PlcConfig | None, *, registry: CollectorRegistry) -> PlcLink | NullPlcLink:
@@ -106,21 +87,6 @@ class ServiceStats:
     def decisions_per_s(self) -> float:
         span_s = (self.last_decided_ns - self.first_decided_ns) / 1e9
         return (self.decided - 1) / span_s if self.decided > 1 and span_s > 0 else float("nan")
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedBundle:
-    """A verified bundle with its warmed-up runner; the active one is replaced as one reference."""
-
-    bundle: Bundle
-    runner: BundleRunner
-    policy: DecisionPolicy
-    thresholds: dict[str, float]  # for the uncertain-frame header; built once, not per frame
-
-    @classmethod
-    def build(cls, bundle: Bundle, runner: BundleRunner) -> PreparedBundle:
-        policy = DecisionPolicy.from_manifest(bundle.manifest)
-        return cls(bundle, runner, policy, {"lower": policy.lower, "upper": policy.upper})
 
 
 class InspectionService:
@@ -267,17 +233,7 @@ class InspectionService:
         Raises :class:`SignatureError` / :class:`BundleError` (hashes) / :class:`EngineError` /
         :class:`SelfTestError` and leaves the running bundle untouched.
         """
-        bundle = verify_bundle(path, self.verifier).bundle
-        runner = build_runner(bundle, self.cfg)
-        try:
-            warm_up_and_self_test(runner, bundle)
-            if bundle.manifest.input != self._active.bundle.manifest.input:
-                log.warning("bundle %s expects different frames than %s: the camera must change too",
-                            bundle.bundle_id, self._active.bundle.bundle_id)
-        except BaseException:
-            runner.close()
-            raise
-        return PreparedBundle.build(bundle, runner)
+        return prepare_bundle(path, cfg=self.cfg, verifier=self.verifier, active=self._active.bundle)
 
     def activate(self, prepared: PreparedBundle) -> PreparedBundle:
         """Switch to a prepared bundle between two parts; returns the previous one (for rollback).

@@ -26,13 +26,11 @@ import stat
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lineguard.changeover.config import ControlConfig
+from lineguard.changeover.requests import SwapControl, SwapRequest
 from lineguard.errors import ConfigError, LineGuardError
-
-if TYPE_CHECKING:
-    from lineguard.changeover.swap import ChangeoverController
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -120,8 +118,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(409, {"error": str(exc)})
 
     def _swap(self, doc: dict[str, Any]) -> None:
-        from lineguard.changeover.swap import SwapRequest
-
         bundle, recipe = doc.get("bundle"), doc.get("recipe")
         if (bundle is None) == (recipe is None) or not (
             isinstance(bundle, str) or (isinstance(recipe, int) and 0 < recipe <= 65535)
@@ -148,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server:
     """Attributes the handler reads (mixed into both server classes)."""
 
-    controller: ChangeoverController
+    controller: SwapControl
     token: bytes
     wait_max_s: float
     unauthorised: int = 0
@@ -169,7 +165,7 @@ class _UnixServer(_Server, socketserver.ThreadingMixIn, socketserver.UnixStreamS
 class ControlServer:
     """The endpoint's server and thread; ``start``/``stop`` from the controller."""
 
-    def __init__(self, *, cfg: ControlConfig, controller: ChangeoverController, token: bytes) -> None:
+    def __init__(self, *, cfg: ControlConfig, controller: SwapControl, token: bytes) -> None:
         self.cfg = cfg
         self._controller = controller
         self._token = token
@@ -177,7 +173,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, cfg: ControlConfig, *, controller: ChangeoverController, token: bytes | None) -> ControlServer:
+    def from_config(cls, cfg: ControlConfig, *, controller: SwapControl, token: bytes | None) -> ControlServer:
         return cls(cfg=cfg, controller=controller, token=token if token is not None else read_token(cfg.token_file))
 
     @property

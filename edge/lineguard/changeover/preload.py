@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lineguard.service import PreparedBundle
+    from lineguard.prepared import PreparedBundle
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,10 @@ signature, hashes or golden test failed, or close engines a frame may still be u
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +30,7 @@ from lineguard.changeover.config import ChangeoverConfig
 from lineguard.changeover.control import ControlServer, read_token
 from lineguard.changeover.metrics import ChangeoverMetrics
 from lineguard.changeover.preload import PreparedCache
+from lineguard.changeover.requests import SwapFailed, SwapRequest, SwapResult
 from lineguard.changeover.shadow import RollbackWatch, ShadowRunner
 from lineguard.changeover.signing import SignatureError, SignatureVerifier, verify_bundle
 from lineguard.changeover.store import BundleStore, StoredBundle
@@ -41,7 +40,7 @@ from lineguard.plc import NullPlcLink, PlcLink
 
 if TYPE_CHECKING:
     from lineguard.config import LineConfig
-    from lineguard.service import PreparedBundle
+    from lineguard.prepared import PreparedBundle
 
 log = logging.getLogger(__name__)
 REQUEST_QUEUE = 8  # pending swap requests; more is an operator or PLC gone wrong -> refused ("busy")
@@ -57,46 +56,6 @@ class SwapTarget(Protocol):
     def bundle(self) -> Bundle: ...
     def prepare_bundle(self, path: str | Path) -> PreparedBundle: ...
     def activate(self, prepared: PreparedBundle) -> PreparedBundle: ...
-
-
-class SwapFailed(LineGuardError):
-    """A swap step failed; ``result`` is the metric label (signature, verification, golden, engine...)."""
-
-    def __init__(self, result: str, message: str) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SwapResult:
-    ok: bool
-    result: str  # a SWAP_RESULTS value
-    source: str
-    requested: str  # "recipe 7" / "bundle x"
-    bundle_id: str = ""
-    previous_id: str = ""
-    prepared: str = ""  # "preloaded" or "cold"
-    message: str = ""
-    swap_ms: float = float("nan")  # request received -> activated
-
-    def to_json(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__slots__}
-        d["swap_ms"] = None if math.isnan(self.swap_ms) else round(self.swap_ms, 3)
-        return d
-
-
-@dataclass(slots=True, kw_only=True)
-class SwapRequest:
-    source: str  # a SWAP_SOURCES value
-    bundle_id: str | None = None
-    recipe: int | None = None
-    t_ns: int = field(default_factory=time.monotonic_ns)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: SwapResult | None = None
-
-    @property
-    def what(self) -> str:
-        return f"bundle {self.bundle_id}" if self.bundle_id is not None else f"recipe {self.recipe}"
 
 
 class ChangeoverController:

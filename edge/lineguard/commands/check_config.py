@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _self_test(cfg: LineConfig, bundle: Bundle) -> None:
-    from lineguard.service import build_runner, warm_up_and_self_test  # engines: only when asked
+    from lineguard.prepared import build_runner, warm_up_and_self_test  # engines: only when asked
 
     runner = build_runner(bundle, cfg)
     try:
