@@ -77,6 +77,9 @@ class Decision:
     t_decided_ns: int
     defect_class: str = ""  # "" when none / no classifier, "unknown" for an unrecognised defect
     class_confidence: float = float("nan")
+    # the classifier's arg-max class whenever it ran on a flagged part (reject or recheck), also when
+    # defect_class is "unknown": the person rechecking the part sees the best guess (issue 16)
+    class_guess: str = ""
     reasons: tuple[str, ...] = ()
     failsafe: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -11,7 +11,11 @@ Rules (thresholds come from the bundle's calibration, never from here):
 * score < lower -> ACCEPT; score >= upper -> REJECT; in between -> RECHECK (the uncertainty band).
 * With a classifier and a REJECT / RECHECK: the arg-max class is reported; when its probability is
   below that class's ``min_confidence`` the defect is ``"unknown"`` (the verdict stays as it is,
-  reason ``unknown_defect``) so a person labels it and the next model learns it.
+  reason ``unknown_defect``) so a person labels it and the next model learns it. Either way the
+  arg-max class travels as ``class_guess`` with its probability as ``class_confidence`` (and, for an
+  unknown defect, as the detail ``class_guess=<name>`` in the reasons, which the sink header carries):
+  a part the anomaly stage only sends to recheck still shows the person rechecking it the
+  classifier's best guess. ACCEPT never runs the classifier (the accept path's latency is unchanged).
 * A frame that cannot be judged (unreadable, wrong size, engine error, NaN score, missed
   deadline, no bundle) gets :func:`failsafe_decision`: ``Verdict.FAILSAFE``, ``failsafe=True``
   and the reason. The PLC link maps that code to what the line wants (``PlcConfig.failsafe_verdict``,
@@ -44,6 +48,8 @@ BELOW_LOWER = "below_lower"
 IN_BAND = "in_uncertainty_band"
 AT_OR_ABOVE_UPPER = "at_or_above_upper"
 UNKNOWN_DEFECT = "unknown_defect"
+# reasons detail naming the arg-max class of an unknown defect (wire format v1 carries it in `reasons`)
+CLASS_GUESS_PREFIX = "class_guess="
 # reasons[0] tokens of a fail-safe frame (the same names as lineguard.metrics.FAILSAFE_REASONS)
 FAILSAFE_REASONS = (
     "deadline", "corrupt_frame", "wrong_size", "engine_error", "no_bundle",
@@ -130,8 +136,23 @@ def classify(
     name, conf = policy.classes[best], float(p[best])
     floor = policy.min_confidence[name]
     if conf < floor:
-        return UNKNOWN_CLASS, conf, (UNKNOWN_DEFECT, f"best class {name} p={conf:.3f} < min_confidence {floor:.3f}")
+        return UNKNOWN_CLASS, conf, (UNKNOWN_DEFECT, f"best class {name} p={conf:.3f} < min_confidence {floor:.3f}",
+                                     f"{CLASS_GUESS_PREFIX}{name}")
     return name, conf, (f"class {name} p={conf:.3f}",)
+
+
+def class_guess_of(reasons: tuple[str, ...] | list[str], defect_class: str) -> str:
+    """The classifier's best guess from a decision's (or a sink header's) class and reasons; pure.
+
+    A recognised class is its own guess; for ``"unknown"`` the ``class_guess=<name>`` detail that
+    :func:`classify` adds names the arg-max class ("" when there is none, e.g. invalid probabilities).
+    """
+    if defect_class and defect_class != UNKNOWN_CLASS:
+        return defect_class
+    for r in reasons:
+        if r.startswith(CLASS_GUESS_PREFIX):
+            return r[len(CLASS_GUESS_PREFIX):]
+    return ""
 
 
 def decide(
@@ -151,9 +172,10 @@ def decide(
         return failsafe_decision(frame, policy.bundle_id, "engine_error", str(exc),
                                  t_decided_ns=t_decided_ns, timings_ms=output.timings_ms)
     reasons: tuple[str, ...] = _score_reason(verdict, score, policy)
-    defect_class, confidence = "", float("nan")
+    defect_class, confidence, guess = "", float("nan"), ""
     if verdict is not Verdict.ACCEPT:
         defect_class, confidence, class_reasons = classify(output.class_probs, policy)
+        guess = class_guess_of(class_reasons, defect_class)
         # unknown_defect goes first: it is the actionable token (label this image)
         unknown = defect_class == UNKNOWN_CLASS
         reasons = (*class_reasons, *reasons) if unknown else (*reasons, *class_reasons)
@@ -161,7 +183,7 @@ def decide(
         seq=frame.seq, part_id=frame.part_id, verdict=verdict, anomaly_score=score,
         bundle_id=policy.bundle_id, camera_id=frame.camera_id, t_capture_ns=frame.t_capture_ns,
         t_decided_ns=t_decided_ns, defect_class=defect_class, class_confidence=confidence,
-        reasons=reasons, failsafe=False, timings_ms=dict(output.timings_ms),
+        class_guess=guess, reasons=reasons, failsafe=False, timings_ms=dict(output.timings_ms),
     )
 
 

@@ -56,6 +56,7 @@ def decision_record(d: Decision) -> dict[str, Any]:
         "anomaly_score": None if math.isnan(d.anomaly_score) else round(d.anomaly_score, 6),
         "defect_class": d.defect_class,
         "class_confidence": conf,
+        "class_guess": d.class_guess,  # the classifier's arg-max, also for a recheck or an unknown defect
         "bundle_id": d.bundle_id,
         "camera_id": d.camera_id,
         "latency_ms": round(d.latency_ms, 3),

@@ -71,6 +71,9 @@ REGS = RegisterMapConfig(
     score=FieldSpec(address=7, dtype=DataType.F32),
     result_flags=FieldSpec(address=10),
     result_seq=FieldSpec(address=11),
+    # apart from the seq run: this peer snapshots a block when it stores result_seq, mid-request
+    class_guess=FieldSpec(address=15),
+    class_confidence=FieldSpec(address=16, dtype=DataType.F32),
 )
 
 
@@ -143,3 +146,20 @@ def test_umodbus_refuses_unknown_addresses(plc: UModbusPlc) -> None:
     finally:
         link.stop()
     assert len(plc.blocks) == 1 and plc.blocks[0][5] == int(Verdict.ACCEPT)
+
+
+def test_recheck_guess_and_confidence_reach_an_independent_peer(plc: UModbusPlc) -> None:
+    # issue 16: a recheck of an unknown defect still carries the classifier's best guess (code of
+    # "dent" = 2) and its probability (f32 here) in the configured registers 15 and 16-17
+    cfg = PlcConfig(transport=TcpTransportConfig(port=plc.port), registers=REGS, heartbeat_period_ms=50)
+    link = PlcLink.from_config(cfg, metrics_registry=CollectorRegistry())
+    link.start()
+    try:
+        link.set_defect_classes(["scratch", "dent"])
+        link.submit(decision(7, Verdict.RECHECK, defect="unknown", guess="dent", confidence=0.4375))
+        assert settle(link, 3.0)
+    finally:
+        link.stop()
+    (img,) = plc.blocks
+    assert (img[5], img[6], img[15]) == (int(Verdict.RECHECK), 255, 2)
+    assert decode(img[16:18], DataType.F32, "little") == 0.4375

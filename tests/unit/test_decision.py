@@ -12,6 +12,7 @@ from lineguard.contracts import EngineOutput, Frame, Verdict
 from lineguard.decision import (
     UNKNOWN_CLASS,
     DecisionPolicy,
+    class_guess_of,
     decide,
     failsafe_decision,
     failsafe_reason,
@@ -151,3 +152,26 @@ def test_failsafe_reason_from_exceptions() -> None:
     assert failsafe_reason(ImageError("bad")) == "corrupt_frame"
     assert failsafe_reason(EngineError("boom")) == "engine_error"
     assert failsafe_reason(RuntimeError("?")) == "engine_error"
+
+
+def test_recheck_with_low_confidence_keeps_the_best_guess_and_its_confidence() -> None:
+    # issue 16: the anomaly stage only sends this part to recheck and the classifier is unsure (scratch
+    # 0.65 < 0.7): the class is unknown, but the person rechecking still sees the guess and p
+    d = decide(_out(0.45, [0.65, 0.35]), FRAME, POLICY, t_decided_ns=2)
+    assert d.verdict is Verdict.RECHECK and d.defect_class == UNKNOWN_CLASS
+    assert d.class_guess == "scratch" and d.class_confidence == pytest.approx(0.65)
+    assert "class_guess=scratch" in d.reasons  # what the sink header carries (wire format v1)
+    assert class_guess_of(d.reasons, d.defect_class) == "scratch"
+
+
+def test_confident_recheck_guess_is_the_class_and_accept_has_none() -> None:
+    d = decide(_out(0.45, [0.1, 0.9]), FRAME, POLICY, t_decided_ns=2)
+    assert (d.defect_class, d.class_guess) == ("dent", "dent")
+    assert class_guess_of(list(d.reasons), d.defect_class) == "dent"
+    a = decide(_out(0.1, [0.1, 0.9]), FRAME, POLICY, t_decided_ns=2)
+    assert a.verdict is Verdict.ACCEPT and a.class_guess == "" and math.isnan(a.class_confidence)
+
+
+def test_invalid_probs_have_no_guess() -> None:
+    d = decide(_out(0.45, [float("nan"), 0.5]), FRAME, POLICY, t_decided_ns=2)
+    assert d.defect_class == UNKNOWN_CLASS and d.class_guess == ""

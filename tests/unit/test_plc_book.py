@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from lineguard.contracts import Decision, Verdict
 from lineguard.plc.book import LATE_VERDICT_WAIT_NS, Outcome, PlcOutcome, ResultBook
 from lineguard.plc.regmap import FLAG_DEADLINE_FAILSAFE, FLAG_DECISION_FAILSAFE
@@ -94,6 +96,18 @@ def test_unexpected_parts_are_written_without_deadline() -> None:
     b.submit(_dec(5, Verdict.RECHECK, "mystery"), 0, 0)
     r = b.to_write()
     assert r is not None and (r.verdict, r.defect_code) == (3, 255)  # unknown class code
+
+
+def test_recheck_of_an_unknown_defect_carries_the_guess_code_and_confidence() -> None:
+    b = _book()
+    d = dataclasses.replace(_dec(6, Verdict.RECHECK, "unknown"), class_guess="dent", class_confidence=0.42)
+    b.submit(d, 0, 0)
+    r = b.to_write()
+    assert r is not None and (r.verdict, r.defect_code, r.guess_code) == (3, 255, 2)
+    assert r.confidence == 0.42
+    b.expect(7, 0)
+    b.expire(1_000 * MS)  # a deadline fail-safe has no guess
+    _drain(b)
 
 
 def test_decision_failsafe_flag() -> None:

@@ -84,7 +84,8 @@ def test_default_result_block_is_one_write_with_seq_last() -> None:
         seq=7, part_id=0x00012345, verdict=2, defect_code=3, score=0.5, flags=FLAG_DEADLINE_FAILSAFE, t_queued_ns=0
     )
     runs = rmap.result_runs(res)
-    assert runs == [(3, [0x0001, 0x2345, 2, 3, 500, 1, 7])]
+    # 10-11: class_guess 0 and class_confidence "none" (top of the u16 range) for a result without guess
+    assert runs == [(3, [0x0001, 0x2345, 2, 3, 500, 1, 7, 0, 0xFFFF])]
     image = {runs[0][0] + i: w for i, w in enumerate(runs[0][1])}
     assert rmap.decode_result(image) == {
         "result_seq": 7,
@@ -93,7 +94,19 @@ def test_default_result_block_is_one_write_with_seq_last() -> None:
         "defect_class": 3,
         "score": 500,
         "result_flags": 1,
+        "class_guess": 0,
+        "class_confidence": 0xFFFF,
     }
+
+
+def test_class_guess_and_confidence_registers_and_null_turns_them_off() -> None:
+    res = PlcResult(seq=3, part_id=9, verdict=3, defect_code=255, score=0.5, flags=0, t_queued_ns=0,
+                    guess_code=2, confidence=0.4237)
+    assert RegisterMap(cfg=RegisterMapConfig()).result_runs(res) == [(3, [0, 9, 3, 255, 500, 0, 3, 2, 424])]
+    off = RegisterMapConfig(class_guess=None, class_confidence=None)
+    assert RegisterMap(cfg=off).result_runs(res) == [(3, [0, 9, 3, 255, 500, 0, 3])]
+    with pytest.raises(ValidationError, match=r"register 10 is used by both .*set them to null"):
+        RegisterMapConfig(result_flags=FieldSpec(address=10))
 
 
 def test_scattered_map_writes_the_seq_run_last() -> None:
@@ -101,7 +114,7 @@ def test_scattered_map_writes_the_seq_run_last() -> None:
     runs = RegisterMap(cfg=cfg).result_runs(
         PlcResult(seq=1, part_id=1, verdict=1, defect_code=0, score=0.25, flags=0, t_queued_ns=0)
     )
-    assert [addr for addr, _ in runs] == [3, 8, 40]  # part_id..defect, flags, then seq+score
+    assert [addr for addr, _ in runs] == [3, 8, 10, 40]  # part_id..defect, flags, class guess, then seq+score
     assert runs[-1][1][0] == 1  # seq first word of the last run, float score after it
     assert decode(runs[-1][1][1:], DataType.F32) == 0.25
 

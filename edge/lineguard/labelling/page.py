@@ -59,8 +59,11 @@ function show() {
   $('score').textContent = f.anomaly_score === null ? 'n/a' : f.anomaly_score.toFixed(4);
   $('thresholds').textContent = f.lower === null ? 'n/a'
     : `accept < ${f.lower.toFixed(4)}, reject >= ${f.upper.toFixed(4)}`;
-  $('dclass').textContent = (f.defect_class || '-')
-    + (f.class_confidence === null ? '' : ` (${(100 * f.class_confidence).toFixed(0)}%)`);
+  // an unknown defect or a recheck still shows the classifier's best guess and its confidence
+  const pct = f.class_confidence === null ? '' : ` ${(100 * f.class_confidence).toFixed(0)}%`;
+  $('dclass').textContent = !f.defect_class ? '-'
+    : f.defect_class === 'unknown' && f.class_guess ? `unknown (best guess: ${f.class_guess}${pct})`
+    : f.defect_class + (pct ? ` (${pct.trim()})` : '');
   $('why').textContent = (f.selected ? `selected: ${f.selected} #${f.rank + 1}` : f.kind)
     + `, info ${f.informativeness.toFixed(2)}`;
   $('bundle').textContent = f.bundle_id; $('camera').textContent = f.camera_id;

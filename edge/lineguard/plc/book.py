@@ -159,6 +159,9 @@ class ResultBook:
             deadline = decision.t_capture_ns + self._deadline_ns
         self._remember(pid, False)
         res = self._result(pid, verdict, code, decision.anomaly_score, flags, t_now_ns)
+        # the best guess is written for a recheck or an unknown defect too (PlcResult.guess_code)
+        guess = 0 if not decision.class_guess else self._codes.get(decision.class_guess, self._unknown)
+        res = dataclasses.replace(res, guess_code=guess, confidence=decision.class_confidence)
         return [self._enqueue(_Entry(result=res, deadline_ns=deadline, decision=decision))]
 
     def expire(self, t_now_ns: int) -> list[Event]:

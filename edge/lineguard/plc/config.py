@@ -64,6 +64,14 @@ class RegisterMapConfig(BaseModel):
     score: FieldSpec = Field(default=_f(7), description="anomaly score; integer types hold score * score_scale")
     result_flags: FieldSpec = Field(default=_f(8), description="bit0 deadline fail-safe, bit1 decision fail-safe")
     active_recipe: FieldSpec = Field(default=_f(2), description="recipe / bundle number in use")
+    class_guess: FieldSpec | None = Field(
+        default=_f(10), description="classifier's best-guess class code of a reject or recheck (also when "
+        "defect_class is unknown), 0 = none; null = not written")
+    class_confidence: FieldSpec | None = Field(
+        default=_f(11), description="classifier's probability of class_guess; integer types hold "
+        "round(p * confidence_scale), top of range = none; null = not written")
+    confidence_scale: float = Field(default=1000.0, gt=0, le=1e9,
+                                    description="integer class_confidence = round(p * scale) (1000: per mille)")
     status_coils_address: int | None = Field(
         default=None, ge=0, le=65535, description="if set, status bits are mirrored to coils from here"
     )
@@ -89,7 +97,12 @@ class RegisterMapConfig(BaseModel):
             "score": self.score,
             "result_flags": self.result_flags,
             "active_recipe": self.active_recipe,
-        }
+        } | self.class_fields()
+
+    def class_fields(self) -> dict[str, FieldSpec]:
+        """The optional class_guess / class_confidence registers that are configured (not null)."""
+        return {name: spec for name, spec in (("class_guess", self.class_guess),
+                                              ("class_confidence", self.class_confidence)) if spec is not None}
 
     def input_fields(self) -> dict[str, FieldSpec]:
         return {
@@ -112,7 +125,9 @@ def verify_no_overlap(fields: dict[str, FieldSpec]) -> None:
     for name, spec in fields.items():
         for addr in range(spec.address, spec.address + spec.dtype.words):
             if addr in owner:
-                raise ValueError(f"register {addr} is used by both {owner[addr]} and {name}")
+                hint = (" (class_guess and class_confidence default to registers 10 and 11: move them or set "
+                        "them to null)" if {name, owner[addr]} & {"class_guess", "class_confidence"} else "")
+                raise ValueError(f"register {addr} is used by both {owner[addr]} and {name}{hint}")
             owner[addr] = name
 
 

@@ -45,6 +45,8 @@ class PlcResult:
     score: float
     flags: int
     t_queued_ns: int
+    guess_code: int = 0  # the classifier's arg-max class code (0 none), also for an unknown defect
+    confidence: float = float("nan")  # its probability; NaN when the classifier did not run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +105,11 @@ class RegisterMap:
         self._put(data, c.defect_class, result.defect_code)
         self._put(data, c.score, scale_score(result.score, c.score.dtype, c.score_scale))
         self._put(data, c.result_flags, result.flags)
+        if c.class_guess is not None:
+            self._put(data, c.class_guess, result.guess_code)
+        if c.class_confidence is not None:
+            self._put(data, c.class_confidence,
+                      scale_score(result.confidence, c.class_confidence.dtype, c.confidence_scale))
         self._put(data, c.result_seq, result.seq)
         runs = contiguous_runs(data)
         seq_addr = c.result_seq.address
@@ -139,7 +146,8 @@ class RegisterMap:
     def decode_result(self, regs: Mapping[int, int]) -> dict[str, float | int]:
         """Decode a result block from a register image ``{address: word}`` (used by the simulator/tests)."""
         out: dict[str, float | int] = {}
-        for name in ("result_seq", "part_id", "verdict", "defect_class", "score", "result_flags"):
+        names = ("result_seq", "part_id", "verdict", "defect_class", "score", "result_flags", *self.cfg.class_fields())
+        for name in names:
             spec: FieldSpec = getattr(self.cfg, name)
             words = [regs.get(spec.address + i, 0) for i in range(spec.dtype.words)]
             out[name] = decode(words, spec.dtype, self.cfg.word_order)

@@ -42,6 +42,8 @@ class ReceivedResult:
     score: float
     flags: int
     t_ns: int  # monotonic receive time
+    class_guess: int = 0  # 0 also when the map writes no class_guess register
+    class_confidence: float = float("nan")  # as written (e.g. per mille); NaN when not written
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -323,6 +325,8 @@ class PlcSimulator:
                 score=float(block["score"]),
                 flags=int(block["result_flags"]),
                 t_ns=now,
+                class_guess=int(block.get("class_guess", 0)),
+                class_confidence=float(block.get("class_confidence", float("nan"))),
             )
         )
         if self._ack:

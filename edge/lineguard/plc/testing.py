@@ -33,7 +33,10 @@ def fast_config(port: int, host: str = "127.0.0.1", **overrides: object) -> PlcC
     return PlcConfig.model_validate({**base, **overrides})
 
 
-def decision(part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 0.25, defect: str = "") -> Decision:
+def decision(
+    part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 0.25, defect: str = "",
+    guess: str = "", confidence: float = float("nan"),
+) -> Decision:
     """A Decision as the decision stage would produce it (times are monotonic ns)."""
     now = time.monotonic_ns()
     return Decision(
@@ -46,6 +49,8 @@ def decision(part_id: int, verdict: Verdict = Verdict.ACCEPT, *, score: float = 
         t_capture_ns=now,
         t_decided_ns=now,
         defect_class=defect,
+        class_guess=guess,
+        class_confidence=confidence,
     )
 
 

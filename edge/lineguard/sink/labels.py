@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lineguard.decision import band_width
+from lineguard.decision import band_width, class_guess_of
 from lineguard.errors import PublisherError
 
 GOOD = "good"
@@ -74,6 +74,7 @@ class QueuedFrame:
     upper: float | None
     defect_class: str
     class_confidence: float | None
+    class_guess: str = ""  # the classifier's best guess (the class itself, or the arg-max of an unknown defect)
     bundle_id: str
     camera_id: str
     received_utc: str
@@ -89,7 +90,7 @@ class QueuedFrame:
         """JSON for the web page (no file paths)."""
         return {k: getattr(self, k) for k in (
             "message_id", "kind", "verdict", "anomaly_score", "lower", "upper", "defect_class",
-            "class_confidence", "bundle_id", "camera_id", "received_utc", "label", "informativeness",
+            "class_confidence", "class_guess", "bundle_id", "camera_id", "received_utc", "label", "informativeness",
             "selected", "rank")} | {"has_map": self.map_path is not None}
 
 
@@ -204,7 +205,8 @@ class LabelBook:
             lower, upper = th.get("lower"), th.get("upper")
             out.append(QueuedFrame(
                 message_id=mid, kind=kind, verdict=verdict, anomaly_score=score, lower=lower, upper=upper,
-                defect_class=dclass, class_confidence=header.get("class_confidence"), bundle_id=bid,
+                defect_class=dclass, class_confidence=header.get("class_confidence"),
+                class_guess=class_guess_of(header.get("reasons", []), dclass), bundle_id=bid,
                 camera_id=cam, received_utc=received, image_path=self.root / img,
                 map_path=self.root / mp if mp else None, map_shape=(int(mh), int(mw)) if mp else None,
                 label=label, informativeness=informativeness(kind=kind, score=score, lower=lower, upper=upper),
