@@ -71,11 +71,13 @@ def test_edge_line_with_its_sink_on_a_full_small_disk(
         bundle=BundleSection(path=tmp_path / "bundle"),
         source=ReplaySourceConfig(type="replay", paths=(str(frames),), rate_parts_per_s=40.0),
         plc=PlcConfig(transport=TcpTransportConfig(host=sim.host, port=sim.port), deadline_ms=1000.0),
-        publisher=PublisherConfig(endpoint=endpoint, audit_fraction=1.0, audit_seed=1),
+        # linger: close() waits for ZeroMQ to deliver what it holds (PUSH has no reply to count on)
+        publisher=PublisherConfig(endpoint=endpoint, audit_fraction=1.0, audit_seed=1, linger_ms=5000),
         metrics=MetricsSection(enabled=False),
         service=ServiceSection(decision_log_path=tmp_path / "decisions.jsonl"),
     )
-    service = InspectionService.from_config(cfg, registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    service = InspectionService.from_config(cfg, registry=registry)
     stopped = False
     try:
         service.start()
@@ -85,7 +87,12 @@ def test_edge_line_with_its_sink_on_a_full_small_disk(
             time.sleep(0.05)
         service.stop()  # the publisher flushes what it still holds
         stopped = True
-        while (m := sink_metrics(port)).get("lineguard_sink_received_total", 0) < N_PARTS:
+        sent = sum(s.value for f in registry.collect() if f.name == "lineguard_publisher_sent"
+                   for s in f.samples if s.name.endswith("_total"))
+        dropped = sum(s.value for f in registry.collect() if f.name == "lineguard_publisher_drops"
+                      for s in f.samples if s.name.endswith("_total"))
+        assert sent + dropped == N_PARTS and sent >= N_PARTS * 3 // 4, (sent, dropped)  # a busy box may drop a few
+        while (m := sink_metrics(port)).get("lineguard_sink_received_total", 0) < sent:
             assert time.monotonic() < deadline, m.get("lineguard_sink_received_total")
             time.sleep(0.05)
     finally:
@@ -101,8 +108,10 @@ def test_edge_line_with_its_sink_on_a_full_small_disk(
     assert {r["plc"] for r in lines} == {"written"}
     refused = {k: v for k, v in m.items() if k.startswith("lineguard_sink_rejected_total:") and v}
     assert refused == {}, refused
-    assert m["lineguard_sink_stored_total"] == N_PARTS, "every frame the edge sent is stored"
-    assert m["lineguard_sink_evicted_total"] >= N_PARTS // 3, "the disk, not the 20 GB quota, was the limit"
+    assert m["lineguard_sink_stored_total"] == sent, "every frame the edge sent is stored"
+    kept = m["lineguard_sink_store_frames"]
+    assert kept + m["lineguard_sink_evicted_total"] == sent, "each frame kept or evicted, none lost"
+    assert kept < sent * 2 // 3, "the disk (room for ~38), not the 20 GB quota, was the limit"
     assert m["lineguard_sink_quota_bytes"] < DISK
-    assert f"received {N_PARTS}, stored {N_PARTS}, duplicates 0, rejected 0" in err, err[-2000:]
+    assert f"received {int(sent)}, stored {int(sent)}, duplicates 0, rejected 0" in err, err[-2000:]
     assert verify_store(disk.path / "store") == []
