@@ -51,7 +51,9 @@ from scipy.stats import rankdata
 
 from lineguard.bundle import Bundle, load_bundle
 from lineguard.decision import band_width
-from lineguard.drift import DriftConfig, DriftMonitor, RegionPx
+from lineguard.drift import DriftMonitor
+from lineguard.drift_detect import DriftConfig
+from lineguard.drift_measures import RegionPx
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook
 from lineguard.wire import MessageKind

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lineguard.changeover.config import ChangeoverConfig, decode_public_key
-from lineguard.drift import DriftConfig
+from lineguard.drift_detect import DriftConfig
 from lineguard.engines.config import EngineConfig, OrtEngineConfig
 from lineguard.plc.config import PlcConfig
 from lineguard.publisher import PublisherConfig

@@ -18,18 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.drift import (
-    IMAGING_ADVICE,
-    PROCESS_ADVICE,
-    DriftConfig,
-    DriftDetector,
-    DriftMetrics,
-    DriftMonitor,
-    DriftReference,
-    measure_quality,
-    psi,
-    reference_from_images,
-)
+from lineguard.drift import DriftMetrics, DriftMonitor
+from lineguard.drift_detect import IMAGING_ADVICE, PROCESS_ADVICE, DriftConfig, DriftDetector
+from lineguard.drift_measures import DriftReference, measure_quality, psi, reference_from_images
 from lineguard_models.synth import SynthConfig, render_pixels
 
 CFG = SynthConfig(width_px=160, height_px=120, seed=11)

@@ -18,19 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.drift import (
-    IMAGING_ADVICE,
-    PROCESS_ADVICE,
-    WHOLE_FRAME_CAVEAT,
-    DriftConfig,
-    DriftDetector,
-    DriftMetrics,
-    DriftMonitor,
-    DriftReference,
-    RegionPx,
-    measure_quality,
-    reference_from_images,
-)
+from lineguard.drift import DriftMetrics, DriftMonitor
+from lineguard.drift_detect import IMAGING_ADVICE, PROCESS_ADVICE, WHOLE_FRAME_CAVEAT, DriftConfig, DriftDetector
+from lineguard.drift_measures import DriftReference, RegionPx, measure_quality, reference_from_images
 from lineguard.errors import ImageError
 from lineguard_models.synth import SynthConfig, render_pixels
 
