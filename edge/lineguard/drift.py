@@ -42,8 +42,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lineguard.bundle import Bundle
 from lineguard.contracts import Decision, Verdict
-from lineguard.drift_detect import FEATURES, STATES, DriftAssessment, DriftConfig, DriftDetector
-from lineguard.drift_measures import DriftReference, measure_quality
+from lineguard.drift_detect import STATES, DriftAssessment, DriftConfig, DriftDetector
+from lineguard.drift_measures import FEATURES, DriftReference, measure_quality
 from lineguard.errors import ImageError
 
 log = logging.getLogger(__name__)
