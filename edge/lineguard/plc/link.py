@@ -26,6 +26,7 @@ from lineguard.contracts import Decision
 from lineguard.plc.api import PlcHealth, PlcLinkLike, RecordSink
 from lineguard.plc.book import Event, PlcOutcome, ResultBook
 from lineguard.plc.config import PlcConfig
+from lineguard.plc.connection import LinkConnection
 from lineguard.plc.errors import PlcErrorKind, PlcTransactionError
 from lineguard.plc.faults import LinkFaults
 from lineguard.plc.ledger import PartLedger
@@ -82,19 +83,13 @@ class PlcLink:
         self._heartbeat = 0
         self._next_hb = 0
         self._next_poll = 0
-        self._next_connect = 0
-        self._backoff_ns = int(cfg.reconnect_backoff_initial_ms * _MS)
-        self._ever_connected = False
-        self._seq_synced = False
-        self._t_lost_ns: int | None = None
-        self._t_last_loss_ns: int | None = None
-        self._recovered_until = 0
         self._overflow_until = 0
         self._last_trigger_seq: int | None = None
         self._trigger_count = 0  # triggers since the baseline read, the ones polled too late included
         self._last_trigger: tuple[int, int] | None = None  # (trigger_count, part_id) of the latest (under _cv)
-        self._reconnects = 0
         self._faults = LinkFaults(cfg=cfg, metrics=metrics, recorder=recorder, logger=log)
+        self._conn = LinkConnection(cfg=cfg, transport=transport, regmap=self._map, book=self._book, metrics=metrics,
+                                    clock_ns=clock_ns, fault=self._fault, logger=log)
         self._ledger = PartLedger(
             metrics=metrics, failsafe_verdict=cfg.failsafe_code, deadline_ns=self._book_deadline_ns, clock_ns=clock_ns
         )
@@ -219,9 +214,9 @@ class PlcLink:
             t_last_progress_ns=self._ledger.t_progress_ns,
             fault_episodes=self._faults.episodes.count,
             connected=self._t.connected,
-            t_lost_ns=self._t_lost_ns,
-            t_last_loss_ns=self._t_last_loss_ns,
-            reconnects=self._reconnects,
+            t_lost_ns=self._conn.t_lost_ns,
+            t_last_loss_ns=self._conn.t_last_loss_ns,
+            reconnects=self._conn.reconnects,
             inbox=inbox,
             queued_results=self._book.queued,
             pending_deadlines=self._book.pending_deadlines,
@@ -328,7 +323,7 @@ class PlcLink:
                 self._guard(self._poll)
                 self._write_results()  # an ack may have freed the next result
         except PlcTransactionError as exc:  # only connection-breaking kinds get here
-            self._on_connection_lost(exc)
+            self._conn.lost(exc)
 
     def _guard(self, fn: Callable[[], None]) -> None:
         """Run a non-result transaction; refusals are counted and retried next period."""
@@ -374,7 +369,7 @@ class PlcLink:
             bits = dict(self._status)
             recipe = self._recipe
             self._status_dirty = False
-        bits["link_recovered"] = now < self._recovered_until
+        bits["link_recovered"] = now < self._conn.recovered_until_ns
         bits["result_overflow"] = now < self._overflow_until
         bits["fault"] = bits["fault"] or bits["result_overflow"]
         self._next_hb = now + int(self.cfg.heartbeat_period_ms * _MS)
@@ -426,66 +421,11 @@ class PlcLink:
                 self._m.missed_triggers.inc()
             self._triggers.append(part_id)
 
-    # ---- connection management -------------------------------------------------------------
+    # ---- connection management (state in plc/connection.py) ---------------------------------
     def _maybe_connect(self) -> None:
-        now = self._clock()
-        if now < self._next_connect:
-            return
-        try:
-            self._t.connect()
-            if not self._seq_synced:
-                self._sync_seq()
-        except PlcTransactionError as exc:
-            self._t.close()
-            self._m.errors.labels(kind=exc.kind.value).inc()
-            if self._t_lost_ns is None:
-                self._t_lost_ns = self._t_last_loss_ns = now
-                log.warning("cannot reach PLC %s (%s); retrying with backoff", self._t.describe, exc)
-            self._fault(f"cannot reach PLC: {exc}")
-            self._next_connect = self._clock() + self._backoff_ns
-            self._backoff_ns = min(self._backoff_ns * 2, int(self.cfg.reconnect_backoff_max_ms * _MS))
-            return
-        self._backoff_ns = int(self.cfg.reconnect_backoff_initial_ms * _MS)
-        self._m.connected.set(1)
-        if self._ever_connected:
-            self._reconnects += 1
-            self._m.reconnects.inc()
-            self._recovered_until = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
-            log.warning(
-                "PLC link %s re-established after %.0f ms",
-                self._t.describe,
-                (self._clock() - (self._t_lost_ns or now)) / _MS,
-            )
-        else:
-            log.info("PLC link %s connected", self._t.describe)
-        self._ever_connected = True
-        self._t_lost_ns = None
-        self._next_hb = 0  # status goes out at once, with link_recovered when it applies
-        self._next_poll = 0
-
-    def _sync_seq(self) -> None:
-        """Continue numbering after the seq the PLC holds, so a stale ack can never match."""
-        addr, count = self._map.seq_field_words()
-        try:
-            words = self._t.read_registers(addr, count)
-        except PlcTransactionError as exc:
-            if exc.kind.breaks_connection:
-                raise
-            self._m.errors.labels(kind=exc.kind.value).inc()
-            log.warning("cannot read result_seq from the PLC (%s); numbering starts at 1", exc)
-        else:
-            self._book.set_start_seq(self._map.decode_field(words, self.cfg.registers.result_seq, addr))
-        self._seq_synced = True
-
-    def _on_connection_lost(self, exc: PlcTransactionError) -> None:
-        self._t.close()
-        self._m.errors.labels(kind=exc.kind.value).inc()
-        self._m.connected.set(0)
-        self._t_lost_ns = self._t_last_loss_ns = self._clock()
-        self._book.connection_lost()
-        self._next_connect = self._t_lost_ns  # first retry at once, then back off
-        log.warning("PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
-        self._fault(str(exc))
+        if self._conn.maybe_connect():
+            self._next_hb = 0  # status goes out at once, with link_recovered when it applies
+            self._next_poll = 0
 
     def _fault(self, reason: str) -> None:
         self._faults.fault(self._clock(), reason)
@@ -495,7 +435,7 @@ class PlcLink:
         if self._t.connected:
             wakes += [self._next_hb, self._next_poll]
         else:
-            wakes.append(self._next_connect)
+            wakes.append(self._conn.next_connect_ns)
         nxt = min(w for w in wakes if w is not None)
         with self._cv:
             if self._inbox or (self._status_dirty and self._t.connected):
