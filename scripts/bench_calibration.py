@@ -24,7 +24,8 @@ from lineguard_models.anomaly import AnomalyModelConfig, batched, fit_anomaly_mo
 from lineguard_models.calibration import CalibrationPolicy, calibrate
 from lineguard_models.data import scan_dataset
 from lineguard_models.export import export_onnx
-from lineguard_models.pipeline import OrtScorer, TrainConfig, _iter_batches, make_input_spec, split_good
+from lineguard_models.ortscore import OrtScorer, iter_batches
+from lineguard_models.pipeline import TrainConfig, make_input_spec, split_good
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SETTINGS = {  # dataset -> (good images for fitting, input long side px)
@@ -42,7 +43,7 @@ def score_dataset(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarra
     train, calib_good = split_good(ds, cfg)
     spec = make_input_spec(ds, train, cfg)
     t0 = time.monotonic()
-    model = fit_anomaly_model(batched(_iter_batches(ds, train, spec), 8), channels=spec.channels,
+    model = fit_anomaly_model(batched(iter_batches(ds, train, spec), 8), channels=spec.channels,
                               max_value=spec.max_value, config=AnomalyModelConfig(
                                   input_width_px=spec.input_width, input_height_px=spec.input_height, seed=seed))
     fit_s = time.monotonic() - t0

@@ -73,7 +73,7 @@ def _pixel_auroc(sp: q.Split, bundle: Any, mono: bool) -> float | None:
     """Pixel AUROC over the test images when the set has masks (good images count as all-normal),
     from the bundle's own graph through ``prepare`` and ``stitch_map`` (the edge's map), at 1/4 scale."""
     from lineguard.preprocess import prepare, stitch_map
-    from lineguard_models.pipeline import cpu_session
+    from lineguard_models.ortscore import cpu_session
 
     if not any(i.mask for i in sp.test):
         return None

@@ -43,15 +43,11 @@ from lineguard.errors import BundleError, ConfigError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, file_sha256, iter_batches
 from lineguard_models.pipeline import (
-    OrtScorer,
-    Progress,
-    Scored,
     TrainConfig,
     _camera_profile,
-    _iter_batches,
     anomaly_model_config,
-    cpu_session,
     make_input_spec,
     pick_defects,
     split_good,
@@ -156,7 +152,7 @@ def pseudo_defect(image: npt.NDArray[Any], max_value: int, kind_index: int, seed
 
 
 def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
-    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``pipeline.cpu_session``)."""
+    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``ortscore.cpu_session``)."""
     session = cpu_session(onnx_path)
     for _ in range(3):
         session.run(["anomaly_score"], {"image": batch})
@@ -195,7 +191,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
     for k in range(auto.folds):
         fit_s = [s for s, f in zip(train_s, fold, strict=True) if f != k]
         held = [s for s, f in zip(train_s, fold, strict=True) if f == k]
-        batches = _iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
+        batches = iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
         scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
                                    channels=spec.channels, max_value=spec.max_value, backbone=backbone)
         onnx_path = scratch / f"fold{k}.onnx"
@@ -213,9 +209,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
 
 
 def _scored(scorer: OrtScorer, ds: Dataset, s: Sample) -> Scored:
-    from lineguard_models.pipeline import _sha
-
-    return Scored(rel=s.rel, sha256=_sha(s.path), label=s.label, score=scorer.score(ds.load(s)))
+    return Scored(rel=s.rel, sha256=file_sha256(s.path), label=s.label, score=scorer.score(ds.load(s)))
 
 
 def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.float64]) -> None:

@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from lineguard.bundle import ClassifierSpec, EngineSpec
 from lineguard.errors import ConfigError, DatasetError
 from lineguard.preprocess import InputSpec, prepare
-from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
 from lineguard_models.classifier_head import (
@@ -555,50 +554,3 @@ def _finetuned(
 def defect_images(dataset: Dataset) -> dict[str, list[Image]]:
     """Every defect image of a scanned dataset (all splits), by class, in the dataset's pixel format."""
     return {c: [dataset.load(s) for s in dataset.defects(c)] for c in dataset.defect_classes}
-
-
-# ------------------------------------------------------------------------ training pipeline glue
-
-ONNX_FILE = "classifier.onnx"
-
-
-def classifier_for_bundle(
-    dataset: Dataset, spec: InputSpec, staging: Path, *, seed: int, progress: Callable[[str], None],
-    profile: CameraProfile | None = None, anomaly: AnomalyScorer | None = None,
-    anomaly_onnx: Path | None = None, config: ClassifierConfig | None = None,
-) -> dict[str, Any] | None:
-    """Called by ``lineguard train``: train when every defect folder has enough images.
-
-    Writes ``classifier.onnx`` into the bundle staging folder and returns the manifest fields
-    ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict, "report": cv report,
-    "anomaly_outputs": extra anomaly output roles}``, or None (with the reason sent to ``progress``)
-    when there is nothing to train. Given the fitted ``anomaly`` scorer and its exported
-    ``anomaly_onnx``, the classifier shares its backbone pass where that applies
-    (``lineguard_models.shared``): ``anomaly_onnx`` is then re-exported with the ``shared_features``
-    output (scores checked unchanged) and the classifier graph takes that map.
-    """
-    counts = {c: len(dataset.defects(c)) for c in dataset.defect_classes}
-    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
-    if len(counts) < 2 or small:
-        why = (f"{len(counts)} defect class(es)" if len(counts) < 2 else
-               ", ".join(f"'{c}' has {n}" for c, n in sorted(small.items())))
-        progress(f"defect classifier skipped: needs >= 2 defect classes with >= {MIN_IMAGES_PER_CLASS} "
-                 f"images each ({why})")
-        return None
-    if spec.tiles.count != 1:
-        progress("defect classifier skipped: tiled input specs are not supported by the classifier yet")
-        return None
-    progress(f"defect classifier: {len(counts)} classes, {sum(counts.values())} images")
-    config = config or ClassifierConfig()
-    images = defect_images(dataset)
-    clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
-                           progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"))
-    progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
-    from lineguard_models.shared import export_for_bundle  # shared-backbone mode (docs/classifier.md)
-
-    engine, anomaly_outputs, shared_report = export_for_bundle(
-        clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,
-        check_images=[im for v in images.values() for im in v[:2]], progress=progress)
-    report = {**clf.cv_report, "shared_backbone": shared_report}
-    return {"engine": engine.model_dump(exclude_defaults=True), "classifier": clf.classifier_spec().model_dump(),
-            "report": report, "anomaly_outputs": anomaly_outputs}

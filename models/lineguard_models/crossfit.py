@@ -4,7 +4,7 @@ Data flow (inside ``pipeline.train`` when ``TrainConfig.calibration_folds`` >= 2
 training images -> K seeded folds -> for each fold a memory bank fitted on the *other* folds
 (same backbone, bank size, camera-profile variants and seed as the final bank) -> exported to
 ONNX in a scratch folder -> the fold's images scored with ONNX Runtime through
-``lineguard.preprocess.prepare`` (the edge's path) -> :class:`pipeline.Scored` rows labelled good
+``lineguard.preprocess.prepare`` (the edge's path) -> :class:`ortscore.Scored` rows labelled good
 -> calibration, beside the held-out good and defect images. The final bank is then fitted on
 all good images as before.
 
@@ -34,7 +34,7 @@ from lineguard_models.backbone import load_backbone
 from lineguard_models.bank_augment import BankAugmentConfig
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.export import export_onnx
-from lineguard_models.pipeline import OrtScorer, Progress, Scored, _iter_batches, score_samples
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, iter_batches, score_samples
 
 
 def fold_of(samples: Sequence[Sample], folds: int, seed: int) -> list[int]:
@@ -62,7 +62,7 @@ def out_of_fold_scores(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, 
     for k in range(folds):
         fit_s = [s for s, f in zip(samples, fold, strict=True) if f != k]
         held = [s for s, f in zip(samples, fold, strict=True) if f == k]
-        batches = _iter_batches(ds, fit_s, spec, profile=profile, bank=bank, seed=seed)
+        batches = iter_batches(ds, fit_s, spec, profile=profile, bank=bank, seed=seed)
         scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
                                    channels=spec.channels, max_value=spec.max_value, backbone=backbone)
         onnx_path = scratch / f"fold{k}.onnx"

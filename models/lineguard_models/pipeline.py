@@ -15,7 +15,6 @@ calibrates only through its out-of-fold score, ``crossfit.py``), write a bundle 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -24,31 +23,29 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
 from lineguard.imageio import encode_png
-from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
+from lineguard.preprocess import InputSpec, TileSpec, tile_regions
 from lineguard_models.augment import CameraProfile
-from lineguard_models.bank_augment import BankAugmentConfig, bank_variants, describe
+from lineguard_models.bank_augment import BankAugmentConfig, describe
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.data import Dataset, Sample, scan_dataset
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 ONNX_FILE = "anomaly.onnx"
 SCORES_FILE = "report/scores.csv"
 _BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)
@@ -123,16 +120,6 @@ class TrainConfig(BaseModel):
         return folds
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scored:
-    """One calibration image and its ONNX Runtime score."""
-
-    rel: str
-    sha256: str
-    label: str
-    score: float
-
-
 def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
     """Full scale of the camera: 255 for 8 bit; for 16-bit containers the smallest common bit depth
     (10/12/14/16) holding every training pixel, so a 12-bit camera is not scaled as if 16 bit."""
@@ -205,41 +192,6 @@ def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
         order = np.random.default_rng([seed, *cls.encode()]).permutation(len(items))
         out += sorted((items[i] for i in order[: cap or len(items)]), key=lambda s: s.rel)
     return out
-
-
-def cpu_session(onnx_path: Path) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session for training-side checks (scoring, calibration, export checks)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-
-class OrtScorer:
-    """The exported graph in ONNX Runtime on the CPU, fed exactly like the edge feeds it."""
-
-    def __init__(self, onnx_path: Path, spec: InputSpec) -> None:
-        self.session = cpu_session(onnx_path)
-        self.spec = spec
-
-    def score(self, image: npt.NDArray[Any]) -> float:
-        batch, _ = prepare(image, self.spec)
-        (scores,) = self.session.run(["anomaly_score"], {"image": batch})
-        return float(np.max(scores))  # image score = the worst tile
-
-
-def score_samples(scorer: OrtScorer, ds: Dataset, samples: Sequence[Sample], progress: Progress) -> list[Scored]:
-    out = []
-    t0 = time.monotonic()
-    for i, s in enumerate(samples, 1):
-        out.append(Scored(rel=s.rel, sha256=_sha(s.path), label=s.label, score=scorer.score(ds.load(s))))
-        if i % 20 == 0 or i == len(samples):
-            progress(f"scored {i}/{len(samples)} calibration images with ONNX Runtime ({time.monotonic() - t0:.1f} s)")
-    return out
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _verdict(score: float, lower: float, upper: float) -> str:
@@ -331,19 +283,6 @@ def new_bundle_id(product: str, fingerprint: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', product)[:48]}-{stamp}-{fingerprint[:8]}"
 
 
-def _iter_batches(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, *, profile: CameraProfile | None = None,
-                  bank: BankAugmentConfig | None = None, seed: int = 0) -> Iterator[npt.NDArray[np.float32]]:
-    """Engine inputs of the good training images; with a profile and ``bank``, each image is followed
-    by its camera-profile variants (``bank_augment``), made in raw units before preprocessing."""
-    for index, s in enumerate(samples):
-        image = ds.load(s)
-        if profile is None or bank is None:
-            yield prepare(image, spec)[0]  # tiles of one image are independent training samples
-            continue
-        for variant in bank_variants(image, profile, bank, seed=seed, index=index):
-            yield prepare(variant, spec)[0]
-
-
 def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     ctx: dict[str, Any] = {"dataset": ds.root, "fingerprint": ds.fingerprint, **extra}
     if ds.skipped:
@@ -411,7 +350,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         progress(f"anomaly bank: {bank_aug['copies_per_image']} camera-profile variants per good image "
                  f"({', '.join(bank_aug['kinds'])}); not allowed by the profile: "
                  f"{', '.join(bank_aug['kinds_not_allowed_by_profile']) or 'none'}")
-    batches = _iter_batches(ds, train_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
+    batches = iter_batches(ds, train_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
     scorer = fit_anomaly_model(
         batched(batches, cfg.batch_size), config=model_cfg, channels=spec.channels,
         max_value=spec.max_value, images_total=bank_aug["images_fitted"] * spec.tiles.count,
@@ -431,7 +370,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
                                      scratch=staging / ".folds", progress=progress)
             scored += [s for s in oof if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
-        train_sha = sorted({_sha(s.path) for s in train_s})
+        train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {
             "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": _git_commit(),
             "training": cfg.model_dump(mode="json"), "anomaly_model": scorer.spec.to_dict(),
@@ -440,7 +379,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             "training_image_sha256": train_sha, "train_seconds": round(time.monotonic() - t0, 1),
         }
         # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
-        from lineguard_models.classifier import classifier_for_bundle
+        from lineguard_models.classifier_bundle import classifier_for_bundle
 
         classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile,
                                            anomaly=scorer, anomaly_onnx=staging / ONNX_FILE,  # shared backbone
@@ -460,10 +399,10 @@ def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
                      keep: dict[str, Any] | None) -> dict[str, Any] | None:
     """Image quality and scores of the good calibration images, measured with the edge's own code,
     so the line's drift monitor compares like with like (``manifest.calibration["reference"]``)."""
-    from lineguard.drift import reference_from_images
+    from lineguard.drift_measures import reference_from_images
 
     by_rel = {s.rel: s for s in ds.good()}
-    goods = [s for s in scored if s.label == "good" and s.rel in by_rel and _sha(by_rel[s.rel].path) == s.sha256]
+    goods = [s for s in scored if s.label == "good" and s.rel in by_rel and file_sha256(by_rel[s.rel].path) == s.sha256]
     if not goods:  # recalibration with defect images only: the previous reference still holds
         previous: dict[str, Any] | None = (keep or {}).get("drift_reference")
         return previous
@@ -556,7 +495,7 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
     candidates = ds.good() + pick_defects(ds, max_defects_per_class, 0)
     fresh, used_in_training, duplicates = [], 0, 0
     for s in candidates:
-        digest = _sha(s.path)
+        digest = file_sha256(s.path)
         if digest in trained:
             used_in_training += 1
         elif digest in known:

@@ -45,7 +45,7 @@ from lineguard_models.classifier import (
     export_classifier_onnx,
 )
 from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
-from lineguard_models.pipeline import cpu_session
+from lineguard_models.ortscore import cpu_session
 
 FEATURES_ROLE = "features"  # role of the shared map among the anomaly engine's outputs
 PROBS_ATOL = 1e-4  # class_probs shared vs image path; float32 reorderings give ~1e-6

@@ -17,6 +17,7 @@ from lineguard.bundle import Bundle  # noqa: E402
 from lineguard.preprocess import prepare  # noqa: E402
 from lineguard_models.bank_augment import BankAugmentConfig, describe  # noqa: E402
 from lineguard_models.data import scan_dataset  # noqa: E402
+from lineguard_models.ortscore import iter_batches  # noqa: E402
 from lineguard_models.synth import SynthConfig, write_dataset  # noqa: E402
 
 PROFILE = """\
@@ -71,7 +72,7 @@ def test_without_a_profile_the_bank_sees_the_good_images_as_they_are(data: Path)
     cfg = pipeline.TrainConfig(input_size_px=64, min_holdout=5, seed=2)
     train_s, _ = pipeline.split_good(ds, cfg)
     spec = pipeline.make_input_spec(ds, train_s, cfg)
-    got = list(pipeline._iter_batches(ds, train_s, spec, profile=None, bank=cfg.anomaly_bank, seed=cfg.seed))
+    got = list(iter_batches(ds, train_s, spec, profile=None, bank=cfg.anomaly_bank, seed=cfg.seed))
     # exactly the preprocessed good images, one per image, as before profiles existed
     assert len(got) == len(train_s)
     assert all(np.array_equal(g, prepare(ds.load(s), spec)[0]) for g, s in zip(got, train_s, strict=True))

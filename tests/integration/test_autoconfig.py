@@ -19,7 +19,8 @@ from lineguard.imageio import read_image
 from lineguard.preprocess import prepare
 from lineguard_models.autoconfig import AutoConfig, Candidate, Outcome, choose, select, train_auto
 from lineguard_models.data import scan_dataset
-from lineguard_models.pipeline import OrtScorer, TrainConfig
+from lineguard_models.ortscore import OrtScorer
+from lineguard_models.pipeline import TrainConfig
 from lineguard_models.synth import SynthConfig, write_dataset
 
 pytestmark = pytest.mark.slow  # about 20-50 s per test on a loaded 2-core box

@@ -13,7 +13,8 @@ from lineguard.errors import DatasetError
 from lineguard.imageio import read_image
 from lineguard_models.crossfit import fold_of
 from lineguard_models.data import scan_dataset
-from lineguard_models.pipeline import OrtScorer, TrainConfig, read_scores, train
+from lineguard_models.ortscore import OrtScorer
+from lineguard_models.pipeline import TrainConfig, read_scores, train
 from lineguard_models.synth import SynthConfig, write_dataset
 
 N_GOOD = 12

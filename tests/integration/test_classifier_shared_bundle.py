@@ -26,7 +26,7 @@ from lineguard.engines.base import Engine, build_engine
 from lineguard.errors import BundleError
 from lineguard.imageio import read_image
 from lineguard.preprocess import prepare
-from lineguard_models.classifier import classifier_for_bundle
+from lineguard_models.classifier_bundle import classifier_for_bundle
 from lineguard_models.data import scan_dataset
 from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.synth import SynthConfig, render_pixels, write_dataset

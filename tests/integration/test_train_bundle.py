@@ -19,7 +19,7 @@ from lineguard.cli import main
 from lineguard.errors import BundleError
 from lineguard.imageio import read_image
 from lineguard_models.data import scan_dataset
-from lineguard_models.pipeline import OrtScorer
+from lineguard_models.ortscore import OrtScorer
 from lineguard_models.synth import SynthConfig, write_dataset
 
 
