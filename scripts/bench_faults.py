@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -333,7 +334,14 @@ def sink_killed(line: Line, down_s: float = 2.0) -> Row:
     r = until_finished(line, f"sink killed -9 for {down_s:g} s", UModbusPlc().listen(), sink_port=port,
                        during=fault)
     m, _ = sinks[1].stop()
-    r.note = f"sink stored {int(m.get('lineguard_sink_stored_total', 0))} after the restart"
+    db = sqlite3.connect(f"file:{store / 'index.sqlite3'}?mode=ro", uri=True)
+    try:
+        kept = int(db.execute("SELECT count(*) FROM frames").fetchone()[0])
+    finally:
+        db.close()
+    r.note = (f"sink stored {int(m.get('lineguard_sink_stored_total', 0))} after the restart; the store holds "
+              f"{kept} of the {len(line.expect)} frames sent (the others were sent while it was down, beyond what "
+              "ZeroMQ queues: PUSH has no reply)")
     return r
 
 

@@ -62,6 +62,30 @@ TESTS: list[tuple[str, str]] = [
 ]
 
 
+OBSERVATIONS = [
+    "- *No verdict (connected)* is n/a for the PLC that never acknowledges: it is connected the whole run but "
+    "acknowledges nothing: the link writes one result and waits (in the 50/s run the link was lost once and "
+    "re-made, most likely a transaction timeout on the loaded box, and then wrote the next one: "
+    "`unacknowledged 2`); every other part is in the decision log as `unsent`, `overflow` or `missed_deadline`, "
+    "and `run --until-finished` ends with exit 3 after `--ack-timeout-s`.",
+    "- The PLC link's default `result_buffer_size` (8) is smaller than rate x deadline at 50 parts/s (25 results "
+    "at 500 ms, 10 at the default 200 ms): during an outage results overflow within ~0.2 s instead of waiting for "
+    "their deadline (`overflow` next to `missed_deadline` in the 50/s rows). Nothing is written late or lost from "
+    "the decision log; a line that wants a short outage bridged sets `result_buffer_size` >= rate x deadline.",
+    "- SIGTERM while the PLC is down: with the 8-result buffer, results decided during the outage overflow or pass "
+    "their deadline before the stop, so no 'PLC link stopped with N result(s)' line is due here (that path is "
+    "asserted in test_plc_fault_line.py::test_sigterm_while_the_plc_is_down with a 64-result buffer).",
+    "- pymodbus logs two records of its own per outage (`Connection ... failed`, `Repeating....`); the PLC link "
+    "logs one flight-recorder dump per fault episode (the *dumps* column; ~65 lines, one record).",
+    "- Unreadable files: the first 5 are logged one by one, then one line a minute and the rest at close "
+    "(lineguard.sources.partwarn); before that, one WARNING per file (80 in 8 s at 50/s).",
+    "- The sink's full-disk run uses a 256x256 bundle (~190 KB per frame at the sink) on an 8 MB tmpfs, of which "
+    "the store's 1 MB headroom file is part: the store keeps ~38 frames and evicts the rest. On a disk already "
+    "filled by others to 0.5 MB free, a trial run refused every frame as `quota_full` (nothing of its own to evict; "
+    "the headroom file alone is 1 MB).",
+]
+
+
 @dataclass
 class Row:
     scenario: str
@@ -183,6 +207,7 @@ def render(rows: Sequence[Row], facts: Mapping[str, Any]) -> str:
         base = baseline.get(r.rate) if not r.scenario.startswith("no fault") else None
         cells = ", ".join(f"{k} {_cell(v)}" for k, v in r.checks(base).items() if v is not None)
         out.append(f"| {r.rate:g} | {r.scenario} | {cells} | {'PASS' if r.passed(base) else '**FAIL**'} |")
+    out += ["", "## What the runs show", "", *OBSERVATIONS]
     out += ["", "## The integration test for each case of issue 21's table", "",
             "| case | test (loopback peers; exact counts at the PLC and in the decision log) |", "|---|---|"]
     out += [f"| {case} | {tests} |" for case, tests in TESTS]
