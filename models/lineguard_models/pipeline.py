@@ -439,7 +439,7 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
                  auto=auto)
     # the same report as one self-contained page with thumbnails and anomaly maps (report_html.py)
     write_for_bundle(staging / "report", staging / ONNX_FILE, spec, ds, scored, result, good, defects,
-                     title=f"Calibration report: {bundle_id}", context=context)
+                     title=f"Calibration report: {bundle_id}", context=context, auto=auto)
     if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
         golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]

@@ -249,6 +249,14 @@ figure img{display:inline-block;margin-right:2px;image-rendering:pixelated;max-w
 """
 
 
+def _share(result: CalibrationResult) -> str:
+    share = getattr(result, "automated_share", None)  # from the operating-point calibration, when present
+    if share is None:
+        return ""
+    return (f'<p id="automated-share">automated share on the calibration images: <b>{_pct(share)}</b> '
+            "(accepted + rejected without a person)</p>")
+
+
 def _b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -306,9 +314,31 @@ def _figures(examples: Sequence[Example], empty: str, note: str) -> str:
     return shown + (f'<p class="note">{_esc(note)}</p>' if note else "")
 
 
+def _num(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{float(x):.{digits}f}"
+
+
+def _auto_section(auto: Mapping[str, Any] | None) -> str:
+    """Automatic configuration (when training chose the recipe): every candidate and the choice."""
+    if not auto:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(c.get('name', ''))}</td><td>{_esc(c.get('settings', ''))}</td>"
+        f"<td>{_num(c.get('automated_share'))}</td><td>{_num(c.get('auroc'))}</td><td>{_num(c.get('tail'))}</td>"
+        f"<td>{_num(c.get('engine_p50_ms'), 1)}</td><td>{_num(c.get('seconds'), 0)}</td>"
+        f"<td>{_esc(c.get('note', ''))}</td></tr>" for c in auto.get("candidates", []))
+    return ('<section id="auto"><h2>Automatic configuration</h2>'
+            f"<p>chosen: <b>{_esc(auto.get('chosen'))}</b> ({_esc(auto.get('reason', ''))}); criterion: "
+            f"{_esc(auto.get('criterion', ''))}; {_esc(auto.get('budget_note', ''))}</p>"
+            "<table><tr><th>candidate</th><th>settings</th><th>automated share</th><th>AUROC</th>"
+            "<th>good-score tail</th><th>engine p50 ms</th><th>fit s</th><th>note</th></tr>"
+            f"{rows}</table></section>")
+
+
 def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike], *,
                 title: str, context: Mapping[str, Any], worst_good: Sequence[Example] = (),
-                hidden_defects: Sequence[Example] = (), examples_note: str = "") -> str:
+                hidden_defects: Sequence[Example] = (), examples_note: str = "",
+                auto: Mapping[str, Any] | None = None) -> str:
     """The whole page as one string (see the module docstring for what it holds)."""
     p = result.policy
     curve = result.curve if getattr(result, "curve", None) else curve_from_scores(result, good, defects)
@@ -333,8 +363,9 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
         f'<div class="thr reject" data-value="{result.upper!r}">reject score &ge; {result.upper:.6g}</div></div>'
         f"<p>mode <code>{_esc(result.mode)}</code>; false-reject budget {_pct(p.false_reject_budget)}, escape target "
         f"{_pct(p.escape_target)}, band <code>{_esc(p.band)}</code>; bounds one-sided exact (Clopper-Pearson) at "
-        f"{_pct(p.confidence)}</p></section>",
+        f"{_pct(p.confidence)}</p>{_share(result)}</section>",
         f"<section><h2>More images needed</h2>{_more_images(result)}</section>",
+        _auto_section(auto),
         f"<section><h2>Rates on the calibration images</h2>{_rates_table(result)}</section>",
         "<section><h2>Operating curve</h2><p>Solid: observed rate on the calibration images; dashed: its upper "
         "bound; dotted grey: share of parts decided without recheck. Blue: good parts rejected when the reject "
@@ -355,12 +386,14 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
 
 def write_html(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike],
                *, title: str, context: Mapping[str, Any], worst_good: Sequence[Example] = (),
-               hidden_defects: Sequence[Example] = (), examples_note: str = "") -> Path:
+               hidden_defects: Sequence[Example] = (), examples_note: str = "",
+               auto: Mapping[str, Any] | None = None) -> Path:
     """Write ``report.html`` into ``out_dir``; returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "report.html"
     page.write_text(render_html(result, good, defects, title=title, context=context, worst_good=worst_good,
-                                hidden_defects=hidden_defects, examples_note=examples_note), encoding="utf-8")
+                                hidden_defects=hidden_defects, examples_note=examples_note, auto=auto),
+                    encoding="utf-8")
     return page
 
 
@@ -415,8 +448,8 @@ def collect_examples(onnx_path: Path, spec: Any, ds: Any, scored: Sequence[Any],
 
 def write_for_bundle(report_dir: Path, onnx_path: Path, spec: Any, ds: Any, scored: Sequence[Any],
                      result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike], *,
-                     title: str, context: Mapping[str, Any]) -> Path:
+                     title: str, context: Mapping[str, Any], auto: Mapping[str, Any] | None = None) -> Path:
     """``report.html`` of a bundle being written (``pipeline._finish``): page plus thumbnails."""
     worst, hidden, note = collect_examples(onnx_path, spec, ds, scored, result)
     return write_html(report_dir, result, good, defects, title=title, context=context, worst_good=worst,
-                      hidden_defects=hidden, examples_note=note)
+                      hidden_defects=hidden, examples_note=note, auto=auto)

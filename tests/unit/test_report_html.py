@@ -67,3 +67,17 @@ def test_good_only_page_asks_for_reject_bin_parts() -> None:
     assert result.mode == "good_only" and page.count('<svg class="histogram"') == 1
     assert "lineguard capture --class NAME" in page and "lineguard calibrate" in page
     assert 'class="curve-false_reject"' in page and 'class="curve-escape"' not in page
+
+
+def test_automatic_configuration_and_share_are_shown() -> None:
+    result = calibrate(GOOD, DEFECTS)
+    auto = {"chosen": "side-320", "reason": "largest automated share", "criterion": "automated share",
+            "budget_note": "3 of 4 candidates in 240 s", "candidates": [
+                {"name": "side-320", "settings": "input_side=320", "automated_share": 0.97, "auroc": 0.99},
+                {"name": "<x>", "settings": "tiles=2x2", "automated_share": None, "note": "over the latency budget"}]}
+    page = render_html(result, GOOD, DEFECTS, title="t", context={}, auto=auto)
+    assert 'id="auto"' in page and "<b>side-320</b>" in page and "<td>0.970</td>" in page
+    assert "&lt;x&gt;" in page and "over the latency budget" in page
+    if hasattr(result, "automated_share"):
+        assert f"{100 * result.automated_share:.1f} %" in page
+    assert 'id="auto"' not in render_html(result, GOOD, DEFECTS, title="t", context={})
