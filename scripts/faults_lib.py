@@ -139,6 +139,7 @@ class Audit:
     unanswered_connected: int  # parts without a result at the PLC outside every fault window
     log_lines: int
     log_exactly_once: bool  # every triggered part has exactly one decision-log line, no other line
+    log_vs_plc: int  # parts whose decision-log ``plc`` outcome contradicts what the PLC received
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -193,6 +194,22 @@ def log_records(stderr: str) -> int:
     return sum(1 for ln in stderr.splitlines() if _RECORD.match(ln))
 
 
+REACHED = {"written", "failsafe_deadline"}  # the PLC has a block for the part
+NEVER_WRITTEN = {"missed_deadline", "overflow", "unsent"}  # the PLC must have none (e.g. stale, written late)
+
+
+def log_contradicts_plc(blocks: Iterable[Block], log: Iterable[Mapping[str, Any]]) -> set[int]:
+    """Parts the log says reached the PLC that it never got, or says were never written that it got
+    anyway (a stale result written after an outage). ``unacknowledged`` may or may not have arrived."""
+    at_plc = {b.part_id for b in blocks}
+    bad: set[int] = set()
+    for r in log:
+        pid, outcome = int(r["part_id"]), str(r.get("plc", ""))
+        if (outcome in REACHED and pid not in at_plc) or (outcome in NEVER_WRITTEN and pid in at_plc):
+            bad.add(pid)
+    return bad
+
+
 def in_windows(t: float, windows: Sequence[tuple[float, float]]) -> bool:
     return any(lo <= t <= hi for lo, hi in windows)
 
@@ -218,5 +235,6 @@ def audit(*, triggered: Sequence[int], blocks: Sequence[Block], log: Sequence[Ma
         unanswered_connected=len(unanswered),
         log_lines=len(log),
         log_exactly_once=sorted(log_ids) == sorted(triggered) and len(set(log_ids)) == len(log_ids),
+        log_vs_plc=len(log_contradicts_plc(blocks, log)),
         outcomes=dict(Counter(str(r.get("plc", "")) for r in log)),
     )

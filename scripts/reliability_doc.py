@@ -64,9 +64,10 @@ TESTS: list[tuple[str, str]] = [
 
 OBSERVATIONS = [
     "- *No verdict (connected)* is n/a for the PLC that never acknowledges: it is connected the whole run but "
-    "acknowledges nothing: the link writes one result and waits (in the 50/s run the link was lost once and "
-    "re-made, most likely a transaction timeout on the loaded box, and then wrote the next one: "
-    "`unacknowledged 2`); every other part is in the decision log as `unsent`, `overflow` or `missed_deadline`, "
+    "acknowledges nothing: the link writes one result and waits (when the link is lost and re-made in between, "
+    "most likely a transaction timeout on a loaded box, it writes the next one and `unacknowledged` counts 2); "
+    "every other part is in the decision log as "
+    "`unsent`, `overflow` or `missed_deadline`, "
     "and `run --until-finished` ends with exit 3 after `--ack-timeout-s`.",
     "- The PLC link's default `result_buffer_size` (8) is smaller than rate x deadline at 50 parts/s (25 results "
     "at 500 ms, 10 at the default 200 ms): during an outage results overflow within ~0.2 s instead of waiting for "
@@ -123,6 +124,7 @@ class Row:
             "0 doubled": a.doubled == 0,
             "0 shifted": a.shifted == 0,
             "log once": a.log_exactly_once,
+            "log = PLC": a.log_vs_plc == 0,
             "recovery": None if self.recovery_target_s is None else
             (self.recovery_s is not None and self.recovery_s <= self.recovery_target_s),
             "log bounded": None if extra is None else extra <= EXTRA_LOG_LINES,
@@ -171,18 +173,20 @@ def render(rows: Sequence[Row], facts: Mapping[str, Any]) -> str:
         "written late); *doubled* parts with more than one result at the PLC or log line; *shifted* parts whose result "
         "(PLC verdict and score register, log verdict and score) is not their own file's (each file's own score from "
         "`lineguard score`); *no verdict (connected)* parts without a result at the PLC outside the fault window; "
-        "*log once* every triggered part exactly once in the decision log; *stderr* log records / lines / KB the "
+        "*log once* every triggered part exactly once in the decision log; *log vs PLC* parts whose decision-log "
+        "`plc` outcome contradicts the PLC (`written` but not received, or `missed_deadline` / `overflow` / "
+        "`unsent` but received: a stale result written late); *stderr* log records / lines / KB the "
         "service wrote (a flight-recorder dump is one record of ~65 lines; the no-fault run at the same rate is the "
         "baseline); *recovery* seconds once the peer is back.",
         "",
         "| rate /s | fault | exit | triggered | answered | fail-safe | missed | doubled | shifted | no verdict "
-        "(connected) | log lines | log once | stderr records / lines / KB | dumps | recovery s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(connected) | log lines | log once | log vs PLC | stderr records / lines / KB | dumps | recovery s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a = r.audit
         if a is None:
-            out.append(f"| {r.rate:g} | {r.scenario} | | | | | | | | | | | | | | skipped: {r.skipped} |")
+            out.append(f"| {r.rate:g} | {r.scenario} | | | | | | | | | | | | | | | skipped: {r.skipped} |")
             continue
         rec = f"{r.recovery_s:.2f} ({r.recovery_what})" if r.recovery_s is not None else (
             f"none ({r.recovery_what})" if r.recovery_what else "-")
@@ -191,12 +195,13 @@ def render(rows: Sequence[Row], facts: Mapping[str, Any]) -> str:
         note = "; ".join(x for x in (f"plc: {outcomes}" if outcomes else "", r.note) if x)
         out.append(f"| {r.rate:g} | {r.scenario} | {r.exit_code} | {a.triggered} | {a.answered} | {a.failsafe} | "
                    f"{a.missed_deadline} | {a.doubled} | {a.shifted} | {conn} | {a.log_lines} | "
-                   f"{'yes' if a.log_exactly_once else 'no'} | {r.log_records} / {r.log_lines} / "
+                   f"{'yes' if a.log_exactly_once else 'no'} | {a.log_vs_plc} | {r.log_records} / {r.log_lines} / "
                    f"{r.log_bytes / 1024:.1f} | {r.dumps} | "
                    f"{rec} | {note} |")
     out += ["", "## Targets", "",
             "0 parts without a verdict while the PLC is connected, 0 doubled, 0 shifted, the decision log holds "
-            f"every triggered part exactly once, link back <= {LINK_BACK_S} s after the PLC listens again, log "
+            "every triggered part exactly once and agrees with the PLC (no stale result written late), "
+            f"link back <= {LINK_BACK_S} s after the PLC listens again, log "
             f"volume bounded (at most {EXTRA_LOG_LINES} log records over the no-fault run at the same rate), the "
             "sink keeps storing on a full disk (0 refused), unsigned / edited bundles refused before any part.",
             "", "| rate /s | fault | checks | result |", "|---|---|---|---|"]

@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from faults_lib import Block, Expect, audit, doubled_parts, log_records, shifted_parts
+from faults_lib import Block, Expect, audit, doubled_parts, log_contradicts_plc, log_records, shifted_parts
 
 EXPECT = {1: Expect("accept", 0.05), 2: Expect("reject", 0.9), 3: Expect("unreadable"), 4: Expect("recheck", 0.2)}
 
@@ -80,3 +80,13 @@ def test_a_multi_line_dump_is_one_log_record() -> None:
            "  write_regs @3 ok\n  read_regs @20 timeout\n"
            "2026-12-06 03:26:39,855 INFO    lineguard.service: service stopped\n")
     assert log_records(err) == 2
+
+
+def test_a_stale_result_written_after_the_outage_contradicts_the_log() -> None:
+    log = own_log()
+    log[1] = {**log[1], "plc": "missed_deadline"}  # the log says never written ...
+    assert log_contradicts_plc(own_blocks(), log) == {2}  # ... but the PLC got part 2 (written late)
+    log[1] = {**log[1], "plc": "unacknowledged"}  # on the wire when the link died: either way
+    assert log_contradicts_plc(own_blocks(), log) == set()
+    a = audit(triggered=[1, 2, 3, 4], blocks=own_blocks()[2:], log=own_log(), expect=EXPECT, fault_windows_utc=[])
+    assert a.log_vs_plc == 2, "parts 1 and 2 logged as written, never received"
