@@ -38,59 +38,29 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-import cv2
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry
+from data_loop_common import DEFAULT_DATA, EXTRA_ARMS, QUIET, Image, copy_into, load_casting, log, pixel_key
+from data_loop_drift import bench_drift
+from data_loop_tables import summarize
 from scipy.stats import rankdata
 
 from lineguard.bundle import Bundle, load_bundle
 from lineguard.decision import band_width
-from lineguard.drift import DriftMonitor
-from lineguard.drift_detect import DriftConfig
-from lineguard.drift_measures import RegionPx
 from lineguard.imageio import read_image
 from lineguard.sink.labels import LabelBook
 from lineguard.wire import MessageKind
 from lineguard_models.active import REJECT_SIDE_FIRST, SelectionConfig, plan_shift
 from lineguard_models.backtest import Judge, collect_stream
-from lineguard_models.data import load_image
 from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.retrain import GateConfig, evaluate, gate, retrain
 from lineguard_models.synth import SynthConfig, write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets"
-Image = npt.NDArray[Any]
-QUIET: Callable[[str], None] = lambda s: None  # noqa: E731 - the pipeline's progress sink
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pixel_key(image: Image) -> str:
-    """Identity of a decoded image: the sink stores pixels losslessly, so stored == streamed."""
-    return f"{image.shape}{hash(image.tobytes())}"
-
-
-def load_casting(path: Path) -> Image:
-    """Casting images are grey JPEGs saved as RGB: load them as the mono camera that took them."""
-    image: Image = load_image(path, mono_from_rgb=True)
-    return image
-
-
-def copy_into(folder: Path, paths: Sequence[Path]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        shutil.copyfile(p, folder / p.name)
-
 
 # --------------------------------------------------------------------------------------------
 # 1. active learning vs random at equal labelling budget
@@ -293,7 +263,6 @@ def run_active_seed(root: Path, work: Path, seed: int, a: argparse.Namespace,
 
 
 # bench-only arms beside active and random (flags --oracle, --top, --rsf)
-EXTRA_ARMS = ("oracle", "top", "rsf")
 
 
 def oracle_pick(decisions: Sequence[Any], good: Sequence[bool], lower: float, upper: float,
@@ -354,142 +323,6 @@ def bench_calib(root: Path, work: Path, a: argparse.Namespace) -> list[dict[str,
     return rows
 
 
-def calib_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    out = ["| calibration | good images calibrating | fitted | reject threshold (mean ± sd over seeds) | "
-           "accept threshold | training time, s | reject precision | false-reject rate | recheck rate | AUROC |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for folds in dict.fromkeys(r["folds"] for r in rows):
-        rs = [r for r in rows if r["folds"] == folds]
-        name = "held-out" if folds == 0 else f"out-of-fold, K = {folds}"
-        out.append(f"| {name} | {_ms([r['calibration_images']['good'] for r in rs], False)} | "
-                   f"{_ms([r['fitted_images'] for r in rs], False)} | {_ms([r['upper'] for r in rs], False)} | "
-                   f"{_ms([r['lower'] for r in rs], False)} | {_ms([r['train_s'] for r in rs], False)} | "
-                   + " | ".join(_ms([r[k] for r in rs]) for k in
-                                ("precision", "false_reject_rate", "recheck_rate", "auroc")) + " |")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# 2. drift detection
-
-
-def drift_transform(kind: str, rng: np.random.Generator) -> Callable[[Image], Image]:
-    """A simulated drift applied to an 8-bit image (process drifts swap the part instead)."""
-    def clip(x: npt.NDArray[np.float32]) -> Image:
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-    if kind.startswith("illumination"):
-        gain = 1.0 + int(kind.split("_")[1]) / 100.0
-        return lambda im: clip(im.astype(np.float32) * gain)
-    if kind == "blur":
-        return lambda im: cv2.GaussianBlur(im, (0, 0), 1.5)
-    if kind == "noise":
-        return lambda im: clip(im.astype(np.float32) + rng.normal(0.0, 5.0, im.shape).astype(np.float32))
-    if kind == "geometry":
-        def scale(im: Image) -> Image:  # a larger part variant: 8 % bigger about the image centre
-            h, w = im.shape[:2]
-            m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.08)
-            return cv2.warpAffine(im, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
-        return scale
-    if kind == "shift":  # the fixture moved: the part sits 12 px to the right (integer shift, no resampling)
-        return lambda im: np.ascontiguousarray(np.concatenate([np.repeat(im[:, :1], 12, axis=1), im[:, :-12]], axis=1))
-    return lambda im: im  # "defect_parts": the parts themselves change
-
-
-def jitter(im: Image, rng: np.random.Generator) -> Image:
-    """Undrifted variation of a looped image: lamp flicker, gain within +-1 %."""
-    out: Image = np.clip(np.rint(im.astype(np.float32) * rng.uniform(0.99, 1.01)), 0, 255).astype(np.uint8)
-    return out
-
-
-class DriftRun:
-    """One monitor, fed part by part as the service feeds it (observe after decide)."""
-
-    def __init__(self, judge: Judge, bundle: Bundle, regions: Sequence[str] = ()) -> None:
-        self.judge = judge
-        cfg = DriftConfig(imaging_roi_px=tuple(
-            RegionPx(**dict(zip(("x_px", "y_px", "width_px", "height_px"), map(int, r.split(",")), strict=True)))
-            for r in regions))
-        self.monitor = DriftMonitor.from_bundle(bundle, CollectorRegistry(), cfg)
-        self.parts = 0
-        self.alarms: list[tuple[int, str, str]] = []  # (part, state, message) on entering an alarm state
-        self._state = self.monitor.assessment.state
-
-    def feed(self, image: Image) -> str:
-        decision, _, _ = self.judge.judge(image)
-        self.monitor.observe(image, decision)
-        self.monitor.drain()
-        self.parts += 1
-        state = str(self.monitor.assessment.state)
-        if state in ("imaging", "process") and state != self._state:
-            self.alarms.append((self.parts, state, self.monitor.assessment.message))
-        self._state = state
-        return state
-
-    def drifted(self) -> set[str]:
-        return {n for n, f in self.monitor.assessment.features.items() if f.drifted}
-
-
-def looped(images: Sequence[Image], n: int, rng: np.random.Generator) -> Iterator[Image]:
-    for i in range(n):
-        if i % len(images) == 0:
-            order = rng.permutation(len(images))
-        yield jitter(images[order[i % len(images)]], rng)
-
-
-def bench_drift(root: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
-    rng = np.random.default_rng(a.seeds[0])
-    goods = sorted((root / "train/good").glob("*"))
-    goods = [goods[i] for i in rng.permutation(len(goods))]
-    defs = sorted((root / "train/def_front").glob("*"))
-    n_ref = a.drift_train_good
-    copy_into(work / "drift_data/good", goods[:n_ref])
-    copy_into(work / "drift_data/def_front", defs[:a.init_def])
-    cfg = TrainConfig(seed=a.seeds[0], input_size_px=a.size, bank_size=a.bank, holdout_fraction=a.drift_holdout,
-                      golden_good=1, golden_defect=1)
-    bundle = train(work / "drift_data", work / "drift_bundle", cfg, progress=QUIET)
-    n_held = len(bundle.manifest.calibration["reference"]["features"]["brightness"])
-    stream_good = [load_casting(p) for p in goods[n_ref:]]
-    stream_def = [load_casting(p) for p in defs[a.init_def:]]
-    judge = Judge(bundle)
-    out: dict[str, Any] = {"bundle_fit_good": n_ref - n_held, "reference_good": n_held,
-                           "stream_good_images": len(stream_good), "thresholds": bundle.manifest.thresholds.lower}
-    try:
-        run = DriftRun(judge, bundle, a.drift_roi)
-        t0 = time.monotonic()
-        states = Counter(run.feed(im) for im in looped(stream_good, a.clean_parts, rng))
-        out["clean"] = {"parts": run.parts, "alarms": run.alarms, "states": dict(states),
-                        "ms_per_part": 1000 * (time.monotonic() - t0) / run.parts}
-        log(f"drift clean: {out['clean']}")
-        out["drifts"] = [drift_case(judge, bundle, kind, rep, stream_good, stream_def, a)
-                         for kind in a.drift_kinds for rep in range(a.drift_reps)]
-    finally:
-        judge.close()
-    return out
-
-
-def drift_case(judge: Judge, bundle: Bundle, kind: str, rep: int, goods: Sequence[Image],
-               defs: Sequence[Image], a: argparse.Namespace) -> dict[str, Any]:
-    """Lead-in of undrifted parts, then the drift; detected = an alarm state in which a feature that
-    was not drifted at onset is drifted (a false alarm already active at onset does not count)."""
-    rng = np.random.default_rng([a.seeds[0], rep, len(kind)])
-    run = DriftRun(judge, bundle, a.drift_roi)
-    for im in looped(goods, a.lead_in, rng):
-        run.feed(im)
-    at_onset = run.drifted()
-    change = drift_transform(kind, rng)
-    source = defs if kind == "defect_parts" else goods
-    delay, found = None, None
-    for im in looped(source, a.max_drift_parts, rng):
-        state = run.feed(change(im))
-        if state in ("imaging", "process") and run.drifted() - at_onset:
-            delay, found = run.parts - a.lead_in, (state, sorted(run.drifted()), run.monitor.assessment.message)
-            break
-    res = {"kind": kind, "rep": rep, "delay_parts": delay, "drifted_at_onset": sorted(at_onset), "alarm": found}
-    log(f"drift {kind} rep {rep}: delay {delay} {found} (drifted at onset: {sorted(at_onset)})")
-    return res
-
-
 # --------------------------------------------------------------------------------------------
 # 3. forgetting (synthetic: 4 defect classes)
 
@@ -534,208 +367,6 @@ def bench_forget(work: Path, a: argparse.Namespace, strength: float, seed: int) 
 
 
 # --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# tables
-
-
-def _ms(xs: Sequence[float], pct: bool = True) -> str:
-    k = 100.0 if pct else 1.0
-    v = np.array(xs, dtype=np.float64) * k
-    return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if v.size > 1 else 0.0:.1f}"
-
-
-def arm_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str], better_up: Sequence[str], extra: Sequence[str],
-             tail: Callable[[str, list[dict[str, Any]]], str] | None = None) -> list[str]:
-    """Table rows: mean ± sd of ``keys`` per arm, then each arm minus random with the seeds in which it
-    was better (higher for ``better_up`` keys, lower for the others); ``tail``: extra cells per arm."""
-    out = []
-    for arm in ("initial", "active", "random", *extra):
-        b = [r["bundles"][arm] for r in rows]
-        out.append(f"| {arm} | " + " | ".join(_ms([x[k] for x in b]) for k in keys) + " |"
-                   + (tail(arm, b) if tail else ""))
-    for arm in ("active", *extra):
-        d = {k: [r["bundles"][arm][k] - r["bundles"]["random"][k] for r in rows] for k in keys}
-        wins = {k: sum((x > 0) if k in better_up else (x < 0) for x in d[k]) for k in keys}
-        out.append(f"| {arm} − random | " + " | ".join(f"{_ms(d[k])} (better in {wins[k]}/{len(rows)})"
-                                                       for k in keys) + (" | |" if tail else " |"))
-    return out
-
-
-def active_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    keys = ("precision", "false_reject_rate", "escape_rate", "recheck_rate", "auroc")
-    out = [f"Seeds {[r['seed'] for r in rows]}; mean ± sample sd, percent.", "",
-           "| bundle | reject precision | false-reject rate | escape rate | recheck rate | AUROC | gate passed |",
-           "|---|---|---|---|---|---|---|"]
-    extra = [x for x in EXTRA_ARMS if all(x in r["bundles"] for r in rows)]
-
-    def gates(arm: str, b: list[dict[str, Any]]) -> str:
-        return " – |" if arm == "initial" else f" {sum(x['gate_passed'] for x in b)}/{len(b)} |"
-
-    out += arm_rows(rows, keys, ("precision", "auroc"), extra, tail=gates)
-    fr = {arm: float(np.mean([r["bundles"][arm]["false_reject_rate"] for r in rows]))
-          for arm in ("active", "random", *extra)}
-    sink = _ms([r["sink_frames"] for r in rows], False)
-    n_def = {arm: _ms([r["labelled"][arm].get("def_front", 0) for r in rows], False)
-             for arm in ("active", "random", *extra)}
-    out += ["", "False rejects, active vs random (ratio of the means over seeds): "
-            + (f"{100 * (1 - fr['active'] / fr['random']):.0f} % fewer (negative = more)." if fr["random"] > 0
-             else "random has none.")
-            + "".join(f" {x} vs random: {100 * (1 - fr[x] / fr['random']):.0f} % fewer."
-                      for x in extra if fr["random"] > 0),
-            f"Sink frames per {rows[0]['stream_parts']}-part stream: {sink}; def_front among the labelled frames: "
-            + ", ".join(f"{arm} {n}" for arm, n in n_def.items()) + "."]
-    if "calibration_images" in rows[0]["bundles"]["active"]:
-        cal = {arm: _ms([r["bundles"][arm]["calibration_images"]["good"] for r in rows], False)
-               for arm in ("active", "random")}
-        fit = {arm: _ms([r["bundles"][arm]["fitted_images"] for r in rows], False) for arm in ("active", "random")}
-        out.append(f"Candidates' good images: fitted (memory bank) active {fit['active']}, random {fit['random']}; "
-                   f"calibration active {cal['active']}, random {cal['random']}.")
-    if "upper" in rows[0]["bundles"]["initial"]:  # threshold jumps between retrains, in score units
-        def jump(r: dict[str, Any], arm: str) -> float:
-            return float(abs(r["bundles"][arm]["upper"] - r["bundles"]["initial"]["upper"]))
-        out.append("Reject threshold change first teach -> candidate (|Δ upper|, score units; scores of good "
-                   f"parts are about 35-50): active {_ms([jump(r, 'active') for r in rows], False)}, "
-                   f"random {_ms([jump(r, 'random') for r in rows], False)}.")
-    if "stream_kinds" in rows[0]:
-        kinds = sorted({k for r in rows for k in r["stream_kinds"]})
-        out.append("Sink frames by kind per stream: " + ", ".join(
-            f"{k} {_ms([r['stream_kinds'].get(k, 0) for r in rows], False)}" for k in kinds) + ".")
-    if "line_precision" in rows[0]["bundles"]["initial"]:
-        out += ["", *line_table(rows, extra)]
-    return out
-
-
-def line_table(rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> list[str]:
-    """The same bundles at the stream's def_front share (``Scores.metrics``): what a line sees."""
-    keys = ("line_precision", "line_false_reject_rate", "defect_reject_rate", "escape_rate", "line_recheck_rate")
-    better_up = ("line_precision", "defect_reject_rate")
-    first = rows[0]["bundles"]["initial"]
-    out = [f"At the stream's def_front share ({first.get('defect_share', '?')}); good parts: test/good + "
-           f"{first['spare_good']} spare train/good per seed.", "",
-           "| bundle | line reject precision | line false-reject rate | def_front rejected | escape rate | "
-           "line recheck rate |", "|---|---|---|---|---|---|"]
-    out += arm_rows(rows, keys, better_up, extra)
-    fr = {arm: float(np.mean([r["bundles"][arm]["line_false_reject_rate"] for r in rows]))
-          for arm in ("initial", "active", "random", *extra)}
-    tpr = {arm: float(np.mean([r["bundles"][arm]["defect_reject_rate"] for r in rows])) for arm in fr}
-    share = float(first.get("defect_share", 0.5))
-    pooled = {arm: share * tpr[arm] / (share * tpr[arm] + (1 - share) * fr[arm]) for arm in fr}
-    if fr["random"] > 0:
-        out += ["", "Line false rejects vs random (ratio of the means): " + "; ".join(
-            f"{arm} {100 * (1 - fr[arm] / fr['random']):.0f} % fewer" for arm in ("active", *extra)) + "."]
-    out.append("Pooled line reject precision (every seed's bundle on an equal share of the line: less swayed "
-               "than the mean by a seed without false rejects, which counts as 100 %): " + ", ".join(
-                   f"{arm} {100 * pooled[arm]:.1f} %" for arm in fr) + "; minus random: " + ", ".join(
-                   f"{arm} {100 * (pooled[arm] - pooled['random']):+.1f} pp" for arm in ("active", *extra)) + ".")
-    return out
-
-
-def margin_table(rows: Sequence[dict[str, Any]], margins: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> list[str]:
-    """What a near_reject margin would have sent, from the first-teach bundle's stream verdicts:
-    share of the stream's false rejects it reaches (the audit lottery reaches ``audit``) and sink
-    frames it adds per 100 parts."""
-    out = ["| near_reject margin (band widths) | false rejects of the stream reached | near_reject frames "
-           "per 100 parts | of them good |", "|---|---|---|---|"]
-    for m in margins:
-        reach, load, good_share = [], [], []
-        for r in rows:
-            b = r["bundles"]["initial"]
-            width = band_width(b["lower"], b["upper"])
-            rej = [(s, g) for s, v, g in r["stream"] if v == "reject"]
-            near = [(s, g) for s, g in rej if s < b["upper"] + m * width]
-            fr = sum(g for _, g in rej)
-            if fr:
-                reach.append(sum(g for _, g in near) / fr)
-            load.append(100 * len(near) / len(r["stream"]))
-            if near:
-                good_share.append(sum(g for _, g in near) / len(near))
-        out.append(f"| {m:g} | {_ms(reach)} % ({len(reach)} seeds with false rejects) | {_ms(load, False)} | "
-                   f"{_ms(good_share)} % |")
-    return out
-
-
-def drift_table(d: dict[str, Any]) -> list[str]:
-    c = d["clean"]
-    out = [f"Drift bundle: {d['bundle_fit_good']} good fitted, reference = {d['reference_good']} held-out good.",
-           f"Undrifted: {c['parts']} parts, {len(c['alarms'])} alarms "
-           f"({1e4 * len(c['alarms']) / c['parts']:.1f} per 10,000 parts); states {c['states']}; "
-           f"{c['ms_per_part']:.1f} ms per part (judge + drift).", "",
-           "| drift | delay, parts (per repetition) | state | first alarm message |", "|---|---|---|---|"]
-    kinds = dict.fromkeys(r["kind"] for r in d["drifts"])
-    for kind in kinds:
-        rs = [r for r in d["drifts"] if r["kind"] == kind]
-        delays = ", ".join("not detected" if r["delay_parts"] is None else str(r["delay_parts"]) for r in rs)
-        first = next((r["alarm"] for r in rs if r["alarm"]), None)
-        onset = [f"{r['rep']}: {', '.join(r['drifted_at_onset'])}" for r in rs if r["drifted_at_onset"]]
-        note = f" (already drifted at onset, rep {'; '.join(onset)})" if onset else ""
-        out.append(f"| {kind} | {delays}{note} | {first[0] if first else '–'} | {first[2] if first else '–'} |")
-    return out
-
-
-def forget_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    out = []
-    for r in rows:
-        cls = sorted(r["regression"])
-        out += ["", f"Stain strength {r['strength']}, seed {r['seed']}; regression set: "
-                f"{r['good_regression']} good, " + ", ".join(f"{c} {r['regression'][c]}" for c in cls), "",
-                "| bundle | " + " | ".join(f"recall {c}" for c in cls) + " | false-reject rate | gate |",
-                "|---|" + "---|" * (len(cls) + 2)]
-        for name in ("active", "with_history", "naive"):
-            b = r[name]
-            g = "–" if b["gate"] is None else ("passed" if b["gate"]["passed"] else
-                                              "REFUSED: " + "; ".join(b["gate"]["reasons"]))
-            out.append(f"| {name} | " + " | ".join(f"{100 * b['recall'][c]:.0f} %" for c in cls)
-                       + f" | {100 * b['false_reject_rate']:.1f} % | {g} |")
-    return out
-
-
-# run settings that must agree before runs over different seeds are pooled into one table
-SAME_RUN = ("budget", "defect_share", "good_use", "audit", "near_reject", "near_reject_floor", "calibration_folds",
-            "size", "bank", "init_good", "init_def", "stream", "accept_side_weight", "reject_side_width",
-            "spare_good")
-
-
-def merge_runs(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One run from several ``--json`` files of the same settings over different seeds (``--merge``)."""
-    first = docs[0]["args"]
-    for d in docs[1:]:
-        differ = [k for k in SAME_RUN if d["args"].get(k) != first.get(k)]
-        if differ:
-            raise SystemExit(f"--merge: runs differ in {differ}; they cannot share one table")
-    rows = [r for d in docs for r in d.get("active", [])]
-    seeds = [r["seed"] for r in rows]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--merge: a seed appears twice ({sorted(seeds)})")
-    return {"args": {**first, "seeds": seeds}, "active": rows}
-
-
-def summarize(paths: Sequence[Path], merge: bool = False) -> None:
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    if merge:
-        docs = [merge_runs(docs)]
-    for doc in docs:  # one table per run: runs differ in budget, stream mix and label use
-        active = doc.get("active", [])
-        if active:
-            args = doc["args"]
-            budget = int(args["budget"])
-            print("\n".join([f"### Active learning vs random: B = {budget}, stream def_front share "
-                             f"{args.get('defect_share', 0.5)}, new good labels: {args.get('good_use', 'fit')}", "",
-                             *active_table(active), ""]))
-            if "stream" in active[0]:
-                print("\n".join(["Near-reject margin, from the first-teach bundles' stream verdicts:", "",
-                                 *margin_table(active), ""]))
-            full = [r for r in active if sum(r["labelled"]["active"].values()) >= budget]
-            if 0 < len(full) < len(active):  # the sink held fewer frames than the budget in the others
-                print("\n".join([f"Only seeds where the active arm could spend all {budget} labels:", "",
-                                 *active_table(full), ""]))
-        if "calib" in doc:
-            print("\n".join(["### Calibration of the first-teach bundle", "", *calib_table(doc["calib"]), ""]))
-        if "drift" in doc:
-            print("\n".join(["### Drift", "", *drift_table(doc["drift"]), ""]))
-        if "forget" in doc:
-            print("\n".join(["### Forgetting", *forget_table(doc["forget"]), ""]))
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
