@@ -30,8 +30,10 @@ TESTS: list[tuple[str, str]] = [
      f"{SB}::test_run_refuses_the_bundle_before_any_part_is_judged (unsigned, edited after signing, unknown key; "
      "bundle.* and changeover.* policy: exit 1, 0 results and 0 heartbeats at the PLC simulator, 0 decision-log "
      "lines), ::test_check_bundle_with_config_names_the_signer_and_refuses_an_edit, "
-     "::test_check_config_refuses_a_missing_or_changed_bundle; reload / swap / rollback: "
-     "tests/integration/test_changeover_swap.py"),
+     "::test_check_config_refuses_a_missing_or_changed_bundle; swap and rollback: tests/integration/"
+     "test_changeover_swap.py::test_unsigned_drop_is_refused_and_not_installed, "
+     "::test_preloaded_bundle_edited_on_disk_is_refused_at_the_swap, "
+     "::test_rollback_refuses_a_previous_bundle_edited_on_disk"),
     ("decision log on a full disk",
      "tests/integration/test_fault_decision_log_disk_full.py"
      "::test_full_disk_every_part_reaches_the_plc_one_warning_lines_written_when_space_returns (tmpfs; 40 parts "
