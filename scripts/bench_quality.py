@@ -34,6 +34,7 @@ import quality_sets as q
 
 BASE = Path("/work/data/quality")
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+THREADS = int(os.environ.get("LG_QUALITY_THREADS", "1"))  # accuracy runs; --latency always uses 2
 # named recipe settings: TrainConfig overrides (the defaults are "default")
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -117,7 +118,8 @@ def run_product(name: str, seed: int, cfg: str) -> dict[str, Any]:
     bundle = load_bundle(out)
     policy = DecisionPolicy.from_manifest(bundle.manifest)
     mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
-    ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=2)
+    # accuracy runs share the machine: one thread does not spin-wait for a descheduled sibling
+    ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=THREADS)
     scores, verdicts, labels, anomaly_ms = [], [], [], []
     with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
         runner.warmup()
@@ -209,7 +211,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 if a.latency else THREADS)
     if a.doc:
         from quality_doc import write_doc
 
@@ -228,11 +230,14 @@ def main() -> None:
             for name in a.sets.split(","):
                 for arm in a.arms.split(","):
                     path = _result_path(arm, cfg, name, seed)
-                    if path.exists():
+                    claim = path.with_suffix(".running")  # several processes can share one list
+                    if path.exists() or claim.exists():
                         continue
-                    res = run_product(name, seed, cfg) if arm == "product" else run_plain(name, seed)
                     path.parent.mkdir(parents=True, exist_ok=True)
+                    claim.write_text(str(os.getpid()))
+                    res = run_product(name, seed, cfg) if arm == "product" else run_plain(name, seed)
                     path.write_text(json.dumps(res, indent=1))
+                    claim.unlink()
                     print(json.dumps(res), flush=True)
 
 

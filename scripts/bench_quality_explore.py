@@ -159,6 +159,51 @@ def evaluate(name: str, seed: int, geom: str, backbone: str, stages: tuple[str, 
     return res
 
 
+def engine_latency(shapes: list[str], runs: int = 100) -> None:
+    """p50 of engines with the given shape, 'backbone:stages:WxH:rows' (e.g. 'efficientnet_lite0:3+5:224x224:3920'),
+    random bank, exported like a bundle's and run by ONNX Runtime CPU with 2 threads, interleaved. The
+    cost of a setting depends on these shapes only, so it is measured without fitting."""
+    import onnxruntime as ort
+
+    from lineguard_models.export import export_onnx
+
+    sessions, feeds = [], []
+    for shape in shapes:
+        kind, st, wh, rows = shape.split(":")
+        w, h = map(int, wh.split("x"))
+        stages = tuple(f"stage{c}" for c in st.split("+"))
+        bb = load_backbone(BackboneConfig(kind=kind, stages=stages))  # type: ignore[arg-type]
+        spec = ScorerSpec(input_height_px=h, input_width_px=w, channels=3, max_value=255.0, stages=stages,
+                          neighbourhood_cells=3, projection_dim=None, projection_seed=0, blur_sigma_px=4.0,
+                          image_score="patch_max")
+        dim = sum(bb.stage_channels[s] for s in stages)
+        scorer = AnomalyScorer(bb, torch.randn(int(rows), dim), spec).eval()
+        path = BASE / "explore" / "engines" / f"{shape.replace(':', '_')}.onnx"
+        export_onnx(scorer, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+        sessions.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+        feeds.append(np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32))
+    times: list[list[float]] = [[] for _ in shapes]
+    import os
+
+    load0 = os.getloadavg()[0]
+    for i in range(runs + 5):
+        for j, (sess, x) in enumerate(zip(sessions, feeds, strict=True)):
+            t0 = time.perf_counter()
+            sess.run(["anomaly_score"], {"image": x})
+            if i >= 5:
+                times[j].append((time.perf_counter() - t0) * 1e3)
+    out = BASE / "results" / "latency_shapes.json"
+    old = json.loads(out.read_text()) if out.exists() else {}
+    for shape, t in zip(shapes, times, strict=True):
+        old[shape] = {"p50_ms": round(float(np.median(t)), 2), "p90_ms": round(float(np.percentile(t, 90)), 2),
+                      "loadavg_before": load0, "loadavg_after": os.getloadavg()[0], "interleaved_with": shapes}
+        print(shape, old[shape], flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(old, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sets", default=",".join(q.SETS))
@@ -168,8 +213,14 @@ def main() -> None:
     ap.add_argument("--stages", default="3+5")
     ap.add_argument("--banks", default="cs10")
     ap.add_argument("--rot", action="store_true")
+    ap.add_argument("--latency", default="", help="engine shapes to time instead (see engine_latency)")
+    ap.add_argument("--runs", type=int, default=100, help="timed runs per engine with --latency")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    if a.latency:
+        torch.set_num_threads(2)
+        engine_latency(a.latency.split(","), a.runs)
+        return
+    torch.set_num_threads(1)  # a shared machine: one thread never spin-waits for a descheduled sibling
     for name in a.sets.split(","):
         for seed in map(int, a.seeds.split(",")):
             for geom in a.geoms.split(","):

@@ -210,7 +210,7 @@ class EfficientNetLite0(Backbone):
             # strict: every key used, every shape checked; a mismatch means a different architecture
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ConfigError(f"{path} is not an {variant} state dict: {exc}") from exc
+            raise ConfigError(f"{path} is not an EfficientNet-Lite{variant[-1]} state dict: {exc}") from exc
         return model.eval()
 
     def _stem(self, x: Tensor) -> Tensor:

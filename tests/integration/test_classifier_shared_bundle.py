@@ -74,10 +74,10 @@ def test_manifest_and_golden_self_test_of_a_shared_bundle(trained: tuple[Bundle,
     m = bundle.manifest
     clf = m.engines["classifier"]
     assert clf.input_source == "anomaly:shared_features" and clf.input_name == "shared_features"
-    assert clf.input_chw == (80, 4, 4)  # stage4 (stride 16) of the 64x64 input
+    assert clf.input_chw == (112, 4, 6)  # stage5 (stride 16), the anomaly's deepest stage, of the 96x64 input
     assert m.engines["anomaly"].outputs["features"] == "shared_features"
     report = m.calibration["classifier"]["shared_backbone"]
-    assert report["shared"] and report["stage"] == "stage4" and report["max_probs_abs_diff"] < 1e-4
+    assert report["shared"] and report["stage"] == "stage5" and report["max_probs_abs_diff"] < 1e-4
     with BundleRunner.from_bundle(bundle, CPU) as runner:
         runner.warmup()
         assert run_golden(runner, bundle) == []

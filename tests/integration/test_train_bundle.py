@@ -40,9 +40,9 @@ def test_bundle_verifies_and_records_provenance(trained: tuple[Path, Path]) -> N
     b = load_bundle(out)
     m = b.manifest
     assert m.product == "demo part" and m.recipe == 7 and m.bundle_id.startswith("demo-part-")
-    # 128x96 frames in 1x2 tiles -> 64x96 tiles -> 64x96 input (aspect kept, multiples of 32)
+    # 128x96 frames in 1x2 tiles -> 64x96 tiles -> short side 96 -> 96x128 input (aspect kept, multiples of 32)
     assert (m.input.channels, m.input.dtype, m.input.max_value) == (1, "uint8", 255)
-    assert (m.input.input_width, m.input.input_height) == (64, 96)
+    assert (m.input.input_width, m.input.input_height) == (96, 128)
     assert (m.input.image_width, m.input.image_height) == (128, 96)
     assert m.input.tiles.count == 2
     assert m.engines["anomaly"].outputs == {"score": "anomaly_score", "map": "anomaly_map"}
