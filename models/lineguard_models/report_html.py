@@ -234,7 +234,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:1.5
  color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3}td:first-child,th:first-child,#auto td:nth-child(2),#auto td:last-child{text-align:left}
 .warnings{background:#fff3cd;border:2px solid #e0a800;padding:.6em 1em .6em 2em;font-weight:600}
 .thresholds{display:flex;gap:1em;flex-wrap:wrap}
 .thr{border-radius:6px;padding:.6em 1.2em;color:#fff;font-size:1.25em;font-weight:700}
