@@ -8,6 +8,9 @@ from a shifted distribution while the images stay as calibrated.
 from __future__ import annotations
 
 import functools
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lineguard.contracts import Decision, Verdict
-from lineguard.drift import DriftMetrics, DriftMonitor
+from lineguard.drift import DRIFT_THREAD_NICE_DELTA, DriftMetrics, DriftMonitor
 from lineguard.drift_detect import IMAGING_ADVICE, PROCESS_ADVICE, DriftConfig, DriftDetector
 from lineguard.drift_measures import DriftReference, measure_quality, psi, reference_from_images
 from lineguard_models.synth import SynthConfig, render_pixels
@@ -143,6 +146,26 @@ def test_monitor_thread_metrics_and_drops(reference: DriftReference) -> None:
     assert reg.get_sample_value("lineguard_drift_state", {"state": "imaging"}) == 1.0
     assert reg.get_sample_value("lineguard_drift_feature_drifted", {"feature": "brightness"}) == 1.0
     assert reg.get_sample_value("lineguard_drift_psi", {"feature": "brightness"}) > 1.0
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities: Linux only")
+def test_monitor_thread_runs_below_the_process_priority(reference: DriftReference) -> None:
+    # image statistics must yield the CPU to the engine's threads in a burst (issue 18)
+    cfg = DriftConfig()
+    mon = DriftMonitor(config=cfg, metrics=DriftMetrics(CollectorRegistry()),
+                       detector=DriftDetector(reference=reference, lower=LOWER, config=cfg), max_value=255)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    mon.start()
+    try:
+        thread = mon._thread
+        assert thread is not None and thread.native_id is not None
+        deadline = time.monotonic() + 5.0
+        while os.getpriority(os.PRIO_PROCESS, thread.native_id) == base and time.monotonic() < deadline:
+            time.sleep(0.01)  # the thread lowers its own priority as it starts
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, base + DRIFT_THREAD_NICE_DELTA)
+    finally:
+        mon.stop()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
 
 
 def test_reference_round_trips_and_is_capped() -> None:
