@@ -194,3 +194,5 @@ def test_bench_command_measures_raw_service_floor_and_memory(tiled: Bundle, tmp_
     assert r["service_throughput_per_s"] > 0 and r["burst_failsafe"] == 0
     assert r["memory"]["frames"] == 60 and r["memory"]["failsafe"] == 0
     assert r["cpu_jitter"]["kernel_p50_ms"] > 0
+    # CPU per part: the service runs the same engine plus its own work, so it costs at least about as much
+    assert r["raw_cpu_ms_per_part"] > 0 and r["burst_cpu_ms_per_part"] >= 0.5 * r["raw_cpu_ms_per_part"]

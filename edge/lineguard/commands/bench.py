@@ -5,7 +5,11 @@
    latency from "frame available" (``Frame.t_capture_ns``) to "verdict handed to the PLC link";
 3. service throughput: a burst of frames that fits the queue, judged back to back;
 4. memory: resident set size after warm-up and after ``--memory-frames`` more frames;
-5. context for the tail: the CPU's own steadiness (a fixed pure-Python kernel, ``cpu_jitter``) and
+5. CPU time per part (the whole process, every thread: engine pool, inspection, drift statistics,
+   hand-offs) of the raw engine and of the burst, from after the service's start to after its stop:
+   unlike the rates above it hardly depends on what else the machine runs, so it shows the
+   service's own cost on a shared CPU;
+6. context for the tail: the CPU's own steadiness (a fixed pure-Python kernel, ``cpu_jitter``) and
    the queueing floor: the latencies an ideal zero-overhead FIFO would give with the raw engine's
    measured per-frame times at the offered rate (``fifo_latencies_ms``). An engine stall longer than
    the arrival period delays the parts queued behind it in any service; the gap between the service
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -109,9 +114,17 @@ def _service(bundle_dir: Path, images: list[npt.NDArray[Any]], *, count: int, ra
     return service
 
 
-def _run_service(service: InspectionService, timeout_s: float) -> float:
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, all threads (user + system)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def _run_service(service: InspectionService, timeout_s: float) -> tuple[float, float]:
+    """Run until every part is judged; (wall seconds, process CPU seconds) from after start() (warm-up
+    and golden self-test done) to after stop() (work handed to other threads, such as drift, included)."""
     service.start()
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _cpu_s()
     try:
         while not service.finished():
             if time.monotonic() - t0 > timeout_s:
@@ -119,7 +132,7 @@ def _run_service(service: InspectionService, timeout_s: float) -> float:
             time.sleep(0.01)
     finally:
         service.stop()
-    return time.monotonic() - t0
+    return time.monotonic() - t0, _cpu_s() - cpu0
 
 
 def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load: float, memory_frames: int,
@@ -128,13 +141,16 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
     jitter = cpu_jitter(jitter_s) if jitter_s > 0 else None
     with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=threads, spin_wait=spin)) as runner:
         # as long in wall time as the paced service run, so both see the machine's periodic stalls alike
-        raw = measure_engine(runner, images, max(frames, round(frames / max(load, 1e-3))))
+        n_raw = max(frames, round(frames / max(load, 1e-3)))
+        cpu0 = _cpu_s()
+        raw = measure_engine(runner, images, n_raw)
+        raw_cpu_ms = (_cpu_s() - cpu0) * 1e3 / n_raw  # its few warm-up runs included: a slight overestimate
     rate = raw["throughput_per_s"] * load
     svc = _service(bundle_dir, images, count=frames, rate=rate, queue=8, threads=threads, spin=spin)
     _run_service(svc, timeout_s=frames / rate * 3 + 60)
     e2e = percentiles(svc.stats.e2e_ms)
     burst = _service(bundle_dir, images, count=frames, rate=None, queue=frames + 8, threads=threads, spin=spin)
-    _run_service(burst, timeout_s=frames / raw["throughput_per_s"] * 3 + 60)
+    _, burst_cpu_s = _run_service(burst, timeout_s=frames / raw["throughput_per_s"] * 3 + 60)
     result: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,
         "input": f"{bundle.manifest.input.input_width}x{bundle.manifest.input.input_height}",
@@ -148,6 +164,8 @@ def bench(bundle_dir: Path, images: list[npt.NDArray[Any]], *, frames: int, load
         "service_failsafe": svc.stats.failsafe,
         "service_throughput_per_s": burst.stats.decisions_per_s,
         "burst_failsafe": burst.stats.failsafe,
+        "raw_cpu_ms_per_part": raw_cpu_ms,
+        "burst_cpu_ms_per_part": burst_cpu_s * 1e3 / max(burst.stats.decided, 1),
     }
     if jitter is not None:
         result["cpu_jitter"] = jitter
@@ -212,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
           f"times at the offered rate; service p99 is x{e2e['p99'] / q['p99']:.2f} of it)")
     print(f"service burst   {r['service_throughput_per_s']:7.1f} parts/s  "
           f"({100 * r['service_throughput_per_s'] / r['raw_throughput_per_s']:.0f} % of raw)")
+    print(f"cpu per part    raw engine {r['raw_cpu_ms_per_part']:.2f} ms, service burst "
+          f"{r['burst_cpu_ms_per_part']:.2f} ms ({100 * r['raw_cpu_ms_per_part'] / r['burst_cpu_ms_per_part']:.0f} % "
+          f"of the service's CPU is the engine; all threads, little affected by other load)")
     print(f"targets: p50 +{e2e['p50'] - raw['p50']:.2f} ms (<= 2 ms), p99 x{e2e['p99'] / raw['p99']:.2f} (<= 1.5)")
     if "memory" in r:
         m = r["memory"]
