@@ -71,10 +71,10 @@ class AnomalyModelConfig(BaseModel):
     )
     blur_sigma_px: float = Field(4.0, ge=0.0, le=64.0, description="gaussian blur of the anomaly map, input px")
     image_score: ImageScore = Field(
-        "patch_max", description="image score: max raw patch distance (patch_max), max of the blurred map "
-        "(map_max), or mean of the score_top_k largest patch distances (topk_mean)",
+        "topk_mean", description="image score: mean of the score_top_k largest patch distances (topk_mean), max "
+        "raw patch distance (patch_max), or max of the blurred map (map_max)",
     )
-    score_top_k: int = Field(3, ge=1, le=4096, description="patches averaged by image_score=topk_mean")
+    score_top_k: int = Field(10, ge=1, le=4096, description="patches averaged by image_score=topk_mean")
     batch_size: int = Field(8, ge=1, le=256, description="images per forward pass while fitting")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random choice in fitting")
 

@@ -77,8 +77,10 @@ class TrainConfig(BaseModel):
     backbone: AnomalyBackbone = Field("efficientnet_lite0", description="anomaly feature backbone (ImageNet weights)")
     stages: tuple[str, ...] = Field(("stage3", "stage5"), min_length=1, max_length=4,
                                     description="backbone stages of the anomaly patch features")
-    image_score: ImageScore = Field("patch_max", description="anomaly image score: patch_max, map_max or topk_mean")
-    score_top_k: int = Field(3, ge=1, le=4096, description="patches averaged when image_score is topk_mean")
+    image_score: ImageScore = Field(
+        "topk_mean", description="anomaly image score: topk_mean (mean of the score_top_k largest patch distances), "
+        "patch_max or map_max (docs/benchmarks/quality.md)")
+    score_top_k: int = Field(10, ge=1, le=4096, description="patches averaged when image_score is topk_mean")
     bank_turns: Literal["auto", 1, 2, 4] = Field(
         "auto", description="turned copies of each good image in the anomaly bank: auto = the four 90-degree turns "
         "when the camera profile says rotate_90 (parts in any orientation), else none; 1, 2 (180 deg) or 4")

@@ -1,7 +1,7 @@
 """A bundle trained with the recipe defaults (aspect kept with the short side at input_size_px, stage3 +
-stage5, bank = 10 % of every patch by greedy coreset, image score = largest patch distance) runs on the
-edge unchanged (``BundleRunner``, ``lineguard score``) and scores exactly like the training side's torch
-scorer refitted with the same settings (docs/anomaly-model.md)."""
+stage5, bank = 10 % of every patch by greedy coreset, image score = mean of the 10 largest patch
+distances) runs on the edge unchanged (``BundleRunner``, ``lineguard score``) and scores exactly like
+the training side's torch scorer refitted with the same settings (docs/anomaly-model.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_defaults_keep_the_aspect_and_size_the_bank_by_the_patches(trained: tupl
     m = trained[0].manifest
     assert (m.input.input_width, m.input.input_height) == (192, 64)  # long frame, short side 64: not squashed
     spec = m.provenance["anomaly_model"]
-    assert tuple(spec["stages"]) == ("stage3", "stage5") and spec["image_score"] == "patch_max"
+    assert tuple(spec["stages"]) == ("stage3", "stage5") and spec["image_score"] == "topk_mean"
+    assert spec["score_top_k"] == 10
     patches = m.provenance["train_images"] * (64 // 8) * (192 // 8)
     assert m.provenance["bank_rows"] == math.ceil(0.1 * patches)
 
