@@ -130,6 +130,19 @@ class ClassifierConfig(BaseModel):
         2048.0, gt=0.0, le=1 << 20, description="memory cap of the cached prefix maps of every view of every image; "
         "above it training stops with the numbers (use fewer images or views, or no fine-tuning)",
     )
+    select: bool = Field(
+        True, description="choose the pooled stages and the photometric copies per line by cross-validation on "
+        "its own labelled images (lineguard_models.classifier_select; the candidates' CV figures go into the "
+        "report); false = exactly `stages` and the profile's copies. Not with finetune or a given backbone",
+    )
+    select_time_budget_s: float = Field(
+        300.0, gt=0.0, le=86400.0, description="time for the selection's feature pass and cross-validations; "
+        "candidates left when it is spent are skipped (the default always runs)",
+    )
+    select_latency_budget_ms: float = Field(
+        40.0, gt=0.0, le=10000.0, description="candidates whose measured classifier latency per flagged part "
+        "(p50, this CPU class) is above this are not considered",
+    )
 
     @model_validator(mode="after")
     def _finetune_needs_averaging(self) -> ClassifierConfig:
@@ -477,9 +490,16 @@ def train_classifier(
         return augment(im, profile, rng)
 
     views = Views.for_camera(profile, spec) if config.orientation_views else IDENTITY
-    fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
-                        seed=seed, progress=progress, views=views, average_views=config.average_views)
-    head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
+    if config.select and config.finetune is None and backbone is None:
+        from lineguard_models.classifier_select import select_and_fit  # issue 16: per-line choice
+
+        extract, fs, head, thresholds, report = select_and_fit(
+            images_by_class, spec=spec, config=config, plausible=plausible, copies=profile.copies_per_image,
+            views=views, seed=seed, progress=progress)
+    else:
+        fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
+                            seed=seed, progress=progress, views=views, average_views=config.average_views)
+        head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
     graph = ClassifierGraph(extract.features, head)
     if config.finetune is not None:
         graph, thresholds, report = _finetuned(images_by_class, fs, extract, views, report, config=config,

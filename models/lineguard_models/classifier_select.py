@@ -1,0 +1,221 @@
+"""Per-line choice of the classifier recipe by cross-validation on the line's own labelled images.
+
+Where it sits: ``lineguard train`` -> ``classifier.train_classifier`` (with ``ClassifierConfig.select``)
+-> features of every labelled image for the union of the candidates' stages (one backbone pass per
+image and copy) -> :func:`evaluate` runs the library's own cross-validation (``fit_from_features``:
+CV-chosen L2, out-of-fold probabilities, per-class ``min_confidence``) for each candidate on column
+slices of those features -> :func:`pick` -> the classifier is fitted and exported with the chosen
+stages and copies; every candidate's CV figures go into ``calibration.classifier.selection``.
+
+Candidates (docs/benchmarks/quality-classifier.md): pooled stages {5,6} (the default) with the
+camera profile's photometric copies and without, {5,6,7} with them. Fine-tuning is not a
+candidate: its view-averaged graph costs 134 ms per flagged part on this 2-core CPU
+(docs/classifier.md), above the 40 ms latency budget; it stays an explicit option.
+Views follow the camera profile (only the line knows whether orientation matters), not the search.
+
+A candidate replaces the default only when its CV accuracy is higher by at least one image of the
+line's labelled set (ties and noise keep the measured default); among those, the higher CV accuracy
+wins, then the lower CV log-loss. A candidate whose estimated latency exceeds the budget, or that
+does not fit in the remaining time budget, is skipped and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lineguard_models.classifier_head import SoftmaxHead
+
+# Classifier p50 per flagged part in ms, the exported image-path graph (the shared backbone pass is
+# faster) at 224x224, ONNX Runtime CPU, 2 threads: stage5+6 measured 19.6 ms on this 2-core box
+# (docs/benchmarks/classifier.md, load 3-4); the other stage sets scaled by their ratio to stage5+6 in
+# one interleaved run (scripts/bench_quality_classifier.py latency: stage5+6+7 1.04x at load ~16).
+LATENCY_P50_MS: dict[str, float] = {
+    "stage5+stage6": 19.6,
+    "stage5+stage6+stage7": 20.4,
+}
+# the anomaly engine's share of a flagged part at 224x224 (docs/benchmarks/classifier.md, 13.2-14.0 ms)
+ANOMALY_P50_MS = 14.0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One recipe: which pooled stages feed the head, how many photometric copies per image."""
+
+    name: str
+    stages: tuple[str, ...]
+    copies: int  # photometric copies per image (0 = none; the default profile makes 2)
+
+
+# three, not every combination: each costs len(l2_grid) x folds + 1 head fits (minutes on a loaded
+# 2-core box at 40 images per class with copies)
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("default", ("stage5", "stage6"), 2),
+    Candidate("s56_nocopies", ("stage5", "stage6"), 0),
+    Candidate("s567", ("stage5", "stage6", "stage7"), 2),
+)
+# not {4,5,6}: stage4 lies before the anomaly engine's deepest stage (stage5 by default), so the
+# classifier could no longer share its backbone pass (docs/classifier.md) and every flagged part
+# would run the backbone twice
+
+
+@dataclass(slots=True)
+class Evaluated:
+    """A candidate's cross-validation on the line's images, and its head fitted on all of them."""
+
+    candidate: Candidate
+    cv_accuracy: float
+    cv_log_loss: float
+    fit_s: float
+    n_images: int = 0
+    head: SoftmaxHead | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""  # why it was not evaluated ("" = evaluated)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures that go into the training report."""
+        c = self.candidate
+        return {"name": c.name, "stages": list(c.stages), "copies": c.copies,
+                "cv_accuracy": self.cv_accuracy, "cv_log_loss": self.cv_log_loss,
+                "cv_unknown_rate": self.report.get("unknown_rate"), "fit_s": round(self.fit_s, 2),
+                "skipped": self.skipped}
+
+
+def estimated_p50_ms(stages: Sequence[str]) -> float:
+    """Flagged part (anomaly + classifier on the image path, the slower one) for these stages, p50 ms.
+
+    Stage sets never measured count as over any budget (inf): they are not chosen blind.
+    """
+    return ANOMALY_P50_MS + LATENCY_P50_MS.get("+".join(stages), float("inf"))
+
+
+def evaluate(
+    feature_set: Callable[[Candidate], Any],
+    candidates: Sequence[Candidate],
+    *,
+    config: Any,
+    seed: int,
+    time_budget_s: float | None = None,
+) -> list[Evaluated]:
+    """Cross-validate every candidate on ``feature_set(candidate)`` (a ``classifier.FeatureSet``).
+
+    ``config`` is the ``ClassifierConfig`` whose CV settings (folds, L2 grid, quantile) apply; its
+    ``stages`` are replaced by each candidate's. The default (first) candidate always runs; a later
+    one is skipped once ``time_budget_s`` is spent.
+    """
+    from lineguard_models.classifier import fit_from_features
+
+    out: list[Evaluated] = []
+    t_start = time.perf_counter()
+    for i, cand in enumerate(candidates):
+        spent = time.perf_counter() - t_start
+        if i and time_budget_s is not None and spent > time_budget_s:
+            out.append(Evaluated(cand, float("nan"), float("nan"), 0.0,
+                                 skipped=f"time budget {time_budget_s:.0f} s spent ({spent:.0f} s)"))
+            continue
+        t0 = time.perf_counter()
+        fs = feature_set(cand)
+        head, thr, report = fit_from_features(fs, config=config.model_copy(update={"stages": cand.stages}),
+                                              seed=seed)
+        out.append(Evaluated(cand, float(report["accuracy"]), float(report["cv_log_loss"][str(report["l2"])]),
+                             time.perf_counter() - t0, n_images=len(fs.y), head=head, thresholds=thr,
+                             report=report))
+    return out
+
+
+def pick(evaluated: Sequence[Evaluated]) -> Candidate:
+    """The default unless a candidate's CV accuracy beats it by at least one image (see module doc)."""
+    done = [e for e in evaluated if not e.skipped]
+    default = done[0]
+    n = max(1, default.n_images)
+    better = [e for e in done[1:] if e.cv_accuracy >= default.cv_accuracy + 1.0 / n - 1e-9]
+    if not better:
+        return default.candidate
+    best = max(better, key=lambda e: (round(e.cv_accuracy, 6), -e.cv_log_loss))
+    return best.candidate
+
+
+def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[str]) -> np.ndarray:
+    """Column indices of ``want`` stages inside features pooled for ``have`` stages (in that order)."""
+    cols: list[int] = []
+    start = 0
+    for s in have:
+        if s in want:
+            cols += range(start, start + dims[s])
+        start += dims[s]
+    return np.array(cols, np.int64)
+
+
+FINETUNE_EXCLUDED = (
+    "fine-tuning averages the orientation views in the graph: 8 views cost 134 ms per flagged part "
+    "(docs/classifier.md), above the 40 ms budget; read through one view it measured below the frozen "
+    "classifier (NEU-DET 40/class 98.44 vs 98.72 %) and its 4 runs take ~10 min: not a candidate"
+)
+
+
+def line_candidates(default_stages: Sequence[str], copies: int) -> list[Candidate]:
+    """:data:`CANDIDATES` for a line: the configured stages and the profile's copy count as the default."""
+    out = [Candidate("default", tuple(default_stages), copies)]
+    for c in CANDIDATES[1:]:
+        cand = Candidate(c.name, c.stages, copies if c.copies else 0)
+        if all((cand.stages, cand.copies) != (o.stages, o.copies) for o in out):
+            out.append(cand)
+    return out
+
+
+def select_and_fit(
+    images_by_class: Any, *, spec: Any, config: Any, plausible: Any, copies: int, views: Any, seed: int,
+    progress: Any = None,
+) -> tuple[Any, Any, SoftmaxHead, dict[str, float], dict[str, Any]]:
+    """Features once for the union of the candidates' stages, CV of each, the chosen one fitted.
+
+    Returns (feature extractor with the chosen stages, its FeatureSet, head, min_confidence, CV
+    report with ``selection``). Called by ``classifier.train_classifier`` when ``config.select``.
+    """
+    from lineguard_models.classifier import FeatureExtractor, FeatureSet, build_features
+
+    t0 = time.perf_counter()
+    cands = [c for c in line_candidates(config.stages, copies)
+             if estimated_p50_ms(c.stages) <= config.select_latency_budget_ms]
+    over = [c for c in line_candidates(config.stages, copies) if c not in cands]
+    union = tuple(sorted({s for c in cands for s in c.stages}, key=lambda s: int(s.removeprefix("stage"))))
+    extract_all = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": union}))
+    fs_all = build_features(images_by_class, extract_all, augment_fn=plausible, copies=copies, seed=seed,
+                            progress=progress, views=views, average_views=config.average_views)
+    dims = extract_all.features.backbone.stage_channels
+
+    def fs_for(c: Candidate) -> FeatureSet:
+        cols = feature_columns(dims, union, c.stages)
+        keep = c.copies > 0
+        return FeatureSet(classes=fs_all.classes, x=fs_all.x[:, cols], y=fs_all.y,
+                          x_aug=fs_all.x_aug[:, cols] if keep else np.zeros((0, len(cols)), np.float32),
+                          aug_source=fs_all.aug_source if keep else np.zeros(0, np.int64),
+                          x_views=None if fs_all.x_views is None else fs_all.x_views[:, :, cols],
+                          average_views=fs_all.average_views)
+
+    budget = max(0.0, config.select_time_budget_s - (time.perf_counter() - t0))
+    evs = evaluate(fs_for, cands, config=config, seed=seed, time_budget_s=budget)
+    chosen = pick(evs)
+    ev = next(e for e in evs if e.candidate == chosen)
+    default = evs[0]
+    reason = ("no candidate beat the default's CV accuracy by one image or more" if chosen == default.candidate
+              else f"CV accuracy {ev.cv_accuracy:.4f} vs default {default.cv_accuracy:.4f} "
+                   f"(>= one image of {ev.n_images} better)")
+    extract = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": chosen.stages}))
+    report = dict(ev.report)
+    report["selection"] = {
+        "chosen": chosen.name, "stages": list(chosen.stages), "copies": chosen.copies, "reason": reason,
+        "candidates": [e.summary() for e in evs]
+        + [{"name": c.name, "stages": list(c.stages), "copies": c.copies,
+            "skipped": f"estimated latency {estimated_p50_ms(c.stages):.0f} ms p50 > budget "
+                       f"{config.select_latency_budget_ms:.0f} ms"} for c in over],
+        "not_candidates": {"finetune": FINETUNE_EXCLUDED},
+        "time_budget_s": config.select_time_budget_s, "search_s": round(time.perf_counter() - t0, 1),
+        "latency_budget_ms": config.select_latency_budget_ms,
+    }
+    return extract, fs_for(chosen), ev.head, ev.thresholds, report  # type: ignore[return-value]

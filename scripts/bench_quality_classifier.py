@@ -1,0 +1,349 @@
+"""Classifier part of the quality suite (issue 16): every shared set with >= 3 defect classes.
+
+Data flow per set: manifest defect images -> resized to the classifier's 224x224 input (what
+``lineguard train`` feeds it for square frames) -> frozen EfficientNet-Lite0, GAP of stage4..stage7
+for every image (identity view) and of the default profile's 2 photometric copies of every image a
+split may train on, computed once and cached under ``--cache`` -> per (seed, images per class,
+candidate): the library's own ``FeatureSet`` / ``fit_from_features`` (CV-chosen L2, per-class
+``min_confidence``) -> held-out metrics. Candidates are the per-line choices of
+``lineguard_models.classifier_select`` (stages x photometric copies); the *default* row is
+``ClassifierConfig()`` with the conservative camera profile of ``lineguard train`` (stage5+6, 2
+copies, no views); the *per-line choice* row is the candidate with the best cross-validated accuracy
+on the training images of that split alone (``classifier_select.pick``), never the test set.
+
+End to end (``--bundles``): ``mvtec_bottle`` is the only set with good images; its bundles are the
+quality suite's own (``scripts/bench_quality.py``, ``/work/data/quality/bundles/default``: trained by
+``lineguard_models.pipeline.train`` on 50 goods + half of each defect class, ``quality_sets.make_split``),
+scored by the edge ``BundleRunner`` + ``decide`` on the held-out defects: named right = verdict reject
+or recheck AND ``defect_class`` is the true class (an escape, a wrong class or ``unknown`` count as
+wrong; the best guess is reported too). NEU-DET, X-SDD and DeepPCB crops have no good images, so no
+anomaly stage can be trained: their end-to-end share is the classifier with the ``unknown`` routing
+on every held-out defect as if flagged (named right = arg-max correct and not ``unknown``).
+
+Usage: ``nice -n 10 .venv/bin/python scripts/bench_quality_classifier.py [--sets ...] [--doc]``;
+results JSON under ``/work/data/quality/classifier``; ``--doc`` writes docs/benchmarks/quality-classifier.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_sets as q
+
+from lineguard.imageio import is_grey_rgb, read_image
+from lineguard.preprocess import InputSpec, prepare, spec_for_images
+from lineguard_models.augment import CameraProfile, augment
+from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.classifier import ClassifierConfig, ClassifierGraph, FeatureSet, PooledFeatures
+from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, pick
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BASE = Path("/work/data/quality")
+SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle")
+ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
+PX = 224
+COPIES = 2  # CameraProfile.copies_per_image default (the conservative profile of lineguard train)
+Image = npt.NDArray[Any]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_set(name: str) -> tuple[list[Image], npt.NDArray[np.int64], tuple[str, ...], list[str]]:
+    """Defect images (resized to PX x PX), labels, class names, manifest paths."""
+    items = [it for it in q.read_manifest(DATASETS / name) if it.label != "good"]
+    classes = tuple(sorted({it.label for it in items}))
+    images = []
+    for it in items:
+        im = read_image(DATASETS / name / it.path)
+        im = np.ascontiguousarray(im[..., 0]) if is_grey_rgb(im) else im
+        # DeepPCB crops differ in size (21-123 px): the classifier sees every input at PX x PX
+        images.append(cv2.resize(im, (PX, PX), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > PX
+                                 else cv2.INTER_LINEAR))
+    return images, np.array([classes.index(it.label) for it in items], np.int64), classes, [it.path for it in items]
+
+
+def splits(name: str, y: npt.NDArray[np.int64], paths: list[str], seed: int, n_max: int
+           ) -> tuple[dict[int, npt.NDArray[np.int64]], npt.NDArray[np.int64]]:
+    """(class -> training order, of which the first n train; held-out test indices).
+
+    NEU-DET: the classifier benchmark's fixed test set (100 per class) and per-seed draws from the rest.
+    mvtec_bottle: the quality suite's split (make_split: half of each class trains, the rest tests).
+    Others: per seed, the first ``n_max`` of each class's permutation may train, the rest tests.
+    """
+    if name == "mvtec_bottle":
+        sp = q.make_split(DATASETS, name, seed)
+        idx = {p: i for i, p in enumerate(paths)}
+        train = np.array([idx[it.path] for it in sp.calib_defects])
+        test = np.array(sorted(idx[it.path] for it in sp.test if it.label != "good"))
+        return {c: train[y[train] == c] for c in np.unique(y)}, test
+    if name == "neu_det":
+        split_rng = np.random.default_rng(1234)
+        test, pool = [], []
+        for c in np.unique(y):
+            perm = split_rng.permutation(np.flatnonzero(y == c))
+            test += perm[:100].tolist()
+            pool += perm[100:].tolist()
+        pool_a = np.array(pool)
+        rng = np.random.default_rng(seed)
+        return {c: rng.permutation(pool_a[y[pool_a] == c]) for c in np.unique(y)}, np.array(test)
+    rng = np.random.default_rng([seed, 16])
+    order, test = {}, []
+    for c in np.unique(y):
+        perm = rng.permutation(np.flatnonzero(y == c))
+        order[c] = perm[:n_max]
+        test += perm[n_max:].tolist()
+    return order, np.array(test)
+
+
+class Cache:
+    """GAP features of stage4..7 per image (identity) and per photometric copy, computed once."""
+
+    def __init__(self, name: str, images: list[Image], root: Path) -> None:
+        self.images, self.path = images, root / f"{name}_{PX}.npz"
+        self.spec = spec_for_images(images[:3], input_width=PX, input_height=PX)
+        self.profile = CameraProfile.conservative_for(self.spec)
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES)
+        self.pooled = PooledFeatures(bb, max_value=self.spec.max_value).eval()
+        self.dims = {s: bb.stage_channels[s] for s in ALL_STAGES}
+        d = sum(self.dims.values())
+        if self.path.exists():
+            z = np.load(self.path)
+            self.x, self.have, self.cp, self.have_cp = z["x"], z["have"], z["cp"], z["have_cp"]
+        else:
+            n = len(images)
+            self.x, self.have = np.zeros((n, d), np.float32), np.zeros(n, bool)
+            self.cp, self.have_cp = np.zeros((n, COPIES, d), np.float32), np.zeros(n, bool)
+        self.s_per_pass: float | None = None
+
+    def _extract(self, ims: Sequence[Image]) -> npt.NDArray[np.float32]:
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(ims), 16):
+                batch = np.concatenate([prepare(im, self.spec)[0] for im in ims[s : s + 16]])
+                out.append(self.pooled(torch.from_numpy(batch)).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def ensure(self, ids: npt.NDArray[np.int64], copies: npt.NDArray[np.int64]) -> None:
+        t0, passes = time.perf_counter(), 0
+        todo = [int(i) for i in ids if not self.have[i]]
+        for s in range(0, len(todo), 64):
+            part = todo[s : s + 64]
+            self.x[part] = self._extract([self.images[i] for i in part])
+            self.have[part] = True
+            passes += len(part)
+            self._save(t0, passes)  # a killed run keeps what it computed
+        todo = [int(i) for i in copies if not self.have_cp[i]]
+        for s in range(0, len(todo), 32):
+            part = todo[s : s + 32]
+            ims = [augment(self.images[i], self.profile, np.random.default_rng([7, i, j]))
+                   for i in part for j in range(COPIES)]
+            self.cp[part] = self._extract(ims).reshape(len(part), COPIES, -1)
+            self.have_cp[part] = True
+            passes += len(ims)
+            self._save(t0, passes)
+        if passes:
+            log(f"{self.path.name}: {passes} backbone passes, {(self.s_per_pass or 0) * 1e3:.0f} ms each")
+        elif self.s_per_pass is None:
+            self.s_per_pass = float(np.load(self.path)["s_per_pass"])
+
+    def _save(self, t0: float, passes: int) -> None:
+        self.s_per_pass = (time.perf_counter() - t0) / passes
+        np.savez(self.path, x=self.x, have=self.have, cp=self.cp, have_cp=self.have_cp, s_per_pass=self.s_per_pass)
+
+    def columns(self, stages: Sequence[str]) -> npt.NDArray[np.int64]:
+        cols, start = [], 0
+        for s in ALL_STAGES:
+            if s in stages:
+                cols += list(range(start, start + self.dims[s]))
+            start += self.dims[s]
+        return np.array(cols)
+
+    def feature_set(self, cand: Candidate, classes: tuple[str, ...], idx: npt.NDArray[np.int64],
+                    y: npt.NDArray[np.int64]) -> FeatureSet:
+        cols = self.columns(cand.stages)
+        x = self.x[idx][:, cols]
+        if cand.copies:
+            x_aug = self.cp[idx][:, : cand.copies][:, :, cols].reshape(-1, len(cols))
+            src = np.repeat(np.arange(len(idx)), cand.copies)
+        else:
+            x_aug, src = np.zeros((0, len(cols)), np.float32), np.zeros(0, np.int64)
+        return FeatureSet(classes=classes, x=x, y=y[idx], x_aug=x_aug, aug_source=src)
+
+
+def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str, Any]:
+    p = fs_test.probs(head, np.arange(len(fs_test.y)))
+    pred, yt = p.argmax(1), fs_test.y
+    unknown = p.max(1) < np.array([thr[fs_test.classes[j]] for j in pred])
+    named = (pred == yt) & ~unknown
+    return {"accuracy": float((pred == yt).mean()), "unknown_rate": float(unknown.mean()),
+            "named_right": float(named.mean()),
+            "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(fs_test.classes)}}
+
+
+def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
+            candidates: Sequence[Candidate] = CANDIDATES) -> dict[str, Any]:
+    images, y, classes, paths = load_set(name)
+    cache = Cache(name, images, cache_dir)
+    plans = [splits(name, y, paths, s, max(sizes)) for s in seeds]
+    need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
+    pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
+    cache.ensure(need, pool)
+    config = ClassifierConfig()
+    rows = []
+    for seed, (order, test) in zip(seeds, plans, strict=True):
+        for n in sizes if name != "mvtec_bottle" else [min(len(v) for v in order.values())]:
+            train = np.concatenate([v[:n] for v in order.values()])
+            t0 = time.perf_counter()
+            cands = evaluate(lambda c, idx=train: cache.feature_set(c, classes, idx, y), candidates,
+                             config=config, seed=seed)
+            fit_s = time.perf_counter() - t0
+            chosen = pick(cands)
+            row: dict[str, Any] = {"seed": seed, "n": int(n), "n_test": len(test), "chosen": chosen.name,
+                                   "fit_s_all_candidates": round(fit_s, 1), "candidates": {}}
+            for ev in cands:
+                fs_test = cache.feature_set(ev.candidate, classes, test, y)
+                passes = len(train) * (1 + ev.candidate.copies)
+                row["candidates"][ev.candidate.name] = {
+                    "cv_accuracy": ev.cv_accuracy, "cv_log_loss": ev.cv_log_loss, "fit_s": ev.fit_s,
+                    "train_s_est": round(passes * (cache.s_per_pass or 0) + ev.fit_s, 1),
+                    **held_out(fs_test, ev.head, ev.thresholds)}
+            rows.append(row)
+            d, ch = row["candidates"]["default"], row["candidates"][chosen.name]
+            log(f"{name} seed {seed} n={n}: default acc {d['accuracy']:.4f} named {d['named_right']:.4f} | "
+                f"chosen {chosen.name} acc {ch['accuracy']:.4f} (cv {ch['cv_accuracy']:.4f})")
+            partial = {"set": name, "classes": list(classes), "counts": np.bincount(y).tolist(), "rows": rows,
+                       "s_per_pass": cache.s_per_pass, "loadavg": os.getloadavg()[0]}
+            (cache_dir / f"{name}.json").write_text(json.dumps(partial, indent=1), encoding="utf-8")  # per row
+    return partial
+
+
+def latency(out_dir: Path, runs: int = 60) -> dict[str, Any]:
+    """ONNX Runtime CPU (2 threads) p50/p95 of the exported image-path classifier per stage set."""
+    import onnxruntime as ort
+
+    from lineguard_models.classifier import export_classifier_onnx
+    from lineguard_models.classifier_head import SoftmaxHead
+
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
+    res = {}
+    for stages in sorted({c.stages for c in CANDIDATES}):
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages)
+        feats = PooledFeatures(bb, max_value=255)
+        d = feats.out_dim
+        head = SoftmaxHead(weight=np.zeros((d, 3), np.float32), bias=np.zeros(3, np.float32),
+                           mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32))
+        path = out_dir / f"clf_{'_'.join(stages)}.onnx"
+        export_classifier_onnx(ClassifierGraph(feats, head).eval(), path, spec=spec)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).uniform(0, 255, (1, 1, PX, PX)).astype(np.float32)
+        nm = sess.get_inputs()[0].name
+        for _ in range(5):
+            sess.run(None, {nm: x})
+        t = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, {nm: x})
+            t.append((time.perf_counter() - t0) * 1e3)
+        res["+".join(stages)] = {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95))}
+        log(f"latency {stages}: {res['+'.join(stages)]}")
+    return {"per_stages": res, "loadavg": os.getloadavg()[0]}
+
+
+def end_to_end_bottle(seeds: Sequence[int]) -> dict[str, Any]:
+    """The quality suite's product bundles on the held-out bottle defects (edge runner + decide)."""
+    from lineguard.bundle import load_bundle
+    from lineguard.contracts import Frame
+    from lineguard.decision import DecisionPolicy, decide
+    from lineguard.engines.config import CpuProvider, OrtEngineConfig
+    from lineguard.engines.runner import BundleRunner
+
+    out = []
+    for seed in seeds:
+        bdir = BASE / "bundles" / "default" / f"mvtec_bottle_s{seed}"
+        if not (bdir / "manifest.json").exists():
+            log(f"no suite bundle {bdir}: seed {seed} skipped")
+            continue
+        bundle = load_bundle(bdir)
+        policy = DecisionPolicy.from_manifest(bundle.manifest)
+        mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
+        sp = q.make_split(DATASETS, "mvtec_bottle", seed)
+        cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=2)
+        verdicts, named, guessed, flagged_ms = [], [], [], []
+        with BundleRunner.from_bundle(bundle, cfg) as runner:
+            runner.warmup()
+            for i, it in enumerate(x for x in sp.test if x.label != "good"):
+                im = read_image(DATASETS / "mvtec_bottle" / it.path)
+                im = np.ascontiguousarray(im[..., 0]) if mono and im.ndim == 3 else im
+                res = runner.infer(im)
+                frame = Frame(seq=i, part_id=i, t_capture_ns=0, image=np.zeros((0, 0), np.uint8), camera_id="q")
+                d = decide(res, frame, policy, t_decided_ns=0)
+                verdicts.append(d.verdict.label)
+                named.append(d.verdict.label in ("reject", "recheck") and d.defect_class == it.label)
+                guessed.append(d.verdict.label in ("reject", "recheck") and d.class_guess == it.label)
+                if d.verdict.label != "accept":
+                    flagged_ms.append(res.timings_ms["total"])
+        v = np.array(verdicts)
+        out.append({"seed": seed, "n_defects": len(v), "named_right": float(np.mean(named)),
+                    "guess_right": float(np.mean(guessed)), "escape": float((v == "accept").mean()),
+                    "recheck": float((v == "recheck").mean()),
+                    "classifier_in_bundle": bundle.manifest.classifier is not None,
+                    "flagged_total_ms_p50": float(np.median(flagged_ms)) if flagged_ms else None,
+                    "cv": (bundle.manifest.calibration or {}).get("classifier", {}).get("accuracy")})
+        log(f"bottle e2e seed {seed}: {out[-1]}")
+    return {"rows": out, "loadavg": os.getloadavg()[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", nargs="*", default=list(SETS))
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--sizes", type=int, nargs="*", default=[20, 40])
+    p.add_argument("--out", type=Path, default=BASE / "classifier")
+    p.add_argument("--skip", nargs="*", default=[], choices=["latency", "e2e"])
+    p.add_argument("--candidates", nargs="*", default=[c.name for c in CANDIDATES],
+                   help="per-line candidates to cross-validate (the first must be default)")
+    p.add_argument("--doc", action="store_true", help="write docs/benchmarks/quality-classifier.md from --out")
+    args = p.parse_args(argv)
+    if args.doc:
+        from quality_classifier_doc import render
+
+        doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "quality-classifier.md"
+        doc.write_text(render(args.out), encoding="utf-8")
+        print(doc.read_text(encoding="utf-8"))
+        return 0
+    if not DATASETS.is_dir():
+        print(f"skip: {DATASETS} not found (benchmarks need the shared datasets)")
+        return 0
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.sets:
+        if (DATASETS / name).is_dir():
+            res = run_set(name, args.seeds, args.sizes, args.out,
+                          [c for c in CANDIDATES if c.name in args.candidates])
+            (args.out / f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    if "e2e" not in args.skip:
+        (args.out / "e2e_mvtec_bottle.json").write_text(json.dumps(end_to_end_bottle(args.seeds), indent=1))
+    if "latency" not in args.skip:
+        (args.out / "latency.json").write_text(json.dumps(latency(args.out), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

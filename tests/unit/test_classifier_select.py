@@ -1,0 +1,104 @@
+"""Per-line classifier choice (issue 16 part 2): candidates, the pick rule, and the report in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lineguard_models.classifier_select import (
+    CANDIDATES,
+    Candidate,
+    Evaluated,
+    estimated_p50_ms,
+    evaluate,
+    feature_columns,
+    line_candidates,
+    pick,
+)
+
+DEFAULT, OTHER, THIRD = CANDIDATES[0], CANDIDATES[1], CANDIDATES[2]
+
+
+def ev(c: Candidate, acc: float, loss: float = 0.5, n: int = 100, skipped: str = "") -> Evaluated:
+    return Evaluated(c, acc, loss, 0.1, n_images=n, skipped=skipped)
+
+
+def test_default_kept_unless_beaten_by_at_least_one_image() -> None:
+    assert pick([ev(DEFAULT, 0.90), ev(OTHER, 0.905)]) == DEFAULT  # half an image of 100: noise
+    assert pick([ev(DEFAULT, 0.90), ev(OTHER, 0.91)]) == OTHER
+    # the higher CV accuracy wins, then the lower log-loss; skipped candidates never win
+    assert pick([ev(DEFAULT, 0.90), ev(OTHER, 0.93), ev(THIRD, 0.95)]) == THIRD
+    assert pick([ev(DEFAULT, 0.90), ev(OTHER, 0.95, 0.4), ev(THIRD, 0.95, 0.3)]) == THIRD
+    assert pick([ev(DEFAULT, 0.90), ev(OTHER, float("nan"), skipped="time budget")]) == DEFAULT
+
+
+def test_line_candidates_follow_the_config_and_profile() -> None:
+    cands = line_candidates(("stage5", "stage6"), 0)  # a profile without photometric copies
+    assert cands[0] == Candidate("default", ("stage5", "stage6"), 0)
+    assert len({(c.stages, c.copies) for c in cands}) == len(cands) == 2  # copies 0 twice -> deduplicated
+    assert all(c.copies == 0 for c in cands)
+    assert line_candidates(("stage6", "stage7"), 3)[0].copies == 3
+    assert len(line_candidates(("stage6", "stage7"), 3)) == len(CANDIDATES)  # the configured stages replace {5,6}
+
+
+def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not() -> None:
+    assert all(estimated_p50_ms(c.stages) <= 40.0 for c in CANDIDATES)
+    assert estimated_p50_ms(("stage7",)) == float("inf")
+
+
+def test_feature_columns_slice_the_union() -> None:
+    dims = {"stage4": 2, "stage5": 3, "stage6": 1}
+    cols = feature_columns(dims, ("stage4", "stage5", "stage6"), ("stage4", "stage6"))
+    assert cols.tolist() == [0, 1, 5]
+    x = np.arange(6)[None, :]
+    assert x[:, feature_columns(dims, ("stage4", "stage5", "stage6"), ("stage5",))].tolist() == [[2, 3, 4]]
+
+
+def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> None:
+    from lineguard_models.classifier import ClassifierConfig, FeatureSet
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 8)
+    x = (rng.normal(0, 1, (24, 6)) + 3 * np.eye(3, 6)[y]).astype(np.float32)
+
+    def fs(c: Candidate) -> FeatureSet:
+        return FeatureSet(classes=("a", "b", "c"), x=x, y=y, x_aug=np.zeros((0, 6), np.float32),
+                          aug_source=np.zeros(0, np.int64))
+
+    done = evaluate(fs, CANDIDATES[:3], config=ClassifierConfig(), seed=0)
+    assert [e.candidate for e in done] == list(CANDIDATES[:3]) and all(not e.skipped for e in done)
+    assert all(e.cv_accuracy > 0.9 and e.n_images == 24 and e.head is not None for e in done)
+    late = evaluate(fs, CANDIDATES[:3], config=ClassifierConfig(), seed=0, time_budget_s=0.0)
+    assert not late[0].skipped and all("time budget" in e.skipped for e in late[1:])  # the default always runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [300.0])
+def test_training_reports_every_candidate_and_the_choice(budget: float) -> None:
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.classifier import ClassifierConfig, train_classifier
+
+    rng = np.random.default_rng(0)
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+
+    def img(kind: int) -> np.ndarray:
+        im = rng.normal(128, 6, (64, 64))
+        if kind == 0:
+            im[20:40, :] += 60  # a bright band
+        elif kind == 1:
+            im[:, 28:36] -= 60  # a dark stripe
+        else:
+            im[24:40, 24:40] += rng.choice([-70, 70])  # a blob
+        return np.clip(im, 0, 255).astype(np.uint8)
+
+    data = {c: [img(i) for _ in range(6)] for i, c in enumerate(("band", "stripe", "blob"))}
+    clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(select_time_budget_s=budget))
+    sel = clf.cv_report["selection"]
+    names = [c["name"] for c in sel["candidates"]]
+    assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}
+    chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+    assert not chosen["skipped"] and tuple(sel["stages"]) == clf.graph.features.stages
+    assert "finetune" in sel["not_candidates"]
+    assert all(not c["skipped"] and 0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"])
+    probs = clf.predict_proba(data["band"][:2])
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
