@@ -133,7 +133,8 @@ class ClassifierConfig(BaseModel):
     select: bool = Field(
         True, description="choose the pooled stages and the photometric copies per line by cross-validation on "
         "its own labelled images (lineguard_models.classifier_select; the candidates' CV figures go into the "
-        "report); false = exactly `stages` and the profile's copies. Not with finetune or a given backbone",
+        "report; applied by lineguard train through classifier_bundle); false = exactly `stages` and the "
+        "profile's copies. Not with finetune or a given backbone",
     )
     select_time_budget_s: float = Field(
         300.0, gt=0.0, le=86400.0, description="time for the selection's feature pass and cross-validations; "
@@ -471,8 +472,12 @@ def train_classifier(
     progress: ProgressFn | None = None,
     config: ClassifierConfig | None = None,
     backbone: Backbone | None = None,
+    selector: Callable[..., Any] | None = None,
 ) -> TrainedClassifier:
     """Train the defect classifier on raw images (the layout ``Dataset.load`` returns).
+
+    ``selector`` (``classifier_select.select_and_fit``) chooses stages and copies by cross-validation
+    when ``config.select`` is on; without it the configured stages are used as they are.
 
     ``profile`` defaults to :meth:`CameraProfile.conservative_for` the spec. Raises
     :class:`DatasetError` for fewer than 2 classes or a class below :data:`MIN_IMAGES_PER_CLASS`.
@@ -490,10 +495,10 @@ def train_classifier(
         return augment(im, profile, rng)
 
     views = Views.for_camera(profile, spec) if config.orientation_views else IDENTITY
-    if config.select and config.finetune is None and backbone is None:
-        from lineguard_models.classifier_select import select_and_fit  # issue 16: per-line choice
-
-        extract, fs, head, thresholds, report = select_and_fit(
+    if selector is not None and config.select and config.finetune is None and backbone is None:
+        # issue 16: the per-line choice (classifier_select.select_and_fit, passed in by the caller
+        # above this module: classifier_bundle, so the import graph keeps one direction)
+        extract, fs, head, thresholds, report = selector(
             images_by_class, spec=spec, config=config, plausible=plausible, copies=profile.copies_per_image,
             views=views, seed=seed, progress=progress)
     else:

@@ -19,6 +19,7 @@ from lineguard.preprocess import InputSpec
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
 from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, ClassifierConfig, defect_images, train_classifier
+from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
 from lineguard_models.shared import export_for_bundle
 
@@ -55,7 +56,11 @@ def classifier_for_bundle(
     config = config or ClassifierConfig()
     images = defect_images(dataset)
     clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
-                           progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"))
+                           progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
+                           selector=select_and_fit)  # per-line choice (issue 16) when config.select
+    sel = clf.cv_report.get("selection")
+    if sel:
+        progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")
     progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
     engine, anomaly_outputs, shared_report = export_for_bundle(
         clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,

@@ -1,6 +1,7 @@
 """Per-line choice of the classifier recipe by cross-validation on the line's own labelled images.
 
-Where it sits: ``lineguard train`` -> ``classifier.train_classifier`` (with ``ClassifierConfig.select``)
+Where it sits: ``lineguard train`` -> ``classifier_bundle.classifier_for_bundle`` ->
+``classifier.train_classifier(selector=select_and_fit)`` (with ``ClassifierConfig.select``)
 -> features of every labelled image for the union of the candidates' stages (one backbone pass per
 image and copy) -> :func:`evaluate` runs the library's own cross-validation (``fit_from_features``:
 CV-chosen L2, out-of-fold probabilities, per-class ``min_confidence``) for each candidate on column
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from lineguard_models.classifier import FeatureExtractor, FeatureSet, build_features, fit_from_features
 from lineguard_models.classifier_head import SoftmaxHead
 
 # Classifier p50 per flagged part in ms, the exported image-path graph (the shared backbone pass is
@@ -108,8 +110,6 @@ def evaluate(
     ``stages`` are replaced by each candidate's. The default (first) candidate always runs; a later
     one is skipped once ``time_budget_s`` is spent.
     """
-    from lineguard_models.classifier import fit_from_features
-
     out: list[Evaluated] = []
     t_start = time.perf_counter()
     for i, cand in enumerate(candidates):
@@ -177,8 +177,6 @@ def select_and_fit(
     Returns (feature extractor with the chosen stages, its FeatureSet, head, min_confidence, CV
     report with ``selection``). Called by ``classifier.train_classifier`` when ``config.select``.
     """
-    from lineguard_models.classifier import FeatureExtractor, FeatureSet, build_features
-
     t0 = time.perf_counter()
     cands = [c for c in line_candidates(config.stages, copies)
              if estimated_p50_ms(c.stages) <= config.select_latency_budget_ms]

@@ -14,6 +14,7 @@ from lineguard_models.classifier_select import (
     feature_columns,
     line_candidates,
     pick,
+    select_and_fit,
 )
 
 DEFAULT, OTHER, THIRD = CANDIDATES[0], CANDIDATES[1], CANDIDATES[2]
@@ -92,7 +93,8 @@ def test_training_reports_every_candidate_and_the_choice(budget: float) -> None:
         return np.clip(im, 0, 255).astype(np.uint8)
 
     data = {c: [img(i) for _ in range(6)] for i, c in enumerate(("band", "stripe", "blob"))}
-    clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(select_time_budget_s=budget))
+    clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(select_time_budget_s=budget),
+                           selector=select_and_fit)
     sel = clf.cv_report["selection"]
     names = [c["name"] for c in sel["candidates"]]
     assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}
