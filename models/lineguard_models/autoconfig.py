@@ -46,8 +46,8 @@ from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, file_sha256, iter_batches
 from lineguard_models.pipeline import (
     TrainConfig,
-    _camera_profile,
     anomaly_model_config,
+    load_camera_profile,
     make_input_spec,
     pick_defects,
     split_good,
@@ -182,7 +182,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
     from lineguard_models.export import export_onnx
 
     model_cfg = anomaly_model_config(cfg, spec)
-    profile = _camera_profile(cfg.camera_profile, spec)
+    profile = load_camera_profile(cfg.camera_profile, spec)
     backbone = load_backbone(model_cfg.backbone)
     fold = fold_of(train_s, auto.folds, cfg.seed)  # the very folds pipeline.train's calibration uses
     goods: list[Scored] = []

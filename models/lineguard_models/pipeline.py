@@ -295,7 +295,9 @@ def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     return ctx
 
 
-def _camera_profile(path: Path | None, spec: InputSpec) -> CameraProfile | None:
+def load_camera_profile(path: Path | None, spec: InputSpec) -> CameraProfile | None:
+    """The camera profile a training run names (``TrainConfig.camera_profile``), checked against the
+    input spec before any fitting; None when none is named."""
     if path is None:
         return None
     profile = CameraProfile.from_yaml(path)
@@ -311,7 +313,7 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
 
     turns = cfg.bank_turns
     if turns == "auto":
-        profile = _camera_profile(cfg.camera_profile, spec)
+        profile = load_camera_profile(cfg.camera_profile, spec)
         turns = 4 if profile is not None and profile.rotate_90 else 1
     fraction = cfg.bank_fraction
     return AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
@@ -341,7 +343,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
     train_s, calib_good = split_good(ds, cfg)
     defects = pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
     spec = make_input_spec(ds, train_s, cfg)
-    profile = _camera_profile(cfg.camera_profile, spec)  # refuse a wrong profile before an hour of training
+    profile = load_camera_profile(cfg.camera_profile, spec)  # refuse a wrong profile before an hour of training
     progress(f"dataset {data}: {len(train_s)} good for training, {len(calib_good)} good held out, "
              f"{len(defects)} defect images in {len(ds.defect_classes)} classes; "
              f"{'mono' if spec.channels == 1 else 'RGB'} {spec.dtype} (full scale {spec.max_value}), "
