@@ -76,7 +76,7 @@ class _Bundle:
 
 @dataclass
 class _Prepared:
-    """Stands in for service.PreparedBundle: the cache only touches .bundle.bundle_id and .runner.close()."""
+    """Stands in for prepared.PreparedBundle: the cache only touches .bundle.bundle_id and .runner.close()."""
 
     bundle: _Bundle
     runner: _Runner = field(default_factory=_Runner)
