@@ -175,7 +175,7 @@ def _calibration_outcome(bundle_dir: Path) -> None:
         print(f"[demo] recipe chosen for this line: {auto.get('chosen')} ({auto.get('reason')})", flush=True)
 
 
-def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str]) -> None:
+def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str], failsafe: int) -> None:
     """What the PLC received per true label (the image's folder): the line engineer's view."""
     from lineguard.contracts import Verdict
 
@@ -192,11 +192,13 @@ def _truth_table(by_part: dict[int, set[tuple[int, int]]], stream: list[str]) ->
         cells = "  ".join(f"{v}={n}" for v, n in sorted(table[label].items()))
         print(f"[demo]   {label:<12} {cells}")
     total = sum(sum(row.values()) for row in table.values())
-    decided = sum(n for row in table.values() for v, n in row.items() if v in ("accept", "reject"))
+    # a fail-safe reaches the PLC as its fail-safe code (reject by default): not a decision of the model
+    decided = sum(n for row in table.values() for v, n in row.items() if v in ("accept", "reject")) - failsafe
     escapes = sum(n for label, row in table.items() if label != "good" for v, n in row.items() if v == "accept")
-    false_rejects = table.get("good", {}).get("reject", 0)
+    rejected_good = table.get("good", {}).get("reject", 0)
     print(f"[demo] decided without a person: {decided}/{total} ({100 * decided / max(total, 1):.1f} %); "
-          f"escapes (defects accepted): {escapes}; false rejects: {false_rejects}")
+          f"escapes (defects accepted): {escapes}; good parts rejected: {rejected_good} (fail-safes included: "
+          f"{failsafe} parts in all, e.g. a missed deadline, go to the PLC as its fail-safe verdict)")
 
 
 def _report(service: InspectionService, plc_sim: object, sink_stored: int, stream: list[str]) -> int:
@@ -207,7 +209,7 @@ def _report(service: InspectionService, plc_sim: object, sink_stored: int, strea
     by_part = plc_sim.verdicts_by_part()
     results = plc_sim.results()
     print("[demo] " + _summary(service, sink_stored, len(results)))
-    _truth_table(by_part, stream)
+    _truth_table(by_part, stream, service.stats.failsafe)
     duplicates = [p for p, v in by_part.items() if len(v) != 1]
     missing = parts - len(by_part)
     ok = not duplicates and missing == 0
