@@ -169,7 +169,7 @@ def run_plain(name: str, seed: int) -> dict[str, Any]:
             "score_s_per_image": round((time.monotonic() - t0 - fit_s) / len(s), 3)}
 
 
-def latency(name: str, cfgs: list[str], runs: int = 200) -> list[dict[str, Any]]:
+def latency(name: str, cfgs: list[str], runs: int = 100) -> list[dict[str, Any]]:
     """Engine p50/p90 of the seed-0 bundles' anomaly engines through the edge runner, 2 threads, the
     configs interleaved frame by frame so a shared machine's load hits them alike (the ratio holds)."""
     from contextlib import ExitStack
