@@ -96,7 +96,7 @@ def test_runner_feeds_the_top_tiles_anomaly_map_to_the_classifier(trained: tuple
             batch, _ = prepare(image, bundle.manifest.input)
             expected = anomaly.run(batch)["features"]
             np.testing.assert_array_equal(recorder.batches[-1], expected)
-            assert recorder.batches[-1].shape == (1, 80, 4, 4)
+            assert recorder.batches[-1].shape == (1, 112, 4, 6)
             probed += 1
     assert probed == len(recorder.batches) >= 4
 
@@ -168,7 +168,7 @@ def test_int8_calibration_data_of_a_shared_classifier_are_the_anomaly_maps(train
 
     bundle = trained[0]
     batches = calibration_batches(bundle, 1, 1, bundle.manifest.engines["classifier"])
-    assert len(batches) == len(bundle.manifest.golden) and batches[0].shape == (1, 80, 4, 4)
+    assert len(batches) == len(bundle.manifest.golden) and batches[0].shape == (1, 112, 4, 6)
     anomaly = build_engine(bundle, "anomaly", CPU, batch=1)
     tile, _ = prepare(read_image(bundle.path(bundle.manifest.golden[0].file)), bundle.manifest.input)
     np.testing.assert_allclose(batches[0], anomaly.run(tile)["features"], rtol=1e-5, atol=1e-6)
