@@ -202,7 +202,7 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
     plans = [splits(name, y, paths, s, max(sizes)) for s in seeds]
     need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
     pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
-    cache.ensure(need, pool)
+    cache.ensure(need, pool if any(c.copies for c in candidates) else np.zeros(0, np.int64))
     config = ClassifierConfig()
     rows = []
     for seed, (order, test) in zip(seeds, plans, strict=True):
@@ -214,6 +214,7 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
             fit_s = time.perf_counter() - t0
             chosen = pick(cands)
             row: dict[str, Any] = {"seed": seed, "n": int(n), "n_test": len(test), "chosen": chosen.name,
+                                   "base": candidates[0].name,
                                    "fit_s_all_candidates": round(fit_s, 1), "candidates": {}}
             for ev in cands:
                 fs_test = cache.feature_set(ev.candidate, classes, test, y)
@@ -223,7 +224,7 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
                     "train_s_est": round(passes * (cache.s_per_pass or 0) + ev.fit_s, 1),
                     **held_out(fs_test, ev.head, ev.thresholds)}
             rows.append(row)
-            d, ch = row["candidates"]["default"], row["candidates"][chosen.name]
+            d, ch = row["candidates"][candidates[0].name], row["candidates"][chosen.name]
             log(f"{name} seed {seed} n={n}: default acc {d['accuracy']:.4f} named {d['named_right']:.4f} | "
                 f"chosen {chosen.name} acc {ch['accuracy']:.4f} (cv {ch['cv_accuracy']:.4f})")
             partial = {"set": name, "classes": list(classes), "counts": np.bincount(y).tolist(), "rows": rows,
