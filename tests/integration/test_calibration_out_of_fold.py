@@ -33,8 +33,9 @@ def test_folds_are_balanced_seeded_and_cover_every_image(tmp_path: Path) -> None
 def test_every_good_image_calibrates_out_of_fold(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_dataset(data, SynthConfig(n_good=N_GOOD, n_defect_per_class=5, defect_classes=("scratch",), seed=3))
-    # a bank larger than all patches keeps every one: the final bank scores its own images at 0
-    cfg = TrainConfig(input_size_px=64, bank_size=4096, seed=2, calibration_folds=3, golden_good=2, golden_defect=2)
+    # every patch in the bank (bank_fraction 1.0, a cap above all patches): the final bank scores its own images at 0
+    cfg = TrainConfig(input_size_px=64, bank_size=4096, bank_fraction=1.0, seed=2, calibration_folds=3, golden_good=2,
+                      golden_defect=2)
     bundle = train(data, tmp_path / "bundle", cfg, progress=lambda _: None)
     m = bundle.manifest
     assert m.provenance["train_images"] == N_GOOD  # nothing held back from fitting
