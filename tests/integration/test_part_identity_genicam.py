@@ -29,17 +29,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 pytest.importorskip("harvesters.core", reason="harvesters is not installed")
-import genicam.gentl as gentl  # noqa: E402
+import genicam.gentl as gentl
 
-from lineguard.config import BundleSection, LineConfig, MetricsSection, ServiceSection  # noqa: E402
-from lineguard.contracts import Frame  # noqa: E402
-from lineguard.engines.synthetic import build_synthetic_bundle  # noqa: E402
-from lineguard.plc.config import PlcConfig, TcpTransportConfig  # noqa: E402
-from lineguard.plc.sim import PlcSimulator  # noqa: E402
-from lineguard.publisher import PublisherConfig  # noqa: E402
-from lineguard.service import InspectionService  # noqa: E402
-from lineguard.sources import GenICamSourceConfig, build_source  # noqa: E402
-from lineguard.sources.genicam import GenICamSource, list_devices, viky_cti_path  # noqa: E402
+from lineguard.config import BundleSection, LineConfig, MetricsSection, ServiceSection
+from lineguard.contracts import Frame
+from lineguard.engines.synthetic import build_synthetic_bundle
+from lineguard.plc.config import PlcConfig, TcpTransportConfig
+from lineguard.plc.sim import PlcSimulator
+from lineguard.publisher import PublisherConfig
+from lineguard.service import InspectionService
+from lineguard.sources import GenICamSourceConfig, build_source
+from lineguard.sources.genicam import GenICamSource, list_devices, viky_cti_path
 
 VIKY = viky_cti_path()
 pytestmark = pytest.mark.skipif(VIKY is None, reason="viky.cti is not inside this genicam wheel")

@@ -26,6 +26,15 @@ from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.retrain import GateConfig, retrain
 from lineguard_models.synth import SynthConfig, write_dataset
 
+# Known gap (issue 22/23 recipe): with the stronger anomaly recipe (stage3+5, 10 % coreset bank,
+# top-10 score) and the 'automate' operating point, the candidate trained without the stain history
+# places its accept threshold just above the good scores and catches these faint stains as well as the
+# active bundle (measured: recall 80 % for both on the regression stains; also with band 'recheck'), so
+# this synthetic scenario no longer produces a forgetful candidate. strict: the tests fail loudly once
+# a scenario that forgets again is restored.
+FORGETS = pytest.mark.xfail(strict=True, reason="the synthetic faint-stain scenario is no longer forgotten by the "
+                            "stronger recipe; a fainter class that hides among good scores is needed")
+
 TINY = TrainConfig(input_size_px=64, bank_size=32, golden_good=1, golden_defect=1)
 
 
@@ -55,6 +64,7 @@ def forgetful(history: dict[str, Path]) -> Path:
     return out
 
 
+@FORGETS
 def test_gate_refuses_a_candidate_that_forgot_a_class(history: dict[str, Path], forgetful: Path) -> None:
     assert not forgetful.exists()
     refused = forgetful.with_name("forgetful.refused")
@@ -80,6 +90,7 @@ def test_candidate_with_whole_history_passes(history: dict[str, Path]) -> None:
     assert res.candidate.recall("stain") == 1.0 and res.candidate.class_images["stain"] == 3
 
 
+@FORGETS
 def test_backtest_predicts_the_extra_escapes(history: dict[str, Path], forgetful: Path) -> None:
     """The line (active bundle) stores stain frames in its sink; a person labels them; the backtest of
     the refused candidate shows stains the line caught that the candidate would accept."""

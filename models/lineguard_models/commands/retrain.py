@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
 from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
+from lineguard_models.calibration import CalibrationPolicy
 from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig
 from lineguard_models.retrain import GateConfig, retrain
@@ -45,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=224,
                    help="engine input size per tile, px (the short side, aspect kept)")
     p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
-    p.add_argument("--bank-size", type=int, default=1000, help="memory bank rows")
+    p.add_argument("--bank-size", type=int, default=None,
+                   help="cap on memory bank rows (default: lineguard train's default bank)")
+    p.add_argument("--band", choices=["automate", "recheck", "none"], default=None,
+                   help="calibration band, as in lineguard train --band (default: automate)")
     p.add_argument("--calibration-folds", type=int, default=3,
                    help="K >= 2 (default 3): every good image fits and calibrates out-of-fold, K extra banks; "
                         "0: held-out good images calibrate. On casting the data loop only beats random "
@@ -70,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         train_cfg = TrainConfig(product=args.product, recipe=args.recipe, seed=args.seed,
                                 input_size_px=args.input_size, tile_rows=args.tiles[0], tile_cols=args.tiles[1],
-                                bank_size=args.bank_size, calibration_folds=args.calibration_folds,
-                                classifier=classifier_config(args))
+                                calibration_folds=args.calibration_folds, classifier=classifier_config(args),
+                                **({"bank_size": args.bank_size} if args.bank_size is not None else {}),
+                                **({"policy": CalibrationPolicy(band=args.band)} if args.band is not None else {}))
         gate_cfg = GateConfig(recall_tolerance=args.recall_tolerance,
                               false_reject_tolerance=args.false_reject_tolerance)
     except ValidationError as exc:
