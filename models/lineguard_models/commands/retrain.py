@@ -16,8 +16,8 @@ from typing import get_args
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
-from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
 from lineguard_models.calibration import CalibrationPolicy
+from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
 from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig
 from lineguard_models.retrain import GateConfig, retrain
