@@ -14,14 +14,9 @@ calibrates only through its out-of-fold score, ``crossfit.py``), write a bundle 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
-import platform
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -29,15 +24,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
-from lineguard.imageio import encode_png
 from lineguard.preprocess import InputSpec, TileSpec, tile_regions
 from lineguard_models.augment import CameraProfile
 from lineguard_models.bank_augment import BankAugmentConfig, describe
+from lineguard_models.bundle_files import (
+    SCORES_FILE,
+    git_commit,
+    new_bundle_id,
+    read_scores,
+    verdict_of,
+    versions,
+    write_golden,
+    write_scores,
+)
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.data import Dataset, Sample, scan_dataset
@@ -47,7 +50,6 @@ from lineguard_models.report_html import write_for_bundle
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "anomaly.onnx"
-SCORES_FILE = "report/scores.csv"
 _BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)
 InputSide = Literal["long", "short"]
 AnomalyBackbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -196,10 +198,6 @@ def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
     return out
 
 
-def _verdict(score: float, lower: float, upper: float) -> str:
-    return "reject" if score >= upper else ("accept" if score < lower else "recheck")
-
-
 def calibrate_scored(scored: Sequence[Scored], policy: CalibrationPolicy) -> tuple[CalibrationResult, Any, Any]:
     good = np.array([s.score for s in scored if s.label == "good"])
     defects: dict[str, list[float]] = {}
@@ -207,82 +205,6 @@ def calibrate_scored(scored: Sequence[Scored], policy: CalibrationPolicy) -> tup
         if s.label != "good":
             defects.setdefault(s.label, []).append(s.score)
     return calibrate(good, defects, policy), good, defects
-
-
-def write_golden(staging: Path, ds: Dataset, scored: Sequence[Scored], result: CalibrationResult,
-                 n_good: int, n_defect: int, tolerance: float) -> list[dict[str, Any]]:
-    """Copy a few calibration images as lossless PNG with their ORT score and verdict.
-
-    Images whose score sits within 10x the score tolerance of a threshold are skipped: a golden
-    test must not flip verdict on a runtime's rounding.
-    """
-    def safe(s: Scored) -> bool:
-        return all(abs(s.score - t) > 10 * tolerance * max(abs(t), 1e-6) for t in (result.lower, result.upper))
-
-    goods = sorted((s for s in scored if s.label == "good" and safe(s)), key=lambda s: s.score)
-    picks = [goods[round(q * (len(goods) - 1))] for q in np.linspace(0.0, 1.0, n_good)] if goods and n_good else []
-    defects = sorted((s for s in scored if s.label != "good" and safe(s)), key=lambda s: -s.score)
-    by_class: dict[str, list[Scored]] = {}
-    for s in defects:
-        by_class.setdefault(s.label, []).append(s)
-    rounds = [lst[i] for i in range(max((len(v) for v in by_class.values()), default=0))
-              for lst in by_class.values() if i < len(lst)]
-    picks += rounds[:n_defect]  # one per class first, strongest first
-    (staging / "golden").mkdir(exist_ok=True)
-    by_rel = {s.rel: s for s in ds.samples}
-    out = []
-    for i, s in enumerate(dict.fromkeys(picks)):
-        name = f"golden/{i:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', s.label)}.png"
-        (staging / name).write_bytes(encode_png(ds.load(by_rel[s.rel])))
-        out.append({"file": name, "expected_score": s.score, "label": s.label,
-                    "expected_verdict": _verdict(s.score, result.lower, result.upper)})
-    return out
-
-
-def write_scores(staging: Path, scored: Sequence[Scored]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "sha256", "label", "score"])
-    for s in scored:
-        w.writerow([s.rel, s.sha256, s.label, repr(s.score)])
-    (staging / SCORES_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (staging / SCORES_FILE).write_text(buf.getvalue(), encoding="utf-8")
-
-
-def read_scores(bundle: Bundle) -> list[Scored]:
-    path = bundle.path(SCORES_FILE)
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        return [Scored(rel=r["file"], sha256=r["sha256"], label=r["label"], score=float(r["score"]))
-                for r in csv.DictReader(f)]
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def versions() -> dict[str, str]:
-    import cv2
-    import onnx
-    import scipy
-    import torch
-
-    import lineguard
-
-    return {"python": platform.python_version(), "lineguard": lineguard.__version__, "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
-            "opencv": cv2.__version__, "scipy": scipy.__version__}
-
-
-def new_bundle_id(product: str, fingerprint: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', product)[:48]}-{stamp}-{fingerprint[:8]}"
 
 
 def _report_context(ds: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +298,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             shutil.rmtree(staging / ".folds", ignore_errors=True)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {
-            "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": _git_commit(),
+            "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": git_commit(),
             "training": cfg.model_dump(mode="json"), "anomaly_model": scorer.spec.to_dict(),
             "bank_rows": int(scorer.bank_rows), "train_images": len(train_s),
             "anomaly_bank_augmentation": bank_aug,
@@ -445,7 +367,7 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     write_for_bundle(staging / "report", staging / ONNX_FILE, spec, ds, scored, result, good, defects,
                      title=f"Calibration report: {bundle_id}", context=context, auto=auto)
     if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
-        golden = [{**g, "expected_verdict": _verdict(g["expected_score"], result.lower, result.upper)}
+        golden = [{**g, "expected_verdict": verdict_of(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]
     else:
         # a fitted image's calibration score is out-of-fold; the bundle scores it ~0: never a golden test

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from lineguard_models.bundle_files import verdict_of
 from lineguard_models.calibration import CalibrationResult
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ def _esc(x: object) -> str:
 
 def _pct(x: float) -> str:
     return f"{100.0 * x:.1f} %"
-
-
-def _verdict(score: float, lower: float, upper: float) -> str:
-    return "reject" if score >= upper else ("accept" if score < lower else "recheck")
 
 
 # ----- thumbnails ---------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ def make_example(image: npt.NDArray[Any], amap: npt.NDArray[Any] | None, *, rel:
         heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
         alpha = (0.55 * norm + 0.15)[:, :, None]
         overlay = _thumb(np.asarray(bgr * (1 - alpha) + heat * alpha, np.uint8))
-    return Example(rel=rel, label=label, score=score, verdict=_verdict(score, lower, upper),
+    return Example(rel=rel, label=label, score=score, verdict=verdict_of(score, lower, upper),
                    image_png=_thumb(bgr), overlay_png=overlay)
 
 

@@ -11,10 +11,11 @@ from pydantic import ValidationError
 
 from lineguard.errors import DatasetError
 from lineguard.imageio import read_image
+from lineguard_models.bundle_files import read_scores
 from lineguard_models.crossfit import fold_of
 from lineguard_models.data import scan_dataset
 from lineguard_models.ortscore import OrtScorer
-from lineguard_models.pipeline import TrainConfig, read_scores, train
+from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.synth import SynthConfig, write_dataset
 
 N_GOOD = 12
