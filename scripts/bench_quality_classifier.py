@@ -47,7 +47,8 @@ from lineguard.imageio import is_grey_rgb, read_image
 from lineguard.preprocess import InputSpec, prepare, spec_for_images
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import ClassifierConfig, ClassifierGraph, FeatureSet, PooledFeatures
+from lineguard_models.classifier import ClassifierConfig, FeatureSet
+from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
 from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, pick
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -237,7 +238,7 @@ def latency(out_dir: Path, runs: int = 60) -> dict[str, Any]:
     """ONNX Runtime CPU (2 threads) p50/p95 of the exported image-path classifier per stage set."""
     import onnxruntime as ort
 
-    from lineguard_models.classifier import export_classifier_onnx
+    from lineguard_models.classifier_graph import export_classifier_onnx
     from lineguard_models.classifier_head import SoftmaxHead
 
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)

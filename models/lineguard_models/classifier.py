@@ -43,7 +43,6 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
@@ -52,6 +51,13 @@ from lineguard.errors import ConfigError, DatasetError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
+from lineguard_models.classifier_graph import (
+    INPUT_NAME,
+    PROBS_OUTPUT,
+    ClassifierGraph,
+    PooledFeatures,
+    export_classifier_onnx,
+)
 from lineguard_models.classifier_head import (
     SoftmaxHead,
     confidence_thresholds,
@@ -67,8 +73,6 @@ log = logging.getLogger(__name__)
 
 MIN_IMAGES_PER_CLASS = 5
 WARN_IMAGES_PER_CLASS = 15
-INPUT_NAME = "image"
-PROBS_OUTPUT = "class_probs"
 
 Image = npt.NDArray[Any]
 ProgressFn = Callable[[str, float], None]  # (stage message, fraction done in [0, 1])
@@ -152,55 +156,6 @@ class ClassifierConfig(BaseModel):
                              "read through one view it measured below the frozen classifier, "
                              "docs/benchmarks/classifier.md)")
         return self
-
-
-# ----------------------------------------------------------------------------------- torch graph
-
-
-class PooledFeatures(nn.Module):
-    """Raw image batch -> concatenated global-average-pooled stage features [N, D]."""
-
-    def __init__(self, backbone: Backbone, *, max_value: float) -> None:
-        super().__init__()
-        self.backbone = backbone.eval()
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
-        norm = backbone.input_normalisation
-        mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-        std = torch.tensor(norm.std).view(1, 3, 1, 1)
-        # raw -> [0, 1] -> normalised in one multiply-add; a mono input broadcasts to 3 channels
-        self.register_buffer("in_scale", 1.0 / (max_value * std))
-        self.register_buffer("in_shift", -mean / std)
-        self.stages = tuple(backbone.out_stages)
-        self.out_dim = sum(backbone.stage_channels[s] for s in self.stages)
-
-    def forward(self, image: Tensor) -> Tensor:
-        scale, shift = self.get_buffer("in_scale"), self.get_buffer("in_shift")
-        return self.pool(self.backbone(image * scale + shift))
-
-    def pool(self, feats: dict[str, Tensor]) -> Tensor:
-        """Stage maps -> pooled feature vector [N, D]; the one pooling of both graph inputs
-        (image, or the anomaly engine's shared stage map: ``shared.StageMapGraph``)."""
-        return torch.cat([feats[s].mean(dim=(2, 3)) for s in self.stages], dim=1)
-
-
-class ClassifierGraph(nn.Module):
-    """The exported graph: raw image [N, C, H, W] -> class probabilities [N, K]."""
-
-    def __init__(self, features: PooledFeatures, head: SoftmaxHead) -> None:
-        super().__init__()
-        self.features = features
-        # standardisation folded into the linear layer: (x - mu) / sd @ W + b == x @ W' + b'
-        w = head.weight / head.sd[:, None]
-        b = head.bias - (head.mu / head.sd) @ head.weight
-        self.linear = nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.as_tensor(w.T, dtype=torch.float32))
-            self.linear.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
-
-    def forward(self, image: Tensor) -> Tensor:
-        return F.softmax(self.linear(self.features(image)), dim=1)
-
 
 
 # ---------------------------------------------------------------------------------- features
@@ -428,39 +383,6 @@ class TrainedClassifier:
         """The manifest's ``classifier`` section."""
         return ClassifierSpec(classes=list(self.classes), min_confidence=dict(self.min_confidence),
                               camera_profile=self.profile.model_dump(mode="json"))
-
-
-def export_classifier_onnx(
-    graph: nn.Module, path: Path, *, spec: InputSpec, opset: int = 17,
-    input_name: str = INPUT_NAME, example: Tensor | None = None,
-) -> Path:
-    """Export ``graph`` with input ``image`` [N, C, H, W] and output ``class_probs`` [N, K].
-
-    A shared-backbone graph (:class:`StageMapGraph`) passes its own ``input_name`` and an
-    ``example`` stage map instead of the image.
-    """
-    import warnings
-
-    import onnx
-
-    from lineguard.errors import EngineError
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if example is None:
-        example = torch.full((1, spec.channels, spec.input_height, spec.input_width), spec.max_value / 2.0)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            torch.onnx.export(  # TorchScript exporter: no onnxscript needed (same as the anomaly export)
-                graph.eval(), (example,), str(path), input_names=[input_name], output_names=[PROBS_OUTPUT],
-                dynamic_axes={input_name: {0: "batch"}, PROBS_OUTPUT: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-        onnx.checker.check_model(str(path))
-    except Exception as exc:  # the exporter raises many unrelated types; one clear error for callers
-        raise EngineError(f"classifier ONNX export to {path} failed: {exc}") from exc
-    return path
 
 
 def train_classifier(

@@ -37,13 +37,8 @@ from lineguard.bundle import EngineSpec
 from lineguard.errors import EngineError
 from lineguard.preprocess import prepare
 from lineguard_models.anomaly import AnomalyScorer
-from lineguard_models.classifier import (
-    PROBS_OUTPUT,
-    ClassifierConfig,
-    ClassifierGraph,
-    TrainedClassifier,
-    export_classifier_onnx,
-)
+from lineguard_models.classifier import ClassifierConfig, TrainedClassifier
+from lineguard_models.classifier_graph import PROBS_OUTPUT, ClassifierGraph, export_classifier_onnx
 from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
 from lineguard_models.ortscore import cpu_session
 

@@ -17,7 +17,8 @@ from lineguard.errors import ConfigError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import PROBS_OUTPUT, ClassifierConfig, PooledFeatures, fit_head, train_classifier
+from lineguard_models.classifier import ClassifierConfig, fit_head, train_classifier
+from lineguard_models.classifier_graph import PROBS_OUTPUT, PooledFeatures
 from lineguard_models.finetune import (
     FinetuneConfig,
     HeadParams,

@@ -14,13 +14,8 @@ import torch
 from lineguard.preprocess import InputSpec
 from lineguard_models.augment import CameraProfile
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import (
-    PROBS_OUTPUT,
-    ClassifierConfig,
-    TrainedClassifier,
-    export_classifier_onnx,
-    train_classifier,
-)
+from lineguard_models.classifier import ClassifierConfig, TrainedClassifier, train_classifier
+from lineguard_models.classifier_graph import PROBS_OUTPUT, export_classifier_onnx
 from lineguard_models.synth import SynthConfig, render_pixels
 from lineguard_models.views import VIEW_OPS, ViewAveraged, Views
 
