@@ -30,7 +30,7 @@ import numpy.typing as npt
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from lineguard.bundle import Bundle
-from lineguard.changeover.signing import line_verifier, verify_bundle
+from lineguard.changeover.signing import SignatureVerifier, line_verifier, verify_bundle
 from lineguard.changeover.swap import ChangeoverController
 from lineguard.config import LineConfig
 from lineguard.contracts import Decision, Frame
@@ -107,6 +107,7 @@ class InspectionService:
         decision_log: DecisionLog | NullDecisionLog,
         drift: DriftMonitor,
         notifier: Notifier,
+        verifier: SignatureVerifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -127,7 +128,8 @@ class InspectionService:
         self._source_snap: SourceStatsSnapshot | None = None
         self._record_lock = threading.Lock()  # _record runs on the acquisition and inspection threads
         self.changeover: ChangeoverController | None = None  # set by from_config when configured
-        self.verifier = line_verifier(cfg)  # the line's one signature policy: start, reload, swaps
+        # the line's one signature policy: start, reload, swaps (from_config passes the one it verified with)
+        self.verifier = verifier if verifier is not None else line_verifier(cfg)
         # the decision log gets each part once, from the PLC link, when it knows what the PLC got
         self.plc.set_record_sink(self._log_record)
         self._t_judged_ns: int | None = None  # when finished() first saw every frame judged
@@ -137,7 +139,8 @@ class InspectionService:
     def from_config(cls, cfg: LineConfig, *, registry: CollectorRegistry | None = None) -> InspectionService:
         """Load and verify the bundle, build engines, source, PLC link, publisher and metrics."""
         # signature + every hash before anything else is built: a refused bundle never judges a part
-        verified = verify_bundle(cfg.bundle.path, line_verifier(cfg))
+        verifier = line_verifier(cfg)
+        verified = verify_bundle(cfg.bundle.path, verifier)
         bundle = verified.bundle
         log.info("bundle %s: %s", bundle.bundle_id, verified.signature.describe())
         reg = registry if registry is not None else REGISTRY
@@ -163,6 +166,7 @@ class InspectionService:
             decision_log=dlog,
             drift=DriftMonitor.from_bundle(bundle, reg, config=cfg.drift),
             notifier=Notifier(),
+            verifier=verifier,
         )
         if cfg.changeover is not None:  # store, signatures, swap worker, control endpoint
             service.changeover = ChangeoverController.from_config(cfg.changeover, service=service, registry=reg)
