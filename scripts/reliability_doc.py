@@ -39,10 +39,8 @@ TESTS: list[tuple[str, str]] = [
      "::test_full_disk_every_part_reaches_the_plc_one_warning_lines_written_when_space_returns (tmpfs; 40 parts "
      "once each at the PLC simulator, 40 lines once each when space returns, 1 WARNING), "
      "::test_lineguard_run_with_the_decision_log_on_dev_full_stops_with_exit_0_and_its_summary (SIGTERM: exit 0, "
-     "summary); tests/integration/test_faults_decision_log_sigterm.py"
-     "::test_sigterm_on_a_full_log_disk_every_part_once_at_the_plc_and_counted_unwritten (added: parts at the PLC "
-     "= the summary's written + deadline fail-safes, each once; the summary's outcomes add up to its decisions; "
-     "one line: every decision unwritten)"),
+     "summary; parts at the PLC = the summary's written + deadline fail-safes, each once; the summary's outcomes "
+     "add up to its decisions; one line: every decision unwritten)"),
     ("PLC that never acknowledges",
      f"{PF}::test_never_acknowledging_plc_until_finished (uModbus: part 1 once at the PLC; log: unacknowledged 1, "
      "unsent 7, overflow 12; exit 3; one dump)"),

@@ -9,6 +9,7 @@ when space returns, a clean stop; ``lineguard run`` on SIGTERM exits 0 with its 
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import signal
@@ -135,6 +136,14 @@ def test_lineguard_run_with_the_decision_log_on_dev_full_stops_with_exit_0_and_i
     assert "frames " in out and "decisions " in out, out  # the summary
     decided = int(out.split("decisions ")[1].split()[0])
     assert decided >= 60
+    # exact counts: the parts at the PLC are the ones the summary says reached it, each once
+    outcomes = ast.literal_eval(out.split("plc ")[1].split("  never acknowledged")[0])
+    assert sum(outcomes.values()) == decided, (outcomes, decided)
+    reached = outcomes.get("written", 0) + outcomes.get("failsafe_deadline", 0)  # a late part: its fail-safe
+    time.sleep(0.2)  # the simulator's records of the last writes
+    by_part = sim.verdicts_by_part()
+    assert len(by_part) == reached and set(by_part) <= set(range(1, decided + 1)), (len(by_part), reached)
+    assert all(len(v) == 1 for v in by_part.values()), "each once"
     assert "Logging error" not in err and "Traceback" not in err, err[-3000:]
     lines = err.splitlines()
     assert sum("cannot be written" in ln for ln in lines) == 1, err[-3000:]
