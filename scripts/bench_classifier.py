@@ -46,12 +46,12 @@ from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import (
     ClassifierConfig,
-    FeatureSet,
     PooledFeatures,
     fit_from_features,
     fit_head,
     train_classifier,
 )
+from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.finetune import LateStages, prefix_maps
 from lineguard_models.views import IDENTITY, VIEW_OPS, Views
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classifier import NEU_CLASSES, CachedMaps, load_classes, neu_splits, progress_line
 
 from lineguard.preprocess import spec_for_images
-from lineguard_models.classifier import ClassifierConfig, FeatureSet, fit_from_features, fit_head
+from lineguard_models.classifier import ClassifierConfig, fit_from_features, fit_head
+from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, Views, finetune, view_averaged_probs
 
 

@@ -47,7 +47,8 @@ from lineguard.imageio import is_grey_rgb, read_image
 from lineguard.preprocess import InputSpec, prepare, spec_for_images
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import ClassifierConfig, FeatureSet
+from lineguard_models.classifier import ClassifierConfig
+from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
 from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, pick
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from lineguard_models.classifier import FeatureExtractor, FeatureSet, build_features, fit_from_features
+from lineguard_models.classifier import FeatureExtractor, fit_from_features
+from lineguard_models.classifier_features import FeatureSet, build_features
 from lineguard_models.classifier_head import SoftmaxHead
 
 # Classifier p50 per flagged part in ms, the exported image-path graph (the shared backbone pass is
@@ -104,7 +105,7 @@ def evaluate(
     seed: int,
     time_budget_s: float | None = None,
 ) -> list[Evaluated]:
-    """Cross-validate every candidate on ``feature_set(candidate)`` (a ``classifier.FeatureSet``).
+    """Cross-validate every candidate on ``feature_set(candidate)`` (a ``classifier_features.FeatureSet``).
 
     ``config`` is the ``ClassifierConfig`` whose CV settings (folds, L2 grid, quantile) apply; its
     ``stages`` are replaced by each candidate's. The default (first) candidate always runs; a later

@@ -56,7 +56,8 @@ def test_feature_columns_slice_the_union() -> None:
 
 
 def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> None:
-    from lineguard_models.classifier import ClassifierConfig, FeatureSet
+    from lineguard_models.classifier import ClassifierConfig
+    from lineguard_models.classifier_features import FeatureSet
 
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(3), 8)
