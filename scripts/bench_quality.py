@@ -42,6 +42,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  "image_score": "map_max"},
     "long224": {"input_side": "long"},
     "s320": {"input_size_px": 320},
+    "s448": {"input_size_px": 448},
+    "tiles2x2": {"tile_rows": 2, "tile_cols": 2},
     "cs25": {"bank_fraction": 0.25},
     "every_patch": {"bank_fraction": 1.0, "bank_size": 1_000_000},
     "map_max": {"image_score": "map_max"},
@@ -63,7 +65,7 @@ def train_config(seed: int, name: str) -> Any:
 
 
 def _result_path(arm: str, cfg: str, name: str, seed: int) -> Path:
-    return BASE / "results" / (arm if arm == "plain" else f"{arm}_{cfg}") / f"{name}_s{seed}.json"
+    return BASE / "results" / (arm if arm in ("plain", "auto") else f"{arm}_{cfg}") / f"{name}_s{seed}.json"
 
 
 def _load(sp: q.Split, item: q.Item, mono: bool) -> np.ndarray:
@@ -101,11 +103,7 @@ def _pixel_auroc(sp: q.Split, bundle: Any, mono: bool) -> float | None:
 
 
 def run_product(name: str, seed: int, cfg: str) -> dict[str, Any]:
-    from lineguard.bundle import load_bundle
-    from lineguard.contracts import Frame
-    from lineguard.decision import DecisionPolicy, decide
-    from lineguard.engines.config import CpuProvider, OrtEngineConfig
-    from lineguard.engines.runner import BundleRunner
+    """The product arm with a fixed recipe (``CONFIGS[cfg]``): ``lineguard train --no-auto`` + score."""
     from lineguard_models.pipeline import train
 
     sp = q.make_split(DATASETS, name, seed)
@@ -116,7 +114,55 @@ def run_product(name: str, seed: int, cfg: str) -> dict[str, Any]:
     t0 = time.monotonic()
     with log.open("w") as f:
         train(folder, out, train_config(seed, cfg), progress=lambda s: print(s, file=f, flush=True), overwrite=True)
-    train_s = time.monotonic() - t0
+    return {"arm": "product", "config": cfg, "train_config": CONFIGS[cfg],
+            **score_bundle(sp, out, train_s=time.monotonic() - t0)}
+
+
+def run_auto(name: str, seed: int) -> dict[str, Any]:
+    """The auto arm: ``lineguard train`` in its default automatic mode (``autoconfig.train_auto``,
+    the product's own budgets: 600 s, 40 ms engine p50), then scored exactly as the fixed recipes.
+    Besides the verdict rates it keeps what auto chose, every candidate's out-of-fold figures and the
+    bounds the calibration predicted (Clopper-Pearson upper bounds on escapes per class and on false
+    rejects), to hold the observed test rates against them."""
+    from lineguard_models.autoconfig import AutoConfig, train_auto
+
+    sp = q.make_split(DATASETS, name, seed)
+    folder = q.build_folder(sp, BASE / "folders")
+    out = BASE / "bundles" / "auto" / f"{name}_s{seed}"
+    log = (BASE / "logs" / f"train_auto_{name}_s{seed}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with log.open("w") as f:
+        train_auto(folder, out, train_config(seed, "default"), AutoConfig(),
+                   progress=lambda s: print(s, file=f, flush=True), overwrite=True)
+    res = score_bundle(sp, out, train_s=time.monotonic() - t0)
+    from lineguard.bundle import load_bundle
+
+    cal = load_bundle(out).manifest.calibration
+    auto = cal.get("auto", {})
+    keep = ("name", "status", "automated_share", "auroc", "engine_p50_ms", "seconds", "settings")
+    res.update({
+        "arm": "auto", "config": "auto", "chosen": auto.get("chosen"), "reason": auto.get("reason"),
+        "search_s": auto.get("search_seconds"), "budget_note": auto.get("budget_note"),
+        "candidates": [{k: c.get(k) for k in keep} for c in auto.get("candidates", [])],
+        "calibration_automated": cal.get("automated_share"),
+        "predicted": {"false_reject_upper": cal.get("good", {}).get("false_reject_upper"),
+                      "escape_upper": {c: v.get("escape_upper") for c, v in cal.get("classes", {}).items()},
+                      "supported": all(v.get("supported", False) for v in
+                                       [cal.get("good", {}), *cal.get("classes", {}).values()])},
+    })
+    return res
+
+
+def score_bundle(sp: q.Split, out: Path, *, train_s: float) -> dict[str, Any]:
+    """Score the split's test images with the bundle exactly as ``lineguard score`` does."""
+    from lineguard.bundle import load_bundle
+    from lineguard.contracts import Frame
+    from lineguard.decision import DecisionPolicy, decide
+    from lineguard.engines.config import CpuProvider, OrtEngineConfig
+    from lineguard.engines.runner import BundleRunner
+
+    name, seed = sp.name, sp.seed
     bundle = load_bundle(out)
     policy = DecisionPolicy.from_manifest(bundle.manifest)
     mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
@@ -135,8 +181,10 @@ def run_product(name: str, seed: int, cfg: str) -> dict[str, Any]:
             anomaly_ms.append(res.timings_ms["anomaly"])
     s, y, v = np.array(scores), np.array(labels), np.array(verdicts)
     prov = bundle.manifest.provenance
+    cls = np.array([it.label for it in sp.test])
     return {
-        "arm": "product", "config": cfg, "set": name, "seed": seed, "train_config": CONFIGS[cfg],
+        "set": name, "seed": seed,
+        "escape_by_class": {c: float((v[cls == c] == "accept").mean()) for c in sorted(set(cls[y]))},
         "image_auroc": q.auroc(s[~y], s[y]), "pixel_auroc": _pixel_auroc(sp, bundle, mono),
         "n_test_good": int((~y).sum()), "n_test_defect": int(y.sum()),
         "automated": float(np.isin(v, ["accept", "reject"]).mean()),
@@ -237,7 +285,8 @@ def main() -> None:
                         continue
                     path.parent.mkdir(parents=True, exist_ok=True)
                     claim.write_text(str(os.getpid()))
-                    res = run_product(name, seed, cfg) if arm == "product" else run_plain(name, seed)
+                    res = (run_product(name, seed, cfg) if arm == "product" else run_auto(name, seed)
+                           if arm == "auto" else run_plain(name, seed))
                     path.write_text(json.dumps(res, indent=1))
                     claim.unlink()
                     print(json.dumps(res), flush=True)

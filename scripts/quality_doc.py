@@ -108,8 +108,75 @@ def latency_table(results: Path) -> list[str]:
     return lines
 
 
+def _inside(r: dict[str, Any]) -> bool | None:
+    """Observed test rates within the upper bounds the calibration report predicted."""
+    pred = r.get("predicted") or {}
+    fr_up, esc_up = pred.get("false_reject_upper"), pred.get("escape_upper") or {}
+    if fr_up is None:
+        return None
+    ok = r["false_reject"] <= fr_up
+    for c, rate in (r.get("escape_by_class") or {}).items():
+        up = esc_up.get(c)
+        ok = ok and (up is None or rate <= up)
+    return bool(ok)
+
+
+def auto_table(results: Path) -> list[str]:
+    """The auto arm (issue 23) beside the fixed default on the same seeds."""
+    auto = _by_set(_load(results / "auto"))
+    fixed = {(r["set"], r["seed"]): r for r in _load(results / "product_default")}
+    if not auto:
+        return []
+    lines = ["### Auto arm: `lineguard train` in its automatic mode against the fixed default (same seeds)", "",
+             "| set | seeds | auto chose | image AUROC auto | fixed default | auto - fixed | automated % | escape % | "
+             "false reject % | recheck % | predicted upper bounds: false reject / worst class escape % | observed "
+             "inside | train s (max) | chosen engine p50 ms |", "|---" * 14 + "|"]
+    ours, theirs = [], []
+    for name in q.SETS:
+        rows = sorted(auto.get(name, []), key=lambda r: r["seed"])
+        if not rows:
+            continue
+        a = _mean(rows, "image_auroc")
+        base = [fixed[(name, r["seed"])] for r in rows if (name, r["seed"]) in fixed]
+        b = _mean(base, "image_auroc") if len(base) == len(rows) else None
+        ours.append(a)
+        theirs.append(b)
+        fr_up = [r["predicted"]["false_reject_upper"] for r in rows if r.get("predicted")]
+        esc_up = [max(r["predicted"]["escape_upper"].values()) for r in rows
+                  if r.get("predicted") and r["predicted"].get("escape_upper")]
+        inside = [_inside(r) for r in rows]
+        p50 = [next((c["engine_p50_ms"] for c in r.get("candidates", []) if c["name"] == r.get("chosen")), None)
+               for r in rows]
+        p50v = [v for v in p50 if v is not None]
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in rows)} | {', '.join(str(r.get('chosen')) for r in rows)} | "
+            f"{_f(a)} | {_f(b)} | {_f(None if a is None or b is None else a - b)} | "
+            f"{_f(_mean(rows, 'automated'), pct=True)} | {_f(_mean(rows, 'escape'), pct=True)} | "
+            f"{_f(_mean(rows, 'false_reject'), pct=True)} | {_f(_mean(rows, 'recheck'), pct=True)} | "
+            f"{_f(float(np.mean(fr_up)) if fr_up else None, pct=True)} / "
+            f"{_f(float(np.mean(esc_up)) if esc_up else None, pct=True)} | "
+            f"{sum(1 for v in inside if v)} of {len(inside)} | {max(r['train_s'] for r in rows):.0f} | "
+            f"{_f(float(np.mean(p50v)) if p50v else None, 1)} |")
+    if ours:
+        pairs = [(x, y) for x, y in zip(ours, theirs, strict=True) if x is not None and y is not None]
+        lines.append(f"| **mean** | | | **{_f(float(np.mean(ours)))}** | "
+                     f"**{_f(float(np.mean([y for _, y in pairs])) if pairs else None)}** | | | | | | | | | |")
+    lines += ["", "Candidates per run (out-of-fold on the line's own training images; status, automated share, "
+              "worst-class AUROC, engine p50 ms, seconds):", ""]
+    for name in q.SETS:
+        for r in sorted(auto.get(name, []), key=lambda r: r["seed"]):
+            cands = "; ".join(
+                f"{c['name']} " + (f"{_f(c.get('automated_share'), pct=True)} % / {_f(c.get('auroc'))} / "
+                                   f"{_f(c.get('engine_p50_ms'), 1)} ms / {_f(c.get('seconds'), 0)} s"
+                                   if c.get("status") == "tried" else str(c.get("status")))
+                for c in r.get("candidates", []))
+            lines.append(f"- {name} s{r['seed']}: chose **{r.get('chosen')}**: {cands}")
+    return lines
+
+
 def write_doc(results: Path, doc: Path) -> None:
-    body = [*main_table(results, "default"), "", *settings_table(results), "", *latency_table(results)]
+    body = [*main_table(results, "default"), "", *auto_table(results), "", *settings_table(results), "",
+            *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
