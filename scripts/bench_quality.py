@@ -42,7 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  "image_score": "map_max"},
     "long224": {"input_side": "long"},
     "s320": {"input_size_px": 320},
-    "s448": {"input_size_px": 448},
+    "s384": {"input_size_px": 384},
     "tiles2x2": {"tile_rows": 2, "tile_cols": 2},
     "cs25": {"bank_fraction": 0.25},
     "every_patch": {"bank_fraction": 1.0, "bank_size": 1_000_000},
