@@ -10,7 +10,9 @@ good images and on a share of the defect images (or, without defect images, on s
 drawn on the fold's good images) -> :func:`lineguard_models.calibration.calibrate` at the line's
 policy -> automated share, AUROC, separation, engine p50 -> the winner -> :func:`pipeline.train`
 with the winner's settings, reusing its out-of-fold good scores, and the record of every candidate
-in the report and the manifest (``calibration.auto``).
+in the report and the manifest (``calibration.auto``). One deadline covers the whole call: the
+first candidate's folds price the final training, which is reserved; later candidates are skipped
+or stopped between folds when they would eat into it (``autobudget.py``).
 
 Why out-of-fold: a good image fitted into the bank scores about 0 on it, so a candidate can only be
 judged on images its bank did not see. Why the automated share: it is what the line feels (parts
@@ -41,6 +43,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lineguard.bundle import Bundle
 from lineguard.errors import BundleError, ConfigError
 from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.autobudget import (
+    SAFETY,
+    Clock,
+    Deadline,
+    FinalEstimate,
+    FoldGuard,
+    FoldTimes,
+    Plan,
+    Work,
+    classifier_select_budget,
+    correction,
+    overrun_warning,
+    predict_s,
+    work_of,
+)
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, file_sha256, iter_batches
@@ -64,7 +81,8 @@ class AutoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     folds: int = Field(3, ge=2, le=10, description="out-of-fold folds per candidate (and of the bundle's calibration)")
-    time_budget_s: float = Field(600.0, gt=0.0, description="wall time for the search and the final training")
+    time_budget_s: float = Field(600.0, gt=0.0, description="wall time of the whole train_auto call: scan, "
+                                  "search and final training (module autobudget)")
     latency_budget_ms: float = Field(40.0, gt=0.0, description="most engine p50 (2 CPU threads) a chosen candidate "
                                      "may have")
     latency_runs: int = Field(15, ge=3, le=1000, description="timed engine runs per candidate")
@@ -86,8 +104,9 @@ class Outcome:
     name: str
     settings: str
     why: str
-    status: str = "tried"  # tried | skipped: time budget | failed: <reason>
+    status: str = "tried"  # tried | skipped: time budget (...) | stopped: time budget after fold k/K (...)
     seconds: float | None = None
+    predicted_s: float | None = None  # the time budget's cost model (module autobudget), before it ran
     engine_p50_ms: float | None = None
     automated_share: float | None = None
     auroc: float | None = None  # worst class (or synthetic defects) against the out-of-fold goods
@@ -171,41 +190,84 @@ def _pseudo_scored(scorer: OrtScorer, ds: Dataset, held: Sequence[Sample], spec:
             for i, s in enumerate(held)]
 
 
+@dataclass(slots=True)
+class _Folds:
+    """A candidate's folds: out-of-fold good scores, the other images' scores, engine p50, timings,
+    and the status that stopped it early ("" = every fold ran)."""
+
+    goods: list[Scored] = field(default_factory=list)
+    rest: list[Scored] = field(default_factory=list)
+    p50: float = math.nan
+    times: FoldTimes = field(default_factory=FoldTimes)
+    stopped: str = ""
+
+
 def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequence[Sample],
-                 others: Sequence[Sample], auto: AutoConfig, scratch: Path,
-                 progress: Progress) -> tuple[list[Scored], list[Scored], float]:
-    """(out-of-fold good scores of ``train_s``, scores of ``others`` (each by one fold's bank) or of
-    synthetic defects when there are none, engine p50 ms of the first fold's graph)."""
-    from lineguard_models.anomaly import batched, fit_anomaly_model
+                 others: Sequence[Sample], auto: AutoConfig, scratch: Path, progress: Progress, *,
+                 clock: Clock, guard: FoldGuard | None) -> _Folds:
+    """Out-of-fold good scores of ``train_s``, scores of ``others`` (each by one fold's bank) or of
+    synthetic defects when there are none, engine p50 ms of the first fold's graph; ``guard`` (None
+    for the first candidate) is asked before each later fold and around the engine timing."""
     from lineguard_models.backbone import load_backbone
     from lineguard_models.crossfit import fold_of
-    from lineguard_models.export import export_onnx
 
     model_cfg = anomaly_model_config(cfg, spec)
     profile = load_camera_profile(cfg.camera_profile, spec)
     backbone = load_backbone(model_cfg.backbone)
     fold = fold_of(train_s, auto.folds, cfg.seed)  # the very folds pipeline.train's calibration uses
-    goods: list[Scored] = []
-    rest: list[Scored] = []
-    p50 = math.nan
+    run = _Folds()
     for k in range(auto.folds):
+        if guard is not None and k > 0:
+            run.stopped = guard.before_fold(k, run.times) or ""
+            if run.stopped:
+                break
         fit_s = [s for s, f in zip(train_s, fold, strict=True) if f != k]
         held = [s for s, f in zip(train_s, fold, strict=True) if f == k]
-        batches = iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
-        scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
-                                   channels=spec.channels, max_value=spec.max_value, backbone=backbone)
+        t = clock()
         onnx_path = scratch / f"fold{k}.onnx"
-        export_onnx(scorer, onnx_path)
+        _fit_export(ds, cfg, spec, fit_s, model_cfg, profile, backbone, onnx_path)
+        t_fit = clock()
         ort_scorer = OrtScorer(onnx_path, spec)
-        goods += [_scored(ort_scorer, ds, s) for s in held]
-        rest += [_scored(ort_scorer, ds, s) for i, s in enumerate(others) if i % auto.folds == k]
+        mine = [s for i, s in enumerate(others) if i % auto.folds == k]
+        run.goods += [_scored(ort_scorer, ds, s) for s in held]
+        run.rest += [_scored(ort_scorer, ds, s) for s in mine]
         if not any(s.label != "good" for s in others):
-            rest += _pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
+            run.rest += _pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
+            mine = [*mine, *held]
+        run.times.fit_s.append(t_fit - t)
+        run.times.score_s.append(clock() - t_fit)
+        run.times.fitted.append(len(fit_s))
+        run.times.scored.append(len(held) + len(mine))
         if k == 0:
-            p50 = engine_p50_ms(onnx_path, prepare(ds.load(held[0]), spec)[0], auto.latency_runs)
+            run.stopped = _timed_engine(run, onnx_path, prepare(ds.load(held[0]), spec)[0], auto, clock, guard)
         onnx_path.unlink()
+        if run.stopped:
+            break
         progress(f"  fold {k + 1}/{auto.folds}: {len(fit_s)} fitted, {len(held)} good scored")
-    return goods, rest, p50
+    return run
+
+
+def _fit_export(ds: Dataset, cfg: TrainConfig, spec: InputSpec, fit_s: Sequence[Sample], model_cfg: Any,
+                profile: Any, backbone: Any, onnx_path: Path) -> None:
+    from lineguard_models.anomaly import batched, fit_anomaly_model
+    from lineguard_models.export import export_onnx
+
+    batches = iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
+    scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
+                               channels=spec.channels, max_value=spec.max_value, backbone=backbone)
+    export_onnx(scorer, onnx_path)
+
+
+def _timed_engine(run: _Folds, onnx_path: Path, batch: npt.NDArray[np.float32], auto: AutoConfig, clock: Clock,
+                  guard: FoldGuard | None) -> str:
+    """The first fold's engine timing into ``run``; the status that stops the candidate, or ""."""
+    stop = guard.before_latency(run.times) if guard is not None else None
+    if stop:
+        return stop
+    t = clock()
+    run.p50 = engine_p50_ms(onnx_path, batch, auto.latency_runs)
+    run.times.latency_s = clock() - t
+    return (guard.after_latency(run.p50) if guard is not None else None) or ""
 
 
 def _scored(scorer: OrtScorer, ds: Dataset, s: Sample) -> Scored:
@@ -223,20 +285,26 @@ def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.f
 
 
 def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path,
-             progress: Progress) -> Outcome:
-    """One candidate's out-of-fold figures on the line's images (see the module docstring)."""
+             progress: Progress, *, clock: Clock = time.monotonic,
+             guard: FoldGuard | None = None) -> tuple[Outcome, FoldTimes]:
+    """One candidate's out-of-fold figures on the line's images (see the module docstring) and what
+    its folds took; stopped by ``guard`` it keeps the stop as its status and has no figures."""
     cfg = _config(base, cand, auto.folds)
     train_s, extra_good = split_good(ds, cfg)
     spec = make_input_spec(ds, train_s, cfg)
     outcome = Outcome(name=cand.name, settings=_settings(cfg, spec, cand), why=cand.why)
-    t0 = time.monotonic()
+    t0 = clock()
     scratch.mkdir(parents=True, exist_ok=True)
     others = extra_good + pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
-    goods, rest, outcome.engine_p50_ms = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress)
-    outcome.oof = [s for s in goods if s.rel not in ds.fit_only]  # fit_only never calibrates
-    good = np.array([s.score for s in outcome.oof + rest if s.label == "good"])
+    run = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress, clock=clock, guard=guard)
+    outcome.engine_p50_ms = None if math.isnan(run.p50) else run.p50
+    if run.stopped:  # incomplete out-of-fold scores: no figures, never chosen
+        outcome.status, outcome.seconds = run.stopped, round(clock() - t0, 1)
+        return outcome, run.times
+    outcome.oof = [s for s in run.goods if s.rel not in ds.fit_only]  # fit_only never calibrates
+    good = np.array([s.score for s in outcome.oof + run.rest if s.label == "good"])
     defects: dict[str, list[float]] = {}
-    for s in rest:
+    for s in run.rest:
         if s.label != "good":
             defects.setdefault(s.label, []).append(s.score)
     logging.disable(logging.WARNING)  # a candidate's calibration warnings are not the bundle's
@@ -245,18 +313,15 @@ def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, 
     finally:
         logging.disable(logging.NOTSET)
     _figures(outcome, result, good)
-    outcome.seconds = round(time.monotonic() - t0, 1)
+    outcome.seconds = round(clock() - t0, 1)
     if PSEUDO in defects:
         outcome.note = "share and AUROC against synthetic defects (no defect images)"
-    return outcome
+    return outcome, run.times
 
 
-def _cost(ds: Dataset, base: TrainConfig, cand: Candidate, folds: int) -> float:
-    """Relative cost of a candidate: input pixels x tiles x bank turns (fitting and search scale so)."""
+def _work(ds: Dataset, base: TrainConfig, cand: Candidate, folds: int) -> Work:
     cfg = _config(base, cand, folds)
-    spec = make_input_spec(ds, split_good(ds, cfg)[0], cfg)
-    turns = getattr(cfg, "bank_turns", 1)
-    return float(spec.input_width * spec.input_height * spec.tiles.count * (turns if isinstance(turns, int) else 1))
+    return work_of(cfg, make_input_spec(ds, split_good(ds, cfg)[0], cfg))
 
 
 def _key(o: Outcome) -> tuple[float, float, float, float]:
@@ -266,7 +331,8 @@ def _key(o: Outcome) -> tuple[float, float, float, float]:
 
 
 def choose(outcomes: Sequence[Outcome], latency_budget_ms: float) -> tuple[Outcome, str]:
-    """The winner among the tried candidates and why (within the latency budget when any is)."""
+    """The winner among the candidates whose every fold ran (a stopped or skipped one never wins)
+    and why (within the latency budget when any is)."""
     tried = [o for o in outcomes if o.status == "tried"]
     if not tried:
         raise ConfigError("automatic configuration tried no candidate: raise --auto-time-budget-s or use --no-auto")
@@ -286,47 +352,70 @@ def choose(outcomes: Sequence[Outcome], latency_budget_ms: float) -> tuple[Outco
     return best, why
 
 
-def _skip_reason(elapsed: float, est: float, auto: AutoConfig) -> str | None:
-    if elapsed + est > auto.time_budget_s:
-        return f"skipped: time budget (needs about {est:.0f} s, {max(auto.time_budget_s - elapsed, 0):.0f} s left)"
-    return None
+def _guard(plan: Plan, work: Work, deadline: Deadline, reserve_s: float, auto: AutoConfig,
+           outcomes: Sequence[Outcome]) -> FoldGuard:
+    ratio = plan.ratio(work)
+    within = any(o.status == "tried" and (o.engine_p50_ms or math.inf) <= auto.latency_budget_ms for o in outcomes)
+    return FoldGuard(deadline=deadline.t0 + deadline.budget_s - reserve_s, folds=auto.folds,
+                     predicted_fold_s=plan.first.fold_s() * ratio, latency_est_s=plan.first.latency_s * ratio,
+                     clock=deadline.clock, latency_cap_ms=auto.latency_budget_ms if within else None)
 
 
-def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, progress: Progress = print,
-           candidates: Sequence[Candidate] | None = None) -> tuple[TrainConfig, list[Scored], dict[str, Any]]:
-    """Try the candidates within the time budget; returns (winner's config, its out-of-fold good
-    scores, the record for the report and the manifest)."""
-    cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
-    t0 = time.monotonic()
-    outcomes: list[Outcome] = []
-    rates: list[float] = []  # seconds per unit of _cost of each candidate tried
-    per_cost = math.nan
-    for i, cand in enumerate(cands, 1):
-        cost = _cost(ds, base, cand, auto.folds)
-        # the final training (one more fit, classifier, golden) is reserved as half a candidate
-        est = 1.5 * per_cost * cost if math.isfinite(per_cost) else 0.0
-        skip = _skip_reason(time.monotonic() - t0, est, auto) if outcomes else None
-        if skip:
-            cfg = _config(base, cand, auto.folds)
-            outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
-                ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=skip))
-            progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {skip}")
-            continue
-        progress(f"auto: candidate {i}/{len(cands)} {cand.name} ({cand.why}), {time.monotonic() - t0:.0f} s "
-                 f"of {auto.time_budget_s:.0f} s used")
-        try:
-            o = evaluate(ds, base, cand, auto, scratch / cand.name, progress)
-        finally:
-            shutil.rmtree(scratch / cand.name, ignore_errors=True)
-        outcomes.append(o)
-        rates.append((o.seconds or 0.0) / cost)
-        per_cost = float(np.mean(rates))
+def _run(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path, progress: Progress,
+         deadline: Deadline, guard: FoldGuard | None) -> tuple[Outcome, FoldTimes]:
+    try:
+        o, times = evaluate(ds, base, cand, auto, scratch / cand.name, progress, clock=deadline.clock, guard=guard)
+    finally:
+        shutil.rmtree(scratch / cand.name, ignore_errors=True)
+    if o.status == "tried":
         progress(f"auto: {o.name}: automated share {100 * (o.automated_share or 0):.1f} %, AUROC "
                  f"{o.auroc if o.auroc is not None else float('nan'):.3f}, engine p50 {o.engine_p50_ms:.1f} ms, "
                  f"{o.seconds:.0f} s")
+    else:
+        progress(f"auto: {o.name}: {o.status} ({o.seconds:.0f} s)")
+    return o, times
+
+
+def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, progress: Progress = print,
+           candidates: Sequence[Candidate] | None = None,
+           deadline: Deadline | None = None) -> tuple[TrainConfig, list[Scored], dict[str, Any]]:
+    """Try the candidates within the time budget (``deadline``: the whole ``train_auto`` call's, else
+    one started now); returns (winner's config, its out-of-fold good scores, the record for the
+    report and the manifest). The first candidate always runs; its folds price the final training,
+    whose reserve the later candidates may not touch (module ``autobudget``)."""
+    cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
+    deadline = deadline or Deadline(auto.time_budget_s)
+    works = [_work(ds, base, c, auto.folds) for c in cands]
+    outcomes: list[Outcome] = []
+    plan: Plan | None = None
+    for i, (cand, work) in enumerate(zip(cands, works, strict=True), 1):
+        guard, need = None, None
+        if plan is not None:
+            reserve = plan.estimate(work).reserve_s()
+            need = predict_s(plan.first, plan.ratio(work), 1.0)
+            if need > deadline.left(reserve):
+                cfg = _config(base, cand, auto.folds)
+                status = (f"skipped: time budget (needs about {need:.0f} s, "
+                          f"{max(deadline.left(reserve), 0):.0f} s left)")
+                outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
+                    ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=status, predicted_s=round(need, 1)))
+                progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {status}")
+                continue
+            guard = _guard(plan, work, deadline, reserve, auto, outcomes)
+        progress(f"auto: candidate {i}/{len(cands)} {cand.name} ({cand.why}), {deadline.elapsed():.0f} s "
+                 f"of {auto.time_budget_s:.0f} s used" + (f", needs about {need:.0f} s" if need else ""))
+        o, times = _run(ds, base, cand, auto, scratch, progress, deadline, guard)
+        o.predicted_s = None if need is None else round(need, 1)
+        outcomes.append(o)
+        if plan is None:
+            plan = Plan.measured(ds, _config(base, cand, auto.folds), times, work)
+        elif o.status == "tried" and need is not None:  # later predictions learn from this one
+            plan.pairs.append((times.total_s(), need / correction(plan.pairs)))
+    assert plan is not None  # the first candidate always runs
     best, why = choose(outcomes, auto.latency_budget_ms)
-    winner = next(c for c in cands if c.name == best.name)
-    record = _record(outcomes, best, why, winner, auto, time.monotonic() - t0, ds)
+    winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
+    estimate = plan.estimate(works[cands.index(winner)])
+    record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
     progress(f"auto: chose {best.name}: {why}")
     return _config(base, winner, auto.folds), best.oof, record
 
@@ -337,34 +426,70 @@ def _median_size(ds: Dataset) -> tuple[int, int]:
 
 
 def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candidate, auto: AutoConfig,
-            seconds: float, ds: Dataset) -> dict[str, Any]:
+            seconds: float, ds: Dataset, estimate: FinalEstimate) -> dict[str, Any]:
     skipped = [o.name for o in outcomes if o.status.startswith("skipped")]
+    stopped = [o.name for o in outcomes if o.status.startswith("stopped")]
     with_defects = bool(ds.defect_classes)
     crit = ("automated share at the line's policy on out-of-fold scores of its own good images and a share of "
             "its defect images" if with_defects else
             "no defect images: automated share against synthetic defects drawn on out-of-fold good images (a proxy)")
-    note = (f"time budget {auto.time_budget_s:.0f} s: {len(outcomes) - len(skipped)} of {len(outcomes)} candidates "
-            f"tried in {seconds:.0f} s" + (f"; stopped before {', '.join(skipped)}" if skipped else "")
+    tried = len(outcomes) - len(skipped) - len(stopped)
+    note = (f"time budget {auto.time_budget_s:.0f} s for the whole training: {tried} of {len(outcomes)} candidates "
+            f"tried in {seconds:.0f} s" + (f"; stopped in flight: {', '.join(stopped)}" if stopped else "")
+            + (f"; stopped before {', '.join(skipped)}" if skipped else "")
+            + f"; final training estimated {estimate.total_s:.0f} s, {estimate.reserve_s():.0f} s reserved"
             + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, first fold's bank)")
     return {"chosen": best.name, "reason": why, "criterion": crit + "; ties: worst-class AUROC, separation, speed",
             "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1),
+            "budget_s": auto.time_budget_s, "final_estimate": estimate.record(),
+            "final_reserve_s": round(estimate.reserve_s(), 1), "safety": SAFETY,
             "config": auto.model_dump(), "candidates": [o.record() for o in outcomes]}
+
+
+def _cap_classifier(cfg: TrainConfig, record: dict[str, Any], deadline: Deadline,
+                    progress: Progress) -> TrainConfig:
+    """The classifier's selection gets what the search left, less the rest of the final training."""
+    est = record["final_estimate"]
+    if not est["classifier_s"]:
+        return cfg
+    rest = FinalEstimate(fit_s=est["fit_s"], score_s=est["score_s"], classifier_s=0.0, report_s=est["report_s"])
+    cap = classifier_select_budget(deadline.left(), rest, cfg.classifier.select_time_budget_s)
+    if cap is None:
+        return cfg
+    record["classifier_select_budget_s"] = cap
+    progress(f"auto: classifier selection budget {cap:.0f} s (of {cfg.classifier.select_time_budget_s:.0f} s): "
+             f"what the search left")
+    return cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"select_time_budget_s": cap})})
 
 
 def train_auto(data: Path, out: Path, base: TrainConfig, auto: AutoConfig | None = None, *,
                progress: Progress = print, overwrite: bool = False,
-               candidates: Sequence[Candidate] | None = None) -> Bundle:
+               candidates: Sequence[Candidate] | None = None, clock: Clock = time.monotonic) -> Bundle:
     """``lineguard train`` in automatic mode: choose the recipe, then train the bundle with it (the
-    winner's out-of-fold scores calibrate; the record goes to the report and ``calibration.auto``)."""
+    winner's out-of-fold scores calibrate; the record goes to the report and ``calibration.auto``).
+    One deadline, from this call's start, covers the scan, the search and the final training."""
     from lineguard_models.data import scan_dataset
 
     auto = auto or AutoConfig()
+    deadline = Deadline(auto.time_budget_s, clock)  # before the scan: the budget is the whole call's
     if out.exists() and not overwrite:
         raise BundleError(f"{out} already exists (choose another --out or remove it)")
     ds = scan_dataset(data, allow_unreadable=base.allow_unreadable)
     scratch = out.parent / f".{out.name}.auto"
     try:
-        cfg, oof, record = select(ds, base, auto, scratch, progress=progress, candidates=candidates)
+        cfg, oof, record = select(ds, base, auto, scratch, progress=progress, candidates=candidates,
+                                  deadline=deadline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record)
+    cfg = _cap_classifier(cfg, record, deadline, progress)
+    search_s = deadline.elapsed()
+    bundle = train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record, clock=clock)
+    total = deadline.elapsed()
+    parts = {f"candidate {c['name']}": c["seconds"] for c in record["candidates"] if c["seconds"] is not None}
+    parts |= {"final training": total - search_s, "final training estimated": record["final_estimate"]["total_s"]}
+    progress(f"auto: {total:.0f} s in all of the {auto.time_budget_s:.0f} s budget (search {search_s:.0f} s, "
+             f"final training {total - search_s:.0f} s, estimated {record['final_estimate']['total_s']:.0f} s)")
+    warning = overrun_warning(total, auto.time_budget_s, parts)
+    if warning:
+        log.warning("%s", warning)
+    return bundle

@@ -83,8 +83,9 @@ class Evaluated:
     def summary(self) -> dict[str, Any]:
         """The figures that go into the training report."""
         c = self.candidate
+        done = not self.skipped  # a skipped one has no figures (NaN is not JSON: the manifest refuses it)
         return {"name": c.name, "stages": list(c.stages), "copies": c.copies,
-                "cv_accuracy": self.cv_accuracy, "cv_log_loss": self.cv_log_loss,
+                "cv_accuracy": self.cv_accuracy if done else None, "cv_log_loss": self.cv_log_loss if done else None,
                 "cv_unknown_rate": self.report.get("unknown_rate"), "fit_s": round(self.fit_s, 2),
                 "skipped": self.skipped}
 

@@ -127,7 +127,7 @@ def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
     if not auto:
         return []
     lines = ["## Automatic configuration", "", f"- chosen: **{auto.get('chosen')}** ({auto.get('reason', '')})",
-             f"- criterion: {auto.get('criterion', '')}", f"- {auto.get('budget_note', '')}", "",
+             f"- criterion: {auto.get('criterion', '')}", f"- {auto.get('budget_note', '')}", *_auto_time(auto), "",
              "| candidate | settings | automated share | AUROC | good-score tail | engine p50 ms | fit s | note |",
              "|---|---|---|---|---|---|---|---|"]
     for c in auto.get("candidates", []):
@@ -135,6 +135,17 @@ def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
                      f"{_num(c.get('auroc'))} | {_num(c.get('tail'))} | {_num(c.get('engine_p50_ms'), 1)} | "
                      f"{_num(c.get('seconds'), 0)} | {c.get('note', '')} |")
     return [*lines, ""]
+
+
+def _auto_time(auto: Mapping[str, Any]) -> list[str]:
+    """Where the time budget went (absent for bundles from before it was recorded)."""
+    if auto.get("final_training_s") is None or auto.get("budget_s") is None:
+        return []
+    est = auto.get("final_estimate", {})
+    return [f"- time: scan and search {_num(auto.get('search_seconds'), 0)} s + final training "
+            f"{_num(auto['final_training_s'], 0)} s before this report, of the {_num(auto['budget_s'], 0)} s budget "
+            f"(final training estimated {_num(est.get('total_s'), 0)} s, {_num(auto.get('final_reserve_s'), 0)} s "
+            f"reserved)"]
 
 
 def _num(x: Any, digits: int = 3) -> str:

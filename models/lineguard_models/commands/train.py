@@ -133,8 +133,9 @@ def add_auto_arguments(p: argparse.ArgumentParser) -> None:
                    help="automatic configuration: most engine p50 (ONNX Runtime, 2 CPU threads, this machine) a "
                         "chosen recipe may have (default 40)")
     p.add_argument("--auto-time-budget-s", type=float, default=600.0,
-                   help="automatic configuration: wall time for trying recipes and the final training; candidates "
-                        "that would not fit are skipped and listed (default 600)")
+                   help="automatic configuration: wall time of the whole call, from the dataset scan to the written "
+                        "bundle; the first recipe's folds price the final training, which is reserved; later recipes "
+                        "that would not fit are skipped, or stopped between folds, and listed (default 600)")
 
 
 def recipe_updates(args: argparse.Namespace) -> dict[str, object]:

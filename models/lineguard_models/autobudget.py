@@ -1,0 +1,264 @@
+"""Time budget of automatic configuration: one deadline for the whole ``lineguard train`` call.
+
+Data flow (inside ``autoconfig.train_auto``): a :class:`Deadline` started before the dataset scan
+-> the first candidate (the product default, always run) records what its folds took
+(:class:`FoldTimes`) -> :func:`final_estimate`: the final training (the bank fitted on every good
+image, ONNX export, scoring of the extra good and defect images, the defect classifier when the
+line has defect classes, the report) estimated from those measurements -> a reserve of
+:data:`SAFETY` x that estimate; the search gets the rest -> :func:`predict_s` per further
+candidate (skipped when it would end past its search deadline) -> :class:`FoldGuard` before each
+fold and before the engine timing (a candidate whose remaining folds cannot finish is stopped and
+cannot win) -> after the search the classifier's own selection gets what is left
+(:func:`classifier_select_budget`) -> ``train_auto`` logs the total, with a WARNING over budget.
+
+Why not seconds per pixel: the greedy coreset compares every patch with the rows chosen so far and
+the bank is a share of the patches, so fitting grows about quadratically with the patch count, and
+the nearest-neighbour search of scoring grows with the bank. A candidate's work is therefore taken
+as (patches ratio) ** :data:`COST_EXPONENT` x (bank share ratio) of the default's measured folds,
+corrected by what the candidates already tried took against their prediction. The final bank holds
+K/(K-1) times a fold's images, scaled the same way.
+
+Must never: stop or skip the first candidate (the search would have nothing to choose from), or let
+a stopped candidate be chosen (its out-of-fold scores are incomplete).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lineguard.preprocess import InputSpec
+from lineguard_models.data import Dataset
+from lineguard_models.pipeline import TrainConfig, load_camera_profile, make_input_spec, pick_defects, split_good
+
+Clock = Callable[[], float]
+COST_EXPONENT = 1.5  # fitting + search cost against the patch count (between linear and the coreset's quadratic)
+SAFETY = 1.25  # the final training's reserve = SAFETY x its estimate
+# The defect classifier is not tried in the search, so its cost is modelled from the default's scoring:
+# one backbone pass per labelled image and per photometric copy / orientation view, each costing
+# CLASSIFIER_PASS_FACTOR x one ONNX Runtime scoring of the default's fold engine, plus the fixed part
+# (head cross-validation of its candidates, ONNX export, shared-backbone check).
+CLASSIFIER_PASS_FACTOR = 1.5
+CLASSIFIER_FIXED_S = 20.0
+REPORT_IMAGES = 12  # report.html anomaly maps and golden images, scored again
+REPORT_FIXED_S = 5.0  # plots, report, manifest, hashes
+CORRECTION_RANGE = (0.5, 4.0)  # measured / predicted of tried candidates, applied to later predictions
+
+
+@dataclass(slots=True)
+class Deadline:
+    """The one wall-clock budget of a ``train_auto`` call, measured from its start."""
+
+    budget_s: float
+    clock: Clock = time.monotonic
+    t0: float = math.nan
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.t0):
+            self.t0 = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+    def left(self, reserve_s: float = 0.0) -> float:
+        """Seconds until the deadline less ``reserve_s`` (negative: past it)."""
+        return self.budget_s - reserve_s - self.elapsed()
+
+
+@dataclass(slots=True)
+class FoldTimes:
+    """What one candidate's folds took (the cost model's measurements)."""
+
+    fit_s: list[float] = field(default_factory=list)  # fitting + ONNX export, per fold
+    score_s: list[float] = field(default_factory=list)  # ONNX Runtime scoring, per fold
+    scored: list[int] = field(default_factory=list)  # images scored, per fold
+    fitted: list[int] = field(default_factory=list)  # good images fitted, per fold
+    latency_s: float = 0.0  # the engine timing (first fold)
+
+    def fold_s(self) -> float:
+        """Mean seconds of one fold (fit, export, scoring)."""
+        n = len(self.fit_s)
+        return (sum(self.fit_s) + sum(self.score_s)) / n if n else math.nan
+
+    def per_image_s(self) -> float:
+        """Seconds of one image scored by a fold's engine."""
+        return sum(self.score_s) / max(1, sum(self.scored))
+
+    def total_s(self) -> float:
+        return sum(self.fit_s) + sum(self.score_s) + self.latency_s
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A candidate's size for the cost model: patches per image (pixels x tiles x bank turns) and the
+    bank's share of the patches; ``pixels`` alone drives the classifier's backbone passes."""
+
+    patches: float
+    bank_share: float
+    pixels: float
+
+    def ratio(self, base: Work) -> float:
+        """Cost of this recipe's folds relative to ``base``'s (see the module docstring)."""
+        return float((self.patches / base.patches) ** COST_EXPONENT * (self.bank_share / base.bank_share))
+
+
+@dataclass(frozen=True, slots=True)
+class FinalEstimate:
+    """Seconds the final training is expected to take, by part."""
+
+    fit_s: float
+    score_s: float
+    classifier_s: float
+    report_s: float
+
+    @property
+    def anomaly_s(self) -> float:
+        return self.fit_s + self.score_s + self.report_s
+
+    @property
+    def total_s(self) -> float:
+        return self.anomaly_s + self.classifier_s
+
+    def reserve_s(self) -> float:
+        return SAFETY * self.total_s
+
+    def record(self) -> dict[str, float]:
+        return {"fit_s": round(self.fit_s, 1), "score_s": round(self.score_s, 1),
+                "classifier_s": round(self.classifier_s, 1), "report_s": round(self.report_s, 1),
+                "total_s": round(self.total_s, 1)}
+
+
+def final_estimate(t: FoldTimes, *, n_train: int, n_score: int, classifier_passes: int, ratio: float = 1.0,
+                   pixel_ratio: float = 1.0) -> FinalEstimate:
+    """The final training of a recipe costing ``ratio`` x the measured one (``t``): the bank on all
+    ``n_train`` good images, ``n_score`` images scored for calibration, ``classifier_passes`` backbone
+    passes of the classifier (0: no classifier), the report."""
+    grow = n_train / max(1.0, sum(t.fitted) / max(1, len(t.fitted)))  # final bank vs a fold's
+    fit = (sum(t.fit_s) / max(1, len(t.fit_s))) * grow ** COST_EXPONENT * ratio
+    per_image = t.per_image_s() * grow * ratio
+    classifier = (classifier_passes * t.per_image_s() * pixel_ratio * CLASSIFIER_PASS_FACTOR + CLASSIFIER_FIXED_S
+                  if classifier_passes else 0.0)
+    return FinalEstimate(fit_s=fit, score_s=per_image * n_score, classifier_s=classifier,
+                         report_s=per_image * REPORT_IMAGES + REPORT_FIXED_S)
+
+
+def work_of(cfg: TrainConfig, spec: InputSpec) -> Work:
+    """A recipe's size for the cost model: input pixels x tiles x bank turns, the bank's share."""
+    turns = cfg.bank_turns
+    pixels = float(spec.input_width * spec.input_height * spec.tiles.count)
+    share = cfg.bank_fraction if cfg.bank_fraction is not None else 1.0
+    return Work(patches=pixels * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels)
+
+
+def classifier_passes(ds: Dataset, cfg: TrainConfig) -> int:
+    """Backbone passes the defect classifier of a bundle trained with ``cfg`` will make (one per defect
+    image and per photometric copy and orientation view); 0 when it will not be trained (the
+    conditions of ``classifier_bundle.classifier_for_bundle``)."""
+    from lineguard_models.augment import CameraProfile
+    from lineguard_models.classifier import MIN_IMAGES_PER_CLASS
+    from lineguard_models.views import Views
+
+    counts = [len(ds.defects(c)) for c in ds.defect_classes]
+    if len(counts) < 2 or min(counts) < MIN_IMAGES_PER_CLASS or cfg.tile_rows * cfg.tile_cols != 1:
+        return 0
+    spec = make_input_spec(ds, split_good(ds, cfg)[0], cfg)
+    profile = load_camera_profile(cfg.camera_profile, spec) or CameraProfile.conservative_for(spec)
+    views = len(Views.for_camera(profile, spec)) if cfg.classifier.orientation_views else 1
+    return sum(counts) * (views + profile.copies_per_image)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the first candidate measured: the final training's estimate and later predictions."""
+
+    first: FoldTimes
+    base: Work
+    n_train: int
+    n_score: int
+    passes: int
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (measured, predicted) s of later ones
+
+    @classmethod
+    def measured(cls, ds: Dataset, cfg: TrainConfig, times: FoldTimes, work: Work) -> Plan:
+        """From the first candidate (``cfg``, its ``times``): the final training's sizes on ``ds``."""
+        train_s, extra_good = split_good(ds, cfg)
+        n_score = len(extra_good) + len(pick_defects(ds, cfg.max_defects_per_class, cfg.seed))
+        return cls(first=times, base=work, n_train=len(train_s), n_score=n_score, passes=classifier_passes(ds, cfg))
+
+    def ratio(self, work: Work) -> float:
+        return work.ratio(self.base) * correction(self.pairs)
+
+    def estimate(self, work: Work) -> FinalEstimate:
+        return final_estimate(self.first, n_train=self.n_train, n_score=self.n_score, classifier_passes=self.passes,
+                              ratio=self.ratio(work), pixel_ratio=work.pixels / self.base.pixels)
+
+
+def predict_s(first: FoldTimes, ratio: float, correction: float) -> float:
+    """Seconds a candidate costing ``ratio`` x the first candidate will take in the search."""
+    return first.total_s() * ratio * correction
+
+
+def correction(pairs: list[tuple[float, float]]) -> float:
+    """Mean measured / predicted seconds of the candidates tried after the first, clamped."""
+    if not pairs:
+        return 1.0
+    mean = sum(m / max(p, 1e-9) for m, p in pairs) / len(pairs)
+    return min(max(mean, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
+
+
+@dataclass(slots=True)
+class FoldGuard:
+    """Asked before each fold after the first and before the engine timing of a candidate: None to
+    go on, or the status that stops it (the remaining folds would end past ``deadline``, an absolute
+    ``clock`` time; or its engine is over the latency budget while a tried candidate is within it)."""
+
+    deadline: float
+    folds: int
+    predicted_fold_s: float
+    latency_est_s: float = 0.0
+    clock: Clock = time.monotonic
+    latency_cap_ms: float | None = None  # set when a tried candidate is within the latency budget
+
+    def before_fold(self, k: int, times: FoldTimes) -> str | None:
+        """Before fold ``k`` (0-based; folds 0..k-1 done)."""
+        per_fold = times.fold_s() if times.fit_s else self.predicted_fold_s
+        return self._over(k, per_fold * (self.folds - k))
+
+    def before_latency(self, times: FoldTimes) -> str | None:
+        """After the first fold's scoring, before its engine timing."""
+        return self._over(1, self.latency_est_s + times.fold_s() * (self.folds - 1))
+
+    def after_latency(self, p50_ms: float) -> str | None:
+        if self.latency_cap_ms is not None and p50_ms > self.latency_cap_ms:
+            return (f"stopped: over the latency budget after fold 1/{self.folds} (engine p50 {p50_ms:.1f} ms > "
+                    f"{self.latency_cap_ms:g} ms; a tried candidate is within it)")
+        return None
+
+    def _over(self, done: int, need_s: float) -> str | None:
+        left = self.deadline - self.clock()
+        if need_s <= left:
+            return None
+        return (f"stopped: time budget after fold {done}/{self.folds} (the rest needs about {need_s:.0f} s, "
+                f"{max(left, 0.0):.0f} s left)")
+
+
+def classifier_select_budget(left_s: float, estimate: FinalEstimate, configured_s: float) -> float | None:
+    """The classifier's selection budget (feature pass and cross-validations) after the search: what
+    is left once the rest of the final training is reserved, at most ``configured_s``; None when the
+    configured budget already fits."""
+    share = left_s - SAFETY * estimate.anomaly_s
+    if share >= configured_s:
+        return None
+    return max(1.0, round(share, 1))
+
+
+def overrun_warning(total_s: float, budget_s: float, parts: dict[str, Any]) -> str | None:
+    """The WARNING text when ``total_s`` went over ``budget_s``: by how much and what took the time."""
+    if total_s <= budget_s:
+        return None
+    took = ", ".join(f"{k} {v:.0f} s" for k, v in parts.items() if isinstance(v, (int, float)))
+    return (f"automatic configuration took {total_s:.0f} s, {total_s - budget_s:.0f} s over its "
+            f"{budget_s:.0f} s time budget ({took})")
