@@ -11,12 +11,14 @@ fold and before the engine timing (a candidate whose remaining folds cannot fini
 cannot win) -> after the search the classifier's own selection gets what is left
 (:func:`classifier_select_budget`) -> ``train_auto`` logs the total, with a WARNING over budget.
 
-Why not seconds per pixel: the greedy coreset compares every patch with the rows chosen so far and
-the bank is a share of the patches, so fitting grows about quadratically with the patch count, and
-the nearest-neighbour search of scoring grows with the bank. A candidate's work is therefore taken
-as (patches ratio) ** :data:`COST_EXPONENT` x (bank share ratio) of the default's measured folds,
-corrected by what the candidates already tried took against their prediction. The final bank holds
-K/(K-1) times a fold's images, scaled the same way.
+Why not seconds per pixel: the greedy coreset makes one pass over every patch row per row it keeps,
+and the bank is a share of the patches, so it grows with (patches)^2 x share, while the backbone's
+feature pass grows with the patches. Each fit is therefore timed in two parts (the feature pass up
+to the last batch, then the coreset selection; ONNX export counted with the first) and each part
+scaled by its own law: linear for features, quadratic x bank-share ratio for the coreset, their
+geometric mean (backbone + nearest-neighbour search over the bank) for scoring and the engine
+timing. The final bank holds K/(K-1) times a fold's images and scales the same way. Predictions are
+then corrected by what the candidates already tried took against their prediction (x 0.5 to 4).
 
 Must never: stop or skip the first candidate (the search would have nothing to choose from), or let
 a stopped candidate be chosen (its out-of-fold scores are incomplete).
@@ -35,7 +37,6 @@ from lineguard_models.data import Dataset
 from lineguard_models.pipeline import TrainConfig, load_camera_profile, make_input_spec, pick_defects, split_good
 
 Clock = Callable[[], float]
-COST_EXPONENT = 1.5  # fitting + search cost against the patch count (between linear and the coreset's quadratic)
 SAFETY = 1.25  # the final training's reserve = SAFETY x its estimate
 # The defect classifier is not tried in the search, so its cost is modelled from the default's scoring:
 # one backbone pass per labelled image and per photometric copy / orientation view, each costing
@@ -46,6 +47,10 @@ CLASSIFIER_FIXED_S = 20.0
 REPORT_IMAGES = 12  # report.html anomaly maps and golden images, scored again
 REPORT_FIXED_S = 5.0  # plots, report, manifest, hashes
 CORRECTION_RANGE = (0.5, 4.0)  # measured / predicted of tried candidates, applied to later predictions
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(1, len(xs))
 
 
 @dataclass(slots=True)
@@ -73,6 +78,7 @@ class FoldTimes:
     """What one candidate's folds took (the cost model's measurements)."""
 
     fit_s: list[float] = field(default_factory=list)  # fitting + ONNX export, per fold
+    coreset_s: list[float] = field(default_factory=list)  # the part of fit_s after the feature pass, per fold
     score_s: list[float] = field(default_factory=list)  # ONNX Runtime scoring, per fold
     scored: list[int] = field(default_factory=list)  # images scored, per fold
     fitted: list[int] = field(default_factory=list)  # good images fitted, per fold
@@ -90,6 +96,11 @@ class FoldTimes:
     def total_s(self) -> float:
         return sum(self.fit_s) + sum(self.score_s) + self.latency_s
 
+    def scaled_fold_s(self, lin: float, quad: float) -> float:
+        """One fold of a recipe whose patch work is ``lin`` x and coreset work ``quad`` x this one's."""
+        features = _mean(self.fit_s) - _mean(self.coreset_s)
+        return features * lin + _mean(self.coreset_s) * quad + _mean(self.score_s) * math.sqrt(lin * quad)
+
 
 @dataclass(frozen=True, slots=True)
 class Work:
@@ -100,9 +111,13 @@ class Work:
     bank_share: float
     pixels: float
 
-    def ratio(self, base: Work) -> float:
-        """Cost of this recipe's folds relative to ``base``'s (see the module docstring)."""
-        return float((self.patches / base.patches) ** COST_EXPONENT * (self.bank_share / base.bank_share))
+    def linear(self, base: Work) -> float:
+        """Feature work relative to ``base``'s: the patch count."""
+        return self.patches / base.patches
+
+    def quadratic(self, base: Work) -> float:
+        """Coreset work relative to ``base``'s: patches x bank rows (see the module docstring)."""
+        return (self.patches / base.patches) ** 2 * (self.bank_share / base.bank_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +146,15 @@ class FinalEstimate:
                 "total_s": round(self.total_s, 1)}
 
 
-def final_estimate(t: FoldTimes, *, n_train: int, n_score: int, classifier_passes: int, ratio: float = 1.0,
-                   pixel_ratio: float = 1.0) -> FinalEstimate:
-    """The final training of a recipe costing ``ratio`` x the measured one (``t``): the bank on all
-    ``n_train`` good images, ``n_score`` images scored for calibration, ``classifier_passes`` backbone
-    passes of the classifier (0: no classifier), the report."""
-    grow = n_train / max(1.0, sum(t.fitted) / max(1, len(t.fitted)))  # final bank vs a fold's
-    fit = (sum(t.fit_s) / max(1, len(t.fit_s))) * grow ** COST_EXPONENT * ratio
-    per_image = t.per_image_s() * grow * ratio
+def final_estimate(t: FoldTimes, *, n_train: int, n_score: int, classifier_passes: int, lin: float = 1.0,
+                   quad: float = 1.0, pixel_ratio: float = 1.0) -> FinalEstimate:
+    """The final training of a recipe whose work is ``lin`` / ``quad`` x the measured one's (``t``):
+    the bank on all ``n_train`` good images, ``n_score`` images scored for calibration,
+    ``classifier_passes`` backbone passes of the classifier (0: no classifier), the report."""
+    grow = n_train / max(1.0, _mean([float(n) for n in t.fitted]))  # final bank vs a fold's
+    coreset = _mean(t.coreset_s)
+    fit = (_mean(t.fit_s) - coreset) * lin * grow + coreset * quad * grow**2
+    per_image = t.per_image_s() * math.sqrt(lin * quad) * grow  # backbone + search of a bank `grow` x larger
     classifier = (classifier_passes * t.per_image_s() * pixel_ratio * CLASSIFIER_PASS_FACTOR + CLASSIFIER_FIXED_S
                   if classifier_passes else 0.0)
     return FinalEstimate(fit_s=fit, score_s=per_image * n_score, classifier_s=classifier,
@@ -188,17 +204,23 @@ class Plan:
         n_score = len(extra_good) + len(pick_defects(ds, cfg.max_defects_per_class, cfg.seed))
         return cls(first=times, base=work, n_train=len(train_s), n_score=n_score, passes=classifier_passes(ds, cfg))
 
-    def ratio(self, work: Work) -> float:
-        return work.ratio(self.base) * correction(self.pairs)
+    def ratios(self, work: Work) -> tuple[float, float]:
+        """(linear, quadratic) work of ``work`` against the first candidate's, corrected by what was measured."""
+        c = correction(self.pairs)
+        return work.linear(self.base) * c, work.quadratic(self.base) * c
+
+    def predict_s(self, work: Work, folds: int) -> float:
+        return predict_s(self.first, *self.ratios(work), folds)
 
     def estimate(self, work: Work) -> FinalEstimate:
+        lin, quad = self.ratios(work)
         return final_estimate(self.first, n_train=self.n_train, n_score=self.n_score, classifier_passes=self.passes,
-                              ratio=self.ratio(work), pixel_ratio=work.pixels / self.base.pixels)
+                              lin=lin, quad=quad, pixel_ratio=work.pixels / self.base.pixels)
 
 
-def predict_s(first: FoldTimes, ratio: float, correction: float) -> float:
-    """Seconds a candidate costing ``ratio`` x the first candidate will take in the search."""
-    return first.total_s() * ratio * correction
+def predict_s(first: FoldTimes, lin: float, quad: float, folds: int) -> float:
+    """Seconds a candidate whose work is ``lin`` / ``quad`` x the first candidate's takes in the search."""
+    return first.scaled_fold_s(lin, quad) * folds + first.latency_s * math.sqrt(lin * quad)
 
 
 def correction(pairs: list[tuple[float, float]]) -> float:

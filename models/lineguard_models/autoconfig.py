@@ -55,7 +55,6 @@ from lineguard_models.autobudget import (
     classifier_select_budget,
     correction,
     overrun_warning,
-    predict_s,
     work_of,
 )
 from lineguard_models.calibration import CalibrationResult, calibrate
@@ -225,7 +224,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         held = [s for s, f in zip(train_s, fold, strict=True) if f == k]
         t = clock()
         onnx_path = scratch / f"fold{k}.onnx"
-        _fit_export(ds, cfg, spec, fit_s, model_cfg, profile, backbone, onnx_path)
+        coreset_s = _fit_export(ds, cfg, spec, fit_s, model_cfg, profile, backbone, onnx_path, clock)
         t_fit = clock()
         ort_scorer = OrtScorer(onnx_path, spec)
         mine = [s for i, s in enumerate(others) if i % auto.folds == k]
@@ -235,6 +234,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
             run.rest += _pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
             mine = [*mine, *held]
         run.times.fit_s.append(t_fit - t)
+        run.times.coreset_s.append(coreset_s)
         run.times.score_s.append(clock() - t_fit)
         run.times.fitted.append(len(fit_s))
         run.times.scored.append(len(held) + len(mine))
@@ -248,14 +248,20 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
 
 
 def _fit_export(ds: Dataset, cfg: TrainConfig, spec: InputSpec, fit_s: Sequence[Sample], model_cfg: Any,
-                profile: Any, backbone: Any, onnx_path: Path) -> None:
+                profile: Any, backbone: Any, onnx_path: Path, clock: Clock) -> float:
+    """Fit a fold's bank and export it; returns the ``clock`` seconds after the feature pass (the
+    coreset selection, which the time budget scales quadratically)."""
     from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
 
+    marks = [clock()]
     batches = iter_batches(ds, fit_s, spec, profile=profile, bank=cfg.anomaly_bank, seed=cfg.seed)
     scorer = fit_anomaly_model(batched(batches, model_cfg.batch_size), config=model_cfg,
-                               channels=spec.channels, max_value=spec.max_value, backbone=backbone)
+                               channels=spec.channels, max_value=spec.max_value, backbone=backbone,
+                               progress=lambda _: marks.append(clock()))  # after every feature batch
+    coreset_s = clock() - marks[-1]
     export_onnx(scorer, onnx_path)
+    return coreset_s
 
 
 def _timed_engine(run: _Folds, onnx_path: Path, batch: npt.NDArray[np.float32], auto: AutoConfig, clock: Clock,
@@ -354,10 +360,11 @@ def choose(outcomes: Sequence[Outcome], latency_budget_ms: float) -> tuple[Outco
 
 def _guard(plan: Plan, work: Work, deadline: Deadline, reserve_s: float, auto: AutoConfig,
            outcomes: Sequence[Outcome]) -> FoldGuard:
-    ratio = plan.ratio(work)
+    lin, quad = plan.ratios(work)
     within = any(o.status == "tried" and (o.engine_p50_ms or math.inf) <= auto.latency_budget_ms for o in outcomes)
     return FoldGuard(deadline=deadline.t0 + deadline.budget_s - reserve_s, folds=auto.folds,
-                     predicted_fold_s=plan.first.fold_s() * ratio, latency_est_s=plan.first.latency_s * ratio,
+                     predicted_fold_s=plan.first.scaled_fold_s(lin, quad),
+                     latency_est_s=plan.first.latency_s * math.sqrt(lin * quad),
                      clock=deadline.clock, latency_cap_ms=auto.latency_budget_ms if within else None)
 
 
@@ -392,7 +399,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
         guard, need = None, None
         if plan is not None:
             reserve = plan.estimate(work).reserve_s()
-            need = predict_s(plan.first, plan.ratio(work), 1.0)
+            need = plan.predict_s(work, auto.folds)
             if need > deadline.left(reserve):
                 cfg = _config(base, cand, auto.folds)
                 status = (f"skipped: time budget (needs about {need:.0f} s, "

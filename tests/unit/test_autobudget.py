@@ -11,7 +11,6 @@ import math
 import pytest
 
 from lineguard_models.autobudget import (
-    COST_EXPONENT,
     SAFETY,
     Deadline,
     FinalEstimate,
@@ -35,10 +34,10 @@ class Clock:
         return self.now
 
 
-def _times(fit: float = 10.0, score: float = 2.0, scored: int = 10, fitted: int = 20, folds: int = 2,
-           latency: float = 1.0) -> FoldTimes:
-    return FoldTimes(fit_s=[fit] * folds, score_s=[score] * folds, scored=[scored] * folds, fitted=[fitted] * folds,
-                     latency_s=latency)
+def _times(fit: float = 10.0, coreset: float = 6.0, score: float = 2.0, scored: int = 10, fitted: int = 20,
+           folds: int = 2, latency: float = 1.0) -> FoldTimes:
+    return FoldTimes(fit_s=[fit] * folds, coreset_s=[coreset] * folds, score_s=[score] * folds,
+                     scored=[scored] * folds, fitted=[fitted] * folds, latency_s=latency)
 
 
 def test_the_deadline_runs_from_its_start_on_the_injected_clock() -> None:
@@ -50,24 +49,27 @@ def test_the_deadline_runs_from_its_start_on_the_injected_clock() -> None:
 
 def test_cost_grows_faster_than_pixels_and_with_the_bank_share() -> None:
     base = Work(patches=100.0, bank_share=0.1, pixels=100.0)
-    assert Work(patches=200.0, bank_share=0.1, pixels=200.0).ratio(base) == pytest.approx(2 ** COST_EXPONENT)
-    assert Work(patches=400.0, bank_share=0.1, pixels=100.0).ratio(base) == pytest.approx(4 ** COST_EXPONENT)
-    assert Work(patches=100.0, bank_share=0.3, pixels=100.0).ratio(base) == pytest.approx(3.0)
-    assert predict_s(_times(), 2.0, 1.0) == pytest.approx(2 * (2 * 10 + 2 * 2 + 1))
+    double = Work(patches=200.0, bank_share=0.1, pixels=200.0)
+    assert double.linear(base) == 2.0 and double.quadratic(base) == 4.0  # the coreset: patches x bank rows
+    assert Work(patches=100.0, bank_share=0.3, pixels=100.0).quadratic(base) == pytest.approx(3.0)
+    t = _times()  # a fold: 4 s features + export, 6 s coreset, 2 s scoring; 1 s engine timing
+    assert predict_s(t, 1.0, 1.0, 2) == pytest.approx(t.total_s())  # the same recipe: what was measured
+    assert predict_s(t, 2.0, 4.0, 2) == pytest.approx(2 * (4 * 2 + 6 * 4 + 2 * 8 ** 0.5) + 1 * 8 ** 0.5)
+    assert predict_s(t, 2.0, 4.0, 2) > 2 * t.total_s()  # faster than the pixels
 
 
 def test_the_final_training_is_priced_from_the_first_candidates_folds() -> None:
-    t = _times(fit=10.0, score=2.0, scored=10, fitted=20)  # 0.2 s per image scored by a 20-image bank
+    t = _times(fit=10.0, coreset=6.0, score=2.0, scored=10, fitted=20)  # 0.2 s per image by a 20-image bank
     est = final_estimate(t, n_train=30, n_score=50, classifier_passes=0)
     grow = 30 / 20
-    assert est.fit_s == pytest.approx(10.0 * grow ** COST_EXPONENT)  # superlinear in the images fitted
+    assert est.fit_s == pytest.approx(4.0 * grow + 6.0 * grow**2)  # the coreset grows with the square
     assert est.score_s == pytest.approx(0.2 * grow * 50)  # the larger bank scores every extra image
     assert est.classifier_s == 0.0 and est.report_s > 0.0
     with_clf = final_estimate(t, n_train=30, n_score=50, classifier_passes=200)
     assert with_clf.classifier_s > 200 * 0.2  # one backbone pass per labelled image and copy, plus fixed work
     assert with_clf.reserve_s() == pytest.approx(SAFETY * with_clf.total_s)
-    bigger = final_estimate(t, n_train=30, n_score=50, classifier_passes=0, ratio=4.0)
-    assert bigger.fit_s == pytest.approx(4.0 * est.fit_s)
+    bigger = final_estimate(t, n_train=30, n_score=50, classifier_passes=0, lin=2.0, quad=4.0)
+    assert bigger.fit_s == pytest.approx(4.0 * grow * 2.0 + 6.0 * grow**2 * 4.0)
 
 
 def test_a_candidate_is_stopped_between_folds_when_the_rest_cannot_finish() -> None:
