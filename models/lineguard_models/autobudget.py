@@ -105,11 +105,21 @@ class FoldTimes:
 @dataclass(frozen=True, slots=True)
 class Work:
     """A candidate's size for the cost model: patches per image (pixels x tiles x bank turns) and the
-    bank's share of the patches; ``pixels`` alone drives the classifier's backbone passes."""
+    bank's share of the patches, or its fixed row count (``TrainConfig.bank_fraction`` None); ``pixels``
+    alone drives the classifier's backbone passes."""
 
     patches: float
     bank_share: float
     pixels: float
+    fixed_rows: float | None = None
+
+    def _rows(self) -> float:
+        return self.fixed_rows if self.fixed_rows is not None else self.bank_share * self.patches
+
+    @property
+    def bank_grows(self) -> bool:
+        """True when the bank is a share of the patches (then the coreset grows with the images squared)."""
+        return self.fixed_rows is None
 
     def linear(self, base: Work) -> float:
         """Feature work relative to ``base``'s: the patch count."""
@@ -117,7 +127,7 @@ class Work:
 
     def quadratic(self, base: Work) -> float:
         """Coreset work relative to ``base``'s: patches x bank rows (see the module docstring)."""
-        return (self.patches / base.patches) ** 2 * (self.bank_share / base.bank_share)
+        return (self.patches * self._rows()) / (base.patches * base._rows())
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +157,16 @@ class FinalEstimate:
 
 
 def final_estimate(t: FoldTimes, *, n_train: int, n_score: int, classifier_passes: int, lin: float = 1.0,
-                   quad: float = 1.0, pixel_ratio: float = 1.0) -> FinalEstimate:
+                   quad: float = 1.0, pixel_ratio: float = 1.0, bank_grows: bool = True) -> FinalEstimate:
     """The final training of a recipe whose work is ``lin`` / ``quad`` x the measured one's (``t``):
-    the bank on all ``n_train`` good images, ``n_score`` images scored for calibration,
-    ``classifier_passes`` backbone passes of the classifier (0: no classifier), the report."""
+    the bank on all ``n_train`` good images (``bank_grows``: a share of the patches, else fixed rows),
+    ``n_score`` images scored for calibration, ``classifier_passes`` backbone passes of the classifier
+    (0: no classifier), the report."""
     grow = n_train / max(1.0, _mean([float(n) for n in t.fitted]))  # final bank vs a fold's
+    rows = grow if bank_grows else 1.0
     coreset = _mean(t.coreset_s)
-    fit = (_mean(t.fit_s) - coreset) * lin * grow + coreset * quad * grow**2
-    per_image = t.per_image_s() * math.sqrt(lin * quad) * grow  # backbone + search of a bank `grow` x larger
+    fit = (_mean(t.fit_s) - coreset) * lin * grow + coreset * quad * grow * rows
+    per_image = t.per_image_s() * math.sqrt(lin * quad) * rows  # backbone + search of a bank `rows` x larger
     classifier = (classifier_passes * t.per_image_s() * pixel_ratio * CLASSIFIER_PASS_FACTOR + CLASSIFIER_FIXED_S
                   if classifier_passes else 0.0)
     return FinalEstimate(fit_s=fit, score_s=per_image * n_score, classifier_s=classifier,
@@ -166,7 +178,9 @@ def work_of(cfg: TrainConfig, spec: InputSpec) -> Work:
     turns = cfg.bank_turns
     pixels = float(spec.input_width * spec.input_height * spec.tiles.count)
     share = cfg.bank_fraction if cfg.bank_fraction is not None else 1.0
-    return Work(patches=pixels * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels)
+    fixed = float(cfg.bank_size) if cfg.bank_fraction is None else None
+    return Work(patches=pixels * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels,
+                fixed_rows=fixed)
 
 
 def classifier_passes(ds: Dataset, cfg: TrainConfig) -> int:
@@ -215,7 +229,8 @@ class Plan:
     def estimate(self, work: Work) -> FinalEstimate:
         lin, quad = self.ratios(work)
         return final_estimate(self.first, n_train=self.n_train, n_score=self.n_score, classifier_passes=self.passes,
-                              lin=lin, quad=quad, pixel_ratio=work.pixels / self.base.pixels)
+                              lin=lin, quad=quad, pixel_ratio=work.pixels / self.base.pixels,
+                              bank_grows=work.bank_grows)
 
 
 def predict_s(first: FoldTimes, lin: float, quad: float, folds: int) -> float:

@@ -52,6 +52,8 @@ def test_cost_grows_faster_than_pixels_and_with_the_bank_share() -> None:
     double = Work(patches=200.0, bank_share=0.1, pixels=200.0)
     assert double.linear(base) == 2.0 and double.quadratic(base) == 4.0  # the coreset: patches x bank rows
     assert Work(patches=100.0, bank_share=0.3, pixels=100.0).quadratic(base) == pytest.approx(3.0)
+    fixed = Work(patches=100.0, bank_share=1.0, pixels=100.0, fixed_rows=64.0)
+    assert Work(patches=200.0, bank_share=1.0, pixels=200.0, fixed_rows=64.0).quadratic(fixed) == 2.0
     t = _times()  # a fold: 4 s features + export, 6 s coreset, 2 s scoring; 1 s engine timing
     assert predict_s(t, 1.0, 1.0, 2) == pytest.approx(t.total_s())  # the same recipe: what was measured
     assert predict_s(t, 2.0, 4.0, 2) == pytest.approx(2 * (4 * 2 + 6 * 4 + 2 * 8 ** 0.5) + 1 * 8 ** 0.5)
@@ -70,6 +72,8 @@ def test_the_final_training_is_priced_from_the_first_candidates_folds() -> None:
     assert with_clf.reserve_s() == pytest.approx(SAFETY * with_clf.total_s)
     bigger = final_estimate(t, n_train=30, n_score=50, classifier_passes=0, lin=2.0, quad=4.0)
     assert bigger.fit_s == pytest.approx(4.0 * grow * 2.0 + 6.0 * grow**2 * 4.0)
+    fixed = final_estimate(t, n_train=30, n_score=50, classifier_passes=0, bank_grows=False)  # bank_size rows
+    assert fixed.fit_s == pytest.approx(10.0 * grow) and fixed.score_s == pytest.approx(0.2 * 50)
 
 
 def test_a_candidate_is_stopped_between_folds_when_the_rest_cannot_finish() -> None:
