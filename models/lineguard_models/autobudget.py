@@ -18,7 +18,9 @@ to the last batch, then the coreset selection; ONNX export counted with the firs
 scaled by its own law: linear for features, quadratic x bank-share ratio for the coreset, their
 geometric mean (backbone + nearest-neighbour search over the bank) for scoring and the engine
 timing. The final bank holds K/(K-1) times a fold's images and scales the same way. Predictions are
-then corrected by what the candidates already tried took against their prediction (x 0.5 to 4).
+then corrected by what the folds of the later candidates already run (tried or stopped) took
+against their prediction (x 0.5 to 4); the first candidate's own final training is measured, not
+corrected.
 
 Must never: stop or skip the first candidate (the search would have nothing to choose from), or let
 a stopped candidate be chosen (its out-of-fold scores are incomplete).
@@ -219,16 +221,19 @@ class Plan:
         n_score = len(extra_good) + len(pick_defects(ds, cfg.max_defects_per_class, cfg.seed))
         return cls(first=times, base=work, n_train=len(train_s), n_score=n_score, passes=classifier_passes(ds, cfg))
 
-    def ratios(self, work: Work) -> tuple[float, float]:
-        """(linear, quadratic) work of ``work`` against the first candidate's, corrected by what was measured."""
-        c = correction(self.pairs)
+    def ratios(self, work: Work, corrected: bool = True) -> tuple[float, float]:
+        """(linear, quadratic) work of ``work`` against the first candidate's, corrected by what the later
+        candidates took against their prediction."""
+        c = correction(self.pairs) if corrected else 1.0
         return work.linear(self.base) * c, work.quadratic(self.base) * c
 
     def predict_s(self, work: Work, folds: int) -> float:
         return predict_s(self.first, *self.ratios(work), folds)
 
-    def estimate(self, work: Work) -> FinalEstimate:
-        lin, quad = self.ratios(work)
+    def estimate(self, work: Work, corrected: bool = True) -> FinalEstimate:
+        """The final training of ``work``'s recipe; ``corrected`` False for the first candidate's own, which
+        was measured, not predicted."""
+        lin, quad = self.ratios(work, corrected)
         return final_estimate(self.first, n_train=self.n_train, n_score=self.n_score, classifier_passes=self.passes,
                               lin=lin, quad=quad, pixel_ratio=work.pixels / self.base.pixels,
                               bank_grows=work.bank_grows)

@@ -416,12 +416,14 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
         outcomes.append(o)
         if plan is None:
             plan = Plan.measured(ds, _config(base, cand, auto.folds), times, work)
-        elif o.status == "tried" and need is not None:  # later predictions learn from this one
-            plan.pairs.append((times.total_s(), need / correction(plan.pairs)))
+        elif guard is not None and times.fit_s:  # later predictions learn from its folds, stopped or not
+            done = len(times.fit_s)
+            predicted = guard.predicted_fold_s * done + (guard.latency_est_s if times.latency_s else 0.0)
+            plan.pairs.append((times.total_s(), predicted / correction(plan.pairs)))
     assert plan is not None  # the first candidate always runs
     best, why = choose(outcomes, auto.latency_budget_ms)
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
-    estimate = plan.estimate(works[cands.index(winner)])
+    estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not cands[0])
     record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
     progress(f"auto: chose {best.name}: {why}")
     return _config(base, winner, auto.folds), best.oof, record
