@@ -54,6 +54,23 @@ def test_fractional_bank_is_the_share_of_every_row_seen() -> None:
     assert torch.equal(every.bank().sort(dim=0).values, rows.sort(dim=0).values)  # every patch, nothing lost
 
 
+def test_default_buffer_reduces_a_320px_line_once() -> None:
+    """50 images at 320 px give 80,000 stage3 patches (a 40x40 grid each): with the default buffer the
+    coreset is one greedy pass, so its cost grows as the fold fits' does (autobudget's quadratic law)."""
+    cfg = AnomalyModelConfig()
+    cs = StreamingCoreset(bank_size=cfg.bank_size, buffer_rows=cfg.buffer_rows, seed=0, fraction=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        cs.add(torch.randn(40 * 40, 4, generator=gen))
+    assert cs.reductions == 0
+    assert cs.bank().shape == (800, 4) and cs.reductions == 1
+    small = StreamingCoreset(bank_size=1000, buffer_rows=65_536, seed=0, fraction=0.01)
+    for _ in range(50):
+        small.add(torch.randn(40 * 40, 4, generator=gen))
+    small.bank()
+    assert small.reductions == 2  # the former default: a second, bank_size-sized pass on the way
+
+
 def test_bank_turns() -> None:
     sq = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
     four = turned(sq, 4)
