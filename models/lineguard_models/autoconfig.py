@@ -113,9 +113,10 @@ class Outcome:
     tail: float | None = None  # (max - median) / IQR of the out-of-fold good scores: heavier = riskier
     note: str = ""
     oof: list[Scored] = field(default_factory=list)
+    fold_reference: dict[str, float] = field(default_factory=dict)  # held-out goods by a fold's bank
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "oof"}
+        return {k: v for k, v in asdict(self).items() if k not in ("oof", "fold_reference")}
 
 
 def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:
@@ -308,6 +309,7 @@ def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, 
         outcome.status, outcome.seconds = run.stopped, round(clock() - t0, 1)
         return outcome, run.times
     outcome.oof = [s for s in run.goods if s.rel not in ds.fit_only]  # fit_only never calibrates
+    outcome.fold_reference = {s.rel: s.score for s in run.rest if s.label == "good"}  # crossfit.fold_bias
     good = np.array([s.score for s in outcome.oof + run.rest if s.label == "good"])
     defects: dict[str, list[float]] = {}
     for s in run.rest:
@@ -425,6 +427,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
     estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not cands[0])
     record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
+    record["oof_reference"] = best.fold_reference  # taken out again by train_auto, for pipeline.train
     progress(f"auto: chose {best.name}: {why}")
     return _config(base, winner, auto.folds), best.oof, record
 
@@ -490,9 +493,11 @@ def train_auto(data: Path, out: Path, base: TrainConfig, auto: AutoConfig | None
                                   deadline=deadline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    reference = record.pop("oof_reference", None)
     cfg = _cap_classifier(cfg, record, deadline, progress)
     search_s = deadline.elapsed()
-    bundle = train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record, clock=clock)
+    bundle = train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record, clock=clock,
+                   oof_reference=reference)
     total = deadline.elapsed()
     parts = {f"candidate {c['name']}": c["seconds"] for c in record["candidates"] if c["seconds"] is not None}
     parts |= {"final training": total - search_s, "final training estimated": record["final_estimate"]["total_s"]}

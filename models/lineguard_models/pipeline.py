@@ -248,14 +248,15 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
 
 def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False,
           oof: Sequence[Scored] | None = None, auto: dict[str, Any] | None = None,
-          clock: Callable[[], float] = time.monotonic) -> Bundle:
+          clock: Callable[[], float] = time.monotonic, oof_reference: dict[str, float] | None = None) -> Bundle:
     """Train, export, calibrate and bundle. Returns the verified bundle at ``out``.
 
     ``oof``: out-of-fold good scores already computed for exactly this ``cfg`` (automatic configuration
     scored the winner with the same folds), used instead of fitting the folds again. ``auto``: the
     automatic configuration's record (every candidate and the choice), written to the report and
     the manifest's ``calibration.auto``, with ``final_training_s`` (``clock`` seconds of this call up to
-    the calibration and report) added so the bundle says what its time budget bought.
+    the calibration and report) added so the bundle says what its time budget bought. ``oof_reference``:
+    with ``oof``, the held-out goods' scores by the folds' banks (``crossfit.fold_bias``).
     """
     from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
@@ -290,12 +291,17 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         ort_scorer = OrtScorer(staging / ONNX_FILE, spec)
         scored = score_samples(ort_scorer, ds, calib_good + defects, progress)
         if cfg.calibration_folds >= 2:  # every fitted good image calibrates with an out-of-fold score
-            from lineguard_models.crossfit import out_of_fold_scores
+            from lineguard_models.crossfit import fold_bias, out_of_fold_scores, rescaled
 
+            reference = dict(oof_reference or {})
             oof = oof if oof is not None else out_of_fold_scores(
                                      ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
-                                     profile=profile, bank=cfg.anomaly_bank,
-                                     scratch=staging / ".folds", progress=progress)
+                                     profile=profile, bank=cfg.anomaly_bank, scratch=staging / ".folds",
+                                     progress=progress, reference=calib_good, reference_scores=reference)
+            bias = fold_bias(scored, reference)  # the folds' banks score new goods higher than the final one
+            progress(f"out-of-fold good scores x {bias['factor']:g} ({bias['pairs']} held-out goods scored by both "
+                     "banks)" if bias["applied"] else f"out-of-fold good scores as they are: {bias['why']}")
+            oof = rescaled(oof, bias["factor"])
             scored += [s for s in oof if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
@@ -306,6 +312,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             "anomaly_bank_augmentation": bank_aug,
             "training_image_sha256": train_sha, "train_seconds": round(clock() - t0, 1),
         }
+        if cfg.calibration_folds >= 2:
+            provenance["out_of_fold_bias"] = bias
         # --- defect classifier (issue 5: lineguard_models.classifier, docs/classifier.md) ---
         from lineguard_models.classifier_bundle import classifier_for_bundle
 

@@ -14,7 +14,7 @@ from lineguard.imageio import read_image
 from lineguard_models.bundle_files import read_scores
 from lineguard_models.crossfit import fold_of
 from lineguard_models.data import scan_dataset
-from lineguard_models.ortscore import OrtScorer
+from lineguard_models.ortscore import OrtScorer, file_sha256
 from lineguard_models.pipeline import TrainConfig, train
 from lineguard_models.synth import SynthConfig, write_dataset
 
@@ -41,6 +41,9 @@ def test_every_good_image_calibrates_out_of_fold(tmp_path: Path) -> None:
     m = bundle.manifest
     assert m.provenance["train_images"] == N_GOOD  # nothing held back from fitting
     assert m.calibration["images"] == {"good": N_GOOD, "scratch": 5}  # ... and every good image calibrates
+    # no good image is held out of every bank, so the folds' bias cannot be measured and nothing is rescaled
+    assert m.provenance["out_of_fold_bias"] == {"factor": 1.0, "pairs": 0, "applied": False,
+                                                "why": "0 held-out good images scored by both banks (fewer than 5)"}
     trained = set(m.provenance["training_image_sha256"])
     assert all(g.label != "good" for g in m.golden)  # a fitted image is never a golden test
     # each out-of-fold score comes from a bank without the image: clearly above the final bank's own
@@ -102,3 +105,27 @@ def test_fit_only_goods_are_fitted_and_never_calibrate(tmp_path: Path, folds: in
     else:  # max(min_holdout 5, half of the 8 others) are held out; the listed ones always fit
         assert m.calibration["images"]["good"] == 5
         assert m.provenance["train_images"] == N_GOOD - 5
+
+
+def test_fold_bias_rescales_out_of_fold_goods_by_the_measured_ratio(tmp_path: Path) -> None:
+    """Goods held out of every bank are scored by a fold's bank and by the final bank; the median ratio
+    scales the out-of-fold scores (rescaled: test_fold_bias); the held-out goods keep the final bank's score."""
+    data = tmp_path / "data"
+    write_dataset(data, SynthConfig(n_good=20, n_defect_per_class=5, defect_classes=("scratch",), seed=3))
+    cfg = TrainConfig(input_size_px=64, bank_size=4096, bank_fraction=1.0, seed=2, calibration_folds=3, max_good=12,
+                      golden_good=1, golden_defect=1)
+    bundle = train(data, tmp_path / "bundle", cfg, progress=lambda _: None)
+    bias = bundle.manifest.provenance["out_of_fold_bias"]
+    assert bias["pairs"] == 8  # the 20 - 12 goods no bank was fitted on
+    # a bank with every patch of 12 goods scores a new good lower than one with 8 of them
+    assert 0.5 <= bias["factor"] < 1.0 and bias["applied"] and bias["factor"] == round(bias["median_ratio"], 4)
+    ds = scan_dataset(data)
+    m = bundle.manifest
+    scorer = OrtScorer(bundle.path(m.engines["anomaly"].file), m.input)
+    fitted = {file_sha256(s.path) for s in ds.good()} & set(m.provenance["training_image_sha256"])
+    rows = [s for s in read_scores(bundle) if s.label == "good"]
+    held = [s for s in rows if s.sha256 not in fitted]
+    assert len(held) == 8 and len(rows) == 20
+    by_rel = {s.rel: s for s in ds.good()}
+    for s in held:  # held-out goods keep the final bank's own score
+        assert s.score == pytest.approx(scorer.score(read_image(by_rel[s.rel].path)), rel=1e-5)
