@@ -69,9 +69,9 @@ from lineguard_models.pipeline import (
     split_good,
     train,
 )
+from lineguard_models.pseudo_defects import PSEUDO, pseudo_scored
 
 log = logging.getLogger(__name__)
-PSEUDO = "synthetic"  # label of the synthetic defects in the goods-only criterion
 
 
 class AutoConfig(BaseModel):
@@ -156,20 +156,6 @@ def _settings(cfg: TrainConfig, spec: InputSpec, cand: Candidate) -> str:
     return f"{spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles" + (f"; {extra}" if extra else "")
 
 
-def pseudo_defect(image: npt.NDArray[Any], max_value: int, kind_index: int, seed: int) -> npt.NDArray[Any]:
-    """A synthetic defect (``synth.py``'s scratch, pit, crack or stain in turn) drawn on a good image,
-    in the image's own pixel format: the goods-only criterion's stand-in for a defect."""
-    from lineguard_models.synth import DEFECT_KINDS, draw_defect
-
-    kind = DEFECT_KINDS[kind_index % len(DEFECT_KINDS)]
-    rng = np.random.default_rng([seed, kind_index, 7])
-    f = image.astype(np.float32) / float(max_value)
-    if f.ndim == 3 and f.shape[2] == 1:
-        f = f[:, :, 0]
-    out = draw_defect(rng, np.ascontiguousarray(f), kind, 0.6)
-    return np.round(np.clip(out, 0.0, 1.0) * max_value).reshape(image.shape).astype(image.dtype)
-
-
 def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
     """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``ortscore.cpu_session``)."""
     session = cpu_session(onnx_path)
@@ -181,13 +167,6 @@ def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) ->
         session.run(["anomaly_score"], {"image": batch})
         times.append((time.perf_counter() - t0) * 1000.0)
     return float(np.median(times))
-
-
-def _pseudo_scored(scorer: OrtScorer, ds: Dataset, held: Sequence[Sample], spec: InputSpec,
-                   seed: int) -> list[Scored]:
-    return [Scored(rel=f"{s.rel}#{PSEUDO}", sha256="", label=PSEUDO,
-                   score=scorer.score(pseudo_defect(ds.load(s), spec.max_value, i, seed)))
-            for i, s in enumerate(held)]
 
 
 @dataclass(slots=True)
@@ -232,7 +211,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         run.goods += [_scored(ort_scorer, ds, s) for s in held]
         run.rest += [_scored(ort_scorer, ds, s) for s in mine]
         if not any(s.label != "good" for s in others):
-            run.rest += _pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
+            run.rest += pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
             mine = [*mine, *held]
         run.times.fit_s.append(t_fit - t)
         run.times.coreset_s.append(coreset_s)
