@@ -40,6 +40,19 @@ def _by_set(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _summary_row(label: str, agg: Any, ours: list[Any], theirs: list[Any], lead: int, tail: int) -> str:
+    """A bold mean / worst row over sets: ours, then theirs over the sets where both ran."""
+    both = [b for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
+    cells = [f"**{label}**", *[""] * lead, f"**{_f(float(agg(ours)))}**",
+             f"**{_f(float(agg(both)) if both else None)}**", *[""] * tail]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _rate_cells(rows: list[dict[str, Any]]) -> str:
+    """automated | escape | false reject | recheck, in %, means over ``rows``."""
+    return " | ".join(_f(_mean(rows, k), pct=True) for k in ("automated", "escape", "false_reject", "recheck"))
+
+
 def main_table(results: Path, config: str) -> list[str]:
     prod = _by_set(_load(results / f"product_{config}"))
     plain = _by_set(_load(results / "plain"))
@@ -63,16 +76,11 @@ def main_table(results: Path, config: str) -> list[str]:
         lines.append(
             f"| {name} | {','.join(map(str, seeds))} | {_f(a)} | {_f(b)} ({plain_seeds or '-'}) | "
             f"{_f(None if a is None or b is None else a - b)} | {_f(_mean(rows, 'pixel_auroc'))} | "
-            f"{_f(_mean(rows, 'automated'), pct=True)} | {_f(_mean(rows, 'escape'), pct=True)} | "
-            f"{_f(_mean(rows, 'false_reject'), pct=True)} | {_f(_mean(rows, 'recheck'), pct=True)} | "
+            f"{_rate_cells(rows)} | "
             f"{_f(_mean(rows, 'bank_rows'), 0)} | {'x'.join(map(str, rows[0]['input_wh']))} | "
             f"{_f(_mean(rows, 'train_s'), 0)} | {_f(lt['p50_ms'], 1) if lt else '-'} |")
     if ours:
-        valid = [(a, b) for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
-        lines.append(f"| **mean** | | **{_f(float(np.mean(ours)))}** | "
-                     f"**{_f(float(np.mean([b for _, b in valid])) if valid else None)}** | | | | | | | | | | |")
-        lines.append(f"| **worst** | | **{_f(float(np.min(ours)))}** | "
-                     f"**{_f(float(np.min([b for _, b in valid])) if valid else None)}** | | | | | | | | | | |")
+        lines += [_summary_row(name, agg, ours, theirs, 1, 10) for name, agg in (("mean", np.mean), ("worst", np.min))]
     return lines
 
 
@@ -121,13 +129,14 @@ def _inside(r: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
-def auto_table(results: Path) -> list[str]:
+def auto_table(results: Path, folder: str = "auto", title: str = "") -> list[str]:
     """The auto arm (issue 23) beside the fixed default on the same seeds."""
-    auto = _by_set(_load(results / "auto"))
+    auto = _by_set(_load(results / folder))
     fixed = {(r["set"], r["seed"]): r for r in _load(results / "product_default")}
     if not auto:
         return []
-    lines = ["### Auto arm: `lineguard train` in its automatic mode against the fixed default (same seeds)", "",
+    lines = [f"### Auto arm{title}: `lineguard train` in its automatic mode against the fixed default (same seeds)",
+             "",
              "| set | seeds | auto chose | image AUROC auto | fixed default | auto - fixed | automated % | escape % | "
              "false reject % | recheck % | predicted upper bounds: false reject / worst class escape % | observed "
              "inside | train s (max) | chosen engine p50 ms |", "|---" * 14 + "|"]
@@ -151,16 +160,13 @@ def auto_table(results: Path) -> list[str]:
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in rows)} | {', '.join(str(r.get('chosen')) for r in rows)} | "
             f"{_f(a)} | {_f(b)} | {_f(None if a is None or b is None else a - b)} | "
-            f"{_f(_mean(rows, 'automated'), pct=True)} | {_f(_mean(rows, 'escape'), pct=True)} | "
-            f"{_f(_mean(rows, 'false_reject'), pct=True)} | {_f(_mean(rows, 'recheck'), pct=True)} | "
+            f"{_rate_cells(rows)} | "
             f"{_f(float(np.mean(fr_up)) if fr_up else None, pct=True)} / "
             f"{_f(float(np.mean(esc_up)) if esc_up else None, pct=True)} | "
             f"{sum(1 for v in inside if v)} of {len(inside)} | {max(r['train_s'] for r in rows):.0f} | "
             f"{_f(float(np.mean(p50v)) if p50v else None, 1)} |")
     if ours:
-        pairs = [(x, y) for x, y in zip(ours, theirs, strict=True) if x is not None and y is not None]
-        lines.append(f"| **mean** | | | **{_f(float(np.mean(ours)))}** | "
-                     f"**{_f(float(np.mean([y for _, y in pairs])) if pairs else None)}** | | | | | | | | | |")
+        lines.append(_summary_row("mean", np.mean, ours, theirs, 2, 9))
     lines += ["", "Candidates per run (out-of-fold on the line's own training images; status, automated share, "
               "worst-class AUROC, engine p50 ms, seconds):", ""]
     for name in q.SETS:
@@ -175,8 +181,9 @@ def auto_table(results: Path) -> list[str]:
 
 
 def write_doc(results: Path, doc: Path) -> None:
-    body = [*main_table(results, "default"), "", *auto_table(results), "", *settings_table(results), "",
-            *latency_table(results)]
+    body = [*main_table(results, "default"), "", *auto_table(results), "",
+            *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)"),
+            "", *settings_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]

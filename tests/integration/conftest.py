@@ -97,3 +97,15 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[..., SmallDisk]]:
     yield make
     for mount_point in reversed(mounted):
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def auto_line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated line with two defect classes, shared by the automatic-configuration tests."""
+    from lineguard_models.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("auto_line") / "data"
+    write_dataset(root, SynthConfig(n_good=12, n_defect_per_class=6, defect_classes=("scratch", "pit"),
+                                    defect_strength=0.6, seed=5))
+    return root
+

@@ -28,11 +28,8 @@ BASE = {"bank_size": 64, "bank_fraction": None, "input_size_px": 64, "seed": 2}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("auto") / "data"
-    write_dataset(root, SynthConfig(n_good=12, n_defect_per_class=6, defect_classes=("scratch", "pit"),
-                                    defect_strength=0.6, seed=5))
-    return root
+def data(auto_line_data: Path) -> Path:
+    return auto_line_data
 
 
 def _base() -> TrainConfig:

@@ -22,7 +22,6 @@ from lineguard_models.autobudget import Deadline
 from lineguard_models.autoconfig import AutoConfig, Candidate, select, train_auto
 from lineguard_models.data import scan_dataset
 from lineguard_models.pipeline import TrainConfig
-from lineguard_models.synth import SynthConfig, write_dataset
 
 pytestmark = pytest.mark.slow  # real folds on tiny images: about 10-40 s per test on a loaded 2-core box
 BASE = TrainConfig(bank_size=64, bank_fraction=None, input_size_px=64, seed=2)
@@ -42,11 +41,8 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("budget") / "data"
-    write_dataset(root, SynthConfig(n_good=12, n_defect_per_class=6, defect_classes=("scratch", "pit"),
-                                    defect_strength=0.6, seed=5))
-    return root
+def data(auto_line_data: Path) -> Path:
+    return auto_line_data
 
 
 @pytest.fixture
