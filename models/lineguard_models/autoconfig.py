@@ -112,6 +112,10 @@ class Outcome:
     separation: float | None = None  # (accept-side defect score - reject-side good score) / good IQR
     tail: float | None = None  # (max - median) / IQR of the out-of-fold good scores: heavier = riskier
     note: str = ""
+    # the goods-only criterion's figures on the same folds when real defects decide (the suite checks
+    # that both criteria rank the candidates alike: the justification of the goods-only mode)
+    synthetic_share: float | None = None
+    synthetic_auroc: float | None = None
     oof: list[Scored] = field(default_factory=list)
     fold_reference: dict[str, float] = field(default_factory=dict)  # held-out goods by a fold's bank
 
@@ -210,9 +214,8 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         mine = [s for i, s in enumerate(others) if i % auto.folds == k]
         run.goods += [_scored(ort_scorer, ds, s) for s in held]
         run.rest += [_scored(ort_scorer, ds, s) for s in mine]
-        if not any(s.label != "good" for s in others):
-            run.rest += pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)
-            mine = [*mine, *held]
+        run.rest += pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)  # label PSEUDO: criterion or check
+        mine = [*mine, *held]
         run.times.fit_s.append(t_fit - t)
         run.times.coreset_s.append(coreset_s)
         run.times.score_s.append(clock() - t_fit)
@@ -294,12 +297,18 @@ def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, 
     for s in run.rest:
         if s.label != "good":
             defects.setdefault(s.label, []).append(s.score)
+    synthetic = {PSEUDO: defects.pop(PSEUDO)}
     logging.disable(logging.WARNING)  # a candidate's calibration warnings are not the bundle's
     try:
-        result = calibrate(good, defects, cfg.policy)
+        result = calibrate(good, defects or synthetic, cfg.policy)
+        check = calibrate(good, synthetic, cfg.policy) if defects else result
     finally:
         logging.disable(logging.NOTSET)
     _figures(outcome, result, good)
+    outcome.synthetic_share = check.automated_share
+    outcome.synthetic_auroc = min((c.auroc for c in check.classes), default=None)
+    if not defects:
+        defects = synthetic
     outcome.seconds = round(clock() - t0, 1)
     if PSEUDO in defects:
         outcome.note = "share and AUROC against synthetic defects (no defect images)"

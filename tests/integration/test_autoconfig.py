@@ -49,6 +49,9 @@ def test_the_planted_better_candidate_wins_and_every_candidate_is_recorded(data:
     assert by["sharp"]["automated_share"] >= by["blind"]["automated_share"]
     for c in by.values():
         assert c["status"] == "tried" and c["engine_p50_ms"] > 0 and c["seconds"] >= 0
+    # the goods-only criterion measured beside the real one, on the same folds: it ranks them alike here
+    assert by["sharp"]["synthetic_auroc"] > by["blind"]["synthetic_auroc"]
+    assert by["sharp"]["synthetic_share"] >= by["blind"]["synthetic_share"]
     assert len(oof) == 12 and {s.label for s in oof} == {"good"}  # every good image, out-of-fold
     assert any("candidate 2/2 sharp" in line for line in lines)  # progress is shown
     assert not (tmp_path / "blind").exists()  # scratch cleaned
