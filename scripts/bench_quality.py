@@ -140,7 +140,8 @@ def run_auto(name: str, seed: int) -> dict[str, Any]:
 
     cal = load_bundle(out).manifest.calibration
     auto = cal.get("auto", {})
-    keep = ("name", "status", "automated_share", "auroc", "engine_p50_ms", "seconds", "settings")
+    keep = ("name", "status", "automated_share", "auroc", "engine_p50_ms", "seconds", "predicted_s", "settings",
+            "synthetic_share", "synthetic_auroc")
     res.update({
         "arm": "auto", "config": "auto", "chosen": auto.get("chosen"), "reason": auto.get("reason"),
         "search_s": auto.get("search_seconds"), "budget_note": auto.get("budget_note"),
