@@ -180,8 +180,34 @@ def auto_table(results: Path, folder: str = "auto", title: str = "") -> list[str
     return lines
 
 
+def goods_only_table(results: Path) -> list[str]:
+    """Would auto without defect images (synthetic defects on the goods) pick what the real defects pick?
+    Among the candidates tried within the latency budget (40 ms), on the same folds of the same run."""
+    rows = [r for r in _load(results / "auto") if any("synthetic_share" in c for c in r.get("candidates", []))]
+    if not rows:
+        return []
+    lines = ["### Goods-only criterion against the real defects (auto arm, same folds)", "",
+             "| set | seed | tried within 40 ms | pick by real defects | pick by synthetic defects | agree | "
+             "real out-of-fold share / AUROC of the synthetic pick vs the real pick |", "|---" * 7 + "|"]
+
+    def best(cands: list[dict[str, Any]], share: str, auroc: str) -> dict[str, Any]:
+        return max(cands, key=lambda c: (c.get(share) or 0.0, c.get(auroc) or 0.0, -(c.get("engine_p50_ms") or 1e9)))
+
+    for r in sorted(rows, key=lambda r: (q.SETS.index(r["set"]), r["seed"])):
+        ok = [c for c in r["candidates"] if c.get("status") == "tried" and (c.get("engine_p50_ms") or 1e9) <= 40.0]
+        if not ok:
+            continue
+        real, syn = best(ok, "automated_share", "auroc"), best(ok, "synthetic_share", "synthetic_auroc")
+        names = ", ".join(c["name"] for c in ok)
+        lines.append(f"| {r['set']} | {r['seed']} | {names} | {real['name']} | {syn['name']} | "
+                     f"{'yes' if real is syn else 'no'} | {_f(syn.get('automated_share'), pct=True)} % / "
+                     f"{_f(syn.get('auroc'))} vs {_f(real.get('automated_share'), pct=True)} % / "
+                     f"{_f(real.get('auroc'))} |")
+    return lines
+
+
 def write_doc(results: Path, doc: Path) -> None:
-    body = [*main_table(results, "default"), "", *auto_table(results), "",
+    body = [*main_table(results, "default"), "", *auto_table(results), "", *goods_only_table(results), "",
             *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)"),
             "", *settings_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
