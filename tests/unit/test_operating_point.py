@@ -79,8 +79,18 @@ def test_separated_classes_are_decided_by_one_threshold_in_the_gap() -> None:
     good = np.linspace(0.0, 1.0, 60)
     defects = {"scratch": np.linspace(3.0, 4.0, 20), "pit": np.linspace(2.0, 5.0, 20)}
     res = calibrate(good, defects)
-    assert res.lower == res.upper == pytest.approx((1.0 + 2.0) / 2)
+    assert res.lower == res.upper and 1.0 < res.lower < 2.0
     assert res.automated_share == 1.0 and res.good.rechecks == 0
+    # 60 goods packed 0.017 apart against a defect class spread over 3.0: the unseen defect tail is the
+    # heavier one, so the threshold sits nearer the goods than the middle of the gap
+    assert res.lower < 1.5
+    # mirrored: few widely spread goods against many tightly packed defects -> nearer the defects
+    mirrored = calibrate(np.linspace(-2.0, 1.0, 12), {"scratch": np.linspace(2.0, 2.3, 200)})
+    assert mirrored.lower == mirrored.upper and 1.5 < mirrored.lower < 2.0
+    # symmetric tails and equal weights (budget = target): the middle
+    sym = calibrate(np.linspace(0.0, 1.0, 60), {"s": np.linspace(2.0, 3.0, 60)},
+                    CalibrationPolicy(escape_target=0.02, false_reject_budget=0.02))
+    assert sym.lower == pytest.approx(1.5, abs=0.01)
     # the old behaviour stays available: the whole gap is a band
     band = calibrate(good, defects, CalibrationPolicy(band="recheck"))
     assert band.lower == pytest.approx(1.0) and band.upper == 2.0 and band.automated_share == 1.0
