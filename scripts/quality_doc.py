@@ -207,7 +207,10 @@ def goods_only_table(results: Path) -> list[str]:
 
 
 def write_doc(results: Path, doc: Path) -> None:
-    body = [*main_table(results, "default"), "", *auto_table(results), "", *goods_only_table(results), "",
+    body = [*main_table(results, "default"), "", *auto_table(results), "",
+            *auto_table(results, "auto_rethresholded", ", re-thresholded by the current calibration (gap rule) from "
+                        "the same bundles' stored calibration scores"), "",
+            *goods_only_table(results), "",
             *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)"),
             "", *settings_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
