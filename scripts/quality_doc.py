@@ -129,7 +129,7 @@ def _inside(r: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
-def auto_table(results: Path, folder: str = "auto", title: str = "") -> list[str]:
+def auto_table(results: Path, folder: str = "auto", title: str = "", candidates: bool = True) -> list[str]:
     """The auto arm (issue 23) beside the fixed default on the same seeds."""
     auto = _by_set(_load(results / folder))
     fixed = {(r["set"], r["seed"]): r for r in _load(results / "product_default")}
@@ -167,6 +167,8 @@ def auto_table(results: Path, folder: str = "auto", title: str = "") -> list[str
             f"{_f(float(np.mean(p50v)) if p50v else None, 1)} |")
     if ours:
         lines.append(_summary_row("mean", np.mean, ours, theirs, 2, 9))
+    if not candidates:
+        return lines
     lines += ["", "Candidates per run (out-of-fold on the line's own training images; status, automated share, "
               "worst-class AUROC, engine p50 ms, seconds):", ""]
     for name in q.SETS:
@@ -197,7 +199,8 @@ def goods_only_table(results: Path) -> list[str]:
         ok = [c for c in r["candidates"] if c.get("status") == "tried" and (c.get("engine_p50_ms") or 1e9) <= 40.0]
         if not ok:
             continue
-        real, syn = best(ok, "automated_share", "auroc"), best(ok, "synthetic_share", "synthetic_auroc")
+        real = next((c for c in ok if c["name"] == r.get("chosen")), best(ok, "automated_share", "auroc"))
+        syn = best(ok, "synthetic_share", "synthetic_auroc")
         names = ", ".join(c["name"] for c in ok)
         lines.append(f"| {r['set']} | {r['seed']} | {names} | {real['name']} | {syn['name']} | "
                      f"{'yes' if real is syn else 'no'} | {_f(syn.get('automated_share'), pct=True)} % / "
@@ -209,9 +212,10 @@ def goods_only_table(results: Path) -> list[str]:
 def write_doc(results: Path, doc: Path) -> None:
     body = [*main_table(results, "default"), "", *auto_table(results), "",
             *auto_table(results, "auto_rethresholded", ", re-thresholded by the current calibration (gap rule) from "
-                        "the same bundles' stored calibration scores"), "",
+                        "the same bundles' stored calibration scores", candidates=False), "",
             *goods_only_table(results), "",
-            *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)"),
+            *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)",
+                        candidates=False),
             "", *settings_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
