@@ -322,8 +322,8 @@ def gap_threshold(good: Scores, classes: Mapping[str, Scores], t_fr: float, t_es
     return float(ts[int(np.argmin(risk))])
 
 
-def _thresholds(t_fr: float, t_esc: float | None, policy: CalibrationPolicy,
-                good: Scores | None = None, classes: Mapping[str, Scores] | None = None) -> tuple[float, float]:
+def _thresholds(t_fr: float, t_esc: float | None, policy: CalibrationPolicy, good: Scores,
+                classes: Mapping[str, Scores]) -> tuple[float, float]:
     if t_esc is None:
         return t_fr, t_fr
     if policy.band == "recheck" or (policy.band == "automate" and t_esc < t_fr):
@@ -332,7 +332,7 @@ def _thresholds(t_fr: float, t_esc: float | None, policy: CalibrationPolicy,
         return min(t_esc, t_fr), max(t_esc, t_fr)
     if t_esc < t_fr:  # one threshold on overlap: protecting against escapes wins
         return t_esc, t_esc
-    t = gap_threshold(good, classes, t_fr, t_esc, policy) if good is not None and classes else 0.5 * (t_fr + t_esc)
+    t = gap_threshold(good, classes, t_fr, t_esc, policy)  # t_esc is not None: classes has scores
     return t, t
 
 
