@@ -59,7 +59,7 @@ from lineguard_models.autobudget import (
 )
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample
-from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, file_sha256, iter_batches
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, iter_batches, score_samples
 from lineguard_models.pipeline import (
     TrainConfig,
     anomaly_model_config,
@@ -212,8 +212,8 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         t_fit = clock()
         ort_scorer = OrtScorer(onnx_path, spec)
         mine = [s for i, s in enumerate(others) if i % auto.folds == k]
-        run.goods += [_scored(ort_scorer, ds, s) for s in held]
-        run.rest += [_scored(ort_scorer, ds, s) for s in mine]
+        run.goods += score_samples(ort_scorer, ds, held, _quiet)
+        run.rest += score_samples(ort_scorer, ds, mine, _quiet)
         run.rest += pseudo_scored(ort_scorer, ds, held, spec, cfg.seed)  # label PSEUDO: criterion or check
         mine = [*mine, *held]
         run.times.fit_s.append(t_fit - t)
@@ -259,8 +259,8 @@ def _timed_engine(run: _Folds, onnx_path: Path, batch: npt.NDArray[np.float32], 
     return (guard.after_latency(run.p50) if guard is not None else None) or ""
 
 
-def _scored(scorer: OrtScorer, ds: Dataset, s: Sample) -> Scored:
-    return Scored(rel=s.rel, sha256=file_sha256(s.path), label=s.label, score=scorer.score(ds.load(s)))
+def _quiet(_: str) -> None:
+    """Progress sink for a fold's scoring: the fold's own line says what was scored."""
 
 
 def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.float64]) -> None:
