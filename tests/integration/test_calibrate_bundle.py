@@ -37,12 +37,13 @@ def test_new_defect_images_only(bundle: tuple[Path, Path], tmp_path: Path) -> No
     write_dataset(new, SynthConfig(n_good=0, n_defect_per_class=4, defect_classes=("crack", "stain"), seed=99))
     out = tmp_path / "b2"
     assert main(["calibrate", "--bundle", str(old), "--data", str(new), "--out", str(out),
-                 "--escape-target", "0.1"]) == 0
+                 "--escape-target", "0.1", "--escape-tail", "observed"]) == 0
     after = load_bundle(out).manifest
     assert after.bundle_id != before.bundle_id
     assert after.provenance["recalibrated_from"] == before.bundle_id
     assert after.calibration["images"] == {"good": 5, "crack": 7, "stain": 4}
     assert after.thresholds.policy["escape_target"] == 0.1
+    assert after.thresholds.policy["escape_tail"] == "observed" and before.thresholds.policy["escape_tail"] == "model"
     assert after.thresholds.policy["false_reject_budget"] == before.thresholds.policy["false_reject_budget"]
     # same graph, same golden images and scores; the old bundle is untouched
     assert after.files["anomaly.onnx"] == before.files["anomaly.onnx"]

@@ -16,6 +16,7 @@ from lineguard_models.calibration import (
     calibrate,
     clopper_pearson_upper,
     extra_needed,
+    tail_escape_threshold,
 )
 from lineguard_models.report import write_report
 
@@ -92,8 +93,44 @@ def test_separated_classes_are_decided_by_one_threshold_in_the_gap() -> None:
                     CalibrationPolicy(escape_target=0.02, false_reject_budget=0.02))
     assert sym.lower == pytest.approx(1.5, abs=0.01)
     # the old behaviour stays available: the whole gap is a band
-    band = calibrate(good, defects, CalibrationPolicy(band="recheck"))
+    band = calibrate(good, defects, CalibrationPolicy(band="recheck", escape_tail="observed"))
     assert band.lower == pytest.approx(1.0) and band.upper == 2.0 and band.automated_share == 1.0
+    # with the modelled tail the band ends where pit's tail puts 2 % of new pits, below its lowest score
+    modelled = calibrate(good, defects, CalibrationPolicy(band="recheck"))
+    assert modelled.upper == pytest.approx(tail_escape_threshold(defects["pit"], 0.02)) and 1.0 < modelled.upper < 2.0
+
+
+def test_the_accept_threshold_follows_the_modelled_defect_tail_below_few_calibration_defects() -> None:
+    good = np.linspace(0.0, 5.0, 60)  # far below the defects: the classes separate, only the tail decides
+    # 20 defects whose lowest five spread downwards: the model reaches below the lowest one
+    defect = np.array([8.0, 8.3, 8.7, 8.9, 9.0, *np.linspace(9.1, 10.0, 15)])
+    u, s = 9.1, float(np.mean(9.1 - defect[:5]))  # k = 20 // 4 lowest below the next one
+    expected = u - s * np.log((5 / 21) / 0.02)
+    assert tail_escape_threshold(defect, 0.02) == pytest.approx(expected) and expected < defect[0]
+    res = calibrate(good, {"crack": defect}, CalibrationPolicy(band="recheck"))
+    assert res.t_escape == pytest.approx(expected) and res.upper == pytest.approx(expected)
+    observed = calibrate(good, {"crack": defect}, CalibrationPolicy(band="recheck", escape_tail="observed"))
+    assert observed.t_escape == defect[0]
+    # many images: the tail's start is rarer than the target and the calibration scores decide alone
+    many = np.sort(10.0 - np.random.default_rng(1).exponential(1.0, 2000))
+    assert tail_escape_threshold(many, 0.02) == many[10]
+
+
+def test_the_modelled_tail_lets_fewer_new_defects_through_than_the_lowest_calibration_score() -> None:
+    # 400 calibrations of 20 defects each from a class with an exponential lower tail (P(score < t) =
+    # exp(t - 10)): the true escape rate of each accept threshold, modelled rule against observed rule
+    rng = np.random.default_rng(0)
+    modelled, lowest = [], []
+    for _ in range(400):
+        d = np.sort(10.0 - rng.exponential(1.0, 20))
+        t = calibrate(np.linspace(0.0, 2.0, 60), {"c": d}, CalibrationPolicy(band="recheck")).t_escape
+        assert t is not None
+        modelled.append(math.exp(t - 10.0))
+        lowest.append(math.exp(d[0] - 10.0))
+    assert np.mean(lowest) > 0.04  # the lowest of 20 sits near the 1/21 point, twice the 2 % target
+    assert np.mean(modelled) < 0.04 and np.mean(modelled) < 0.8 * np.mean(lowest)
+    # the 95 % bound of 0/20 (13.9 %) is exceeded less often
+    assert np.mean(np.array(modelled) > 0.139) < np.mean(np.array(lowest) > 0.139)
 
 
 def test_too_few_images_are_named_with_the_images_that_would_support_the_target() -> None:

@@ -41,6 +41,10 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
                    help="'automate' (default): the thresholds that decide the most calibration parts within the "
                         "targets (a band only where good and defect scores overlap); 'recheck': the whole gap "
                         "between the classes is a band; 'none': one threshold")
+    p.add_argument("--escape-tail", choices=["model", "observed"], default=None,
+                   help="'model' (default): the accept threshold goes no higher than where each class's modelled "
+                        "lower tail puts --escape-target of new defects (few defect images rarely show a class's "
+                        "lowest scores); 'observed': the calibration scores alone (docs/calibration.md)")
     p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
@@ -63,7 +67,7 @@ def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
 
 def policy_updates(args: argparse.Namespace) -> dict[str, object]:
     pairs = {"escape_target": args.escape_target, "false_reject_budget": args.false_reject_budget,
-             "band": args.band}
+             "band": args.band, "escape_tail": args.escape_tail}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
