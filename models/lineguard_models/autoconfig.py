@@ -57,6 +57,7 @@ from lineguard_models.autobudget import (
     overrun_warning,
     work_of,
 )
+from lineguard_models.autocandidates import Candidate, default_candidates, lean_candidate
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, iter_batches, score_samples
@@ -87,15 +88,6 @@ class AutoConfig(BaseModel):
     latency_runs: int = Field(15, ge=3, le=1000, description="timed engine runs per candidate")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Candidate:
-    """One recipe tried: a name and its changes to the base :class:`TrainConfig`."""
-
-    name: str
-    updates: dict[str, Any]
-    why: str = ""
-
-
 @dataclass(slots=True, kw_only=True)
 class Outcome:
     """What one candidate achieved out-of-fold (JSON-safe through :meth:`record`)."""
@@ -121,31 +113,6 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("oof", "fold_reference")}
-
-
-def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:
-    """The recipes tried on a line, the product default first, then single changes of the suite's
-    recipe (issue 22) in rising cost. Only knobs :class:`TrainConfig` has are used."""
-    fields = TrainConfig.model_fields
-    out = [Candidate(name="default", updates={}, why="the product default")]
-    if "image_score" in fields and base.image_score != "topk_mean":
-        out.append(Candidate(name="topk", updates={"image_score": "topk_mean"},
-                             why="image score from the few worst patches: one noisy patch alone does not decide"))
-    size = base.input_size_px
-    out.append(Candidate(name=f"{size + 96}px", updates={"input_size_px": size + 96},
-                         why="small defects: more pixels per defect"))
-    if "bank_turns" in fields and base.bank_turns in ("auto", 1):
-        out.append(Candidate(name="turns4", updates={"bank_turns": 4}, why="parts lying in any orientation"))
-    if "bank_fraction" in fields and base.bank_fraction is not None and base.bank_fraction < 0.3:
-        out.append(Candidate(name="bank30", updates={"bank_fraction": 0.3, "bank_size": max(base.bank_size, 65536)},
-                             why="a larger share of the training patches in the bank"))
-    elif "bank_fraction" not in fields:
-        out.append(Candidate(name="bank4x", updates={"bank_size": min(4 * base.bank_size, 65536)},
-                             why="a larger memory bank"))
-    if max(image_size) >= 3 * size:
-        out.append(Candidate(name="tiles2x2", updates={"tile_rows": 2, "tile_cols": 2},
-                             why="large frames: four tiles keep small defects visible"))
-    return out
 
 
 def _config(base: TrainConfig, cand: Candidate, folds: int) -> TrainConfig:
@@ -385,7 +352,10 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     works = [_work(ds, base, c, auto.folds) for c in cands]
     outcomes: list[Outcome] = []
     plan: Plan | None = None
-    for i, (cand, work) in enumerate(zip(cands, works, strict=True), 1):
+    i = 0
+    while i < len(cands):  # the list may grow by a lean candidate after the first (see below)
+        cand, work = cands[i], works[i]
+        i += 1
         guard, need = None, None
         if plan is not None:
             reserve = plan.estimate(work).reserve_s()
@@ -406,6 +376,11 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
         outcomes.append(o)
         if plan is None:
             plan = Plan.measured(ds, _config(base, cand, auto.folds), times, work)
+            if o.status == "tried" and (o.engine_p50_ms or 0.0) > auto.latency_budget_ms:
+                lean = lean_candidate(_config(base, cand, auto.folds), o.engine_p50_ms or 0.0,
+                                      auto.latency_budget_ms)
+                cands.insert(1, Candidate(name=lean.name, updates={**cand.updates, **lean.updates}, why=lean.why))
+                works.insert(1, _work(ds, base, cands[1], auto.folds))
         elif guard is not None and times.fit_s:  # later predictions learn from its folds, stopped or not
             done = len(times.fit_s)
             predicted = guard.predicted_fold_s * done + (guard.latency_est_s if times.latency_s else 0.0)

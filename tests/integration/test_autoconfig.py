@@ -67,6 +67,25 @@ def test_a_tiny_time_budget_stops_after_the_first_candidate_and_says_so(data: Pa
     assert rec["chosen"] == "c64" and "stopped before c96, c128" in rec["budget_note"]
 
 
+def test_a_default_over_the_latency_budget_brings_a_lean_candidate_with_half_the_bank(data: Path,
+                                                                                    tmp_path: Path) -> None:
+    # every engine is over a 1 us budget: after the first candidate a half-bank one is tried next,
+    # before the costlier ones, and the fastest is taken with the reason
+    cands = [Candidate(name="default", updates={}), Candidate(name="c96", updates={"input_size_px": 96})]
+    lines: list[str] = []
+    cfg, _, rec = select(scan_dataset(data), _base(), AutoConfig(folds=2, latency_budget_ms=1e-3), tmp_path,
+                         progress=lines.append, candidates=cands)
+    assert [c["name"] for c in rec["candidates"]] == ["default", "lean", "c96"]
+    lean = rec["candidates"][1]
+    assert lean["status"] == "tried" and "bank_size=32" in lean["settings"]
+    assert "over the 0.001 ms latency budget: half the bank" in lean["why"]
+    assert any("candidate 2/3 lean" in line for line in lines)
+    tried = [c for c in rec["candidates"] if c["status"] == "tried"]
+    fastest = min(tried, key=lambda c: c["engine_p50_ms"])
+    assert rec["chosen"] == fastest["name"] and "no candidate within the latency budget" in rec["reason"]
+    assert cfg.bank_size == (32 if fastest["name"] == "lean" else 64)
+
+
 def _outcome(name: str, share: float, auroc: float, p50: float) -> Outcome:
     return Outcome(name=name, settings="", why="", automated_share=share, auroc=auroc, engine_p50_ms=p50,
                    separation=0.0)

@@ -1,0 +1,59 @@
+"""The recipes automatic configuration tries on a line (``autoconfig.select``).
+
+:func:`default_candidates`: the product default first, then single changes of the quality suite's
+recipe (issue 22) in rising cost; :func:`lean_candidate`: the one cheaper recipe, tried next when the
+default's engine is over the line's latency budget. Only knobs :class:`TrainConfig` has are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lineguard_models.pipeline import TrainConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """One recipe tried: a name and its changes to the base :class:`TrainConfig`."""
+
+    name: str
+    updates: dict[str, Any]
+    why: str = ""
+
+
+def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:
+    """The recipes tried on a line, the product default first, then single changes of the suite's
+    recipe (issue 22) in rising cost. Only knobs :class:`TrainConfig` has are used."""
+    fields = TrainConfig.model_fields
+    out = [Candidate(name="default", updates={}, why="the product default")]
+    if "image_score" in fields and base.image_score != "topk_mean":
+        out.append(Candidate(name="topk", updates={"image_score": "topk_mean"},
+                             why="image score from the few worst patches: one noisy patch alone does not decide"))
+    size = base.input_size_px
+    out.append(Candidate(name=f"{size + 96}px", updates={"input_size_px": size + 96},
+                         why="small defects: more pixels per defect"))
+    if "bank_turns" in fields and base.bank_turns in ("auto", 1):
+        out.append(Candidate(name="turns4", updates={"bank_turns": 4}, why="parts lying in any orientation"))
+    if "bank_fraction" in fields and base.bank_fraction is not None and base.bank_fraction < 0.3:
+        out.append(Candidate(name="bank30", updates={"bank_fraction": 0.3, "bank_size": max(base.bank_size, 65536)},
+                             why="a larger share of the training patches in the bank"))
+    elif "bank_fraction" not in fields:
+        out.append(Candidate(name="bank4x", updates={"bank_size": min(4 * base.bank_size, 65536)},
+                             why="a larger memory bank"))
+    if max(image_size) >= 3 * size:
+        out.append(Candidate(name="tiles2x2", updates={"tile_rows": 2, "tile_cols": 2},
+                             why="large frames: four tiles keep small defects visible"))
+    return out
+
+
+def lean_candidate(base: TrainConfig, p50_ms: float, budget_ms: float) -> Candidate:
+    """Half the bank of ``base``: tried next when the first candidate's engine is over the latency budget
+    (every other candidate costs more). The nearest-neighbour search grows with the bank rows, and on
+    long frames it is most of the engine (bsdata_pitting 544x224: 44.8 ms p50 at 2 threads)."""
+    updates: dict[str, Any] = {"bank_size": max(1, base.bank_size // 2)}
+    if base.bank_fraction is not None:
+        updates["bank_fraction"] = base.bank_fraction / 2
+    return Candidate(name="lean", updates=updates,
+                     why=f"the default's engine ({p50_ms:.1f} ms p50) is over the {budget_ms:g} ms latency budget: "
+                         "half the bank")
