@@ -65,7 +65,7 @@ def train_config(seed: int, name: str) -> Any:
 
 
 def _result_path(arm: str, cfg: str, name: str, seed: int) -> Path:
-    folder = arm if arm in ("plain", "auto", "auto_rethresholded") else f"{arm}_{cfg}"
+    folder = arm if arm in ("plain", "auto", "auto_rethresholded", "auto_rethresholded_observed") else f"{arm}_{cfg}"
     return BASE / "results" / folder / f"{name}_s{seed}.json"
 
 
@@ -156,7 +156,7 @@ def run_auto(name: str, seed: int) -> dict[str, Any]:
     return res
 
 
-def rethreshold(name: str, seed: int) -> dict[str, Any]:
+def rethreshold(name: str, seed: int, **policy_updates: Any) -> dict[str, Any]:
     """The auto arm's bundle re-thresholded by the current ``calibrate`` from the calibration scores the
     bundle stores (``report/scores.csv``: what training calibrated on), the test images scored again by
     the bundle's own engine: shows a calibration change without retraining (``lineguard calibrate``
@@ -175,7 +175,8 @@ def rethreshold(name: str, seed: int) -> dict[str, Any]:
     for r in rows:
         if r.label != "good":
             defects.setdefault(r.label, []).append(r.score)
-    policy = CalibrationPolicy.model_validate({k: v for k, v in dict(m.thresholds.policy).items() if k != "mode"})
+    policy = CalibrationPolicy.model_validate({**{k: v for k, v in dict(m.thresholds.policy).items() if k != "mode"},
+                                               **policy_updates})
     res = calibrate([r.score for r in rows if r.label == "good"], defects, policy)
     sp = q.make_split(DATASETS, name, seed)
     mono = bool(m.provenance["dataset"]["mono_from_rgb"])
@@ -193,7 +194,8 @@ def rethreshold(name: str, seed: int) -> dict[str, Any]:
     y = np.array([it.label != "good" for it in sp.test])
     cls = np.array([it.label for it in sp.test])
     acc, rej = s < res.lower, s >= res.upper
-    return {**src, "arm": "auto_rethresholded", "lower": res.lower, "upper": res.upper,
+    return {**src, "arm": "auto_rethresholded" + ("_observed" if policy_updates else ""),
+            "lower": res.lower, "upper": res.upper,
             "automated": float((acc | rej).mean()), "escape": float(acc[y].mean()),
             "false_reject": float(rej[~y].mean()), "recheck": float((~acc & ~rej).mean()),
             "escape_by_class": {c: float(acc[cls == c].mean()) for c in sorted(set(cls[y]))},
@@ -338,12 +340,13 @@ def main() -> None:
                     claim = path.with_suffix(".running")  # several processes can share one list
                     if path.exists() or claim.exists():
                         continue
-                    if arm == "auto_rethresholded" and not _result_path("auto", "auto", name, seed).exists():
+                    if arm.startswith("auto_rethresholded") and not _result_path("auto", "auto", name, seed).exists():
                         continue  # nothing to re-threshold yet
                     path.parent.mkdir(parents=True, exist_ok=True)
                     claim.write_text(str(os.getpid()))
                     res = (run_product(name, seed, cfg) if arm == "product" else run_auto(name, seed)
                            if arm == "auto" else rethreshold(name, seed) if arm == "auto_rethresholded"
+                           else rethreshold(name, seed, escape_tail="observed") if arm == "auto_rethresholded_observed"
                            else run_plain(name, seed))
                     path.write_text(json.dumps(res, indent=1))
                     claim.unlink()

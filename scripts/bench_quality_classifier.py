@@ -1,19 +1,20 @@
 """Classifier part of the quality suite (issue 16): every shared set with >= 3 defect classes.
 
-Data flow per set: manifest defect images -> resized to the classifier's 224x224 input (what
-``lineguard train`` feeds it for square frames) -> frozen EfficientNet-Lite0, GAP of stage4..stage7
-for every image (identity view) and of the default profile's 2 photometric copies of every image a
-split may train on, computed once and cached under ``--cache`` -> per (seed, images per class,
-candidate): the library's own ``FeatureSet`` / ``fit_from_features`` (CV-chosen L2, per-class
-``min_confidence``) -> held-out metrics. Candidates are the per-line choices of
+Data flow per set: manifest defect images -> resized to the classifier's 224x224 input (what ``lineguard
+train`` feeds it for square frames) -> frozen EfficientNet-Lite0, average and generalised-mean pooling
+(``mean_gem``) of stage4..stage7 for every image (identity view) and of the default profile's 2
+photometric copies of every image a split may train on, computed once and cached under ``--cache`` ->
+per (seed, images per class, candidate): the library's own ``FeatureSet`` / ``fit_from_features`` (CV-
+chosen L2, per-class ``min_confidence``) -> held-out metrics. Candidates are the per-line choices of
 ``lineguard_models.classifier_select`` (stages x photometric copies); the *default* row is
-``ClassifierConfig()`` with the conservative camera profile of ``lineguard train`` (stage5+6, 2
-copies, no views); the *per-line choice* row is the candidate with the best cross-validated accuracy
-on the training images of that split alone (``classifier_select.pick``), never the test set.
+``ClassifierConfig()`` with the conservative camera profile of ``lineguard train`` (stage5+6, 2 copies,
+no views); the *per-line choice* row is the candidate with the best cross-validated accuracy on the
+training images of that split alone (``classifier_select.pick``), never the test set.
 
-End to end (``--bundles``): ``mvtec_bottle`` is the only set with good images; its bundles are the
-quality suite's own (``scripts/bench_quality.py``, ``/work/data/quality/bundles/default``: trained by
-``lineguard_models.pipeline.train`` on 50 goods + half of each defect class, ``quality_sets.make_split``),
+End to end: ``mvtec_bottle`` is the only set with good images; its bundles are the quality suite's
+fixed default (``scripts/bench_quality.py`` ``train_config``), trained with the current code into
+``/work/data/quality/bundles/e2e`` when missing (``lineguard_models.pipeline.train`` on 50 goods + half
+of each defect class, ``quality_sets.make_split``),
 scored by the edge ``BundleRunner`` + ``decide`` on the held-out defects: named right = verdict reject
 or recheck AND ``defect_class`` is the true class (an escape, a wrong class or ``unknown`` count as
 wrong; the best guess is reported too). NEU-DET, X-SDD and DeepPCB crops have no good images, so no
@@ -50,7 +51,7 @@ from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
-from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, pick
+from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, feature_columns, pick
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BASE = Path("/work/data/quality")
@@ -113,16 +114,17 @@ def splits(name: str, y: npt.NDArray[np.int64], paths: list[str], seed: int, n_m
 
 
 class Cache:
-    """GAP features of stage4..7 per image (identity) and per photometric copy, computed once."""
+    """Pooled features (average and GeM) of stage4..7 per image (identity) and per photometric copy, computed once."""
 
     def __init__(self, name: str, images: list[Image], root: Path) -> None:
-        self.images, self.path = images, root / f"{name}_{PX}.npz"
+        self.images, self.path = images, root / f"{name}_{PX}_mean_gem.npz"
         self.spec = spec_for_images(images[:3], input_width=PX, input_height=PX)
         self.profile = CameraProfile.conservative_for(self.spec)
         bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES)
-        self.pooled = PooledFeatures(bb, max_value=self.spec.max_value).eval()
+        # [mean, gem] per stage: every candidate's pooling is a column slice (classifier_select.feature_columns)
+        self.pooled = PooledFeatures(bb, max_value=self.spec.max_value, pooling="mean_gem").eval()
         self.dims = {s: bb.stage_channels[s] for s in ALL_STAGES}
-        d = sum(self.dims.values())
+        d = self.pooled.out_dim
         if self.path.exists():
             z = np.load(self.path)
             self.x, self.have, self.cp, self.have_cp = z["x"], z["have"], z["cp"], z["have_cp"]
@@ -167,17 +169,10 @@ class Cache:
         self.s_per_pass = (time.perf_counter() - t0) / passes
         np.savez(self.path, x=self.x, have=self.have, cp=self.cp, have_cp=self.have_cp, s_per_pass=self.s_per_pass)
 
-    def columns(self, stages: Sequence[str]) -> npt.NDArray[np.int64]:
-        cols, start = [], 0
-        for s in ALL_STAGES:
-            if s in stages:
-                cols += list(range(start, start + self.dims[s]))
-            start += self.dims[s]
-        return np.array(cols)
-
     def feature_set(self, cand: Candidate, classes: tuple[str, ...], idx: npt.NDArray[np.int64],
                     y: npt.NDArray[np.int64]) -> FeatureSet:
-        cols = self.columns(cand.stages)
+        cols = feature_columns(self.dims, ALL_STAGES, cand.stages, have_pooling="mean_gem",
+                               want_pooling=cand.pooling or ClassifierConfig().pooling)
         x = self.x[idx][:, cols]
         if cand.copies:
             x_aug = self.cp[idx][:, : cand.copies][:, :, cols].reshape(-1, len(cols))
@@ -279,10 +274,16 @@ def end_to_end_bottle(seeds: Sequence[int]) -> dict[str, Any]:
 
     out = []
     for seed in seeds:
-        bdir = BASE / "bundles" / "default" / f"mvtec_bottle_s{seed}"
-        if not (bdir / "manifest.json").exists():
-            log(f"no suite bundle {bdir}: seed {seed} skipped")
-            continue
+        bdir = BASE / "bundles" / "e2e" / f"mvtec_bottle_s{seed}"
+        if not (bdir / "manifest.json").exists():  # the quality suite's fixed default, trained with today's code
+            from bench_quality import train_config
+
+            from lineguard_models.pipeline import train
+
+            folder = q.build_folder(q.make_split(DATASETS, "mvtec_bottle", seed), BASE / "folders")
+            t0 = time.perf_counter()
+            train(folder, bdir, train_config(seed, "default"), progress=lambda _: None, overwrite=True)
+            log(f"bottle e2e seed {seed}: trained {bdir} in {time.perf_counter() - t0:.0f} s")
         bundle = load_bundle(bdir)
         policy = DecisionPolicy.from_manifest(bundle.manifest)
         mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])

@@ -213,7 +213,7 @@ def write_doc(results: Path, doc: Path) -> None:
     body = [*main_table(results, "default"), "", *auto_table(results), "",
             *auto_table(results, "auto_rethresholded", ", re-thresholded by the current calibration (gap rule and "
                         "modelled escape tail) from the same bundles' stored calibration scores", candidates=False), "",
-            *auto_table(results, "auto_rethresholded_prev", ", re-thresholded with the gap rule alone (before the "
+            *auto_table(results, "auto_rethresholded_observed", ", re-thresholded with the gap rule alone (before the "
                         "modelled escape tail, `escape_tail: observed`)", candidates=False), "",
             *goods_only_table(results), "",
             *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)",

@@ -7,6 +7,7 @@ default's engine is over the line's latency budget. Only knobs :class:`TrainConf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +48,20 @@ def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[C
     return out
 
 
-def lean_candidate(base: TrainConfig, p50_ms: float, budget_ms: float) -> Candidate:
-    """Half the bank of ``base``: tried next when the first candidate's engine is over the latency budget
-    (every other candidate costs more). The nearest-neighbour search grows with the bank rows, and on
-    long frames it is most of the engine (bsdata_pitting 544x224: 44.8 ms p50 at 2 threads)."""
-    updates: dict[str, Any] = {"bank_size": max(1, base.bank_size // 2)}
-    if base.bank_fraction is not None:
-        updates["bank_fraction"] = base.bank_fraction / 2
-    return Candidate(name="lean", updates=updates,
+def lean_candidate(base: TrainConfig, p50_ms: float, budget_ms: float, margin: float = 0.85) -> Candidate:
+    """Fewer pixels: tried next when the first candidate's engine is over the latency budget (every other
+    candidate costs more).
+
+    The backbone's cost grows with the pixels and the nearest-neighbour search with pixels x bank rows
+    (the bank is a share of the training patches, so it shrinks with the pixels too): scaling the
+    pixel count by ``r = margin * budget / p50`` brings the engine to at most about ``r * p50``. The
+    input side is scaled by ``sqrt(r)``, rounded down to a multiple of 32 (the deepest stride).
+    Measured on long frames (bsdata_pitting, 544x224): halving the bank alone left the engine at 40-43
+    ms, the backbone is most of it."""
+    r = min(1.0, margin * budget_ms / max(p50_ms, 1e-9))
+    side = max(32, int(base.input_size_px * math.sqrt(r)) // 32 * 32)
+    if side >= base.input_size_px:
+        side = max(32, base.input_size_px - 32)
+    return Candidate(name=f"lean{side}px", updates={"input_size_px": side},
                      why=f"the default's engine ({p50_ms:.1f} ms p50) is over the {budget_ms:g} ms latency budget: "
-                         "half the bank")
+                         f"{side} px instead of {base.input_size_px} px")

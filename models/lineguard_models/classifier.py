@@ -38,7 +38,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,12 @@ class ClassifierConfig(BaseModel):
         ("stage5", "stage6"), min_length=1, max_length=7,
         description="backbone stages whose global-average-pooled features feed the head (stage5+6 beat "
         "stage5+6+7 at 20, 40 and 80 images per class on NEU-DET; docs/benchmarks/classifier.md)",
+    )
+    pooling: Literal["mean", "mean_gem"] = Field(
+        "mean_gem", description="how each stage map becomes features: 'mean' (global average) or 'mean_gem' "
+        "(average and generalised mean, p = 3, side by side: leans towards the strongest responses, where a "
+        "small defect is; quality suite mean +1.7 points at 10-20 labelled per class, "
+        "docs/benchmarks/quality-classifier.md)",
     )
     l2_grid: tuple[float, ...] = Field(
         (1e-3, 3e-3, 1e-2), min_length=1, max_length=8,
@@ -147,8 +153,18 @@ class ClassifierConfig(BaseModel):
         "(p50, this CPU class) is above this are not considered",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finetune_pools_by_mean(cls, data: Any) -> Any:
+        """The fine-tuned graph (``finetune.py``) pools by the average: that is its default pooling."""
+        if isinstance(data, dict) and data.get("finetune") is not None and "pooling" not in data:
+            return {**data, "pooling": "mean"}
+        return data
+
     @model_validator(mode="after")
     def _finetune_needs_averaging(self) -> ClassifierConfig:
+        if self.finetune is not None and self.pooling != "mean":
+            raise ValueError("finetune pools by the average: pooling must be 'mean' with finetune")
         if self.finetune is not None and not self.average_views:
             raise ValueError("finetune needs average_views: true (the fine-tuned model is trained on every view; "
                              "read through one view it measured below the frozen classifier, "
@@ -181,7 +197,7 @@ class FeatureExtractor:
             backbone = EfficientNetLite0.from_state_dict_file(out_stages=config.stages)
         elif tuple(backbone.out_stages) != tuple(config.stages):
             raise ConfigError(f"backbone returns stages {backbone.out_stages}, classifier wants {config.stages}")
-        return cls(features=PooledFeatures(backbone, max_value=spec.max_value), spec=spec,
+        return cls(features=PooledFeatures(backbone, max_value=spec.max_value, pooling=config.pooling), spec=spec,
                    batch_size=config.batch_size)
 
     def __call__(self, images: Sequence[Image], view: str = "identity") -> npt.NDArray[np.float32]:
@@ -253,7 +269,8 @@ def fit_from_features(
     thresholds = confidence_thresholds(oofs[best], fs.y, fs.classes, quantile=config.confidence_quantile,
                                       cap=config.max_min_confidence)
     report = {
-        "method": f"logistic head on GAP features of {list(config.stages)} (frozen ImageNet backbone)",
+        "method": f"logistic head on {config.pooling}-pooled features of {list(config.stages)} "
+                  "(frozen ImageNet backbone)",
         "folds": n_folds,
         "l2": best,
         "cv_log_loss": {str(k): round(v, 4) for k, v in scores.items()},
@@ -417,7 +434,8 @@ def _finetuned(
         "finetune": {**ft.model_dump(mode="json"), "maps_mib": round(mib, 1)},
     }
     head = SoftmaxHead(mu=result.mu, sd=result.sd, weight=result.weight, bias=result.bias)
-    return ClassifierGraph(PooledFeatures(result.backbone, max_value=extract.spec.max_value), head), thresholds, report
+    pooled = PooledFeatures(result.backbone, max_value=extract.spec.max_value, pooling=extract.features.pooling)
+    return ClassifierGraph(pooled, head), thresholds, report
 
 
 def defect_images(dataset: Dataset) -> dict[str, list[Image]]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from lineguard_models.classifier import FeatureExtractor, fit_from_features
 from lineguard_models.classifier_features import FeatureSet, build_features
+from lineguard_models.classifier_graph import POOL_WIDTH
 from lineguard_models.classifier_head import SoftmaxHead
 
 # Classifier p50 per flagged part in ms, the exported image-path graph (the shared backbone pass is
@@ -52,6 +53,7 @@ class Candidate:
     name: str
     stages: tuple[str, ...]
     copies: int  # photometric copies per image (0 = none; the default profile makes 2)
+    pooling: str = ""  # "" = the configured pooling (ClassifierConfig.pooling); else "mean" or "mean_gem"
 
 
 # three, not every combination: each costs len(l2_grid) x folds + 1 head fits (minutes on a loaded
@@ -59,6 +61,7 @@ class Candidate:
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("default", ("stage5", "stage6"), 2),
     Candidate("s56_nocopies", ("stage5", "stage6"), 0),
+    Candidate("s56_mean", ("stage5", "stage6"), 2, "mean"),
     Candidate("s567", ("stage5", "stage6", "stage7"), 2),
 )
 # not {4,5,6}: stage4 lies before the anomaly engine's deepest stage (stage5 by default), so the
@@ -84,7 +87,7 @@ class Evaluated:
         """The figures that go into the training report."""
         c = self.candidate
         done = not self.skipped  # a skipped one has no figures (NaN is not JSON: the manifest refuses it)
-        return {"name": c.name, "stages": list(c.stages), "copies": c.copies,
+        return {"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling,
                 "cv_accuracy": self.cv_accuracy if done else None, "cv_log_loss": self.cv_log_loss if done else None,
                 "cv_unknown_rate": self.report.get("unknown_rate"), "fit_s": round(self.fit_s, 2),
                 "skipped": self.skipped}
@@ -122,8 +125,8 @@ def evaluate(
             continue
         t0 = time.perf_counter()
         fs = feature_set(cand)
-        head, thr, report = fit_from_features(fs, config=config.model_copy(update={"stages": cand.stages}),
-                                              seed=seed)
+        cfg = config.model_copy(update={"stages": cand.stages, "pooling": cand.pooling or config.pooling})
+        head, thr, report = fit_from_features(fs, config=cfg, seed=seed)
         out.append(Evaluated(cand, float(report["accuracy"]), float(report["cv_log_loss"][str(report["l2"])]),
                              time.perf_counter() - t0, n_images=len(fs.y), head=head, thresholds=thr,
                              report=report))
@@ -142,14 +145,20 @@ def pick(evaluated: Sequence[Evaluated]) -> Candidate:
     return best.candidate
 
 
-def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[str]) -> np.ndarray:
-    """Column indices of ``want`` stages inside features pooled for ``have`` stages (in that order)."""
+def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[str], *, have_pooling: str = "mean",
+                    want_pooling: str = "mean") -> np.ndarray:
+    """Column indices of ``want`` stages pooled by ``want_pooling`` inside features of ``have`` stages pooled
+    by ``have_pooling`` (``classifier_graph.PooledFeatures`` layout: per stage in order, [mean] or
+    [mean, gem]); a "mean" candidate takes the average half of "mean_gem" features."""
+    width = POOL_WIDTH[have_pooling]
+    if POOL_WIDTH[want_pooling] > width:
+        raise ValueError(f"{want_pooling} features cannot be cut from {have_pooling} features")
     cols: list[int] = []
     start = 0
     for s in have:
         if s in want:
-            cols += range(start, start + dims[s])
-        start += dims[s]
+            cols += range(start, start + dims[s] * POOL_WIDTH[want_pooling])
+        start += dims[s] * width
     return np.array(cols, np.int64)
 
 
@@ -160,12 +169,13 @@ FINETUNE_EXCLUDED = (
 )
 
 
-def line_candidates(default_stages: Sequence[str], copies: int) -> list[Candidate]:
-    """:data:`CANDIDATES` for a line: the configured stages and the profile's copy count as the default."""
-    out = [Candidate("default", tuple(default_stages), copies)]
+def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "mean_gem") -> list[Candidate]:
+    """:data:`CANDIDATES` for a line: the configured stages, pooling and the profile's copy count as the
+    default; a candidate equal to one before it is dropped."""
+    out = [Candidate("default", tuple(default_stages), copies, pooling)]
     for c in CANDIDATES[1:]:
-        cand = Candidate(c.name, c.stages, copies if c.copies else 0)
-        if all((cand.stages, cand.copies) != (o.stages, o.copies) for o in out):
+        cand = Candidate(c.name, c.stages, copies if c.copies else 0, c.pooling or pooling)
+        if all((cand.stages, cand.copies, cand.pooling) != (o.stages, o.copies, o.pooling) for o in out):
             out.append(cand)
     return out
 
@@ -180,17 +190,18 @@ def select_and_fit(
     report with ``selection``). Called by ``classifier.train_classifier`` when ``config.select``.
     """
     t0 = time.perf_counter()
-    cands = [c for c in line_candidates(config.stages, copies)
-             if estimated_p50_ms(c.stages) <= config.select_latency_budget_ms]
-    over = [c for c in line_candidates(config.stages, copies) if c not in cands]
+    every = line_candidates(config.stages, copies, config.pooling)
+    cands = [c for c in every if estimated_p50_ms(c.stages) <= config.select_latency_budget_ms]
+    over = [c for c in every if c not in cands]
     union = tuple(sorted({s for c in cands for s in c.stages}, key=lambda s: int(s.removeprefix("stage"))))
-    extract_all = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": union}))
+    pool_all = max((c.pooling for c in cands), key=lambda p: POOL_WIDTH[p])  # the widest holds the others
+    extract_all = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": union, "pooling": pool_all}))
     fs_all = build_features(images_by_class, extract_all, augment_fn=plausible, copies=copies, seed=seed,
                             progress=progress, views=views, average_views=config.average_views)
     dims = extract_all.features.backbone.stage_channels
 
     def fs_for(c: Candidate) -> FeatureSet:
-        cols = feature_columns(dims, union, c.stages)
+        cols = feature_columns(dims, union, c.stages, have_pooling=pool_all, want_pooling=c.pooling)
         keep = c.copies > 0
         return FeatureSet(classes=fs_all.classes, x=fs_all.x[:, cols], y=fs_all.y,
                           x_aug=fs_all.x_aug[:, cols] if keep else np.zeros((0, len(cols)), np.float32),
@@ -206,12 +217,14 @@ def select_and_fit(
     reason = ("no candidate beat the default's CV accuracy by one image or more" if chosen == default.candidate
               else f"CV accuracy {ev.cv_accuracy:.4f} vs default {default.cv_accuracy:.4f} "
                    f"(>= one image of {ev.n_images} better)")
-    extract = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": chosen.stages}))
+    extract = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": chosen.stages,
+                                                                           "pooling": chosen.pooling}))
     report = dict(ev.report)
     report["selection"] = {
-        "chosen": chosen.name, "stages": list(chosen.stages), "copies": chosen.copies, "reason": reason,
+        "chosen": chosen.name, "stages": list(chosen.stages), "copies": chosen.copies, "pooling": chosen.pooling,
+        "reason": reason,
         "candidates": [e.summary() for e in evs]
-        + [{"name": c.name, "stages": list(c.stages), "copies": c.copies,
+        + [{"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling,
             "skipped": f"estimated latency {estimated_p50_ms(c.stages):.0f} ms p50 > budget "
                        f"{config.select_latency_budget_ms:.0f} ms"} for c in over],
         "not_candidates": {"finetune": FINETUNE_EXCLUDED},

@@ -17,6 +17,7 @@ from lineguard.bundle import load_bundle
 from lineguard.cli import main
 from lineguard.imageio import read_image
 from lineguard.preprocess import prepare
+from lineguard_models.autocandidates import lean_candidate
 from lineguard_models.autoconfig import AutoConfig, Candidate, Outcome, choose, select, train_auto
 from lineguard_models.data import scan_dataset
 from lineguard_models.ortscore import OrtScorer
@@ -67,23 +68,31 @@ def test_a_tiny_time_budget_stops_after_the_first_candidate_and_says_so(data: Pa
     assert rec["chosen"] == "c64" and "stopped before c96, c128" in rec["budget_note"]
 
 
-def test_a_default_over_the_latency_budget_brings_a_lean_candidate_with_half_the_bank(data: Path,
+def test_a_default_over_the_latency_budget_brings_a_lean_candidate_with_fewer_pixels(data: Path,
                                                                                     tmp_path: Path) -> None:
-    # every engine is over a 1 us budget: after the first candidate a half-bank one is tried next,
+    # every engine is over a 1 us budget: after the first candidate a smaller input is tried next,
     # before the costlier ones, and the fastest is taken with the reason
     cands = [Candidate(name="default", updates={}), Candidate(name="c96", updates={"input_size_px": 96})]
     lines: list[str] = []
     cfg, _, rec = select(scan_dataset(data), _base(), AutoConfig(folds=2, latency_budget_ms=1e-3), tmp_path,
                          progress=lines.append, candidates=cands)
-    assert [c["name"] for c in rec["candidates"]] == ["default", "lean", "c96"]
+    assert [c["name"] for c in rec["candidates"]] == ["default", "lean32px", "c96"]
     lean = rec["candidates"][1]
-    assert lean["status"] == "tried" and "bank_size=32" in lean["settings"]
-    assert "over the 0.001 ms latency budget: half the bank" in lean["why"]
-    assert any("candidate 2/3 lean" in line for line in lines)
+    assert lean["status"] == "tried" and lean["settings"].startswith("32x32")
+    assert "over the 0.001 ms latency budget: 32 px instead of 64 px" in lean["why"]
+    assert any("candidate 2/3 lean32px" in line for line in lines)
     tried = [c for c in rec["candidates"] if c["status"] == "tried"]
     fastest = min(tried, key=lambda c: c["engine_p50_ms"])
     assert rec["chosen"] == fastest["name"] and "no candidate within the latency budget" in rec["reason"]
-    assert cfg.bank_size == (32 if fastest["name"] == "lean" else 64)
+    assert cfg.input_size_px == {"default": 64, "lean32px": 32, "c96": 96}[fastest["name"]]
+
+
+def test_the_lean_candidate_scales_the_pixels_to_the_budget() -> None:
+    base = _base().model_copy(update={"input_size_px": 224})
+    # 44.8 ms against 40: r = 0.85 * 40 / 44.8 = 0.76 -> 224 * 0.87 = 195 -> 192 px
+    assert lean_candidate(base, 44.8, 40.0).updates == {"input_size_px": 192}
+    assert lean_candidate(base, 160.0, 40.0).updates == {"input_size_px": 96}  # r = 0.21: 224 * 0.46 = 103 -> 96
+    assert lean_candidate(base, 40.5, 40.0).updates == {"input_size_px": 192}  # always at least one step smaller
 
 
 def _outcome(name: str, share: float, auroc: float, p50: float) -> Outcome:

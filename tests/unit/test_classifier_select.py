@@ -35,11 +35,14 @@ def test_default_kept_unless_beaten_by_at_least_one_image() -> None:
 
 def test_line_candidates_follow_the_config_and_profile() -> None:
     cands = line_candidates(("stage5", "stage6"), 0)  # a profile without photometric copies
-    assert cands[0] == Candidate("default", ("stage5", "stage6"), 0)
-    assert len({(c.stages, c.copies) for c in cands}) == len(cands) == 2  # copies 0 twice -> deduplicated
-    assert all(c.copies == 0 for c in cands)
+    assert cands[0] == Candidate("default", ("stage5", "stage6"), 0, "mean_gem")
+    # copies 0 twice -> deduplicated: default, the average-pooled one, stage5+6+7
+    assert len({(c.stages, c.copies, c.pooling) for c in cands}) == len(cands) == 3
+    assert all(c.copies == 0 for c in cands) and [c.pooling for c in cands] == ["mean_gem", "mean", "mean_gem"]
     assert line_candidates(("stage6", "stage7"), 3)[0].copies == 3
     assert len(line_candidates(("stage6", "stage7"), 3)) == len(CANDIDATES)  # the configured stages replace {5,6}
+    # a line configured for average pooling: the "s56_mean" candidate is the default's twin and drops out
+    assert [c.name for c in line_candidates(("stage5", "stage6"), 2, "mean")] == ["default", "s56_nocopies", "s567"]
 
 
 def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not() -> None:
@@ -53,6 +56,13 @@ def test_feature_columns_slice_the_union() -> None:
     assert cols.tolist() == [0, 1, 5]
     x = np.arange(6)[None, :]
     assert x[:, feature_columns(dims, ("stage4", "stage5", "stage6"), ("stage5",))].tolist() == [[2, 3, 4]]
+    # mean_gem features hold [mean_s, gem_s] per stage: a mean candidate takes the first half of each block
+    both = ("stage4", "stage5", "stage6")
+    assert feature_columns(dims, both, ("stage5",), have_pooling="mean_gem", want_pooling="mean").tolist() == [4, 5, 6]
+    assert feature_columns(dims, both, ("stage4", "stage6"), have_pooling="mean_gem",
+                           want_pooling="mean_gem").tolist() == [0, 1, 2, 3, 10, 11]
+    with pytest.raises(ValueError, match="cannot be cut"):
+        feature_columns(dims, both, ("stage5",), have_pooling="mean", want_pooling="mean_gem")
 
 
 def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> None:

@@ -43,9 +43,9 @@ def anomaly() -> AnomalyScorer:
 
 
 def _classifier(stages: tuple[str, ...] = CLF_STAGES, spec: InputSpec = SPEC,
-                backbone: EfficientNetLite0 | None = None) -> TrainedClassifier:
+                backbone: EfficientNetLite0 | None = None, pooling: str = "mean") -> TrainedClassifier:
     bb = backbone or EfficientNetLite0.from_state_dict_file(out_stages=stages)
-    feats = PooledFeatures(bb, max_value=spec.max_value)
+    feats = PooledFeatures(bb, max_value=spec.max_value, pooling=pooling)  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
     head = SoftmaxHead(mu=rng.normal(size=feats.out_dim).astype(np.float32),
                        sd=rng.uniform(0.5, 2.0, feats.out_dim).astype(np.float32),
@@ -87,6 +87,28 @@ def test_stage_map_graph_gives_the_image_graphs_class_probs(anomaly: AnomalyScor
     assert torch.equal(score, s2) and torch.equal(amap, m2)  # the extra output leaves the scores alone
     assert torch.allclose(from_map, from_image, atol=1e-6)
     assert not torch.allclose(from_image[0], from_image[1], atol=1e-3)  # not a constant head
+
+
+def test_mean_gem_pooling_is_the_average_and_the_generalised_mean_of_each_stage(anomaly: AnomalyScorer) -> None:
+    clf = _classifier(pooling="mean_gem")
+    feats = clf.graph.features
+    x = _images()
+    with torch.no_grad():
+        maps = feats.backbone(x * feats.get_buffer("in_scale") + feats.get_buffer("in_shift"))
+        pooled = feats(x)
+        from_map = StageMapGraph(clf.graph, "stage4")(anomaly.forward_with_stage(x, "stage4")[2])
+        from_image = clf.graph(x)
+    assert pooled.shape == (3, feats.out_dim) and feats.out_dim == 2 * (112 + 192 + 320)  # [mean, gem] per stage
+    start = 0
+    for s in CLF_STAGES:
+        m = maps[s].numpy()
+        c = m.shape[1]
+        want_gem = np.mean(np.maximum(m, 1e-6) ** 3, axis=(2, 3)) ** (1 / 3)
+        assert np.allclose(pooled[:, start : start + c].numpy(), m.mean(axis=(2, 3)), atol=1e-5), s
+        assert np.allclose(pooled[:, start + c : start + 2 * c].numpy(), want_gem, rtol=1e-4, atol=1e-5), s
+        assert (want_gem >= m.mean(axis=(2, 3)) - 1e-5).all()  # p = 3 leans above the average
+        start += 2 * c
+    assert torch.allclose(from_map, from_image, atol=1e-6)  # the shared pass pools the same way
 
 
 def test_forward_from_refuses_a_stage_before_the_one_given() -> None:
