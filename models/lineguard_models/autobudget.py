@@ -176,13 +176,21 @@ def final_estimate(t: FoldTimes, *, n_train: int, n_score: int, classifier_passe
                          report_s=per_image * REPORT_IMAGES + REPORT_FIXED_S)
 
 
+# feature-pass time of a backbone against Lite0's at the same input (timed in this file's test run:
+# docs/training.md); a larger backbone counts as that many more patches, which over-prices its coreset
+# a little (its patch features are only ~10 % wider) rather than run past the budget
+BACKBONE_COST: dict[str, float] = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.4, "efficientnet_lite2": 1.9}
+
+
 def work_of(cfg: TrainConfig, spec: InputSpec) -> Work:
-    """A recipe's size for the cost model: input pixels x tiles x bank turns, the bank's share."""
+    """A recipe's size for the cost model: input pixels x tiles x bank turns x the backbone's cost
+    (:data:`BACKBONE_COST`), the bank's share."""
     turns = cfg.bank_turns
-    pixels = float(spec.input_width * spec.input_height * spec.tiles.count)
+    pixels = float(spec.input_width * spec.input_height * spec.tiles.count)  # the classifier's backbone is Lite0
     share = cfg.bank_fraction if cfg.bank_fraction is not None else 1.0
     fixed = float(cfg.bank_size) if cfg.bank_fraction is None else None
-    return Work(patches=pixels * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels,
+    cost = BACKBONE_COST.get(cfg.backbone, 1.0)
+    return Work(patches=pixels * cost * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels,
                 fixed_rows=fixed)
 
 

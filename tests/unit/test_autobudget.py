@@ -60,6 +60,18 @@ def test_cost_grows_faster_than_pixels_and_with_the_bank_share() -> None:
     assert predict_s(t, 2.0, 4.0, 2) > 2 * t.total_s()  # faster than the pixels
 
 
+def test_a_larger_backbone_counts_as_more_patches_but_not_more_classifier_pixels() -> None:
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.autobudget import BACKBONE_COST, work_of
+    from lineguard_models.pipeline import TrainConfig
+
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=224, input_height=224)
+    lite0 = work_of(TrainConfig(), spec)
+    lite2 = work_of(TrainConfig(backbone="efficientnet_lite2"), spec)
+    assert lite2.linear(lite0) == pytest.approx(BACKBONE_COST["efficientnet_lite2"]) and BACKBONE_COST["efficientnet_lite2"] > 1.5
+    assert lite2.pixels == lite0.pixels == 224 * 224  # the classifier runs Lite0 either way
+
+
 def test_the_final_training_is_priced_from_the_first_candidates_folds() -> None:
     t = _times(fit=10.0, coreset=6.0, score=2.0, scored=10, fitted=20)  # 0.2 s per image by a 20-image bank
     est = final_estimate(t, n_train=30, n_score=50, classifier_passes=0)
