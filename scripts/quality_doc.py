@@ -105,6 +105,27 @@ def settings_table(results: Path) -> list[str]:
     return lines
 
 
+def seed0_table(results: Path) -> list[str]:
+    """Each recipe step against the default on the same seed-0 splits, set by set (image AUROC)."""
+    cols: dict[str, dict[str, float]] = {}
+    for folder in sorted(results.glob("product_*")):
+        got = {r["set"]: r["image_auroc"] for r in _load(folder) if r["seed"] == 0}
+        if got:
+            cols[folder.name[len("product_"):]] = got
+    plain = {r["set"]: r["image_auroc"] for r in _load(results / "plain") if r["seed"] == 0}
+    names = ["default", *[c for c in cols if c != "default"]]
+    lines = ["### Recipe steps on the same seed-0 splits (image AUROC; - = not run)", "",
+             "| set | plain | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for name in q.SETS:
+        cells = [_f(cols.get(c, {}).get(name)) if name in cols.get(c, {}) else "-" for c in names]
+        lines.append(f"| {name} | {_f(plain.get(name))} | " + " | ".join(cells) + " |")
+    full = [c for c in names if all(n in cols.get(c, {}) for n in q.SETS)]
+    lines.append("| **mean (sets all ran)** | " + _f(float(np.mean([plain[n] for n in q.SETS if n in plain])))
+                 + " | " + " | ".join(_f(float(np.mean([cols[c][n] for n in q.SETS]))) if c in full else "-"
+                                      for c in names) + " |")
+    return lines
+
+
 def latency_table(results: Path) -> list[str]:
     lines = ["### Engine latency (seed-0 bundles, edge runner, ONNX Runtime CPU, 2 threads, batch 1)", "",
              "| config | set | input WxH | bank rows | ONNX MB | p50 ms | p90 ms | load avg before / after |",
@@ -218,7 +239,7 @@ def write_doc(results: Path, doc: Path) -> None:
             *goods_only_table(results), "",
             *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)",
                         candidates=False),
-            "", *settings_table(results), "", *latency_table(results)]
+            "", *settings_table(results), "", *seed0_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
