@@ -239,9 +239,8 @@ def escape_threshold(defect: Scores, target: float, allowed: int | None = None) 
 def tail_escape_threshold(defect: Scores, target: float) -> float:
     """Where the class's modelled lower tail puts ``target`` of new defects below.
 
-    Peaks over a threshold, as :func:`gap_threshold`: the k lowest scores (k = a quarter of the
-    images, 2 to 10) below the next one, ``u``, have mean shortfall ``s``; a new defect scores below
-    ``t < u`` with about ``(k / (n + 1)) exp(-(u - t) / s)``. Returns the ``t`` where that is
+    The lower tail as in :func:`gap_threshold` (:func:`_tail`): a new defect scores below ``t < u``
+    with about ``p0 exp(-(u - t) / s)``. Returns the ``t`` where that is
     ``target`` (``u`` when the tail's start is already that rare: the calibration scores then set
     the threshold alone). Why: with 10-20
     defects per class the lowest calibration score sits near the class's 5-10 % point, not its 2 %
@@ -251,13 +250,8 @@ def tail_escape_threshold(defect: Scores, target: float) -> float:
     d = np.sort(defect)
     if d.size < 3 or target <= 0.0:
         return float(d[0])
-    k = int(min(10, max(2, d.size // 4), d.size - 1))
-    u = float(d[k])
-    p0 = k / (d.size + 1)
-    if p0 <= target:
-        return u
-    s = _tail_scale(u - d[:k], max(float(d[-1] - d[0]), 1e-12))
-    return u - s * math.log(p0 / target)
+    p0, u, s = _tail(d, max(float(d[-1] - d[0]), 1e-12))
+    return u if p0 <= target else u - s * math.log(p0 / target)
 
 
 def allowed_errors(n: int, target: float, confidence: float, targets_on: str = "bound") -> tuple[int, bool]:
@@ -318,9 +312,18 @@ def _class_stats(name: str, good: Scores, d: Scores, lower: float, upper: float,
     )
 
 
-def _tail_scale(excesses: Scores, span: float) -> float:
-    """Mean excess over the tail's threshold (the exponential tail's scale), floored at 1 % of ``span``."""
-    return max(float(np.mean(excesses)) if excesses.size else 0.0, 0.01 * span, 1e-12)
+def _tail(extreme_first: Scores, span: float) -> tuple[float, float, float]:
+    """The exponential tail of one side's scores, sorted from the most extreme inwards (peaks over a
+    threshold): ``(p0, u, s)`` with ``u`` the score after the k most extreme (k = a quarter of the
+    images, 2 to 10), ``p0 = k / (n + 1)`` the chance of a new score beyond ``u`` and ``s`` their mean
+    distance from ``u``, floored at 1 % of ``span``. A new score lies beyond ``u`` by more than ``x``
+    with about ``p0 exp(-x / s)``."""
+    n = extreme_first.size
+    k = int(min(10, max(2, n // 4), n - 1))
+    u = float(extreme_first[k]) if k > 0 else float(extreme_first[0])
+    excess = np.abs(extreme_first[:k] - u)
+    s = max(float(np.mean(excess)) if excess.size else 0.0, 0.01 * span, 1e-12)
+    return k / (n + 1), u, s
 
 
 def gap_threshold(good: Scores, classes: Mapping[str, Scores], t_fr: float, t_esc: float,
@@ -338,17 +341,11 @@ def gap_threshold(good: Scores, classes: Mapping[str, Scores], t_fr: float, t_es
     """
     span = max(t_esc - t_fr, 1e-12)
     ts = np.linspace(t_fr, t_esc, 513)
-    g = np.sort(good)[::-1]
-    k = int(min(10, max(2, g.size // 4), g.size - 1))
-    u = float(g[k]) if k > 0 else float(g[0])
-    risk = (k / (g.size + 1)) * np.exp(-np.maximum(ts - u, 0.0) / _tail_scale(g[:k] - u, span))
-    risk = risk / max(policy.false_reject_budget, 1e-6)
+    p0, u, s = _tail(np.sort(good)[::-1], span)  # goods: the upper tail
+    risk = p0 * np.exp(-np.maximum(ts - u, 0.0) / s) / max(policy.false_reject_budget, 1e-6)
     for d in classes.values():
-        ds = np.sort(d)
-        kd = int(min(10, max(2, ds.size // 4), ds.size - 1))
-        ud = float(ds[kd]) if kd > 0 else float(ds[0])
-        p = (kd / (ds.size + 1)) * np.exp(-np.maximum(ud - ts, 0.0) / _tail_scale(ud - ds[:kd], span))
-        risk = risk + p / max(policy.escape_target, 1e-6)
+        p0, u, s = _tail(np.sort(d), span)  # defects: the lower tail
+        risk = risk + p0 * np.exp(-np.maximum(u - ts, 0.0) / s) / max(policy.escape_target, 1e-6)
     return float(ts[int(np.argmin(risk))])
 
 
