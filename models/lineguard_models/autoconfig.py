@@ -59,6 +59,7 @@ from lineguard_models.autobudget import (
 )
 from lineguard_models.autocandidates import Candidate, default_candidates, lean_candidate
 from lineguard_models.calibration import CalibrationResult, calibrate
+from lineguard_models.crossfit import OutOfFold, fold_of
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, iter_batches, score_samples
 from lineguard_models.pipeline import (
@@ -108,11 +109,10 @@ class Outcome:
     # that both criteria rank the candidates alike: the justification of the goods-only mode)
     synthetic_share: float | None = None
     synthetic_auroc: float | None = None
-    oof: list[Scored] = field(default_factory=list)
-    fold_reference: dict[str, float] = field(default_factory=dict)  # held-out goods by a fold's bank
+    oof: OutOfFold = field(default_factory=lambda: OutOfFold(goods=[]))  # pipeline.train calibrates on these
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("oof", "fold_reference")}
+        return {k: v for k, v in asdict(self).items() if k != "oof"}
 
 
 def _config(base: TrainConfig, cand: Candidate, folds: int) -> TrainConfig:
@@ -159,7 +159,6 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
     synthetic defects when there are none, engine p50 ms of the first fold's graph; ``guard`` (None
     for the first candidate) is asked before each later fold and around the engine timing."""
     from lineguard_models.backbone import load_backbone
-    from lineguard_models.crossfit import fold_of
 
     model_cfg = anomaly_model_config(cfg, spec)
     profile = load_camera_profile(cfg.camera_profile, spec)
@@ -257,9 +256,9 @@ def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, 
     if run.stopped:  # incomplete out-of-fold scores: no figures, never chosen
         outcome.status, outcome.seconds = run.stopped, round(clock() - t0, 1)
         return outcome, run.times
-    outcome.oof = [s for s in run.goods if s.rel not in ds.fit_only]  # fit_only never calibrates
-    outcome.fold_reference = {s.rel: s.score for s in run.rest if s.label == "good"}  # crossfit.fold_bias
-    good = np.array([s.score for s in outcome.oof + run.rest if s.label == "good"])
+    outcome.oof = OutOfFold(goods=[s for s in run.goods if s.rel not in ds.fit_only],  # fit_only never calibrates
+                            reference={s.rel: s.score for s in run.rest if s.label == "good"})  # held out of every bank
+    good = np.array([s.score for s in outcome.oof.goods + run.rest if s.label == "good"])
     defects: dict[str, list[float]] = {}
     for s in run.rest:
         if s.label != "good":
@@ -342,10 +341,10 @@ def _run(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scra
 
 def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, progress: Progress = print,
            candidates: Sequence[Candidate] | None = None,
-           deadline: Deadline | None = None) -> tuple[TrainConfig, list[Scored], dict[str, Any]]:
+           deadline: Deadline | None = None) -> tuple[TrainConfig, OutOfFold, dict[str, Any]]:
     """Try the candidates within the time budget (``deadline``: the whole ``train_auto`` call's, else
-    one started now); returns (winner's config, its out-of-fold good scores, the record for the
-    report and the manifest). The first candidate always runs; its folds price the final training,
+    one started now); returns (winner's config, its out-of-fold scores for ``pipeline.train``, the
+    record for the report and the manifest). The first candidate always runs; its folds price the final training,
     whose reserve the later candidates may not touch (module ``autobudget``)."""
     cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
     deadline = deadline or Deadline(auto.time_budget_s)
@@ -390,7 +389,6 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
     estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not cands[0])
     record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
-    record["oof_reference"] = best.fold_reference  # taken out again by train_auto, for pipeline.train
     progress(f"auto: chose {best.name}: {why}")
     return _config(base, winner, auto.folds), best.oof, record
 
@@ -456,11 +454,9 @@ def train_auto(data: Path, out: Path, base: TrainConfig, auto: AutoConfig | None
                                   deadline=deadline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    reference = record.pop("oof_reference", None)
     cfg = _cap_classifier(cfg, record, deadline, progress)
     search_s = deadline.elapsed()
-    bundle = train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record, clock=clock,
-                   oof_reference=reference)
+    bundle = train(data, out, cfg, progress=progress, overwrite=overwrite, oof=oof, auto=record, clock=clock)
     total = deadline.elapsed()
     parts = {f"candidate {c['name']}": c["seconds"] for c in record["candidates"] if c["seconds"] is not None}
     parts |= {"final training": total - search_s, "final training estimated": record["final_estimate"]["total_s"]}

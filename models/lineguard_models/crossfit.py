@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,21 @@ def fold_of(samples: Sequence[Sample], folds: int, seed: int) -> list[int]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class OutOfFold:
+    """What the folds give calibration: every fitted good image's out-of-fold score (``goods``) and, for
+    :func:`fold_bias`, the good images no bank was fitted on scored by one fold's bank (``reference``,
+    rel -> score). Computed here by :func:`out_of_fold_scores` or by automatic configuration's folds."""
+
+    goods: list[Scored]
+    reference: dict[str, float] = field(default_factory=dict)
+
+
 def out_of_fold_scores(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, model_cfg: AnomalyModelConfig, *,
                        folds: int, seed: int, profile: CameraProfile | None, bank: BankAugmentConfig,
-                       scratch: Path, progress: Progress, reference: Sequence[Sample] = (),
-                       reference_scores: dict[str, float] | None = None) -> list[Scored]:
-    """Score every sample with a bank fitted without its fold (see the module docstring). Each of
-    ``reference`` (good images no bank is fitted on) is scored by one fold's bank into
-    ``reference_scores`` (rel -> score) for :func:`fold_bias`."""
+                       scratch: Path, progress: Progress, reference: Sequence[Sample] = ()) -> OutOfFold:
+    """Score every sample with a bank fitted without its fold (see the module docstring); each of
+    ``reference`` (good images no bank is fitted on) is scored by one fold's bank."""
     if folds < 2 or len(samples) < folds:
         raise DatasetError(f"out-of-fold calibration needs at least as many good training images as folds: "
                            f"{len(samples)} images for {folds} folds; add good images or lower calibration_folds")
@@ -70,6 +78,7 @@ def out_of_fold_scores(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, 
     backbone = load_backbone(model_cfg.backbone)  # one backbone for all folds: fitting never changes it
     scratch.mkdir(parents=True, exist_ok=True)
     out: list[Scored] = []
+    ref: list[Scored] = []
     t0 = time.monotonic()
     for k in range(folds):
         fit_s = [s for s, f in zip(samples, fold, strict=True) if f != k]
@@ -81,13 +90,11 @@ def out_of_fold_scores(ds: Dataset, samples: Sequence[Sample], spec: InputSpec, 
         export_onnx(scorer, onnx_path)
         scorer_k = OrtScorer(onnx_path, spec)
         out += score_samples(scorer_k, ds, held, lambda _: None)
-        if reference_scores is not None:
-            mine = [r for i, r in enumerate(reference) if i % folds == k]
-            reference_scores.update({r.rel: scorer_k.score(ds.load(r)) for r in mine})
+        ref += score_samples(scorer_k, ds, [r for i, r in enumerate(reference) if i % folds == k], lambda _: None)
         onnx_path.unlink()
         progress(f"out-of-fold calibration: fold {k + 1}/{folds} ({len(fit_s)} fitted, {len(held)} scored), "
                  f"{time.monotonic() - t0:.1f} s")
-    return sorted(out, key=lambda s: s.rel)
+    return OutOfFold(goods=sorted(out, key=lambda s: s.rel), reference={s.rel: s.score for s in ref})
 
 
 MIN_BIAS_PAIRS = 5  # held-out goods scored by both banks before the out-of-fold scores are rescaled

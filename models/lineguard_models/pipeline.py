@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -47,6 +47,9 @@ from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
+
+if TYPE_CHECKING:  # crossfit imports torch: only when folds are fitted
+    from lineguard_models.crossfit import OutOfFold
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "anomaly.onnx"
@@ -247,16 +250,15 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
 
 
 def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False,
-          oof: Sequence[Scored] | None = None, auto: dict[str, Any] | None = None,
-          clock: Callable[[], float] = time.monotonic, oof_reference: dict[str, float] | None = None) -> Bundle:
+          oof: OutOfFold | None = None, auto: dict[str, Any] | None = None,
+          clock: Callable[[], float] = time.monotonic) -> Bundle:
     """Train, export, calibrate and bundle. Returns the verified bundle at ``out``.
 
     ``oof``: out-of-fold good scores already computed for exactly this ``cfg`` (automatic configuration
     scored the winner with the same folds), used instead of fitting the folds again. ``auto``: the
     automatic configuration's record (every candidate and the choice), written to the report and
     the manifest's ``calibration.auto``, with ``final_training_s`` (``clock`` seconds of this call up to
-    the calibration and report) added so the bundle says what its time budget bought. ``oof_reference``:
-    with ``oof``, the held-out goods' scores by the folds' banks (``crossfit.fold_bias``).
+    the calibration and report) added so the bundle says what its time budget bought.
     """
     from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
@@ -293,16 +295,15 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         if cfg.calibration_folds >= 2:  # every fitted good image calibrates with an out-of-fold score
             from lineguard_models.crossfit import fold_bias, out_of_fold_scores, rescaled
 
-            reference = dict(oof_reference or {})
             oof = oof if oof is not None else out_of_fold_scores(
                                      ds, train_s, spec, model_cfg, folds=cfg.calibration_folds, seed=cfg.seed,
                                      profile=profile, bank=cfg.anomaly_bank, scratch=staging / ".folds",
-                                     progress=progress, reference=calib_good, reference_scores=reference)
-            bias = fold_bias(scored, reference)  # the folds' banks score new goods higher than the final one
+                                     progress=progress, reference=calib_good)
+            bias = fold_bias(scored, oof.reference)  # the folds' banks score new goods higher than the final one
             progress(f"out-of-fold good scores x {bias['factor']:g} ({bias['pairs']} held-out goods scored by both "
                      "banks)" if bias["applied"] else f"out-of-fold good scores as they are: {bias['why']}")
-            oof = rescaled(oof, bias["factor"])
-            scored += [s for s in oof if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
+            scored += [s for s in rescaled(oof.goods, bias["factor"])
+                       if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {

@@ -53,7 +53,7 @@ def test_the_planted_better_candidate_wins_and_every_candidate_is_recorded(data:
     # the goods-only criterion measured beside the real one, on the same folds: it ranks them alike here
     assert by["sharp"]["synthetic_auroc"] > by["blind"]["synthetic_auroc"]
     assert by["sharp"]["synthetic_share"] >= by["blind"]["synthetic_share"]
-    assert len(oof) == 12 and {s.label for s in oof} == {"good"}  # every good image, out-of-fold
+    assert len(oof.goods) == 12 and {s.label for s in oof.goods} == {"good"}  # every good image, out-of-fold
     assert any("candidate 2/2 sharp" in line for line in lines)  # progress is shown
     assert not (tmp_path / "blind").exists()  # scratch cleaned
 
@@ -155,4 +155,4 @@ def test_without_defect_images_candidates_are_judged_on_synthetic_defects(tmp_pa
     c = rec["candidates"][0]
     assert "synthetic defects" in c["note"] and "synthetic defects" in rec["criterion"]
     assert c["auroc"] is not None and 0.0 <= c["auroc"] <= 1.0 and c["tail"] is not None
-    assert len(oof) == 10 and all(s.label == "good" for s in oof)  # synthetic defects never calibrate the bundle
+    assert len(oof.goods) == 10 and all(s.label == "good" for s in oof.goods)  # synthetic never calibrate
