@@ -51,7 +51,14 @@ from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
-from lineguard_models.classifier_select import CANDIDATES, Candidate, evaluate, feature_columns, pick
+from lineguard_models.classifier_select import (
+    CANDIDATES,
+    Candidate,
+    evaluate,
+    feature_columns,
+    line_candidates,
+    pick,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BASE = Path("/work/data/quality")
@@ -172,7 +179,7 @@ class Cache:
     def feature_set(self, cand: Candidate, classes: tuple[str, ...], idx: npt.NDArray[np.int64],
                     y: npt.NDArray[np.int64]) -> FeatureSet:
         cols = feature_columns(self.dims, ALL_STAGES, cand.stages, have_pooling="mean_gem",
-                               want_pooling=cand.pooling or ClassifierConfig().pooling)
+                               want_pooling=cand.pooling)
         x = self.x[idx][:, cols]
         if cand.copies:
             x_aug = self.cp[idx][:, : cand.copies][:, :, cols].reshape(-1, len(cols))
@@ -192,8 +199,15 @@ def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str,
             "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(fs_test.classes)}}
 
 
+def _candidates() -> list[Candidate]:
+    """The per-line candidates of a line with ``lineguard train``'s default classifier and profile."""
+    cfg = ClassifierConfig()
+    return line_candidates(cfg.stages, COPIES, cfg.pooling)
+
+
 def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
-            candidates: Sequence[Candidate] = CANDIDATES) -> dict[str, Any]:
+            candidates: Sequence[Candidate] | None = None) -> dict[str, Any]:
+    candidates = list(candidates) if candidates is not None else _candidates()
     images, y, classes, paths = load_set(name)
     cache = Cache(name, images, cache_dir)
     plans = [splits(name, y, paths, s, max(sizes)) for s in seeds]
@@ -340,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         if (DATASETS / name).is_dir():
             res = run_set(name, args.seeds, args.sizes, args.out,
-                          [c for c in CANDIDATES if c.name in args.candidates])
+                          [c for c in _candidates() if c.name in args.candidates])
             (args.out / f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     if "e2e" not in args.skip:
         (args.out / "e2e_mvtec_bottle.json").write_text(json.dumps(end_to_end_bottle(args.seeds), indent=1))

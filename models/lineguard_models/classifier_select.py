@@ -53,10 +53,11 @@ class Candidate:
     name: str
     stages: tuple[str, ...]
     copies: int  # photometric copies per image (0 = none; the default profile makes 2)
-    pooling: str = ""  # "" = the configured pooling (ClassifierConfig.pooling); else "mean" or "mean_gem"
+    # "mean" or "mean_gem"; "" in CANDIDATES = the line's configured pooling, filled in by line_candidates
+    pooling: str = ""
 
 
-# three, not every combination: each costs len(l2_grid) x folds + 1 head fits (minutes on a loaded
+# four, not every combination: each costs len(l2_grid) x folds + 1 head fits (minutes on a loaded
 # 2-core box at 40 images per class with copies)
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("default", ("stage5", "stage6"), 2),
@@ -112,8 +113,8 @@ def evaluate(
     """Cross-validate every candidate on ``feature_set(candidate)`` (a ``classifier_features.FeatureSet``).
 
     ``config`` is the ``ClassifierConfig`` whose CV settings (folds, L2 grid, quantile) apply; its
-    ``stages`` are replaced by each candidate's. The default (first) candidate always runs; a later
-    one is skipped once ``time_budget_s`` is spent.
+    ``stages`` and ``pooling`` are replaced by each candidate's (candidates from :func:`line_candidates`).
+    The default (first) candidate always runs; a later one is skipped once ``time_budget_s`` is spent.
     """
     out: list[Evaluated] = []
     t_start = time.perf_counter()
@@ -125,7 +126,7 @@ def evaluate(
             continue
         t0 = time.perf_counter()
         fs = feature_set(cand)
-        cfg = config.model_copy(update={"stages": cand.stages, "pooling": cand.pooling or config.pooling})
+        cfg = config.model_copy(update={"stages": cand.stages, "pooling": cand.pooling})
         head, thr, report = fit_from_features(fs, config=cfg, seed=seed)
         out.append(Evaluated(cand, float(report["accuracy"]), float(report["cv_log_loss"][str(report["l2"])]),
                              time.perf_counter() - t0, n_images=len(fs.y), head=head, thresholds=thr,

@@ -77,10 +77,11 @@ def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> 
         return FeatureSet(classes=("a", "b", "c"), x=x, y=y, x_aug=np.zeros((0, 6), np.float32),
                           aug_source=np.zeros(0, np.int64))
 
-    done = evaluate(fs, CANDIDATES[:3], config=ClassifierConfig(), seed=0)
-    assert [e.candidate for e in done] == list(CANDIDATES[:3]) and all(not e.skipped for e in done)
+    cands = line_candidates(("stage5", "stage6"), 2)[:3]
+    done = evaluate(fs, cands, config=ClassifierConfig(), seed=0)
+    assert [e.candidate for e in done] == cands and all(not e.skipped for e in done)
     assert all(e.cv_accuracy > 0.9 and e.n_images == 24 and e.head is not None for e in done)
-    late = evaluate(fs, CANDIDATES[:3], config=ClassifierConfig(), seed=0, time_budget_s=0.0)
+    late = evaluate(fs, cands, config=ClassifierConfig(), seed=0, time_budget_s=0.0)
     assert not late[0].skipped and all("time budget" in e.skipped for e in late[1:])  # the default always runs
 
 
