@@ -166,6 +166,7 @@ def rethreshold(name: str, seed: int, **policy_updates: Any) -> dict[str, Any]:
     from lineguard.engines.runner import BundleRunner
     from lineguard_models.bundle_files import read_scores
     from lineguard_models.calibration import CalibrationPolicy, calibrate
+    from lineguard_models.ortscore import file_sha256
 
     src = json.loads(_result_path("auto", "auto", name, seed).read_text())
     bundle = load_bundle(BASE / "bundles" / "auto" / f"{name}_s{seed}")
@@ -181,15 +182,16 @@ def rethreshold(name: str, seed: int, **policy_updates: Any) -> dict[str, Any]:
     sp = q.make_split(DATASETS, name, seed)
     mono = bool(m.provenance["dataset"]["mono_from_rgb"])
     cache = BASE / "testscores" / f"{name}_s{seed}.json"  # the bundle's test scores: a rule change re-runs fast
-    if cache.exists() and json.loads(cache.read_text()).get("bundle_sha256") == _manifest_sha(bundle.root):
-        s = np.array([x for _, x in json.loads(cache.read_text())["test"]])
+    sha = file_sha256(bundle.root / "manifest.json")
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("bundle_sha256") == sha:
+        s = np.array([x for _, x in cached["test"]])
     else:
         ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=THREADS)
         with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
             s = np.array([runner.infer(_load(sp, it, mono)).anomaly_score for it in sp.test])
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"set": name, "seed": seed, "bundle_sha256": _manifest_sha(bundle.root),
-                                     "calib": [[r.label, r.score] for r in rows],
+        cache.write_text(json.dumps({"set": name, "seed": seed, "bundle_sha256": sha,
                                      "test": [[it.label, float(x)] for it, x in zip(sp.test, s, strict=True)]}))
     y = np.array([it.label != "good" for it in sp.test])
     cls = np.array([it.label for it in sp.test])
@@ -203,12 +205,6 @@ def rethreshold(name: str, seed: int, **policy_updates: Any) -> dict[str, Any]:
             "predicted": {"false_reject_upper": res.good.false_reject_upper,
                           "escape_upper": {c.name: c.escape_upper for c in res.classes},
                           "supported": res.good.supported and all(c.supported for c in res.classes)}}
-
-
-def _manifest_sha(bundle_dir: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()
 
 
 def score_bundle(sp: q.Split, out: Path, *, train_s: float) -> dict[str, Any]:
