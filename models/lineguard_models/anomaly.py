@@ -46,7 +46,7 @@ class AnomalyModelConfig(BaseModel):
     input_width_px: int = Field(224, ge=32, le=2048, description="engine input width (per tile), px")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="feature backbone")
     neighbourhood_cells: int = Field(
-        3, ge=1, le=7, description="odd side of the local averaging window on each stage's feature grid"
+        1, ge=1, le=7, description="odd side of the local averaging window on each stage's feature grid (1 = none)"
     )
     projection_dim: int | None = Field(
         None, ge=8, le=1024, description="fixed random projection of patch features (None = keep all dims)"

@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     product: str = Field("product", min_length=1, max_length=64, description="product name in the bundle")
     recipe: int = Field(0, ge=0, le=65535, description="PLC recipe number this bundle serves")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random choice")
-    input_size_px: int = Field(224, ge=32, le=2048, description="engine input size of the side named by "
+    input_size_px: int = Field(288, ge=32, le=2048, description="engine input size of the side named by "
                                "input_side (per tile, aspect ratio kept), px")
     input_side: InputSide = Field(
         "short", description="which tile side gets input_size_px: short (long frames keep their detail, the long "
@@ -80,8 +80,12 @@ class TrainConfig(BaseModel):
         0.1, gt=0.0, le=1.0, description="anomaly bank = this share of every training patch (greedy coreset), at "
         "most bank_size rows; 1.0 = every patch; None = bank_size rows (docs/anomaly-model.md)")
     backbone: AnomalyBackbone = Field("efficientnet_lite0", description="anomaly feature backbone (ImageNet weights)")
-    stages: tuple[str, ...] = Field(("stage3", "stage5"), min_length=1, max_length=4,
+    stages: tuple[str, ...] = Field(("stage3", "stage4"), min_length=1, max_length=4,
                                     description="backbone stages of the anomaly patch features")
+    neighbourhood_cells: int = Field(
+        1, ge=1, le=7, description="odd side of the window each stage's features are averaged over before the "
+        "bank (1 = each feature cell alone: small local defects keep their contrast; 3 = PatchCore's local "
+        "averaging; docs/benchmarks/quality.md)")
     image_score: ImageScore = Field(
         "topk_mean", description="anomaly image score: topk_mean (mean of the score_top_k largest patch distances), "
         "patch_max or map_max (docs/benchmarks/quality.md)")
@@ -125,6 +129,13 @@ class TrainConfig(BaseModel):
         if folds == 1:
             raise ValueError("calibration_folds must be 0 (held-out calibration) or at least 2")
         return folds
+
+    @field_validator("neighbourhood_cells")
+    @classmethod
+    def _odd_window(cls, cells: int) -> int:
+        if cells % 2 == 0:
+            raise ValueError("neighbourhood_cells must be odd (1, 3, 5 or 7) so the window is centred on its cell")
+        return cells
 
 
 def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
@@ -246,6 +257,7 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
                               bank_size=cfg.bank_size, bank_fraction=fraction,
                               buffer_rows=max(cfg.bank_size, AnomalyModelConfig().buffer_rows),
                               image_score=cfg.image_score, score_top_k=cfg.score_top_k, bank_turns=turns,
+                              neighbourhood_cells=cfg.neighbourhood_cells,
                               seed=cfg.seed, batch_size=cfg.batch_size)
 
 

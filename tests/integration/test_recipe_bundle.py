@@ -40,7 +40,8 @@ def test_defaults_keep_the_aspect_and_size_the_bank_by_the_patches(trained: tupl
     m = trained[0].manifest
     assert (m.input.input_width, m.input.input_height) == (192, 64)  # long frame, short side 64: not squashed
     spec = m.provenance["anomaly_model"]
-    assert tuple(spec["stages"]) == ("stage3", "stage5") and spec["image_score"] == "topk_mean"
+    assert tuple(spec["stages"]) == ("stage3", "stage4") and spec["image_score"] == "topk_mean"
+    assert spec["neighbourhood_cells"] == 1
     assert spec["score_top_k"] == 10
     patches = m.provenance["train_images"] * (64 // 8) * (192 // 8)
     assert m.provenance["bank_rows"] == math.ceil(0.1 * patches)

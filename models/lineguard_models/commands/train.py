@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, coreset and sampling")
     p.add_argument("--input-size", type=int, default=None,
                    help="engine input size per tile, px, of the side --input-side names (aspect kept, multiples "
-                        "of 32; default 224 on the short side); a recipe option: given, it turns automatic "
+                        "of 32; default 288 on the short side); a recipe option: given, it turns automatic "
                         "configuration off (as do --input-side, --tiles, --bank-size, --bank-fraction, --backbone, "
                         "--stages, --image-score, --bank-turns)")
     add_recipe_arguments(p)
@@ -106,9 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # options that set the recipe by hand: any of them given means no automatic configuration
 RECIPE_OPTIONS = ("input_size", "tiles", "bank_size", "input_side", "bank_fraction", "backbone", "stages",
-                  "image_score", "bank_turns")
+                  "neighbourhood", "image_score", "bank_turns")
 _RECIPE_FIELDS = {"input_side": "input_side", "bank_fraction": "bank_fraction", "backbone": "backbone",
-                  "stages": "stages", "image_score": "image_score", "bank_turns": "bank_turns"}
+                  "stages": "stages", "neighbourhood": "neighbourhood_cells", "image_score": "image_score",
+                  "bank_turns": "bank_turns"}
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,9 +121,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
                    default=None, help="feature backbone (default efficientnet_lite0)")
     p.add_argument("--stages", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
-                   help="backbone stages feeding the patch features, comma-separated (default stage3,stage5)")
+                   help="backbone stages feeding the patch features, comma-separated (default stage3,stage4)")
+    p.add_argument("--neighbourhood", type=int, choices=[1, 3, 5, 7], default=None,
+                   help="odd side of the window each stage's features are averaged over (default 1: every feature "
+                        "cell alone; 3: PatchCore's local averaging)")
     p.add_argument("--image-score", choices=["patch_max", "map_max", "topk_mean"], default=None,
-                   help="how patch distances become the image score (default patch_max)")
+                   help="how patch distances become the image score (default topk_mean)")
     p.add_argument("--bank-turns", type=int, choices=[1, 2, 4], default=None,
                    help="copies of each training image in the bank: 1, 2 (+180 deg) or 4 (90 deg turns); default: "
                         "4 when the camera profile says parts lie in any orientation, else 1")
