@@ -146,3 +146,33 @@ def test_lite1_lite2_load_strictly(kind: str, channels: tuple[int, int]) -> None
     assert tuple(out["stage3"].shape) == (1, channels[0], 8, 12)
     assert tuple(out["stage5"].shape) == (1, channels[1], 4, 6)
     assert len(bb._blocks) == 21  # type: ignore[attr-defined]
+
+
+def test_train_config_neighbourhood_reaches_the_model_and_must_be_odd() -> None:
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+    assert anomaly_model_config(TrainConfig(), spec).neighbourhood_cells == 1  # the default: no averaging
+    assert anomaly_model_config(TrainConfig(neighbourhood_cells=3), spec).neighbourhood_cells == 3
+    with pytest.raises(ValueError, match="odd"):
+        TrainConfig(neighbourhood_cells=2)
+
+
+def test_unaveraged_features_keep_a_small_defect_s_contrast(lite0: EfficientNetLite0) -> None:
+    """A 3x3 px flaw covers part of one stage3 cell: 3x3 averaging dilutes it among its neighbours, so the
+    flaw's distance over the good test image's shrinks (why the default is 1 cell, quality suite: deeppcb)."""
+    rng = np.random.default_rng(3)
+
+    def image() -> np.ndarray:
+        return (128 + rng.normal(0, 6, (1, 1, 64, 64))).clip(0, 255).astype(np.float32)
+
+    goods = [np.concatenate([image() for _ in range(4)]) for _ in range(3)]
+    good_test, flawed = image(), image()
+    flawed[0, 0, 30:33, 30:33] = 255.0
+    contrast = {}
+    for cells in (1, 3):
+        cfg = AnomalyModelConfig(input_height_px=64, input_width_px=64, backbone=BackboneConfig(stages=("stage3",)),
+                                 bank_fraction=1.0, neighbourhood_cells=cells, image_score="patch_max")
+        scorer = fit_anomaly_model(goods, config=cfg, channels=1, max_value=255.0, backbone=lite0).eval()
+        with torch.inference_mode():
+            s_good, s_flaw = (scorer(torch.from_numpy(x))[0].item() for x in (good_test, flawed))
+        contrast[cells] = s_flaw / s_good
+    assert contrast[1] > 1.5 and contrast[1] > 1.3 * contrast[3], contrast
