@@ -77,7 +77,7 @@ def test_rate_is_kept() -> None:
         frames = list(src.frames())
         elapsed = time.monotonic() - t0
     assert len(frames) == 11
-    assert 0.18 < elapsed < 0.4  # 10 periods of 20 ms
+    assert 0.18 < elapsed < 1.0  # 10 periods of 20 ms (the upper bound leaves room for a loaded machine)
     gaps = np.diff([f.t_capture_ns for f in frames]) / 1e6
     assert gaps.min() > 15.0
 
