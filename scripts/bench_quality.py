@@ -44,6 +44,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "stop8": STOP8,
     "avg3": {"neighbourhood_cells": 3},
     "s224": {"input_size_px": 224},
+    "l0_288": {"backbone": "efficientnet_lite0"},
     "stage3_320": {"stages": ("stage3",), "input_size_px": 320},
     "previous": {**STOP8, "input_side": "long", "bank_size": 1000, "bank_fraction": None,
                  "stages": ("stage3", "stage4"), "image_score": "map_max"},

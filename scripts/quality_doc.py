@@ -150,13 +150,15 @@ def _inside(r: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
-def auto_table(results: Path, folder: str = "auto", title: str = "", candidates: bool = True) -> list[str]:
-    """The auto arm (issue 23) beside the fixed default on the same seeds."""
+def auto_table(results: Path, folder: str = "auto", title: str = "", candidates: bool = True,
+               fixed_config: str = "stop8") -> list[str]:
+    """The auto arm (issue 23) beside the fixed default of the same code (``fixed_config``) on the same seeds."""
     auto = _by_set(_load(results / folder))
-    fixed = {(r["set"], r["seed"]): r for r in _load(results / "product_default")}
+    fixed = {(r["set"], r["seed"]): r for r in _load(results / f"product_{fixed_config}")}
     if not auto:
         return []
-    lines = [f"### Auto arm{title}: `lineguard train` in its automatic mode against the fixed default (same seeds)",
+    lines = [f"### Auto arm{title}: `lineguard train` in its automatic mode against the fixed default "
+             f"(`{fixed_config}`, same seeds)",
              "",
              "| set | seeds | auto chose | image AUROC auto | fixed default | auto - fixed | automated % | escape % | "
              "false reject % | recheck % | predicted upper bounds: false reject / worst class escape % | observed "
@@ -206,7 +208,7 @@ def auto_table(results: Path, folder: str = "auto", title: str = "", candidates:
 def goods_only_table(results: Path) -> list[str]:
     """Would auto without defect images (synthetic defects on the goods) pick what the real defects pick?
     Among the candidates tried within the latency budget (40 ms), on the same folds of the same run."""
-    rows = [r for r in _load(results / "auto") if any("synthetic_share" in c for c in r.get("candidates", []))]
+    rows = [r for r in _load(results / "auto_stop8") if any("synthetic_share" in c for c in r.get("candidates", []))]
     if not rows:
         return []
     lines = ["### Goods-only criterion against the real defects (auto arm, same folds)", "",
@@ -231,7 +233,9 @@ def goods_only_table(results: Path) -> list[str]:
 
 
 def write_doc(results: Path, doc: Path) -> None:
-    body = [*main_table(results, "default"), "", *auto_table(results), "",
+    body = [*main_table(results, "default"), "", *main_table(results, "stop8"), "",
+            *auto_table(results, "auto", " (today's recipe and candidates)", fixed_config="default"), "",
+            *auto_table(results, "auto_stop8", " (stop 8: its recipe and candidates)"), "",
             *auto_table(results, "auto_rethresholded", ", re-thresholded by the current calibration (gap rule and "
                         "modelled escape tail) from the same bundles' stored calibration scores", candidates=False), "",
             *auto_table(results, "auto_rethresholded_observed", ", re-thresholded with the gap rule alone (before the "

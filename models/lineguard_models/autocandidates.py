@@ -44,6 +44,11 @@ def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[C
     else:
         out.append(Candidate(name=f"{size + 96}px", updates={"input_size_px": size + 96},
                              why="small defects: more pixels per defect"))
+    if "backbone" in fields and base.backbone == "efficientnet_lite2":
+        # quality suite, seed 0, 288 px stage3+4: Lite0 casting 0.999 vs 0.997, bsdata 0.895 vs 0.888, and a
+        # cheaper engine; Lite2 deeppcb 0.861 vs 0.799, elpv_poly 0.861 vs 0.828 (docs/benchmarks/quality.md)
+        out.append(Candidate(name="lite0", updates={"backbone": "efficientnet_lite0"},
+                             why="the smaller backbone (EfficientNet-Lite0): a cheaper engine, smooth castings"))
     if "backbone" in fields and base.backbone == "efficientnet_lite0":
         # quality suite, seed 0 (docs/benchmarks/quality.md): elpv_poly 0.820 -> 0.867, casting 0.959 -> 0.913,
         # the rest within 0.008: worse on the mean, so a per-line choice and not the default

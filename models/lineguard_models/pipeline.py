@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     bank_fraction: float | None = Field(
         0.1, gt=0.0, le=1.0, description="anomaly bank = this share of every training patch (greedy coreset), at "
         "most bank_size rows; 1.0 = every patch; None = bank_size rows (docs/anomaly-model.md)")
-    backbone: AnomalyBackbone = Field("efficientnet_lite0", description="anomaly feature backbone (ImageNet weights)")
+    backbone: AnomalyBackbone = Field("efficientnet_lite2", description="anomaly feature backbone (ImageNet weights)")
     stages: tuple[str, ...] = Field(("stage3", "stage4"), min_length=1, max_length=4,
                                     description="backbone stages of the anomaly patch features")
     neighbourhood_cells: int = Field(

@@ -12,7 +12,7 @@ def test_default_candidates_are_valid_single_changes_of_the_default() -> None:
     names = [c.name for c in cands]
     assert names[0] == "default" and cands[0].updates == {}
     assert len(set(names)) == len(names)
-    assert "avg3" in names and "stage3_384px" in names and "tiles2x2" not in names
+    assert "avg3" in names and "stage3_384px" in names and "lite0" in names and "tiles2x2" not in names
     for c in cands[1:]:
         cfg = TrainConfig.model_validate({**base.model_dump(), **c.updates})
         assert cfg != base, c.name  # every candidate changes the recipe
@@ -22,9 +22,10 @@ def test_default_candidates_are_valid_single_changes_of_the_default() -> None:
 
 def test_candidates_follow_the_base_recipe() -> None:
     # a base that already averages and has one stage gets neither of those candidates again
-    base = TrainConfig(neighbourhood_cells=3, stages=("stage3",), input_size_px=224)
+    base = TrainConfig(neighbourhood_cells=3, stages=("stage3",), input_size_px=224, backbone="efficientnet_lite0")
     names = [c.name for c in default_candidates(base, (2000, 700))]
-    assert "avg3" not in names and "320px" in names and "tiles2x2" in names
+    assert "avg3" not in names and "lite0" not in names and "lite2" in names
+    assert "320px" in names and "tiles2x2" in names
 
 
 def test_lean_candidate_scales_the_side_by_the_square_root_of_the_overrun() -> None:

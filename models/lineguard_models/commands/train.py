@@ -119,7 +119,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank-fraction", type=float, default=None,
                    help="memory bank = this share of every training patch by greedy coreset (default 0.1; 1 = all)")
     p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
-                   default=None, help="feature backbone (default efficientnet_lite0)")
+                   default=None, help="feature backbone (default efficientnet_lite2)")
     p.add_argument("--stages", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
                    help="backbone stages feeding the patch features, comma-separated (default stage3,stage4)")
     p.add_argument("--neighbourhood", type=int, choices=[1, 3, 5, 7], default=None,
