@@ -32,7 +32,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     profile = base / "camera.yaml"  # this line's defects have no orientation: flips are physical
     profile.write_text("sensor: mono\nbit_depth: 8\norientation_specific: false\nflips: [horizontal, vertical]\n")
     rc = main(["train", "--data", str(base / "data"), "--out", str(out), "--input-size", "64",
-               "--bank-size", "32", "--seed", "2", "--camera-profile", str(profile)])
+               "--bank-size", "32", "--seed", "2", "--camera-profile", str(profile),
+               "--backbone", "efficientnet_lite0"])  # the classifier's backbone: its pass can be shared
     assert rc == 0
     return out
 

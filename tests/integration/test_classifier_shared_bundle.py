@@ -40,7 +40,8 @@ SYNTH = SynthConfig(width_px=64, height_px=48, n_good=10, n_defect_per_class=5, 
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path]:
     root = tmp_path_factory.mktemp("shared")
     write_dataset(root / "data", SYNTH)
-    cfg = TrainConfig(input_size_px=64, bank_size=32, min_holdout=5, seed=1)
+    # the anomaly engine on the classifier's backbone (Lite0): only then can the classifier continue its pass
+    cfg = TrainConfig(input_size_px=64, bank_size=32, min_holdout=5, seed=1, backbone="efficientnet_lite0")
     return train(root / "data", root / "bundle", cfg, progress=lambda _m: None), root / "data"
 
 
