@@ -75,10 +75,10 @@ def test_manifest_and_golden_self_test_of_a_shared_bundle(trained: tuple[Bundle,
     m = bundle.manifest
     clf = m.engines["classifier"]
     assert clf.input_source == "anomaly:shared_features" and clf.input_name == "shared_features"
-    assert clf.input_chw == (112, 4, 6)  # stage5 (stride 16), the anomaly's deepest stage, of the 96x64 input
+    assert clf.input_chw == (80, 4, 6)  # stage4 (stride 16), the anomaly's deepest stage, of the 96x64 input
     assert m.engines["anomaly"].outputs["features"] == "shared_features"
     report = m.calibration["classifier"]["shared_backbone"]
-    assert report["shared"] and report["stage"] == "stage5" and report["max_probs_abs_diff"] < 1e-4
+    assert report["shared"] and report["stage"] == "stage4" and report["max_probs_abs_diff"] < 1e-4
     with BundleRunner.from_bundle(bundle, CPU) as runner:
         runner.warmup()
         assert run_golden(runner, bundle) == []
@@ -97,7 +97,7 @@ def test_runner_feeds_the_top_tiles_anomaly_map_to_the_classifier(trained: tuple
             batch, _ = prepare(image, bundle.manifest.input)
             expected = anomaly.run(batch)["features"]
             np.testing.assert_array_equal(recorder.batches[-1], expected)
-            assert recorder.batches[-1].shape == (1, 112, 4, 6)
+            assert recorder.batches[-1].shape == (1, 80, 4, 6)
             probed += 1
     assert probed == len(recorder.batches) >= 4
 
@@ -169,7 +169,7 @@ def test_int8_calibration_data_of_a_shared_classifier_are_the_anomaly_maps(train
 
     bundle = trained[0]
     batches = calibration_batches(bundle, 1, 1, bundle.manifest.engines["classifier"])
-    assert len(batches) == len(bundle.manifest.golden) and batches[0].shape == (1, 112, 4, 6)
+    assert len(batches) == len(bundle.manifest.golden) and batches[0].shape == (1, 80, 4, 6)
     anomaly = build_engine(bundle, "anomaly", CPU, batch=1)
     tile, _ = prepare(read_image(bundle.path(bundle.manifest.golden[0].file)), bundle.manifest.input)
     np.testing.assert_allclose(batches[0], anomaly.run(tile)["features"], rtol=1e-5, atol=1e-6)

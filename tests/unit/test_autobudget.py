@@ -66,7 +66,7 @@ def test_a_larger_backbone_counts_as_more_patches_but_not_more_classifier_pixels
     from lineguard_models.pipeline import TrainConfig
 
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=224, input_height=224)
-    lite0 = work_of(TrainConfig(), spec)
+    lite0 = work_of(TrainConfig(backbone="efficientnet_lite0"), spec)
     lite2 = work_of(TrainConfig(backbone="efficientnet_lite2"), spec)
     cost = BACKBONE_COST["efficientnet_lite2"]
     assert lite2.linear(lite0) == pytest.approx(cost) and cost > 1.3
