@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_sets as q
+from bench_quality_explore import nn_dist
 
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
@@ -71,12 +72,7 @@ def main() -> None:
     rows = fit.reshape(-1, dim)
     bank = rows if a.fraction >= 1 else rows[greedy_kcenter(
         rows, math.ceil(a.fraction * rows.shape[0]), generator=torch.Generator().manual_seed(0))]
-    centre = bank.mean(0)
-    b = bank - centre
-    bt, bsq = (-2 * b.t()).contiguous(), b.pow(2).sum(1)
-    flat = test.reshape(-1, dim) - centre
-    dist = torch.cat([((c @ bt + bsq).amin(1) + c.pow(2).sum(1)).clamp_min(0).sqrt() for c in flat.split(4096)])
-    dist = dist.reshape(test.shape[0], -1)
+    dist = nn_dist(test, bank)
     res: dict[str, object] = {"set": a.set, "seed": a.seed, "px": a.px, "stages": a.stages, "cells": a.cells,
                               "fraction": a.fraction, "backbone": a.backbone, "rows": int(bank.shape[0]),
                               "seconds": round(time.monotonic() - t0)}

@@ -150,8 +150,7 @@ def _inside(r: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
-def auto_table(results: Path, folder: str = "auto", title: str = "", candidates: bool = True,
-               fixed_config: str = "stop8") -> list[str]:
+def auto_table(results: Path, folder: str, fixed_config: str, title: str = "", candidates: bool = True) -> list[str]:
     """The auto arm (issue 23) beside the fixed default of the same code (``fixed_config``) on the same seeds."""
     auto = _by_set(_load(results / folder))
     fixed = {(r["set"], r["seed"]): r for r in _load(results / f"product_{fixed_config}")}
@@ -234,15 +233,16 @@ def goods_only_table(results: Path) -> list[str]:
 
 def write_doc(results: Path, doc: Path) -> None:
     body = [*main_table(results, "default"), "", *main_table(results, "stop8"), "",
-            *auto_table(results, "auto", " (today's recipe and candidates)", fixed_config="default"), "",
-            *auto_table(results, "auto_stop8", " (stop 8: its recipe and candidates)"), "",
-            *auto_table(results, "auto_rethresholded", ", re-thresholded by the current calibration (gap rule and "
-                        "modelled escape tail) from the same bundles' stored calibration scores", candidates=False), "",
-            *auto_table(results, "auto_rethresholded_observed", ", re-thresholded with the gap rule alone (before the "
-                        "modelled escape tail, `escape_tail: observed`)", candidates=False), "",
+            *auto_table(results, "auto", "default", " (today's recipe and candidates)"), "",
+            *auto_table(results, "auto_stop8", "stop8", " (stop 8: its recipe and candidates)"), "",
+            *auto_table(results, "auto_rethresholded", "stop8", ", re-thresholded by the current calibration "
+                        "(gap rule and modelled escape tail) from the same bundles' stored calibration scores",
+                        candidates=False), "",
+            *auto_table(results, "auto_rethresholded_observed", "stop8", ", re-thresholded with the gap rule "
+                        "alone (before the modelled escape tail, `escape_tail: observed`)", candidates=False), "",
             *goods_only_table(results), "",
-            *auto_table(results, "auto_prev", " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)",
-                        candidates=False),
+            *auto_table(results, "auto_prev", "stop8",
+                        " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)", candidates=False),
             "", *settings_table(results), "", *seed0_table(results), "", *latency_table(results)]
     text = doc.read_text() if doc.exists() else f"# Quality suite\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)

@@ -23,16 +23,22 @@ class Candidate:
     why: str = ""
 
 
+_OTHER_BACKBONE: dict[str, tuple[str, str, str]] = {  # base backbone -> (name, backbone, why)
+    "efficientnet_lite2": ("lite0", "efficientnet_lite0",
+                           "the smaller backbone (EfficientNet-Lite0): a cheaper engine, smooth castings"),
+    "efficientnet_lite0": ("lite2", "efficientnet_lite2", "a larger backbone (EfficientNet-Lite2): finer textures"),
+}
+
+
 def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:
     """The recipes tried on a line, the product default first, then single changes of the suite's
-    recipe (issue 22) in rising cost. Only knobs :class:`TrainConfig` has are used."""
-    fields = TrainConfig.model_fields
+    recipe (issue 22) in rising cost."""
     out = [Candidate(name="default", updates={}, why="the product default")]
-    if "image_score" in fields and base.image_score != "topk_mean":
+    if base.image_score != "topk_mean":
         out.append(Candidate(name="topk", updates={"image_score": "topk_mean"},
                              why="image score from the few worst patches: one noisy patch alone does not decide"))
     size = base.input_size_px
-    if "neighbourhood_cells" in fields and base.neighbourhood_cells == 1:
+    if base.neighbourhood_cells == 1:
         # quality suite, seed 0: averaging lost 0.03 on casting and 0.24 on deeppcb, level on the textures
         out.append(Candidate(name="avg3", updates={"neighbourhood_cells": 3},
                              why="features averaged over 3x3 cells (PatchCore's local averaging): noisy textures"))
@@ -44,24 +50,16 @@ def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[C
     else:
         out.append(Candidate(name=f"{size + 96}px", updates={"input_size_px": size + 96},
                              why="small defects: more pixels per defect"))
-    if "backbone" in fields and base.backbone == "efficientnet_lite2":
-        # quality suite, seed 0, 288 px stage3+4: Lite0 casting 0.999 vs 0.997, bsdata 0.895 vs 0.888, and a
-        # cheaper engine; Lite2 deeppcb 0.861 vs 0.799, elpv_poly 0.861 vs 0.828 (docs/benchmarks/quality.md)
-        out.append(Candidate(name="lite0", updates={"backbone": "efficientnet_lite0"},
-                             why="the smaller backbone (EfficientNet-Lite0): a cheaper engine, smooth castings"))
-    if "backbone" in fields and base.backbone == "efficientnet_lite0":
-        # quality suite, seed 0 (docs/benchmarks/quality.md): elpv_poly 0.820 -> 0.867, casting 0.959 -> 0.913,
-        # the rest within 0.008: worse on the mean, so a per-line choice and not the default
-        out.append(Candidate(name="lite2", updates={"backbone": "efficientnet_lite2"},
-                             why="a larger backbone (EfficientNet-Lite2): finer textures"))
-    if "bank_turns" in fields and base.bank_turns in ("auto", 1):
+    # the other of Lite0 / Lite2. Quality suite, seed 0, 288 px stage3+4: Lite2 deeppcb 0.861 vs 0.799,
+    # elpv_poly 0.861 vs 0.828; Lite0 casting 0.999 vs 0.997, bsdata 0.895 vs 0.888 and a cheaper engine
+    other = _OTHER_BACKBONE.get(base.backbone)
+    if other is not None:
+        out.append(Candidate(name=other[0], updates={"backbone": other[1]}, why=other[2]))
+    if base.bank_turns in ("auto", 1):
         out.append(Candidate(name="turns4", updates={"bank_turns": 4}, why="parts lying in any orientation"))
-    if "bank_fraction" in fields and base.bank_fraction is not None and base.bank_fraction < 0.3:
+    if base.bank_fraction is not None and base.bank_fraction < 0.3:
         out.append(Candidate(name="bank30", updates={"bank_fraction": 0.3, "bank_size": max(base.bank_size, 65536)},
                              why="a larger share of the training patches in the bank"))
-    elif "bank_fraction" not in fields:
-        out.append(Candidate(name="bank4x", updates={"bank_size": min(4 * base.bank_size, 65536)},
-                             why="a larger memory bank"))
     if max(image_size) >= 3 * size:
         out.append(Candidate(name="tiles2x2", updates={"tile_rows": 2, "tile_cols": 2},
                              why="large frames: four tiles keep small defects visible"))

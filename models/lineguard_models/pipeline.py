@@ -82,10 +82,10 @@ class TrainConfig(BaseModel):
     backbone: AnomalyBackbone = Field("efficientnet_lite2", description="anomaly feature backbone (ImageNet weights)")
     stages: tuple[str, ...] = Field(("stage3", "stage4"), min_length=1, max_length=4,
                                     description="backbone stages of the anomaly patch features")
-    neighbourhood_cells: int = Field(
-        1, ge=1, le=7, description="odd side of the window each stage's features are averaged over before the "
-        "bank (1 = each feature cell alone: small local defects keep their contrast; 3 = PatchCore's local "
-        "averaging; docs/benchmarks/quality.md)")
+    neighbourhood_cells: Literal[1, 3, 5, 7] = Field(
+        1, description="odd side of the window each stage's features are averaged over before the bank (1 = each "
+        "feature cell alone: small local defects keep their contrast; 3 = PatchCore's local averaging; "
+        "docs/benchmarks/quality.md)")
     image_score: ImageScore = Field(
         "topk_mean", description="anomaly image score: topk_mean (mean of the score_top_k largest patch distances), "
         "patch_max or map_max (docs/benchmarks/quality.md)")
@@ -129,13 +129,6 @@ class TrainConfig(BaseModel):
         if folds == 1:
             raise ValueError("calibration_folds must be 0 (held-out calibration) or at least 2")
         return folds
-
-    @field_validator("neighbourhood_cells")
-    @classmethod
-    def _odd_window(cls, cells: int) -> int:
-        if cells % 2 == 0:
-            raise ValueError("neighbourhood_cells must be odd (1, 3, 5 or 7) so the window is centred on its cell")
-        return cells
 
 
 def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:

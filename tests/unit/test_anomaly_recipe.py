@@ -152,7 +152,7 @@ def test_train_config_neighbourhood_reaches_the_model_and_must_be_odd() -> None:
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
     assert anomaly_model_config(TrainConfig(), spec).neighbourhood_cells == 1  # the default: no averaging
     assert anomaly_model_config(TrainConfig(neighbourhood_cells=3), spec).neighbourhood_cells == 3
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ValueError, match="1, 3, 5 or 7"):
         TrainConfig(neighbourhood_cells=2)
 
 
