@@ -48,4 +48,13 @@ def test_small_model_separates_broken_bottles_and_exports_faithfully(tmp_path: P
     batch = np.stack(good[:2] + broken[:2])
     got_s, got_m = sess.run(["anomaly_score", "anomaly_map"], {"image": batch})
     np.testing.assert_allclose(got_s, np.concatenate([s_good[:2], s_bad[:2]]), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(got_m, np.concatenate([maps[:2], maps[10:12]]), rtol=5e-4, atol=1e-3)
+    want_m = np.concatenate([maps[:2], maps[10:12]])
+    # The bank search expands ||a - b||^2 = ||a||^2 - 2ab + ||b||^2 in float32. Without neighbourhood
+    # averaging the features' norm is ~90 while a good patch's distance is ~1, so the cancellation
+    # leaves ~4e-3 of float32 noise on the lowest distances, in torch itself as in ONNX Runtime
+    # (both measured against a float64 search). Low map values get that noise as their tolerance;
+    # the values that decide a verdict (upper half of the map) must agree to 5e-4 relative.
+    np.testing.assert_allclose(got_m, want_m, rtol=5e-4, atol=1e-2)
+    high = want_m > 0.5 * want_m.max()
+    assert high.sum() > 100
+    np.testing.assert_allclose(got_m[high], want_m[high], rtol=5e-4, atol=1e-4)
