@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from lineguard.errors import ConfigError
 from lineguard_models.pipeline import TrainConfig
 
 
@@ -28,6 +31,14 @@ _OTHER_BACKBONE: dict[str, tuple[str, str, str]] = {  # base backbone -> (name, 
                            "the smaller backbone (EfficientNet-Lite0): a cheaper engine, smooth castings"),
     "efficientnet_lite0": ("lite2", "efficientnet_lite2", "a larger backbone (EfficientNet-Lite2): finer textures"),
 }
+
+
+def candidate_config(base: TrainConfig, cand: Candidate, folds: int) -> TrainConfig:
+    """``base`` with ``cand``'s changes and ``folds`` calibration folds (a clear error when invalid)."""
+    try:
+        return TrainConfig.model_validate({**base.model_dump(), **cand.updates, "calibration_folds": folds})
+    except ValidationError as exc:
+        raise ConfigError(f"auto candidate {cand.name!r} is not a valid training config: {exc}") from exc
 
 
 def default_candidates(base: TrainConfig, image_size: tuple[int, int]) -> list[Candidate]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.bundle import Bundle
 from lineguard.errors import BundleError, ConfigError
@@ -57,11 +57,12 @@ from lineguard_models.autobudget import (
     overrun_warning,
     work_of,
 )
-from lineguard_models.autocandidates import Candidate, default_candidates, lean_candidate
+from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates
+from lineguard_models.autoprice import engine_p50_ms, price_candidates
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.crossfit import OutOfFold, fold_of
 from lineguard_models.data import Dataset, Sample
-from lineguard_models.ortscore import OrtScorer, Progress, Scored, cpu_session, iter_batches, score_samples
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, iter_batches, score_samples
 from lineguard_models.pipeline import (
     TrainConfig,
     anomaly_model_config,
@@ -99,7 +100,8 @@ class Outcome:
     status: str = "tried"  # tried | skipped: time budget (...) | stopped: time budget after fold k/K (...)
     seconds: float | None = None
     predicted_s: float | None = None  # the time budget's cost model (module autobudget), before it ran
-    engine_p50_ms: float | None = None
+    engine_p50_ms: float | None = None  # the final bank's engine, priced before the folds (module autoprice)
+    bank_rows: int | None = None
     automated_share: float | None = None
     auroc: float | None = None  # worst class (or synthetic defects) against the out-of-fold goods
     separation: float | None = None  # (accept-side defect score - reject-side good score) / good IQR
@@ -115,29 +117,9 @@ class Outcome:
         return {k: v for k, v in asdict(self).items() if k != "oof"}
 
 
-def _config(base: TrainConfig, cand: Candidate, folds: int) -> TrainConfig:
-    try:
-        return TrainConfig.model_validate({**base.model_dump(), **cand.updates, "calibration_folds": folds})
-    except ValidationError as exc:
-        raise ConfigError(f"auto candidate {cand.name!r} is not a valid training config: {exc}") from exc
-
-
 def _settings(cfg: TrainConfig, spec: InputSpec, cand: Candidate) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in cand.updates.items() if k not in ("input_size_px",))
     return f"{spec.input_width}x{spec.input_height} x {spec.tiles.count} tiles" + (f"; {extra}" if extra else "")
-
-
-def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
-    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``ortscore.cpu_session``)."""
-    session = cpu_session(onnx_path)
-    for _ in range(3):
-        session.run(["anomaly_score"], {"image": batch})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(["anomaly_score"], {"image": batch})
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
 
 
 @dataclass(slots=True)
@@ -154,7 +136,7 @@ class _Folds:
 
 def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequence[Sample],
                  others: Sequence[Sample], auto: AutoConfig, scratch: Path, progress: Progress, *,
-                 clock: Clock, guard: FoldGuard | None) -> _Folds:
+                 clock: Clock, guard: FoldGuard | None, priced_ms: float | None) -> _Folds:
     """Out-of-fold good scores of ``train_s``, scores of ``others`` (each by one fold's bank) or of
     synthetic defects when there are none, engine p50 ms of the first fold's graph; ``guard`` (None
     for the first candidate) is asked before each later fold and around the engine timing."""
@@ -164,7 +146,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
     profile = load_camera_profile(cfg.camera_profile, spec)
     backbone = load_backbone(model_cfg.backbone)
     fold = fold_of(train_s, auto.folds, cfg.seed)  # the very folds pipeline.train's calibration uses
-    run = _Folds()
+    run = _Folds(p50=math.nan if priced_ms is None else priced_ms)
     for k in range(auto.folds):
         if guard is not None and k > 0:
             run.stopped = guard.before_fold(k, run.times) or ""
@@ -187,7 +169,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         run.times.score_s.append(clock() - t_fit)
         run.times.fitted.append(len(fit_s))
         run.times.scored.append(len(held) + len(mine))
-        if k == 0:
+        if k == 0 and priced_ms is None:
             run.stopped = _timed_engine(run, onnx_path, prepare(ds.load(held[0]), spec)[0], auto, clock, guard)
         onnx_path.unlink()
         if run.stopped:
@@ -241,17 +223,18 @@ def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.f
 
 def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path,
              progress: Progress, *, clock: Clock = time.monotonic,
-             guard: FoldGuard | None = None) -> tuple[Outcome, FoldTimes]:
+             guard: FoldGuard | None = None, priced_ms: float | None = None) -> tuple[Outcome, FoldTimes]:
     """One candidate's out-of-fold figures on the line's images (see the module docstring) and what
     its folds took; stopped by ``guard`` it keeps the stop as its status and has no figures."""
-    cfg = _config(base, cand, auto.folds)
+    cfg = candidate_config(base, cand, auto.folds)
     train_s, extra_good = split_good(ds, cfg)
     spec = make_input_spec(ds, train_s, cfg)
     outcome = Outcome(name=cand.name, settings=_settings(cfg, spec, cand), why=cand.why)
     t0 = clock()
     scratch.mkdir(parents=True, exist_ok=True)
     others = extra_good + pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
-    run = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress, clock=clock, guard=guard)
+    run = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress, clock=clock, guard=guard,
+                       priced_ms=priced_ms)
     outcome.engine_p50_ms = None if math.isnan(run.p50) else run.p50
     if run.stopped:  # incomplete out-of-fold scores: no figures, never chosen
         outcome.status, outcome.seconds = run.stopped, round(clock() - t0, 1)
@@ -282,7 +265,7 @@ def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, 
 
 
 def _work(ds: Dataset, base: TrainConfig, cand: Candidate, folds: int) -> Work:
-    cfg = _config(base, cand, folds)
+    cfg = candidate_config(base, cand, folds)
     return work_of(cfg, make_input_spec(ds, split_good(ds, cfg)[0], cfg))
 
 
@@ -325,11 +308,13 @@ def _guard(plan: Plan, work: Work, deadline: Deadline, reserve_s: float, auto: A
 
 
 def _run(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path, progress: Progress,
-         deadline: Deadline, guard: FoldGuard | None) -> tuple[Outcome, FoldTimes]:
+         deadline: Deadline, guard: FoldGuard | None, price: tuple[float, int] | None) -> tuple[Outcome, FoldTimes]:
     try:
-        o, times = evaluate(ds, base, cand, auto, scratch / cand.name, progress, clock=deadline.clock, guard=guard)
+        o, times = evaluate(ds, base, cand, auto, scratch / cand.name, progress, clock=deadline.clock, guard=guard,
+                            priced_ms=None if price is None else price[0])
     finally:
         shutil.rmtree(scratch / cand.name, ignore_errors=True)
+    o.bank_rows = None if price is None else price[1]
     if o.status == "tried":
         progress(f"auto: {o.name}: automated share {100 * (o.automated_share or 0):.1f} %, AUROC "
                  f"{o.auroc if o.auroc is not None else float('nan'):.3f}, engine p50 {o.engine_p50_ms:.1f} ms, "
@@ -345,22 +330,32 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     """Try the candidates within the time budget (``deadline``: the whole ``train_auto`` call's, else
     one started now); returns (winner's config, its out-of-fold scores for ``pipeline.train``, the
     record for the report and the manifest). The first candidate always runs; its folds price the final training,
-    whose reserve the later candidates may not touch (module ``autobudget``)."""
+    whose reserve the later candidates may not touch (module ``autobudget``). Every engine is priced
+    first (``autoprice.price_candidates``): one over the latency budget is not run while another is within it."""
     cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
     deadline = deadline or Deadline(auto.time_budget_s)
     works = [_work(ds, base, c, auto.folds) for c in cands]
+    prices = price_candidates(ds, base, cands, works, folds=auto.folds, budget_ms=auto.latency_budget_ms,
+                              runs=auto.latency_runs, progress=progress)
+    any_fast = any(p <= auto.latency_budget_ms for p, _ in prices.values())
     outcomes: list[Outcome] = []
     plan: Plan | None = None
-    i = 0
-    while i < len(cands):  # the list may grow by a lean candidate after the first (see below)
-        cand, work = cands[i], works[i]
-        i += 1
-        guard, need = None, None
+    first: Candidate | None = None
+    for i, (cand, work) in enumerate(zip(cands, works, strict=True), start=1):
+        guard, need, price = None, None, prices.get(cand.name)
+        if price is not None and price[0] > auto.latency_budget_ms and any_fast:
+            cfg = candidate_config(base, cand, auto.folds)
+            status = f"skipped: engine priced at {price[0]:.1f} ms p50, over the {auto.latency_budget_ms:g} ms budget"
+            outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
+                ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=status, engine_p50_ms=price[0],
+                bank_rows=price[1]))
+            progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {status}")
+            continue
         if plan is not None:
             reserve = plan.estimate(work).reserve_s()
             need = plan.predict_s(work, auto.folds)
             if need > deadline.left(reserve):
-                cfg = _config(base, cand, auto.folds)
+                cfg = candidate_config(base, cand, auto.folds)
                 status = (f"skipped: time budget (needs about {need:.0f} s, "
                           f"{max(deadline.left(reserve), 0):.0f} s left)")
                 outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
@@ -370,27 +365,22 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
             guard = _guard(plan, work, deadline, reserve, auto, outcomes)
         progress(f"auto: candidate {i}/{len(cands)} {cand.name} ({cand.why}), {deadline.elapsed():.0f} s "
                  f"of {auto.time_budget_s:.0f} s used" + (f", needs about {need:.0f} s" if need else ""))
-        o, times = _run(ds, base, cand, auto, scratch, progress, deadline, guard)
+        o, times = _run(ds, base, cand, auto, scratch, progress, deadline, guard, price)
         o.predicted_s = None if need is None else round(need, 1)
         outcomes.append(o)
         if plan is None:
-            plan = Plan.measured(ds, _config(base, cand, auto.folds), times, work)
-            if o.status == "tried" and (o.engine_p50_ms or 0.0) > auto.latency_budget_ms:
-                lean = lean_candidate(_config(base, cand, auto.folds), o.engine_p50_ms or 0.0,
-                                      auto.latency_budget_ms)
-                cands.insert(1, Candidate(name=lean.name, updates={**cand.updates, **lean.updates}, why=lean.why))
-                works.insert(1, _work(ds, base, cands[1], auto.folds))
+            plan, first = Plan.measured(ds, candidate_config(base, cand, auto.folds), times, work), cand
         elif guard is not None and times.fit_s:  # later predictions learn from its folds, stopped or not
             done = len(times.fit_s)
             predicted = guard.predicted_fold_s * done + (guard.latency_est_s if times.latency_s else 0.0)
             plan.pairs.append((times.total_s(), predicted / correction(plan.pairs)))
-    assert plan is not None  # the first candidate always runs
+    assert plan is not None  # the first candidate within the latency budget always runs
     best, why = choose(outcomes, auto.latency_budget_ms)
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
-    estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not cands[0])
+    estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not first)
     record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
     progress(f"auto: chose {best.name}: {why}")
-    return _config(base, winner, auto.folds), best.oof, record
+    return candidate_config(base, winner, auto.folds), best.oof, record
 
 
 def _median_size(ds: Dataset) -> tuple[int, int]:
@@ -400,18 +390,21 @@ def _median_size(ds: Dataset) -> tuple[int, int]:
 
 def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candidate, auto: AutoConfig,
             seconds: float, ds: Dataset, estimate: FinalEstimate) -> dict[str, Any]:
-    skipped = [o.name for o in outcomes if o.status.startswith("skipped")]
+    skipped = [o.name for o in outcomes if o.status.startswith("skipped: time")]
+    slow = [o.name for o in outcomes if o.status.startswith("skipped: engine")]
     stopped = [o.name for o in outcomes if o.status.startswith("stopped")]
     with_defects = bool(ds.defect_classes)
     crit = ("automated share at the line's policy on out-of-fold scores of its own good images and a share of "
             "its defect images" if with_defects else
             "no defect images: automated share against synthetic defects drawn on out-of-fold good images (a proxy)")
-    tried = len(outcomes) - len(skipped) - len(stopped)
+    tried = len(outcomes) - len(skipped) - len(stopped) - len(slow)
     note = (f"time budget {auto.time_budget_s:.0f} s for the whole training: {tried} of {len(outcomes)} candidates "
             f"tried in {seconds:.0f} s" + (f"; stopped in flight: {', '.join(stopped)}" if stopped else "")
             + (f"; stopped before {', '.join(skipped)}" if skipped else "")
+            + (f"; engine priced over the latency budget, not run: {', '.join(slow)}" if slow else "")
             + f"; final training estimated {estimate.total_s:.0f} s, {estimate.reserve_s():.0f} s reserved"
-            + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, first fold's bank)")
+            + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, the final bank's rows, "
+            "priced before the folds)")
     return {"chosen": best.name, "reason": why, "criterion": crit + "; ties: worst-class AUROC, separation, speed",
             "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1),
             "budget_s": auto.time_budget_s, "final_estimate": estimate.record(),

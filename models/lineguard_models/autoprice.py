@@ -1,0 +1,119 @@
+"""A candidate's engine priced before its folds run (``autoconfig.select``).
+
+The engine's cost does not depend on what the bank holds, only on its shape: the backbone at the
+input size, then the nearest-neighbour search of every patch against the bank's rows. The rows the
+real bank will have are known before fitting (the coreset keeps ``bank_fraction`` of every patch
+seen, at most ``bank_size``; ``coreset.StreamingCoreset.final_rows``), so the candidate's real graph,
+exported with a stand-in bank of those rows, runs exactly as fast as its bundle's will. Pricing every
+candidate this way costs an export and a few timed runs (seconds), where finding out in the first
+fold cost that fold's whole fit: on 704x288 frames (bsdata_pitting) the default's folds spent 290 s
+of the 600 s budget before its 89 ms engine showed it could not be chosen.
+
+Must never: differ from the real engine in anything but the bank's values (same graph, same rows),
+or leave files behind.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.autobudget import Work, work_of
+from lineguard_models.autocandidates import Candidate, candidate_config, lean_candidate
+from lineguard_models.data import Dataset
+from lineguard_models.ortscore import Progress, cpu_session
+from lineguard_models.pipeline import TrainConfig, anomaly_model_config, make_input_spec, split_good
+
+
+def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
+    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``ortscore.cpu_session``)."""
+    session = cpu_session(onnx_path)
+    for _ in range(3):
+        session.run(["anomaly_score"], {"image": batch})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(["anomaly_score"], {"image": batch})
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def bank_rows(cfg: TrainConfig, spec: InputSpec, grid_hw: tuple[int, int], n_fit: int) -> int:
+    """Rows of the bank that fitting ``n_fit`` images with ``cfg`` will keep (the coreset's rule)."""
+    model_cfg = anomaly_model_config(cfg, spec)
+    turns = model_cfg.bank_turns
+    if turns != 1 and spec.input_width != spec.input_height:  # anomaly.turned: 180 deg only
+        turns = min(turns, 2)
+    per_image = grid_hw[0] * grid_hw[1]
+    if model_cfg.patches_per_image is not None:
+        per_image = min(per_image, model_cfg.patches_per_image)
+    seen = n_fit * spec.tiles.count * turns * per_image
+    if model_cfg.bank_fraction is None:
+        return max(1, min(model_cfg.bank_size, seen))
+    return max(1, min(model_cfg.bank_size, math.ceil(model_cfg.bank_fraction * seen)))
+
+
+def price_engine_ms(cfg: TrainConfig, spec: InputSpec, n_fit: int, batch: npt.NDArray[np.float32],
+                    runs: int, *, keep: Path | None = None) -> tuple[float, int]:
+    """(engine p50 ms at 2 CPU threads, bank rows) of the graph ``cfg`` would export after fitting
+    ``n_fit`` images; ``batch`` is one prepared frame ([tiles, C, H, W], ``preprocess.prepare``).
+    ``keep``: also write the priced graph there (tests compare it with a real bundle's)."""
+    import torch
+
+    from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
+    from lineguard_models.backbone import load_backbone
+    from lineguard_models.export import export_onnx
+
+    model_cfg = anomaly_model_config(cfg, spec)
+    sspec = ScorerSpec(input_height_px=spec.input_height, input_width_px=spec.input_width, channels=spec.channels,
+                       max_value=float(spec.max_value), stages=model_cfg.backbone.stages,
+                       neighbourhood_cells=model_cfg.neighbourhood_cells, projection_dim=model_cfg.projection_dim,
+                       projection_seed=model_cfg.seed, blur_sigma_px=model_cfg.blur_sigma_px,
+                       image_score=model_cfg.image_score, score_top_k=model_cfg.score_top_k)
+    backbone = load_backbone(model_cfg.backbone).eval()
+    dim = model_cfg.projection_dim or sum(backbone.stage_channels[s] for s in sspec.stages)
+    probe = AnomalyScorer(backbone, torch.zeros(1, dim), sspec)
+    rows = bank_rows(cfg, spec, probe.features.grid_hw, n_fit)
+    stand_in = torch.randn(rows, dim, generator=torch.Generator().manual_seed(0))
+    scorer = AnomalyScorer(backbone, stand_in, sspec).eval()
+    with tempfile.TemporaryDirectory(prefix="lineguard-price-") as tmp:
+        path = export_onnx(scorer, keep if keep is not None else Path(tmp) / "priced.onnx")
+        return engine_p50_ms(path, batch, runs), rows
+
+
+def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], works: list[Work], *, folds: int,
+                     budget_ms: float, runs: int, progress: Progress) -> dict[str, tuple[float, int]]:
+    """Every candidate's engine priced before any fold runs: name -> (p50 ms, bank rows). When the first
+    candidate is over the latency budget, lean candidates (fewer pixels, ``autocandidates.lean_candidate``)
+    are inserted after it in ``cands`` and ``works``, each priced, until one is within the budget (three
+    at most)."""
+    prices: dict[str, tuple[float, int]] = {}
+
+    def price(c: Candidate) -> tuple[float, InputSpec, TrainConfig]:
+        cfg = candidate_config(base, c, folds)
+        train_s = split_good(ds, cfg)[0]
+        spec = make_input_spec(ds, train_s, cfg)
+        p50, rows = price_engine_ms(cfg, spec, len(train_s), prepare(ds.load(train_s[0]), spec)[0], runs)
+        prices[c.name] = (p50, rows)
+        progress(f"auto: {c.name}: engine priced at {p50:.1f} ms p50 ({rows} bank rows)")
+        return p50, spec, cfg
+
+    for c in list(cands):
+        price(c)
+    prev, at = cands[0], 1
+    while prices[prev.name][0] > budget_ms and at <= 3:
+        lean = lean_candidate(candidate_config(base, prev, folds), prices[prev.name][0], budget_ms)
+        if lean.name in prices:
+            break
+        prev = Candidate(name=lean.name, updates={**cands[0].updates, **lean.updates}, why=lean.why)
+        _, spec, cfg = price(prev)
+        cands.insert(at, prev)
+        works.insert(at, work_of(cfg, spec))
+        at += 1
+    return prices
