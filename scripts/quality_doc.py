@@ -198,7 +198,8 @@ def auto_table(results: Path, folder: str, fixed_config: str, title: str = "", c
             cands = "; ".join(
                 f"{c['name']} " + (f"{_f(c.get('automated_share'), pct=True)} % / {_f(c.get('auroc'))} / "
                                    f"{_f(c.get('engine_p50_ms'), 1)} ms / {_f(c.get('seconds'), 0)} s"
-                                   if c.get("status") == "tried" else str(c.get("status")))
+                                   if c.get("status") == "tried" else str(c.get("status"))
+                                   + (f" ({c['bank_rows']} bank rows)" if c.get("bank_rows") else ""))
                 for c in r.get("candidates", []))
             lines.append(f"- {name} s{r['seed']}: chose **{r.get('chosen')}**: {cands}")
     return lines
@@ -233,7 +234,9 @@ def goods_only_table(results: Path) -> list[str]:
 
 def write_doc(results: Path, doc: Path) -> None:
     body = [*main_table(results, "default"), "", *main_table(results, "stop8"), "",
-            *auto_table(results, "auto", "default", " (today's recipe and candidates)"), "",
+            *auto_table(results, "auto", "default", " (the current recipe; engines priced before the folds)"), "",
+            *auto_table(results, "auto_unpriced", "default", " (the current recipe, before engines were priced "
+                        "before the folds: commit d2866df)"), "",
             *auto_table(results, "auto_stop8", "stop8", " (stop 8: its recipe and candidates)"), "",
             *auto_table(results, "auto_rethresholded", "stop8", ", re-thresholded by the current calibration "
                         "(gap rule and modelled escape tail) from the same bundles' stored calibration scores",

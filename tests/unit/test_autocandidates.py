@@ -12,12 +12,12 @@ def test_default_candidates_are_valid_single_changes_of_the_default() -> None:
     names = [c.name for c in cands]
     assert names[0] == "default" and cands[0].updates == {}
     assert len(set(names)) == len(names)
-    assert "avg3" in names and "stage3_384px" in names and "lite0" in names and "tiles2x2" not in names
+    assert "avg3" in names and "stage3_352px" in names and "lite0" in names and "tiles2x2" not in names
     for c in cands[1:]:
         cfg = TrainConfig.model_validate({**base.model_dump(), **c.updates})
         assert cfg != base, c.name  # every candidate changes the recipe
-    fine = next(c for c in cands if c.name == "stage3_384px")
-    assert fine.updates == {"stages": ("stage3",), "input_size_px": base.input_size_px + 96}
+    fine = next(c for c in cands if c.name == "stage3_352px")
+    assert fine.updates == {"stages": ("stage3",), "input_size_px": base.input_size_px + 64}
 
 
 def test_candidates_follow_the_base_recipe() -> None:
