@@ -25,7 +25,7 @@ def test_candidates_follow_the_base_recipe() -> None:
     base = TrainConfig(neighbourhood_cells=3, stages=("stage3",), input_size_px=224, backbone="efficientnet_lite0")
     names = [c.name for c in default_candidates(base, (2000, 700))]
     assert "avg3" not in names and "lite0" not in names and "lite2" in names
-    assert "320px" in names and "tiles2x2" in names
+    assert "288px" in names and "tiles2x2" in names
 
 
 def test_lean_candidate_scales_the_side_by_the_square_root_of_the_overrun() -> None:
