@@ -255,6 +255,8 @@ def score_bundle(sp: q.Split, out: Path, *, train_s: float) -> dict[str, Any]:
         "train_s": round(train_s, 1), "bank_rows": prov["bank_rows"],
         "input_wh": [bundle.manifest.input.input_width, bundle.manifest.input.input_height],
         "anomaly_ms_p50_under_load": float(np.median(anomaly_ms)), "loadavg": os.getloadavg()[0],
+        # per test image, so other operating points can be replayed on the very same scores
+        "test_scores": [round(float(x), 5) for x in s], "test_labels": [str(c) for c in cls],
     }
 
 
