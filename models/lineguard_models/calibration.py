@@ -76,6 +76,11 @@ class CalibrationPolicy(BaseModel):
         "(exponential, from its lowest scores) puts escape_target of new defects, so a few calibration defects "
         "do not set it at their lowest score; 'observed': the calibration scores only (before 2026-12-06)"
     )
+    gap: Literal["balanced", "escape_first"] = Field(
+        "balanced", description="where one threshold goes in a gap between the classes: 'balanced' where false "
+        "rejects / budget + escapes / target of the modelled tails is least; 'escape_first' the lowest threshold "
+        "whose modelled false-reject rate is within the budget (escapes cost more than a rejected good part)"
+    )
     min_good: int = Field(5, ge=2, le=100_000, description="fewest held-out good scores to calibrate at all")
     min_per_class: int = Field(
         MIN_IMAGES_PER_CLASS, ge=1, le=100_000, description="fewer defect images per class than this: warning"
@@ -342,7 +347,11 @@ def gap_threshold(good: Scores, classes: Mapping[str, Scores], t_fr: float, t_es
     span = max(t_esc - t_fr, 1e-12)
     ts = np.linspace(t_fr, t_esc, 513)
     p0, u, s = _tail(np.sort(good)[::-1], span)  # goods: the upper tail
-    risk = p0 * np.exp(-np.maximum(ts - u, 0.0) / s) / max(policy.false_reject_budget, 1e-6)
+    fr = p0 * np.exp(-np.maximum(ts - u, 0.0) / s)
+    within = fr <= policy.false_reject_budget
+    if policy.gap == "escape_first" and within.any():  # as far from the defects as the budget allows
+        return float(ts[int(np.argmax(within))])
+    risk = fr / max(policy.false_reject_budget, 1e-6)
     for d in classes.values():
         p0, u, s = _tail(np.sort(d), span)  # defects: the lower tail
         risk = risk + p0 * np.exp(-np.maximum(u - ts, 0.0) / s) / max(policy.escape_target, 1e-6)

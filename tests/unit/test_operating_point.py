@@ -100,6 +100,25 @@ def test_separated_classes_are_decided_by_one_threshold_in_the_gap() -> None:
     assert modelled.upper == pytest.approx(tail_escape_threshold(defects["pit"], 0.02)) and 1.0 < modelled.upper < 2.0
 
 
+def test_escape_first_puts_the_threshold_where_the_good_tail_meets_the_budget() -> None:
+    good = np.linspace(0.0, 1.0, 60)
+    defects = {"scratch": np.linspace(3.0, 4.0, 20)}
+    balanced = calibrate(good, defects)
+    first = calibrate(good, defects, CalibrationPolicy(gap="escape_first"))
+    # the good tail: k = 10 highest of 60, u = the 11th highest, s = their mean excess over it
+    top = np.sort(good)[::-1]
+    u, s = top[10], float(np.mean(top[:10] - top[10]))
+    expected = u + s * np.log((10 / 61) / 0.01)  # modelled false rejects = the 1 % budget
+    assert first.lower == first.upper and first.lower == pytest.approx(expected, abs=3.0 / 512)
+    assert 1.0 < first.lower < balanced.lower  # nearer the goods than the balanced point, still above them
+    assert first.automated_share == 1.0
+    # a budget the good tail cannot meet inside the gap: the balanced point
+    wide = calibrate(np.linspace(-20.0, 1.0, 8), defects, CalibrationPolicy(gap="escape_first",
+                                                                          false_reject_budget=0.001))
+    assert wide.lower == pytest.approx(calibrate(np.linspace(-20.0, 1.0, 8), defects,
+                                                 CalibrationPolicy(false_reject_budget=0.001)).lower)
+
+
 def test_the_accept_threshold_follows_the_modelled_defect_tail_below_few_calibration_defects() -> None:
     good = np.linspace(0.0, 5.0, 60)  # far below the defects: the classes separate, only the tail decides
     # 20 defects whose lowest five spread downwards: the model reaches below the lowest one
