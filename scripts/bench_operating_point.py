@@ -29,8 +29,14 @@ VARIANTS: dict[str, dict[str, Any]] = {"balanced": {"gap": "balanced"}, "escape_
 
 
 def _test_scores(r: dict[str, Any], bundle: Any) -> tuple[np.ndarray, np.ndarray]:
+    from lineguard_models.ortscore import file_sha256
+
     if "test_scores" in r:
         return np.array(r["test_scores"]), np.array(r["test_labels"])
+    cache = bq.BASE / "testscores" / f"{r['set']}_s{r['seed']}.json"  # bench_quality.rethreshold's
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("bundle_sha256") == file_sha256(bundle.root / "manifest.json"):
+        return np.array([x for _, x in cached["test"]]), np.array([c for c, _ in cached["test"]])
     from lineguard.engines.config import CpuProvider, OrtEngineConfig
     from lineguard.engines.runner import BundleRunner
 
@@ -42,26 +48,29 @@ def _test_scores(r: dict[str, Any], bundle: Any) -> tuple[np.ndarray, np.ndarray
     return s, np.array([it.label for it in sp.test])
 
 
-def replay(path: Path, variants: list[str]) -> list[dict[str, Any]]:
+def replay(path: Path, variants: list[str], arm: str) -> list[dict[str, Any]]:
     from lineguard.bundle import load_bundle
     from lineguard_models.bundle_files import read_scores
     from lineguard_models.calibration import CalibrationPolicy, calibrate
 
     r = json.loads(path.read_text())
-    bundle = load_bundle(bq.BASE / "bundles" / "auto" / f"{r['set']}_s{r['seed']}")
+    bundle = load_bundle(bq.BASE / "bundles" / arm / f"{r['set']}_s{r['seed']}")
     rows = read_scores(bundle)
     good = [x.score for x in rows if x.label == "good"]
     defects: dict[str, list[float]] = {}
     for x in rows:
         if x.label != "good":
             defects.setdefault(x.label, []).append(x.score)
-    base = {k: v for k, v in dict(bundle.manifest.thresholds.policy).items() if k != "mode"}
+    # the current auto arm replays its own policy (and must reproduce its thresholds); older bundles
+    # are replayed under today's default policy, as bench_quality.rethreshold does
+    current = arm == "auto"
+    base = ({k: v for k, v in dict(bundle.manifest.thresholds.policy).items() if k != "mode"} if current else {})
     s, cls = _test_scores(r, bundle)
     y = cls != "good"
     out = []
     for name in variants:
         res = calibrate(good, defects, CalibrationPolicy.model_validate({**base, **VARIANTS[name]}))
-        if name == "balanced":
+        if name == "balanced" and current:
             assert abs(res.lower - bundle.manifest.thresholds.lower) < 1e-6 * max(1.0, abs(res.lower)), (
                 f"{path.name}: the replay does not reproduce the bundle's thresholds")
         acc, rej = s < res.lower, s >= res.upper
@@ -78,9 +87,10 @@ def replay(path: Path, variants: list[str]) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--arm", default="auto", help="results and bundles folder: auto (current) or auto_stop8")
     a = ap.parse_args()
     variants = a.variants.split(",")
-    rows = [x for p in sorted((bq.BASE / "results" / "auto").glob("*.json")) for x in replay(p, variants)]
+    rows = [x for p in sorted((bq.BASE / "results" / a.arm).glob("*.json")) for x in replay(p, variants, a.arm)]
     print("| set | seed | AUROC | " + " | ".join(f"{v}: automated / escape / false reject % (inside)"
                                                   for v in variants) + " |")
     print("|---" * (3 + len(variants)) + "|")
