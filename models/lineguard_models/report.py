@@ -133,8 +133,16 @@ def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
     for c in auto.get("candidates", []):
         lines.append(f"| {c['name']} | {c.get('settings', '')} | {_num(c.get('automated_share'))} | "
                      f"{_num(c.get('auroc'))} | {_num(c.get('tail'))} | {_num(c.get('engine_p50_ms'), 1)} | "
-                     f"{_num(c.get('seconds'), 0)} | {c.get('note', '')} |")
+                     f"{_num(c.get('seconds'), 0)} | {candidate_note(c)} |")
     return [*lines, ""]
+
+
+def candidate_note(c: Mapping[str, Any]) -> str:
+    """A candidate's note, led by its status when it did not run every fold (skipped or stopped, and why)."""
+    status = c.get("status", "tried")
+    rows = f" ({c['bank_rows']} bank rows)" if c.get("bank_rows") else ""
+    parts = [] if status == "tried" else [str(status) + rows]
+    return "; ".join([*parts, *([c["note"]] if c.get("note") else [])])
 
 
 def _auto_time(auto: Mapping[str, Any]) -> list[str]:

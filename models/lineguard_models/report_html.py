@@ -34,6 +34,7 @@ from scipy import stats
 
 from lineguard_models.bundle_files import verdict_of
 from lineguard_models.calibration import CalibrationResult
+from lineguard_models.report import candidate_note
 
 log = logging.getLogger(__name__)
 GOOD_COLOUR, DEFECT_COLOUR = "#1f77b4", "#d62728"
@@ -323,7 +324,7 @@ def _auto_section(auto: Mapping[str, Any] | None) -> str:
         f"<tr><td>{_esc(c.get('name', ''))}</td><td>{_esc(c.get('settings', ''))}</td>"
         f"<td>{_num(c.get('automated_share'))}</td><td>{_num(c.get('auroc'))}</td><td>{_num(c.get('tail'))}</td>"
         f"<td>{_num(c.get('engine_p50_ms'), 1)}</td><td>{_num(c.get('seconds'), 0)}</td>"
-        f"<td>{_esc(c.get('note', ''))}</td></tr>" for c in auto.get("candidates", []))
+        f"<td>{_esc(candidate_note(c))}</td></tr>" for c in auto.get("candidates", []))
     return ('<section id="auto"><h2>Automatic configuration</h2>'
             f"<p>chosen: <b>{_esc(auto.get('chosen'))}</b> ({_esc(auto.get('reason', ''))}); criterion: "
             f"{_esc(auto.get('criterion', ''))}; {_esc(auto.get('budget_note', ''))}</p>"

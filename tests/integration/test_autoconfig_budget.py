@@ -118,8 +118,12 @@ def test_the_whole_call_keeps_the_budget_and_records_its_seconds(data: Path, tmp
     assert auto["classifier_select_budget_s"] == 1.0
     assert m.provenance["training"]["classifier"]["select_time_budget_s"] == 1.0
     assert not [r for r in caplog.records if "over its" in r.getMessage()]
-    assert "- time: scan and search 130 s + final training 10 s before this report, of the 150 s budget" in (
-        out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "- time: scan and search 130 s + final training 10 s before this report, of the 150 s budget" in report
+    # the report's candidate table says why a candidate has no figures
+    rows = [line for line in report.splitlines() if line.startswith(("| slowfit ", "| later "))]
+    assert len(rows) == 2 and "stopped: time budget" in rows[0] and "skipped: time budget" in rows[1]
+    assert "skipped: time budget" in (out / "report" / "report.html").read_text()
 
 
 def test_a_first_candidate_longer_than_the_budget_still_runs_and_the_overrun_is_a_warning(
