@@ -64,6 +64,7 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BASE = Path("/work/data/quality")
 SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle")
 ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
+BACKBONE = "efficientnet_lite0"  # --backbone: the frozen classifier backbone measured (product default Lite0)
 PX = 224
 COPIES = 2  # CameraProfile.copies_per_image default (the conservative profile of lineguard train)
 Image = npt.NDArray[Any]
@@ -124,10 +125,11 @@ class Cache:
     """Pooled features (average and GeM) of stage4..7 per image (identity) and per photometric copy, computed once."""
 
     def __init__(self, name: str, images: list[Image], root: Path) -> None:
-        self.images, self.path = images, root / f"{name}_{PX}_mean_gem.npz"
+        lite = "" if BACKBONE == "efficientnet_lite0" else f"_{BACKBONE}"
+        self.images, self.path = images, root / f"{name}_{PX}_mean_gem{lite}.npz"
         self.spec = spec_for_images(images[:3], input_width=PX, input_height=PX)
         self.profile = CameraProfile.conservative_for(self.spec)
-        bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES)
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES, variant=BACKBONE)  # type: ignore[arg-type]
         # [mean, gem] per stage: every candidate's pooling is a column slice (classifier_select.feature_columns)
         self.pooled = PooledFeatures(bb, max_value=self.spec.max_value, pooling="mean_gem").eval()
         self.dims = {s: bb.stage_channels[s] for s in ALL_STAGES}
@@ -254,7 +256,7 @@ def latency(out_dir: Path, runs: int = 60) -> dict[str, Any]:
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
     res = {}
     for stages in sorted({c.stages for c in CANDIDATES}):
-        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages)
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=BACKBONE)  # type: ignore[arg-type]
         feats = PooledFeatures(bb, max_value=255)
         d = feats.out_dim
         head = SoftmaxHead(weight=np.zeros((d, 3), np.float32), bias=np.zeros(3, np.float32),
@@ -338,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", nargs="*", default=[c.name for c in CANDIDATES],
                    help="per-line candidates to cross-validate (the first must be default)")
     p.add_argument("--doc", action="store_true", help="write docs/benchmarks/quality-classifier.md from --out")
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "efficientnet_lite2"],
+                   help="frozen backbone of the classifier-only arms (the product's is Lite0; e2e uses the product's)")
     args = p.parse_args(argv)
+    global BACKBONE
+    BACKBONE = args.backbone
     if args.doc:
         from quality_classifier_doc import render
 
