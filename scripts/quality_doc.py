@@ -205,13 +205,14 @@ def auto_table(results: Path, folder: str, fixed_config: str, title: str = "", c
     return lines
 
 
-def goods_only_table(results: Path) -> list[str]:
+def goods_only_table(results: Path, folder: str, title: str) -> list[str]:
     """Would auto without defect images (synthetic defects on the goods) pick what the real defects pick?
     Among the candidates tried within the latency budget (40 ms), on the same folds of the same run."""
-    rows = [r for r in _load(results / "auto_stop8") if any("synthetic_share" in c for c in r.get("candidates", []))]
+    rows = [r for r in _load(results / folder) if any("synthetic_share" in c for c in r.get("candidates", []))]
     if not rows:
         return []
-    lines = ["### Goods-only criterion against the real defects (auto arm, same folds)", "",
+    agree = 0
+    lines = [f"### Goods-only criterion against the real defects (auto arm{title}, same folds)", "",
              "| set | seed | tried within 40 ms | pick by real defects | pick by synthetic defects | agree | "
              "real out-of-fold share / AUROC of the synthetic pick vs the real pick |", "|---" * 7 + "|"]
 
@@ -224,12 +225,13 @@ def goods_only_table(results: Path) -> list[str]:
             continue
         real = next((c for c in ok if c["name"] == r.get("chosen")), best(ok, "automated_share", "auroc"))
         syn = best(ok, "synthetic_share", "synthetic_auroc")
+        agree += real is syn
         names = ", ".join(c["name"] for c in ok)
         lines.append(f"| {r['set']} | {r['seed']} | {names} | {real['name']} | {syn['name']} | "
                      f"{'yes' if real is syn else 'no'} | {_f(syn.get('automated_share'), pct=True)} % / "
                      f"{_f(syn.get('auroc'))} vs {_f(real.get('automated_share'), pct=True)} % / "
                      f"{_f(real.get('auroc'))} |")
-    return lines
+    return [*lines, "", f"Same pick in {agree} of {len(lines) - 4} runs."]
 
 
 def write_doc(results: Path, doc: Path) -> None:
@@ -243,7 +245,8 @@ def write_doc(results: Path, doc: Path) -> None:
                         candidates=False), "",
             *auto_table(results, "auto_rethresholded_observed", "stop8", ", re-thresholded with the gap rule "
                         "alone (before the modelled escape tail, `escape_tail: observed`)", candidates=False), "",
-            *goods_only_table(results), "",
+            *goods_only_table(results, "auto", ": the current recipe"), "",
+            *goods_only_table(results, "auto_stop8", ": stop 8"), "",
             *auto_table(results, "auto_prev", "stop8",
                         " before the out-of-fold bias correction (commits af0a6ec / 2b8d00b)", candidates=False),
             "", *settings_table(results), "", *seed0_table(results), "", *latency_table(results)]
