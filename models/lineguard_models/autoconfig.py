@@ -336,7 +336,8 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     deadline = deadline or Deadline(auto.time_budget_s)
     works = [_work(ds, base, c, auto.folds) for c in cands]
     prices = price_candidates(ds, base, cands, works, folds=auto.folds, budget_ms=auto.latency_budget_ms,
-                              runs=auto.latency_runs, progress=progress)
+                              runs=auto.latency_runs, progress=progress,
+                              image_size=_median_size(ds) if candidates is None else None)
     any_fast = any(p <= auto.latency_budget_ms for p, _ in prices.values())
     outcomes: list[Outcome] = []
     plan: Plan | None = None

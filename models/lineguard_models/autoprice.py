@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,12 @@ import numpy.typing as npt
 
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.autobudget import Work, work_of
-from lineguard_models.autocandidates import Candidate, candidate_config, lean_candidate
+from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates, lean_candidate
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import Progress, cpu_session
 from lineguard_models.pipeline import TrainConfig, anomaly_model_config, make_input_spec, split_good
+
+LEAN_MARGIN = 0.85  # a lean side must price within this share of the latency budget (timing jitter)
 
 
 def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
@@ -87,12 +90,42 @@ def price_engine_ms(cfg: TrainConfig, spec: InputSpec, n_fit: int, batch: npt.ND
         return engine_p50_ms(path, batch, runs), rows
 
 
+def largest_side(price: Callable[[int], float], start: int, ceiling: int, limit_ms: float, steps: int = 4) -> int:
+    """The largest input side (``start`` moved in steps of 32 px, at most ``steps`` of them, below
+    ``ceiling``) whose ``price`` is within ``limit_ms``; ``start`` itself when no step helps."""
+    side = start
+    while side > 32 and steps > 0 and price(side) > limit_ms:
+        side, steps = side - 32, steps - 1
+    while side + 32 < ceiling and steps > 0 and price(side + 32) <= limit_ms:
+        side, steps = side + 32, steps - 1
+    return side
+
+
+def rebased_candidates(base: TrainConfig, image_size: tuple[int, int], side: int, default_ms: float,
+                       budget_ms: float) -> list[Candidate]:
+    """The default candidate list on a base of ``side`` px (the default's engine is over the budget): the
+    default first (it will be skipped), then ``lean<side>px`` and every other candidate at that side."""
+    lean_base = base.model_copy(update={"input_size_px": side})
+    others = default_candidates(lean_base, image_size)[1:]
+    why = (f"the default's engine ({default_ms:.1f} ms p50) is over the {budget_ms:g} ms latency budget: {side} px, "
+           f"the largest side priced within {LEAN_MARGIN:g} x the budget")
+    return [Candidate(name="default", updates={}, why="the product default"),
+            Candidate(name=f"lean{side}px", updates={"input_size_px": side}, why=why),
+            *(Candidate(name=c.name, updates={"input_size_px": side, **c.updates}, why=f"{c.why} (at {side} px)")
+              for c in others)]
+
+
 def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], works: list[Work], *, folds: int,
-                     budget_ms: float, runs: int, progress: Progress) -> dict[str, tuple[float, int]]:
-    """Every candidate's engine priced before any fold runs: name -> (p50 ms, bank rows). When the first
-    candidate is over the latency budget, lean candidates (fewer pixels, ``autocandidates.lean_candidate``)
-    are inserted after it in ``cands`` and ``works``, each priced, until one is within the budget (three
-    at most)."""
+                     budget_ms: float, runs: int, progress: Progress,
+                     image_size: tuple[int, int] | None = None) -> dict[str, tuple[float, int]]:
+    """Every candidate's engine priced before any fold runs: name -> (p50 ms, bank rows).
+
+    With ``image_size`` (``cands`` is the default list): when the default's engine is over the latency
+    budget, the list is rebased in place on the largest input side priced within ``LEAN_MARGIN`` x the
+    budget (:func:`largest_side`, :func:`rebased_candidates`), so every recipe is tried at a size the
+    line can run. Otherwise, when no candidate is within the budget, lean candidates (fewer pixels,
+    ``autocandidates.lean_candidate``) are inserted after the first, each priced, until one is (three
+    at most). ``works`` follows ``cands``."""
     prices: dict[str, tuple[float, int]] = {}
 
     def price(c: Candidate) -> tuple[float, InputSpec, TrainConfig]:
@@ -104,16 +137,31 @@ def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], wor
         progress(f"auto: {c.name}: engine priced at {p50:.1f} ms p50 ({rows} bank rows)")
         return p50, spec, cfg
 
-    for c in list(cands):
-        price(c)
-    prev, at = cands[0], 1
-    while prices[prev.name][0] > budget_ms and at <= 3:
+    first = price(cands[0])[0]
+    if image_size is not None and first > budget_ms:
+        by_side: dict[int, float] = {}
+
+        def at(side: int) -> float:
+            if side not in by_side:
+                by_side[side] = price(Candidate(name=f"lean{side}px", updates={"input_size_px": side}))[0]
+            return by_side[side]
+
+        start = int(lean_candidate(base, first, budget_ms).updates["input_size_px"])
+        side = largest_side(at, start, base.input_size_px, LEAN_MARGIN * budget_ms)
+        cands[:] = rebased_candidates(base, image_size, side, first, budget_ms)
+        works[:] = [work_of(candidate_config(base, c, folds), make_input_spec(
+            ds, split_good(ds, candidate_config(base, c, folds))[0], candidate_config(base, c, folds))) for c in cands]
+    for c in cands[1:]:
+        if c.name not in prices:
+            price(c)
+    prev, at_i = cands[0], 1
+    while not any(p <= budget_ms for p, _ in prices.values()) and at_i <= 3:
         lean = lean_candidate(candidate_config(base, prev, folds), prices[prev.name][0], budget_ms)
         if lean.name in prices:
             break
         prev = Candidate(name=lean.name, updates={**cands[0].updates, **lean.updates}, why=lean.why)
         _, spec, cfg = price(prev)
-        cands.insert(at, prev)
-        works.insert(at, work_of(cfg, spec))
-        at += 1
+        cands.insert(at_i, prev)
+        works.insert(at_i, work_of(cfg, spec))
+        at_i += 1
     return prices

@@ -33,3 +33,32 @@ def test_lean_candidate_scales_the_side_by_the_square_root_of_the_overrun() -> N
     # r = 0.85 * 40 / 80 = 0.425 -> 288 * sqrt(0.425) = 187.7 -> 160 (multiple of 32, rounded down)
     assert c.updates == {"input_size_px": 160} and c.name == "lean160px"
     assert lean_candidate(TrainConfig(input_size_px=288), p50_ms=30.0, budget_ms=40.0).updates == {"input_size_px": 256}
+
+
+def test_largest_side_steps_to_the_biggest_input_priced_within_the_limit() -> None:
+    from lineguard_models.autoprice import largest_side
+
+    calls: list[int] = []
+
+    def price(side: int) -> float:  # an engine that grows with the pixels
+        calls.append(side)
+        return 10.0 * (side / 100.0) ** 2
+
+    assert largest_side(price, 128, 288, 34.0) == 160  # 160 px 25.6 ms, 192 px 36.9 ms > 34
+    assert largest_side(price, 224, 288, 34.0) == 160  # down from an estimate that was too large
+    assert largest_side(price, 96, 288, 34.0, steps=1) == 128  # at most `steps` moves
+    assert largest_side(price, 256, 288, 1000.0) == 256  # never at or above the default's own side
+    assert all(s % 32 == 0 for s in calls)
+
+
+def test_rebased_candidates_try_every_recipe_at_the_lean_side() -> None:
+    from lineguard_models.autoprice import rebased_candidates
+
+    cands = rebased_candidates(TrainConfig(), (704, 288), 160, 120.8, 40.0)
+    names = [c.name for c in cands]
+    assert names[:2] == ["default", "lean160px"] and cands[0].updates == {}
+    assert "over the 40 ms latency budget: 160 px" in cands[1].why and "120.8 ms" in cands[1].why
+    assert {"avg3", "stage3_224px", "lite0", "tiles2x2"} <= set(names)
+    for c in cands[1:]:
+        assert c.updates["input_size_px"] == (224 if c.name == "stage3_224px" else 160)
+    assert next(c for c in cands if c.name == "avg3").updates == {"input_size_px": 160, "neighbourhood_cells": 3}
