@@ -1,14 +1,14 @@
 """Time budget of automatic configuration: one deadline for the whole ``lineguard train`` call.
 
 Data flow (inside ``autoconfig.train_auto``): a :class:`Deadline` started before the dataset scan
--> the first candidate (the product default, always run) records what its folds took
+-> the first candidate within the latency budget (always run) records what its folds took
 (:class:`FoldTimes`) -> :func:`final_estimate`: the final training (the bank fitted on every good
 image, ONNX export, scoring of the extra good and defect images, the defect classifier when the
 line has defect classes, the report) estimated from those measurements -> a reserve of
 :data:`SAFETY` x that estimate; the search gets the rest -> :func:`predict_s` per further
 candidate (skipped when it would end past its search deadline) -> :class:`FoldGuard` before each
-fold and before the engine timing (a candidate whose remaining folds cannot finish is stopped and
-cannot win) -> after the search the classifier's own selection gets what is left
+fold (a candidate whose remaining folds cannot finish is stopped and cannot win; its engine was
+priced before any fold, ``autoprice.py``) -> after the search the classifier's own selection gets what is left
 (:func:`classifier_select_budget`) -> ``train_auto`` logs the total, with a WARNING over budget.
 
 Why not seconds per pixel: the greedy coreset makes one pass over every patch row per row it keeps,
@@ -16,11 +16,10 @@ and the bank is a share of the patches, so it grows with (patches)^2 x share, wh
 feature pass grows with the patches. Each fit is therefore timed in two parts (the feature pass up
 to the last batch, then the coreset selection; ONNX export counted with the first) and each part
 scaled by its own law: linear for features, quadratic x bank-share ratio for the coreset, their
-geometric mean (backbone + nearest-neighbour search over the bank) for scoring and the engine
-timing. The final bank holds K/(K-1) times a fold's images and scales the same way. Predictions are
-then corrected by what the folds of the later candidates already run (tried or stopped) took
-against their prediction (x 0.5 to 4); the first candidate's own final training is measured, not
-corrected.
+geometric mean (backbone + nearest-neighbour search over the bank) for scoring. The final bank
+holds K/(K-1) times a fold's images and scales the same way. Predictions are then corrected by
+what the folds of the later candidates already run (tried or stopped) took against their
+prediction (x 0.5 to 4); the first candidate's own final training is measured, not corrected.
 
 Must never: stop or skip the first candidate (the search would have nothing to choose from), or let
 a stopped candidate be chosen (its out-of-fold scores are incomplete).
@@ -85,7 +84,6 @@ class FoldTimes:
     score_s: list[float] = field(default_factory=list)  # ONNX Runtime scoring, per fold
     scored: list[int] = field(default_factory=list)  # images scored, per fold
     fitted: list[int] = field(default_factory=list)  # good images fitted, per fold
-    latency_s: float = 0.0  # the engine timing (first fold)
 
     def fold_s(self) -> float:
         """Mean seconds of one fold (fit, export, scoring)."""
@@ -97,7 +95,7 @@ class FoldTimes:
         return sum(self.score_s) / max(1, sum(self.scored))
 
     def total_s(self) -> float:
-        return sum(self.fit_s) + sum(self.score_s) + self.latency_s
+        return sum(self.fit_s) + sum(self.score_s)
 
     def scaled_fold_s(self, lin: float, quad: float) -> float:
         """One fold of a recipe whose patch work is ``lin`` x and coreset work ``quad`` x this one's."""
@@ -250,7 +248,7 @@ class Plan:
 
 def predict_s(first: FoldTimes, lin: float, quad: float, folds: int) -> float:
     """Seconds a candidate whose work is ``lin`` / ``quad`` x the first candidate's takes in the search."""
-    return first.scaled_fold_s(lin, quad) * folds + first.latency_s * math.sqrt(lin * quad)
+    return first.scaled_fold_s(lin, quad) * folds
 
 
 def correction(pairs: list[tuple[float, float]]) -> float:
@@ -263,31 +261,18 @@ def correction(pairs: list[tuple[float, float]]) -> float:
 
 @dataclass(slots=True)
 class FoldGuard:
-    """Asked before each fold after the first and before the engine timing of a candidate: None to
-    go on, or the status that stops it (the remaining folds would end past ``deadline``, an absolute
-    ``clock`` time; or its engine is over the latency budget while a tried candidate is within it)."""
+    """Asked before each fold after the first of a candidate: None to go on, or the status that stops
+    it (the remaining folds would end past ``deadline``, an absolute ``clock`` time)."""
 
     deadline: float
     folds: int
     predicted_fold_s: float
-    latency_est_s: float = 0.0
     clock: Clock = time.monotonic
-    latency_cap_ms: float | None = None  # set when a tried candidate is within the latency budget
 
     def before_fold(self, k: int, times: FoldTimes) -> str | None:
         """Before fold ``k`` (0-based; folds 0..k-1 done)."""
         per_fold = times.fold_s() if times.fit_s else self.predicted_fold_s
         return self._over(k, per_fold * (self.folds - k))
-
-    def before_latency(self, times: FoldTimes) -> str | None:
-        """After the first fold's scoring, before its engine timing."""
-        return self._over(1, self.latency_est_s + times.fold_s() * (self.folds - 1))
-
-    def after_latency(self, p50_ms: float) -> str | None:
-        if self.latency_cap_ms is not None and p50_ms > self.latency_cap_ms:
-            return (f"stopped: over the latency budget after fold 1/{self.folds} (engine p50 {p50_ms:.1f} ms > "
-                    f"{self.latency_cap_ms:g} ms; a tried candidate is within it)")
-        return None
 
     def _over(self, done: int, need_s: float) -> str | None:
         left = self.deadline - self.clock()

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lineguard.bundle import Bundle
 from lineguard.errors import BundleError, ConfigError
-from lineguard.preprocess import InputSpec, prepare
+from lineguard.preprocess import InputSpec
 from lineguard_models.autobudget import (
     SAFETY,
     Clock,
@@ -58,7 +58,7 @@ from lineguard_models.autobudget import (
     work_of,
 )
 from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates
-from lineguard_models.autoprice import engine_p50_ms, price_candidates
+from lineguard_models.autoprice import price_candidates
 from lineguard_models.calibration import CalibrationResult, calibrate
 from lineguard_models.crossfit import OutOfFold, fold_of
 from lineguard_models.data import Dataset, Sample
@@ -97,7 +97,7 @@ class Outcome:
     name: str
     settings: str
     why: str
-    status: str = "tried"  # tried | skipped: time budget (...) | stopped: time budget after fold k/K (...)
+    status: str = "tried"  # tried | skipped: engine priced at (...) | skipped: time budget (...) | stopped: (...)
     seconds: float | None = None
     predicted_s: float | None = None  # the time budget's cost model (module autobudget), before it ran
     engine_p50_ms: float | None = None  # the final bank's engine, priced before the folds (module autoprice)
@@ -125,29 +125,28 @@ def _settings(cfg: TrainConfig, spec: InputSpec, cand: Candidate) -> str:
 
 @dataclass(slots=True)
 class _Folds:
-    """A candidate's folds: out-of-fold good scores, the other images' scores, engine p50, timings,
-    and the status that stopped it early ("" = every fold ran)."""
+    """A candidate's folds: out-of-fold good scores, the other images' scores, timings, and the
+    status that stopped it early ("" = every fold ran)."""
 
     goods: list[Scored] = field(default_factory=list)
     rest: list[Scored] = field(default_factory=list)
-    p50: float = math.nan
     times: FoldTimes = field(default_factory=FoldTimes)
     stopped: str = ""
 
 
 def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequence[Sample],
                  others: Sequence[Sample], auto: AutoConfig, scratch: Path, progress: Progress, *,
-                 clock: Clock, guard: FoldGuard | None, priced_ms: float | None) -> _Folds:
+                 clock: Clock, guard: FoldGuard | None) -> _Folds:
     """Out-of-fold good scores of ``train_s``, scores of ``others`` (each by one fold's bank) or of
-    synthetic defects when there are none, engine p50 ms of the first fold's graph; ``guard`` (None
-    for the first candidate) is asked before each later fold and around the engine timing."""
+    synthetic defects when there are none; ``guard`` (None for the first candidate) is asked before
+    each later fold."""
     from lineguard_models.backbone import load_backbone
 
     model_cfg = anomaly_model_config(cfg, spec)
     profile = load_camera_profile(cfg.camera_profile, spec)
     backbone = load_backbone(model_cfg.backbone)
     fold = fold_of(train_s, auto.folds, cfg.seed)  # the very folds pipeline.train's calibration uses
-    run = _Folds(p50=math.nan if priced_ms is None else priced_ms)
+    run = _Folds()
     for k in range(auto.folds):
         if guard is not None and k > 0:
             run.stopped = guard.before_fold(k, run.times) or ""
@@ -170,11 +169,7 @@ def _fold_scores(ds: Dataset, cfg: TrainConfig, spec: InputSpec, train_s: Sequen
         run.times.score_s.append(clock() - t_fit)
         run.times.fitted.append(len(fit_s))
         run.times.scored.append(len(held) + len(mine))
-        if k == 0 and priced_ms is None:
-            run.stopped = _timed_engine(run, onnx_path, prepare(ds.load(held[0]), spec)[0], auto, clock, guard)
         onnx_path.unlink()
-        if run.stopped:
-            break
         progress(f"  fold {k + 1}/{auto.folds}: {len(fit_s)} fitted, {len(held)} good scored")
     return run
 
@@ -196,18 +191,6 @@ def _fit_export(ds: Dataset, cfg: TrainConfig, spec: InputSpec, fit_s: Sequence[
     return coreset_s
 
 
-def _timed_engine(run: _Folds, onnx_path: Path, batch: npt.NDArray[np.float32], auto: AutoConfig, clock: Clock,
-                  guard: FoldGuard | None) -> str:
-    """The first fold's engine timing into ``run``; the status that stops the candidate, or ""."""
-    stop = guard.before_latency(run.times) if guard is not None else None
-    if stop:
-        return stop
-    t = clock()
-    run.p50 = engine_p50_ms(onnx_path, batch, auto.latency_runs)
-    run.times.latency_s = clock() - t
-    return (guard.after_latency(run.p50) if guard is not None else None) or ""
-
-
 def _quiet(_: str) -> None:
     """Progress sink for a fold's scoring: the fold's own line says what was scored."""
 
@@ -224,19 +207,19 @@ def _figures(outcome: Outcome, result: CalibrationResult, good: npt.NDArray[np.f
 
 def evaluate(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path,
              progress: Progress, *, clock: Clock = time.monotonic,
-             guard: FoldGuard | None = None, priced_ms: float | None = None) -> tuple[Outcome, FoldTimes]:
+             guard: FoldGuard | None = None, price: tuple[float, int]) -> tuple[Outcome, FoldTimes]:
     """One candidate's out-of-fold figures on the line's images (see the module docstring) and what
-    its folds took; stopped by ``guard`` it keeps the stop as its status and has no figures."""
+    its folds took; stopped by ``guard`` it keeps the stop as its status and has no figures.
+    ``price``: its engine p50 ms and bank rows (``autoprice.price_candidates``)."""
     cfg = candidate_config(base, cand, auto.folds)
     train_s, extra_good = split_good(ds, cfg)
     spec = make_input_spec(ds, train_s, cfg)
-    outcome = Outcome(name=cand.name, settings=_settings(cfg, spec, cand), why=cand.why)
+    outcome = Outcome(name=cand.name, settings=_settings(cfg, spec, cand), why=cand.why, engine_p50_ms=price[0],
+                      bank_rows=price[1])
     t0 = clock()
     scratch.mkdir(parents=True, exist_ok=True)
     others = extra_good + pick_defects(ds, cfg.max_defects_per_class, cfg.seed)
-    run = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress, clock=clock, guard=guard,
-                       priced_ms=priced_ms)
-    outcome.engine_p50_ms = None if math.isnan(run.p50) else run.p50
+    run = _fold_scores(ds, cfg, spec, train_s, others, auto, scratch, progress, clock=clock, guard=guard)
     if run.stopped:  # incomplete out-of-fold scores: no figures, never chosen
         outcome.status, outcome.seconds = run.stopped, round(clock() - t0, 1)
         return outcome, run.times
@@ -322,24 +305,27 @@ def _share_se(a: Outcome, b: Outcome) -> float | None:
     return math.sqrt(pa * (1 - pa) / a.n_scored + pb * (1 - pb) / b.n_scored)
 
 
-def _guard(plan: Plan, work: Work, deadline: Deadline, reserve_s: float, auto: AutoConfig,
-           outcomes: Sequence[Outcome]) -> FoldGuard:
+def _guard(plan: Plan, work: Work, deadline: Deadline, reserve_s: float, auto: AutoConfig) -> FoldGuard:
     lin, quad = plan.ratios(work)
-    within = any(o.status == "tried" and (o.engine_p50_ms or math.inf) <= auto.latency_budget_ms for o in outcomes)
     return FoldGuard(deadline=deadline.t0 + deadline.budget_s - reserve_s, folds=auto.folds,
-                     predicted_fold_s=plan.first.scaled_fold_s(lin, quad),
-                     latency_est_s=plan.first.latency_s * math.sqrt(lin * quad),
-                     clock=deadline.clock, latency_cap_ms=auto.latency_budget_ms if within else None)
+                     predicted_fold_s=plan.first.scaled_fold_s(lin, quad), clock=deadline.clock)
+
+
+def _skipped(ds: Dataset, base: TrainConfig, cand: Candidate, folds: int, price: tuple[float, int], status: str,
+             predicted_s: float | None = None) -> Outcome:
+    """The record of a candidate that gets no folds (``status`` says why)."""
+    cfg = candidate_config(base, cand, folds)
+    return Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(ds, split_good(ds, cfg)[0], cfg), cand),
+                   why=cand.why, status=status, predicted_s=predicted_s, engine_p50_ms=price[0], bank_rows=price[1])
 
 
 def _run(ds: Dataset, base: TrainConfig, cand: Candidate, auto: AutoConfig, scratch: Path, progress: Progress,
-         deadline: Deadline, guard: FoldGuard | None, price: tuple[float, int] | None) -> tuple[Outcome, FoldTimes]:
+         deadline: Deadline, guard: FoldGuard | None, price: tuple[float, int]) -> tuple[Outcome, FoldTimes]:
     try:
         o, times = evaluate(ds, base, cand, auto, scratch / cand.name, progress, clock=deadline.clock, guard=guard,
-                            priced_ms=None if price is None else price[0])
+                            price=price)
     finally:
         shutil.rmtree(scratch / cand.name, ignore_errors=True)
-    o.bank_rows = None if price is None else price[1]
     if o.status == "tried":
         progress(f"auto: {o.name}: automated share {100 * (o.automated_share or 0):.1f} %, AUROC "
                  f"{o.auroc if o.auroc is not None else float('nan'):.3f}, engine p50 {o.engine_p50_ms:.1f} ms, "
@@ -359,36 +345,32 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     first (``autoprice.price_candidates``): one over the latency budget is not run while another is within it."""
     cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
     deadline = deadline or Deadline(auto.time_budget_s)
-    works = [_work(ds, base, c, auto.folds) for c in cands]
-    prices = price_candidates(ds, base, cands, works, folds=auto.folds, budget_ms=auto.latency_budget_ms,
+    prices = price_candidates(ds, base, cands, folds=auto.folds, budget_ms=auto.latency_budget_ms,
                               runs=auto.latency_runs, progress=progress,
                               image_size=_median_size(ds) if candidates is None else None)
+    works = [_work(ds, base, c, auto.folds) for c in cands]  # the list as pricing left it
     any_fast = any(p <= auto.latency_budget_ms for p, _ in prices.values())
     outcomes: list[Outcome] = []
     plan: Plan | None = None
     first: Candidate | None = None
     for i, (cand, work) in enumerate(zip(cands, works, strict=True), start=1):
-        guard, need, price = None, None, prices.get(cand.name)
-        if price is not None and price[0] > auto.latency_budget_ms and any_fast:
-            cfg = candidate_config(base, cand, auto.folds)
-            status = f"skipped: engine priced at {price[0]:.1f} ms p50, over the {auto.latency_budget_ms:g} ms budget"
-            outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
-                ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=status, engine_p50_ms=price[0],
-                bank_rows=price[1]))
-            progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {status}")
-            continue
-        if plan is not None:
+        guard, need, price = None, None, prices[cand.name]
+        skip: Outcome | None = None
+        if price[0] > auto.latency_budget_ms and any_fast:
+            skip = _skipped(ds, base, cand, auto.folds, price, f"skipped: engine priced at {price[0]:.1f} ms p50, "
+                            f"over the {auto.latency_budget_ms:g} ms budget")
+        elif plan is not None:
             reserve = plan.estimate(work).reserve_s()
             need = plan.predict_s(work, auto.folds)
             if need > deadline.left(reserve):
-                cfg = candidate_config(base, cand, auto.folds)
-                status = (f"skipped: time budget (needs about {need:.0f} s, "
-                          f"{max(deadline.left(reserve), 0):.0f} s left)")
-                outcomes.append(Outcome(name=cand.name, settings=_settings(cfg, make_input_spec(
-                    ds, split_good(ds, cfg)[0], cfg), cand), why=cand.why, status=status, predicted_s=round(need, 1)))
-                progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {status}")
-                continue
-            guard = _guard(plan, work, deadline, reserve, auto, outcomes)
+                skip = _skipped(ds, base, cand, auto.folds, price, f"skipped: time budget (needs about {need:.0f} s, "
+                                f"{max(deadline.left(reserve), 0):.0f} s left)", predicted_s=round(need, 1))
+            else:
+                guard = _guard(plan, work, deadline, reserve, auto)
+        if skip is not None:
+            outcomes.append(skip)
+            progress(f"auto: candidate {i}/{len(cands)} {cand.name}: {skip.status}")
+            continue
         progress(f"auto: candidate {i}/{len(cands)} {cand.name} ({cand.why}), {deadline.elapsed():.0f} s "
                  f"of {auto.time_budget_s:.0f} s used" + (f", needs about {need:.0f} s" if need else ""))
         o, times = _run(ds, base, cand, auto, scratch, progress, deadline, guard, price)
@@ -398,8 +380,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
             plan, first = Plan.measured(ds, candidate_config(base, cand, auto.folds), times, work), cand
         elif guard is not None and times.fit_s:  # later predictions learn from its folds, stopped or not
             done = len(times.fit_s)
-            predicted = guard.predicted_fold_s * done + (guard.latency_est_s if times.latency_s else 0.0)
-            plan.pairs.append((times.total_s(), predicted / correction(plan.pairs)))
+            plan.pairs.append((times.total_s(), guard.predicted_fold_s * done / correction(plan.pairs)))
     assert plan is not None  # the first candidate within the latency budget always runs
     best, why = choose(outcomes, auto.latency_budget_ms)
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]

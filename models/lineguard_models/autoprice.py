@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 
 from lineguard.preprocess import InputSpec, prepare
-from lineguard_models.autobudget import Work, work_of
 from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates, lean_candidate
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import Progress, cpu_session
@@ -115,7 +114,7 @@ def rebased_candidates(base: TrainConfig, image_size: tuple[int, int], side: int
               for c in others)]
 
 
-def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], works: list[Work], *, folds: int,
+def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], *, folds: int,
                      budget_ms: float, runs: int, progress: Progress,
                      image_size: tuple[int, int] | None = None) -> dict[str, tuple[float, int]]:
     """Every candidate's engine priced before any fold runs: name -> (p50 ms, bank rows).
@@ -125,43 +124,33 @@ def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], wor
     budget (:func:`largest_side`, :func:`rebased_candidates`), so every recipe is tried at a size the
     line can run. Otherwise, when no candidate is within the budget, lean candidates (fewer pixels,
     ``autocandidates.lean_candidate``) are inserted after the first, each priced, until one is (three
-    at most). ``works`` follows ``cands``."""
+    at most)."""
     prices: dict[str, tuple[float, int]] = {}
 
-    def price(c: Candidate) -> tuple[float, InputSpec, TrainConfig]:
-        cfg = candidate_config(base, c, folds)
-        train_s = split_good(ds, cfg)[0]
-        spec = make_input_spec(ds, train_s, cfg)
-        p50, rows = price_engine_ms(cfg, spec, len(train_s), prepare(ds.load(train_s[0]), spec)[0], runs)
-        prices[c.name] = (p50, rows)
-        progress(f"auto: {c.name}: engine priced at {p50:.1f} ms p50 ({rows} bank rows)")
-        return p50, spec, cfg
-
-    first = price(cands[0])[0]
-    if image_size is not None and first > budget_ms:
-        by_side: dict[int, float] = {}
-
-        def at(side: int) -> float:
-            if side not in by_side:
-                by_side[side] = price(Candidate(name=f"lean{side}px", updates={"input_size_px": side}))[0]
-            return by_side[side]
-
-        start = int(lean_candidate(base, first, budget_ms).updates["input_size_px"])
-        side = largest_side(at, start, base.input_size_px, LEAN_MARGIN * budget_ms)
-        cands[:] = rebased_candidates(base, image_size, side, first, budget_ms)
-        works[:] = [work_of(candidate_config(base, c, folds), make_input_spec(
-            ds, split_good(ds, candidate_config(base, c, folds))[0], candidate_config(base, c, folds))) for c in cands]
-    for c in cands[1:]:
+    def price(c: Candidate) -> float:
         if c.name not in prices:
-            price(c)
-    prev, at_i = cands[0], 1
-    while not any(p <= budget_ms for p, _ in prices.values()) and at_i <= 3:
+            cfg = candidate_config(base, c, folds)
+            train_s = split_good(ds, cfg)[0]
+            spec = make_input_spec(ds, train_s, cfg)
+            prices[c.name] = price_engine_ms(cfg, spec, len(train_s), prepare(ds.load(train_s[0]), spec)[0], runs)
+            progress(f"auto: {c.name}: engine priced at {prices[c.name][0]:.1f} ms p50 ({prices[c.name][1]} bank rows)")
+        return prices[c.name][0]
+
+    first = price(cands[0])
+    if image_size is not None and first > budget_ms:
+        start = int(lean_candidate(base, first, budget_ms).updates["input_size_px"])
+        side = largest_side(lambda px: price(Candidate(name=f"lean{px}px", updates={"input_size_px": px})), start,
+                            base.input_size_px, LEAN_MARGIN * budget_ms)
+        cands[:] = rebased_candidates(base, image_size, side, first, budget_ms)
+    for c in cands[1:]:
+        price(c)
+    prev, at = cands[0], 1
+    while not any(p <= budget_ms for p, _ in prices.values()) and at <= 3:
         lean = lean_candidate(candidate_config(base, prev, folds), prices[prev.name][0], budget_ms)
         if lean.name in prices:
             break
         prev = Candidate(name=lean.name, updates={**cands[0].updates, **lean.updates}, why=lean.why)
-        _, spec, cfg = price(prev)
-        cands.insert(at_i, prev)
-        works.insert(at_i, work_of(cfg, spec))
-        at_i += 1
+        price(prev)
+        cands.insert(at, prev)
+        at += 1
     return prices

@@ -6,8 +6,6 @@ classifier's selection given what is left, and the over-budget warning. An injec
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from lineguard_models.autobudget import (
@@ -35,9 +33,9 @@ class Clock:
 
 
 def _times(fit: float = 10.0, coreset: float = 6.0, score: float = 2.0, scored: int = 10, fitted: int = 20,
-           folds: int = 2, latency: float = 1.0) -> FoldTimes:
+           folds: int = 2) -> FoldTimes:
     return FoldTimes(fit_s=[fit] * folds, coreset_s=[coreset] * folds, score_s=[score] * folds,
-                     scored=[scored] * folds, fitted=[fitted] * folds, latency_s=latency)
+                     scored=[scored] * folds, fitted=[fitted] * folds)
 
 
 def test_the_deadline_runs_from_its_start_on_the_injected_clock() -> None:
@@ -56,7 +54,7 @@ def test_cost_grows_faster_than_pixels_and_with_the_bank_share() -> None:
     assert Work(patches=200.0, bank_share=1.0, pixels=200.0, fixed_rows=64.0).quadratic(fixed) == 2.0
     t = _times()  # a fold: 4 s features + export, 6 s coreset, 2 s scoring; 1 s engine timing
     assert predict_s(t, 1.0, 1.0, 2) == pytest.approx(t.total_s())  # the same recipe: what was measured
-    assert predict_s(t, 2.0, 4.0, 2) == pytest.approx(2 * (4 * 2 + 6 * 4 + 2 * 8 ** 0.5) + 1 * 8 ** 0.5)
+    assert predict_s(t, 2.0, 4.0, 2) == pytest.approx(2 * (4 * 2 + 6 * 4 + 2 * 8 ** 0.5))
     assert predict_s(t, 2.0, 4.0, 2) > 2 * t.total_s()  # faster than the pixels
 
 
@@ -91,7 +89,7 @@ def test_the_final_training_is_priced_from_the_first_candidates_folds() -> None:
 
 def test_a_candidate_is_stopped_between_folds_when_the_rest_cannot_finish() -> None:
     clock = Clock(1000.0)
-    guard = FoldGuard(deadline=1100.0, folds=3, predicted_fold_s=20.0, latency_est_s=1.0, clock=clock)
+    guard = FoldGuard(deadline=1100.0, folds=3, predicted_fold_s=20.0, clock=clock)
     clock.now = 1040.0  # fold 1 took 40 s, twice the prediction: 2 more folds need 80 s, 60 s left
     times = FoldTimes(fit_s=[35.0], score_s=[5.0], scored=[4], fitted=[8])
     stop = guard.before_fold(1, times)
@@ -99,15 +97,6 @@ def test_a_candidate_is_stopped_between_folds_when_the_rest_cannot_finish() -> N
     assert "needs about 80 s, 60 s left" in stop
     clock.now = 1010.0  # 90 s left: the two folds fit
     assert guard.before_fold(1, times) is None
-    clock.now = 1021.0  # before the engine timing: 1 s of timing + 2 folds x 40 s > 79 s
-    assert (guard.before_latency(times) or "").startswith("stopped: time budget after fold 1/3")
-
-
-def test_an_engine_over_the_latency_budget_stops_only_when_a_tried_one_is_within_it() -> None:
-    guard = FoldGuard(deadline=math.inf, folds=3, predicted_fold_s=1.0, latency_cap_ms=40.0)
-    assert (guard.after_latency(55.0) or "").startswith("stopped: over the latency budget after fold 1/3")
-    assert guard.after_latency(39.0) is None
-    assert FoldGuard(deadline=math.inf, folds=3, predicted_fold_s=1.0).after_latency(500.0) is None
 
 
 def test_later_predictions_learn_from_measured_candidates_within_bounds() -> None:
