@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lineguard.errors import ImageError
 from lineguard_models.backbone import Backbone, BackboneConfig, load_backbone
-from lineguard_models.coreset import StreamingCoreset
+from lineguard_models.coreset import StreamingCoreset, final_rows
 
 log = logging.getLogger(__name__)
 ImageScore = Literal["patch_max", "map_max", "topk_mean"]
@@ -287,8 +287,13 @@ def _as_batch(batch: npt.NDArray[Any] | Tensor, spec: ScorerSpec) -> Tensor:
     return t
 
 
+def turns_used(turns: int, height: int, width: int) -> int:
+    """Copies of each input the bank gets: a non-square input turns by 180 deg only (see :func:`turned`)."""
+    return turns if turns == 1 or height == width else min(turns, 2)
+
+
 def _turns_used(x: Tensor, turns: int) -> int:
-    return turns if turns == 1 or x.shape[-1] == x.shape[-2] else min(turns, 2)
+    return turns_used(turns, x.shape[-2], x.shape[-1])
 
 
 def turned(x: Tensor, turns: int) -> Tensor:
@@ -299,6 +304,33 @@ def turned(x: Tensor, turns: int) -> Tensor:
         return x
     ks = (2,) if used == 2 else (1, 2, 3)
     return torch.cat([x, *(torch.rot90(x, k, dims=(2, 3)) for k in ks)])
+
+
+def placeholder_scorer(config: AnomalyModelConfig, *, channels: Literal[1, 3], max_value: float,
+                       backbone: Backbone | None = None) -> AnomalyScorer:
+    """The scorer ``config`` builds, with a one-row placeholder bank: its feature path fits the bank
+    (:func:`fit_anomaly_model`), and ``with_bank`` of it is the exported graph (``autoprice`` times
+    one with a stand-in bank of the planned rows, :func:`planned_bank_rows`)."""
+    spec = ScorerSpec(
+        input_height_px=config.input_height_px, input_width_px=config.input_width_px, channels=channels,
+        max_value=float(max_value), stages=config.backbone.stages,
+        neighbourhood_cells=config.neighbourhood_cells, projection_dim=config.projection_dim,
+        projection_seed=config.seed, blur_sigma_px=config.blur_sigma_px, image_score=config.image_score,
+        score_top_k=config.score_top_k,
+    )
+    bb = backbone if backbone is not None else load_backbone(config.backbone)
+    dim = config.projection_dim or sum(bb.stage_channels[s] for s in spec.stages)
+    return AnomalyScorer(bb.eval(), torch.zeros(1, dim), spec).eval()
+
+
+def planned_bank_rows(config: AnomalyModelConfig, grid_hw: tuple[int, int], inputs: int) -> int:
+    """Rows of the bank :func:`fit_anomaly_model` keeps from ``inputs`` engine inputs (images x tiles)
+    on a ``grid_hw`` patch grid: the coreset's rule (``coreset.final_rows``) on every patch it sees."""
+    per_input = grid_hw[0] * grid_hw[1]
+    if config.patches_per_image is not None:
+        per_input = min(per_input, config.patches_per_image)
+    turns = turns_used(config.bank_turns, config.input_height_px, config.input_width_px)
+    return final_rows(config.bank_size, config.bank_fraction, inputs * turns * per_input)
 
 
 def fit_anomaly_model(
@@ -318,17 +350,8 @@ def fit_anomaly_model(
     Progress goes to ``progress`` (if given) and to the module logger after every batch.
     """
     torch.manual_seed(config.seed)
-    spec = ScorerSpec(
-        input_height_px=config.input_height_px, input_width_px=config.input_width_px, channels=channels,
-        max_value=float(max_value), stages=config.backbone.stages,
-        neighbourhood_cells=config.neighbourhood_cells, projection_dim=config.projection_dim,
-        projection_seed=config.seed, blur_sigma_px=config.blur_sigma_px, image_score=config.image_score,
-        score_top_k=config.score_top_k,
-    )
-    bb = backbone if backbone is not None else load_backbone(config.backbone)
-    dim = (config.projection_dim or sum(bb.stage_channels[s] for s in spec.stages))
-    # a placeholder bank lets the scorer's feature path be reused for fitting
-    scorer = AnomalyScorer(bb.eval(), torch.zeros(1, dim), spec).eval()
+    scorer = placeholder_scorer(config, channels=channels, max_value=max_value, backbone=backbone)
+    spec = scorer.spec
     coreset = StreamingCoreset(bank_size=config.bank_size, buffer_rows=config.buffer_rows, seed=config.seed,
                                fraction=config.bank_fraction)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -353,7 +376,7 @@ def fit_anomaly_model(
         bank = coreset.bank()
     log.info("anomaly fit done: bank %d x %d from %d images in %.1f s",
              bank.shape[0], bank.shape[1], seen, time.monotonic() - t0)
-    return AnomalyScorer(bb, bank, spec).eval()
+    return AnomalyScorer(scorer.features.backbone, bank, spec).eval()
 
 
 def batched(images: Iterable[npt.NDArray[Any]], batch_size: int) -> Iterable[npt.NDArray[np.float32]]:

@@ -15,7 +15,6 @@ or leave files behind.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,18 +46,10 @@ def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) ->
 
 
 def bank_rows(cfg: TrainConfig, spec: InputSpec, grid_hw: tuple[int, int], n_fit: int) -> int:
-    """Rows of the bank that fitting ``n_fit`` images with ``cfg`` will keep (the coreset's rule)."""
-    model_cfg = anomaly_model_config(cfg, spec)
-    turns = model_cfg.bank_turns
-    if turns != 1 and spec.input_width != spec.input_height:  # anomaly.turned: 180 deg only
-        turns = min(turns, 2)
-    per_image = grid_hw[0] * grid_hw[1]
-    if model_cfg.patches_per_image is not None:
-        per_image = min(per_image, model_cfg.patches_per_image)
-    seen = n_fit * spec.tiles.count * turns * per_image
-    if model_cfg.bank_fraction is None:
-        return max(1, min(model_cfg.bank_size, seen))
-    return max(1, min(model_cfg.bank_size, math.ceil(model_cfg.bank_fraction * seen)))
+    """Rows of the bank that fitting ``n_fit`` images with ``cfg`` will keep (``anomaly.planned_bank_rows``)."""
+    from lineguard_models.anomaly import planned_bank_rows
+
+    return planned_bank_rows(anomaly_model_config(cfg, spec), grid_hw, n_fit * spec.tiles.count)
 
 
 def price_engine_ms(cfg: TrainConfig, spec: InputSpec, n_fit: int, batch: npt.NDArray[np.float32],
@@ -68,22 +59,13 @@ def price_engine_ms(cfg: TrainConfig, spec: InputSpec, n_fit: int, batch: npt.ND
     ``keep``: also write the priced graph there (tests compare it with a real bundle's)."""
     import torch
 
-    from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
-    from lineguard_models.backbone import load_backbone
+    from lineguard_models.anomaly import AnomalyScorer, placeholder_scorer
     from lineguard_models.export import export_onnx
 
-    model_cfg = anomaly_model_config(cfg, spec)
-    sspec = ScorerSpec(input_height_px=spec.input_height, input_width_px=spec.input_width, channels=spec.channels,
-                       max_value=float(spec.max_value), stages=model_cfg.backbone.stages,
-                       neighbourhood_cells=model_cfg.neighbourhood_cells, projection_dim=model_cfg.projection_dim,
-                       projection_seed=model_cfg.seed, blur_sigma_px=model_cfg.blur_sigma_px,
-                       image_score=model_cfg.image_score, score_top_k=model_cfg.score_top_k)
-    backbone = load_backbone(model_cfg.backbone).eval()
-    dim = model_cfg.projection_dim or sum(backbone.stage_channels[s] for s in sspec.stages)
-    probe = AnomalyScorer(backbone, torch.zeros(1, dim), sspec)
+    probe = placeholder_scorer(anomaly_model_config(cfg, spec), channels=spec.channels, max_value=spec.max_value)
     rows = bank_rows(cfg, spec, probe.features.grid_hw, n_fit)
-    stand_in = torch.randn(rows, dim, generator=torch.Generator().manual_seed(0))
-    scorer = AnomalyScorer(backbone, stand_in, sspec).eval()
+    stand_in = torch.randn(rows, probe.features.out_dim, generator=torch.Generator().manual_seed(0))
+    scorer = AnomalyScorer(probe.features.backbone, stand_in, probe.spec).eval()
     with tempfile.TemporaryDirectory(prefix="lineguard-price-") as tmp:
         path = export_onnx(scorer, keep if keep is not None else Path(tmp) / "priced.onnx")
         return engine_p50_ms(path, batch, runs), rows

@@ -99,11 +99,8 @@ class StreamingCoreset:
 
     @property
     def target_rows(self) -> int:
-        """Rows of the final bank: ``bank_size``, or with ``fraction`` that share of every row seen (at most
-        ``bank_size``; at least one)."""
-        if self.fraction is None:
-            return self.bank_size
-        return max(1, min(self.bank_size, math.ceil(self.fraction * self.rows_seen)))
+        """Rows of the final bank (:func:`final_rows` of the rows seen so far)."""
+        return final_rows(self.bank_size, self.fraction, self.rows_seen)
 
     def bank(self) -> Tensor:
         """Final memory bank [min(target_rows, rows_seen), D]."""
@@ -115,3 +112,11 @@ class StreamingCoreset:
         if self._bank is None:
             raise ValueError("no features were added: the training set is empty")
         return self._bank
+
+
+def final_rows(bank_size: int, fraction: float | None, rows_seen: int) -> int:
+    """Rows of the bank :class:`StreamingCoreset` keeps of ``rows_seen``: ``bank_size``, or with
+    ``fraction`` that share of every row seen (at most ``bank_size``; at least one), never more than
+    were seen."""
+    target = bank_size if fraction is None else max(1, min(bank_size, math.ceil(fraction * rows_seen)))
+    return min(target, max(rows_seen, 1))
