@@ -14,6 +14,7 @@ calibrates only through its out-of-fold score, ``crossfit.py``), write a bundle 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -136,6 +137,14 @@ def _max_value(ds: Dataset, samples: Sequence[Sample]) -> int:
     (10/12/14/16) holding every training pixel, so a 12-bit camera is not scaled as if 16 bit."""
     if ds.dtype == "uint8":
         return 255
+    return _bit_depth_scale(ds, tuple(samples))
+
+
+@functools.lru_cache(maxsize=4)
+def _bit_depth_scale(ds: Dataset, samples: tuple[Sample, ...]) -> int:
+    """:func:`_max_value` of 16-bit images, which reads every one: cached, because automatic
+    configuration builds the input spec of every candidate (pricing, folds, records) from the same
+    training images."""
     peak = max(int(ds.load(s).max()) for s in samples)
     return next(v for v in _BIT_DEPTHS if v >= peak)
 

@@ -114,3 +114,21 @@ def test_mixed_layout_refused(tmp_path: Path) -> None:
     (root / "train" / "good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="mixes the split layout"):
         scan_dataset(root)
+
+
+def test_the_input_spec_of_16_bit_images_reads_them_once_for_every_recipe(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import lineguard_models.data as data
+    from lineguard_models.pipeline import TrainConfig, make_input_spec
+
+    root = _make(tmp_path, bit_depth=16)
+    ds = scan_dataset(root)
+    assert ds.dtype == "uint16"
+    reads: list[Path] = []
+    real = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda path, **kw: reads.append(path) or real(path, **kw))
+    train = ds.good()
+    specs = [make_input_spec(ds, train, TrainConfig(input_size_px=px)) for px in (224, 288, 352)]
+    assert len({s.max_value for s in specs}) == 1 and specs[0].max_value in (1023, 4095, 16383, 65535)
+    assert sorted(reads) == sorted(s.path for s in train)  # each training image read once, not once per recipe
+    assert [s.input_width for s in specs] == sorted({s.input_width for s in specs})
