@@ -29,38 +29,18 @@ VARIANTS: dict[str, dict[str, Any]] = {"balanced": {"gap": "balanced"}, "escape_
 
 
 def _test_scores(r: dict[str, Any], bundle: Any) -> tuple[np.ndarray, np.ndarray]:
-    from lineguard_models.ortscore import file_sha256
-
-    if "test_scores" in r:
+    if "test_scores" in r:  # kept in the result since stop 10
         return np.array(r["test_scores"]), np.array(r["test_labels"])
-    cache = bq.BASE / "testscores" / f"{r['set']}_s{r['seed']}.json"  # bench_quality.rethreshold's
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if cached.get("bundle_sha256") == file_sha256(bundle.root / "manifest.json"):
-        return np.array([x for _, x in cached["test"]]), np.array([c for c, _ in cached["test"]])
-    from lineguard.engines.config import CpuProvider, OrtEngineConfig
-    from lineguard.engines.runner import BundleRunner
-
-    sp = bq.q.make_split(bq.DATASETS, r["set"], r["seed"])
-    mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
-    with BundleRunner.from_bundle(bundle, OrtEngineConfig(providers=[CpuProvider(type="cpu")],
-                                                          intra_op_threads=1)) as runner:
-        s = np.array([runner.infer(bq._load(sp, it, mono)).anomaly_score for it in sp.test])
-    return s, np.array([it.label for it in sp.test])
+    return bq.test_scores(r["set"], r["seed"], bundle)
 
 
 def replay(path: Path, variants: list[str], arm: str) -> list[dict[str, Any]]:
     from lineguard.bundle import load_bundle
-    from lineguard_models.bundle_files import read_scores
     from lineguard_models.calibration import CalibrationPolicy, calibrate
 
     r = json.loads(path.read_text())
     bundle = load_bundle(bq.BASE / "bundles" / arm / f"{r['set']}_s{r['seed']}")
-    rows = read_scores(bundle)
-    good = [x.score for x in rows if x.label == "good"]
-    defects: dict[str, list[float]] = {}
-    for x in rows:
-        if x.label != "good":
-            defects.setdefault(x.label, []).append(x.score)
+    good, defects = bq.stored_calibration(bundle)
     # the current auto arm replays its own policy (and must reproduce its thresholds); older bundles
     # are replayed under today's default policy, as bench_quality.rethreshold does
     current = arm == "auto"

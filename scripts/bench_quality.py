@@ -164,45 +164,58 @@ def run_auto(name: str, seed: int) -> dict[str, Any]:
     return res
 
 
+def stored_calibration(bundle: Any) -> tuple[list[float], dict[str, list[float]]]:
+    """(good scores, defect scores per class) the bundle calibrated on (``report/scores.csv``)."""
+    from lineguard_models.bundle_files import read_scores
+
+    rows = read_scores(bundle)
+    defects: dict[str, list[float]] = {}
+    for r in rows:
+        if r.label != "good":
+            defects.setdefault(r.label, []).append(r.score)
+    return [r.score for r in rows if r.label == "good"], defects
+
+
+def test_scores(name: str, seed: int, bundle: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(anomaly score, label) of every test image of the split, by ``bundle``'s own engine; cached under
+    ``/work/data/quality/testscores`` per bundle (its manifest's sha256), so a rule change replays fast."""
+    from lineguard.engines.config import CpuProvider, OrtEngineConfig
+    from lineguard.engines.runner import BundleRunner
+    from lineguard_models.ortscore import file_sha256
+
+    sp = q.make_split(DATASETS, name, seed)
+    cache = BASE / "testscores" / f"{name}_s{seed}.json"
+    sha = file_sha256(bundle.root / "manifest.json")
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("bundle_sha256") == sha:
+        return np.array([x for _, x in cached["test"]]), np.array([c for c, _ in cached["test"]])
+    mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
+    ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=THREADS)
+    with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
+        s = np.array([runner.infer(_load(sp, it, mono)).anomaly_score for it in sp.test])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"set": name, "seed": seed, "bundle_sha256": sha,
+                                 "test": [[it.label, float(x)] for it, x in zip(sp.test, s, strict=True)]}))
+    return s, np.array([it.label for it in sp.test])
+
+
 def rethreshold(name: str, seed: int, **policy_updates: Any) -> dict[str, Any]:
     """The auto arm's bundle re-thresholded by the current ``calibrate`` from the calibration scores the
     bundle stores (``report/scores.csv``: what training calibrated on), the test images scored again by
     the bundle's own engine: shows a calibration change without retraining (``lineguard calibrate``
     does the same from new images)."""
     from lineguard.bundle import load_bundle
-    from lineguard.engines.config import CpuProvider, OrtEngineConfig
-    from lineguard.engines.runner import BundleRunner
-    from lineguard_models.bundle_files import read_scores
     from lineguard_models.calibration import CalibrationPolicy, calibrate
-    from lineguard_models.ortscore import file_sha256
 
     src = json.loads(_result_path("auto", "auto", name, seed).read_text())
     bundle = load_bundle(BASE / "bundles" / "auto" / f"{name}_s{seed}")
     m = bundle.manifest
-    rows = read_scores(bundle)
-    defects: dict[str, list[float]] = {}
-    for r in rows:
-        if r.label != "good":
-            defects.setdefault(r.label, []).append(r.score)
+    good, defects = stored_calibration(bundle)
     policy = CalibrationPolicy.model_validate({**{k: v for k, v in dict(m.thresholds.policy).items() if k != "mode"},
                                                **policy_updates})
-    res = calibrate([r.score for r in rows if r.label == "good"], defects, policy)
-    sp = q.make_split(DATASETS, name, seed)
-    mono = bool(m.provenance["dataset"]["mono_from_rgb"])
-    cache = BASE / "testscores" / f"{name}_s{seed}.json"  # the bundle's test scores: a rule change re-runs fast
-    sha = file_sha256(bundle.root / "manifest.json")
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if cached.get("bundle_sha256") == sha:
-        s = np.array([x for _, x in cached["test"]])
-    else:
-        ort_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")], intra_op_threads=THREADS)
-        with BundleRunner.from_bundle(bundle, ort_cfg) as runner:
-            s = np.array([runner.infer(_load(sp, it, mono)).anomaly_score for it in sp.test])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"set": name, "seed": seed, "bundle_sha256": sha,
-                                     "test": [[it.label, float(x)] for it, x in zip(sp.test, s, strict=True)]}))
-    y = np.array([it.label != "good" for it in sp.test])
-    cls = np.array([it.label for it in sp.test])
+    res = calibrate(good, defects, policy)
+    s, cls = test_scores(name, seed, bundle)
+    y = cls != "good"
     acc, rej = s < res.lower, s >= res.upper
     return {**src, "arm": "auto_rethresholded" + ("_observed" if policy_updates else ""),
             "lower": res.lower, "upper": res.upper,
