@@ -64,7 +64,7 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BASE = Path("/work/data/quality")
 SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle")
 ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
-BACKBONE = "efficientnet_lite0"  # --backbone: the frozen classifier backbone measured (product default Lite0)
+LITE0 = "efficientnet_lite0"  # the product classifier's backbone; --backbone measures another
 PX = 224
 COPIES = 2  # CameraProfile.copies_per_image default (the conservative profile of lineguard train)
 Image = npt.NDArray[Any]
@@ -124,12 +124,12 @@ def splits(name: str, y: npt.NDArray[np.int64], paths: list[str], seed: int, n_m
 class Cache:
     """Pooled features (average and GeM) of stage4..7 per image (identity) and per photometric copy, computed once."""
 
-    def __init__(self, name: str, images: list[Image], root: Path) -> None:
-        lite = "" if BACKBONE == "efficientnet_lite0" else f"_{BACKBONE}"
+    def __init__(self, name: str, images: list[Image], root: Path, backbone: str = LITE0) -> None:
+        lite = "" if backbone == LITE0 else f"_{backbone}"
         self.images, self.path = images, root / f"{name}_{PX}_mean_gem{lite}.npz"
         self.spec = spec_for_images(images[:3], input_width=PX, input_height=PX)
         self.profile = CameraProfile.conservative_for(self.spec)
-        bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES, variant=BACKBONE)  # type: ignore[arg-type]
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=ALL_STAGES, variant=backbone)  # type: ignore[arg-type]
         # [mean, gem] per stage: every candidate's pooling is a column slice (classifier_select.feature_columns)
         self.pooled = PooledFeatures(bb, max_value=self.spec.max_value, pooling="mean_gem").eval()
         self.dims = {s: bb.stage_channels[s] for s in ALL_STAGES}
@@ -208,10 +208,10 @@ def _candidates() -> list[Candidate]:
 
 
 def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
-            candidates: Sequence[Candidate] | None = None) -> dict[str, Any]:
+            candidates: Sequence[Candidate] | None = None, backbone: str = LITE0) -> dict[str, Any]:
     candidates = list(candidates) if candidates is not None else _candidates()
     images, y, classes, paths = load_set(name)
-    cache = Cache(name, images, cache_dir)
+    cache = Cache(name, images, cache_dir, backbone)
     plans = [splits(name, y, paths, s, max(sizes)) for s in seeds]
     need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
     pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
@@ -246,7 +246,7 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
     return partial
 
 
-def latency(out_dir: Path, runs: int = 60) -> dict[str, Any]:
+def latency(out_dir: Path, runs: int = 60, backbone: str = LITE0) -> dict[str, Any]:
     """ONNX Runtime CPU (2 threads) p50/p95 of the exported image-path classifier per stage set."""
     import onnxruntime as ort
 
@@ -256,7 +256,7 @@ def latency(out_dir: Path, runs: int = 60) -> dict[str, Any]:
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
     res = {}
     for stages in sorted({c.stages for c in CANDIDATES}):
-        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=BACKBONE)  # type: ignore[arg-type]
+        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=backbone)  # type: ignore[arg-type]
         feats = PooledFeatures(bb, max_value=255)
         d = feats.out_dim
         head = SoftmaxHead(weight=np.zeros((d, 3), np.float32), bias=np.zeros(3, np.float32),
@@ -340,11 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", nargs="*", default=[c.name for c in CANDIDATES],
                    help="per-line candidates to cross-validate (the first must be default)")
     p.add_argument("--doc", action="store_true", help="write docs/benchmarks/quality-classifier.md from --out")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "efficientnet_lite2"],
+    p.add_argument("--backbone", default=LITE0, choices=[LITE0, "efficientnet_lite2"],
                    help="frozen backbone of the classifier-only arms (the product's is Lite0; e2e uses the product's)")
     args = p.parse_args(argv)
-    global BACKBONE
-    BACKBONE = args.backbone
     if args.doc:
         from quality_classifier_doc import render
 
@@ -360,12 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         if (DATASETS / name).is_dir():
             res = run_set(name, args.seeds, args.sizes, args.out,
-                          [c for c in _candidates() if c.name in args.candidates])
+                          [c for c in _candidates() if c.name in args.candidates], args.backbone)
             (args.out / f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     if "e2e" not in args.skip:
         (args.out / "e2e_mvtec_bottle.json").write_text(json.dumps(end_to_end_bottle(args.seeds), indent=1))
     if "latency" not in args.skip:
-        (args.out / "latency.json").write_text(json.dumps(latency(args.out), indent=1))
+        (args.out / "latency.json").write_text(json.dumps(latency(args.out, backbone=args.backbone), indent=1))
     return 0
 
 
