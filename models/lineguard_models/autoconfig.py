@@ -349,7 +349,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
                               runs=auto.latency_runs, progress=progress,
                               image_size=_median_size(ds) if candidates is None else None)
     works = [_work(ds, base, c, auto.folds) for c in cands]  # the list as pricing left it
-    any_fast = any(p <= auto.latency_budget_ms for p, _ in prices.values())
+    any_fast = any(prices[c.name][0] <= auto.latency_budget_ms for c in cands)
     outcomes: list[Outcome] = []
     plan: Plan | None = None
     first: Candidate | None = None

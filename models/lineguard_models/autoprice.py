@@ -127,7 +127,7 @@ def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], *, 
     for c in cands[1:]:
         price(c)
     prev, at = cands[0], 1
-    while not any(p <= budget_ms for p, _ in prices.values()) and at <= 3:
+    while not any(prices[c.name][0] <= budget_ms for c in cands) and at <= 3:
         lean = lean_candidate(candidate_config(base, prev, folds), prices[prev.name][0], budget_ms)
         if lean.name in prices:
             break
