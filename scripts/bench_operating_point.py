@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality as bq
 
 VARIANTS: dict[str, dict[str, Any]] = {"balanced": {"gap": "balanced"}, "escape_first": {"gap": "escape_first"},
-                                       "recheck_gap": {"band": "recheck"}}
+                                       "recheck_gap": {"band": "recheck"},
+                                       "reject_tail_model": {"reject_tail": "model"},
+                                       "reject_tail_observed": {"reject_tail": "observed"}}
 
 
 def _test_scores(r: dict[str, Any], bundle: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +47,8 @@ def replay(path: Path, variants: list[str], arm: str) -> list[dict[str, Any]]:
     # are replayed under today's default policy, as bench_quality.rethreshold does
     current = arm == "auto"
     base = ({k: v for k, v in dict(bundle.manifest.thresholds.policy).items() if k != "mode"} if current else {})
+    if current:  # a bundle made before the option was chosen on the goods' scores alone
+        base.setdefault("reject_tail", "observed")
     s, cls = _test_scores(r, bundle)
     y = cls != "good"
     out = []

@@ -16,7 +16,9 @@ from lineguard_models.calibration import (
     calibrate,
     clopper_pearson_upper,
     extra_needed,
+    false_reject_threshold,
     tail_escape_threshold,
+    tail_reject_threshold,
 )
 from lineguard_models.report import write_report
 
@@ -210,3 +212,41 @@ def test_report_writes_the_curve_plots_and_its_data(tmp_path: Path) -> None:
     assert data["auto"]["candidates"][0]["name"] == "a"
     text = md.read_text()
     assert "operating_curve.png" in text and "Automatic configuration" in text and "| a | 224 px |" in text
+
+
+def _goods_with_an_outlier() -> np.ndarray:
+    # 59 good scores and one atypical good far above the rest (the suite's metal plate: 53.8 vs 47.0)
+    return np.concatenate([np.random.default_rng(3).normal(30.0, 3.0, 59), [60.0]])
+
+
+def test_the_reject_threshold_follows_the_modelled_good_tail_below_one_outlier() -> None:
+    good = _goods_with_an_outlier()
+    top = np.sort(good)[::-1]
+    u, s = top[10], float(np.mean(top[:10] - top[10]))  # k = 10 highest of 60 over the 11th
+    modelled = u + s * np.log((10 / 61) / 0.01)
+    assert top[1] < modelled < top[0]  # the outlier alone does not set it; the second highest stays below
+    assert tail_reject_threshold(good, 0.01, 0) == pytest.approx(modelled)
+    # the defects overlap the outlier: the band ends at the modelled point, not at the outlier
+    defects = {"dent": np.linspace(45.0, 70.0, 20)}
+    res = calibrate(good, defects)
+    assert res.upper == pytest.approx(modelled) and res.good.false_rejects == 1
+    observed = calibrate(good, defects, CalibrationPolicy(reject_tail="observed"))
+    assert observed.upper > top[0] and observed.good.false_rejects == 0
+    assert res.automated_share > observed.automated_share
+
+
+def test_the_reject_tail_never_lets_more_than_one_more_good_through() -> None:
+    # two goods far above the other 58: the modelled 1 % point lies below both; clamped just above the second
+    good = np.concatenate([np.linspace(0.0, 10.0, 58), [29.0, 30.0]])
+    top = np.sort(good)[::-1]
+    u, s = top[10], float(np.mean(top[:10] - top[10]))
+    assert u + s * np.log((10 / 61) / 0.01) < top[1]
+    t = tail_reject_threshold(good, 0.01, 0)
+    assert t == np.nextafter(29.0, np.inf) and int(np.count_nonzero(good >= t)) == 1
+
+
+def test_the_reject_tail_is_not_used_where_the_goods_bound_the_budget() -> None:
+    # 1000 goods support the 1 % budget's bound (4 allowed): the calibration scores decide alone
+    good = np.concatenate([np.random.default_rng(4).normal(30.0, 3.0, 999), [60.0]])
+    res = calibrate(good, {"dent": np.linspace(45.0, 70.0, 20)})
+    assert res.good.supported and res.t_false_reject == false_reject_threshold(good, 0.01, 4)

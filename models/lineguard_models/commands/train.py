@@ -45,6 +45,12 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
                    help="'model' (default): the accept threshold goes no higher than where each class's modelled "
                         "lower tail puts --escape-target of new defects (few defect images rarely show a class's "
                         "lowest scores); 'observed': the calibration scores alone (docs/calibration.md)")
+    p.add_argument("--reject-tail", choices=["model", "observed"], default=None,
+                   help="'model' (default): with too few good images to bound --false-reject-budget, the reject "
+                        "threshold may sit below the highest good score, where the goods' modelled upper tail puts "
+                        "the budget of new good parts (one atypical good does not send every defect near it to "
+                        "recheck; at most one calibration good more is rejected); 'observed': the calibration "
+                        "scores alone (docs/calibration.md)")
     p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
@@ -67,7 +73,8 @@ def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
 
 def policy_updates(args: argparse.Namespace) -> dict[str, object]:
     pairs = {"escape_target": args.escape_target, "false_reject_budget": args.false_reject_budget,
-             "band": args.band, "escape_tail": args.escape_tail}
+             "band": args.band, "escape_tail": args.escape_tail,
+             "reject_tail": args.reject_tail}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
