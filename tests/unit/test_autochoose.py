@@ -39,3 +39,19 @@ def test_equal_shares_keep_the_default_and_a_slow_first_does_not_count() -> None
 @pytest.mark.parametrize("n", [None, 0])
 def test_without_image_counts_the_largest_share_wins(n: int | None) -> None:
     assert choose([_o("default", 0.50, n=n), _o("b", 0.51, n=n)], 40.0)[0].name == "b"
+
+
+def test_a_higher_share_on_a_worse_out_of_fold_auroc_keeps_the_default() -> None:
+    # elpv_poly seed 1: lite0 decided 55 of 80 against the default's 41, but ranked worse out of fold
+    default, lite0 = _o("default", 0.5125, auroc=0.922), _o("lite0", 0.6875, auroc=0.917)
+    best, why = choose([default, lite0], 40.0)
+    assert best is default and "default kept" in why and "AUROC 0.917 is below 0.922" in why
+    # the same share on an AUROC no lower wins
+    lite0_ranks = _o("lite0", 0.6875, auroc=0.922)
+    assert choose([default, lite0_ranks], 40.0)[0] is lite0_ranks
+
+
+def test_the_clear_rival_that_ranks_as_well_wins_over_a_larger_share_that_ranks_worse() -> None:
+    default, avg3, stage3 = _o("default", 0.30, auroc=0.80), _o("avg3", 0.70, auroc=0.75), _o("stage3", 0.55, 0.90)
+    best, why = choose([default, avg3, stage3], 40.0)
+    assert best is stage3 and "above default's" in why and "(0.900 against 0.800)" in why
