@@ -275,24 +275,19 @@ def choose(outcomes: Sequence[Outcome], latency_budget_ms: float) -> tuple[Outco
         best = min(tried, key=lambda o: o.engine_p50_ms or math.inf)
         return best, (f"no candidate within the latency budget {latency_budget_ms:g} ms: the fastest "
                       f"({best.engine_p50_ms:.1f} ms) is taken")
-    first = fast[0]
-    top = max(fast, key=_key)
+    first, top = fast[0], max(fast, key=_key)
     clear = [o for o in fast[1:] if _clearly_above(o, first)]
-    rivals = [o for o in clear if _ranks_as_well(o, first)]
-    best = max([first, *rivals], key=_key)
-    margin = _share_se(top, first)
-    if best is first and top is not first:
-        if clear:
-            o = max(clear, key=_key)
-            return first, (f"{first.name} kept: {o.name}'s out-of-fold automated share "
-                           f"{100 * (o.automated_share or 0):.1f} % is above its {100 * (first.automated_share or 0):.1f} %, "
-                           f"but its out-of-fold AUROC {o.auroc or 0:.3f} is below {first.auroc or 0:.3f}: more parts "
-                           "decided at one threshold on a worse ranking is threshold luck")
-        if margin is not None:
-            return first, (f"{first.name} kept: the best other out-of-fold automated share ({top.name} "
-                           f"{100 * (top.automated_share or 0):.1f} % against {100 * (first.automated_share or 0):.1f} %) "
-                           f"is within one standard error ({100 * margin:.1f} points) of it")
-    margin = _share_se(best, first)
+    best = max([first, *(o for o in clear if _ranks_as_well(o, first))], key=_key)
+    share = {o.name: f"{100 * (o.automated_share or 0):.1f} %" for o in fast}
+    margin = _share_se(top if best is first else best, first)
+    if best is first and clear:
+        o = max(clear, key=_key)
+        return first, (f"{first.name} kept: {o.name}'s out-of-fold automated share {share[o.name]} is above its "
+                       f"{share[first.name]}, but its out-of-fold AUROC {o.auroc or 0:.3f} is below "
+                       f"{first.auroc or 0:.3f}: more parts decided at one threshold on a worse ranking is luck")
+    if best is first and top is not first and margin is not None:
+        return first, (f"{first.name} kept: the best other out-of-fold automated share ({top.name} {share[top.name]} "
+                       f"against {share[first.name]}) is within one standard error ({100 * margin:.1f} points) of it")
     ties = [o.name for o in fast if o is not best and o.automated_share == best.automated_share]
     why = f"largest out-of-fold automated share ({100 * (best.automated_share or 0):.1f} %)"
     if best is not first and margin is not None:

@@ -21,8 +21,8 @@ the highest accepted good and the lowest defect score, which no calibration part
 put the least risk to the targets (:func:`gap_threshold`). The escape constraint always holds on the
 calibration data, and so does the false-reject one except where too few goods can bound the budget
 (``reject_tail: model``, :func:`tail_reject_threshold`: at most one calibration good more); the
-Clopper-Pearson upper bounds say how far that can be trusted for the next parts. Bounds are one-sided at ``confidence`` (0/20 at 95 % ->
-``1 - 0.05 ** (1 / 20) = 0.139``).
+Clopper-Pearson upper bounds say how far that can be trusted for the next parts. Bounds are one-sided
+at ``confidence`` (0/20 at 95 % -> ``1 - 0.05 ** (1 / 20) = 0.139``).
 
 Must never: return a non-finite threshold, hide a class with too few images, or fall back to a
 good-only threshold without flagging it (``mode = "good_only"``).
