@@ -452,6 +452,12 @@ def calibrate(
         if c.auroc < 0.6:
             warnings.append(f"defect class {c.name!r} is barely separable from good parts (AUROC {c.auroc:.2f})")
     good_stats = _good_stats(good, lower, upper, policy, allow_g)
+    if upper == t_fr and good_stats.false_rejects > allow_g[0]:  # the modelled good tail let one more through
+        warnings.append(
+            f"the reject threshold follows the good scores' modelled tail (reject_tail: model): the highest good "
+            f"image (score {good.max():.4g}) scores above it and counts as a false reject; look at it in "
+            "report/scores.csv: an atypical good part, or a defect filed under good/"
+        )
     if good_stats.rechecks > 0.2 * good.size:
         warnings.append(f"the uncertainty band sends {good_stats.rechecks}/{good.size} good parts to recheck")
     unsupported = _unsupported(good_stats, per_class, policy)

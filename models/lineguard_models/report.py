@@ -201,7 +201,8 @@ def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[st
         f"- mode: `{result.mode}`" + (" (no defect images: escape rate unknown)" if result.mode == "good_only" else ""),
         f"- accept when score < **{result.lower:.6g}**; reject when score >= **{result.upper:.6g}**; recheck between",
         f"- policy: false-reject budget {_pct(result.policy.false_reject_budget)}, escape target "
-        f"{_pct(result.policy.escape_target)}, band `{result.policy.band}`; bounds are one-sided exact "
+        f"{_pct(result.policy.escape_target)}, band `{result.policy.band}`, unseen tails: escapes "
+        f"`{result.policy.escape_tail}`, false rejects `{result.policy.reject_tail}`; bounds are one-sided exact "
         f"(Clopper-Pearson) at {_pct(result.policy.confidence)}",
         "- 'more images needed': further images of that set, all scored correctly, that would bring the "
         "upper bound under the target",

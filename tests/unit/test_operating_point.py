@@ -230,8 +230,10 @@ def test_the_reject_threshold_follows_the_modelled_good_tail_below_one_outlier()
     defects = {"dent": np.linspace(45.0, 70.0, 20)}
     res = calibrate(good, defects)
     assert res.upper == pytest.approx(modelled) and res.good.false_rejects == 1
+    assert any("modelled tail" in w and "60" in w for w in res.warnings)  # names the outlier's score to look at
     observed = calibrate(good, defects, CalibrationPolicy(reject_tail="observed"))
     assert observed.upper > top[0] and observed.good.false_rejects == 0
+    assert not any("modelled tail" in w for w in observed.warnings)
     assert res.automated_share > observed.automated_share
 
 
