@@ -11,12 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from lineguard.bundle import read_manifest
-from lineguard.errors import ConfigError
-from lineguard_models.calibration import CalibrationPolicy
-from lineguard_models.commands.train import add_policy_arguments, policy_updates
+from lineguard_models.commands.train import add_policy_arguments, bundle_policy, policy_updates
 from lineguard_models.pipeline import recalibrate
 
 HELP = "re-calibrate a bundle's thresholds with new defect images"
@@ -32,13 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     updates = policy_updates(args)
-    policy = None
-    if updates:  # start from the bundle's policy, change only what was asked
-        base = {k: v for k, v in read_manifest(args.bundle).thresholds.policy.items() if k != "mode"}
-        try:
-            policy = CalibrationPolicy.model_validate({**base, **updates})
-        except ValidationError as exc:
-            raise ConfigError(f"invalid calibration options: {exc}") from exc
+    policy = bundle_policy(args.bundle, updates) if updates else None  # the bundle's, changed only as asked
     bundle = recalibrate(args.bundle, args.data, args.out, policy=policy,
                          max_defects_per_class=args.max_defects_per_class, allow_unreadable=args.skip_unreadable)
     m = bundle.manifest

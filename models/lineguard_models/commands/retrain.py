@@ -16,8 +16,14 @@ from typing import get_args
 from pydantic import ValidationError
 
 from lineguard.errors import ConfigError
-from lineguard_models.calibration import CalibrationPolicy
-from lineguard_models.commands.train import add_classifier_arguments, classifier_config, tiles_arg
+from lineguard_models.commands.train import (
+    add_classifier_arguments,
+    add_policy_arguments,
+    bundle_policy,
+    classifier_config,
+    policy_updates,
+    tiles_arg,
+)
 from lineguard_models.datastore import DatasetStore, GoodUse
 from lineguard_models.pipeline import TrainConfig
 from lineguard_models.retrain import GateConfig, retrain
@@ -48,13 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiles", type=tiles_arg, default=(1, 1), help="ROWSxCOLS tiles")
     p.add_argument("--bank-size", type=int, default=None,
                    help="cap on memory bank rows (default: lineguard train's default bank)")
-    p.add_argument("--band", choices=["automate", "recheck", "none"], default=None,
-                   help="calibration band, as in lineguard train --band (default: automate)")
     p.add_argument("--calibration-folds", type=int, default=3,
                    help="K >= 2 (default 3): every good image fits and calibrates out-of-fold, K extra banks; "
                         "0: held-out good images calibrate. On casting the data loop only beats random "
                         "labelling with K = 3 (docs/benchmarks/data-loop.md)")
     add_classifier_arguments(p)
+    add_policy_arguments(p)  # default: the active bundle's policy (the line's targets), changed only as asked
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--product", default="product", help="product name in the bundle")
     p.add_argument("--recipe", type=int, default=0, help="PLC recipe number")
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                 input_size_px=args.input_size, tile_rows=args.tiles[0], tile_cols=args.tiles[1],
                                 calibration_folds=args.calibration_folds, classifier=classifier_config(args),
                                 **({"bank_size": args.bank_size} if args.bank_size is not None else {}),
-                                **({"policy": CalibrationPolicy(band=args.band)} if args.band is not None else {}))
+                                policy=bundle_policy(args.active, policy_updates(args)))
         gate_cfg = GateConfig(recall_tolerance=args.recall_tolerance,
                               false_reject_tolerance=args.false_reject_tolerance)
     except ValidationError as exc:

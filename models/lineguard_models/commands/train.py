@@ -71,6 +71,17 @@ def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
     return ClassifierConfig()
 
 
+def bundle_policy(bundle: Path, updates: dict[str, object]) -> CalibrationPolicy:
+    """``bundle``'s calibration policy with ``updates`` (the options given); a clear error when invalid."""
+    from lineguard.bundle import read_manifest
+
+    base = {k: v for k, v in read_manifest(bundle).thresholds.policy.items() if k != "mode"}
+    try:
+        return CalibrationPolicy.model_validate({**base, **updates})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid calibration options: {exc}") from exc
+
+
 def policy_updates(args: argparse.Namespace) -> dict[str, object]:
     pairs = {"escape_target": args.escape_target, "false_reject_budget": args.false_reject_budget,
              "band": args.band, "escape_tail": args.escape_tail,
