@@ -163,8 +163,9 @@ def render(out_dir: Path) -> str:
             if s in results:
                 lines += _cand_rows(results[s], names)
     lines += ["", "Candidates: `default` = stage5+6, average and GeM pooling (`mean_gem`), 2 photometric copies; "
-              "`s56_nocopies` the same without copies; `s56_mean` = stage5+6 pooled by the average alone with "
-              "copies (the default before 2026-12-06); `s567` = stage5+6+7 `mean_gem` with copies. The per-line "
+              "`s56_nocopies` the same without copies; `s567` = stage5+6+7 `mean_gem` with copies; `s4567` = "
+              "stage4+5+6+7 `mean_gem` with copies (since stop 11; it replaced `s56_mean`, stage5+6 pooled by the "
+              "average alone, which never beat the default on held-out images). The per-line "
               "choice takes another only if its CV accuracy beats the default's by one image or more.", ""]
     lines += ["", "## End to end, mvtec_bottle (anomaly stage + classifier, the product's bundles)", ""]
     if e2e["rows"]:

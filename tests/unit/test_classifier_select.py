@@ -36,13 +36,15 @@ def test_default_kept_unless_beaten_by_at_least_one_image() -> None:
 def test_line_candidates_follow_the_config_and_profile() -> None:
     cands = line_candidates(("stage5", "stage6"), 0)  # a profile without photometric copies
     assert cands[0] == Candidate("default", ("stage5", "stage6"), 0, "mean_gem")
-    # copies 0 twice -> deduplicated: default, the average-pooled one, stage5+6+7
+    # copies 0 twice -> deduplicated: default, stage5+6+7, stage4+5+6+7
     assert len({(c.stages, c.copies, c.pooling) for c in cands}) == len(cands) == 3
-    assert all(c.copies == 0 for c in cands) and [c.pooling for c in cands] == ["mean_gem", "mean", "mean_gem"]
+    assert all(c.copies == 0 for c in cands) and [c.name for c in cands] == ["default", "s567", "s4567"]
     assert line_candidates(("stage6", "stage7"), 3)[0].copies == 3
     assert len(line_candidates(("stage6", "stage7"), 3)) == len(CANDIDATES)  # the configured stages replace {5,6}
-    # a line configured for average pooling: the "s56_mean" candidate is the default's twin and drops out
-    assert [c.name for c in line_candidates(("stage5", "stage6"), 2, "mean")] == ["default", "s56_nocopies", "s567"]
+    # a line configured for average pooling: every candidate pools by the average too
+    mean = line_candidates(("stage5", "stage6"), 2, "mean")
+    assert [c.name for c in mean] == ["default", "s56_nocopies", "s567", "s4567"]
+    assert {c.pooling for c in mean} == {"mean"}
 
 
 def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not() -> None:
