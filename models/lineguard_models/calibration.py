@@ -261,10 +261,7 @@ def tail_escape_threshold(defect: Scores, target: float) -> float:
     elpv_poly and bsdata through (above the 13.9 % bound the report had predicted); the tail model
     halved the suite's mean escape rate (docs/calibration.md)."""
     d = np.sort(defect)
-    if d.size < 3 or target <= 0.0:
-        return float(d[0])
-    p0, u, s = _tail(d, max(float(d[-1] - d[0]), 1e-12))
-    return u if p0 <= target else u - s * math.log(p0 / target)
+    return float(d[0]) if d.size < 3 or target <= 0.0 else _tail_point(d, target, -1.0)
 
 
 def tail_reject_threshold(good: Scores, budget: float, allowed: int) -> float:
@@ -282,10 +279,8 @@ def tail_reject_threshold(good: Scores, budget: float, allowed: int) -> float:
     g = np.sort(good)[::-1]
     if g.size < 3 or budget <= 0.0:
         return t
-    p0, u, s = _tail(g, max(float(g[0] - g[-1]), 1e-12))
-    modelled = u if p0 <= budget else u + s * math.log(p0 / budget)
     one_more = float(np.nextafter(g[min(allowed + 1, g.size - 1)], np.inf))
-    return max(min(t, modelled), one_more)
+    return max(min(t, _tail_point(g, budget, 1.0)), one_more)
 
 
 def allowed_errors(n: int, target: float, confidence: float, targets_on: str = "bound") -> tuple[int, bool]:
@@ -358,6 +353,14 @@ def _tail(extreme_first: Scores, span: float) -> tuple[float, float, float]:
     excess = np.abs(extreme_first[:k] - u)
     s = max(float(np.mean(excess)) if excess.size else 0.0, 0.01 * span, 1e-12)
     return k / (n + 1), u, s
+
+
+def _tail_point(extreme_first: Scores, rate: float, outwards: float) -> float:
+    """Where one side's modelled tail (:func:`_tail` over the whole score range) puts ``rate`` of new
+    scores beyond: from ``u`` towards ``outwards`` (+1 the goods' upper tail, -1 a defect class's lower
+    one); ``u`` itself when the tail's start is already that rare (the calibration scores decide alone)."""
+    p0, u, s = _tail(extreme_first, max(abs(float(extreme_first[0] - extreme_first[-1])), 1e-12))
+    return u if p0 <= rate else u + outwards * s * math.log(p0 / rate)
 
 
 def gap_threshold(good: Scores, classes: Mapping[str, Scores], t_fr: float, t_esc: float,
@@ -454,9 +457,9 @@ def calibrate(
     good_stats = _good_stats(good, lower, upper, policy, allow_g)
     if upper == t_fr and good_stats.false_rejects > allow_g[0]:  # the modelled good tail let one more through
         warnings.append(
-            f"the reject threshold follows the good scores' modelled tail (reject_tail: model): the highest good "
-            f"image (score {good.max():.4g}) scores above it and counts as a false reject; look at it in "
-            "report/scores.csv: an atypical good part, or a defect filed under good/"
+            f"the reject threshold follows the good scores' modelled tail (reject_tail: model): the good image "
+            f"with score {good[good >= upper].min():.4g} scores above it and counts as a false reject; look at it "
+            "in report/scores.csv: an atypical good part, or a defect filed under good/"
         )
     if good_stats.rechecks > 0.2 * good.size:
         warnings.append(f"the uncertainty band sends {good_stats.rechecks}/{good.size} good parts to recheck")

@@ -252,3 +252,12 @@ def test_the_reject_tail_is_not_used_where_the_goods_bound_the_budget() -> None:
     good = np.concatenate([np.random.default_rng(4).normal(30.0, 3.0, 999), [60.0]])
     res = calibrate(good, {"dent": np.linspace(45.0, 70.0, 20)})
     assert res.good.supported and res.t_false_reject == false_reject_threshold(good, 0.01, 4)
+
+
+def test_the_reject_tail_warning_names_the_good_it_lets_through_not_the_highest() -> None:
+    # 150 goods cannot bound 1 % (0/150 -> 2.0 %): the observed rule allows one (the 60), the modelled
+    # tail lets the 50 through as well; the warning must point at the 50
+    good = np.concatenate([np.random.default_rng(5).normal(30.0, 3.0, 148), [50.0, 60.0]])
+    res = calibrate(good, {"dent": np.linspace(45.0, 70.0, 20)})
+    assert not res.good.supported and res.good.allowed == 1 and res.good.false_rejects == 2
+    assert any("score 50 scores above it" in w for w in res.warnings), res.warnings
