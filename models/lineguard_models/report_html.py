@@ -360,7 +360,9 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
         f'<div class="thr accept" data-value="{result.lower!r}">accept score &lt; {result.lower:.6g}</div>{band}'
         f'<div class="thr reject" data-value="{result.upper!r}">reject score &ge; {result.upper:.6g}</div></div>'
         f"<p>mode <code>{_esc(result.mode)}</code>; false-reject budget {_pct(p.false_reject_budget)}, escape target "
-        f"{_pct(p.escape_target)}, band <code>{_esc(p.band)}</code>; bounds one-sided exact (Clopper-Pearson) at "
+        f"{_pct(p.escape_target)}, band <code>{_esc(p.band)}</code>, unseen tails: escapes "
+        f"<code>{_esc(p.escape_tail)}</code>, false rejects <code>{_esc(p.reject_tail)}</code>; bounds one-sided "
+        "exact (Clopper-Pearson) at "
         f"{_pct(p.confidence)}</p>{_share(result)}</section>",
         f"<section><h2>More images needed</h2>{_more_images(result)}</section>",
         _auto_section(auto),

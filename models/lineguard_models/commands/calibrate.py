@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lineguard_models.commands.train import add_policy_arguments, bundle_policy, policy_updates
+from lineguard_models.commands.train import add_data_arguments, add_policy_arguments, bundle_policy, policy_updates
 from lineguard_models.pipeline import recalibrate
 
 HELP = "re-calibrate a bundle's thresholds with new defect images"
@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder with new images (defect class folders, and good/ if any)")
     p.add_argument("--out", type=Path, default=None, help="new bundle folder (default: replace --bundle atomically)")
     add_policy_arguments(p)
+    add_data_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from lineguard.bundle import read_manifest
 from lineguard.errors import ConfigError
 from lineguard_models.autoconfig import AutoConfig, train_auto
 from lineguard_models.calibration import CalibrationPolicy
@@ -32,7 +33,8 @@ def tiles_arg(text: str) -> tuple[int, int]:
 
 
 def add_policy_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``lineguard calibrate`` (None = keep the default / the bundle's policy)."""
+    """Calibration policy options shared with ``lineguard calibrate`` and ``retrain`` (None = keep the default /
+    the bundle's policy)."""
     p.add_argument("--escape-target", type=float, default=None,
                    help="max fraction of each defect class accepted on the calibration images (default 0.02)")
     p.add_argument("--false-reject-budget", type=float, default=None,
@@ -51,6 +53,10 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
                         "the budget of new good parts (one atypical good does not send every defect near it to "
                         "recheck; at most one calibration good more is rejected); 'observed': the calibration "
                         "scores alone (docs/calibration.md)")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the calibrating images shared with ``lineguard calibrate`` (retrain reads its dataset store)."""
     p.add_argument("--max-defects-per-class", type=int, default=None, help="defect images used per class")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip unreadable/empty image files instead of stopping (they are listed in the report)")
@@ -73,8 +79,6 @@ def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
 
 def bundle_policy(bundle: Path, updates: dict[str, object]) -> CalibrationPolicy:
     """``bundle``'s calibration policy with ``updates`` (the options given); a clear error when invalid."""
-    from lineguard.bundle import read_manifest
-
     base = {k: v for k, v in read_manifest(bundle).thresholds.policy.items() if k != "mode"}
     try:
         return CalibrationPolicy.model_validate({**base, **updates})
@@ -120,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(docs/augmentation.md); default: conservative profile for the images' format")
     add_classifier_arguments(p)
     add_policy_arguments(p)
+    add_data_arguments(p)
 
 
 # options that set the recipe by hand: any of them given means no automatic configuration
