@@ -367,12 +367,12 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     record for the report and the manifest). The first candidate always runs; its folds price the final training,
     whose reserve the later candidates may not touch (module ``autobudget``). Every engine is priced
     first (``autoprice.price_candidates``): one over the latency budget is not run while another is within it."""
-    cands = list(candidates) if candidates is not None else default_candidates(base, _median_size(ds))
+    size = _median_size(ds)
     deadline = deadline or Deadline(auto.time_budget_s)
-    prices = price_candidates(ds, base, cands, folds=auto.folds, budget_ms=auto.latency_budget_ms,
-                              runs=auto.latency_runs, progress=progress,
-                              image_size=_median_size(ds) if candidates is None else None)
-    works = [_work(ds, base, c, auto.folds) for c in cands]  # the list as pricing left it
+    cands, prices = price_candidates(ds, base, candidates if candidates is not None else default_candidates(base, size),
+                                     folds=auto.folds, budget_ms=auto.latency_budget_ms, runs=auto.latency_runs,
+                                     progress=progress, image_size=size if candidates is None else None)
+    works = [_work(ds, base, c, auto.folds) for c in cands]
     any_fast = any(prices[c.name][0] <= auto.latency_budget_ms for c in cands)
     outcomes: list[Outcome] = []
     plan: Plan | None = None

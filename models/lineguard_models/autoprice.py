@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +96,19 @@ def rebased_candidates(base: TrainConfig, image_size: tuple[int, int], side: int
               for c in others)]
 
 
-def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], *, folds: int,
-                     budget_ms: float, runs: int, progress: Progress,
-                     image_size: tuple[int, int] | None = None) -> dict[str, tuple[float, int]]:
-    """Every candidate's engine priced before any fold runs: name -> (p50 ms, bank rows).
+def price_candidates(ds: Dataset, base: TrainConfig, candidates: Sequence[Candidate], *, folds: int,
+                     budget_ms: float, runs: int, progress: Progress, image_size: tuple[int, int] | None = None
+                     ) -> tuple[list[Candidate], dict[str, tuple[float, int]]]:
+    """Every candidate's engine priced before any fold runs: (the candidate list to run, name -> (p50 ms,
+    bank rows)).
 
-    With ``image_size`` (``cands`` is the default list): when the default's engine is over the latency
-    budget, the list is rebased in place on the largest input side priced within ``LEAN_MARGIN`` x the
+    With ``image_size`` (``candidates`` is the default list): when the default's engine is over the latency
+    budget, the list is rebased on the largest input side priced within ``LEAN_MARGIN`` x the
     budget (:func:`largest_side`, :func:`rebased_candidates`), so every recipe is tried at a size the
     line can run. Otherwise, when no candidate is within the budget, lean candidates (fewer pixels,
     ``autocandidates.lean_candidate``) are inserted after the first, each priced, until one is (three
     at most)."""
-    prices: dict[str, tuple[float, int]] = {}
+    cands, prices = list(candidates), dict[str, tuple[float, int]]()
 
     def price(c: Candidate) -> float:
         if c.name not in prices:
@@ -123,7 +124,7 @@ def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], *, 
         start = int(lean_candidate(base, first, budget_ms).updates["input_size_px"])
         side = largest_side(lambda px: price(Candidate(name=f"lean{px}px", updates={"input_size_px": px})), start,
                             base.input_size_px, LEAN_MARGIN * budget_ms)
-        cands[:] = rebased_candidates(base, image_size, side, first, budget_ms)
+        cands = rebased_candidates(base, image_size, side, first, budget_ms)
     for c in cands[1:]:
         price(c)
     prev, at = cands[0], 1
@@ -135,4 +136,4 @@ def price_candidates(ds: Dataset, base: TrainConfig, cands: list[Candidate], *, 
         price(prev)
         cands.insert(at, prev)
         at += 1
-    return prices
+    return cands, prices
