@@ -11,10 +11,11 @@ chosen L2, per-class ``min_confidence``) -> held-out metrics. Candidates are the
 no views); the *per-line choice* row is the candidate with the best cross-validated accuracy on the
 training images of that split alone (``classifier_select.pick``), never the test set.
 
-End to end: ``mvtec_bottle`` is the only set with good images; its bundles are the quality suite's
-fixed default (``scripts/bench_quality.py`` ``train_config``), trained with the current code into
-``/work/data/quality/bundles/e2e`` when missing (``lineguard_models.pipeline.train`` on 50 goods + half
-of each defect class, ``quality_sets.make_split``),
+End to end: ``mvtec_bottle`` is the only set with good images; its bundles are trained as ``lineguard
+train`` ships (automatic configuration, ``autoconfig.train_auto`` with the product's budgets, the quality
+suite's ``train_config``) with the current code into ``/work/data/quality/bundles/e2e_auto`` when missing
+(50 goods + half of each defect class, ``quality_sets.make_split``); until stop 11 the suite's fixed
+default recipe (``bundles/e2e``),
 scored by the edge ``BundleRunner`` + ``decide`` on the held-out defects: named right = verdict reject
 or recheck AND ``defect_class`` is the true class (an escape, a wrong class or ``unknown`` count as
 wrong; the best guess is reported too). NEU-DET, X-SDD and DeepPCB crops have no good images, so no
@@ -290,15 +291,16 @@ def end_to_end_bottle(seeds: Sequence[int]) -> dict[str, Any]:
 
     out = []
     for seed in seeds:
-        bdir = BASE / "bundles" / "e2e" / f"mvtec_bottle_s{seed}"
-        if not (bdir / "manifest.json").exists():  # the quality suite's fixed default, trained with today's code
+        bdir = BASE / "bundles" / "e2e_auto" / f"mvtec_bottle_s{seed}"
+        if not (bdir / "manifest.json").exists():  # as lineguard train ships it (auto), with today's code
             from bench_quality import train_config
 
-            from lineguard_models.pipeline import train
+            from lineguard_models.autoconfig import AutoConfig, train_auto
 
             folder = q.build_folder(q.make_split(DATASETS, "mvtec_bottle", seed), BASE / "folders")
             t0 = time.perf_counter()
-            train(folder, bdir, train_config(seed, "default"), progress=lambda _: None, overwrite=True)
+            train_auto(folder, bdir, train_config(seed, "default"), AutoConfig(), progress=lambda _: None,
+                       overwrite=True)
             log(f"bottle e2e seed {seed}: trained {bdir} in {time.perf_counter() - t0:.0f} s")
         bundle = load_bundle(bdir)
         policy = DecisionPolicy.from_manifest(bundle.manifest)

@@ -21,7 +21,7 @@ from lineguard_models.augment import CameraProfile
 from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, ClassifierConfig, defect_images, train_classifier
 from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
-from lineguard_models.shared import export_for_bundle
+from lineguard_models.shared import export_for_bundle, may_share
 
 ONNX_FILE = "classifier.onnx"
 
@@ -54,6 +54,8 @@ def classifier_for_bundle(
         return None
     progress(f"defect classifier: {len(counts)} classes, {sum(counts.values())} images")
     config = config or ClassifierConfig()
+    if anomaly is not None and config.input_px is not None and may_share(anomaly, config):
+        config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
     clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),

@@ -43,9 +43,13 @@ class PooledFeatures(nn.Module):
     75.0 -> 80.2 %, X-SDD 96.1 -> 96.7 %, DeepPCB crops 88.5 -> 89.3 %, NEU-DET level;
     docs/benchmarks/quality-classifier.md)."""
 
-    def __init__(self, backbone: Backbone, *, max_value: float, pooling: Pooling = "mean") -> None:
+    def __init__(self, backbone: Backbone, *, max_value: float, pooling: Pooling = "mean",
+                 resize_to: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.pooling = pooling
+        # (height, width) the backbone sees: the frame is scaled inside the graph (bilinear), so the
+        # training side and the exported graph take the same input and do the same arithmetic
+        self.resize_to = resize_to
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -60,7 +64,10 @@ class PooledFeatures(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         scale, shift = self.get_buffer("in_scale"), self.get_buffer("in_shift")
-        return self.pool(self.backbone(image * scale + shift))
+        x = image * scale + shift
+        if self.resize_to is not None:
+            x = F.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
+        return self.pool(self.backbone(x))
 
     def pool(self, feats: dict[str, Tensor]) -> Tensor:
         """Stage maps -> pooled feature vector [N, D]; the one pooling of both graph inputs
@@ -68,6 +75,17 @@ class PooledFeatures(nn.Module):
         if self.pooling == "mean":
             return torch.cat([feats[s].mean(dim=(2, 3)) for s in self.stages], dim=1)
         return torch.cat([torch.cat([feats[s].mean(dim=(2, 3)), gem(feats[s])], dim=1) for s in self.stages], dim=1)
+
+
+def classifier_resize(spec: InputSpec, input_px: int | None) -> tuple[int, int] | None:
+    """(height, width) the classifier's backbone sees for frames of ``spec``: scaled down so the shorter
+    side is ``input_px``, aspect kept; None when the frame is not larger (never scaled up) or
+    ``input_px`` is None."""
+    h, w = spec.input_height, spec.input_width
+    if input_px is None or min(h, w) <= input_px:
+        return None
+    f = input_px / min(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
 
 
 class ClassifierGraph(nn.Module):

@@ -37,6 +37,7 @@ from lineguard.bundle import EngineSpec
 from lineguard.errors import EngineError
 from lineguard.preprocess import prepare
 from lineguard_models.anomaly import AnomalyScorer
+from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig, TrainedClassifier
 from lineguard_models.classifier_graph import PROBS_OUTPUT, ClassifierGraph, export_classifier_onnx
 from lineguard_models.export import SCORE_OUTPUT, SHARED_OUTPUT, export_onnx
@@ -78,6 +79,15 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def may_share(anomaly: AnomalyScorer, config: ClassifierConfig) -> bool:
+    """Whether the classifier could continue from ``anomaly``'s backbone pass, as far as that is known
+    before it is trained (the same Lite0 weights, sharing on, no view averaging): such a classifier is
+    trained at the anomaly input size (no ``input_px`` scaling), since the shared map sets its size."""
+    bb = anomaly.features.backbone
+    return (config.share_backbone and not config.average_views and isinstance(bb, EfficientNetLite0)
+            and bb.variant == "efficientnet_lite0")
+
+
 def shared_stage_for(
     anomaly: AnomalyScorer, clf: TrainedClassifier, config: ClassifierConfig
 ) -> tuple[SharedStage | None, str]:
@@ -90,6 +100,8 @@ def shared_stage_for(
         return None, "the classifier graph averages orientation views of the image"
     a_bb, c_feats = anomaly.features.backbone, clf.graph.features
     c_bb = c_feats.backbone
+    if c_feats.resize_to is not None:
+        return None, f"the classifier scales the frame to {c_feats.resize_to[1]}x{c_feats.resize_to[0]} (input_px)"
     if type(a_bb) is not type(c_bb) or not _same_tensors(a_bb.state_dict(), c_bb.state_dict()):
         return None, "the engines use different backbones or weights"
     same_norm = torch.equal(anomaly.in_scale, c_feats.get_buffer("in_scale")) and torch.equal(
