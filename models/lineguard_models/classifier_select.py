@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lineguard_models.classifier import FeatureExtractor, fit_from_features
+from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, FeatureExtractor, fit_from_features
 from lineguard_models.classifier_features import FeatureSet, build_features
 from lineguard_models.classifier_graph import POOL_WIDTH
 from lineguard_models.classifier_head import SoftmaxHead
@@ -45,6 +45,20 @@ LATENCY_P50_MS: dict[str, float] = {
     # p50 (scripts/bench_quality_classifier.py latency): 1.08x stage5+6
     "stage4+stage5+stage6+stage7": 21.2,
 }
+# What a flagged part adds to the anomaly engine on the edge when the bundle has a classifier: the
+# 224 px classifier graph 7.8 ms p50 and the frame's preprocessing 1.2 ms (quality suite mvtec_bottle
+# auto bundles, edge BundleRunner, idle 2-core box, stop 12; docs/classifier.md). Automatic
+# configuration gives the anomaly engine the latency budget less this (issue 16: a flagged part <= 40 ms).
+FLAGGED_EXTRA_MS = 9.0
+
+
+def flagged_extra_ms(defect_counts: Sequence[int]) -> float:
+    """``FLAGGED_EXTRA_MS`` where ``lineguard train`` will train a classifier on defect classes of these
+    sizes (>= 2 classes, each >= ``MIN_IMAGES_PER_CLASS``: ``classifier_bundle``'s rule), else 0."""
+    counts = list(defect_counts)
+    return FLAGGED_EXTRA_MS if len(counts) >= 2 and min(counts) >= MIN_IMAGES_PER_CLASS else 0.0
+
+
 # the anomaly engine's share of a flagged part at 224x224 (docs/benchmarks/classifier.md, 13.2-14.0 ms)
 ANOMALY_P50_MS = 14.0
 

@@ -118,3 +118,14 @@ def test_training_reports_every_candidate_and_the_choice(budget: float) -> None:
     assert all(not c["skipped"] and 0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"])
     probs = clf.predict_proba(data["band"][:2])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_a_flagged_part_keeps_time_for_the_classifier_only_where_one_is_trained() -> None:
+    from lineguard_models.classifier import MIN_IMAGES_PER_CLASS
+    from lineguard_models.classifier_select import FLAGGED_EXTRA_MS, flagged_extra_ms
+
+    n = MIN_IMAGES_PER_CLASS
+    assert flagged_extra_ms([n, n]) == FLAGGED_EXTRA_MS > 0
+    assert flagged_extra_ms([n]) == 0.0  # one class: no classifier
+    assert flagged_extra_ms([n, n - 1]) == 0.0  # a class too small: lineguard train skips the classifier
+    assert flagged_extra_ms([]) == 0.0
