@@ -370,7 +370,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     first (``autoprice.price_candidates``): one over the latency budget is not run while another is within it."""
     size = _median_size(ds)
     deadline = deadline or Deadline(auto.time_budget_s)
-    if extra := flagged_extra_ms([len(ds.defects(c)) for c in ds.defect_classes]):  # the classifier's share
+    if extra := flagged_extra_ms({c: len(ds.defects(c)) for c in ds.defect_classes}):  # the classifier's share
         auto = auto.model_copy(update={"latency_budget_ms": max(auto.latency_budget_ms - extra,
                                                                 auto.latency_budget_ms / 4)})  # never raised
         progress(f"auto: anomaly engine budget {auto.latency_budget_ms:g} ms p50 ({extra:g} ms for the classifier)")
@@ -414,7 +414,7 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     best, why = choose(outcomes, auto.latency_budget_ms)
     winner = cands[next(i for i, o in enumerate(outcomes) if o is best)]
     estimate = plan.estimate(works[cands.index(winner)], corrected=winner is not first)
-    record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate)
+    record = _record(outcomes, best, why, winner, auto, deadline.elapsed(), ds, estimate, extra)
     progress(f"auto: chose {best.name}: {why}")
     return candidate_config(base, winner, auto.folds), best.oof, record
 
@@ -425,7 +425,7 @@ def _median_size(ds: Dataset) -> tuple[int, int]:
 
 
 def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candidate, auto: AutoConfig,
-            seconds: float, ds: Dataset, estimate: FinalEstimate) -> dict[str, Any]:
+            seconds: float, ds: Dataset, estimate: FinalEstimate, classifier_ms: float) -> dict[str, Any]:
     skipped = [o.name for o in outcomes if o.status.startswith("skipped: time")]
     slow = [o.name for o in outcomes if o.status.startswith("skipped: engine")]
     stopped = [o.name for o in outcomes if o.status.startswith("stopped")]
@@ -440,9 +440,8 @@ def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candid
             + (f"; engine priced over the latency budget, not run: {', '.join(slow)}" if slow else "")
             + f"; final training estimated {estimate.total_s:.0f} s, {estimate.reserve_s():.0f} s reserved"
             + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, the final bank's rows, "
-            "priced before the folds" + (f"; the line's budget less {x:g} ms for a flagged part's classifier"
-                                         if (x := flagged_extra_ms([len(ds.defects(c)) for c in ds.defect_classes]))
-                                         else "") + ")")
+            "priced before the folds" + (f"; the line's budget less {classifier_ms:g} ms for a flagged part's "
+                                         "classifier" if classifier_ms else "") + ")")
     return {"chosen": best.name, "reason": why, "criterion": crit + "; ties: worst-class AUROC, separation, speed",
             "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1),
             "budget_s": auto.time_budget_s, "final_estimate": estimate.record(),

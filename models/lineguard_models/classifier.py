@@ -77,6 +77,18 @@ MIN_IMAGES_PER_CLASS = 5
 WARN_IMAGES_PER_CLASS = 15
 
 
+def too_few_defects(counts: Mapping[str, int]) -> str | None:
+    """Why ``lineguard train`` trains no classifier on defect classes of these sizes (fewer than 2
+    classes, or one below ``MIN_IMAGES_PER_CLASS``), or None when it does."""
+    if len(counts) < 2:
+        return f"it needs at least 2 defect classes, got {sorted(counts)}"
+    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if not small:
+        return None
+    listing = ", ".join(f"'{c}' has {n} image{'s' if n != 1 else ''}" for c, n in sorted(small.items()))
+    return f"{listing}; each class needs at least {MIN_IMAGES_PER_CLASS} images to train and cross-validate"
+
+
 
 class ClassifierConfig(BaseModel):
     """Classifier training settings; the defaults are the measured choice (docs/classifier.md)."""
@@ -226,18 +238,9 @@ class FeatureExtractor:
 
 
 def check_class_sizes(images_by_class: Mapping[str, Sequence[Image]]) -> list[str]:
-    """Refuse unusable class folders; return warnings for small ones."""
-    if len(images_by_class) < 2:
-        raise DatasetError(
-            f"the defect classifier needs at least 2 defect classes, got {sorted(images_by_class)}"
-        )
-    too_few = {c: len(v) for c, v in images_by_class.items() if len(v) < MIN_IMAGES_PER_CLASS}
-    if too_few:
-        listing = ", ".join(f"'{c}' has {n} image{'s' if n != 1 else ''}" for c, n in sorted(too_few.items()))
-        raise DatasetError(
-            f"defect class folder too small to train or cross-validate a classifier: {listing}; "
-            f"each class needs at least {MIN_IMAGES_PER_CLASS} images (collect more or remove the folder)"
-        )
+    """Refuse unusable class folders (:func:`too_few_defects`); return warnings for small ones."""
+    if why := too_few_defects({c: len(v) for c, v in images_by_class.items()}):
+        raise DatasetError(f"the defect classifier cannot be trained: {why} (collect more or remove the folder)")
     return [
         f"class '{c}' has only {len(v)} images: below {WARN_IMAGES_PER_CLASS} the accuracy and the "
         "confidence threshold are rough; collect more"

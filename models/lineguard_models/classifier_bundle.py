@@ -18,7 +18,7 @@ from typing import Any
 from lineguard.preprocess import InputSpec
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
-from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, ClassifierConfig, defect_images, train_classifier
+from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
 from lineguard_models.shared import export_for_bundle, may_share
@@ -42,12 +42,8 @@ def classifier_for_bundle(
     output (scores checked unchanged) and the classifier graph takes that map.
     """
     counts = {c: len(dataset.defects(c)) for c in dataset.defect_classes}
-    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
-    if len(counts) < 2 or small:
-        why = (f"{len(counts)} defect class(es)" if len(counts) < 2 else
-               ", ".join(f"'{c}' has {n}" for c, n in sorted(small.items())))
-        progress(f"defect classifier skipped: needs >= 2 defect classes with >= {MIN_IMAGES_PER_CLASS} "
-                 f"images each ({why})")
+    if why := too_few_defects(counts):
+        progress(f"defect classifier skipped: {why}")
         return None
     if spec.tiles.count != 1:
         progress("defect classifier skipped: tiled input specs are not supported by the classifier yet")

@@ -23,13 +23,13 @@ does not fit in the remaining time budget, is skipped and the reason recorded.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, FeatureExtractor, fit_from_features
+from lineguard_models.classifier import FeatureExtractor, fit_from_features, too_few_defects
 from lineguard_models.classifier_features import FeatureSet, build_features
 from lineguard_models.classifier_graph import POOL_WIDTH
 from lineguard_models.classifier_head import SoftmaxHead
@@ -52,11 +52,10 @@ LATENCY_P50_MS: dict[str, float] = {
 FLAGGED_EXTRA_MS = 9.0
 
 
-def flagged_extra_ms(defect_counts: Sequence[int]) -> float:
+def flagged_extra_ms(defect_counts: Mapping[str, int]) -> float:
     """``FLAGGED_EXTRA_MS`` where ``lineguard train`` will train a classifier on defect classes of these
-    sizes (>= 2 classes, each >= ``MIN_IMAGES_PER_CLASS``: ``classifier_bundle``'s rule), else 0."""
-    counts = list(defect_counts)
-    return FLAGGED_EXTRA_MS if len(counts) >= 2 and min(counts) >= MIN_IMAGES_PER_CLASS else 0.0
+    sizes (``classifier.too_few_defects``, the rule ``classifier_bundle`` applies), else 0."""
+    return 0.0 if too_few_defects(defect_counts) else FLAGGED_EXTRA_MS
 
 
 # the anomaly engine's share of a flagged part at 224x224 (docs/benchmarks/classifier.md, 13.2-14.0 ms)

@@ -125,7 +125,7 @@ def test_a_flagged_part_keeps_time_for_the_classifier_only_where_one_is_trained(
     from lineguard_models.classifier_select import FLAGGED_EXTRA_MS, flagged_extra_ms
 
     n = MIN_IMAGES_PER_CLASS
-    assert flagged_extra_ms([n, n]) == FLAGGED_EXTRA_MS > 0
-    assert flagged_extra_ms([n]) == 0.0  # one class: no classifier
-    assert flagged_extra_ms([n, n - 1]) == 0.0  # a class too small: lineguard train skips the classifier
-    assert flagged_extra_ms([]) == 0.0
+    assert flagged_extra_ms({"a": n, "b": n}) == FLAGGED_EXTRA_MS > 0
+    assert flagged_extra_ms({"a": n}) == 0.0  # one class: no classifier
+    assert flagged_extra_ms({"a": n, "b": n - 1}) == 0.0  # a class too small: lineguard train skips the classifier
+    assert flagged_extra_ms({}) == 0.0
