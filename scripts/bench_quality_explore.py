@@ -37,6 +37,7 @@ from lineguard_models.pipeline import input_size_for_side
 
 BASE = Path("/work/data/quality")
 ALL_STAGES = ("stage3", "stage4", "stage5")
+CELLS = [3]  # neighbourhood averaging of the cached features (--cells; 3 = the stop-8 recipe, 1 = today's default)
 DIMS = {"efficientnet_lite0": (40, 80, 112), "efficientnet_lite1": (40, 80, 112),
         "efficientnet_lite2": (48, 88, 120)}
 
@@ -50,7 +51,8 @@ def geometry(name: str, w: int, h: int) -> tuple[int, int, str]:
 
 
 def features(sp: q.Split, folder: Path, geom: str, backbone: str, rot: bool) -> dict[str, torch.Tensor]:
-    path = BASE / "explore" / "feats" / f"{sp.name}_s{sp.seed}_{geom}_{backbone}{'_rot' if rot else ''}.pt"
+    cells = "" if CELLS[0] == 3 else f"_c{CELLS[0]}"
+    path = BASE / "explore" / "feats" / f"{sp.name}_s{sp.seed}_{geom}_{backbone}{cells}{'_rot' if rot else ''}.pt"
     if path.exists():
         return torch.load(path)  # type: ignore[no-any-return]
     ds = scan_dataset(folder)
@@ -61,7 +63,7 @@ def features(sp: q.Split, folder: Path, geom: str, backbone: str, rot: bool) -> 
                      fit=fit_mode)  # type: ignore[arg-type]
     bb = load_backbone(BackboneConfig(kind=backbone, stages=ALL_STAGES))  # type: ignore[arg-type]
     sspec = ScorerSpec(input_height_px=h, input_width_px=w, channels=ds.channels, max_value=255.0,
-                       stages=ALL_STAGES, neighbourhood_cells=3, projection_dim=None, projection_seed=0,
+                       stages=ALL_STAGES, neighbourhood_cells=CELLS[0], projection_dim=None, projection_seed=0,
                        blur_sigma_px=4.0, image_score="patch_max")
     scorer = AnomalyScorer(bb, torch.zeros(1, sum(DIMS[backbone])), sspec).eval()
 
@@ -134,7 +136,8 @@ def bank_for(fit: torch.Tensor, variant: str, seed: int) -> torch.Tensor:
 
 def evaluate(name: str, seed: int, geom: str, backbone: str, stages: tuple[str, ...], bank: str,
              rot: bool) -> dict[str, object]:
-    tag = f"{geom}_{backbone}_{'+'.join(s[-1] for s in stages)}_{bank}{'_rot' if rot else ''}"
+    cells = "" if CELLS[0] == 3 else f"_c{CELLS[0]}"
+    tag = f"{geom}_{backbone}{cells}_{'+'.join(s[-1] for s in stages)}_{bank}{'_rot' if rot else ''}"
     out_path = BASE / "explore" / "results" / f"{name}_s{seed}_{tag}.json"
     if out_path.exists():
         return json.loads(out_path.read_text())  # type: ignore[no-any-return]
@@ -213,6 +216,7 @@ def main() -> None:
     ap.add_argument("--stages", default="3+5")
     ap.add_argument("--banks", default="cs10")
     ap.add_argument("--rot", action="store_true")
+    ap.add_argument("--cells", type=int, default=3, help="feature neighbourhood averaging (1 = the default today)")
     ap.add_argument("--latency", default="", help="engine shapes to time instead (see engine_latency)")
     ap.add_argument("--runs", type=int, default=100, help="timed runs per engine with --latency")
     a = ap.parse_args()
@@ -220,6 +224,7 @@ def main() -> None:
         torch.set_num_threads(2)
         engine_latency(a.latency.split(","), a.runs)
         return
+    CELLS[0] = a.cells
     torch.set_num_threads(1)  # a shared machine: one thread never spin-waits for a descheduled sibling
     for name in a.sets.split(","):
         for seed in map(int, a.seeds.split(",")):

@@ -16,7 +16,6 @@ or leave files behind.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,23 +25,10 @@ import numpy.typing as npt
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates, lean_candidate
 from lineguard_models.data import Dataset
-from lineguard_models.ortscore import Progress, cpu_session
+from lineguard_models.ortscore import Progress, engine_p50_ms
 from lineguard_models.pipeline import TrainConfig, anomaly_model_config, make_input_spec, split_good
 
 LEAN_MARGIN = 0.85  # a lean side must price within this share of the latency budget (timing jitter)
-
-
-def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
-    """Median wall time of one engine run (ONNX Runtime, 2 CPU threads, as ``ortscore.cpu_session``)."""
-    session = cpu_session(onnx_path)
-    for _ in range(3):
-        session.run(["anomaly_score"], {"image": batch})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(["anomaly_score"], {"image": batch})
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
 
 
 def bank_rows(cfg: TrainConfig, spec: InputSpec, grid_hw: tuple[int, int], n_fit: int) -> int:

@@ -11,19 +11,31 @@ shared classifier whose class probabilities differ from the image path (``shared
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lineguard.preprocess import InputSpec
+from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
+from lineguard_models.ortscore import engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
 
 ONNX_FILE = "classifier.onnx"
+LATENCY_RUNS = 20  # timed runs of the line's anomaly engine for the per-line choice's latency filter
+
+
+def _anomaly_p50_ms(dataset: Dataset, spec: InputSpec, anomaly_onnx: Path | None) -> float | None:
+    """The line's anomaly engine, p50 ms on this CPU (2 threads) on one of its defect images; None without
+    the exported engine (the choice then assumes the default engine's cost)."""
+    if anomaly_onnx is None:
+        return None
+    frame = dataset.load(dataset.defects(dataset.defect_classes[0])[0])
+    return engine_p50_ms(anomaly_onnx, prepare(frame, spec)[0], LATENCY_RUNS)
 
 
 def classifier_for_bundle(
@@ -53,9 +65,10 @@ def classifier_for_bundle(
     if anomaly is not None and config.input_px is not None and may_share(anomaly, config):
         config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
+    selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(dataset, spec, anomaly_onnx))
     clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
-                           selector=select_and_fit)  # per-line choice (issue 16) when config.select
+                           selector=selector)  # per-line choice (issue 16) when config.select
     sel = clf.cv_report.get("selection")
     if sel:
         progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")

@@ -62,3 +62,26 @@ def test_rebased_candidates_try_every_recipe_at_the_lean_side() -> None:
     for c in cands[1:]:
         assert c.updates["input_size_px"] == (224 if c.name == "stage3_224px" else 160)
     assert next(c for c in cands if c.name == "avg3").updates == {"input_size_px": 160, "neighbourhood_cells": 3}
+
+
+def test_turned_bank_candidate_keeps_the_defaults_bank_rows() -> None:
+    """Every good enters the bank in 4 orientations (2 on a non-square input), with the bank's share of the
+    patches divided by the copies: the same rows as the default, so the same engine cost."""
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.anomaly import planned_bank_rows
+    from lineguard_models.pipeline import anomaly_model_config, input_size_for_side
+
+    for size, copies in (((300, 300), 4), ((704, 288), 2)):
+        base = TrainConfig()
+        turns = next(c for c in default_candidates(base, size) if c.name == "turns4")
+        assert turns.updates == {"bank_turns": 4, "bank_fraction": base.bank_fraction / copies}
+        assert f"in {copies} orientations" in turns.why
+        rows = []
+        for cfg in (base, TrainConfig.model_validate({**base.model_dump(), **turns.updates})):
+            w, h = input_size_for_side(*size, cfg.input_size_px, cfg.input_side)
+            spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=w, input_height=h)
+            rows.append(planned_bank_rows(anomaly_model_config(cfg, spec), (h // 8, w // 8), 50))
+        assert rows[0] == rows[1] > 0, size
+    # a fixed row count (no share) stays as it is
+    fixed = TrainConfig(bank_fraction=None, bank_size=4000)
+    assert next(c for c in default_candidates(fixed, (300, 300)) if c.name == "turns4").updates == {"bank_turns": 4}

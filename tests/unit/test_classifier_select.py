@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,17 @@ def test_line_candidates_follow_the_config_and_profile() -> None:
 def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not() -> None:
     assert all(estimated_p50_ms(c.stages) <= 40.0 for c in CANDIDATES)
     assert estimated_p50_ms(("stage7",)) == float("inf")
+    assert estimated_p50_ms(("stage5", "stage6"), 20.0) == pytest.approx(20.0 + 1.2 + 7.8)
+
+
+def test_auto_keeps_room_for_whichever_candidate_the_per_line_choice_picks() -> None:
+    """One latency model: an anomaly engine at auto's reduced budget (40 ms less FLAGGED_EXTRA_MS) leaves every
+    candidate's flagged part within 40 ms, and the costliest one exactly at it."""
+    from lineguard_models.classifier_select import FLAGGED_EXTRA_MS
+
+    engine = 40.0 - FLAGGED_EXTRA_MS
+    flagged = [estimated_p50_ms(c.stages, engine) for c in CANDIDATES]
+    assert max(flagged) == pytest.approx(40.0) and all(f <= 40.0 + 1e-9 for f in flagged)
 
 
 def test_feature_columns_slice_the_union() -> None:
@@ -88,8 +101,8 @@ def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", [300.0])
-def test_training_reports_every_candidate_and_the_choice(budget: float) -> None:
+@pytest.mark.parametrize(("budget", "anomaly_ms"), [(300.0, None), (300.0, 31.0), (300.0, 120.0)])
+def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_ms: float | None) -> None:
     from lineguard.preprocess import InputSpec
     from lineguard_models.classifier import ClassifierConfig, train_classifier
 
@@ -108,14 +121,22 @@ def test_training_reports_every_candidate_and_the_choice(budget: float) -> None:
 
     data = {c: [img(i) for _ in range(6)] for i, c in enumerate(("band", "stripe", "blob"))}
     clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(select_time_budget_s=budget),
-                           selector=select_and_fit)
+                           selector=functools.partial(select_and_fit, anomaly_p50_ms=anomaly_ms))
     sel = clf.cv_report["selection"]
     names = [c["name"] for c in sel["candidates"]]
     assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     assert not chosen["skipped"] and tuple(sel["stages"]) == clf.graph.features.stages
     assert "finetune" in sel["not_candidates"]
-    assert all(not c["skipped"] and 0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"])
+    tried = {c["name"] for c in sel["candidates"] if not c["skipped"]}
+    assert all(0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"] if c["name"] in tried)
+    assert sel["anomaly_p50_ms"] == anomaly_ms
+    # a flagged part = anomaly engine + 1.2 ms + classifier (stage5+6 7.8 ms, the deeper sets 8.4 ms) <= 40 ms
+    expect = {None: set(names), 31.0: {"default", "s56_nocopies"}, 120.0: {"default"}}[anomaly_ms]
+    assert tried == expect  # the default always runs: it is what the line gets anyway
+    for c in sel["candidates"]:
+        if c["name"] not in tried:
+            assert c["skipped"].startswith("estimated flagged part") and "> budget 40 ms" in c["skipped"]
     probs = clf.predict_proba(data["band"][:2])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
