@@ -62,6 +62,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lite1": {**STOP8, "backbone": "efficientnet_lite1"},
     "lite2": {**STOP8, "backbone": "efficientnet_lite2"},
     "turns4": {**STOP8, "bank_turns": 4},
+    # stop 13: auto's turns4 candidate on today's default (four turns, the default's bank rows)
+    "turns4_rows": {"bank_turns": 4, "bank_fraction": 0.025},
 }
 
 
