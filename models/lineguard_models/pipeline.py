@@ -93,7 +93,9 @@ class TrainConfig(BaseModel):
     score_top_k: int = Field(10, ge=1, le=4096, description="patches averaged when image_score is topk_mean")
     bank_turns: Literal["auto", 1, 2, 4] = Field(
         "auto", description="turned copies of each good image in the anomaly bank: auto = the four 90-degree turns "
-        "when the camera profile says rotate_90 (parts in any orientation), else none; 1, 2 (180 deg) or 4")
+        "when the camera profile says rotate_90 (parts in any orientation; bank_fraction is then divided by the "
+        "copies, so the bank keeps its rows and the engine its cost), else none; 1, 2 (180 deg) or 4 (bank_fraction "
+        "as given)")
     max_good: int | None = Field(None, ge=1, description="most good images used for fitting (after hold-out)")
     max_defects_per_class: int | None = Field(None, ge=1, description="most defect images per class to calibrate")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share of good images held out")
@@ -250,10 +252,14 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
     from lineguard_models.backbone import BackboneConfig
 
     turns = cfg.bank_turns
+    fraction = cfg.bank_fraction
     if turns == "auto":
         profile = load_camera_profile(cfg.camera_profile, spec)
         turns = 4 if profile is not None and profile.rotate_90 else 1
-    fraction = cfg.bank_fraction
+        if turns > 1 and fraction is not None:  # the profile's turns keep the bank's rows (the engine's cost)
+            from lineguard_models.anomaly import turns_used
+
+            fraction = fraction / turns_used(turns, spec.input_height, spec.input_width)
     return AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
                               backbone=BackboneConfig(kind=cfg.backbone, stages=cfg.stages),
                               bank_size=cfg.bank_size, bank_fraction=fraction,

@@ -4,6 +4,7 @@ turns, the nearest-neighbour search and the image scores (docs/anomaly-model.md)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,27 @@ def test_train_config_maps_onto_the_model_config() -> None:
     assert (m.input_width_px, m.input_height_px, m.backbone.kind, m.backbone.stages) == (
         544, 224, "efficientnet_lite2", ("stage3", "stage4"))
     assert (m.bank_fraction, m.image_score, m.score_top_k, m.bank_turns) == (0.25, "topk_mean", 5, 1)
+
+
+@pytest.mark.parametrize(("width", "copies"), [(224, 4), (544, 2)])
+def test_a_profiles_turns_keep_the_banks_rows(tmp_path: Path, width: int, copies: int) -> None:
+    """bank_turns auto + a rotate_90 camera profile: the turns enter the bank at the share divided by the copies
+    (four turns, 180 deg only on a non-square input), so the bank keeps its rows and the engine its cost; an
+    explicit bank_turns keeps the share as given."""
+    from lineguard_models.anomaly import planned_bank_rows
+
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=width, input_height=224)
+    profile = tmp_path / "any_orientation.yaml"
+    profile.write_text("sensor: mono\nbit_depth: 8\norientation_specific: false\nrotate_90: true\n")
+    plain = anomaly_model_config(TrainConfig(), spec)
+    turned = anomaly_model_config(TrainConfig(camera_profile=profile), spec)
+    assert (plain.bank_turns, turned.bank_turns) == (1, 4)
+    assert turned.bank_fraction == pytest.approx(plain.bank_fraction / copies)
+    grid = (224 // 8, width // 8)
+    assert planned_bank_rows(turned, grid, 50) == planned_bank_rows(plain, grid, 50)
+    explicit = anomaly_model_config(TrainConfig(camera_profile=profile, bank_turns=4), spec)
+    assert explicit.bank_fraction == plain.bank_fraction
+    assert planned_bank_rows(explicit, grid, 50) == min(plain.bank_size, copies * planned_bank_rows(plain, grid, 50))
 
 
 @pytest.mark.parametrize(("kind", "channels"), [("efficientnet_lite1", (40, 112)), ("efficientnet_lite2", (48, 120))])
