@@ -61,9 +61,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "stages34": {**STOP8, "stages": ("stage3", "stage4")},
     "lite1": {**STOP8, "backbone": "efficientnet_lite1"},
     "lite2": {**STOP8, "backbone": "efficientnet_lite2"},
-    "turns4": {**STOP8, "bank_turns": 4},
+    # stop 8's turns4 held 4x the rows (bank_fraction then counted every turned patch; since stop 13 it counts the
+    # images' own patches, so 0.4 keeps that bank on square inputs)
+    "turns4": {**STOP8, "bank_turns": 4, "bank_fraction": 0.4},
     # stop 13: auto's turns4 candidate on today's default (four turns, the default's bank rows)
-    "turns4_rows": {"bank_turns": 4, "bank_fraction": 0.025},
+    "turns4_rows": {"bank_turns": 4},
 }
 
 

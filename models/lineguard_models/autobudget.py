@@ -35,7 +35,14 @@ from typing import Any
 
 from lineguard.preprocess import InputSpec
 from lineguard_models.data import Dataset
-from lineguard_models.pipeline import TrainConfig, load_camera_profile, make_input_spec, pick_defects, split_good
+from lineguard_models.pipeline import (
+    TrainConfig,
+    anomaly_model_config,
+    load_camera_profile,
+    make_input_spec,
+    pick_defects,
+    split_good,
+)
 
 Clock = Callable[[], float]
 SAFETY = 1.25  # the final training's reserve = SAFETY x its estimate
@@ -182,15 +189,18 @@ BACKBONE_COST: dict[str, float] = {"efficientnet_lite0": 1.0, "efficientnet_lite
 
 
 def work_of(cfg: TrainConfig, spec: InputSpec) -> Work:
-    """A recipe's size for the cost model: input pixels x tiles x bank turns x the backbone's cost
-    (:data:`BACKBONE_COST`), the bank's share."""
-    turns = cfg.bank_turns
+    """A recipe's size for the cost model: input pixels x tiles x the bank's turned copies x the backbone's cost
+    (:data:`BACKBONE_COST`), the bank's share of every patch seen (both as ``pipeline.anomaly_model_config`` fits
+    them: the camera profile's turns included)."""
+    from lineguard_models.anomaly import turns_used
+
+    model = anomaly_model_config(cfg, spec)
+    turns = turns_used(model.bank_turns, spec.input_height, spec.input_width)
     pixels = float(spec.input_width * spec.input_height * spec.tiles.count)  # the classifier's backbone is Lite0
-    share = cfg.bank_fraction if cfg.bank_fraction is not None else 1.0
+    share = model.bank_fraction if model.bank_fraction is not None else 1.0
     fixed = float(cfg.bank_size) if cfg.bank_fraction is None else None
     cost = BACKBONE_COST.get(cfg.backbone, 1.0)
-    return Work(patches=pixels * cost * (turns if isinstance(turns, int) else 1), bank_share=share, pixels=pixels,
-                fixed_rows=fixed)
+    return Work(patches=pixels * cost * turns, bank_share=share, pixels=pixels, fixed_rows=fixed)
 
 
 def classifier_passes(ds: Dataset, cfg: TrainConfig) -> int:

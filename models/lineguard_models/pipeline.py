@@ -78,8 +78,9 @@ class TrainConfig(BaseModel):
     tile_overlap_px: int = Field(0, ge=0, le=4096, description="tile overlap, image px")
     bank_size: int = Field(16384, ge=16, le=1_000_000, description="most memory bank rows after coreset selection")
     bank_fraction: float | None = Field(
-        0.1, gt=0.0, le=1.0, description="anomaly bank = this share of every training patch (greedy coreset), at "
-        "most bank_size rows; 1.0 = every patch; None = bank_size rows (docs/anomaly-model.md)")
+        0.1, gt=0.0, le=1.0, description="anomaly bank = this share of the training images' patches (greedy coreset "
+        "over every patch seen, turned copies included), at most bank_size rows; 1.0 = as many rows as the images "
+        "have patches; None = bank_size rows (docs/anomaly-model.md)")
     backbone: AnomalyBackbone = Field("efficientnet_lite2", description="anomaly feature backbone (ImageNet weights)")
     stages: tuple[str, ...] = Field(("stage3", "stage4"), min_length=1, max_length=4,
                                     description="backbone stages of the anomaly patch features")
@@ -93,9 +94,9 @@ class TrainConfig(BaseModel):
     score_top_k: int = Field(10, ge=1, le=4096, description="patches averaged when image_score is topk_mean")
     bank_turns: Literal["auto", 1, 2, 4] = Field(
         "auto", description="turned copies of each good image in the anomaly bank: auto = the four 90-degree turns "
-        "when the camera profile says rotate_90 (parts in any orientation; bank_fraction is then divided by the "
-        "copies, so the bank keeps its rows and the engine its cost), else none; 1, 2 (180 deg) or 4 (bank_fraction "
-        "as given)")
+        "when the camera profile says rotate_90 (parts in any orientation), else none; 1, 2 (180 deg) or 4 (a "
+        "non-square input turns by 180 deg only). The bank keeps the rows bank_fraction gives without turns, so "
+        "the engine keeps its cost")
     max_good: int | None = Field(None, ge=1, description="most good images used for fitting (after hold-out)")
     max_defects_per_class: int | None = Field(None, ge=1, description="most defect images per class to calibrate")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share of good images held out")
@@ -248,18 +249,16 @@ def load_camera_profile(path: Path | None, spec: InputSpec) -> CameraProfile | N
 def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
     """The :class:`~lineguard_models.anomaly.AnomalyModelConfig` that ``train`` fits for ``cfg`` (one place,
     so automatic configuration (``autoconfig.py``) and the folds score exactly what the bundle will hold)."""
-    from lineguard_models.anomaly import AnomalyModelConfig
+    from lineguard_models.anomaly import AnomalyModelConfig, turns_used
     from lineguard_models.backbone import BackboneConfig
 
     turns = cfg.bank_turns
-    fraction = cfg.bank_fraction
     if turns == "auto":
         profile = load_camera_profile(cfg.camera_profile, spec)
         turns = 4 if profile is not None and profile.rotate_90 else 1
-        if turns > 1 and fraction is not None:  # the profile's turns keep the bank's rows (the engine's cost)
-            from lineguard_models.anomaly import turns_used
-
-            fraction = fraction / turns_used(turns, spec.input_height, spec.input_width)
+    fraction = cfg.bank_fraction
+    if fraction is not None:  # a share of the images' own patches: turned copies keep the bank's rows
+        fraction = fraction / turns_used(turns, spec.input_height, spec.input_width)
     return AnomalyModelConfig(input_width_px=spec.input_width, input_height_px=spec.input_height,
                               backbone=BackboneConfig(kind=cfg.backbone, stages=cfg.stages),
                               bank_size=cfg.bank_size, bank_fraction=fraction,

@@ -142,9 +142,9 @@ def test_train_config_maps_onto_the_model_config() -> None:
 
 @pytest.mark.parametrize(("width", "copies"), [(224, 4), (544, 2)])
 def test_a_profiles_turns_keep_the_banks_rows(tmp_path: Path, width: int, copies: int) -> None:
-    """bank_turns auto + a rotate_90 camera profile: the turns enter the bank at the share divided by the copies
-    (four turns, 180 deg only on a non-square input), so the bank keeps its rows and the engine its cost; an
-    explicit bank_turns keeps the share as given."""
+    """bank_turns auto + a rotate_90 camera profile, or an explicit bank_turns: the turns enter the bank at the
+    share divided by the copies (four turns, 180 deg only on a non-square input), so the bank keeps its rows and
+    the engine its cost."""
     from lineguard_models.anomaly import planned_bank_rows
 
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=width, input_height=224)
@@ -152,13 +152,12 @@ def test_a_profiles_turns_keep_the_banks_rows(tmp_path: Path, width: int, copies
     profile.write_text("sensor: mono\nbit_depth: 8\norientation_specific: false\nrotate_90: true\n")
     plain = anomaly_model_config(TrainConfig(), spec)
     turned = anomaly_model_config(TrainConfig(camera_profile=profile), spec)
-    assert (plain.bank_turns, turned.bank_turns) == (1, 4)
-    assert turned.bank_fraction == pytest.approx(plain.bank_fraction / copies)
+    explicit = anomaly_model_config(TrainConfig(bank_turns=4), spec)
+    assert (plain.bank_turns, turned.bank_turns, explicit.bank_turns) == (1, 4, 4)
     grid = (224 // 8, width // 8)
-    assert planned_bank_rows(turned, grid, 50) == planned_bank_rows(plain, grid, 50)
-    explicit = anomaly_model_config(TrainConfig(camera_profile=profile, bank_turns=4), spec)
-    assert explicit.bank_fraction == plain.bank_fraction
-    assert planned_bank_rows(explicit, grid, 50) == min(plain.bank_size, copies * planned_bank_rows(plain, grid, 50))
+    for model in (turned, explicit):
+        assert model.bank_fraction == pytest.approx(plain.bank_fraction / copies)
+        assert planned_bank_rows(model, grid, 50) == planned_bank_rows(plain, grid, 50)
 
 
 @pytest.mark.parametrize(("kind", "channels"), [("efficientnet_lite1", (40, 112)), ("efficientnet_lite2", (48, 120))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lineguard_models.autocandidates import default_candidates, lean_candidate
 from lineguard_models.pipeline import TrainConfig
 
@@ -65,8 +67,8 @@ def test_rebased_candidates_try_every_recipe_at_the_lean_side() -> None:
 
 
 def test_turned_bank_candidate_keeps_the_defaults_bank_rows() -> None:
-    """Every good enters the bank in 4 orientations (2 on a non-square input), with the bank's share of the
-    patches divided by the copies: the same rows as the default, so the same engine cost."""
+    """Every good enters the bank in 4 orientations (2 on a non-square input), and the bank keeps the default's
+    rows (``pipeline.anomaly_model_config``), so the engine keeps the default's cost."""
     from lineguard.preprocess import InputSpec
     from lineguard_models.anomaly import planned_bank_rows
     from lineguard_models.pipeline import anomaly_model_config, input_size_for_side
@@ -74,14 +76,17 @@ def test_turned_bank_candidate_keeps_the_defaults_bank_rows() -> None:
     for size, copies in (((300, 300), 4), ((704, 288), 2)):
         base = TrainConfig()
         turns = next(c for c in default_candidates(base, size) if c.name == "turns4")
-        assert turns.updates == {"bank_turns": 4, "bank_fraction": base.bank_fraction / copies}
-        assert f"in {copies} orientations" in turns.why
-        rows = []
+        assert turns.updates == {"bank_turns": 4}
+        rows, fractions = [], []
         for cfg in (base, TrainConfig.model_validate({**base.model_dump(), **turns.updates})):
             w, h = input_size_for_side(*size, cfg.input_size_px, cfg.input_side)
             spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=w, input_height=h)
-            rows.append(planned_bank_rows(anomaly_model_config(cfg, spec), (h // 8, w // 8), 50))
+            model = anomaly_model_config(cfg, spec)
+            fractions.append(model.bank_fraction)
+            rows.append(planned_bank_rows(model, (h // 8, w // 8), 50))
         assert rows[0] == rows[1] > 0, size
-    # a fixed row count (no share) stays as it is
-    fixed = TrainConfig(bank_fraction=None, bank_size=4000)
-    assert next(c for c in default_candidates(fixed, (300, 300)) if c.name == "turns4").updates == {"bank_turns": 4}
+        assert fractions[1] == pytest.approx(fractions[0] / copies)
+    # a fixed row count stays as it is
+    fixed = TrainConfig(bank_fraction=None, bank_size=4000, bank_turns=4)
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=288, input_height=288)
+    assert planned_bank_rows(anomaly_model_config(fixed, spec), (36, 36), 50) == 4000

@@ -140,7 +140,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-side", choices=["short", "long"], default=None,
                    help="which side --input-size sets: short (default; long frames keep their detail) or long")
     p.add_argument("--bank-fraction", type=float, default=None,
-                   help="memory bank = this share of every training patch by greedy coreset (default 0.1; 1 = all)")
+                   help="memory bank = this share of the training images' patches by greedy coreset (default 0.1; "
+                        "1 = as many rows as patches; turned copies do not add rows)")
     p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
                    default=None, help="feature backbone (default efficientnet_lite2)")
     p.add_argument("--stages", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
@@ -152,7 +153,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how patch distances become the image score (default topk_mean)")
     p.add_argument("--bank-turns", type=int, choices=[1, 2, 4], default=None,
                    help="copies of each training image in the bank: 1, 2 (+180 deg) or 4 (90 deg turns); default: "
-                        "4 when the camera profile says parts lie in any orientation, else 1")
+                        "4 when the camera profile says parts lie in any orientation, else 1; the bank keeps the rows "
+                        "--bank-fraction gives")
 
 
 def add_auto_arguments(p: argparse.ArgumentParser) -> None:
