@@ -37,7 +37,6 @@ from lineguard_models.pipeline import input_size_for_side
 
 BASE = Path("/work/data/quality")
 ALL_STAGES = ("stage3", "stage4", "stage5")
-CELLS = [3]  # neighbourhood averaging of the cached features (--cells; 3 = the stop-8 recipe, 1 = today's default)
 DIMS = {"efficientnet_lite0": (40, 80, 112), "efficientnet_lite1": (40, 80, 112),
         "efficientnet_lite2": (48, 88, 120)}
 
@@ -50,9 +49,15 @@ def geometry(name: str, w: int, h: int) -> tuple[int, int, str]:
     return (*input_size_for_side(w, h, px, kind), "letterbox")  # type: ignore[arg-type]
 
 
-def features(sp: q.Split, folder: Path, geom: str, backbone: str, rot: bool) -> dict[str, torch.Tensor]:
-    cells = "" if CELLS[0] == 3 else f"_c{CELLS[0]}"
-    path = BASE / "explore" / "feats" / f"{sp.name}_s{sp.seed}_{geom}_{backbone}{cells}{'_rot' if rot else ''}.pt"
+def _cells_tag(cells: int) -> str:
+    """File-name part of the neighbourhood averaging (3, the stop-8 recipe, keeps the older names)."""
+    return "" if cells == 3 else f"_c{cells}"
+
+
+def features(sp: q.Split, folder: Path, geom: str, backbone: str, rot: bool,
+             cells: int = 3) -> dict[str, torch.Tensor]:
+    name = f"{sp.name}_s{sp.seed}_{geom}_{backbone}{_cells_tag(cells)}{'_rot' if rot else ''}.pt"
+    path = BASE / "explore" / "feats" / name
     if path.exists():
         return torch.load(path)  # type: ignore[no-any-return]
     ds = scan_dataset(folder)
@@ -63,7 +68,7 @@ def features(sp: q.Split, folder: Path, geom: str, backbone: str, rot: bool) -> 
                      fit=fit_mode)  # type: ignore[arg-type]
     bb = load_backbone(BackboneConfig(kind=backbone, stages=ALL_STAGES))  # type: ignore[arg-type]
     sspec = ScorerSpec(input_height_px=h, input_width_px=w, channels=ds.channels, max_value=255.0,
-                       stages=ALL_STAGES, neighbourhood_cells=CELLS[0], projection_dim=None, projection_seed=0,
+                       stages=ALL_STAGES, neighbourhood_cells=cells, projection_dim=None, projection_seed=0,
                        blur_sigma_px=4.0, image_score="patch_max")
     scorer = AnomalyScorer(bb, torch.zeros(1, sum(DIMS[backbone])), sspec).eval()
 
@@ -135,16 +140,15 @@ def bank_for(fit: torch.Tensor, variant: str, seed: int) -> torch.Tensor:
 
 
 def evaluate(name: str, seed: int, geom: str, backbone: str, stages: tuple[str, ...], bank: str,
-             rot: bool) -> dict[str, object]:
-    cells = "" if CELLS[0] == 3 else f"_c{CELLS[0]}"
-    tag = f"{geom}_{backbone}{cells}_{'+'.join(s[-1] for s in stages)}_{bank}{'_rot' if rot else ''}"
+             rot: bool, cells: int = 3) -> dict[str, object]:
+    tag = f"{geom}_{backbone}{_cells_tag(cells)}_{'+'.join(s[-1] for s in stages)}_{bank}{'_rot' if rot else ''}"
     out_path = BASE / "explore" / "results" / f"{name}_s{seed}_{tag}.json"
     if out_path.exists():
         return json.loads(out_path.read_text())  # type: ignore[no-any-return]
     sp = q.make_split(Path(__file__).resolve().parents[2] / "shared" / "datasets", name, seed)
     folder = q.build_folder(sp, BASE / "folders")
-    data = features(sp, folder, geom, backbone, False)
-    fit = features(sp, folder, geom, backbone, True)["fit"] if rot else data["fit"]
+    data = features(sp, folder, geom, backbone, False, cells)
+    fit = features(sp, folder, geom, backbone, True, cells)["fit"] if rot else data["fit"]
     t0 = time.monotonic()
     bank = bank_for(select(fit, stages, backbone), bank, seed)
     t_bank = time.monotonic() - t0
@@ -224,7 +228,6 @@ def main() -> None:
         torch.set_num_threads(2)
         engine_latency(a.latency.split(","), a.runs)
         return
-    CELLS[0] = a.cells
     torch.set_num_threads(1)  # a shared machine: one thread never spin-waits for a descheduled sibling
     for name in a.sets.split(","):
         for seed in map(int, a.seeds.split(",")):
@@ -232,7 +235,8 @@ def main() -> None:
                 for bb in a.backbones.split(","):
                     for st in a.stages.split(","):
                         for bank in a.banks.split(","):
-                            evaluate(name, seed, geom, bb, tuple(f"stage{c}" for c in st.split("+")), bank, a.rot)
+                            evaluate(name, seed, geom, bb, tuple(f"stage{c}" for c in st.split("+")), bank, a.rot,
+                                     a.cells)
 
 
 if __name__ == "__main__":
