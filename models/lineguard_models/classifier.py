@@ -177,6 +177,11 @@ class ClassifierConfig(BaseModel):
         "(p50, this CPU class) is above this are not considered",
     )
 
+    @property
+    def selects_per_line(self) -> bool:
+        """Whether training chooses the recipe per line (``select``; never with fine-tuning)."""
+        return self.select and self.finetune is None
+
     @model_validator(mode="before")
     @classmethod
     def _finetune_pools_by_mean(cls, data: Any) -> Any:
@@ -372,7 +377,7 @@ def train_classifier(
         return augment(im, profile, rng)
 
     views = Views.for_camera(profile, spec) if config.orientation_views else IDENTITY
-    if selector is not None and config.select and config.finetune is None and backbone is None:
+    if selector is not None and config.selects_per_line and backbone is None:
         # issue 16: the per-line choice (classifier_select.select_and_fit, passed in by the caller
         # above this module: classifier_bundle, so the import graph keeps one direction)
         extract, fs, head, thresholds, report = selector(

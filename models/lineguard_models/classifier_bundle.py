@@ -29,12 +29,11 @@ ONNX_FILE = "classifier.onnx"
 LATENCY_RUNS = 20  # timed runs of the line's anomaly engine for the per-line choice's latency filter
 
 
-def _anomaly_p50_ms(dataset: Dataset, spec: InputSpec, anomaly_onnx: Path | None) -> float | None:
-    """The line's anomaly engine, p50 ms on this CPU (2 threads) on one of its defect images; None without
-    the exported engine (the choice then assumes the default engine's cost)."""
+def _anomaly_p50_ms(frame: Any, spec: InputSpec, anomaly_onnx: Path | None) -> float | None:
+    """The line's anomaly engine, p50 ms on this CPU (2 threads) on one of its defect images (``frame``); None
+    without the exported engine (the choice then assumes the default engine's cost)."""
     if anomaly_onnx is None:
         return None
-    frame = dataset.load(dataset.defects(dataset.defect_classes[0])[0])
     return engine_p50_ms(anomaly_onnx, prepare(frame, spec)[0], LATENCY_RUNS)
 
 
@@ -65,7 +64,10 @@ def classifier_for_bundle(
     if anomaly is not None and config.input_px is not None and may_share(anomaly, config):
         config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
-    selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(dataset, spec, anomaly_onnx))
+    selector = None
+    if config.selects_per_line:  # the per-line choice's latency filter needs the line's anomaly engine
+        frame = next(iter(images.values()))[0]
+        selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(frame, spec, anomaly_onnx))
     clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
                            selector=selector)  # per-line choice (issue 16) when config.select
