@@ -60,6 +60,7 @@ from lineguard_models.classifier_select import (
     line_candidates,
     pick,
 )
+from lineguard_models.views import Views
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BASE = Path("/work/data/quality")
@@ -68,6 +69,8 @@ ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
 LITE0 = "efficientnet_lite0"  # the product classifier's backbone; --backbone measures another
 PX = 224
 COPIES = 2  # CameraProfile.copies_per_image default (the conservative profile of lineguard train)
+# what train_classifier tries where no camera profile is declared (square 224 px input: the whole dihedral group)
+VIEWS = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True, square=True)
 Image = npt.NDArray[Any]
 
 
@@ -143,6 +146,27 @@ class Cache:
             self.x, self.have = np.zeros((n, d), np.float32), np.zeros(n, bool)
             self.cp, self.have_cp = np.zeros((n, COPIES, d), np.float32), np.zeros(n, bool)
         self.s_per_pass: float | None = None
+        # the 7 other dihedral views of every image a split may train on (the views candidates; stop 14)
+        self.vpath = root / f"{name}_{PX}_mean_gem{lite}_views.npz"
+        if self.vpath.exists():
+            z = np.load(self.vpath)
+            self.xv, self.have_v = z["xv"], z["have_v"]
+        else:
+            self.xv = np.zeros((len(images), len(VIEWS.names) - 1, d), np.float32)
+            self.have_v = np.zeros(len(images), bool)
+
+    def ensure_views(self, ids: npt.NDArray[np.int64]) -> None:
+        todo = [int(i) for i in ids if not self.have_v[i]]
+        for s in range(0, len(todo), 16):
+            part = todo[s : s + 16]
+            with torch.inference_mode():
+                batch = torch.from_numpy(np.concatenate([prepare(self.images[i], self.spec)[0] for i in part]))
+                feats = [self.pooled(Views.apply(v, batch)).numpy() for v in VIEWS.names[1:]]
+            self.xv[part] = np.stack(feats, axis=1)
+            self.have_v[part] = True
+            np.savez(self.vpath, xv=self.xv, have_v=self.have_v)
+        if todo:
+            log(f"{self.vpath.name}: {len(todo)} images x {len(VIEWS.names) - 1} views")
 
     def _extract(self, ims: Sequence[Image]) -> npt.NDArray[np.float32]:
         out = []
@@ -189,7 +213,8 @@ class Cache:
             src = np.repeat(np.arange(len(idx)), cand.copies)
         else:
             x_aug, src = np.zeros((0, len(cols)), np.float32), np.zeros(0, np.int64)
-        return FeatureSet(classes=classes, x=x, y=y[idx], x_aug=x_aug, aug_source=src)
+        return FeatureSet(classes=classes, x=x, y=y[idx], x_aug=x_aug, aug_source=src,
+                          x_views=self.xv[idx][:, :, cols] if cand.views else None)
 
 
 def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str, Any]:
@@ -205,7 +230,7 @@ def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str,
 def _candidates() -> list[Candidate]:
     """The per-line candidates of a line with ``lineguard train``'s default classifier and profile."""
     cfg = ClassifierConfig()
-    return line_candidates(cfg.stages, COPIES, cfg.pooling)
+    return line_candidates(cfg.stages, COPIES, cfg.pooling, free_views=True)  # the profile is not declared
 
 
 def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
@@ -217,6 +242,8 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
     need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
     pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
     cache.ensure(need, pool if any(c.copies for c in candidates) else np.zeros(0, np.int64))
+    if any(c.views for c in candidates):
+        cache.ensure_views(pool)
     config = ClassifierConfig()
     rows = []
     for seed, (order, test) in zip(seeds, plans, strict=True):
@@ -256,7 +283,7 @@ def latency(out_dir: Path, runs: int = 60, backbone: str = LITE0) -> dict[str, A
 
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
     res = {}
-    for stages in sorted({c.stages for c in CANDIDATES}):
+    for stages in sorted({c.stages for c in CANDIDATES if c.stages}):
         bb = EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=backbone)  # type: ignore[arg-type]
         feats = PooledFeatures(bb, max_value=255)
         d = feats.out_dim

@@ -208,16 +208,16 @@ def classifier_passes(ds: Dataset, cfg: TrainConfig) -> int:
     image and per photometric copy and orientation view); 0 when it will not be trained (the
     conditions of ``classifier_bundle.classifier_for_bundle``)."""
     from lineguard_models.augment import CameraProfile
-    from lineguard_models.classifier import MIN_IMAGES_PER_CLASS
-    from lineguard_models.views import Views
+    from lineguard_models.classifier import MIN_IMAGES_PER_CLASS, training_views
 
     counts = [len(ds.defects(c)) for c in ds.defect_classes]
     if len(counts) < 2 or min(counts) < MIN_IMAGES_PER_CLASS or cfg.tile_rows * cfg.tile_cols != 1:
         return 0
     spec = make_input_spec(ds, split_good(ds, cfg)[0], cfg)
-    profile = load_camera_profile(cfg.camera_profile, spec) or CameraProfile.conservative_for(spec)
-    views = len(Views.for_camera(profile, spec)) if cfg.classifier.orientation_views else 1
-    return sum(counts) * (views + profile.copies_per_image)
+    declared = load_camera_profile(cfg.camera_profile, spec)
+    views, free = training_views(declared, spec, cfg.classifier)  # free: the per-line choice's views candidates
+    copies = (declared or CameraProfile.conservative_for(spec)).copies_per_image
+    return sum(counts) * (len(free or views) + copies)
 
 
 @dataclass(slots=True)

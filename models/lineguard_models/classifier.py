@@ -124,7 +124,9 @@ class ClassifierConfig(BaseModel):
     )
     orientation_views: bool = Field(
         True, description="train on every orientation view (flip, 90-degree turn) the camera profile "
-        "allows, as copies in feature space; an orientation_specific profile allows none",
+        "allows, as copies in feature space; an orientation_specific profile allows none. Where the line "
+        "declared no camera profile, the per-line choice (select) also tries every flip and 90-degree turn "
+        "as copies and keeps them only if cross-validation says so (views candidates)",
     )
     average_views: bool = Field(
         False, description="the exported graph averages class_probs over those views (test-time "
@@ -345,6 +347,25 @@ class TrainedClassifier:
                               camera_profile=self.profile.model_dump(mode="json"))
 
 
+def training_views(
+    profile: CameraProfile | None, spec: InputSpec, config: ClassifierConfig,
+) -> tuple[Views, Views | None]:
+    """(the orientation views every classifier candidate trains on, the views the per-line choice may add).
+
+    A declared ``profile`` decides alone (none where orientation matters). Without one (None: ``lineguard
+    train`` without ``--camera-profile``) whether orientation matters is unknown: the per-line choice
+    (``config.selects_per_line``) also tries every flip and 90-degree turn the input allows (the views
+    candidates of ``classifier_select``) and cross-validation decides.
+    """
+    if not config.orientation_views:
+        return IDENTITY, None
+    if profile is not None:
+        return Views.for_camera(profile, spec), None
+    free = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True,
+                             square=spec.input_width == spec.input_height)
+    return IDENTITY, free if config.selects_per_line else None
+
+
 def train_classifier(
     images_by_class: Mapping[str, Sequence[Image]],
     *,
@@ -368,6 +389,7 @@ def train_classifier(
     warnings_ = check_class_sizes(images_by_class)
     for w in warnings_:
         log.warning("%s", w)
+    views, free = training_views(profile, spec, config)
     profile = profile or CameraProfile.conservative_for(spec)
     profile.verify_matches(spec)
     torch.manual_seed(seed)
@@ -376,13 +398,13 @@ def train_classifier(
     def plausible(im: Image, rng: np.random.Generator) -> Image:
         return augment(im, profile, rng)
 
-    views = Views.for_camera(profile, spec) if config.orientation_views else IDENTITY
     if selector is not None and config.selects_per_line and backbone is None:
         # issue 16: the per-line choice (classifier_select.select_and_fit, passed in by the caller
         # above this module: classifier_bundle, so the import graph keeps one direction)
         extract, fs, head, thresholds, report = selector(
             images_by_class, spec=spec, config=config, plausible=plausible, copies=profile.copies_per_image,
-            views=views, seed=seed, progress=progress)
+            views=views, seed=seed, progress=progress, free_views=free)
+        views = Views(names=tuple(report["selection"]["views"]))  # what the chosen candidate trained on
     else:
         fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
                             seed=seed, progress=progress, views=views, average_views=config.average_views)

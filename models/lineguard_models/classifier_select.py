@@ -12,7 +12,13 @@ Candidates (docs/benchmarks/quality-classifier.md): pooled stages {5,6} (the def
 camera profile's photometric copies and without, {5,6,7} and {4,5,6,7} with them. Fine-tuning is not a
 candidate: its view-averaged graph costs 134 ms per flagged part on this 2-core CPU
 (docs/classifier.md), above the 40 ms latency budget; it stays an explicit option.
-Views follow the camera profile (only the line knows whether orientation matters), not the search.
+Views: a line that declared its camera profile gets the views it allows, in every candidate. A line that
+declared none (``lineguard train`` without ``--camera-profile``: orientation unknown) keeps the identity
+in the candidates above and gets two more, ``views`` and ``s4567_views``: the same stage sets trained on
+every flip and 90-degree turn of its images as well (copies in feature space; the exported graph is
+unchanged, so a flagged part costs the same). Cross-validation decides: where a class is tied to its
+orientation (a scratch along the feed), its turned copies teach the wrong thing and the CV accuracy
+falls (X-SDD), where it is not they add examples (DeepPCB crops at 20 per class: +7 points held out).
 
 A candidate replaces the default only when its CV accuracy is higher by at least one image of the
 line's labelled set (ties and noise keep the measured default); among those, the higher CV accuracy
@@ -33,6 +39,7 @@ from lineguard_models.classifier import FeatureExtractor, fit_from_features, too
 from lineguard_models.classifier_features import FeatureSet, build_features
 from lineguard_models.classifier_graph import POOL_WIDTH
 from lineguard_models.classifier_head import SoftmaxHead
+from lineguard_models.views import IDENTITY, Views
 
 # One latency model of a flagged part (anomaly engine + the frame's preprocessing + classifier), used both
 # by automatic configuration (the anomaly engine's budget keeps the classifier's share) and by the per-line
@@ -71,16 +78,22 @@ class Candidate:
     copies: int  # photometric copies per image (0 = none; the default profile makes 2)
     # "mean" or "mean_gem"; "" in CANDIDATES = the line's configured pooling, filled in by line_candidates
     pooling: str = ""
+    # trained on every orientation view as well (only offered where the line declared no camera profile)
+    views: bool = False
 
 
 # four, not every combination: each costs len(l2_grid) x folds + 1 head fits (minutes on a loaded
 # 2-core box at 40 images per class with copies)
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("default", ("stage5", "stage6"), 2),
+    Candidate("views", (), 2, views=True),  # () = the line's configured stages, as the default
     Candidate("s56_nocopies", ("stage5", "stage6"), 0),
     Candidate("s567", ("stage5", "stage6", "stage7"), 2),
     Candidate("s4567", ("stage4", "stage5", "stage6", "stage7"), 2),
+    Candidate("s4567_views", ("stage4", "stage5", "stage6", "stage7"), 2, views=True),
 )
+# the views candidates (stop 14) come right after the default, so a tight time budget skips the others first:
+# they moved the most held-out images where they applied (DeepPCB crops, docs/benchmarks/quality-classifier.md)
 # s4567 (stop 11) replaced s56_mean (average pooling alone), which never beat the default on the
 # suite's held-out images and whose CV pick on mvtec_bottle lost 6 points there. Stage4 helps small
 # structures: DeepPCB crops 85.8 -> 87.9 % named right at 20/class, NEU 93.9 -> 94.6, X-SDD 95.6 -> 95.0
@@ -108,7 +121,8 @@ class Evaluated:
         c = self.candidate
         done = not self.skipped  # a skipped one has no figures (NaN is not JSON: the manifest refuses it)
         return {"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling,
-                "cv_accuracy": self.cv_accuracy if done else None, "cv_log_loss": self.cv_log_loss if done else None,
+                "views": c.views, "cv_accuracy": self.cv_accuracy if done else None,
+                "cv_log_loss": self.cv_log_loss if done else None,
                 "cv_unknown_rate": self.report.get("unknown_rate"), "fit_s": round(self.fit_s, 2),
                 "skipped": self.skipped}
 
@@ -191,29 +205,39 @@ FINETUNE_EXCLUDED = (
 )
 
 
-def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "mean_gem") -> list[Candidate]:
+def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "mean_gem", *,
+                    free_views: bool = False) -> list[Candidate]:
     """:data:`CANDIDATES` for a line: the configured stages, pooling and the profile's copy count as the
-    default; a candidate equal to one before it is dropped."""
+    default; a candidate equal to one before it is dropped, and the views candidates unless ``free_views``
+    (the line declared no camera profile, so whether orientation matters is for cross-validation to say)."""
     out = [Candidate("default", tuple(default_stages), copies, pooling)]
     for c in CANDIDATES[1:]:
-        cand = Candidate(c.name, c.stages, copies if c.copies else 0, c.pooling or pooling)
-        if all((cand.stages, cand.copies, cand.pooling) != (o.stages, o.copies, o.pooling) for o in out):
+        cand = Candidate(c.name, c.stages or tuple(default_stages), copies if c.copies else 0, c.pooling or pooling,
+                         c.views)
+        if cand.views and not free_views:
+            continue
+        if all((cand.stages, cand.copies, cand.pooling, cand.views) != (o.stages, o.copies, o.pooling, o.views)
+               for o in out):
             out.append(cand)
     return out
 
 
 def select_and_fit(
-    images_by_class: Any, *, spec: Any, config: Any, plausible: Any, copies: int, views: Any, seed: int,
-    progress: Any = None, anomaly_p50_ms: float | None = None,
+    images_by_class: Any, *, spec: Any, config: Any, plausible: Any, copies: int, views: Views, seed: int,
+    progress: Any = None, anomaly_p50_ms: float | None = None, free_views: Views | None = None,
 ) -> tuple[Any, Any, SoftmaxHead, dict[str, float], dict[str, Any]]:
     """Features once for the union of the candidates' stages, CV of each, the chosen one fitted.
 
     Returns (feature extractor with the chosen stages, its FeatureSet, head, min_confidence, CV
-    report with ``selection``). Called by ``classifier.train_classifier`` when ``config.select``;
-    ``anomaly_p50_ms``: the line's anomaly engine as measured (``classifier_bundle``), for the latency filter.
+    report with ``selection``, whose ``views`` are the orientation views the chosen one trained on). Called
+    by ``classifier.train_classifier`` when ``config.select``; ``views``: the declared profile's views (every
+    candidate trains on them); ``free_views``: where the line declared no profile, the views its input allows,
+    tried by the views candidates only; ``anomaly_p50_ms``: the line's anomaly engine as measured
+    (``classifier_bundle``), for the latency filter.
     """
     t0 = time.perf_counter()
-    every = line_candidates(config.stages, copies, config.pooling)
+    free = free_views if free_views is not None and len(free_views) > 1 else None
+    every = line_candidates(config.stages, copies, config.pooling, free_views=free is not None)
     # the default is what the line gets anyway: it always runs; another only within the flagged part's budget
     cands = every[:1] + [c for c in every[1:]
                          if estimated_p50_ms(c.stages, anomaly_p50_ms) <= config.select_latency_budget_ms]
@@ -221,17 +245,25 @@ def select_and_fit(
     union = tuple(sorted({s for c in cands for s in c.stages}, key=lambda s: int(s.removeprefix("stage"))))
     pool_all = max((c.pooling for c in cands), key=lambda p: POOL_WIDTH[p])  # the widest holds the others
     extract_all = FeatureExtractor.from_config(spec, config.model_copy(update={"stages": union, "pooling": pool_all}))
+    # one backbone pass per image, copy and view; undeclared lines compute their free views only if a views
+    # candidate is still in the running (the latency filter may have dropped them)
+    want_free = free if any(c.views for c in cands) else None
     fs_all = build_features(images_by_class, extract_all, augment_fn=plausible, copies=copies, seed=seed,
-                            progress=progress, views=views, average_views=config.average_views)
+                            progress=progress, views=want_free or views,
+                            average_views=config.average_views and want_free is None)
     dims = extract_all.features.backbone.stage_channels
+
+    def views_of(c: Candidate) -> Views:
+        return (want_free or views) if (c.views or want_free is None) else IDENTITY
 
     def fs_for(c: Candidate) -> FeatureSet:
         cols = feature_columns(dims, union, c.stages, have_pooling=pool_all, want_pooling=c.pooling)
         keep = c.copies > 0
+        with_views = fs_all.x_views is not None and len(views_of(c)) > 1
         return FeatureSet(classes=fs_all.classes, x=fs_all.x[:, cols], y=fs_all.y,
                           x_aug=fs_all.x_aug[:, cols] if keep else np.zeros((0, len(cols)), np.float32),
                           aug_source=fs_all.aug_source if keep else np.zeros(0, np.int64),
-                          x_views=None if fs_all.x_views is None else fs_all.x_views[:, :, cols],
+                          x_views=fs_all.x_views[:, :, cols] if with_views and fs_all.x_views is not None else None,
                           average_views=fs_all.average_views)
 
     budget = max(0.0, config.select_time_budget_s - (time.perf_counter() - t0))
@@ -247,9 +279,10 @@ def select_and_fit(
     report = dict(ev.report)
     report["selection"] = {
         "chosen": chosen.name, "stages": list(chosen.stages), "copies": chosen.copies, "pooling": chosen.pooling,
-        "reason": reason,
+        "views": list(views_of(chosen).names), "reason": reason,
+        "free_views": None if want_free is None else list(want_free.names),
         "candidates": [e.summary() for e in evs]
-        + [{"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling,
+        + [{"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling, "views": c.views,
             "skipped": f"estimated flagged part {estimated_p50_ms(c.stages, anomaly_p50_ms):.0f} ms p50 > budget "
                        f"{config.select_latency_budget_ms:.0f} ms"} for c in over],
         "not_candidates": {"finetune": FINETUNE_EXCLUDED},

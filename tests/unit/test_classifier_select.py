@@ -42,15 +42,23 @@ def test_line_candidates_follow_the_config_and_profile() -> None:
     assert len({(c.stages, c.copies, c.pooling) for c in cands}) == len(cands) == 3
     assert all(c.copies == 0 for c in cands) and [c.name for c in cands] == ["default", "s567", "s4567"]
     assert line_candidates(("stage6", "stage7"), 3)[0].copies == 3
-    assert len(line_candidates(("stage6", "stage7"), 3)) == len(CANDIDATES)  # the configured stages replace {5,6}
+    plain = [c for c in CANDIDATES if not c.views]
+    assert len(line_candidates(("stage6", "stage7"), 3)) == len(plain)  # the configured stages replace {5,6}
+    six = line_candidates(("stage6", "stage7"), 3, free_views=True)
+    assert len(six) == len(CANDIDATES) and six[1].stages == ("stage6", "stage7") and six[1].views
     # a line configured for average pooling: every candidate pools by the average too
     mean = line_candidates(("stage5", "stage6"), 2, "mean")
     assert [c.name for c in mean] == ["default", "s56_nocopies", "s567", "s4567"]
     assert {c.pooling for c in mean} == {"mean"}
+    # a line that declared no camera profile: the views candidates come right after the default
+    free = line_candidates(("stage5", "stage6"), 2, free_views=True)
+    assert [c.name for c in free] == ["default", "views", "s56_nocopies", "s567", "s4567", "s4567_views"]
+    assert [c.views for c in free] == [False, True, False, False, False, True]
+    assert not any(c.views for c in line_candidates(("stage5", "stage6"), 2))  # a declared profile decides
 
 
 def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not() -> None:
-    assert all(estimated_p50_ms(c.stages) <= 40.0 for c in CANDIDATES)
+    assert all(estimated_p50_ms(c.stages) <= 40.0 for c in line_candidates(("stage5", "stage6"), 2, free_views=True))
     assert estimated_p50_ms(("stage7",)) == float("inf")
     assert estimated_p50_ms(("stage5", "stage6"), 20.0) == pytest.approx(20.0 + 1.2 + 7.8)
 
@@ -61,7 +69,7 @@ def test_auto_keeps_room_for_whichever_candidate_the_per_line_choice_picks() -> 
     from lineguard_models.classifier_select import FLAGGED_EXTRA_MS
 
     engine = 40.0 - FLAGGED_EXTRA_MS
-    flagged = [estimated_p50_ms(c.stages, engine) for c in CANDIDATES]
+    flagged = [estimated_p50_ms(c.stages, engine) for c in line_candidates(("stage5", "stage6"), 2, free_views=True)]
     assert max(flagged) == pytest.approx(40.0) and all(f <= 40.0 + 1e-9 for f in flagged)
 
 
@@ -124,7 +132,7 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
                            selector=functools.partial(select_and_fit, anomaly_p50_ms=anomaly_ms))
     sel = clf.cv_report["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}
+    assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}  # no profile: views tried too
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     assert not chosen["skipped"] and tuple(sel["stages"]) == clf.graph.features.stages
     assert "finetune" in sel["not_candidates"]
@@ -132,7 +140,7 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
     assert all(0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"] if c["name"] in tried)
     assert sel["anomaly_p50_ms"] == anomaly_ms
     # a flagged part = anomaly engine + 1.2 ms + classifier (stage5+6 7.8 ms, the deeper sets 8.4 ms) <= 40 ms
-    expect = {None: set(names), 31.0: {"default", "s56_nocopies"}, 120.0: {"default"}}[anomaly_ms]
+    expect = {None: set(names), 31.0: {"default", "views", "s56_nocopies"}, 120.0: {"default"}}[anomaly_ms]
     assert tried == expect  # the default always runs: it is what the line gets anyway
     for c in sel["candidates"]:
         if c["name"] not in tried:
@@ -150,3 +158,64 @@ def test_a_flagged_part_keeps_time_for_the_classifier_only_where_one_is_trained(
     assert flagged_extra_ms({"a": n}) == 0.0  # one class: no classifier
     assert flagged_extra_ms({"a": n, "b": n - 1}) == 0.0  # a class too small: lineguard train skips the classifier
     assert flagged_extra_ms({}) == 0.0
+
+
+def _scratch(rng: np.random.Generator, horizontal: bool) -> np.ndarray:
+    im = rng.normal(128, 6, (64, 64))
+    at, start = rng.integers(8, 56), rng.integers(0, 24)
+    if horizontal:
+        im[at - 1 : at + 2, start : start + 40] -= 70  # a dark scratch along the feed
+    else:
+        im[start : start + 40, at - 1 : at + 2] -= 70  # the same scratch across it
+    return np.clip(im, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_views_are_tried_where_no_profile_is_declared_and_refused_where_orientation_is_the_class() -> None:
+    """Planted: two classes that differ only by orientation. Turned copies of a scratch along the feed look
+    like the other class, so the views candidates must lose the cross-validation and not be chosen; with a
+    declared profile the views are the profile's and no views candidate exists."""
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.augment import CameraProfile
+    from lineguard_models.classifier import ClassifierConfig, train_classifier
+
+    rng = np.random.default_rng(3)
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+    data = {"along": [_scratch(rng, True) for _ in range(8)], "across": [_scratch(rng, False) for _ in range(8)]}
+    clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(), selector=select_and_fit)
+    sel = clf.cv_report["selection"]
+    cv = {c["name"]: c["cv_accuracy"] for c in sel["candidates"]}
+    assert sel["free_views"] is not None and len(sel["free_views"]) == 8  # square input: the dihedral group
+    assert cv["views"] < cv["default"] - 0.2 and cv["s4567_views"] < cv["s4567"] - 0.2
+    assert not next(c for c in sel["candidates"] if c["name"] == sel["chosen"])["views"]
+    assert sel["views"] == ["identity"] == clf.cv_report["augmentation"]["views"]
+    # declared: defects without orientation (flips allowed) -> the profile's views in every candidate
+    profile = CameraProfile.conservative_for(spec).model_copy(
+        update={"orientation_specific": False, "flips": ("horizontal",)})
+    declared = train_classifier(data, spec=spec, seed=0, profile=profile, config=ClassifierConfig(),
+                                selector=select_and_fit)
+    dsel = declared.cv_report["selection"]
+    assert dsel["free_views"] is None and not any(c["views"] for c in dsel["candidates"])
+    assert dsel["views"] == ["identity", "hflip"] == declared.cv_report["augmentation"]["views"]
+
+
+def test_training_views_follow_a_declared_profile_and_leave_an_undeclared_one_to_the_choice() -> None:
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.augment import CameraProfile
+    from lineguard_models.classifier import ClassifierConfig, training_views
+    from lineguard_models.views import IDENTITY
+
+    square = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+    long = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=128, input_height=64)
+    cfg = ClassifierConfig()
+    fixed = CameraProfile.conservative_for(square)  # declared: orientation matters
+    flips = fixed.model_copy(update={"orientation_specific": False, "flips": ("vertical",)})
+    assert training_views(fixed, square, cfg) == (IDENTITY, None)
+    assert training_views(flips, square, cfg) == (flips_views := training_views(flips, square, cfg)[0], None)
+    assert flips_views.names == ("identity", "vflip")
+    views, free = training_views(None, square, cfg)  # none declared: the choice tries the dihedral group
+    assert views == IDENTITY and free is not None and len(free) == 8
+    free_long = training_views(None, long, cfg)[1]
+    assert free_long is not None and free_long.names == ("identity", "hflip", "vflip", "rot180")  # no quarter turns
+    assert training_views(None, square, cfg.model_copy(update={"select": False})) == (IDENTITY, None)
+    assert training_views(None, square, cfg.model_copy(update={"orientation_views": False})) == (IDENTITY, None)
