@@ -147,9 +147,10 @@ def render(out_dir: Path) -> str:
     lines += [
         "",
         "*train s (est.)*: backbone passes of that split's images and copies x the seconds per pass measured",
-        "while caching (this 2-core box at load ~15 with `nice -n 10`: "
+        "while caching (this 2-core box, load average at the end of each set's run: "
+        + ", ".join(f"{s} {results[s].get('loadavg', float('nan')):.1f}" for s in results) + "; per pass: "
         + ", ".join(f"{s} {results[s]['s_per_pass'] * 1e3:.0f} ms" for s in results if results[s].get("s_per_pass"))
-        + ") + the head fitting and cross-validation; an idle box is several times faster.",
+        + ") + the head fitting and cross-validation.",
         "",
         "## Per-class recall (default, mean over seeds, %)",
         "",
@@ -188,10 +189,10 @@ def render(out_dir: Path) -> str:
     if lat_path.exists():
         lat = json.loads(lat_path.read_text())
         lines += ["", f"## Latency of the classifier per stage set (ONNX Runtime CPU, 2 threads, 224x224, image path, "
-                  f"`nice -n 10` at load {lat['loadavg']:.0f})", "", "| stages | p50 ms | p95 ms |", "|---|---|---|"]
+                  f"load average {lat['loadavg']:.1f} at the end)", "", "| stages | p50 ms | p95 ms |", "|---|---|---|"]
         for k, v in lat["per_stages"].items():
             lines.append(f"| {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} |")
-        lines += ["", "At `nice -n 10` beside a load of ~16 the absolute numbers are the neighbours' doing; the",
+        lines += ["", "A loaded box inflates the absolute numbers; the",
                   "ratios between stage sets are what the per-line choice uses (classifier_select.CLASSIFIER_P50_MS:",
                   "stage5+6 7.8 ms measured idle at 224 px, docs/classifier.md, the others scaled by 1.08)."]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ in the candidates above and gets two more, ``views`` and ``s4567_views``: the sa
 every flip and 90-degree turn of its images as well (copies in feature space; the exported graph is
 unchanged, so a flagged part costs the same). Cross-validation decides: where a class is tied to its
 orientation (a scratch along the feed), its turned copies teach the wrong thing and the CV accuracy
-falls (X-SDD), where it is not they add examples (DeepPCB crops at 20 per class: +7 points held out).
+falls (X-SDD), where it is not they add examples (DeepPCB crops, 20 per class: 88.8 -> 94.6 % held out).
 
 A candidate replaces the default only when its CV accuracy is higher by at least one image of the
 line's labelled set (ties and noise keep the measured default); among those, the higher CV accuracy
