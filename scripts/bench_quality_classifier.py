@@ -349,12 +349,13 @@ def end_to_end_bottle(seeds: Sequence[int]) -> dict[str, Any]:
                 if d.verdict.label != "accept":
                     flagged_ms.append(res.timings_ms["total"])
         v = np.array(verdicts)
+        clf_report = (bundle.manifest.calibration or {}).get("classifier", {})
         out.append({"seed": seed, "n_defects": len(v), "named_right": float(np.mean(named)),
                     "guess_right": float(np.mean(guessed)), "escape": float((v == "accept").mean()),
                     "recheck": float((v == "recheck").mean()),
                     "classifier_in_bundle": bundle.manifest.classifier is not None,
                     "flagged_total_ms_p50": float(np.median(flagged_ms)) if flagged_ms else None,
-                    "cv": (bundle.manifest.calibration or {}).get("classifier", {}).get("accuracy")})
+                    "cv": clf_report.get("accuracy"), "chosen": clf_report.get("selection", {}).get("chosen")})
         log(f"bottle e2e seed {seed}: {out[-1]}")
     return {"rows": out, "loadavg": os.getloadavg()[0]}
 

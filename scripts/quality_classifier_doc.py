@@ -178,11 +178,13 @@ def render(out_dir: Path) -> str:
     lines += ["", "## End to end, mvtec_bottle (anomaly stage + classifier, the product's bundles)", ""]
     if e2e["rows"]:
         lines += ["| seed | held-out defects | **named right** | best guess right | escape | recheck | "
-                  "flagged part p50 ms (loaded) | bundle CV accuracy |", "|---|---|---|---|---|---|---|---|"]
+                  "flagged part p50 ms | bundle CV accuracy | classifier chosen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in e2e["rows"]:
             lines.append(f"| {r['seed']} | {r['n_defects']} | **{r['named_right'] * 100:.1f}** | "
                          f"{r['guess_right'] * 100:.1f} | {r['escape'] * 100:.1f} | {r['recheck'] * 100:.1f} | "
-                         f"{r['flagged_total_ms_p50'] or float('nan'):.1f} | {r['cv']} |")
+                         f"{r['flagged_total_ms_p50'] or float('nan'):.1f} | {r['cv']} | "
+                         f"{r.get('chosen') or 'not recorded'} |")
     else:
         lines.append("Not measured: the quality suite's mvtec_bottle bundles did not exist when this ran.")
     lat_path = out_dir / "latency.json"
