@@ -42,13 +42,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from lineguard.errors import CalibrationError
+from lineguard_models.binomial import clopper_pearson_upper, extra_needed
 from lineguard_models.operating_curve import operating_curve
 
 log = logging.getLogger(__name__)
 
 Scores = npt.NDArray[np.float64]
 MIN_IMAGES_PER_CLASS = 15  # below this the bounds are too wide to mean much: warn loudly
-_EXTRA_SEARCH_LIMIT = 1_000_000
 
 
 class CalibrationPolicy(BaseModel):
@@ -162,51 +162,6 @@ class CalibrationResult:
             "classes": {c.name: {k: v for k, v in asdict(c).items() if k != "name"} for c in self.classes},
             "warnings": list(self.warnings),
         }
-
-
-def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
-    """Exact one-sided upper bound of a binomial proportion after ``k`` events in ``n`` trials."""
-    if n <= 0:
-        return 1.0
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k} n={n}")
-    if k == n:
-        return 1.0
-    return float(stats.beta.ppf(confidence, k + 1, n - k))
-
-
-def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
-    """Exact one-sided lower bound of a binomial proportion."""
-    if n <= 0 or k == 0:
-        return 0.0
-    if not 0 < k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k} n={n}")
-    return float(stats.beta.ppf(1.0 - confidence, k, n - k + 1))
-
-
-def extra_needed(k: int, n: int, target: float, confidence: float) -> int | None:
-    """Fewest further trials, all without an event, that bring the upper bound to ``<= target``.
-
-    ``None`` when the target is 0 (no finite sample proves a zero rate) or unreachable in a
-    million trials.
-    """
-    if target <= 0.0:
-        return None
-    if clopper_pearson_upper(k, n, confidence) <= target:
-        return 0
-    hi = 1
-    while clopper_pearson_upper(k, n + hi, confidence) > target:
-        hi *= 2
-        if hi > _EXTRA_SEARCH_LIMIT:
-            return None
-    lo = hi // 2  # bound(lo) > target >= bound(hi): bisect (the bound falls monotonically in n)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if clopper_pearson_upper(k, n + mid, confidence) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def auroc(good: npt.ArrayLike, defect: npt.ArrayLike) -> float:

@@ -16,7 +16,7 @@ Scores = npt.NDArray[np.float64]
 
 
 def _upper_bounds(k: npt.NDArray[np.int64], n: int, confidence: float) -> Scores:
-    """Vectorised ``calibration.clopper_pearson_upper`` for event counts ``k`` out of ``n``."""
+    """Vectorised ``binomial.clopper_pearson_upper`` for event counts ``k`` out of ``n``."""
     out = np.ones(k.shape, np.float64)
     below = k < n
     out[below] = stats.beta.ppf(confidence, k[below] + 1, n - k[below])

@@ -9,13 +9,11 @@ import pytest
 from scipy import stats
 
 from lineguard.errors import CalibrationError
+from lineguard_models.binomial import clopper_pearson_lower, clopper_pearson_upper, extra_needed
 from lineguard_models.calibration import (
     CalibrationPolicy,
     auroc,
     calibrate,
-    clopper_pearson_lower,
-    clopper_pearson_upper,
-    extra_needed,
     roc_curve,
 )
 

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from lineguard_models.binomial import clopper_pearson_upper, extra_needed
 from lineguard_models.calibration import (
     CalibrationPolicy,
     allowed_errors,
     calibrate,
-    clopper_pearson_upper,
-    extra_needed,
     false_reject_threshold,
     tail_escape_threshold,
     tail_reject_threshold,
