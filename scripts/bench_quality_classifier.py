@@ -49,7 +49,7 @@ from lineguard.imageio import is_grey_rgb, read_image
 from lineguard.preprocess import InputSpec, prepare, spec_for_images
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.classifier import ClassifierConfig
+from lineguard_models.classifier import ClassifierConfig, training_views
 from lineguard_models.classifier_features import FeatureSet
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
 from lineguard_models.classifier_select import (
@@ -69,8 +69,6 @@ ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
 LITE0 = "efficientnet_lite0"  # the product classifier's backbone; --backbone measures another
 PX = 224
 COPIES = 2  # CameraProfile.copies_per_image default (the conservative profile of lineguard train)
-# what train_classifier tries where no camera profile is declared (square 224 px input: the whole dihedral group)
-VIEWS = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True, square=True)
 Image = npt.NDArray[Any]
 
 
@@ -146,13 +144,17 @@ class Cache:
             self.x, self.have = np.zeros((n, d), np.float32), np.zeros(n, bool)
             self.cp, self.have_cp = np.zeros((n, COPIES, d), np.float32), np.zeros(n, bool)
         self.s_per_pass: float | None = None
-        # the 7 other dihedral views of every image a split may train on (the views candidates; stop 14)
+        # the other orientation views of every image a split may train on: what train_classifier's views
+        # candidates train on where no camera profile is declared (classifier.training_views; stop 14)
+        free = training_views(None, self.spec, ClassifierConfig())[1]
+        assert free is not None  # the default config selects per line
+        self.views = free
         self.vpath = root / f"{name}_{PX}_mean_gem{lite}_views.npz"
         if self.vpath.exists():
             z = np.load(self.vpath)
             self.xv, self.have_v = z["xv"], z["have_v"]
         else:
-            self.xv = np.zeros((len(images), len(VIEWS.names) - 1, d), np.float32)
+            self.xv = np.zeros((len(images), len(free) - 1, d), np.float32)
             self.have_v = np.zeros(len(images), bool)
 
     def ensure_views(self, ids: npt.NDArray[np.int64]) -> None:
@@ -161,12 +163,13 @@ class Cache:
             part = todo[s : s + 16]
             with torch.inference_mode():
                 batch = torch.from_numpy(np.concatenate([prepare(self.images[i], self.spec)[0] for i in part]))
-                feats = [self.pooled(Views.apply(v, batch)).numpy() for v in VIEWS.names[1:]]
+                feats = [self.pooled(Views.apply(v, batch)).numpy() for v in self.views.names[1:]]
             self.xv[part] = np.stack(feats, axis=1)
             self.have_v[part] = True
-            np.savez(self.vpath, xv=self.xv, have_v=self.have_v)
+            if (s // 16) % 8 == 7 or s + 16 >= len(todo):  # every 128 images and at the end: a killed run keeps most
+                np.savez(self.vpath, xv=self.xv, have_v=self.have_v)
         if todo:
-            log(f"{self.vpath.name}: {len(todo)} images x {len(VIEWS.names) - 1} views")
+            log(f"{self.vpath.name}: {len(todo)} images x {len(self.views) - 1} views")
 
     def _extract(self, ims: Sequence[Image]) -> npt.NDArray[np.float32]:
         out = []

@@ -248,22 +248,22 @@ def select_and_fit(
     # one backbone pass per image, copy and view; undeclared lines compute their free views only if a views
     # candidate is still in the running (the latency filter may have dropped them)
     want_free = free if any(c.views for c in cands) else None
+    held = want_free or views  # the views fs_all holds: the free ones, else the declared profile's
     fs_all = build_features(images_by_class, extract_all, augment_fn=plausible, copies=copies, seed=seed,
-                            progress=progress, views=want_free or views,
-                            average_views=config.average_views and want_free is None)
+                            progress=progress, views=held, average_views=config.average_views and want_free is None)
     dims = extract_all.features.backbone.stage_channels
 
     def views_of(c: Candidate) -> Views:
-        return (want_free or views) if (c.views or want_free is None) else IDENTITY
+        return held if want_free is None or c.views else IDENTITY  # free views train the views candidates only
 
     def fs_for(c: Candidate) -> FeatureSet:
         cols = feature_columns(dims, union, c.stages, have_pooling=pool_all, want_pooling=c.pooling)
         keep = c.copies > 0
-        with_views = fs_all.x_views is not None and len(views_of(c)) > 1
+        x_views = fs_all.x_views if len(views_of(c)) > 1 else None
         return FeatureSet(classes=fs_all.classes, x=fs_all.x[:, cols], y=fs_all.y,
                           x_aug=fs_all.x_aug[:, cols] if keep else np.zeros((0, len(cols)), np.float32),
                           aug_source=fs_all.aug_source if keep else np.zeros(0, np.int64),
-                          x_views=fs_all.x_views[:, :, cols] if with_views and fs_all.x_views is not None else None,
+                          x_views=None if x_views is None else x_views[:, :, cols],
                           average_views=fs_all.average_views)
 
     budget = max(0.0, config.select_time_budget_s - (time.perf_counter() - t0))
