@@ -5,8 +5,14 @@ Where it sits: called by ``pipeline.train`` after the anomaly engine is exported
 classifier's graph), so neither of those imports the other's caller. Writes ``classifier.onnx``
 into the bundle staging folder and returns its manifest fields.
 
-Must never: train when a defect class has fewer than ``MIN_IMAGES_PER_CLASS`` images, or write a
-shared classifier whose class probabilities differ from the image path (``shared`` checks it).
+On a tiled input spec the edge feeds the classifier the tile with the highest anomaly score
+(``BundleRunner._classifier_input``), so the classifier is trained on exactly that tile of every
+labelled defect image, chosen by the exported anomaly engine in ONNX Runtime (``top_tiles``), with
+the spec of one tile; its graph reads the image (a tile's shared map is not offered).
+
+Must never: train when a defect class has fewer than ``MIN_IMAGES_PER_CLASS`` images, write a
+shared classifier whose class probabilities differ from the image path (``shared`` checks it), or
+train a tiled line's classifier on other tiles than the edge will feed it.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lineguard.preprocess import InputSpec, prepare
+import numpy as np
+
+from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
-from lineguard_models.ortscore import engine_p50_ms
+from lineguard_models.ortscore import OrtScorer, engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
 
 ONNX_FILE = "classifier.onnx"
@@ -35,6 +43,34 @@ def _anomaly_p50_ms(frame: Any, spec: InputSpec, anomaly_onnx: Path | None) -> f
     if anomaly_onnx is None:
         return None
     return engine_p50_ms(anomaly_onnx, prepare(frame, spec)[0], LATENCY_RUNS)
+
+
+def top_tiles(images: dict[str, list[Any]], spec: InputSpec, anomaly_onnx: Path
+              ) -> tuple[dict[str, list[Any]], InputSpec, dict[str, Any]]:
+    """Each image's tile with the highest anomaly score of ``anomaly_onnx`` (what the edge classifies), the
+    untiled spec of one tile, and a report section (the tiling and how often each tile was chosen)."""
+    scorer = OrtScorer(anomaly_onnx, spec)
+    out: dict[str, list[Any]] = {}
+    counts = np.zeros(spec.tiles.count, np.int64)
+    size: tuple[int, int] | None = None
+    for cls, ims in images.items():
+        crops = []
+        for im in ims:
+            top = int(np.argmax(scorer.tile_scores(im)))  # the edge's rule (runner: top = argmax of the scores)
+            x0, y0, tw, th = tile_regions(im.shape[1], im.shape[0], spec.tiles)[top]
+            crops.append(np.ascontiguousarray(im[y0 : y0 + th, x0 : x0 + tw]))
+            counts[top] += 1
+            size = (tw, th)
+        out[cls] = crops
+    assert size is not None  # too_few_defects refused an empty set before
+    fixed = spec.image_width is not None  # a fixed frame size gives a fixed tile size
+    tile_spec = InputSpec.model_validate({**spec.model_dump(), "tiles": TileSpec().model_dump(),
+                                          "image_width": size[0] if fixed else None,
+                                          "image_height": size[1] if fixed else None})
+    report = {"rows": spec.tiles.rows, "cols": spec.tiles.cols, "overlap_px": spec.tiles.overlap_px,
+              "trained_on": "each image's tile with the highest anomaly score (the tile the edge classifies)",
+              "chosen_per_tile": counts.tolist()}
+    return out, tile_spec, report
 
 
 def classifier_for_bundle(
@@ -56,19 +92,27 @@ def classifier_for_bundle(
     if why := too_few_defects(counts):
         progress(f"defect classifier skipped: {why}")
         return None
-    if spec.tiles.count != 1:
-        progress("defect classifier skipped: tiled input specs are not supported by the classifier yet")
+    tiled = spec.tiles.count != 1
+    if tiled and anomaly_onnx is None:
+        progress("defect classifier skipped: a tiled line's classifier is trained on the tile the anomaly engine "
+                 "scores highest, and no exported anomaly engine was given")
         return None
     progress(f"defect classifier: {len(counts)} classes, {sum(counts.values())} images")
     config = config or ClassifierConfig()
-    if anomaly is not None and config.input_px is not None and may_share(anomaly, config):
+    if not tiled and anomaly is not None and config.input_px is not None and may_share(anomaly, config):
         config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
     selector = None
     if config.selects_per_line:  # the per-line choice's latency filter needs the line's anomaly engine
         frame = next(iter(images.values()))[0]
         selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(frame, spec, anomaly_onnx))
-    clf = train_classifier(images, spec=spec, profile=profile, seed=seed, config=config,
+    clf_spec, tiles_report = spec, None
+    if tiled:
+        assert anomaly_onnx is not None
+        images, clf_spec, tiles_report = top_tiles(images, spec, anomaly_onnx)
+        progress(f"classifier: trained on each image's top-scoring tile of {spec.tiles.rows}x{spec.tiles.cols} "
+                 f"(chosen per tile: {tiles_report['chosen_per_tile']})")
+    clf = train_classifier(images, spec=clf_spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
                            selector=selector)  # per-line choice (issue 16) when config.select
     sel = clf.cv_report.get("selection")
@@ -76,8 +120,11 @@ def classifier_for_bundle(
         progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")
     progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
     engine, anomaly_outputs, shared_report = export_for_bundle(
-        clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,
-        check_images=[im for v in images.values() for im in v[:2]], progress=progress)
+        clf, staging / ONNX_FILE, config=config, anomaly=None if tiled else anomaly, anomaly_onnx=anomaly_onnx,
+        check_images=[im for v in images.values() for im in v[:2]], progress=progress,
+        unshared_reason="the input spec is tiled: the classifier reads the top-scoring tile" if tiled else None)
     report = {**clf.cv_report, "shared_backbone": shared_report}
+    if tiles_report is not None:
+        report["tiles"] = tiles_report
     return {"engine": engine.model_dump(exclude_defaults=True), "classifier": clf.classifier_spec().model_dump(),
             "report": report, "anomaly_outputs": anomaly_outputs}

@@ -61,9 +61,13 @@ class OrtScorer:
         self.spec = spec
 
     def score(self, image: npt.NDArray[Any]) -> float:
+        return float(np.max(self.tile_scores(image)))  # image score = the worst tile
+
+    def tile_scores(self, image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The anomaly score of every tile [T] (one on an untiled spec); the edge classifies the arg-max tile."""
         batch, _ = prepare(image, self.spec)
         (scores,) = self.session.run(["anomaly_score"], {"image": batch})
-        return float(np.max(scores))  # image score = the worst tile
+        return np.asarray(scores, np.float32).reshape(-1)
 
 
 def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:

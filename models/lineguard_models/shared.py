@@ -177,13 +177,15 @@ def export_shared(
 def export_for_bundle(
     clf: TrainedClassifier, classifier_onnx: Path, *, config: ClassifierConfig, anomaly: AnomalyScorer | None,
     anomaly_onnx: Path | None, check_images: Sequence[npt.NDArray[Any]], progress: Callable[[str], None],
+    unshared_reason: str | None = None,
 ) -> tuple[EngineSpec, dict[str, str], dict[str, Any]]:
     """Export the classifier, shared with the anomaly engine where that applies.
 
-    Returns (classifier engine entry, extra anomaly output roles, report section).
+    Returns (classifier engine entry, extra anomaly output roles, report section). ``unshared_reason``:
+    the caller's reason why no ``anomaly`` is given (else "no anomaly graph given").
     """
     if anomaly is None or anomaly_onnx is None:
-        shared, why = None, "no anomaly graph given"
+        shared, why = None, unshared_reason or "no anomaly graph given"
     else:
         shared, why = shared_stage_for(anomaly, clf, config)
     if shared is None or anomaly is None or anomaly_onnx is None:
