@@ -18,7 +18,8 @@ train a tiled line's classifier on other tiles than the edge will feed it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,10 @@ import numpy as np
 from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
+from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
+from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures, classifier_resize, export_classifier_onnx
+from lineguard_models.classifier_head import SoftmaxHead
 from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import OrtScorer, engine_p50_ms
@@ -43,6 +47,26 @@ def _anomaly_p50_ms(frame: Any, spec: InputSpec, anomaly_onnx: Path | None) -> f
     if anomaly_onnx is None:
         return None
     return engine_p50_ms(anomaly_onnx, prepare(frame, spec)[0], LATENCY_RUNS)
+
+
+def classifier_prices(stage_sets: Sequence[tuple[str, ...]], *, spec: InputSpec, config: ClassifierConfig,
+                      frame: Any, n_classes: int, runs: int = LATENCY_RUNS) -> dict[str, float]:
+    """p50 ms of each stage set's classifier graph on this CPU: the backbone to its deepest stage, the
+    configured pooling and input size, a head of the line's class count (its weights do not change the
+    cost), exported as the bundle's graph is and run in ONNX Runtime (2 threads) on ``frame`` prepared
+    with ``spec``. The per-line choice's latency filter then prices what this machine really runs."""
+    batch = prepare(frame, spec)[0][:1]
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="lineguard-clf-price-") as tmp:
+        for i, stages in enumerate(stage_sets):
+            feats = PooledFeatures(EfficientNetLite0.from_state_dict_file(out_stages=stages), max_value=spec.max_value,
+                                   pooling=config.pooling, resize_to=classifier_resize(spec, config.input_px))
+            d = feats.out_dim
+            head = SoftmaxHead(mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32),
+                               weight=np.zeros((d, n_classes), np.float32), bias=np.zeros(n_classes, np.float32))
+            path = export_classifier_onnx(ClassifierGraph(feats, head), Path(tmp) / f"price_{i}.onnx", spec=spec)
+            out["+".join(stages)] = engine_p50_ms(path, batch, runs, output="class_probs")
+    return out
 
 
 def top_tiles(images: dict[str, list[Any]], spec: InputSpec, anomaly_onnx: Path
@@ -102,16 +126,19 @@ def classifier_for_bundle(
     if not tiled and anomaly is not None and config.input_px is not None and may_share(anomaly, config):
         config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
-    selector = None
-    if config.selects_per_line:  # the per-line choice's latency filter needs the line's anomaly engine
-        frame = next(iter(images.values()))[0]
-        selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(frame, spec, anomaly_onnx))
+    frame = next(iter(images.values()))[0]
     clf_spec, tiles_report = spec, None
     if tiled:
         assert anomaly_onnx is not None
         images, clf_spec, tiles_report = top_tiles(images, spec, anomaly_onnx)
         progress(f"classifier: trained on each image's top-scoring tile of {spec.tiles.rows}x{spec.tiles.cols} "
                  f"(chosen per tile: {tiles_report['chosen_per_tile']})")
+    selector = None
+    if config.selects_per_line:  # the latency filter: the line's anomaly engine and the candidates' graphs, here
+        price = functools.partial(classifier_prices, spec=clf_spec, config=config,
+                                  frame=next(iter(images.values()))[0], n_classes=len(counts))
+        selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(frame, spec, anomaly_onnx),
+                                     classifier_price=price)
     clf = train_classifier(images, spec=clf_spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
                            selector=selector)  # per-line choice (issue 16) when config.select

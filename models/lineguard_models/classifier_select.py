@@ -127,14 +127,19 @@ class Evaluated:
                 "skipped": self.skipped}
 
 
-def estimated_p50_ms(stages: Sequence[str], anomaly_p50_ms: float | None = None) -> float:
+def estimated_p50_ms(stages: Sequence[str], anomaly_p50_ms: float | None = None,
+                     classifier_p50_ms: Mapping[str, float] | None = None) -> float:
     """A flagged part's p50 ms with a classifier of these stages: the anomaly engine (``anomaly_p50_ms``, as
-    measured on the line's bundle; else :data:`ANOMALY_P50_MS`) + :data:`PREPROCESS_MS` + the classifier.
+    measured on the line's bundle; else :data:`ANOMALY_P50_MS`) + :data:`PREPROCESS_MS` + the classifier
+    (``classifier_p50_ms``: measured on this CPU per stage set, ``"stage5+stage6"`` -> ms; else the table
+    :data:`CLASSIFIER_P50_MS`).
 
     Stage sets never measured count as over any budget (inf): they are not chosen blind.
     """
     anomaly = ANOMALY_P50_MS if anomaly_p50_ms is None else anomaly_p50_ms
-    return anomaly + PREPROCESS_MS + CLASSIFIER_P50_MS.get("+".join(stages), float("inf"))
+    key = "+".join(stages)
+    clf = (classifier_p50_ms or {}).get(key, CLASSIFIER_P50_MS.get(key, float("inf")))
+    return anomaly + PREPROCESS_MS + clf
 
 
 def evaluate(
@@ -225,6 +230,7 @@ def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "
 def select_and_fit(
     images_by_class: Any, *, spec: Any, config: Any, plausible: Any, copies: int, views: Views, seed: int,
     progress: Any = None, anomaly_p50_ms: float | None = None, free_views: Views | None = None,
+    classifier_price: Callable[[Sequence[tuple[str, ...]]], dict[str, float]] | None = None,
 ) -> tuple[Any, Any, SoftmaxHead, dict[str, float], dict[str, Any]]:
     """Features once for the union of the candidates' stages, CV of each, the chosen one fitted.
 
@@ -233,14 +239,20 @@ def select_and_fit(
     by ``classifier.train_classifier`` when ``config.select``; ``views``: the declared profile's views (every
     candidate trains on them); ``free_views``: where the line declared no profile, the views its input allows,
     tried by the views candidates only; ``anomaly_p50_ms``: the line's anomaly engine as measured
-    (``classifier_bundle``), for the latency filter.
+    (``classifier_bundle``), for the latency filter; ``classifier_price``: measures the candidates' classifier
+    graphs on this CPU (stage sets -> ``{"stage5+stage6": ms}``, ``classifier_bundle.classifier_prices``), else
+    the table :data:`CLASSIFIER_P50_MS` prices them.
     """
     t0 = time.perf_counter()
     free = free_views if free_views is not None and len(free_views) > 1 else None
     every = line_candidates(config.stages, copies, config.pooling, free_views=free is not None)
+    prices = classifier_price(sorted({c.stages for c in every})) if classifier_price is not None else None
+
+    def flagged_ms(c: Candidate) -> float:
+        return estimated_p50_ms(c.stages, anomaly_p50_ms, prices)
+
     # the default is what the line gets anyway: it always runs; another only within the flagged part's budget
-    cands = every[:1] + [c for c in every[1:]
-                         if estimated_p50_ms(c.stages, anomaly_p50_ms) <= config.select_latency_budget_ms]
+    cands = every[:1] + [c for c in every[1:] if flagged_ms(c) <= config.select_latency_budget_ms]
     over = [c for c in every if c not in cands]
     union = tuple(sorted({s for c in cands for s in c.stages}, key=lambda s: int(s.removeprefix("stage"))))
     pool_all = max((c.pooling for c in cands), key=lambda p: POOL_WIDTH[p])  # the widest holds the others
@@ -283,7 +295,7 @@ def select_and_fit(
         "free_views": None if want_free is None else list(want_free.names),
         "candidates": [e.summary() for e in evs]
         + [{"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling, "views": c.views,
-            "skipped": f"estimated flagged part {estimated_p50_ms(c.stages, anomaly_p50_ms):.0f} ms p50 > budget "
+            "skipped": f"estimated flagged part {flagged_ms(c):.0f} ms p50 > budget "
                        f"{config.select_latency_budget_ms:.0f} ms"} for c in over],
         "not_candidates": {"finetune": FINETUNE_EXCLUDED},
         "time_budget_s": config.select_time_budget_s, "search_s": round(time.perf_counter() - t0, 1),
@@ -291,5 +303,8 @@ def select_and_fit(
         "anomaly_p50_ms": None if anomaly_p50_ms is None else round(anomaly_p50_ms, 2),
         "anomaly_p50_source": "measured on this bundle's anomaly engine" if anomaly_p50_ms is not None
         else f"not measured: the default engine's {ANOMALY_P50_MS:g} ms",
+        "classifier_p50_ms": {k: round(v, 2) for k, v in (prices or CLASSIFIER_P50_MS).items()},
+        "classifier_p50_source": "measured on this CPU: each stage set's classifier graph on one of the line's "
+        "images (ONNX Runtime, 2 threads)" if prices is not None else "table CLASSIFIER_P50_MS (an idle 2-core box)",
     }
     return extract, fs_for(chosen), ev.head, ev.thresholds, report  # type: ignore[return-value]

@@ -70,17 +70,19 @@ class OrtScorer:
         return np.asarray(scores, np.float32).reshape(-1)
 
 
-def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int) -> float:
-    """Median wall time of one anomaly engine run on one prepared frame (ONNX Runtime, 2 CPU threads, as
-    :func:`cpu_session`), after 3 warm-up runs: what ``autoprice`` prices candidates with and what the
-    classifier's per-line choice takes as the line's anomaly engine."""
+def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int, *,
+                  output: str = "anomaly_score") -> float:
+    """Median wall time of one engine run (input ``image``, up to ``output``) on one prepared frame (ONNX
+    Runtime, 2 CPU threads, as :func:`cpu_session`), after 3 warm-up runs: what ``autoprice`` prices candidates
+    with, and what the classifier's per-line choice takes as the line's anomaly engine and its candidates'
+    classifier graphs."""
     session = cpu_session(onnx_path)
     for _ in range(3):
-        session.run(["anomaly_score"], {"image": batch})
+        session.run([output], {"image": batch})
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        session.run(["anomaly_score"], {"image": batch})
+        session.run([output], {"image": batch})
         times.append((time.perf_counter() - t0) * 1000.0)
     return float(np.median(times))
 

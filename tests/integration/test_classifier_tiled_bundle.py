@@ -4,8 +4,9 @@
 ``BundleRunner`` on ONNX Runtime. The edge classifies the tile with the highest anomaly score, so the
 classifier is trained on that tile of every labelled image (``classifier_bundle.top_tiles``, chosen by
 the exported anomaly engine). Checked: the tile choice follows a planted defect; the manifest records
-the tiling and why the backbone pass is not shared; the runner's class probabilities equal the
-classifier graph run on the top tile cut from the frame and prepared with the tile's spec.
+the tiling, why the backbone pass is not shared, and the classifier graphs' prices measured on this
+CPU; the runner's class probabilities equal the classifier graph run on the top tile cut from the
+frame and prepared with the tile's spec.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def test_the_manifest_of_a_tiled_line_carries_a_classifier_fed_by_the_image(bund
     tiles = report["tiles"]
     assert (tiles["rows"], tiles["cols"]) == (1, 2)
     assert sum(tiles["chosen_per_tile"]) == 2 * SYNTH.n_defect_per_class  # every labelled image, one tile each
+    # the per-line choice priced its candidates' graphs on this CPU, on a tile (classifier_bundle.classifier_prices)
+    sel = report["selection"]
+    assert sel["classifier_p50_source"].startswith("measured on this CPU")
+    assert set(sel["classifier_p50_ms"]) == {"stage5+stage6", "stage5+stage6+stage7", "stage4+stage5+stage6+stage7"}
+    assert all(v > 0 for v in sel["classifier_p50_ms"].values())
 
 
 def test_the_tile_chosen_for_training_is_the_one_holding_the_defect(bundle: Bundle) -> None:

@@ -149,6 +149,39 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_measured_classifier_prices_decide_the_latency_filter() -> None:
+    """Where the candidates' graphs were timed on this CPU (``classifier_price``), those times price them, not
+    the table: a stage set measured slow is skipped, and the report says which prices were used."""
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.classifier import ClassifierConfig, train_classifier
+
+    rng = np.random.default_rng(1)
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+
+    def img(kind: int) -> np.ndarray:
+        im = rng.normal(128, 6, (64, 64))
+        im[20:40, :] += 60 if kind == 0 else 0
+        im[:, 28:36] -= 60 if kind == 1 else 0
+        return np.clip(im, 0, 255).astype(np.uint8)
+
+    data = {c: [img(i) for _ in range(5)] for i, c in enumerate(("band", "stripe"))}
+    asked: list[list[tuple[str, ...]]] = []
+
+    def price(stage_sets: list[tuple[str, ...]]) -> dict[str, float]:
+        asked.append(list(stage_sets))
+        return {"+".join(s): (30.0 if s == ("stage5", "stage6", "stage7") else 5.0) for s in stage_sets}
+
+    clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(),
+                           selector=functools.partial(select_and_fit, anomaly_p50_ms=20.0, classifier_price=price))
+    sel = clf.cv_report["selection"]
+    assert asked == [sorted({c.stages for c in line_candidates(("stage5", "stage6"), 2, free_views=True)})]
+    by = {c["name"]: c for c in sel["candidates"]}
+    assert by["s567"]["skipped"] == "estimated flagged part 51 ms p50 > budget 40 ms"  # 20 + 1.2 + 30
+    assert not by["s4567"]["skipped"] and not by["default"]["skipped"]  # 8.4 ms in the table, 5 measured
+    assert sel["classifier_p50_ms"]["stage5+stage6+stage7"] == 30.0
+    assert sel["classifier_p50_source"].startswith("measured on this CPU")
+
+
 def test_a_flagged_part_keeps_time_for_the_classifier_only_where_one_is_trained() -> None:
     from lineguard_models.classifier import MIN_IMAGES_PER_CLASS
     from lineguard_models.classifier_select import FLAGGED_EXTRA_MS, flagged_extra_ms
