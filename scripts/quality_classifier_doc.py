@@ -178,13 +178,18 @@ def render(out_dir: Path) -> str:
     lines += ["", "## End to end, mvtec_bottle (anomaly stage + classifier, the product's bundles)", ""]
     if e2e["rows"]:
         lines += ["| seed | held-out defects | **named right** | best guess right | escape | recheck | "
-                  "flagged part p50 ms | bundle CV accuracy | classifier chosen |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "flagged part p50 ms | bundle CV accuracy | classifier chosen | anomaly recipe (auto) | "
+                  "classifier graphs priced at training, ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e2e["rows"]:
+            prices = r.get("classifier_p50_ms")
+            priced = ", ".join(f"{k.replace('stage', 's').replace('+', '')} {v:.1f}" for k, v in prices.items()) \
+                if prices else "not recorded"
             lines.append(f"| {r['seed']} | {r['n_defects']} | **{r['named_right'] * 100:.1f}** | "
                          f"{r['guess_right'] * 100:.1f} | {r['escape'] * 100:.1f} | {r['recheck'] * 100:.1f} | "
                          f"{r['flagged_total_ms_p50'] or float('nan'):.1f} | {r['cv']} | "
-                         f"{r.get('chosen') or 'not recorded'} |")
+                         f"{r.get('chosen') or 'not recorded'} | {r.get('anomaly_chosen') or 'not recorded'} | "
+                         f"{priced} |")
     else:
         lines.append("Not measured: the quality suite's mvtec_bottle bundles did not exist when this ran.")
     lat_path = out_dir / "latency.json"
