@@ -393,11 +393,12 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
     context = _report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
                                    **_bank_context(provenance.get("anomaly_bank_augmentation"))})
+    clf_report = classifier["report"] if classifier else None
     write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context,
-                 auto=auto)
+                 auto=auto, classifier=clf_report)
     # the same report as one self-contained page with thumbnails and anomaly maps (report_html.py)
     write_for_bundle(staging / "report", staging / ONNX_FILE, spec, ds, scored, result, good, defects,
-                     title=f"Calibration report: {bundle_id}", context=context, auto=auto)
+                     title=f"Calibration report: {bundle_id}", context=context, auto=auto, classifier=clf_report)
     if keep is not None and keep.get("golden"):  # same graph, same scores: only the verdicts can change
         golden = [{**g, "expected_verdict": verdict_of(g["expected_score"], result.lower, result.upper)}
                   for g in keep["golden"]]

@@ -116,10 +116,11 @@ def plot_operating_curve(path: Path, result: CalibrationResult) -> list[Path]:
 
 
 def report_data(result: CalibrationResult, *, context: Mapping[str, Any],
-                auto: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                auto: Mapping[str, Any] | None = None, classifier: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report as data (``report.json``): what a renderer needs besides the plots."""
     return {"thresholds": result.thresholds(), "calibration": result.summary(), "curve": result.curve,
-            "auto": dict(auto) if auto else None, "context": {k: str(v) for k, v in context.items()}}
+            "auto": dict(auto) if auto else None, "classifier": dict(classifier) if classifier else None,
+            "context": {k: str(v) for k, v in context.items()}}
 
 
 def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
@@ -135,6 +136,52 @@ def _auto_section(auto: Mapping[str, Any] | None) -> list[str]:
                      f"{_num(c.get('auroc'))} | {_num(c.get('tail'))} | {_num(c.get('engine_p50_ms'), 1)} | "
                      f"{_num(c.get('seconds'), 0)} | {candidate_note(c)} |")
     return [*lines, ""]
+
+
+def classifier_rows(clf: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The defect classifier's report (``manifest.calibration.classifier``) as (facts, per-class rows, per-line
+    candidate rows): shared by the Markdown and the HTML report."""
+    sel = clf.get("selection") or {}
+    facts = [f"method: {clf.get('method', '')}",
+             f"cross-validated accuracy {_num(clf.get('accuracy'))} ({clf.get('folds')} folds), unknown rate "
+             f"{_num(clf.get('unknown_rate'))}; a class below its min_confidence is reported as unknown"]
+    if sel:
+        facts.append(f"recipe chosen for this line: {sel.get('chosen')} ({sel.get('reason', '')}); trained on the "
+                     f"views {', '.join(sel.get('views', []))}")
+        prices = ", ".join(f"{k} {v:.1f} ms" for k, v in (sel.get("classifier_p50_ms") or {}).items())
+        facts.append(f"latency filter: a flagged part within {_num(sel.get('latency_budget_ms'), 0)} ms p50 = anomaly "
+                     f"engine {_num(sel.get('anomaly_p50_ms'), 1)} ms ({sel.get('anomaly_p50_source', '')}) + the "
+                     f"classifier ({prices}; {sel.get('classifier_p50_source', '')})")
+    if tiles := clf.get("tiles"):
+        facts.append(f"tiled line ({tiles['rows']}x{tiles['cols']}): trained on {tiles['trained_on']}; images per "
+                     f"tile {tiles['chosen_per_tile']}")
+    shared = clf.get("shared_backbone") or {}
+    facts.append("backbone pass shared with the anomaly engine" if shared.get("shared")
+                 else f"own backbone pass ({shared.get('reason', 'not recorded')})")
+    per_class = [[c, str(v.get("n_images")), _num(v.get("recall")), _num(v.get("min_confidence")),
+                  _num(v.get("unknown_rate"))] for c, v in (clf.get("per_class") or {}).items()]
+    cands = [[c["name"], "+".join(s.removeprefix("stage") for s in c.get("stages", [])),
+              str(c.get("copies")), "yes" if c.get("views") else "no",
+              _num(c.get("cv_accuracy")), _num(c.get("cv_unknown_rate")), c.get("skipped") or ""]
+             for c in sel.get("candidates", [])]
+    return facts, per_class, cands
+
+
+CLASS_HEAD = ["class", "images", "CV recall", "min_confidence", "CV unknown rate"]
+CANDIDATE_HEAD = ["candidate", "stages", "copies", "views", "CV accuracy", "CV unknown rate", "skipped"]
+
+
+def _classifier_section(clf: Mapping[str, Any] | None) -> list[str]:
+    """The defect classifier: what it was trained on, its cross-validated figures, the per-line choice."""
+    if not clf:
+        return []
+    facts, per_class, cands = classifier_rows(clf)
+
+    def table(head: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+    return ["## Defect classifier", "", *[f"- {f}" for f in facts], "", *table(CLASS_HEAD, per_class), "",
+            *([*table(CANDIDATE_HEAD, cands), ""] if cands else [])]
 
 
 def candidate_note(c: Mapping[str, Any]) -> str:
@@ -190,7 +237,8 @@ def _tables(result: CalibrationResult) -> list[str]:
 
 
 def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[str],
-                    context: Mapping[str, Any], auto: Mapping[str, Any] | None = None) -> str:
+                    context: Mapping[str, Any], auto: Mapping[str, Any] | None = None,
+                    classifier: Mapping[str, Any] | None = None) -> str:
     """The report text. ``plots`` are file names relative to the report; ``context`` is shown as a list."""
     out = [f"# {title}", ""]
     if result.warnings:
@@ -210,6 +258,7 @@ def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[st
         "without a person)",
         "",
         *_auto_section(auto),
+        *_classifier_section(classifier),
         "## Rates on the calibration images",
         "",
         *_tables(result),
@@ -228,8 +277,10 @@ def render_markdown(result: CalibrationResult, *, title: str, plots: Sequence[st
 
 def write_report(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike,
                  defects: Mapping[str, npt.ArrayLike], *, title: str = "Calibration report",
-                 context: Mapping[str, Any] | None = None, auto: Mapping[str, Any] | None = None) -> Path:
-    """Write ``report.md`` and its plots into ``out_dir`` (created); returns the Markdown path."""
+                 context: Mapping[str, Any] | None = None, auto: Mapping[str, Any] | None = None,
+                 classifier: Mapping[str, Any] | None = None) -> Path:
+    """Write ``report.md`` and its plots into ``out_dir`` (created); returns the Markdown path. ``classifier``:
+    the defect classifier's report (``manifest.calibration.classifier``), when one was trained."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
     calibrated = {c.name for c in result.classes}
@@ -242,8 +293,8 @@ def write_report(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike,
     if result.curve:
         plots.append(plot_operating_curve(out_dir / "operating_curve.png", result)[0].name)
     md = out_dir / "report.md"
-    md.write_text(render_markdown(result, title=title, plots=plots, context=context or {}, auto=auto),
-                  encoding="utf-8")
-    data = report_data(result, context=context or {}, auto=auto)
+    md.write_text(render_markdown(result, title=title, plots=plots, context=context or {}, auto=auto,
+                                  classifier=classifier), encoding="utf-8")
+    data = report_data(result, context=context or {}, auto=auto, classifier=classifier)
     (out_dir / "report.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return md

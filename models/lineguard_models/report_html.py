@@ -34,7 +34,7 @@ from scipy import stats
 
 from lineguard_models.bundle_files import verdict_of
 from lineguard_models.calibration import CalibrationResult
-from lineguard_models.report import candidate_note
+from lineguard_models.report import CANDIDATE_HEAD, CLASS_HEAD, candidate_note, classifier_rows
 
 log = logging.getLogger(__name__)
 GOOD_COLOUR, DEFECT_COLOUR = "#1f77b4", "#d62728"
@@ -333,10 +333,24 @@ def _auto_section(auto: Mapping[str, Any] | None) -> str:
             f"{rows}</table></section>")
 
 
+def _classifier_section(clf: Mapping[str, Any] | None) -> str:
+    """The defect classifier (when one was trained): its cross-validated figures and the per-line choice."""
+    if not clf:
+        return ""
+    facts, per_class, cands = classifier_rows(clf)
+
+    def table(head: list[str], rows: list[list[str]]) -> str:
+        return ("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
+
+    return ('<section id="classifier"><h2>Defect classifier</h2><ul>' + "".join(f"<li>{_esc(f)}</li>" for f in facts)
+            + "</ul>" + table(CLASS_HEAD, per_class) + (table(CANDIDATE_HEAD, cands) if cands else "") + "</section>")
+
+
 def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike], *,
                 title: str, context: Mapping[str, Any], worst_good: Sequence[Example] = (),
                 hidden_defects: Sequence[Example] = (), examples_note: str = "",
-                auto: Mapping[str, Any] | None = None) -> str:
+                auto: Mapping[str, Any] | None = None, classifier: Mapping[str, Any] | None = None) -> str:
     """The whole page as one string (see the module docstring for what it holds)."""
     p = result.policy
     curve = result.curve if getattr(result, "curve", None) else curve_from_scores(result, good, defects)
@@ -366,6 +380,7 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
         f"{_pct(p.confidence)}</p>{_share(result)}</section>",
         f"<section><h2>More images needed</h2>{_more_images(result)}</section>",
         _auto_section(auto),
+        _classifier_section(classifier),
         f"<section><h2>Rates on the calibration images</h2>{_rates_table(result)}</section>",
         "<section><h2>Operating curve</h2><p>Solid: observed rate on the calibration images; dashed: its upper "
         "bound; dotted grey: share of parts decided without recheck. Blue: good parts rejected when the reject "
@@ -387,13 +402,13 @@ def render_html(result: CalibrationResult, good: npt.ArrayLike, defects: Mapping
 def write_html(out_dir: Path, result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike],
                *, title: str, context: Mapping[str, Any], worst_good: Sequence[Example] = (),
                hidden_defects: Sequence[Example] = (), examples_note: str = "",
-               auto: Mapping[str, Any] | None = None) -> Path:
+               auto: Mapping[str, Any] | None = None, classifier: Mapping[str, Any] | None = None) -> Path:
     """Write ``report.html`` into ``out_dir``; returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "report.html"
     page.write_text(render_html(result, good, defects, title=title, context=context, worst_good=worst_good,
-                                hidden_defects=hidden_defects, examples_note=examples_note, auto=auto),
-                    encoding="utf-8")
+                                hidden_defects=hidden_defects, examples_note=examples_note, auto=auto,
+                                classifier=classifier), encoding="utf-8")
     return page
 
 
@@ -448,8 +463,9 @@ def collect_examples(onnx_path: Path, spec: Any, ds: Any, scored: Sequence[Any],
 
 def write_for_bundle(report_dir: Path, onnx_path: Path, spec: Any, ds: Any, scored: Sequence[Any],
                      result: CalibrationResult, good: npt.ArrayLike, defects: Mapping[str, npt.ArrayLike], *,
-                     title: str, context: Mapping[str, Any], auto: Mapping[str, Any] | None = None) -> Path:
+                     title: str, context: Mapping[str, Any], auto: Mapping[str, Any] | None = None,
+                     classifier: Mapping[str, Any] | None = None) -> Path:
     """``report.html`` of a bundle being written (``pipeline._finish``): page plus thumbnails."""
     worst, hidden, note = collect_examples(onnx_path, spec, ds, scored, result)
     return write_html(report_dir, result, good, defects, title=title, context=context, worst_good=worst,
-                      hidden_defects=hidden, examples_note=note, auto=auto)
+                      hidden_defects=hidden, examples_note=note, auto=auto, classifier=classifier)

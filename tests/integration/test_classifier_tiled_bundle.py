@@ -11,6 +11,7 @@ frame and prepared with the tile's spec.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -98,3 +99,20 @@ def test_the_edge_classifies_the_top_tile_as_the_classifier_was_trained(bundle: 
             np.testing.assert_allclose(out.class_probs, want[0], atol=1e-5)
             checked += 1
     assert checked >= 4  # most of the planted defects are flagged, so the comparison really ran
+
+
+def test_the_training_report_shows_the_classifier(bundle: Bundle) -> None:
+    """report.md, report.html and report.json carry the classifier's figures and the per-line choice."""
+    clf = bundle.manifest.calibration["classifier"]
+    md = bundle.path("report/report.md").read_text(encoding="utf-8")
+    section = md.split("## Defect classifier", 1)[1].split("\n## ", 1)[0]
+    assert f"cross-validated accuracy {clf['accuracy']:.3f}" in section
+    assert "tiled line (1x2): trained on each image's tile with the highest anomaly score" in section
+    assert f"recipe chosen for this line: {clf['selection']['chosen']}" in section
+    for name, v in clf["per_class"].items():  # one row per class with its recall and min_confidence
+        assert f"| {name} | {v['n_images']} | {v['recall']:.3f} | {v['min_confidence']:.3f} |" in section
+    assert all(f"| {c['name']} |" in section for c in clf["selection"]["candidates"])
+    html = bundle.path("report/report.html").read_text(encoding="utf-8")
+    assert '<section id="classifier"><h2>Defect classifier</h2>' in html and "tiled line (1x2)" in html
+    assert json.loads(bundle.path("report/report.json").read_text())["classifier"]["accuracy"] == clf["accuracy"]
+
