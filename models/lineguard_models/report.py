@@ -144,7 +144,8 @@ def classifier_rows(clf: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
     sel = clf.get("selection") or {}
     facts = [f"method: {clf.get('method', '')}",
              f"cross-validated accuracy {_num(clf.get('accuracy'))} ({clf.get('folds')} folds), unknown rate "
-             f"{_num(clf.get('unknown_rate'))}; a class below its min_confidence is reported as unknown"]
+             f"{_num(clf.get('unknown_rate'))}; a part whose best class scores below that class's min_confidence is "
+             "reported as unknown (its best guess still travels to the PLC and the sink)"]
     if sel:
         facts.append(f"recipe chosen for this line: {sel.get('chosen')} ({sel.get('reason', '')}); trained on the "
                      f"views {', '.join(sel.get('views', []))}")
