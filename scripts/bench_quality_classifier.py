@@ -51,7 +51,7 @@ from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig, training_views
 from lineguard_models.classifier_features import FeatureSet
-from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures
+from lineguard_models.classifier_graph import PooledFeatures
 from lineguard_models.classifier_select import (
     CANDIDATES,
     Candidate,
@@ -278,33 +278,24 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
 
 
 def latency(out_dir: Path, runs: int = 60, backbone: str = LITE0) -> dict[str, Any]:
-    """ONNX Runtime CPU (2 threads) p50/p95 of the exported image-path classifier per stage set."""
-    import onnxruntime as ort
-
-    from lineguard_models.classifier_graph import export_classifier_onnx
-    from lineguard_models.classifier_head import SoftmaxHead
+    """ONNX Runtime CPU (2 threads) p50/p95 of the exported image-path classifier per stage set: the graph the
+    per-line choice prices (``classifier_bundle.export_priced_graph``, the default config), timed longer."""
+    from lineguard_models.classifier_bundle import export_priced_graph
+    from lineguard_models.ortscore import cpu_session
 
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 1, PX, PX)).astype(np.float32)
     res = {}
     for stages in sorted({c.stages for c in CANDIDATES if c.stages}):
-        bb = EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=backbone)  # type: ignore[arg-type]
-        feats = PooledFeatures(bb, max_value=255)
-        d = feats.out_dim
-        head = SoftmaxHead(weight=np.zeros((d, 3), np.float32), bias=np.zeros(3, np.float32),
-                           mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32))
-        path = out_dir / f"clf_{'_'.join(stages)}.onnx"
-        export_classifier_onnx(ClassifierGraph(feats, head).eval(), path, spec=spec)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).uniform(0, 255, (1, 1, PX, PX)).astype(np.float32)
-        nm = sess.get_inputs()[0].name
+        path = export_priced_graph(stages, out_dir / f"clf_{'_'.join(stages)}.onnx", spec=spec,
+                                   config=ClassifierConfig(), n_classes=3, variant=backbone)  # type: ignore[arg-type]
+        sess = cpu_session(path)
         for _ in range(5):
-            sess.run(None, {nm: x})
+            sess.run(None, {"image": x})
         t = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            sess.run(None, {nm: x})
+            sess.run(None, {"image": x})
             t.append((time.perf_counter() - t0) * 1e3)
         res["+".join(stages)] = {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95))}
         log(f"latency {stages}: {res['+'.join(stages)]}")
@@ -355,15 +346,16 @@ def end_to_end_bottle(seeds: Sequence[int]) -> dict[str, Any]:
             for _ in range(2):  # every flagged part timed 3 times: this 2-core VM has slow spells of seconds
                 flagged_ms += [runner.infer(im).timings_ms["total"] for im in flagged_ims]
         v = np.array(verdicts)
-        clf_report = (bundle.manifest.calibration or {}).get("classifier", {})
+        cal = bundle.manifest.calibration or {}
+        clf_report, selection = cal.get("classifier", {}), cal.get("classifier", {}).get("selection", {})
         out.append({"seed": seed, "n_defects": len(v), "named_right": float(np.mean(named)),
                     "guess_right": float(np.mean(guessed)), "escape": float((v == "accept").mean()),
                     "recheck": float((v == "recheck").mean()),
                     "classifier_in_bundle": bundle.manifest.classifier is not None,
                     "flagged_total_ms_p50": float(np.median(flagged_ms)) if flagged_ms else None,
-                    "cv": clf_report.get("accuracy"), "chosen": clf_report.get("selection", {}).get("chosen"),
-                    "anomaly_chosen": ((bundle.manifest.calibration or {}).get("auto") or {}).get("chosen"),
-                    "classifier_p50_ms": clf_report.get("selection", {}).get("classifier_p50_ms")})
+                    "cv": clf_report.get("accuracy"), "chosen": selection.get("chosen"),
+                    "anomaly_chosen": (cal.get("auto") or {}).get("chosen"),
+                    "classifier_p50_ms": selection.get("classifier_p50_ms")})
         log(f"bottle e2e seed {seed}: {out[-1]}")
     return {"rows": out, "loadavg": os.getloadavg()[0]}
 

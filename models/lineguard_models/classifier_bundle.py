@@ -28,7 +28,7 @@ import numpy as np
 from lineguard.preprocess import InputSpec, TileSpec, prepare, tile_regions
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
-from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.backbone import EfficientNetLite0, LiteVariant
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures, classifier_resize, export_classifier_onnx
 from lineguard_models.classifier_head import SoftmaxHead
@@ -49,22 +49,31 @@ def _anomaly_p50_ms(frame: Any, spec: InputSpec, anomaly_onnx: Path | None) -> f
     return engine_p50_ms(anomaly_onnx, prepare(frame, spec)[0], LATENCY_RUNS)
 
 
+def export_priced_graph(stages: Sequence[str], path: Path, *, spec: InputSpec, config: ClassifierConfig,
+                        n_classes: int, variant: LiteVariant = "efficientnet_lite0") -> Path:
+    """The image-path classifier graph of one stage set as a bundle exports it (the backbone to its deepest
+    stage, the configured pooling and input size) with a head of zeros for ``n_classes``: its weights do not
+    change the cost, so it prices a candidate before any head is fitted."""
+    feats = PooledFeatures(EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=variant),
+                           max_value=spec.max_value, pooling=config.pooling,
+                           resize_to=classifier_resize(spec, config.input_px))
+    d = feats.out_dim
+    head = SoftmaxHead(mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32),
+                       weight=np.zeros((d, n_classes), np.float32), bias=np.zeros(n_classes, np.float32))
+    return export_classifier_onnx(ClassifierGraph(feats, head), path, spec=spec)
+
+
 def classifier_prices(stage_sets: Sequence[tuple[str, ...]], *, spec: InputSpec, config: ClassifierConfig,
                       frame: Any, n_classes: int, runs: int = LATENCY_RUNS) -> dict[str, float]:
-    """p50 ms of each stage set's classifier graph on this CPU: the backbone to its deepest stage, the
-    configured pooling and input size, a head of the line's class count (its weights do not change the
-    cost), exported as the bundle's graph is and run in ONNX Runtime (2 threads) on ``frame`` prepared
-    with ``spec``. The per-line choice's latency filter then prices what this machine really runs."""
+    """p50 ms of each stage set's classifier graph (:func:`export_priced_graph`) on this CPU, run in ONNX
+    Runtime (2 threads) on ``frame`` prepared with ``spec``: the per-line choice's latency filter then
+    prices what this machine really runs."""
     batch = prepare(frame, spec)[0][:1]
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lineguard-clf-price-") as tmp:
         for i, stages in enumerate(stage_sets):
-            feats = PooledFeatures(EfficientNetLite0.from_state_dict_file(out_stages=stages), max_value=spec.max_value,
-                                   pooling=config.pooling, resize_to=classifier_resize(spec, config.input_px))
-            d = feats.out_dim
-            head = SoftmaxHead(mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32),
-                               weight=np.zeros((d, n_classes), np.float32), bias=np.zeros(n_classes, np.float32))
-            path = export_classifier_onnx(ClassifierGraph(feats, head), Path(tmp) / f"price_{i}.onnx", spec=spec)
+            path = export_priced_graph(stages, Path(tmp) / f"price_{i}.onnx", spec=spec, config=config,
+                                       n_classes=n_classes)
             out["+".join(stages)] = engine_p50_ms(path, batch, runs, output="class_probs")
     return out
 
@@ -126,7 +135,7 @@ def classifier_for_bundle(
     if not tiled and anomaly is not None and config.input_px is not None and may_share(anomaly, config):
         config = config.model_copy(update={"input_px": None})  # the shared stage map sets the size
     images = defect_images(dataset)
-    frame = next(iter(images.values()))[0]
+    frame = next(iter(images.values()))[0]  # prices the line's anomaly engine
     clf_spec, tiles_report = spec, None
     if tiled:
         assert anomaly_onnx is not None

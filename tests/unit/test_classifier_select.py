@@ -108,6 +108,18 @@ def test_evaluate_cross_validates_each_candidate_and_skips_past_the_budget() -> 
     assert not late[0].skipped and all("time budget" in e.skipped for e in late[1:])  # the default always runs
 
 
+def _planted(rng: np.random.Generator, kind: int) -> np.ndarray:
+    """A 64x64 mono image with noise and one planted pattern: 0 a bright band, 1 a dark stripe, 2 a blob."""
+    im = rng.normal(128, 6, (64, 64))
+    if kind == 0:
+        im[20:40, :] += 60
+    elif kind == 1:
+        im[:, 28:36] -= 60
+    else:
+        im[24:40, 24:40] += rng.choice([-70, 70])
+    return np.clip(im, 0, 255).astype(np.uint8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("budget", "anomaly_ms"), [(300.0, None), (300.0, 31.0), (300.0, 120.0)])
 def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_ms: float | None) -> None:
@@ -116,18 +128,7 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
 
     rng = np.random.default_rng(0)
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
-
-    def img(kind: int) -> np.ndarray:
-        im = rng.normal(128, 6, (64, 64))
-        if kind == 0:
-            im[20:40, :] += 60  # a bright band
-        elif kind == 1:
-            im[:, 28:36] -= 60  # a dark stripe
-        else:
-            im[24:40, 24:40] += rng.choice([-70, 70])  # a blob
-        return np.clip(im, 0, 255).astype(np.uint8)
-
-    data = {c: [img(i) for _ in range(6)] for i, c in enumerate(("band", "stripe", "blob"))}
+    data = {c: [_planted(rng, i) for _ in range(6)] for i, c in enumerate(("band", "stripe", "blob"))}
     clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(select_time_budget_s=budget),
                            selector=functools.partial(select_and_fit, anomaly_p50_ms=anomaly_ms))
     sel = clf.cv_report["selection"]
@@ -157,14 +158,7 @@ def test_measured_classifier_prices_decide_the_latency_filter() -> None:
 
     rng = np.random.default_rng(1)
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
-
-    def img(kind: int) -> np.ndarray:
-        im = rng.normal(128, 6, (64, 64))
-        im[20:40, :] += 60 if kind == 0 else 0
-        im[:, 28:36] -= 60 if kind == 1 else 0
-        return np.clip(im, 0, 255).astype(np.uint8)
-
-    data = {c: [img(i) for _ in range(5)] for i, c in enumerate(("band", "stripe"))}
+    data = {c: [_planted(rng, i) for _ in range(5)] for i, c in enumerate(("band", "stripe"))}
     asked: list[list[tuple[str, ...]]] = []
 
     def price(stage_sets: list[tuple[str, ...]]) -> dict[str, float]:
