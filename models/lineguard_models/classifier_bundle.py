@@ -156,9 +156,8 @@ def classifier_for_bundle(
         progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")
     progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
     engine, anomaly_outputs, shared_report = export_for_bundle(
-        clf, staging / ONNX_FILE, config=config, anomaly=None if tiled else anomaly, anomaly_onnx=anomaly_onnx,
-        check_images=[im for v in images.values() for im in v[:2]], progress=progress,
-        unshared_reason="the input spec is tiled: the classifier reads the top-scoring tile" if tiled else None)
+        clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,
+        check_images=[im for v in images.values() for im in v[:2]], progress=progress, line_spec=spec)
     report = {**clf.cv_report, "shared_backbone": shared_report}
     if tiles_report is not None:
         report["tiles"] = tiles_report

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from lineguard.bundle import EngineSpec
 from lineguard.errors import EngineError
-from lineguard.preprocess import prepare
+from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig, TrainedClassifier
@@ -88,14 +88,19 @@ def may_share(anomaly: AnomalyScorer, config: ClassifierConfig) -> bool:
             and bb.variant == "efficientnet_lite0")
 
 
+TILED = "the input spec is tiled: the classifier reads the top-scoring tile"
+
+
 def shared_stage_for(
-    anomaly: AnomalyScorer, clf: TrainedClassifier, config: ClassifierConfig
+    anomaly: AnomalyScorer, clf: TrainedClassifier, config: ClassifierConfig, line_spec: InputSpec
 ) -> tuple[SharedStage | None, str]:
-    """(the stage to share, or None; the reason in words). Pure apart from one probe pass."""
+    """(the stage to share, or None; the reason in words). ``line_spec``: the bundle's input spec, what the
+    edge feeds the anomaly engine (a tiled line's classifier was trained on single tiles, so its own spec is
+    untiled). Pure apart from one probe pass."""
     if not config.share_backbone:
         return None, "share_backbone is off"
-    if clf.spec.tiles.count != 1:
-        return None, "the input spec is tiled"
+    if line_spec.tiles.count != 1:
+        return None, TILED
     if len(clf.views) > 1:
         return None, "the classifier graph averages orientation views of the image"
     a_bb, c_feats = anomaly.features.backbone, clf.graph.features
@@ -177,17 +182,17 @@ def export_shared(
 def export_for_bundle(
     clf: TrainedClassifier, classifier_onnx: Path, *, config: ClassifierConfig, anomaly: AnomalyScorer | None,
     anomaly_onnx: Path | None, check_images: Sequence[npt.NDArray[Any]], progress: Callable[[str], None],
-    unshared_reason: str | None = None,
+    line_spec: InputSpec,
 ) -> tuple[EngineSpec, dict[str, str], dict[str, Any]]:
-    """Export the classifier, shared with the anomaly engine where that applies.
+    """Export the classifier, shared with the anomaly engine where that applies (``line_spec``: the bundle's
+    input spec).
 
-    Returns (classifier engine entry, extra anomaly output roles, report section). ``unshared_reason``:
-    the caller's reason why no ``anomaly`` is given (else "no anomaly graph given").
+    Returns (classifier engine entry, extra anomaly output roles, report section).
     """
     if anomaly is None or anomaly_onnx is None:
-        shared, why = None, unshared_reason or "no anomaly graph given"
+        shared, why = None, "no anomaly graph given"
     else:
-        shared, why = shared_stage_for(anomaly, clf, config)
+        shared, why = shared_stage_for(anomaly, clf, config, line_spec)
     if shared is None or anomaly is None or anomaly_onnx is None:
         progress(f"classifier reads the image (no shared backbone pass: {why})")
         return clf.export_onnx(classifier_onnx), {}, {"shared": False, "reason": why}

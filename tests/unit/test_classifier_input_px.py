@@ -104,5 +104,5 @@ def test_sharing_keeps_the_anomaly_input_size() -> None:
     scaled = train_classifier(images, spec=SPEC, seed=0,
                               config=ClassifierConfig(input_px=64, l2_grid=(3e-3,), cv_folds=2, max_iter=40,
                                                       select=False, stages=("stage5", "stage6")))
-    shared, why = shared_stage_for(lite0, scaled, ClassifierConfig(input_px=64))
+    shared, why = shared_stage_for(lite0, scaled, ClassifierConfig(input_px=64), SPEC)
     assert shared is None and "input_px" in why

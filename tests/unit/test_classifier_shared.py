@@ -118,17 +118,19 @@ def test_forward_from_refuses_a_stage_before_the_one_given() -> None:
 
 
 def test_shared_when_untiled_and_stages_continue(anomaly: AnomalyScorer, clf: TrainedClassifier) -> None:
-    shared, why = shared_stage_for(anomaly, clf, ClassifierConfig())
+    shared, why = shared_stage_for(anomaly, clf, ClassifierConfig(), SPEC)
     assert shared is not None and shared.stage == "stage4" and shared.chw == (80, 6, 4), why
 
 
 def test_not_shared_when_switched_off_tiled_or_views_averaged(anomaly: AnomalyScorer, clf: TrainedClassifier) -> None:
-    assert shared_stage_for(anomaly, clf, ClassifierConfig(share_backbone=False)) == (None, "share_backbone is off")
-    tiled = dataclasses.replace(clf, spec=SPEC.model_copy(update={"tiles": TileSpec(rows=2, cols=1)}))
-    assert shared_stage_for(anomaly, tiled, ClassifierConfig())[1] == "the input spec is tiled"
+    assert shared_stage_for(anomaly, clf, ClassifierConfig(share_backbone=False), SPEC) == (
+        None, "share_backbone is off")
+    tiled_line = SPEC.model_copy(update={"tiles": TileSpec(rows=2, cols=1)})  # the classifier then reads a tile
+    assert shared_stage_for(anomaly, clf, ClassifierConfig(), tiled_line)[1] == (
+        "the input spec is tiled: the classifier reads the top-scoring tile")
     views = Views.for_profile(flips=("horizontal",), rotate_90=False, square=False)
     averaged = dataclasses.replace(clf, views=views)
-    assert "averages orientation views" in shared_stage_for(anomaly, averaged, ClassifierConfig())[1]
+    assert "averages orientation views" in shared_stage_for(anomaly, averaged, ClassifierConfig(), SPEC)[1]
 
 
 def test_not_shared_with_other_weights_normalisation_or_earlier_stages(anomaly: AnomalyScorer) -> None:
@@ -136,9 +138,9 @@ def test_not_shared_with_other_weights_normalisation_or_earlier_stages(anomaly: 
     with torch.no_grad():
         next(other.parameters()).add_(1e-3)
     assert "different backbones or weights" in shared_stage_for(anomaly, _classifier(backbone=other),
-                                                                ClassifierConfig())[1]
+                                                                ClassifierConfig(), SPEC)[1]
     twelve_bit = SPEC.model_copy(update={"max_value": 4095, "dtype": "uint16"})
     assert "normalise the input differently" in shared_stage_for(anomaly, _classifier(spec=twelve_bit),
-                                                                 ClassifierConfig())[1]
+                                                                 ClassifierConfig(), twelve_bit)[1]
     shallow = _classifier(stages=("stage3", "stage6"))
-    assert "['stage3'] lie before" in shared_stage_for(anomaly, shallow, ClassifierConfig())[1]
+    assert "['stage3'] lie before" in shared_stage_for(anomaly, shallow, ClassifierConfig(), SPEC)[1]
