@@ -60,7 +60,7 @@ from lineguard_models.autobudget import (
 from lineguard_models.autocandidates import Candidate, candidate_config, default_candidates
 from lineguard_models.autoprice import price_candidates
 from lineguard_models.calibration import CalibrationResult, calibrate
-from lineguard_models.classifier_select import flagged_extra_ms
+from lineguard_models.classifier_bundle import classifier_reserve_ms
 from lineguard_models.crossfit import OutOfFold, fold_of
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, iter_batches, score_samples
@@ -370,10 +370,11 @@ def select(ds: Dataset, base: TrainConfig, auto: AutoConfig, scratch: Path, *, p
     first (``autoprice.price_candidates``): one over the latency budget is not run while another is within it."""
     size = _median_size(ds)
     deadline = deadline or Deadline(auto.time_budget_s)
-    if extra := flagged_extra_ms({c: len(ds.defects(c)) for c in ds.defect_classes}):  # the classifier's share
-        auto = auto.model_copy(update={"latency_budget_ms": max(auto.latency_budget_ms - extra,
+    extra, priced = classifier_reserve_ms(ds, make_input_spec(ds, [], base), base.classifier)  # measured here
+    if extra:  # the classifier's share of a flagged part: preprocessing + its costliest candidate on this CPU
+        auto = auto.model_copy(update={"latency_budget_ms": max(round(auto.latency_budget_ms - extra, 1),
                                                                 auto.latency_budget_ms / 4)})  # never raised
-        progress(f"auto: anomaly engine budget {auto.latency_budget_ms:g} ms p50 ({extra:g} ms for the classifier)")
+        progress(f"auto: anomaly engine budget {auto.latency_budget_ms:g} ms p50 ({extra:.1f} ms kept: {priced})")
     cands, prices = price_candidates(ds, base, candidates if candidates is not None else default_candidates(base, size),
                                      folds=auto.folds, budget_ms=auto.latency_budget_ms, runs=auto.latency_runs,
                                      progress=progress, image_size=size if candidates is None else None)
@@ -440,11 +441,11 @@ def _record(outcomes: Sequence[Outcome], best: Outcome, why: str, winner: Candid
             + (f"; engine priced over the latency budget, not run: {', '.join(slow)}" if slow else "")
             + f"; final training estimated {estimate.total_s:.0f} s, {estimate.reserve_s():.0f} s reserved"
             + f"; latency budget {auto.latency_budget_ms:g} ms engine p50 (2 CPU threads, the final bank's rows, "
-            "priced before the folds" + (f"; the line's budget less {classifier_ms:g} ms for a flagged part's "
-                                         "classifier" if classifier_ms else "") + ")")
+            "priced before the folds" + (f"; the line's budget less {classifier_ms:.1f} ms for a flagged part's "
+                                         "classifier, measured on this CPU" if classifier_ms else "") + ")")
     return {"chosen": best.name, "reason": why, "criterion": crit + "; ties: worst-class AUROC, separation, speed",
-            "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1),
-            "budget_s": auto.time_budget_s, "final_estimate": estimate.record(),
+            "budget_note": note, "settings": winner.updates, "search_seconds": round(seconds, 1), "budget_s":
+            auto.time_budget_s, "final_estimate": estimate.record(), "classifier_ms": round(classifier_ms, 1),
             "final_reserve_s": round(estimate.reserve_s(), 1), "safety": SAFETY,
             "config": auto.model_dump(), "candidates": [o.record() for o in outcomes]}
 

@@ -32,7 +32,7 @@ from lineguard_models.backbone import EfficientNetLite0, LiteVariant
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures, classifier_resize, export_classifier_onnx
 from lineguard_models.classifier_head import SoftmaxHead
-from lineguard_models.classifier_select import select_and_fit
+from lineguard_models.classifier_select import PREPROCESS_MS, line_candidates, select_and_fit
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import OrtScorer, engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
@@ -76,6 +76,29 @@ def classifier_prices(stage_sets: Sequence[tuple[str, ...]], *, spec: InputSpec,
                                        n_classes=n_classes)
             out["+".join(stages)] = engine_p50_ms(path, batch, runs, output="class_probs")
     return out
+
+
+def classifier_reserve_ms(dataset: Dataset, spec: InputSpec, config: ClassifierConfig | None = None,
+                          runs: int = LATENCY_RUNS) -> tuple[float, dict[str, float]]:
+    """What automatic configuration keeps of a flagged part's latency budget for the classifier, measured on
+    this CPU before any anomaly candidate is priced: the edge's preprocessing (``PREPROCESS_MS``) plus the
+    costliest graph the per-line choice may pick (every candidate stage set, :func:`classifier_prices`, on one
+    of the line's defect images; on a tiled line one tile of it). (0, {}) where ``lineguard train`` will train
+    no classifier (``too_few_defects``). Returns (reserve ms, the prices by stage set)."""
+    if too_few_defects({c: len(dataset.defects(c)) for c in dataset.defect_classes}):
+        return 0.0, {}
+    config = config or ClassifierConfig()
+    frame = dataset.load(dataset.defects(dataset.defect_classes[0])[0])
+    if spec.tiles.count != 1:  # the edge classifies one tile: price the graph on a tile and its untiled spec
+        x0, y0, tw, th = tile_regions(frame.shape[1], frame.shape[0], spec.tiles)[0]
+        frame = np.ascontiguousarray(frame[y0 : y0 + th, x0 : x0 + tw])
+        spec = InputSpec.model_validate({**spec.model_dump(), "tiles": TileSpec().model_dump(),
+                                         "image_width": None, "image_height": None})
+    stage_sets = sorted({c.stages for c in line_candidates(config.stages, 1, config.pooling, free_views=True)}
+                        if config.selects_per_line else {tuple(config.stages)})
+    prices = classifier_prices(stage_sets, spec=spec, config=config, frame=frame,
+                               n_classes=len(dataset.defect_classes), runs=runs)
+    return PREPROCESS_MS + max(prices.values()), prices
 
 
 def top_tiles(images: dict[str, list[Any]], spec: InputSpec, anomaly_onnx: Path

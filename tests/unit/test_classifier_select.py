@@ -63,16 +63,6 @@ def test_every_candidate_is_within_the_flagged_part_budget_and_unmeasured_is_not
     assert estimated_p50_ms(("stage5", "stage6"), 20.0) == pytest.approx(20.0 + 1.2 + 7.8)
 
 
-def test_auto_keeps_room_for_whichever_candidate_the_per_line_choice_picks() -> None:
-    """One latency model: an anomaly engine at auto's reduced budget (40 ms less FLAGGED_EXTRA_MS) leaves every
-    candidate's flagged part within 40 ms, and the costliest one exactly at it."""
-    from lineguard_models.classifier_select import FLAGGED_EXTRA_MS
-
-    engine = 40.0 - FLAGGED_EXTRA_MS
-    flagged = [estimated_p50_ms(c.stages, engine) for c in line_candidates(("stage5", "stage6"), 2, free_views=True)]
-    assert max(flagged) == pytest.approx(40.0) and all(f <= 40.0 + 1e-9 for f in flagged)
-
-
 def test_feature_columns_slice_the_union() -> None:
     dims = {"stage4": 2, "stage5": 3, "stage6": 1}
     cols = feature_columns(dims, ("stage4", "stage5", "stage6"), ("stage4", "stage6"))
@@ -174,17 +164,6 @@ def test_measured_classifier_prices_decide_the_latency_filter() -> None:
     assert not by["s4567"]["skipped"] and not by["default"]["skipped"]  # 8.4 ms in the table, 5 measured
     assert sel["classifier_p50_ms"]["stage5+stage6+stage7"] == 30.0
     assert sel["classifier_p50_source"].startswith("measured on this CPU")
-
-
-def test_a_flagged_part_keeps_time_for_the_classifier_only_where_one_is_trained() -> None:
-    from lineguard_models.classifier import MIN_IMAGES_PER_CLASS
-    from lineguard_models.classifier_select import FLAGGED_EXTRA_MS, flagged_extra_ms
-
-    n = MIN_IMAGES_PER_CLASS
-    assert flagged_extra_ms({"a": n, "b": n}) == FLAGGED_EXTRA_MS > 0
-    assert flagged_extra_ms({"a": n}) == 0.0  # one class: no classifier
-    assert flagged_extra_ms({"a": n, "b": n - 1}) == 0.0  # a class too small: lineguard train skips the classifier
-    assert flagged_extra_ms({}) == 0.0
 
 
 def _scratch(rng: np.random.Generator, horizontal: bool) -> np.ndarray:

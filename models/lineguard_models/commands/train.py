@@ -165,7 +165,8 @@ def add_auto_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-budget-ms", type=float, default=40.0,
                    help="automatic configuration: most engine p50 (ONNX Runtime, 2 CPU threads, this machine) a "
                         "chosen recipe may have (default 40); on a line that gets a defect classifier the anomaly "
-                        "engine gets this less 9.6 ms, the classifier's share of a flagged part")
+                        "engine gets this less the classifier's share of a flagged part, measured here first "
+                        "(about 9-10 ms on an idle 2-core PC)")
     p.add_argument("--auto-time-budget-s", type=float, default=600.0,
                    help="automatic configuration: wall time of the whole call, from the dataset scan to the written "
                         "bundle; the first recipe's folds price the final training, which is reserved; later recipes "
