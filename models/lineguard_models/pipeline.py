@@ -384,8 +384,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
             classifier: dict[str, Any] | None = None, auto: dict[str, Any] | None = None) -> Bundle:
     """Calibrate, write report, scores and golden images, then the manifest (atomically).
 
-    ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier,
-    score tolerance) plus ``golden``, whose files are already in ``staging``.
+    ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier and its CV
+    report, score tolerance) plus ``golden``, whose files are already in ``staging``.
     """
     result, good, defects = calibrate_scored(scored, policy)
     progress(f"calibrated: accept < {result.lower:.6g}, reject >= {result.upper:.6g} ({result.mode})")
@@ -393,7 +393,7 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
     context = _report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
                                    **_bank_context(provenance.get("anomaly_bank_augmentation"))})
-    clf_report = classifier["report"] if classifier else None
+    clf_report = classifier["report"] if classifier else (keep or {}).get("classifier_report")  # kept on recalibration
     write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context,
                  auto=auto, classifier=clf_report)
     # the same report as one self-contained page with thumbnails and anomaly maps (report_html.py)
@@ -425,7 +425,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
         manifest["engines"]["classifier"] = classifier["engine"]
         manifest["engines"]["anomaly"]["outputs"].update(classifier.get("anomaly_outputs", {}))  # shared map
         manifest["classifier"] = classifier["classifier"]
-        manifest["calibration"]["classifier"] = classifier["report"]
+    if clf_report is not None:  # its CV report (the classifier is not recalibrated: it carries over unchanged)
+        manifest["calibration"]["classifier"] = clf_report
     if keep is not None:
         manifest.update({k: v for k, v in keep.items() if k in ("engines", "classifier", "score_tolerance")})
     return write_bundle(staging, manifest, out, overwrite=overwrite)
@@ -481,7 +482,8 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
             shutil.copy2(old.path(rel), staging / rel)
         keep = {"engines": {k: v.model_dump(exclude_unset=True) for k, v in m.engines.items()},
                 "score_tolerance": m.score_tolerance, "golden": [g.model_dump() for g in m.golden],
-                "drift_reference": m.calibration.get("reference")}  # data loop: used when no good images
+                "drift_reference": m.calibration.get("reference"),  # data loop: used when no good images
+                "classifier_report": m.calibration.get("classifier")}  # the report page repeats its section
         if m.classifier is not None:
             keep["classifier"] = m.classifier.model_dump()
         bundle = _finish(staging, out, ds, scored, policy, m.input, provenance, cfg, True, progress, keep)

@@ -12,6 +12,7 @@ frame and prepared with the tile's spec.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,3 +117,20 @@ def test_the_training_report_shows_the_classifier(bundle: Bundle) -> None:
     assert '<section id="classifier"><h2>Defect classifier</h2>' in html and "tiled line (1x2)" in html
     assert json.loads(bundle.path("report/report.json").read_text())["classifier"]["accuracy"] == clf["accuracy"]
 
+
+
+def test_a_recalibrated_bundle_keeps_the_classifier_report_and_its_section(bundle: Bundle, tmp_path: Path) -> None:
+    """``lineguard calibrate`` changes thresholds only: the classifier and its CV report carry over, and the new
+    report page repeats the classifier's section (before stop 16 both were dropped from the new bundle)."""
+    from lineguard_models.pipeline import recalibrate
+
+    new = tmp_path / "new"  # a different seed renders different parts: new images to score
+    write_dataset(new, SynthConfig(n_good=4, n_defect_per_class=3, defect_classes=("scratch", "pit"), seed=77))
+    after = recalibrate(bundle.root, new, tmp_path / "b2", progress=lambda _m: None)
+    m, before = after.manifest, bundle.manifest
+    assert m.provenance["recalibrated_from"] == before.bundle_id and m.bundle_id != before.bundle_id
+    assert m.calibration["classifier"] == before.calibration["classifier"]
+    assert m.classifier == before.classifier and m.files["classifier.onnx"] == before.files["classifier.onnx"]
+    md = after.path("report/report.md").read_text(encoding="utf-8")
+    assert f"cross-validated accuracy {before.calibration['classifier']['accuracy']:.3f}" in md
+    assert '<section id="classifier">' in after.path("report/report.html").read_text(encoding="utf-8")
