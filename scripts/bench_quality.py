@@ -66,6 +66,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "turns4": {**STOP8, "bank_turns": 4, "bank_fraction": 0.4},
     # stop 13: auto's turns4 candidate on today's default (four turns, the default's bank rows)
     "turns4_rows": {"bank_turns": 4},
+    # stop 16: the default without the verdict head (the plain bank score, as before stop 16)
+    "nohead": {"verdict_head": {"enabled": False}},
 }
 
 

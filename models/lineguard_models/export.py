@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -25,6 +26,9 @@ from torch import Tensor, nn
 from lineguard.errors import EngineError
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.backbone import Backbone
+
+if TYPE_CHECKING:
+    from lineguard_models.verdict_head import FusedScorer
 
 INPUT_NAME = "image"
 SCORE_OUTPUT = "anomaly_score"
@@ -63,7 +67,7 @@ class _WithSharedStage(nn.Module):
 
 
 def export_onnx(
-    scorer: AnomalyScorer, path: Path, *, input_shape: Sequence[int] | None = None, opset: int = 17,
+    scorer: AnomalyScorer | FusedScorer, path: Path, *, input_shape: Sequence[int] | None = None, opset: int = 17,
     shared_stage: str | None = None,
 ) -> Path:
     """Write the complete scoring graph; ``input_shape`` is [N, C, H, W] of the example (N is dynamic).
@@ -82,6 +86,8 @@ def export_onnx(
     example = torch.full(shape, spec.max_value / 2.0)
     if shared_stage is None:
         return _export(scorer, Path(path), example, [SCORE_OUTPUT, MAP_OUTPUT], opset)
+    if not isinstance(scorer, AnomalyScorer):  # a verdict head's graph: the classifier reads the image
+        raise EngineError("shared_stage is offered by the plain anomaly scorer only, not with a verdict head")
     if shared_stage not in spec.stages:
         raise EngineError(f"shared_stage {shared_stage!r} is not one of the scorer's stages {spec.stages}")
     return _export(_WithSharedStage(scorer, shared_stage), Path(path), example,

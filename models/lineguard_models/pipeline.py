@@ -7,9 +7,10 @@ thresholds fit what the line will see, not what torch computed. The image score 
 over tiles. Every calibration score is kept in ``report/scores.csv`` inside the bundle so a later
 ``lineguard calibrate`` can add new images without retraining.
 
-Must never: calibrate on a score from a bank that was fitted on the image (a fitted good image
-calibrates only through its out-of-fold score, ``crossfit.py``), write a bundle anywhere but through
-``lineguard.bundle.write_bundle`` (atomic, hashed), or let a defect image reach fitting.
+Must never: calibrate on a score from a bank or a verdict head fitted on the image (a fitted good
+image calibrates only through its out-of-fold score, ``crossfit.py``, ``verdict_head.py``), write a
+bundle anywhere but through ``lineguard.bundle.write_bundle`` (atomic, hashed), or let a defect image
+reach the bank.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
+from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head
 
 if TYPE_CHECKING:  # crossfit imports torch: only when folds are fitted
     from lineguard_models.crossfit import OutOfFold
@@ -121,6 +123,8 @@ class TrainConfig(BaseModel):
         "camera_profile is given (docs/anomaly-model.md)",
     )
 
+    verdict_head: VerdictHeadConfig = Field(default_factory=lambda: VerdictHeadConfig(), description="supervised "
+                                            "good-vs-defect head fused into the anomaly score (docs/anomaly-model.md)")
     classifier: ClassifierConfig = Field(
         default_factory=lambda: ClassifierConfig(),
         description="defect classifier settings (docs/classifier.md); trained when every defect folder has enough "
@@ -271,14 +275,10 @@ def anomaly_model_config(cfg: TrainConfig, spec: InputSpec) -> Any:
 def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print, overwrite: bool = False,
           oof: OutOfFold | None = None, auto: dict[str, Any] | None = None,
           clock: Callable[[], float] = time.monotonic) -> Bundle:
-    """Train, export, calibrate and bundle. Returns the verified bundle at ``out``.
-
-    ``oof``: out-of-fold good scores already computed for exactly this ``cfg`` (automatic configuration
-    scored the winner with the same folds), used instead of fitting the folds again. ``auto``: the
-    automatic configuration's record (every candidate and the choice), written to the report and
-    the manifest's ``calibration.auto``, with ``final_training_s`` (``clock`` seconds of this call up to
-    the calibration and report) added so the bundle says what its time budget bought.
-    """
+    """Train, export, calibrate and bundle. Returns the verified bundle at ``out``. ``oof``: out-of-fold good
+    scores already computed for exactly this ``cfg`` (automatic configuration scored the winner with the same
+    folds), used instead of fitting the folds again. ``auto``: the automatic configuration's record, written to
+    the report and ``calibration.auto`` with ``final_training_s`` (``clock`` seconds up to the calibration)."""
     from lineguard_models.anomaly import batched, fit_anomaly_model
     from lineguard_models.export import export_onnx
 
@@ -324,12 +324,15 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             scored += [s for s in rescaled(oof.goods, bias["factor"])
                        if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
+        scored, golden_pool, head = fuse_verdict_head(scorer, ds, train_s + calib_good, defects, spec, scored,
+                                                      staging / ONNX_FILE, cfg.verdict_head, seed=cfg.seed,
+                                                      progress=progress, export=export_onnx, policy=cfg.policy)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {
             "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": git_commit(),
             "training": cfg.model_dump(mode="json"), "anomaly_model": scorer.spec.to_dict(),
             "bank_rows": int(scorer.bank_rows), "train_images": len(train_s),
-            "anomaly_bank_augmentation": bank_aug,
+            "anomaly_bank_augmentation": bank_aug, "verdict_head": head,
             "training_image_sha256": train_sha, "train_seconds": round(clock() - t0, 1),
         }
         if cfg.calibration_folds >= 2:
@@ -338,13 +341,14 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         from lineguard_models.classifier_bundle import classifier_for_bundle
 
         classifier = classifier_for_bundle(ds, spec, staging, seed=cfg.seed, progress=progress, profile=profile,
-                                           anomaly=scorer, anomaly_onnx=staging / ONNX_FILE,  # shared backbone
+                                           anomaly=None if head["applied"] else scorer,  # shared backbone
+                                           anomaly_onnx=staging / ONNX_FILE,
                                            config=cfg.classifier)
         # --- end defect classifier ---
         if auto is not None:  # autoconfig's time budget: what the final training took (report and writing aside)
             auto = {**auto, "final_training_s": round(clock() - t0, 1)}
         bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
-                         classifier=classifier, auto=auto)
+                         classifier=classifier, auto=auto, golden_pool=golden_pool)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -381,7 +385,8 @@ def _bank_context(bank_aug: dict[str, Any] | None) -> dict[str, str]:
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
             progress: Progress, keep: dict[str, Any] | None = None,
-            classifier: dict[str, Any] | None = None, auto: dict[str, Any] | None = None) -> Bundle:
+            classifier: dict[str, Any] | None = None, auto: dict[str, Any] | None = None,
+            golden_pool: list[Scored] | None = None) -> Bundle:
     """Calibrate, write report, scores and golden images, then the manifest (atomically).
 
     ``keep`` (recalibration): manifest sections carried over unchanged (engines, classifier and its CV
@@ -405,7 +410,7 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     else:
         # a fitted image's calibration score is out-of-fold; the bundle scores it ~0: never a golden test
         trained = set(provenance.get("training_image_sha256", []))
-        golden = write_golden(staging, ds, [s for s in scored if s.sha256 not in trained], result,
+        golden = write_golden(staging, ds, [s for s in golden_pool or scored if s.sha256 not in trained], result,
                               cfg.golden_good, cfg.golden_defect, 1e-3)
     manifest = {
         "bundle_id": bundle_id, "product": cfg.product, "recipe": cfg.recipe,

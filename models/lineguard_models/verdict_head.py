@@ -1,0 +1,201 @@
+"""Verdict head: a supervised good-vs-defect opinion fused into the anomaly score, inside the same graph.
+
+Where it sits: called by ``pipeline.train`` after the anomaly engine is exported and its calibration
+scores (held-out goods, out-of-fold goods, calibrating defects) are in hand; before the classifier and
+the calibration. It needs the line's labelled defect images (at least ``min_defects``), so a line taught
+with good parts only gets the plain anomaly engine.
+
+Why: the patch bank only knows what good parts look like, so a defect that resembles some good patch
+(a shallow pit on a casting, a stain on a metal plate) scores inside the goods' range and the part goes
+to recheck. The defect images a line calibrates with carry the other half of the information. A
+logistic head on the anomaly engine's *own* stage maps, pooled over the frame (average and generalised
+mean of each stage, as the defect classifier pools), separates them; the engine computes those maps
+anyway, so the head costs a pooling and one dot product (no extra backbone pass, edge unchanged).
+
+The graph's ``anomaly_score`` becomes ``score_bank * exp(c * clip(logit, -L, L))``: the bank's score
+scaled by the head's opinion, ``c = sigma * weight / 4`` with ``sigma`` the spread of the goods'
+log scores. In log units that is the goods-normalised anomaly score plus ``weight / 4`` times the
+clipped logit, so the head can move a part by at most ``weight * L / 4`` standard deviations of the
+goods' scores: it can tip a part across a threshold, never overrule a far-out anomaly. ``anomaly_map``
+is the bank's map, unchanged (where the defect is).
+
+Honest calibration: the head that scores a calibration image never saw it. Every image is scored out
+of fold (stratified K folds over goods and defects); the weight is chosen per line among
+``weights`` by the share of calibration images the line's own calibration decides on the out-of-fold
+fused scores, then their AUROC (0 = no head: the graph stays the plain engine; ties go to the smaller
+weight); the thresholds are calibrated on the out-of-fold fused scores. The exported head is
+then fitted on every image, so the golden images carry the final graph's scores.
+
+Must never: calibrate on a score from a head that was fitted on that image, change ``anomaly_map``,
+or apply a head to a tiled input (its labels are per frame, its features would be per tile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from lineguard.preprocess import InputSpec, prepare
+from lineguard_models.anomaly import AnomalyScorer
+from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
+from lineguard_models.classifier_graph import gem
+from lineguard_models.classifier_head import fit_head, stratified_folds
+from lineguard_models.data import Dataset, Sample
+from lineguard_models.ortscore import OrtScorer, Scored
+
+Progress = Callable[[str], None]
+
+
+class VerdictHeadConfig(BaseModel):
+    """Settings of the verdict head (docs/anomaly-model.md, "Verdict head")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="fuse a supervised good-vs-defect head into the anomaly score when the "
+                          "line has at least min_defects labelled defect images (per-line weight; 0 = plain engine)")
+    weights: tuple[float, ...] = Field(
+        (0.0, 1.0, 2.0, 4.0), min_length=1, description="head weights tried, chosen by the share of calibration "
+        "images decided on the out-of-fold fused scores, then their AUROC (ties: the smaller); 0 = the plain engine")
+    clip_logit: float = Field(8.0, gt=0.0, le=50.0, description="the head's logit is clipped to +-this")
+    min_defects: int = Field(10, ge=2, le=100_000, description="fewest labelled defect images for a head")
+    folds: int = Field(5, ge=2, le=20, description="stratified folds of the out-of-fold head scores")
+    l2: float = Field(1e-2, gt=0.0, le=10.0, description="L2 strength of the logistic head")
+
+
+class FusedScorer(nn.Module):
+    """Raw image batch -> (fused anomaly_score [N], the bank's anomaly_map [N, 1, H, W]); what is exported."""
+
+    mu: Tensor
+    sd: Tensor
+    direction: Tensor
+
+    def __init__(self, scorer: AnomalyScorer, *, mu: npt.NDArray[np.float32], sd: npt.NDArray[np.float32],
+                 direction: npt.NDArray[np.float32], bias: float, scale: float, clip: float) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.spec = scorer.spec
+        self.register_buffer("mu", torch.from_numpy(np.asarray(mu, np.float32)))
+        self.register_buffer("sd", torch.from_numpy(np.asarray(sd, np.float32)))
+        self.register_buffer("direction", torch.from_numpy(np.asarray(direction, np.float32)))
+        self.bias, self.scale, self.clip = float(bias), float(scale), float(clip)
+
+    def logit(self, pooled: Tensor) -> Tensor:
+        out: Tensor = ((pooled - self.mu) / self.sd) @ self.direction + self.bias
+        return out
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.scorer
+        feats = s.features.backbone(s.normalise(image))
+        score, amap = s.score_patches(s.distances(s.features.combine(feats)))
+        logit = self.logit(pooled(feats, s.features.stages)).clamp(-self.clip, self.clip)
+        return score * torch.exp(self.scale * logit), amap
+
+
+def pooled(feats: dict[str, Tensor], stages: Sequence[str]) -> Tensor:
+    """Average and generalised mean of each stage map, [N, 2 * sum(C)] (the classifier's ``mean_gem``)."""
+    return torch.cat([t for s in stages for t in (feats[s].mean(dim=(2, 3)), gem(feats[s]))], dim=1)
+
+
+def head_features(scorer: AnomalyScorer, ds: Dataset, samples: Sequence[Sample], spec: InputSpec
+                  ) -> npt.NDArray[np.float32]:
+    """Pooled stage features [N, D] of ``samples`` through the engine's own preprocessing and backbone."""
+    rows = []
+    with torch.inference_mode():
+        for s in samples:
+            x = scorer.normalise(torch.from_numpy(prepare(ds.load(s), spec)[0]))
+            rows.append(pooled(scorer.features.backbone(x), scorer.features.stages).numpy())
+    return np.concatenate(rows).astype(np.float32)
+
+
+def fit_logit(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], l2: float
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+    """Two-class logistic head -> (mu, sd, direction, bias) of its defect-vs-good logit."""
+    h = fit_head(x, y, 2, l2=l2)
+    direction = (h.weight[:, 1] - h.weight[:, 0]).astype(np.float32)
+    return h.mu, h.sd, direction, float(h.bias[1] - h.bias[0])
+
+
+def out_of_fold_logits(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], cfg: VerdictHeadConfig, seed: int
+                       ) -> npt.NDArray[np.float64]:
+    """Each image's head logit from a head fitted on the other folds (stratified)."""
+    fold = stratified_folds(y, min(cfg.folds, int(np.bincount(y).min())), seed)
+    out = np.empty(len(y))
+    for f in np.unique(fold):
+        mu, sd, d, b = fit_logit(x[fold != f], y[fold != f], cfg.l2)
+        out[fold == f] = ((x[fold == f] - mu) / sd) @ d + b
+    return out
+
+
+def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: VerdictHeadConfig,
+                  policy: CalibrationPolicy) -> tuple[float, float, list[dict[str, float]]]:
+    """(weight, sigma, every weight's figures): the weight whose fused out-of-fold scores, calibrated with the
+    line's policy, decide the most calibration images (accepted or rejected, not rechecked), then rank them
+    best (AUROC), then the smaller weight; sigma = spread of the goods' log scores. The share is the product's
+    own objective (issue 23); AUROC alone saturates at 1.0 on a few dozen separable calibration images."""
+    good = np.array([s.label == "good" for s in scored])
+    log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
+    sigma = float(log_s[good].std()) or 1.0
+    lg = np.clip([logits[s.rel] for s in scored], -cfg.clip_logit, cfg.clip_logit)
+    table = []
+    for w in sorted(cfg.weights):
+        f = np.exp(log_s + sigma * w / 4.0 * lg)
+        by_class: dict[str, list[float]] = {}
+        for s, v in zip(scored, f, strict=True):
+            if s.label != "good":
+                by_class.setdefault(s.label, []).append(float(v))
+        res = calibrate(f[good], by_class, policy)
+        decided = float(np.mean((f < res.lower) | (f >= res.upper)))
+        table.append({"weight": w, "oof_automated": round(decided, 4), "oof_auroc": round(auroc(f[good], f[~good]), 5)})
+    best = max(table, key=lambda r: (r["oof_automated"], r["oof_auroc"], -r["weight"]))
+    return best["weight"], sigma, table
+
+
+def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample], defects: Sequence[Sample],
+                      spec: InputSpec, scored: list[Scored], onnx_path: Path, cfg: VerdictHeadConfig, *, seed: int,
+                      progress: Progress, export: Callable[[FusedScorer, Path], Any], policy: CalibrationPolicy
+                      ) -> tuple[list[Scored], list[Scored] | None, dict[str, Any]]:
+    """Fit, choose and export the head. Returns (calibration scores: the out-of-fold fused ones, the final graph's
+    scores of the calibration images for the golden tests or None when unchanged, the provenance record)."""
+    rec: dict[str, Any] = {"applied": False, "stages": list(scorer.features.stages), "pooling": "mean_gem"}
+    if not cfg.enabled:
+        return scored, None, {**rec, "why": "disabled (TrainConfig.verdict_head.enabled)"}
+    if spec.tiles.count != 1:
+        return scored, None, {**rec, "why": "tiled input: the head's labels are per frame, its features per tile"}
+    if len(defects) < cfg.min_defects:
+        return scored, None, {**rec, "why": f"{len(defects)} labelled defect images, fewer than {cfg.min_defects}"}
+    by_rel = {s.rel: s for s in ds.samples}
+    samples = list(dict.fromkeys([*goods, *defects, *(by_rel[s.rel] for s in scored)]))  # every calibrating image
+    y = np.array([s.label != "good" for s in samples], np.int64)
+    x = head_features(scorer, ds, samples, spec)
+    oof = out_of_fold_logits(x, y, cfg, seed)
+    logits = {s.rel: float(v) for s, v in zip(samples, oof, strict=True)}
+    weight, sigma, table = choose_weight(scored, logits, cfg, policy)
+    rec.update({"images": {"good": int((y == 0).sum()), "defect": int(y.sum())}, "folds": cfg.folds,
+                "oof_auroc_by_weight": table, "weight": weight, "clip_logit": cfg.clip_logit,
+                "goods_log_score_sd": round(sigma, 5)})
+    plain = next((r for r in table if r["weight"] == 0), None)
+    if weight == 0:
+        progress(f"verdict head: not used, the bank's score alone decides as many calibration images out of fold "
+                 f"({plain})")
+        return scored, None, {**rec, "why": "no weight decided more calibration images out of fold than the bank alone"}
+    scale = sigma * weight / 4.0
+    mu, sd, direction, bias = fit_logit(x, y, cfg.l2)  # the exported head: every image
+    head = FusedScorer(scorer, mu=mu, sd=sd, direction=direction, bias=bias, scale=scale, clip=cfg.clip_logit)
+    export(head.eval(), onnx_path)
+    lifted = [replace(s, score=s.score * float(np.exp(scale * np.clip(logits[s.rel], -cfg.clip_logit,
+                                                                        cfg.clip_logit)))) for s in scored]
+    ort = OrtScorer(onnx_path, spec)  # the final graph on the images that may become golden tests
+    final = [replace(s, score=float(ort.score(ds.load(by_rel[s.rel])))) for s in scored]
+    best = next(r for r in table if r["weight"] == weight)
+    progress(f"verdict head: weight {weight:g}, out of fold {plain} -> {best} "
+             f"({int(y.sum())} defect and {int((y == 0).sum())} good images)")
+    return lifted, final, {**rec, "applied": True, "scale": round(scale, 6),
+                           "why": "most calibration images decided out of fold"}

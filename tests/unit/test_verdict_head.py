@@ -1,0 +1,110 @@
+"""The verdict head's pieces on small generated data: the fused graph, its export, the honest out-of-fold
+logits and the per-line weight (docs/anomaly-model.md, "Verdict head")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
+from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.calibration import CalibrationPolicy, auroc
+from lineguard_models.export import export_onnx
+from lineguard_models.ortscore import Scored
+from lineguard_models.verdict_head import (
+    FusedScorer,
+    VerdictHeadConfig,
+    choose_weight,
+    fit_logit,
+    out_of_fold_logits,
+    pooled,
+)
+
+SPEC = ScorerSpec(input_height_px=64, input_width_px=64, channels=1, max_value=255.0, stages=("stage3", "stage4"),
+                  neighbourhood_cells=1, projection_dim=None, projection_seed=0, blur_sigma_px=1.0,
+                  image_score="topk_mean", score_top_k=3)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> AnomalyScorer:
+    bb = EfficientNetLite0.from_state_dict_file(out_stages=("stage3", "stage4"))
+    bank = torch.randn(50, 120, generator=torch.Generator().manual_seed(0))
+    return AnomalyScorer(bb, bank, SPEC).eval()
+
+
+def _fused(scorer: AnomalyScorer, bias: float, clip: float = 8.0) -> FusedScorer:
+    d = 2 * 120  # average and generalised mean of stage3 (40) and stage4 (80)
+    direction = np.random.default_rng(1).normal(size=d).astype(np.float32) * 0.1
+    return FusedScorer(scorer, mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32), direction=direction,
+                       bias=bias, scale=0.05, clip=clip).eval()
+
+
+def _images(n: int = 3) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(2).uniform(0, 255, (n, 1, 64, 64)).astype(np.float32))
+
+
+def test_the_fused_score_is_the_bank_score_scaled_by_the_clipped_logit_and_the_map_is_the_banks(
+        scorer: AnomalyScorer) -> None:
+    x = _images()
+    fused = _fused(scorer, bias=0.3)
+    with torch.inference_mode():
+        plain_score, plain_map = scorer(x)
+        got_score, got_map = fused(x)
+        logit = fused.logit(pooled(scorer.features.backbone(scorer.normalise(x)), ("stage3", "stage4")))
+    assert torch.equal(got_map, plain_map)
+    assert torch.allclose(got_score, plain_score * torch.exp(0.05 * logit.clamp(-8, 8)), rtol=1e-5)
+    assert not torch.allclose(got_score, plain_score)  # the head did move the scores
+    with torch.inference_mode():  # a head sure of itself moves a score by at most exp(scale * clip)
+        capped, _ = _fused(scorer, bias=1e4, clip=2.0)(x)
+    assert torch.allclose(capped, plain_score * float(np.exp(0.05 * 2.0)), rtol=1e-5)
+
+
+def test_the_exported_fused_graph_matches_torch(scorer: AnomalyScorer, tmp_path: Path) -> None:
+    fused = _fused(scorer, bias=-0.2)
+    path = export_onnx(fused, tmp_path / "fused.onnx")
+    x = _images(2)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    with torch.inference_mode():
+        want = fused(x)
+    assert np.allclose(got[0], want[0].numpy(), rtol=1e-4) and np.allclose(got[1], want[1].numpy(), atol=1e-4)
+    with pytest.raises(Exception, match="plain anomaly scorer only"):  # no shared classifier map off a head
+        export_onnx(fused, tmp_path / "shared.onnx", shared_stage="stage4")
+
+
+def test_out_of_fold_logits_do_not_remember_their_image() -> None:
+    """Labels that are noise: a head fitted on every image separates them, the out-of-fold one must not."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 200)).astype(np.float32)
+    y = rng.permutation(np.r_[np.zeros(40, np.int64), np.ones(20, np.int64)])
+    cfg = VerdictHeadConfig(l2=1e-4)
+    oof = out_of_fold_logits(x, y, cfg, seed=0)
+    mu, sd, direction, bias = fit_logit(x, y, cfg.l2)  # the head fitted on every image has seen each one
+    in_sample = ((x - mu) / sd) @ direction + bias
+    assert auroc(in_sample[y == 0], in_sample[y == 1]) > 0.95
+    assert 0.25 < auroc(oof[y == 0], oof[y == 1]) < 0.75
+
+
+def _scored(bank_good: list[float], bank_bad: list[float]) -> list[Scored]:
+    return ([Scored(rel=f"g{i}", sha256="", label="good", score=v) for i, v in enumerate(bank_good)]
+            + [Scored(rel=f"d{i}", sha256="", label="pit", score=v) for i, v in enumerate(bank_bad)])
+
+
+def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_the_plain_engine() -> None:
+    goods = list(np.linspace(10.0, 14.0, 30))
+    scored = _scored(goods, [12.5, 13.5, 13.8, 20, 25, 30])  # three defects inside the goods' range
+    cfg, policy = VerdictHeadConfig(), CalibrationPolicy()
+    informative = {**{f"g{i}": -3.0 for i in range(30)}, **{f"d{i}": 3.0 for i in range(6)}}
+    weight, sigma, table = choose_weight(scored, informative, cfg, policy)
+    assert [r["weight"] for r in table] == [0.0, 1.0, 2.0, 4.0] and weight > 0
+    by = {r["weight"]: r for r in table}
+    assert by[0.0]["oof_auroc"] < 1.0 and by[weight]["oof_auroc"] == 1.0
+    assert by[weight]["oof_automated"] > by[0.0]["oof_automated"]  # the head takes parts out of recheck
+    assert sigma == pytest.approx(float(np.log(goods).std()))
+    flat = {k: 1.5 for k in informative}  # a head with no opinion changes nothing: keep the plain engine
+    assert choose_weight(scored, flat, cfg, policy)[0] == 0.0
+    backwards = {k: -v for k, v in informative.items()}  # a head that ranks wrongly is never chosen
+    assert choose_weight(scored, backwards, cfg, policy)[0] == 0.0
