@@ -68,6 +68,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "turns4_rows": {"bank_turns": 4},
     # stop 16: the default without the verdict head (the plain bank score, as before stop 16)
     "nohead": {"verdict_head": {"enabled": False}},
+    # stop 16: every good image calibrates out of fold (3 folds, as automatic configuration does), with and
+    # without the verdict head (it needs 30 calibrating goods; the held-out arm above has 10)
+    "folds3": {"calibration_folds": 3},
+    "folds3_nohead": {"calibration_folds": 3, "verdict_head": {"enabled": False}},
 }
 
 

@@ -141,3 +141,13 @@ def describe(profile: CameraProfile | None, config: BankAugmentConfig, n_images:
         "images_fitted": n_images * (1 + copies),
         "profile": bank_profile(profile, kinds).model_dump(mode="json") if kinds else None,
     }
+
+
+def bank_context(bank_aug: dict[str, Any] | None) -> dict[str, str]:
+    """One report line on what the anomaly bank was fitted on (absent for bundles from before it existed)."""
+    if bank_aug is None:
+        return {}
+    if not bank_aug["applied"]:
+        return {"anomaly bank augmentation": f"none ({bank_aug['reason']})"}
+    return {"anomaly bank augmentation": f"{bank_aug['copies_per_image']} camera-profile variants per good image "
+            f"({', '.join(bank_aug['kinds'])}); {bank_aug['images_fitted']} images fitted"}

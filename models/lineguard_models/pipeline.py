@@ -32,7 +32,7 @@ from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
 from lineguard.preprocess import InputSpec, TileSpec, tile_regions
 from lineguard_models.augment import CameraProfile
-from lineguard_models.bank_augment import BankAugmentConfig, describe
+from lineguard_models.bank_augment import BankAugmentConfig, bank_context, describe
 from lineguard_models.bundle_files import (
     SCORES_FILE,
     git_commit,
@@ -49,7 +49,7 @@ from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
-from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head
+from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head, head_context
 
 if TYPE_CHECKING:  # crossfit imports torch: only when folds are fitted
     from lineguard_models.crossfit import OutOfFold
@@ -123,8 +123,8 @@ class TrainConfig(BaseModel):
         "camera_profile is given (docs/anomaly-model.md)",
     )
 
-    verdict_head: VerdictHeadConfig = Field(default_factory=lambda: VerdictHeadConfig(), description="supervised "
-                                            "good-vs-defect head fused into the anomaly score (docs/anomaly-model.md)")
+    verdict_head: VerdictHeadConfig = Field(default_factory=lambda: VerdictHeadConfig(), description="good-vs-defect "
+                                            "head fused into the anomaly score (docs/anomaly-model.md)")
     classifier: ClassifierConfig = Field(
         default_factory=lambda: ClassifierConfig(),
         description="defect classifier settings (docs/classifier.md); trained when every defect folder has enough "
@@ -324,9 +324,9 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
             scored += [s for s in rescaled(oof.goods, bias["factor"])
                        if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
-        scored, golden_pool, head = fuse_verdict_head(scorer, ds, train_s + calib_good, defects, spec, scored,
-                                                      staging / ONNX_FILE, cfg.verdict_head, seed=cfg.seed,
-                                                      progress=progress, export=export_onnx, policy=cfg.policy)
+        scored, golden_pool, head = fuse_verdict_head(  # verdict_head.py: the head's opinion inside anomaly.onnx
+            scorer, ds, train_s + calib_good, defects, spec, scored, staging / ONNX_FILE, cfg.verdict_head,
+            seed=cfg.seed, progress=progress, export=export_onnx, policy=cfg.policy)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {
             "dataset": ds.summary(), "seed": cfg.seed, "versions": versions(), "git_commit": git_commit(),
@@ -372,16 +372,6 @@ def _drift_reference(ds: Dataset, scored: Sequence[Scored], max_value: int,
 # --- end drift reference ------------------------------------------------------------------------------
 
 
-def _bank_context(bank_aug: dict[str, Any] | None) -> dict[str, str]:
-    """One report line on what the anomaly bank was fitted on (absent for bundles from before it existed)."""
-    if bank_aug is None:
-        return {}
-    if not bank_aug["applied"]:
-        return {"anomaly bank augmentation": f"none ({bank_aug['reason']})"}
-    return {"anomaly bank augmentation": f"{bank_aug['copies_per_image']} camera-profile variants per good image "
-            f"({', '.join(bank_aug['kinds'])}); {bank_aug['images_fitted']} images fitted"}
-
-
 def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy: CalibrationPolicy,
             spec: InputSpec, provenance: dict[str, Any], cfg: TrainConfig, overwrite: bool,
             progress: Progress, keep: dict[str, Any] | None = None,
@@ -397,7 +387,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     write_scores(staging, scored)
     bundle_id = new_bundle_id(cfg.product, ds.fingerprint)
     context = _report_context(ds, {"bundle": bundle_id, "recipe": cfg.recipe,
-                                   **_bank_context(provenance.get("anomaly_bank_augmentation"))})
+                                   **bank_context(provenance.get("anomaly_bank_augmentation")),
+                                   **head_context(provenance.get("verdict_head"))})
     clf_report = classifier["report"] if classifier else (keep or {}).get("classifier_report")  # kept on recalibration
     write_report(staging / "report", result, good, defects, title=f"Calibration report: {bundle_id}", context=context,
                  auto=auto, classifier=clf_report)

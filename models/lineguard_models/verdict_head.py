@@ -32,6 +32,8 @@ or apply a head to a tiled input (its labels are per frame, its features would b
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +68,9 @@ class VerdictHeadConfig(BaseModel):
         "images decided on the out-of-fold fused scores, then their AUROC (ties: the smaller); 0 = the plain engine")
     clip_logit: float = Field(8.0, gt=0.0, le=50.0, description="the head's logit is clipped to +-this")
     min_defects: int = Field(10, ge=2, le=100_000, description="fewest labelled defect images for a head")
+    min_goods: int = Field(30, ge=2, le=100_000, description="fewest good images with an honest calibration score "
+                           "(held out, or out of fold with calibration_folds >= 2) for a head: its weight is chosen "
+                           "on them, and on ten a chance separation would collapse the recheck band")
     folds: int = Field(5, ge=2, le=20, description="stratified folds of the out-of-fold head scores")
     l2: float = Field(1e-2, gt=0.0, le=10.0, description="L2 strength of the logistic head")
 
@@ -104,6 +109,21 @@ def pooled(feats: dict[str, Tensor], stages: Sequence[str]) -> Tensor:
     return torch.cat([t for s in stages for t in (feats[s].mean(dim=(2, 3)), gem(feats[s]))], dim=1)
 
 
+def head_context(rec: dict[str, Any] | None) -> dict[str, str]:
+    """One report line on the verdict head (absent for bundles from before it existed)."""
+    if rec is None:
+        return {}
+    if not rec["applied"]:
+        return {"verdict head": f"none ({rec['why']})"}
+    table = {r["weight"]: r for r in rec["oof_auroc_by_weight"]}
+    plain, best = table.get(0.0, {}), table[rec["weight"]]
+    return {"verdict head": f"weight {rec['weight']:g} on {'+'.join(rec['stages'])} pooled features "
+            f"({rec['images']['defect']} defect, {rec['images']['good']} good images); calibration images "
+            f"decided out of fold {plain.get('oof_automated', float('nan')):.1%} -> {best['oof_automated']:.1%}, "
+            f"AUROC {plain.get('oof_auroc', float('nan')):.4f} -> {best['oof_auroc']:.4f}; the anomaly score "
+            "is the bank's score scaled by the head (docs/anomaly-model.md)"}
+
+
 def head_features(scorer: AnomalyScorer, ds: Dataset, samples: Sequence[Sample], spec: InputSpec
                   ) -> npt.NDArray[np.float32]:
     """Pooled stage features [N, D] of ``samples`` through the engine's own preprocessing and backbone."""
@@ -138,24 +158,41 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
                   policy: CalibrationPolicy) -> tuple[float, float, list[dict[str, float]]]:
     """(weight, sigma, every weight's figures): the weight whose fused out-of-fold scores, calibrated with the
     line's policy, decide the most calibration images (accepted or rejected, not rechecked), then rank them
-    best (AUROC), then the smaller weight; sigma = spread of the goods' log scores. The share is the product's
-    own objective (issue 23); AUROC alone saturates at 1.0 on a few dozen separable calibration images."""
+    best (AUROC), then the smaller weight; the plain engine (weight 0) is kept unless that share beats its own
+    by more than one standard error (automatic configuration's rule); sigma = spread of the goods' log
+    scores. The share is the product's own objective (issue 23); AUROC alone saturates at 1.0 on a few dozen
+    separable calibration images."""
     good = np.array([s.label == "good" for s in scored])
     log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
     sigma = float(log_s[good].std()) or 1.0
     lg = np.clip([logits[s.rel] for s in scored], -cfg.clip_logit, cfg.clip_logit)
     table = []
-    for w in sorted(cfg.weights):
-        f = np.exp(log_s + sigma * w / 4.0 * lg)
-        by_class: dict[str, list[float]] = {}
-        for s, v in zip(scored, f, strict=True):
-            if s.label != "good":
-                by_class.setdefault(s.label, []).append(float(v))
-        res = calibrate(f[good], by_class, policy)
-        decided = float(np.mean((f < res.lower) | (f >= res.upper)))
-        table.append({"weight": w, "oof_automated": round(decided, 4), "oof_auroc": round(auroc(f[good], f[~good]), 5)})
+    quiet = logging.getLogger(calibrate.__module__)  # trial calibrations: their warnings belong to the final one
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for w in sorted(cfg.weights):
+            f = np.exp(log_s + sigma * w / 4.0 * lg)
+            by_class: dict[str, list[float]] = {}
+            for s, v in zip(scored, f, strict=True):
+                if s.label != "good":
+                    by_class.setdefault(s.label, []).append(float(v))
+            res = calibrate(f[good], by_class, policy)
+            decided = float(np.mean((f < res.lower) | (f >= res.upper)))
+            table.append({"weight": w, "oof_automated": round(decided, 4),
+                          "oof_auroc": round(auroc(f[good], f[~good]), 5)})
+    finally:
+        quiet.setLevel(level)
     best = max(table, key=lambda r: (r["oof_automated"], r["oof_auroc"], -r["weight"]))
+    plain = next((r for r in table if r["weight"] == 0), None)
+    if plain is not None and not beats_plain(best["oof_automated"], plain["oof_automated"], len(scored)):
+        best = plain
     return best["weight"], sigma, table
+
+
+def beats_plain(share: float, plain_share: float, n: int) -> bool:
+    """A head's share of decided calibration images beats the plain engine's by more than one standard error."""
+    return share - plain_share > math.sqrt(plain_share * (1.0 - plain_share) / n)
 
 
 def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample], defects: Sequence[Sample],
@@ -169,6 +206,11 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
         return scored, None, {**rec, "why": "disabled (TrainConfig.verdict_head.enabled)"}
     if spec.tiles.count != 1:
         return scored, None, {**rec, "why": "tiled input: the head's labels are per frame, its features per tile"}
+    n_good = sum(s.label == "good" for s in scored)
+    if n_good < cfg.min_goods:
+        return scored, None, {**rec, "why": f"{n_good} calibrating good images, fewer than {cfg.min_goods} "
+                              "(out-of-fold good scores, calibration_folds >= 2 as automatic configuration uses, "
+                              "give every one)"}
     if len(defects) < cfg.min_defects:
         return scored, None, {**rec, "why": f"{len(defects)} labelled defect images, fewer than {cfg.min_defects}"}
     by_rel = {s.rel: s for s in ds.samples}

@@ -15,7 +15,7 @@ pipeline = pytest.importorskip("lineguard_models.pipeline")
 
 from lineguard.bundle import Bundle  # noqa: E402
 from lineguard.preprocess import prepare  # noqa: E402
-from lineguard_models.bank_augment import BankAugmentConfig, describe  # noqa: E402
+from lineguard_models.bank_augment import BankAugmentConfig, bank_context, describe  # noqa: E402
 from lineguard_models.data import scan_dataset  # noqa: E402
 from lineguard_models.ortscore import iter_batches  # noqa: E402
 from lineguard_models.synth import SynthConfig, write_dataset  # noqa: E402
@@ -78,4 +78,4 @@ def test_without_a_profile_the_bank_sees_the_good_images_as_they_are(data: Path)
     assert all(np.array_equal(g, prepare(ds.load(s), spec)[0]) for g, s in zip(got, train_s, strict=True))
     rec = describe(None, cfg.anomaly_bank, len(train_s))
     assert rec["applied"] is False and rec["images_fitted"] == len(train_s)
-    assert pipeline._bank_context(rec) == {"anomaly bank augmentation": "none (no camera profile given)"}
+    assert bank_context(rec) == {"anomaly bank augmentation": "none (no camera profile given)"}

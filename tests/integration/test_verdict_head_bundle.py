@@ -23,8 +23,10 @@ from lineguard_models.synth import SynthConfig, write_dataset
 from lineguard_models.verdict_head import VerdictHeadConfig
 
 CPU = OrtEngineConfig(intra_op_threads=1)
-SYNTH = SynthConfig(n_good=20, n_defect_per_class=8, defect_classes=("scratch", "pit"), defect_strength=0.6, seed=5)
-CFG = TrainConfig(input_size_px=64, bank_size=64, min_holdout=5, seed=1)
+SYNTH = SynthConfig(n_good=20, n_defect_per_class=8, defect_classes=("scratch", "pit"), defect_strength=0.4, seed=5)
+# every good image calibrates out of fold (as automatic configuration does); 20 goods, so the head's floor is lowered
+CFG = TrainConfig(input_size_px=64, bank_size=64, calibration_folds=3, seed=1,
+                  verdict_head=VerdictHeadConfig(min_goods=15))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,8 @@ def test_the_edge_runs_the_fused_graph_unchanged_and_calibration_was_out_of_fold
 
 @pytest.mark.parametrize(("head", "why"), [
     (VerdictHeadConfig(enabled=False), "disabled"),
-    (VerdictHeadConfig(min_defects=20), "16 labelled defect images, fewer than 20"),
+    (VerdictHeadConfig(min_goods=15, min_defects=20), "16 labelled defect images, fewer than 20"),
+    (VerdictHeadConfig(), "20 calibrating good images, fewer than 30"),
 ])
 def test_a_line_without_a_head_keeps_the_plain_engine_and_says_why(data: Path, tmp_path: Path, head: VerdictHeadConfig,
                                                                    why: str) -> None:

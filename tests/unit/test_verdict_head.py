@@ -18,6 +18,7 @@ from lineguard_models.ortscore import Scored
 from lineguard_models.verdict_head import (
     FusedScorer,
     VerdictHeadConfig,
+    beats_plain,
     choose_weight,
     fit_logit,
     out_of_fold_logits,
@@ -108,3 +109,10 @@ def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_th
     assert choose_weight(scored, flat, cfg, policy)[0] == 0.0
     backwards = {k: -v for k, v in informative.items()}  # a head that ranks wrongly is never chosen
     assert choose_weight(scored, backwards, cfg, policy)[0] == 0.0
+
+
+@pytest.mark.parametrize(("share", "plain", "beats"), [(0.70, 0.44, True), (0.47, 0.44, False), (0.52, 0.44, False),
+                                                       (0.54, 0.44, True), (1.0, 1.0, False), (0.61, 0.60, False)])
+def test_a_head_must_beat_the_plain_engine_by_more_than_one_standard_error(share: float, plain: float,
+                                                                           beats: bool) -> None:
+    assert beats_plain(share, plain, 36) is beats  # one standard error of 0.44 on 36 images: 0.083
