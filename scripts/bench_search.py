@@ -9,8 +9,10 @@ patches), exports it twice through ``export.export_onnx``:
 
 - ``augmented`` (the product): ``[a, 1] x [[-2 b^T], [|b|^2]]``, one GEMM;
 - ``matmul+add`` (before stop 16): ``a x (-2 b^T)`` then a broadcast add of ``|b|^2`` over ``[hw, M]``;
+- ``verdict head``: the product graph with a verdict head (``verdict_head.FusedScorer``, a random head: its
+  weights do not change the cost), to price the head's pooling and dot product;
 
-checks that both give the same score and map on one frame, then times them interleaved run by run
+checks that the two search forms give the same score and map on one frame, then times them interleaved run by run
 in one process (ONNX Runtime CPU, batch 1) and prints p50 / p90 per graph, the load average, and
 ONNX Runtime's per-operator profile of the product graph (share of kernel time by operator type).
 Read the ratio: the machine may be shared. Recorded in docs/benchmarks/anomaly.md.
@@ -33,6 +35,7 @@ import torch
 from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
 from lineguard_models.backbone import BackboneConfig, load_backbone
 from lineguard_models.export import export_onnx
+from lineguard_models.verdict_head import FusedScorer
 
 
 class _MatmulAdd(AnomalyScorer):
@@ -83,9 +86,15 @@ def main() -> None:
     bank = torch.randn(a.rows, dim, generator=torch.Generator().manual_seed(0))
     x = (np.random.default_rng(0).random((1, 3, a.px, a.px)) * 255).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"augmented": Path(tmp) / "augmented.onnx", "matmul+add": Path(tmp) / "matmul_add.onnx"}
-        export_onnx(AnomalyScorer(bb, bank, spec).eval(), paths["augmented"])
+        paths = {"augmented": Path(tmp) / "augmented.onnx", "matmul+add": Path(tmp) / "matmul_add.onnx",
+                 "verdict head": Path(tmp) / "fused.onnx"}
+        scorer = AnomalyScorer(bb, bank, spec).eval()
+        export_onnx(scorer, paths["augmented"])
         export_onnx(_MatmulAdd(bb, bank, spec).eval(), paths["matmul+add"])
+        d = 2 * dim  # average and generalised mean of each stage
+        head = np.random.default_rng(0).normal(size=d).astype(np.float32)
+        export_onnx(FusedScorer(scorer, mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32), direction=head,
+                                bias=0.0, scale=0.01, clip=8.0).eval(), paths["verdict head"])
         sess = {k: _session(p, a.threads) for k, p in paths.items()}
         outs = {k: s.run(None, {"image": x}) for k, s in sess.items()}
         score_diff = float(np.abs(outs["augmented"][0] - outs["matmul+add"][0]).max())
