@@ -94,7 +94,7 @@ def main() -> None:
         d = 2 * dim  # average and generalised mean of each stage
         head = np.random.default_rng(0).normal(size=d).astype(np.float32)
         export_onnx(FusedScorer(scorer, mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32), direction=head,
-                                bias=0.0, scale=0.01, clip=8.0).eval(), paths["verdict head"])
+                                bias=0.0, scale=0.01, clip=(0.0, 8.0)).eval(), paths["verdict head"])
         sess = {k: _session(p, a.threads) for k, p in paths.items()}
         outs = {k: s.run(None, {"image": x}) for k, s in sess.items()}
         score_diff = float(np.abs(outs["augmented"][0] - outs["matmul+add"][0]).max())

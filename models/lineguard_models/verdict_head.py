@@ -12,12 +12,13 @@ logistic head on the anomaly engine's *own* stage maps, pooled over the frame (a
 mean of each stage, as the defect classifier pools), separates them; the engine computes those maps
 anyway, so the head costs a pooling and one dot product (no extra backbone pass, edge unchanged).
 
-The graph's ``anomaly_score`` becomes ``score_bank * exp(c * clip(logit, -L, L))``: the bank's score
-scaled by the head's opinion, ``c = sigma * weight / 4`` with ``sigma`` the spread of the goods'
+The graph's ``anomaly_score`` becomes ``score_bank * exp(c * clip(logit, 0, L))``: the bank's score
+scaled up by the head's suspicion, ``c = sigma * weight / 4`` with ``sigma`` the spread of the goods'
 log scores. In log units that is the goods-normalised anomaly score plus ``weight / 4`` times the
-clipped logit, so the head can move a part by at most ``weight * L / 4`` standard deviations of the
-goods' scores: it can tip a part across a threshold, never overrule a far-out anomaly. ``anomaly_map``
-is the bank's map, unchanged (where the defect is).
+clipped logit, so the head raises a part by at most ``weight * L / 4`` standard deviations of the goods'
+scores. It never lowers one (unless ``lower_scores``): whether a part is *accepted* stays the
+good-parts-only bank's call, which is what catches a defect type nobody labelled; the head only adds
+suspicion where a part looks like the labelled defects. ``anomaly_map`` is the bank's map, unchanged.
 
 Honest calibration: the head that scores a calibration image never saw it. Every image is scored out
 of fold (stratified K folds over goods and defects); the weight is chosen per line among
@@ -66,7 +67,14 @@ class VerdictHeadConfig(BaseModel):
     weights: tuple[float, ...] = Field(
         (0.0, 1.0, 2.0, 4.0), min_length=1, description="head weights tried, chosen by the share of calibration "
         "images decided on the out-of-fold fused scores, then their AUROC (ties: the smaller); 0 = the plain engine")
-    clip_logit: float = Field(8.0, gt=0.0, le=50.0, description="the head's logit is clipped to +-this")
+    clip_logit: float = Field(8.0, gt=0.0, le=50.0, description="the head's logit is clipped to at most this")
+    lower_scores: bool = Field(
+        False, description="let the head also lower a score (clip the logit at -clip_logit instead of 0): a part the "
+        "head takes for good moves towards accept. Off (the default): the head only adds suspicion, and whether a "
+        "part is accepted stays the good-parts-only bank's call, which is what catches a defect type never labelled")
+
+    def clip_range(self) -> tuple[float, float]:
+        return (-self.clip_logit if self.lower_scores else 0.0, self.clip_logit)
     min_defects: int = Field(10, ge=2, le=100_000, description="fewest labelled defect images for a head")
     min_goods: int = Field(30, ge=2, le=100_000, description="fewest good images with an honest calibration score "
                            "(held out, or out of fold with calibration_folds >= 2) for a head: its weight is chosen "
@@ -83,14 +91,15 @@ class FusedScorer(nn.Module):
     direction: Tensor
 
     def __init__(self, scorer: AnomalyScorer, *, mu: npt.NDArray[np.float32], sd: npt.NDArray[np.float32],
-                 direction: npt.NDArray[np.float32], bias: float, scale: float, clip: float) -> None:
+                 direction: npt.NDArray[np.float32], bias: float, scale: float, clip: tuple[float, float]) -> None:
         super().__init__()
         self.scorer = scorer
         self.spec = scorer.spec
         self.register_buffer("mu", torch.from_numpy(np.asarray(mu, np.float32)))
         self.register_buffer("sd", torch.from_numpy(np.asarray(sd, np.float32)))
         self.register_buffer("direction", torch.from_numpy(np.asarray(direction, np.float32)))
-        self.bias, self.scale, self.clip = float(bias), float(scale), float(clip)
+        self.bias, self.scale = float(bias), float(scale)
+        self.low, self.high = float(clip[0]), float(clip[1])
 
     def logit(self, pooled: Tensor) -> Tensor:
         out: Tensor = ((pooled - self.mu) / self.sd) @ self.direction + self.bias
@@ -100,7 +109,7 @@ class FusedScorer(nn.Module):
         s = self.scorer
         feats = s.features.backbone(s.normalise(image))
         score, amap = s.score_patches(s.distances(s.features.combine(feats)))
-        logit = self.logit(pooled(feats, s.features.stages)).clamp(-self.clip, self.clip)
+        logit = self.logit(pooled(feats, s.features.stages)).clamp(self.low, self.high)
         return score * torch.exp(self.scale * logit), amap
 
 
@@ -165,7 +174,7 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     good = np.array([s.label == "good" for s in scored])
     log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
     sigma = float(log_s[good].std()) or 1.0
-    lg = np.clip([logits[s.rel] for s in scored], -cfg.clip_logit, cfg.clip_logit)
+    lg = np.clip([logits[s.rel] for s in scored], *cfg.clip_range())
     table = []
     quiet = logging.getLogger(calibrate.__module__)  # trial calibrations: their warnings belong to the final one
     level = quiet.level
@@ -221,7 +230,7 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
     logits = {s.rel: float(v) for s, v in zip(samples, oof, strict=True)}
     weight, sigma, table = choose_weight(scored, logits, cfg, policy)
     rec.update({"images": {"good": int((y == 0).sum()), "defect": int(y.sum())}, "folds": cfg.folds,
-                "oof_auroc_by_weight": table, "weight": weight, "clip_logit": cfg.clip_logit,
+                "oof_auroc_by_weight": table, "weight": weight, "clip_logit": list(cfg.clip_range()),
                 "goods_log_score_sd": round(sigma, 5)})
     plain = next((r for r in table if r["weight"] == 0), None)
     if weight == 0:
@@ -230,10 +239,10 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
         return scored, None, {**rec, "why": "no weight decided more calibration images out of fold than the bank alone"}
     scale = sigma * weight / 4.0
     mu, sd, direction, bias = fit_logit(x, y, cfg.l2)  # the exported head: every image
-    head = FusedScorer(scorer, mu=mu, sd=sd, direction=direction, bias=bias, scale=scale, clip=cfg.clip_logit)
+    head = FusedScorer(scorer, mu=mu, sd=sd, direction=direction, bias=bias, scale=scale, clip=cfg.clip_range())
     export(head.eval(), onnx_path)
-    lifted = [replace(s, score=s.score * float(np.exp(scale * np.clip(logits[s.rel], -cfg.clip_logit,
-                                                                        cfg.clip_logit)))) for s in scored]
+    lifted = [replace(s, score=s.score * float(np.exp(scale * np.clip(logits[s.rel], *cfg.clip_range()))))
+              for s in scored]
     ort = OrtScorer(onnx_path, spec)  # the final graph on the images that may become golden tests
     final = [replace(s, score=float(ort.score(ds.load(by_rel[s.rel])))) for s in scored]
     best = next(r for r in table if r["weight"] == weight)

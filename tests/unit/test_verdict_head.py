@@ -37,7 +37,7 @@ def scorer() -> AnomalyScorer:
     return AnomalyScorer(bb, bank, SPEC).eval()
 
 
-def _fused(scorer: AnomalyScorer, bias: float, clip: float = 8.0) -> FusedScorer:
+def _fused(scorer: AnomalyScorer, bias: float, clip: tuple[float, float] = (-8.0, 8.0)) -> FusedScorer:
     d = 2 * 120  # average and generalised mean of stage3 (40) and stage4 (80)
     direction = np.random.default_rng(1).normal(size=d).astype(np.float32) * 0.1
     return FusedScorer(scorer, mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32), direction=direction,
@@ -60,8 +60,12 @@ def test_the_fused_score_is_the_bank_score_scaled_by_the_clipped_logit_and_the_m
     assert torch.allclose(got_score, plain_score * torch.exp(0.05 * logit.clamp(-8, 8)), rtol=1e-5)
     assert not torch.allclose(got_score, plain_score)  # the head did move the scores
     with torch.inference_mode():  # a head sure of itself moves a score by at most exp(scale * clip)
-        capped, _ = _fused(scorer, bias=1e4, clip=2.0)(x)
+        capped, _ = _fused(scorer, bias=1e4, clip=(0.0, 2.0))(x)
+        sure_good, _ = _fused(scorer, bias=-1e4, clip=(0.0, 2.0))(x)  # the default range: it never lowers a score
     assert torch.allclose(capped, plain_score * float(np.exp(0.05 * 2.0)), rtol=1e-5)
+    assert torch.allclose(sure_good, plain_score, rtol=1e-6)
+    assert VerdictHeadConfig().clip_range() == (0.0, 8.0)
+    assert VerdictHeadConfig(lower_scores=True).clip_range() == (-8.0, 8.0)
 
 
 def test_the_exported_fused_graph_matches_torch(scorer: AnomalyScorer, tmp_path: Path) -> None:
