@@ -23,8 +23,8 @@ suspicion where a part looks like the labelled defects. ``anomaly_map`` is the b
 Honest calibration: the head that scores a calibration image never saw it. Every image is scored out
 of fold (stratified K folds over goods and defects); the weight is chosen per line among
 ``weights`` by the share of calibration images the line's own calibration decides on the out-of-fold
-fused scores, then their AUROC (0 = no head: the graph stays the plain engine; ties go to the smaller
-weight); the thresholds are calibrated on the out-of-fold fused scores. The exported head is
+fused scores (the smallest weight within one standard error of the best share; 0 = no head: the graph
+stays the plain engine); the thresholds are calibrated on the out-of-fold fused scores. The exported head is
 then fitted on every image, so the golden images carry the final graph's scores.
 
 Must never: calibrate on a score from a head that was fitted on that image, change ``anomaly_map``,
@@ -65,8 +65,8 @@ class VerdictHeadConfig(BaseModel):
     enabled: bool = Field(True, description="fuse a supervised good-vs-defect head into the anomaly score when the "
                           "line has at least min_defects labelled defect images (per-line weight; 0 = plain engine)")
     weights: tuple[float, ...] = Field(
-        (0.0, 1.0, 2.0, 4.0), min_length=1, description="head weights tried, chosen by the share of calibration "
-        "images decided on the out-of-fold fused scores, then their AUROC (ties: the smaller); 0 = the plain engine")
+        (0.0, 1.0, 2.0, 4.0), min_length=1, description="head weights tried: the smallest whose share of calibration "
+        "images decided on the out-of-fold fused scores is within one standard error of the best; 0 = plain engine")
     clip_logit: float = Field(8.0, gt=0.0, le=50.0, description="the head's logit is clipped to at most this")
     lower_scores: bool = Field(
         False, description="let the head also lower a score (clip the logit at -clip_logit instead of 0): a part the "
@@ -165,10 +165,12 @@ def out_of_fold_logits(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], cfg
 
 def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: VerdictHeadConfig,
                   policy: CalibrationPolicy) -> tuple[float, float, list[dict[str, float]]]:
-    """(weight, sigma, every weight's figures): the weight whose fused out-of-fold scores, calibrated with the
-    line's policy, decide the most calibration images (accepted or rejected, not rechecked), then rank them
-    best (AUROC), then the smaller weight; the plain engine (weight 0) is kept unless that share beats its own
-    by more than one standard error (automatic configuration's rule); sigma = spread of the goods' log
+    """(weight, sigma, every weight's figures). For each weight the line's own calibration (its policy) runs on
+    the fused out-of-fold scores and the share of calibration images it decides (accepted or rejected, not
+    rechecked) is counted. The smallest weight whose share is within one standard error of the best share
+    is chosen (the one-standard-error rule: a bolder head that decides a few more calibration images tightens
+    the band on evidence it does not have), and the plain engine (weight 0) is kept unless that share beats
+    its own by more than one standard error (automatic configuration's rule); sigma = spread of the goods' log
     scores. The share is the product's own objective (issue 23); AUROC alone saturates at 1.0 on a few dozen
     separable calibration images."""
     good = np.array([s.label == "good" for s in scored])
@@ -192,7 +194,9 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
                           "oof_auroc": round(auroc(f[good], f[~good]), 5)})
     finally:
         quiet.setLevel(level)
-    best = max(table, key=lambda r: (r["oof_automated"], r["oof_auroc"], -r["weight"]))
+    top = max(r["oof_automated"] for r in table)  # the smallest weight within one standard error of the best share
+    best = min((r for r in table if r["oof_automated"] >= top - math.sqrt(top * (1.0 - top) / len(scored))),
+               key=lambda r: r["weight"])
     plain = next((r for r in table if r["weight"] == 0), None)
     if plain is not None and not beats_plain(best["oof_automated"], plain["oof_automated"], len(scored)):
         best = plain
