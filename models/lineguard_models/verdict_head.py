@@ -23,7 +23,7 @@ suspicion where a part looks like the labelled defects. ``anomaly_map`` is the b
 Honest calibration: the head that scores a calibration image never saw it. Every image is scored out
 of fold (stratified K folds over goods and defects); the weight is chosen per line among
 ``weights`` by the share of calibration images the line's own calibration decides on the out-of-fold
-fused scores (the smallest weight within one standard error of the best share; 0 = no head: the graph
+fused scores (the smallest weight within one standard error, or one image, of the best share; 0 = no head: the graph
 stays the plain engine); the thresholds are calibrated on the out-of-fold fused scores. The exported head is
 then fitted on every image, so the golden images carry the final graph's scores.
 
@@ -168,11 +168,11 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     """(weight, sigma, every weight's figures). For each weight the line's own calibration (its policy) runs on
     the fused out-of-fold scores and the share of calibration images it decides (accepted or rejected, not
     rechecked) is counted. The smallest weight whose share is within one standard error of the best share
-    is chosen (the one-standard-error rule: a bolder head that decides a few more calibration images tightens
-    the band on evidence it does not have), and the plain engine (weight 0) is kept unless that share beats
-    its own by more than one standard error (automatic configuration's rule); sigma = spread of the goods' log
-    scores. The share is the product's own objective (issue 23); AUROC alone saturates at 1.0 on a few dozen
-    separable calibration images."""
+    is chosen (the one-standard-error rule; never closer than one image: a bolder head that decides a few more
+    calibration images tightens the band on evidence it does not have), and the plain engine (weight 0) is kept
+    unless that share beats its own by as much (auto's and the classifier choice's rules); sigma = spread of
+    the goods' log scores. The share is the product's own objective (issue 23); AUROC alone saturates at 1.0
+    on a few dozen separable calibration images."""
     good = np.array([s.label == "good" for s in scored])
     log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
     sigma = float(log_s[good].std()) or 1.0
@@ -194,8 +194,8 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
                           "oof_auroc": round(auroc(f[good], f[~good]), 5)})
     finally:
         quiet.setLevel(level)
-    top = max(r["oof_automated"] for r in table)  # the smallest weight within one standard error of the best share
-    best = min((r for r in table if r["oof_automated"] >= top - math.sqrt(top * (1.0 - top) / len(scored))),
+    top = max(r["oof_automated"] for r in table)  # the smallest weight within the noise of the best share
+    best = min((r for r in table if r["oof_automated"] >= top - noise(top, len(scored)) - 1e-9),
                key=lambda r: r["weight"])
     plain = next((r for r in table if r["weight"] == 0), None)
     if plain is not None and not beats_plain(best["oof_automated"], plain["oof_automated"], len(scored)):
@@ -203,9 +203,14 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     return best["weight"], sigma, table
 
 
+def noise(share: float, n: int) -> float:
+    """What a share of ``n`` images may move by chance: one standard error, and never less than one image."""
+    return max(math.sqrt(share * (1.0 - share) / n), 1.0 / n)
+
+
 def beats_plain(share: float, plain_share: float, n: int) -> bool:
-    """A head's share of decided calibration images beats the plain engine's by more than one standard error."""
-    return share - plain_share > math.sqrt(plain_share * (1.0 - plain_share) / n)
+    """A head's share of decided calibration images beats the plain engine's by more than :func:`noise`."""
+    return share - plain_share > noise(plain_share, n) + 1e-9  # shares are counts / n: no float ties
 
 
 def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample], defects: Sequence[Sample],

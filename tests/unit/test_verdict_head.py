@@ -21,6 +21,7 @@ from lineguard_models.verdict_head import (
     beats_plain,
     choose_weight,
     fit_logit,
+    noise,
     out_of_fold_logits,
     pooled,
 )
@@ -109,7 +110,7 @@ def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_th
     assert by[0.0]["oof_auroc"] < 1.0 and by[weight]["oof_auroc"] == 1.0
     assert by[weight]["oof_automated"] > by[0.0]["oof_automated"]  # the head takes parts out of recheck
     top = max(r["oof_automated"] for r in table)  # the smallest weight within one standard error of the best share
-    assert weight == min(r["weight"] for r in table if r["oof_automated"] >= top - np.sqrt(top * (1 - top) / 36))
+    assert weight == min(r["weight"] for r in table if r["oof_automated"] >= top - noise(top, 36) - 1e-9)
     assert sigma == pytest.approx(float(np.log(goods).std()))
     flat = {k: 1.5 for k in informative}  # a head with no opinion changes nothing: keep the plain engine
     assert choose_weight(scored, flat, cfg, policy)[0] == 0.0
@@ -117,8 +118,11 @@ def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_th
     assert choose_weight(scored, backwards, cfg, policy)[0] == 0.0
 
 
-@pytest.mark.parametrize(("share", "plain", "beats"), [(0.70, 0.44, True), (0.47, 0.44, False), (0.52, 0.44, False),
-                                                       (0.54, 0.44, True), (1.0, 1.0, False), (0.61, 0.60, False)])
-def test_a_head_must_beat_the_plain_engine_by_more_than_one_standard_error(share: float, plain: float,
-                                                                           beats: bool) -> None:
-    assert beats_plain(share, plain, 36) is beats  # one standard error of 0.44 on 36 images: 0.083
+@pytest.mark.parametrize(("share", "plain", "n", "beats"), [
+    (0.70, 0.44, 36, True), (0.47, 0.44, 36, False), (0.52, 0.44, 36, False), (0.54, 0.44, 36, True),  # SE 0.083
+    (1.0, 1.0, 36, False), (0.61, 0.60, 36, False),
+    (1.0, 0.99, 100, False), (1.0, 0.98, 100, True),  # one image more is within the noise, even where SE is less
+])
+def test_a_head_must_beat_the_plain_engine_by_more_than_the_noise(share: float, plain: float, n: int,
+                                                                  beats: bool) -> None:
+    assert beats_plain(share, plain, n) is beats
