@@ -89,3 +89,13 @@ def test_a_line_without_a_head_keeps_the_plain_engine_and_says_why(data: Path, t
         for r in [r for r in csv.DictReader(f) if r["label"] != "good"][:4]:
             edge = runner.infer(read_image(data / r["file"])).anomaly_score
             assert edge == pytest.approx(float(r["score"]), rel=1e-4)
+
+
+def test_lineguard_train_no_verdict_head_keeps_the_plain_engine(data: Path, tmp_path: Path) -> None:
+    from lineguard.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), "--no-auto", "--input-size", "64", "--bank-size",
+                 "64", "--calibration-folds", "3", "--no-verdict-head"]) == 0
+    rec = load_bundle(out).manifest.provenance["verdict_head"]
+    assert rec["applied"] is False and rec["why"].startswith("disabled")

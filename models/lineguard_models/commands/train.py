@@ -21,6 +21,7 @@ from lineguard_models.calibration import CalibrationPolicy
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.finetune import FinetuneConfig
 from lineguard_models.pipeline import TrainConfig, train
+from lineguard_models.verdict_head import VerdictHeadConfig
 
 HELP = "train an anomaly bundle from a dataset folder (needs the train extra)"
 
@@ -118,6 +119,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "out-of-fold (K extra banks, about 1 + K/1.7 times the training time; docs/calibration.md). "
                         "Default: 3 in automatic configuration (its folds), 0 with --no-auto")
     add_auto_arguments(p)
+    p.add_argument("--no-verdict-head", action="store_true",
+                   help="keep the plain anomaly engine: no supervised good-vs-defect head fused into its score (by "
+                        "default one is tried when at least 30 good images calibrate, i.e. with --calibration-folds "
+                        ">= 2 as automatic configuration uses, and at least 10 defect images are labelled; it only "
+                        "raises scores; docs/anomaly-model.md \"Verdict head\")")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--camera-profile", type=Path, default=None,
                    help="camera profile YAML: which augmentations this camera can really produce "
@@ -205,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             "max_defects_per_class": args.max_defects_per_class, "holdout_fraction": args.holdout_fraction,
             "calibration_folds": folds, "allow_unreadable": args.skip_unreadable,
             "camera_profile": args.camera_profile, "classifier": classifier_config(args),
+            "verdict_head": VerdictHeadConfig(enabled=not args.no_verdict_head),
             "policy": CalibrationPolicy.model_validate(policy_updates(args)),
         })
         auto_cfg = AutoConfig(folds=max(folds, 2), time_budget_s=args.auto_time_budget_s,
