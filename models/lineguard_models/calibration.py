@@ -89,6 +89,10 @@ class CalibrationPolicy(BaseModel):
         "rejects / budget + escapes / target of the modelled tails is least; 'escape_first' the lowest threshold "
         "whose modelled false-reject rate is within the budget (escapes cost more than a rejected good part)"
     )
+    accept_ceiling: float | None = Field(
+        None, description="set by training, not by hand: the accept threshold is never above this score. A bundle "
+        "with a verdict head (which only raises scores) gets the plain engine's own accept threshold here, so it "
+        "never accepts a part the plain engine would not have accepted (docs/anomaly-model.md)")
     min_good: int = Field(5, ge=2, le=100_000, description="fewest held-out good scores to calibrate at all")
     min_per_class: int = Field(
         MIN_IMAGES_PER_CLASS, ge=1, le=100_000, description="fewer defect images per class than this: warning"
@@ -403,6 +407,8 @@ def calibrate(
             "the escape rate is unknown. Calibrate with defect images before production (lineguard calibrate)"
         )
     lower, upper = _thresholds(t_fr, t_esc, policy, good, classes)
+    if policy.accept_ceiling is not None and lower > policy.accept_ceiling:  # a verdict head's bundle: never
+        lower, upper = policy.accept_ceiling, max(upper, policy.accept_ceiling)  # accept more than the plain engine
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise CalibrationError(f"calibration produced non-finite thresholds ({lower}, {upper})")
     per_class = tuple(_class_stats(n, good, d, lower, upper, policy, allow_c[n]) for n, d in classes.items())

@@ -347,7 +347,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
         # --- end defect classifier ---
         if auto is not None:  # autoconfig's time budget: what the final training took (report and writing aside)
             auto = {**auto, "final_training_s": round(clock() - t0, 1)}
-        bundle = _finish(staging, out, ds, scored, cfg.policy, spec, provenance, cfg, overwrite, progress,
+        policy = cfg.policy.model_copy(update={"accept_ceiling": head.get("accept_ceiling")})  # verdict head
+        bundle = _finish(staging, out, ds, scored, policy, spec, provenance, cfg, overwrite, progress,
                          classifier=classifier, auto=auto, golden_pool=golden_pool)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

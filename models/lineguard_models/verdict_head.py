@@ -164,7 +164,7 @@ def out_of_fold_logits(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], cfg
 
 
 def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: VerdictHeadConfig,
-                  policy: CalibrationPolicy) -> tuple[float, float, list[dict[str, float]]]:
+                  policy: CalibrationPolicy) -> tuple[float, float, list[dict[str, float]], CalibrationPolicy]:
     """(weight, sigma, every weight's figures). For each weight the line's own calibration (its policy) runs on
     the fused out-of-fold scores and the share of calibration images it decides (accepted or rejected, not
     rechecked) is counted. The smallest weight whose share is within one standard error of the best share
@@ -172,7 +172,10 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     calibration images tightens the band on evidence it does not have), and the plain engine (weight 0) is kept
     unless that share beats its own by as much (auto's and the classifier choice's rules); sigma = spread of
     the goods' log scores. The share is the product's own objective (issue 23); AUROC alone saturates at 1.0
-    on a few dozen separable calibration images."""
+    on a few dozen separable calibration images. Every weight is calibrated with the plain engine's accept
+    threshold as its ceiling (``CalibrationPolicy.accept_ceiling``): the head only raises scores, so a fused
+    bundle then never accepts a part that the plain engine would not have accepted. The returned policy carries
+    that ceiling for the bundle's calibration."""
     good = np.array([s.label == "good" for s in scored])
     log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
     sigma = float(log_s[good].std()) or 1.0
@@ -181,14 +184,16 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     quiet = logging.getLogger(calibrate.__module__)  # trial calibrations: their warnings belong to the final one
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    by_class: dict[str, list[int]] = {}
+    for i, s in enumerate(scored):
+        if s.label != "good":
+            by_class.setdefault(s.label, []).append(i)
     try:
+        plain = calibrate(np.exp(log_s[good]), {c: np.exp(log_s[ix]) for c, ix in by_class.items()}, policy)
+        capped = policy.model_copy(update={"accept_ceiling": plain.lower})
         for w in sorted(cfg.weights):
             f = np.exp(log_s + sigma * w / 4.0 * lg)
-            by_class: dict[str, list[float]] = {}
-            for s, v in zip(scored, f, strict=True):
-                if s.label != "good":
-                    by_class.setdefault(s.label, []).append(float(v))
-            res = calibrate(f[good], by_class, policy)
+            res = calibrate(f[good], {c: f[ix] for c, ix in by_class.items()}, capped)
             decided = float(np.mean((f < res.lower) | (f >= res.upper)))
             table.append({"weight": w, "oof_automated": round(decided, 4),
                           "oof_auroc": round(auroc(f[good], f[~good]), 5)})
@@ -197,10 +202,10 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     top = max(r["oof_automated"] for r in table)  # the smallest weight within the noise of the best share
     best = min((r for r in table if r["oof_automated"] >= top - noise(top, len(scored)) - 1e-9),
                key=lambda r: r["weight"])
-    plain = next((r for r in table if r["weight"] == 0), None)
-    if plain is not None and not beats_plain(best["oof_automated"], plain["oof_automated"], len(scored)):
-        best = plain
-    return best["weight"], sigma, table
+    zero = next((r for r in table if r["weight"] == 0), None)
+    if zero is not None and not beats_plain(best["oof_automated"], zero["oof_automated"], len(scored)):
+        best = zero
+    return best["weight"], sigma, table, capped
 
 
 def noise(share: float, n: int) -> float:
@@ -218,7 +223,8 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
                       progress: Progress, export: Callable[[FusedScorer, Path], Any], policy: CalibrationPolicy
                       ) -> tuple[list[Scored], list[Scored] | None, dict[str, Any]]:
     """Fit, choose and export the head. Returns (calibration scores: the out-of-fold fused ones, the final graph's
-    scores of the calibration images for the golden tests or None when unchanged, the provenance record)."""
+    scores of the calibration images for the golden tests or None when unchanged, the provenance record, whose
+    ``accept_ceiling`` the bundle's calibration policy must carry: the plain engine's accept threshold)."""
     rec: dict[str, Any] = {"applied": False, "stages": list(scorer.features.stages), "pooling": "mean_gem"}
     if not cfg.enabled:
         return scored, None, {**rec, "why": "disabled (TrainConfig.verdict_head.enabled)"}
@@ -237,7 +243,7 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
     x = head_features(scorer, ds, samples, spec)
     oof = out_of_fold_logits(x, y, cfg, seed)
     logits = {s.rel: float(v) for s, v in zip(samples, oof, strict=True)}
-    weight, sigma, table = choose_weight(scored, logits, cfg, policy)
+    weight, sigma, table, capped = choose_weight(scored, logits, cfg, policy)
     rec.update({"images": {"good": int((y == 0).sum()), "defect": int(y.sum())}, "folds": cfg.folds,
                 "oof_auroc_by_weight": table, "weight": weight, "clip_logit": list(cfg.clip_range()),
                 "goods_log_score_sd": round(sigma, 5)})
@@ -257,5 +263,5 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
     best = next(r for r in table if r["weight"] == weight)
     progress(f"verdict head: weight {weight:g}, out of fold {plain} -> {best} "
              f"({int(y.sum())} defect and {int((y == 0).sum())} good images)")
-    return lifted, final, {**rec, "applied": True, "scale": round(scale, 6),
+    return lifted, final, {**rec, "applied": True, "scale": round(scale, 6), "accept_ceiling": capped.accept_ceiling,
                            "why": "most calibration images decided out of fold"}

@@ -55,6 +55,8 @@ def test_the_head_is_chosen_out_of_fold_and_recorded(fused: Bundle) -> None:
     best, plain = table[rec["weight"]], table[0.0]
     assert (best["oof_automated"], best["oof_auroc"]) >= (plain["oof_automated"], plain["oof_auroc"])
     assert rec["scale"] == pytest.approx(rec["goods_log_score_sd"] * rec["weight"] / 4, rel=1e-3)
+    th = fused.manifest.thresholds  # the plain engine's accept threshold caps the bundle's
+    assert th.policy["accept_ceiling"] == rec["accept_ceiling"] and th.lower <= rec["accept_ceiling"]
     md = fused.path("report/report.md").read_text(encoding="utf-8")  # the line engineer's page says so
     assert f"verdict head: weight {rec['weight']:g} on stage3+stage4 pooled features" in md
 

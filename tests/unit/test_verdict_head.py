@@ -12,7 +12,7 @@ import torch
 
 from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
 from lineguard_models.backbone import EfficientNetLite0
-from lineguard_models.calibration import CalibrationPolicy, auroc
+from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
 from lineguard_models.export import export_onnx
 from lineguard_models.ortscore import Scored
 from lineguard_models.verdict_head import (
@@ -101,17 +101,21 @@ def _scored(bank_good: list[float], bank_bad: list[float]) -> list[Scored]:
 
 def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_the_plain_engine() -> None:
     goods = list(np.linspace(10.0, 14.0, 30))
-    scored = _scored(goods, [12.5, 13.5, 13.8, 20, 25, 30])  # three defects inside the goods' range
+    pits = [11.0, 11.5, 12.0, 12.5, 13.0, 13.5, 13.8, 20, 25, 30]
+    scored = _scored(goods, pits)  # seven defects inside the goods' range
     cfg, policy = VerdictHeadConfig(), CalibrationPolicy()
-    informative = {**{f"g{i}": -3.0 for i in range(30)}, **{f"d{i}": 3.0 for i in range(6)}}
-    weight, sigma, table = choose_weight(scored, informative, cfg, policy)
+    informative = {**{f"g{i}": -3.0 for i in range(30)}, **{f"d{i}": 3.0 for i in range(len(pits))}}
+    weight, sigma, table, capped = choose_weight(scored, informative, cfg, policy)
     assert [r["weight"] for r in table] == [0.0, 1.0, 2.0, 4.0] and weight > 0
     by = {r["weight"]: r for r in table}
     assert by[0.0]["oof_auroc"] < 1.0 and by[weight]["oof_auroc"] == 1.0
     assert by[weight]["oof_automated"] > by[0.0]["oof_automated"]  # the head takes parts out of recheck
     top = max(r["oof_automated"] for r in table)  # the smallest weight within one standard error of the best share
-    assert weight == min(r["weight"] for r in table if r["oof_automated"] >= top - noise(top, 36) - 1e-9)
+    assert weight == min(r["weight"] for r in table if r["oof_automated"] >= top - noise(top, 40) - 1e-9)
     assert sigma == pytest.approx(float(np.log(goods).std()))
+    # the plain engine's accept threshold caps every weight's: the fused bundle accepts no part it would not
+    plain = calibrate(np.array(goods), {"pit": np.array(pits)}, policy)
+    assert capped.accept_ceiling == pytest.approx(plain.lower)
     flat = {k: 1.5 for k in informative}  # a head with no opinion changes nothing: keep the plain engine
     assert choose_weight(scored, flat, cfg, policy)[0] == 0.0
     backwards = {k: -v for k, v in informative.items()}  # a head that ranks wrongly is never chosen
@@ -126,3 +130,14 @@ def test_the_weight_is_chosen_by_the_calibration_images_decided_and_ties_keep_th
 def test_a_head_must_beat_the_plain_engine_by_more_than_the_noise(share: float, plain: float, n: int,
                                                                   beats: bool) -> None:
     assert beats_plain(share, plain, n) is beats
+
+
+def test_an_accept_ceiling_caps_the_accept_threshold_and_the_figures_follow_it() -> None:
+    goods, pits = np.linspace(10.0, 14.0, 30), np.array([15.0, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29])
+    free = calibrate(goods, {"pit": pits}, CalibrationPolicy())
+    ceiling = free.lower - 1.0
+    capped = calibrate(goods, {"pit": pits}, CalibrationPolicy(accept_ceiling=ceiling))
+    assert capped.lower == ceiling and capped.upper >= ceiling and capped.upper == free.upper
+    accepted_goods = int((goods < ceiling).sum())
+    assert capped.good.rechecks == free.good.rechecks + (int((goods < free.lower).sum()) - accepted_goods)
+    assert capped.automated_share < free.automated_share
