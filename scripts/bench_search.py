@@ -54,13 +54,16 @@ def _session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSe
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.enable_profiling = profile
+    so.profile_file_prefix = str(path.parent / "ort_profile")  # beside the graph, in the temporary folder
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _op_shares(sess: ort.InferenceSession, x: np.ndarray, runs: int) -> dict[str, float]:
     for _ in range(runs):
         sess.run(None, {"image": x})
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    profile = Path(sess.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
     per_op: collections.Counter[str] = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
