@@ -96,8 +96,8 @@ def classifier_reserve_ms(dataset: Dataset, spec: InputSpec, config: ClassifierC
                                          "image_width": None, "image_height": None})
     stage_sets = sorted({c.stages for c in line_candidates(config.stages, 1, config.pooling, free_views=True)}
                         if config.selects_per_line else {tuple(config.stages)})
-    prices = classifier_prices(stage_sets, spec=spec, config=config, frame=frame,
-                               n_classes=len(dataset.defect_classes), runs=runs)
+    prices = {k: round(v, 2) for k, v in classifier_prices(stage_sets, spec=spec, config=config, frame=frame,
+                                                            n_classes=len(dataset.defect_classes), runs=runs).items()}
     return PREPROCESS_MS + max(prices.values()), prices
 
 
