@@ -367,8 +367,11 @@ def calibrate(
     good_scores: npt.ArrayLike,
     defect_scores: Mapping[str, npt.ArrayLike],
     policy: CalibrationPolicy | None = None,
+    *,
+    quiet: bool = False,
 ) -> CalibrationResult:
-    """Choose thresholds from held-out good scores and defect scores per class.
+    """Choose thresholds from held-out good scores and defect scores per class. The warnings are logged unless
+    ``quiet`` (a trial calibration, e.g. the verdict head's weight choice); they are in the result either way.
 
     Raises :class:`CalibrationError` for non-finite scores or too few good scores.
     """
@@ -429,7 +432,7 @@ def calibrate(
         warnings.append(unsupported)
     everything = np.concatenate([good, *classes.values()])
     share = float(np.mean((everything < lower) | (everything >= upper)))
-    for w in warnings:
+    for w in () if quiet else warnings:
         log.warning("calibration: %s", w)
     return CalibrationResult(
         lower=lower, upper=upper, mode="defects" if per_class else "good_only", policy=policy,

@@ -78,6 +78,14 @@ def classifier_prices(stage_sets: Sequence[tuple[str, ...]], *, spec: InputSpec,
     return out
 
 
+def one_tile_spec(spec: InputSpec, size: tuple[int, int] | None) -> InputSpec:
+    """The untiled spec of one of ``spec``'s tiles (the classifier's input on a tiled line), of ``size`` (w, h)
+    where the frame size is fixed, else of any size."""
+    return InputSpec.model_validate({**spec.model_dump(), "tiles": TileSpec().model_dump(),
+                                     "image_width": size[0] if size else None,
+                                     "image_height": size[1] if size else None})
+
+
 def classifier_reserve_ms(dataset: Dataset, spec: InputSpec, config: ClassifierConfig | None = None,
                           runs: int = LATENCY_RUNS) -> tuple[float, dict[str, float]]:
     """What automatic configuration keeps of a flagged part's latency budget for the classifier, measured on
@@ -92,8 +100,7 @@ def classifier_reserve_ms(dataset: Dataset, spec: InputSpec, config: ClassifierC
     if spec.tiles.count != 1:  # the edge classifies one tile: price the graph on a tile and its untiled spec
         x0, y0, tw, th = tile_regions(frame.shape[1], frame.shape[0], spec.tiles)[0]
         frame = np.ascontiguousarray(frame[y0 : y0 + th, x0 : x0 + tw])
-        spec = InputSpec.model_validate({**spec.model_dump(), "tiles": TileSpec().model_dump(),
-                                         "image_width": None, "image_height": None})
+        spec = one_tile_spec(spec, None)
     stage_sets = sorted({c.stages for c in line_candidates(config.stages, 1, config.pooling, free_views=True)}
                         if config.selects_per_line else {tuple(config.stages)})
     prices = {k: round(v, 2) for k, v in classifier_prices(stage_sets, spec=spec, config=config, frame=frame,
@@ -119,10 +126,7 @@ def top_tiles(images: dict[str, list[Any]], spec: InputSpec, anomaly_onnx: Path
             size = (tw, th)
         out[cls] = crops
     assert size is not None  # too_few_defects refused an empty set before
-    fixed = spec.image_width is not None  # a fixed frame size gives a fixed tile size
-    tile_spec = InputSpec.model_validate({**spec.model_dump(), "tiles": TileSpec().model_dump(),
-                                          "image_width": size[0] if fixed else None,
-                                          "image_height": size[1] if fixed else None})
+    tile_spec = one_tile_spec(spec, size if spec.image_width is not None else None)  # fixed frame: fixed tile
     report = {"rows": spec.tiles.rows, "cols": spec.tiles.cols, "overlap_px": spec.tiles.overlap_px,
               "trained_on": "each image's tile with the highest anomaly score (the tile the edge classifies)",
               "chosen_per_tile": counts.tolist()}

@@ -325,7 +325,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, *, progress: Progress = print
                        if s.rel not in ds.fit_only]  # fit_only: fitted, never calibrating
             shutil.rmtree(staging / ".folds", ignore_errors=True)
         scored, golden_pool, head = fuse_verdict_head(  # verdict_head.py: the head's opinion inside anomaly.onnx
-            scorer, ds, train_s + calib_good, defects, spec, scored, staging / ONNX_FILE, cfg.verdict_head,
+            scorer, ds, train_s, calib_good, defects, spec, scored, staging / ONNX_FILE, cfg.verdict_head,
             seed=cfg.seed, progress=progress, export=export_onnx, policy=cfg.policy)
         train_sha = sorted({file_sha256(s.path) for s in train_s})
         provenance = {

@@ -33,7 +33,6 @@ or apply a head to a tiled input (its labels are per frame, its features would b
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -177,28 +176,21 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     bundle then never accepts a part that the plain engine would not have accepted. The returned policy carries
     that ceiling for the bundle's calibration."""
     good = np.array([s.label == "good" for s in scored])
-    log_s = np.log(np.maximum([s.score for s in scored], 1e-12))
-    sigma = float(log_s[good].std()) or 1.0
-    lg = np.clip([logits[s.rel] for s in scored], *cfg.clip_range())
-    table = []
-    quiet = logging.getLogger(calibrate.__module__)  # trial calibrations: their warnings belong to the final one
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    raw = np.array([s.score for s in scored])
+    sigma = float(np.log(np.maximum(raw[good], 1e-12)).std()) or 1.0
+    lg = np.array([logits[s.rel] for s in scored])
     by_class: dict[str, list[int]] = {}
     for i, s in enumerate(scored):
         if s.label != "good":
             by_class.setdefault(s.label, []).append(i)
-    try:
-        plain = calibrate(np.exp(log_s[good]), {c: np.exp(log_s[ix]) for c, ix in by_class.items()}, policy)
-        capped = policy.model_copy(update={"accept_ceiling": plain.lower})
-        for w in sorted(cfg.weights):
-            f = np.exp(log_s + sigma * w / 4.0 * lg)
-            res = calibrate(f[good], {c: f[ix] for c, ix in by_class.items()}, capped)
-            decided = float(np.mean((f < res.lower) | (f >= res.upper)))
-            table.append({"weight": w, "oof_automated": round(decided, 4),
-                          "oof_auroc": round(auroc(f[good], f[~good]), 5)})
-    finally:
-        quiet.setLevel(level)
+    plain = calibrate(raw[good], {c: raw[ix] for c, ix in by_class.items()}, policy, quiet=True)
+    capped = policy.model_copy(update={"accept_ceiling": plain.lower})
+    table = []
+    for w in sorted(cfg.weights):
+        f = fused_scores(raw, lg, sigma * w / 4.0, cfg.clip_range())
+        res = calibrate(f[good], {c: f[ix] for c, ix in by_class.items()}, capped, quiet=True)
+        decided = float(np.mean((f < res.lower) | (f >= res.upper)))
+        table.append({"weight": w, "oof_automated": round(decided, 4), "oof_auroc": round(auroc(f[good], f[~good]), 5)})
     top = max(r["oof_automated"] for r in table)  # the smallest weight within the noise of the best share
     best = min((r for r in table if r["oof_automated"] >= top - noise(top, len(scored)) - 1e-9),
                key=lambda r: r["weight"])
@@ -206,6 +198,12 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
     if zero is not None and not beats_plain(best["oof_automated"], zero["oof_automated"], len(scored)):
         best = zero
     return best["weight"], sigma, table, capped
+
+
+def fused_scores(raw: npt.ArrayLike, logits: npt.ArrayLike, scale: float, clip: tuple[float, float]
+                 ) -> npt.NDArray[np.float64]:
+    """What :class:`FusedScorer` computes from the bank's scores and the head's logits, in numpy."""
+    return np.asarray(raw, np.float64) * np.exp(scale * np.clip(np.asarray(logits, np.float64), *clip))
 
 
 def noise(share: float, n: int) -> float:
@@ -218,12 +216,14 @@ def beats_plain(share: float, plain_share: float, n: int) -> bool:
     return share - plain_share > noise(plain_share, n) + 1e-9  # shares are counts / n: no float ties
 
 
-def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample], defects: Sequence[Sample],
+def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, fitted: Sequence[Sample], calib_good: Sequence[Sample],
+                      defects: Sequence[Sample],
                       spec: InputSpec, scored: list[Scored], onnx_path: Path, cfg: VerdictHeadConfig, *, seed: int,
                       progress: Progress, export: Callable[[FusedScorer, Path], Any], policy: CalibrationPolicy
                       ) -> tuple[list[Scored], list[Scored] | None, dict[str, Any]]:
-    """Fit, choose and export the head. Returns (calibration scores: the out-of-fold fused ones, the final graph's
-    scores of the calibration images for the golden tests or None when unchanged, the provenance record, whose
+    """Fit, choose and export the head on the ``fitted`` and ``calib_good`` goods and the ``defects``. Returns
+    (calibration scores: the out-of-fold fused ones, the final graph's scores of the calibration images that are
+    not fitted, for the golden tests, or None when unchanged, the provenance record, whose
     ``accept_ceiling`` the bundle's calibration policy must carry: the plain engine's accept threshold)."""
     rec: dict[str, Any] = {"applied": False, "stages": list(scorer.features.stages), "pooling": "mean_gem"}
     if not cfg.enabled:
@@ -238,7 +238,7 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
     if len(defects) < cfg.min_defects:
         return scored, None, {**rec, "why": f"{len(defects)} labelled defect images, fewer than {cfg.min_defects}"}
     by_rel = {s.rel: s for s in ds.samples}
-    samples = list(dict.fromkeys([*goods, *defects, *(by_rel[s.rel] for s in scored)]))  # every calibrating image
+    samples = list(dict.fromkeys([*fitted, *calib_good, *defects, *(by_rel[s.rel] for s in scored)]))
     y = np.array([s.label != "good" for s in samples], np.int64)
     x = head_features(scorer, ds, samples, spec)
     oof = out_of_fold_logits(x, y, cfg, seed)
@@ -256,10 +256,11 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, goods: Sequence[Sample
     mu, sd, direction, bias = fit_logit(x, y, cfg.l2)  # the exported head: every image
     head = FusedScorer(scorer, mu=mu, sd=sd, direction=direction, bias=bias, scale=scale, clip=cfg.clip_range())
     export(head.eval(), onnx_path)
-    lifted = [replace(s, score=s.score * float(np.exp(scale * np.clip(logits[s.rel], *cfg.clip_range()))))
-              for s in scored]
-    ort = OrtScorer(onnx_path, spec)  # the final graph on the images that may become golden tests
-    final = [replace(s, score=float(ort.score(ds.load(by_rel[s.rel])))) for s in scored]
+    raised = fused_scores([s.score for s in scored], [logits[s.rel] for s in scored], scale, cfg.clip_range())
+    lifted = [replace(s, score=float(v)) for s, v in zip(scored, raised, strict=True)]
+    ort = OrtScorer(onnx_path, spec)  # the final graph on the images that may become golden tests (never a fitted one)
+    never_golden = {s.rel for s in fitted}
+    final = [replace(s, score=float(ort.score(ds.load(by_rel[s.rel])))) for s in scored if s.rel not in never_golden]
     best = next(r for r in table if r["weight"] == weight)
     progress(f"verdict head: weight {weight:g}, out of fold {plain} -> {best} "
              f"({int(y.sum())} defect and {int((y == 0).sum())} good images)")

@@ -21,6 +21,7 @@ from lineguard_models.verdict_head import (
     beats_plain,
     choose_weight,
     fit_logit,
+    fused_scores,
     noise,
     out_of_fold_logits,
     pooled,
@@ -59,6 +60,9 @@ def test_the_fused_score_is_the_bank_score_scaled_by_the_clipped_logit_and_the_m
         logit = fused.logit(pooled(scorer.features.backbone(scorer.normalise(x)), ("stage3", "stage4")))
     assert torch.equal(got_map, plain_map)
     assert torch.allclose(got_score, plain_score * torch.exp(0.05 * logit.clamp(-8, 8)), rtol=1e-5)
+    # the training side's numpy form (calibration scores) is the graph's arithmetic
+    assert np.allclose(fused_scores(plain_score.numpy(), logit.numpy(), 0.05, (-8.0, 8.0)), got_score.numpy(),
+                       rtol=1e-5)
     assert not torch.allclose(got_score, plain_score)  # the head did move the scores
     with torch.inference_mode():  # a head sure of itself moves a score by at most exp(scale * clip)
         capped, _ = _fused(scorer, bias=1e4, clip=(0.0, 2.0))(x)
