@@ -72,6 +72,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # without the verdict head (it needs 30 calibrating goods; the held-out arm above has 10)
     "folds3": {"calibration_folds": 3},
     "folds3_nohead": {"calibration_folds": 3, "verdict_head": {"enabled": False}},
+    # stop 17: the head forced at weight 4 (no plain candidate), for replaying every weight and selection rule
+    # offline against folds3_nohead's bundles (the same banks): scripts/replay_verdict_head.py
+    "folds3_w4": {"calibration_folds": 3, "verdict_head": {"weights": (4.0,)}},
 }
 
 
