@@ -178,14 +178,35 @@ def summarise(runs: list[dict[str, Any]], per_run: bool) -> None:
               f"{np.mean([t['test_auroc'] for t in rows]):.4f} | {at} of {eligible} | {' '.join(picks)} |")
 
 
+def by_set(runs: list[dict[str, Any]], rule: str) -> None:
+    """Per set, the plain engine against ``rule``: test AUROC, automated, escapes, false rejects (mean over seeds)."""
+    print(f"\n| set | seeds | weights picked | image AUROC plain / {rule} | automated % | escape % | false reject % |"
+          "\n|---|---|---|---|---|---|---|")
+    sets: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {}
+    for r in (r for r in runs if "table" in r):
+        w = RULES[rule]([{"w": t["w"], "share": t["share"], "auroc": t["auroc"]} for t in r["table"]], r["n"])
+        pair = next(t for t in r["table"] if t["w"] == 0), next(t for t in r["table"] if t["w"] == w)
+        sets.setdefault(r["set"], []).append(pair)
+    for name, pairs in sets.items():
+        def m(k: str, i: int, pairs: list[tuple[dict[str, float], dict[str, float]]] = pairs) -> float:
+            return float(np.mean([p[i][k] for p in pairs]))
+        picked = " ".join(f"{p[1]['w']:g}" for p in pairs)
+        print(f"| {name} | {len(pairs)} | {picked} | {m('test_auroc', 0):.4f} / "
+              f"{m('test_auroc', 1):.4f} | " + " | ".join(f"{100 * m(k, 0):.1f} / {100 * m(k, 1):.1f}"
+                                                         for k in ("automated", "escape", "false_reject")) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="0,1,2,4")
     ap.add_argument("--per-run", action="store_true")
+    ap.add_argument("--by-set", default="stop17 (largest_guarded_2)", help="the rule whose per-set table is printed")
     a = ap.parse_args()
     weights = [float(w) for w in a.weights.split(",")]
     names = sorted(p.stem for p in (bq.BASE / "results" / "product_folds3_w4").glob("*.json"))
-    summarise([r for n in names if (r := replay_run(n, weights)) is not None], a.per_run)
+    runs = [r for n in names if (r := replay_run(n, weights)) is not None]
+    summarise(runs, a.per_run)
+    by_set(runs, a.by_set)
 
 
 if __name__ == "__main__":
