@@ -117,6 +117,11 @@ def test_the_largest_weight_the_calibration_shows_no_harm_in_is_chosen_and_a_har
     # the plain engine's accept threshold caps every weight's: the fused bundle accepts no part it would not
     plain = calibrate(np.array(goods), {"pit": np.array(pits)}, policy)
     assert capped.accept_ceiling == pytest.approx(plain.lower)
+    # where the calibration images are already all decided the shares tie: that is no evidence against the head,
+    # so the largest weight is kept (stop 16's rule, "beat the plain engine", kept the plain engine here)
+    apart = _scored(goods, [20.0, 21, 22, 23, 24, 25, 26, 27, 28, 30])
+    weight, _, table, _ = choose_weight(apart, informative, cfg, policy)
+    assert {r["oof_automated"] for r in table} == {1.0} and weight == 2.0
     # a head that takes the goods for defects pushes them into recheck and rejects: the calibration shows the harm
     backwards = {k: -v for k, v in informative.items()}
     weight, _, table, _ = choose_weight(scored, backwards, cfg, policy)
