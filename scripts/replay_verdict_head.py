@@ -68,9 +68,11 @@ def rule_largest_within_noise(table: list[Row], n: int) -> float:
 
 def guarded(w: float) -> Callable[[list[Row], int], float]:
     """Weight ``w`` unless its share falls below the plain engine's by more than the noise (then plain)."""
+    from lineguard_models.verdict_head import harms
+
     def rule(table: list[Row], n: int) -> float:
         zero, r = (next(t for t in table if t["w"] == v) for v in (0.0, w))
-        return w if r["share"] >= zero["share"] - _noise(zero["share"], n) - 1e-9 else 0.0
+        return 0.0 if harms(r["share"], zero["share"], n) else w
     return rule
 
 
