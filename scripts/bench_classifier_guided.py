@@ -1,0 +1,172 @@
+"""Anomaly-guided classifier features on mvtec_bottle, the suite's one end-to-end set (issue 16, stop 18: not adopted).
+
+The anomaly engine says *where* the defect is; does telling the classifier help it say *what* it is? Per seed
+0-2: the quality suite's bottle split (10-11 labelled per class train, the other 10-11 test) and that seed's
+product bundle (``/work/data/quality/bundles/e2e_auto``, as ``lineguard train`` ships it). Every defect image goes
+through the edge's preprocessing and the bundle's anomaly graph (its ``anomaly_map``) and through the frozen
+EfficientNet-Lite0 (stages 4-6). Features compared, each with the product's head (class-balanced logistic,
+L2 chosen by 5-fold out-of-fold log-loss from 1e-5 .. 1e-2), held-out accuracy in %:
+
+- ``s56`` the shipped recipe (stage5+6, average and GeM at 224 px), ``s456`` with stage4;
+- ``+w<tau>``: beside it, the stage maps averaged with weights softmax(anomaly map / (tau * its std)) (the
+  defect's cells dominate); ``+top10``: the mean of the 10 % most anomalous cells; ``+stats``: the map's
+  maximum, mean, spread and the share of cells above 0.6 / 0.8 / 1 x the accept threshold;
+- ``crop<px>``: a px x px window of the prepared input around the map's peak, scaled to 224 (alone and beside);
+- ``s56@288`` / ``s56@384``: the prepared input scaled to that size; ``s56 native``: the 384 px dataset image.
+
+Usage: ``.venv/bin/python scripts/bench_classifier_guided.py`` (about 2 min on 2 cores); the figures are in
+docs/classifier.md ("Measured at stop 18").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_sets as q
+
+from lineguard.bundle import load_bundle
+from lineguard.imageio import read_image
+from lineguard.preprocess import prepare
+from lineguard_models.backbone import EfficientNetLite0
+from lineguard_models.classifier_graph import gem
+from lineguard_models.classifier_head import fit_head, stratified_folds
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BUNDLES = Path("/work/data/quality/bundles/e2e_auto")
+OUT = Path("/work/data/quality/classifier/guided_bottle.json")
+STAGES = ("stage4", "stage5", "stage6")
+Feats = dict[str, npt.NDArray[np.float32]]
+
+VARIANTS: dict[str, list[str]] = {
+    "s56 (shipped)": ["stage5_mg", "stage6_mg"],
+    "s456": ["stage4_mg", "stage5_mg", "stage6_mg"],
+    "s56 +stats": ["stage5_mg", "stage6_mg", "stats"],
+    "s56 +w0.5": ["stage5_mg", "stage6_mg", "stage5_w0.5", "stage6_w0.5"],
+    "s56 +w1": ["stage5_mg", "stage6_mg", "stage5_w1.0", "stage6_w1.0"],
+    "s56 +w2": ["stage5_mg", "stage6_mg", "stage5_w2.0", "stage6_w2.0"],
+    "w1 alone": ["stage5_w1.0", "stage6_w1.0"],
+    "s56 +top10": ["stage5_mg", "stage6_mg", "stage5_top10", "stage6_top10"],
+    "crop96": ["stage5_crop96", "stage6_crop96"],
+    "s56 +crop96": ["stage5_mg", "stage6_mg", "stage5_crop96", "stage6_crop96"],
+    "s56 +crop144": ["stage5_mg", "stage6_mg", "stage5_crop144", "stage6_crop144"],
+    "s56@288": ["stage5_mg288", "stage6_mg288"],
+    "s456@288": ["stage4_mg288", "stage5_mg288", "stage6_mg288"],
+    "s56@384": ["stage5_mg384", "stage6_mg384"],
+    "s56 native 384": ["stage5_native", "stage6_native"],
+    "s456 native 384": ["stage4_native", "stage5_native", "stage6_native"],
+}
+
+
+class Backbone:
+    def __init__(self) -> None:
+        self.net = EfficientNetLite0.from_state_dict_file(out_stages=STAGES).eval()
+        norm = self.net.input_normalisation
+        self.mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm.std).view(1, 3, 1, 1)
+
+    def pooled(self, unit: torch.Tensor, size: int | None, tag: str, out: Feats) -> dict[str, torch.Tensor]:
+        """``unit``: [1, C, H, W] in [0, 1]; pooled average and GeM of every stage as ``<stage>_<tag>``."""
+        x = (unit.expand(-1, 3, -1, -1) - self.mean) / self.std
+        if size is not None and size != x.shape[2]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            maps: dict[str, torch.Tensor] = self.net(x)
+        for s in STAGES:
+            out[f"{s}_{tag}"] = torch.cat([maps[s].mean((2, 3)), gem(maps[s])], 1)[0].numpy()
+        return maps
+
+
+def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
+    bundle = load_bundle(BUNDLES / f"mvtec_bottle_s{seed}")
+    spec = bundle.manifest.input
+    mono = bool(bundle.manifest.provenance["dataset"]["mono_from_rgb"])
+    sess = ort.InferenceSession(str(bundle.root / "anomaly.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    sp = q.make_split(DATASETS, "mvtec_bottle", seed)
+    rows = []
+    for part, items in (("train", sp.calib_defects), ("test", [i for i in sp.test if i.label != "good"])):
+        for it in items:
+            im = read_image(DATASETS / "mvtec_bottle" / it.path)
+            im = np.ascontiguousarray(im[..., 0]) if mono and im.ndim == 3 else im
+            x, _ = prepare(im, spec)
+            amap = torch.from_numpy(dict(zip(names, sess.run(None, {"image": x}), strict=True))["anomaly_map"])
+            unit = torch.from_numpy(x).float() / spec.max_value
+            f: Feats = {}
+            maps = bb.pooled(unit, 224, "mg", f)
+            for px in (288, 384):
+                bb.pooled(unit, px, f"mg{px}", f)
+            raw = torch.from_numpy(im.astype(np.float32) / 255.0)
+            bb.pooled(raw.permute(2, 0, 1)[None] if raw.ndim == 3 else raw[None, None], None, "native", f)
+            for s in STAGES:
+                m = maps[s][0]
+                a = F.interpolate(amap.float(), size=m.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+                for tau in (0.5, 1.0, 2.0):
+                    w = torch.softmax(((a - a.max()) / (tau * (a.std() + 1e-6))).flatten(), 0).view_as(a)
+                    f[f"{s}_w{tau}"] = (m * w).sum((1, 2)).numpy()
+                top = torch.topk(a.flatten(), max(1, a.numel() // 10)).indices
+                f[f"{s}_top10"] = m.flatten(1)[:, top].mean(1).numpy()
+            a = amap[0, 0].float()
+            h, w_ = x.shape[2], x.shape[3]
+            iy, ix = np.unravel_index(int(a.argmax()), tuple(a.shape))
+            cy, cx = (iy + 0.5) * h / a.shape[0], (ix + 0.5) * w_ / a.shape[1]
+            for cs in (96, 144):
+                y0, x0 = int(min(max(cy - cs / 2, 0), h - cs)), int(min(max(cx - cs / 2, 0), w_ - cs))
+                bb.pooled(unit[:, :, y0:y0 + cs, x0:x0 + cs], 224, f"crop{cs}", f)
+            lower = bundle.manifest.thresholds.lower
+            stats = [float(a.max()), float(a.mean()), float(a.std())] + [float((a > lower * r).float().mean())
+                                                                         for r in (0.6, 0.8, 1.0)]
+            f["stats"] = np.log1p(np.maximum(np.array(stats), 0)).astype(np.float32)
+            rows.append((part, it.label, f))
+    return rows
+
+
+def held_out_accuracy(rows: Sequence[tuple[str, str, Feats]], keys: Sequence[str]) -> float:
+    classes = sorted({r[1] for r in rows})
+
+    def xy(part: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        rs = [r for r in rows if r[0] == part]
+        return (np.stack([np.concatenate([r[2][k] for k in keys]) for r in rs]).astype(np.float32),
+                np.array([classes.index(r[1]) for r in rs]))
+
+    (xtr, ytr), (xte, yte) = xy("train"), xy("test")
+    folds = stratified_folds(ytr, 5, 0)
+    best: tuple[float, float] | None = None
+    for l2 in (1e-5, 1e-4, 1e-3, 1e-2):
+        loss = 0.0
+        for k in range(5):
+            p = fit_head(xtr[folds != k], ytr[folds != k], len(classes), l2=l2).probs(xtr[folds == k])
+            loss -= float(np.log(p[np.arange(len(p)), ytr[folds == k]] + 1e-9).sum())
+        if best is None or loss <= best[0]:  # ties -> the stronger L2, as the product
+            best = (loss, l2)
+    assert best is not None
+    head = fit_head(xtr, ytr, len(classes), l2=best[1])
+    return float((head.probs(xte).argmax(1) == yte).mean())
+
+
+def main() -> int:
+    bb = Backbone()
+    res: dict[str, Any] = {v: [] for v in VARIANTS}
+    for seed in (0, 1, 2):
+        rows = features(bb, seed)
+        for v, keys in VARIANTS.items():
+            res[v].append(round(100 * held_out_accuracy(rows, keys), 1))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(res, indent=1))
+    for v, accs in res.items():
+        print(f"{v:18s} {np.mean(accs):5.1f}  seeds {accs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
