@@ -16,7 +16,6 @@ fused calibration is replayed there).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -27,6 +26,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_quality as bq
 
 import lineguard_models.calibration as cal
 from lineguard_models.calibration import CalibrationPolicy, calibrate
@@ -80,22 +82,20 @@ def patched(changes: dict[str, Any]) -> Iterator[None]:
 
 
 def load(bundles: str, results: str) -> list[dict[str, Any]]:
+    """Each run's calibration scores and thresholds (its bundle, verified) and its test scores (its JSON)."""
+    from lineguard.bundle import load_bundle
+
     runs = []
     for f in sorted((Q / "results" / results).glob("*.json")):
         bdir = Q / "bundles" / bundles / f.stem
         if not (bdir / "report" / "scores.csv").exists():
             continue
         d = json.loads(f.read_text())
-        with (bdir / "report" / "scores.csv").open() as fh:
-            rows = list(csv.DictReader(fh))
-        classes: dict[str, list[float]] = {}
-        for r in rows:
-            if r["label"] != "good":
-                classes.setdefault(r["label"], []).append(float(r["score"]))
-        th = json.loads((bdir / "manifest.json").read_text())["thresholds"]
-        runs.append({"name": f.stem, "set": d["set"], "auroc": d["image_auroc"], "lower": th["lower"],
-                     "upper": th["upper"], "ceiling": th["policy"].get("accept_ceiling"),
-                     "good": np.array([float(r["score"]) for r in rows if r["label"] == "good"]),
+        bundle = load_bundle(bdir)
+        good, classes = bq.stored_calibration(bundle)
+        th = bundle.manifest.thresholds
+        runs.append({"name": f.stem, "set": d["set"], "auroc": d["image_auroc"], "lower": th.lower,
+                     "upper": th.upper, "ceiling": th.policy.get("accept_ceiling"), "good": np.array(good),
                      "classes": {k: np.array(v) for k, v in classes.items()},
                      "test": np.array(d["test_scores"]), "labels": np.array(d["test_labels"])})
     return runs
