@@ -93,6 +93,64 @@ def test_connection_lost_mid_run(sim: PlcSimulator, how: str) -> None:
     assert link.health().reconnects >= 1 and sample(reg, "lineguard_plc_reconnects_total") >= 1
 
 
+@pytest.mark.parametrize("handshake", ["acknowledged", "fire_and_forget"])
+@pytest.mark.parametrize("deadline_ms", [50, 2000])
+def test_result_whose_answer_was_lost_is_read_back(sim: PlcSimulator, handshake: str, deadline_ms: int) -> None:
+    """The PLC takes a result block but its answer comes after timeout_ms: the link closes and
+    reconnects. The result may be at the PLC, so it reads result_seq back instead of writing it
+    again (deadline 2 s) or counting it missed (deadline 50 ms, passed while the link was down):
+    either way the PLC holds it once and the decision log says written."""
+    reg = CollectorRegistry()
+    link = PlcLink.from_config(_cfg(sim.port, handshake=handshake, deadline_ms=deadline_ms), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
+    link.start()
+    try:
+        feed(link, [1])
+        assert settle(link, 3.0)
+        sim.stall_after_next_result(400)  # 4x the 100 ms timeout
+        feed(link, [2])
+        assert settle(link, 5.0)
+        feed(link, [3])  # the line goes on as before
+        assert settle(link, 3.0)
+    finally:
+        link.stop()
+    assert sample(reg, "lineguard_plc_errors_total", kind="timeout") == 1
+    assert link.health().reconnects == 1
+    assert [r.part_id for r in sim.results()] == [1, 2, 3], "each block reached the PLC once, none again"
+    a = audit(sim, reg, range(1, 4))
+    assert a.ok and a.written == 3 and a.counted_unwritten == 0, a
+    assert records.by_part() == {p: [PlcOutcome.WRITTEN] for p in (1, 2, 3)}
+
+
+def test_stop_retries_a_link_in_backoff_to_flush_what_is_buffered(sim: PlcSimulator) -> None:
+    """The PLC is back but the link waits out a 10 s backoff: stop() retries at once and the
+    buffered results (still within their 5 s deadline) reach the PLC inside its flush time."""
+    reg = CollectorRegistry()
+    cfg = _cfg(sim.port, deadline_ms=5000, reconnect_backoff_initial_ms=10_000, reconnect_backoff_max_ms=10_000)
+    link = PlcLink.from_config(cfg, metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
+    link.start()
+    try:
+        feed(link, [1])
+        assert settle(link, 3.0)
+        sim.offline()
+        # the first retry after the loss is immediate and fails: the next one is 10 s away
+        assert sim.wait_until(lambda: sample(reg, "lineguard_plc_errors_total", kind="connection") >= 1, 3.0)
+        feed(link, [2, 3])
+        sim.online()
+        time.sleep(0.2)
+        assert not link.health().connected and link.health().queued_results == 2
+    finally:
+        t0 = time.monotonic()
+        link.stop(timeout_s=2.0)
+    assert time.monotonic() - t0 < 2.0
+    assert records.by_part() == {p: [PlcOutcome.WRITTEN] for p in (1, 2, 3)}
+    a = audit(sim, reg, range(1, 4))
+    assert a.ok and a.written == 3, a
+
+
 def test_plc_slower_than_the_deadline(sim: PlcSimulator) -> None:
     """Responses take 60 ms (deadline 100 ms, timeout 200 ms): verdicts queue up, none is lost.
     (The timeout has headroom over 100 ms so that a starved CI box does not time out answers the

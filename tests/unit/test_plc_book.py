@@ -254,3 +254,64 @@ def test_deadline_while_the_link_is_down_queues_nothing() -> None:
     assert _records(b) == {2: (PlcOutcome.MISSED_DEADLINE, True)}
     b.expire(100 * MS + LATE_VERDICT_WAIT_NS)
     assert _records(b) == {1: (PlcOutcome.MISSED_DEADLINE, False), 3: (PlcOutcome.MISSED_DEADLINE, False)}
+
+
+# ---- a write whose answer never came: in doubt until the PLC's result_seq is read back ------------
+def _in_doubt(*, ack: bool) -> tuple[ResultBook, int]:
+    """Parts 1 (deadline 110 ms) and 2 (deadline 300 ms) queued; part 1's write got no answer."""
+    b = _book(ack=ack)
+    b.expect(1, 10 * MS)
+    b.expect(2, 200 * MS)
+    b.submit(_dec(1), 10 * MS, 10 * MS)
+    b.submit(_dec(2), 20 * MS, 20 * MS)
+    r1 = b.to_write()
+    assert r1 is not None and r1.part_id == 1
+    b.write_unanswered(r1.seq)
+    b.connection_lost()
+    return b, r1.seq
+
+
+def test_in_doubt_head_is_neither_rewritten_nor_dropped_while_the_link_is_down() -> None:
+    b, seq = _in_doubt(ack=False)
+    assert b.to_write() is None and b.in_doubt is not None and b.in_doubt.seq == seq
+    # far past part 1's deadline: only part 2 is dropped, part 1 waits for the read-back
+    assert b.drop_stale(400 * MS) == {PlcOutcome.MISSED_DEADLINE: 1}
+    assert _records(b) == {2: (PlcOutcome.MISSED_DEADLINE, True)} and b.queued == 1
+
+
+def test_in_doubt_head_that_landed_is_written_not_missed() -> None:
+    for ack in (False, True):
+        b, seq = _in_doubt(ack=ack)
+        b.drop_stale(150 * MS)
+        assert b.resolve_doubt(seq, 160 * MS) is PlcOutcome.WRITTEN
+        if ack:  # at the PLC: its ack is awaited, it is not written again
+            assert b.awaiting_ack and b.to_write() is None
+            assert b.ack(seq)
+        assert _records(b) == {1: (PlcOutcome.WRITTEN, True)}
+        r2 = b.to_write()
+        assert r2 is not None and r2.part_id == 2
+
+
+def test_in_doubt_head_that_did_not_land() -> None:
+    # within its deadline: written again (same seq)
+    b, seq = _in_doubt(ack=False)
+    assert b.resolve_doubt(seq - 1, 50 * MS) is None
+    r = b.to_write()
+    assert r is not None and r.seq == seq and _records(b) == {}
+    # past its deadline: never written late
+    b, seq = _in_doubt(ack=False)
+    assert b.resolve_doubt(seq - 1, 150 * MS) is PlcOutcome.MISSED_DEADLINE
+    assert _records(b) == {1: (PlcOutcome.MISSED_DEADLINE, True)}
+    r = b.to_write()
+    assert r is not None and r.part_id == 2
+    # past its deadline and the PLC's seq unreadable: recorded as in doubt, not as missed
+    b, seq = _in_doubt(ack=False)
+    assert b.resolve_doubt(None, 150 * MS) is PlcOutcome.IN_DOUBT
+    assert _records(b) == {1: (PlcOutcome.IN_DOUBT, True)}
+
+
+def test_drain_records_an_unresolved_head_as_in_doubt() -> None:
+    b, _ = _in_doubt(ack=True)
+    assert b.drain() == {PlcOutcome.IN_DOUBT: 1, PlcOutcome.UNSENT: 1}
+    assert _records(b) == {1: (PlcOutcome.IN_DOUBT, True), 2: (PlcOutcome.UNSENT, True)}
+    assert b.in_doubt is None

@@ -9,7 +9,8 @@ Invariants: every expected part leaves the result buffer exactly once, as a queu
 a queued fail-safe verdict, or a counted overflow; nothing else is ever queued for it. Every part
 that was expected or submitted yields exactly one ``PartRecord`` (``take_done``), whatever the
 PLC did: written, fail-safe at the deadline, missed deadline (link down), overflow, refused,
-or still buffered when the link stops.
+in doubt, or still buffered when the link stops. A result whose write got no answer is read back
+after the reconnect (``resolve_doubt``) instead of being counted missed while the PLC holds it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class PlcOutcome(str, enum.Enum):
     PLC_REJECTED = "plc_rejected"  # the PLC answered the result block with an exception
     UNACKNOWLEDGED = "unacknowledged"  # written, never acknowledged (link lost past its deadline, or stop)
     UNSENT = "unsent"  # still buffered when the link stopped: never written
+    IN_DOUBT = "in_doubt"  # its write got no answer and the PLC's result_seq could not be read back
     NONE = "none"  # no PLC configured
 
 
@@ -113,6 +115,9 @@ class ResultBook:
         self._done: list[PartRecord] = []
         self._head_written = False  # acknowledged mode: the head is on the wire, its ack awaited
         self._head_sent = False  # the head was written at least once (it may have reached the PLC)
+        # the head's write got no answer (the connection broke during it): it may have reached the
+        # PLC, so it is neither written again nor dropped until the PLC's result_seq is read back
+        self._head_in_doubt = False
         self._t_now_ns = 0  # latest time seen (times only come in as arguments)
         self.link_up = True  # set by the link: a deadline passing while it is down queues nothing
         self.last_seq = 0
@@ -210,7 +215,7 @@ class ResultBook:
     # -- records (one per part) -------------------------------------------------------------
     def _pop_head(self, plc: PlcOutcome) -> _Entry:
         entry = self._queue.popleft()
-        self._head_written = self._head_sent = False
+        self._head_written = self._head_sent = self._head_in_doubt = False
         self._finish(entry, plc)
         return entry
 
@@ -256,7 +261,7 @@ class ResultBook:
         """The result to put on the wire now, or None (nothing queued / waiting for the ack)."""
         if not self._queue:
             return None
-        if self._ack_mode and self._head_written:
+        if (self._ack_mode and self._head_written) or self._head_in_doubt:
             return None
         return self._queue[0].result
 
@@ -274,6 +279,40 @@ class ResultBook:
         if self._queue and self._queue[0].result.seq == seq:
             return self._pop_head(PlcOutcome.PLC_REJECTED).result
         return None
+
+    def write_unanswered(self, seq: int) -> None:
+        """The head's write broke the connection before its answer came: it may be at the PLC.
+        It waits (past its deadline too) for ``resolve_doubt`` after the reconnect."""
+        if self._queue and self._queue[0].result.seq == seq:
+            self._head_in_doubt = True
+
+    @property
+    def in_doubt(self) -> PlcResult | None:
+        """The head whose write got no answer, while it waits for the read-back."""
+        return self._queue[0].result if self._head_in_doubt and self._queue else None
+
+    def resolve_doubt(self, plc_seq: int | None, t_now_ns: int) -> PlcOutcome | None:
+        """After the reconnect: ``plc_seq`` is the result_seq the PLC holds (None: it could not be
+        read). The PLC latches a result when result_seq changes, so seq equal to the head's means
+        it landed: ``WRITTEN`` (in acknowledged mode its ack is awaited, nothing is written again).
+        Otherwise a head still within its deadline is written again (None) and one past it is
+        ``MISSED_DEADLINE``, or ``IN_DOUBT`` when the PLC's seq could not be read."""
+        if not (self._head_in_doubt and self._queue):
+            return None
+        self._head_in_doubt = False
+        self._t_now_ns = max(self._t_now_ns, t_now_ns)
+        head = self._queue[0]
+        if plc_seq == head.result.seq:
+            if self._ack_mode:
+                self._head_written = self._head_sent = True
+            else:
+                self._pop_head(PlcOutcome.WRITTEN)
+            return PlcOutcome.WRITTEN
+        if head.deadline_ns > t_now_ns:
+            return None
+        plc = PlcOutcome.MISSED_DEADLINE if plc_seq is not None else PlcOutcome.IN_DOUBT
+        self._pop_head(plc)
+        return plc
 
     def connection_lost(self) -> None:
         """A written-but-unacked head may not have landed: write it again (same seq) after reconnect."""
@@ -294,14 +333,15 @@ class ResultBook:
         if not self._queue or min(e.deadline_ns for e in self._queue) > t_now_ns:
             return counts
         keep: collections.deque[_Entry] = collections.deque()
+        head = self._queue[0]
         for i, entry in enumerate(self._queue):
-            if entry.deadline_ns > t_now_ns:
-                keep.append(entry)
+            if entry.deadline_ns > t_now_ns or (i == 0 and self._head_in_doubt):
+                keep.append(entry)  # an in-doubt head waits for the read-back after the reconnect
                 continue
             plc = PlcOutcome.UNACKNOWLEDGED if i == 0 and self._head_sent else PlcOutcome.MISSED_DEADLINE
             counts[plc] = counts.get(plc, 0) + 1
             self._finish(entry, plc)
-        if self._queue[0].deadline_ns <= t_now_ns:
+        if not keep or keep[0] is not head:
             self._head_written = self._head_sent = False
         self._queue = keep
         return counts
@@ -311,11 +351,15 @@ class ResultBook:
         and every record still waiting for a late verdict is closed."""
         counts: dict[PlcOutcome, int] = {}
         for i, entry in enumerate(self._queue):
-            plc = PlcOutcome.UNACKNOWLEDGED if i == 0 and self._head_sent else PlcOutcome.UNSENT
+            plc = PlcOutcome.UNSENT
+            if i == 0 and self._head_in_doubt:
+                plc = PlcOutcome.IN_DOUBT
+            elif i == 0 and self._head_sent:
+                plc = PlcOutcome.UNACKNOWLEDGED
             counts[plc] = counts.get(plc, 0) + 1
             self._finish(entry, plc)
         self._queue.clear()
-        self._head_written = self._head_sent = False
+        self._head_written = self._head_sent = self._head_in_doubt = False
         for pid, late in list(self._late.items()):
             self._maybe_close(pid, late, force=True)  # nobody delivers a late verdict any more
         return counts

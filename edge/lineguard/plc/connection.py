@@ -94,6 +94,11 @@ class LinkConnection:
         self.t_lost_ns = None
         return True
 
+    def expedite(self) -> None:
+        """Retry now instead of after the backoff (the link is stopping and has results to flush)."""
+        self.next_connect_ns = min(self.next_connect_ns, self._clock())
+        self._backoff_ns = int(self.cfg.reconnect_backoff_initial_ms * _MS)
+
     def _sync_seq(self) -> None:
         """Continue numbering after the seq the PLC holds, so a stale ack can never match."""
         addr, count = self._map.seq_field_words()

@@ -245,11 +245,15 @@ class PlcLink:
     # ---- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
         self._apply_nice()
+        flushing = False
         while True:
             with self._cv:
                 stopping = self._stopping
                 items = list(self._inbox)
                 self._inbox.clear()
+            if stopping and not flushing:
+                flushing = True
+                self._conn.expedite()  # a link in backoff gets its retry now, inside the flush time
             now = self._clock()
             self._book.link_up = self._t.connected
             for kind, payload, t_ns in items:
@@ -341,6 +345,7 @@ class PlcLink:
                 self._write_runs("result", self._map.result_runs(res))
             except PlcTransactionError as exc:
                 if exc.kind.breaks_connection:
+                    self._book.write_unanswered(res.seq)  # it may have landed: read back on reconnect
                     raise
                 self._m.errors.labels(kind=exc.kind.value).inc()
                 self._book.drop_head(res.seq)
@@ -426,6 +431,33 @@ class PlcLink:
         if self._conn.maybe_connect():
             self._next_hb = 0  # status goes out at once, with link_recovered when it applies
             self._next_poll = 0
+            if (res := self._book.in_doubt) is not None:
+                self._read_back(res)
+
+    def _read_back(self, res: PlcResult) -> None:
+        """The result whose write got no answer before the loss: the PLC's result_seq says whether
+        it landed. Written (or, in acknowledged mode, awaiting its ack), written again while within
+        its deadline, or recorded as missed / in doubt past it; never counted missed while at the PLC."""
+        addr, count = self._map.seq_field_words()
+        plc_seq: int | None = None
+        try:
+            words = self._t.read_registers(addr, count)
+        except PlcTransactionError as exc:
+            if exc.kind.breaks_connection:
+                self._conn.lost(exc)  # still in doubt: read back after the next reconnect
+                return
+            self._m.errors.labels(kind=exc.kind.value).inc()
+            log.warning("cannot read result_seq back from the PLC (%s); the result in doubt stays in doubt", exc)
+        else:
+            plc_seq = self._map.decode_field(words, self.cfg.registers.result_seq, addr)
+        outcome = self._book.resolve_doubt(plc_seq, self._clock())
+        if outcome is PlcOutcome.WRITTEN:
+            self._t_head_written_ns = self._clock()
+            self._m.results.labels(verdict=str(res.verdict)).inc()
+        elif outcome is not None:
+            self._faults.on_stale({outcome: 1})
+        log.info("result seq %d (part %d), in doubt after the link loss, read back from the PLC: %s", res.seq,
+                 res.part_id, outcome.value if outcome is not None else "not there, written again")
 
     def _fault(self, reason: str) -> None:
         self._faults.fault(self._clock(), reason)

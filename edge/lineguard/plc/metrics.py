@@ -16,7 +16,8 @@ LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1
 FAILSAFE_REASONS = ("deadline", "overflow", "plc_rejected", "missed_deadline")
 # what the PLC got per part: the decision log's ``plc`` field (lineguard.plc.book.PlcOutcome)
 PART_OUTCOMES = (
-    "written", "failsafe_deadline", "missed_deadline", "overflow", "plc_rejected", "unacknowledged", "unsent"
+    "written", "failsafe_deadline", "missed_deadline", "overflow", "plc_rejected", "unacknowledged", "unsent",
+    "in_doubt",
 )
 
 

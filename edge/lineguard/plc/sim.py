@@ -85,6 +85,7 @@ class PlcSimulator:
         self._ack_delay_s = ack_delay_ms / 1000.0
         self._delay_s = response_delay_ms / 1000.0
         self._refuse_writes = False
+        self._stall_result_s = 0.0  # one-shot: hold the reply of the next result write this long
         self._inputs = {"trigger_seq": 0, "trigger_part_id": 0, "recipe_request": 0, "result_ack": 0}
         self._image: dict[int, int] = {}  # every register LineGuard wrote: address -> word
         self._results: list[ReceivedResult] = []
@@ -202,6 +203,12 @@ class PlcSimulator:
         with self._lock:
             self._delay_s = ms / 1000.0
 
+    def stall_after_next_result(self, ms: float) -> None:
+        """Apply the next result block, then hold its reply for ``ms`` (once): a write that landed
+        while its answer never reaches LineGuard in time (a reply lost when the link breaks)."""
+        with self._lock:
+            self._stall_result_s = ms / 1000.0
+
     def set_refuse_writes(self, on: bool) -> None:
         """Answer every write with exception 2 (illegal data address)."""
         with self._lock:
@@ -290,11 +297,18 @@ class PlcSimulator:
         is_write = fc in _WRITE_CODES and values is not None
         if is_write and refuse:
             return ExcCodes.ILLEGAL_ADDRESS
+        stall = 0.0
         with self._lock:
             self._publish_inputs(regs, start)
             if is_write:
                 assert values is not None
-                self._on_write(address, [int(v) for v in values])
+                if self._on_write(address, [int(v) for v in values]):
+                    stall, self._stall_result_s = self._stall_result_s, 0.0
+                if stall > 0:  # the device holds the block before its reply
+                    for i, v in enumerate(values):
+                        regs[address - start + i] = int(v)
+        if stall > 0:
+            await asyncio.sleep(stall)
         return None
 
     def _publish_inputs(self, regs: list[int], start: int) -> None:
@@ -303,7 +317,8 @@ class PlcSimulator:
             for i, word in enumerate(encode(self._inputs[name], spec.dtype, self.cfg.word_order)):
                 regs[spec.address + i - start] = word
 
-    def _on_write(self, address: int, words: list[int]) -> None:
+    def _on_write(self, address: int, words: list[int]) -> bool:
+        """Store the words; True when they completed a result block (result_seq written)."""
         now = time.monotonic_ns()
         for i, w in enumerate(words):
             self._image[address + i] = w
@@ -313,7 +328,7 @@ class PlcSimulator:
                 (now, self._image.get(self.cfg.heartbeat.address, 0), self._image.get(self.cfg.status.address, 0))
             )
         if self.cfg.result_seq.address not in touched:
-            return
+            return False
         block = self.map.decode_result(self._image)
         seq = int(block["result_seq"])
         self._results.append(
@@ -334,6 +349,7 @@ class PlcSimulator:
                 self._loop.call_later(self._ack_delay_s, self._set_ack, seq)
             else:
                 self._inputs["result_ack"] = seq
+        return True
 
     def _set_ack(self, seq: int) -> None:
         with self._lock:
