@@ -160,9 +160,11 @@ def _assert_one_verdict_per_part(rig: Rig, service: InspectionService) -> None:
     parts = [int(d["part_id"]) for d in lines]  # type: ignore[call-overload]
     assert sorted(parts) == list(range(1, rig.n_frames + 1)), "one decision-log line per part, none missing"
     by_part = rig.sim.verdicts_by_part()
-    assert sorted(by_part) == list(range(1, rig.n_frames + 1)), "every part has a result block at the PLC"
+    outcomes = getattr(service.plc, "outcomes", None)  # what the link did with each part, on a miss
+    assert sorted(by_part) == list(range(1, rig.n_frames + 1)), ("every part has a result block at the PLC",
+                                                                 sorted(by_part), outcomes)
     assert all(len(v) == 1 for v in by_part.values()), "exactly one verdict per part"
-    assert service.stats.failsafe == 0, "no part lost its judgement to the swap"
+    assert service.stats.failsafe == 0, ("no part lost its judgement to the swap", service.stats)
 
 
 def _active_recipe(rig: Rig) -> int:
