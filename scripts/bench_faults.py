@@ -235,6 +235,16 @@ def plc_never_acks(line: Line) -> Row:
                           connected_target="n/a")
 
 
+def plc_late_replies(line: Line) -> Row:
+    """Every 10th result block is stored by the PLC but answered 0.3 s late, past the link's
+    100 ms timeout: the link reconnects and must read result_seq back, neither counting the part
+    missed nor writing it again."""
+    plc = UModbusPlc(stall_every=10, stall_s=0.3).listen()
+    r = until_finished(line, "PLC answers every 10th result 0.3 s late", plc)
+    r.note = f"{plc.stalled} replies held back past the timeout"
+    return r
+
+
 def plc_outage(line: Line, *, absent_first_s: float = 0.0, killed_s: float = 0.0) -> Row:
     plc = UModbusPlc()
     slack = DEADLINE_MS / 1000 + 0.5
@@ -383,6 +393,7 @@ SCENARIOS: list[tuple[str, Callable[[Line], Row]]] = [
     ("edited", lambda ln: refused_bundle(ln, "edited")),
     ("dlog-full", decision_log_disk_full),
     ("never-ack", plc_never_acks),
+    ("late-reply", plc_late_replies),
     ("plc-absent", lambda ln: plc_outage(ln, absent_first_s=2.0)),
     ("plc-killed", lambda ln: plc_outage(ln, killed_s=2.0)),
     ("sigterm", sigterm_plc_down),

@@ -60,11 +60,15 @@ class _Server(socketserver.ThreadingTCPServer):
 class UModbusPlc:
     """An independent PLC (uModbus, not LineGuard's pymodbus simulator): records every result block
     and copies result_seq into result_ack unless ``ack`` is False. ``kill()`` closes the listening
-    socket and every connection (connects are refused); ``listen()`` serves the same port again."""
+    socket and every connection (connects are refused); ``listen()`` serves the same port again.
+    ``stall_every`` = N > 0: every N-th result block is stored at once but answered ``stall_s``
+    late (a reply lost to a slow or broken network after the PLC took the block)."""
 
-    def __init__(self, *, ack: bool = True) -> None:
+    def __init__(self, *, ack: bool = True, stall_every: int = 0, stall_s: float = 0.0) -> None:
         self.port = free_port()
         self.ack = ack
+        self.stall_every, self.stall_s = stall_every, stall_s
+        self.stalled = 0  # replies held back
         self.store = [0] * N_REGS
         self.blocks: list[Block] = []
         self.t_first_write: float | None = None  # first write of any kind since the last listen()
@@ -84,6 +88,7 @@ class UModbusPlc:
 
         @server.route(slave_ids=[REGS.unit_id], function_codes=[6, 16], addresses=addrs)  # type: ignore[untyped-decorator]
         def write(slave_id: int, function_code: int, address: int, value: int) -> None:
+            stall = False
             with self.lock:
                 if self.t_first_write is None:
                     self.t_first_write = time.monotonic()
@@ -94,6 +99,10 @@ class UModbusPlc:
                     self.blocks.append(Block(time.monotonic(), int(part), value, s[5], s[7], s[8]))
                     if self.ack:
                         s[REGS.result_ack.address] = value
+                    stall = self.stall_every > 0 and len(self.blocks) % self.stall_every == 0
+                    self.stalled += stall
+            if stall:  # the block is stored (readable on another connection); only its reply waits
+                time.sleep(self.stall_s)
 
         with self.lock:
             self.t_first_write = None

@@ -123,6 +123,27 @@ def test_result_whose_answer_was_lost_is_read_back(sim: PlcSimulator, handshake:
     assert records.by_part() == {p: [PlcOutcome.WRITTEN] for p in (1, 2, 3)}
 
 
+def test_repeated_losses_log_a_few_lines_not_two_per_loss(sim: PlcSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    """Six losses in one fault episode: 3 'lost' and 3 're-established' lines, then one line each
+    saying how many more were suppressed; every result still reaches the PLC once."""
+    link = PlcLink.from_config(_cfg(sim.port, deadline_ms=2000), metrics_registry=CollectorRegistry())
+    link.start()
+    try:
+        for pid in range(1, 7):
+            sim.stall_after_next_result(300)
+            feed(link, [pid])
+            assert settle(link, 5.0)
+    finally:
+        link.stop()
+    assert link.health().reconnects == 6
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("lost (timeout)" in m for m in messages) == 3
+    assert sum("re-established" in m for m in messages) == 3
+    assert "... and 3 more 'link_lost' messages (suppressed, see metrics)" in messages
+    assert "... and 3 more 'link_back' messages (suppressed, see metrics)" in messages
+    assert [r.part_id for r in sim.results()] == [1, 2, 3, 4, 5, 6]
+
+
 def test_stop_retries_a_link_in_backoff_to_flush_what_is_buffered(sim: PlcSimulator) -> None:
     """The PLC is back but the link waits out a 10 s backoff: stop() retries at once and the
     buffered results (still within their 5 s deadline) reach the PLC inside its flush time."""

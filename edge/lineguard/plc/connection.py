@@ -40,6 +40,7 @@ class LinkConnection:
         clock_ns: Callable[[], int],
         fault: Callable[[str], None],
         logger: logging.Logger,
+        warn: Callable[..., None] | None = None,
     ) -> None:
         self.cfg = cfg
         self._t = transport
@@ -49,6 +50,9 @@ class LinkConnection:
         self._clock = clock_ns
         self._fault = fault
         self._log = logger
+        # (kind, msg, *args): the link's per-episode throttle, so a link lost every second logs a
+        # few lines per window, not two per loss
+        self._warn = warn or (lambda _kind, msg, *args: logger.warning(msg, *args))
         self.next_connect_ns = 0
         self._backoff_ns = int(cfg.reconnect_backoff_initial_ms * _MS)
         self._ever_connected = False
@@ -83,8 +87,8 @@ class LinkConnection:
             self.reconnects += 1
             self._m.reconnects.inc()
             self.recovered_until_ns = self._clock() + int(self.cfg.reconnected_flag_hold_ms * _MS)
-            self._log.warning(
-                "PLC link %s re-established after %.0f ms",
+            self._warn(
+                "link_back", "PLC link %s re-established after %.0f ms",
                 self._t.describe,
                 (self._clock() - (self.t_lost_ns or now)) / _MS,
             )
@@ -121,5 +125,5 @@ class LinkConnection:
         self.t_lost_ns = self.t_last_loss_ns = self._clock()
         self._book.connection_lost()
         self.next_connect_ns = self.t_lost_ns  # first retry at once, then back off
-        self._log.warning("PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
+        self._warn("link_lost", "PLC link %s lost (%s): %s", self._t.describe, exc.kind.value, exc)
         self._fault(str(exc))

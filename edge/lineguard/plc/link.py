@@ -89,7 +89,7 @@ class PlcLink:
         self._last_trigger: tuple[int, int] | None = None  # (trigger_count, part_id) of the latest (under _cv)
         self._faults = LinkFaults(cfg=cfg, metrics=metrics, recorder=recorder, logger=log)
         self._conn = LinkConnection(cfg=cfg, transport=transport, regmap=self._map, book=self._book, metrics=metrics,
-                                    clock_ns=clock_ns, fault=self._fault, logger=log)
+                                    clock_ns=clock_ns, fault=self._fault, logger=log, warn=self._warn)
         self._ledger = PartLedger(
             metrics=metrics, failsafe_verdict=cfg.failsafe_code, deadline_ns=self._book_deadline_ns, clock_ns=clock_ns
         )
@@ -456,8 +456,13 @@ class PlcLink:
             self._m.results.labels(verdict=str(res.verdict)).inc()
         elif outcome is not None:
             self._faults.on_stale({outcome: 1})
-        log.info("result seq %d (part %d), in doubt after the link loss, read back from the PLC: %s", res.seq,
-                 res.part_id, outcome.value if outcome is not None else "not there, written again")
+        self._warn("read_back", "result seq %d (part %d) got no answer before the link loss; read back from "
+                   "the PLC: %s", res.seq, res.part_id,
+                   outcome.value if outcome is not None else "not there, written again")
+
+    def _warn(self, kind: str, msg: str, *args: object) -> None:
+        """A warning that can repeat within a fault episode: throttled per kind (recorder.Throttle)."""
+        self._faults.throttle.warning(self._clock(), kind, msg, *args)
 
     def _fault(self, reason: str) -> None:
         self._faults.fault(self._clock(), reason)

@@ -309,6 +309,10 @@ class PlcSimulator:
                         regs[address - start + i] = int(v)
         if stall > 0:
             await asyncio.sleep(stall)
+            assert values is not None
+            # pymodbus stores ``values`` when this returns: make that a no-op, so the held-back
+            # request cannot overwrite a newer block written meanwhile on another connection
+            values[:] = regs[address - start : address - start + len(values)]  # type: ignore[assignment]
         return None
 
     def _publish_inputs(self, regs: list[int], start: int) -> None:
