@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from lineguard.plc import PlcConfig, PlcLink, PlcOutcome
 from lineguard.plc.config import FieldSpec, RegisterMapConfig
+from lineguard.plc.relay import ReplyLossRelay
 from lineguard.plc.sim import PlcSimulator, free_port
 from lineguard.plc.testing import Records, audit, audit_records, fast_config, feed, sample, settle
 
@@ -121,6 +122,28 @@ def test_result_whose_answer_was_lost_is_read_back(sim: PlcSimulator, handshake:
     a = audit(sim, reg, range(1, 4))
     assert a.ok and a.written == 3 and a.counted_unwritten == 0, a
     assert records.by_part() == {p: [PlcOutcome.WRITTEN] for p in (1, 2, 3)}
+
+
+def test_replies_lost_on_the_network_are_read_back(sim: PlcSimulator) -> None:
+    """The same through a real TCP relay that swallows every 3rd result reply (the tool the
+    hardware-in-the-loop check uses against the real PLC): nothing is written twice or lost."""
+    relay = ReplyLossRelay((sim.host, sim.port), result_seq_address=sim.cfg.result_seq.address, every=3).start()
+    reg = CollectorRegistry()
+    link = PlcLink.from_config(_cfg(relay.port, deadline_ms=2000), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
+    link.start()
+    try:
+        for pid in range(1, 10):
+            feed(link, [pid])
+            assert settle(link, 5.0)
+    finally:
+        link.stop()
+        relay.stop()
+    assert relay.swallowed == 3 and link.health().reconnects == 3
+    assert [r.part_id for r in sim.results()] == list(range(1, 10)), "each block reached the PLC once, none again"
+    assert records.by_part() == {p: [PlcOutcome.WRITTEN] for p in range(1, 10)}
+    assert audit(sim, reg, range(1, 10)).ok
 
 
 def test_repeated_losses_log_a_few_lines_not_two_per_loss(sim: PlcSimulator, caplog: pytest.LogCaptureFixture) -> None:
