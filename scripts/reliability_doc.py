@@ -44,6 +44,11 @@ TESTS: list[tuple[str, str]] = [
     ("PLC that never acknowledges",
      f"{PF}::test_never_acknowledging_plc_until_finished (uModbus: part 1 once at the PLC; log: unacknowledged 1, "
      "unsent 7, overflow 12; exit 3; one dump)"),
+    ("PLC answers a result write too late (reply lost)",
+     "tests/integration/test_plc_faults.py::test_result_whose_answer_was_lost_is_read_back (deadline 50 ms and "
+     "2 s, both handshakes: the block reaches the simulator once, the log says written), "
+     "::test_replies_lost_on_the_network_are_read_back (a TCP relay swallows every 3rd reply), "
+     "::test_repeated_losses_log_a_few_lines_not_two_per_loss"),
     ("PLC absent for the first N s / killed for M s",
      f"{PF}::test_plc_absent_for_the_first_second, ::test_plc_killed_for_a_second_and_a_half (uModbus: every "
      "written part once, no missed_deadline part written late, link back <= 2.5 s; log: each part once)"),
@@ -76,6 +81,12 @@ OBSERVATIONS = [
     "- SIGTERM while the PLC is down: with the 8-result buffer, results decided during the outage overflow or pass "
     "their deadline before the stop, so no 'PLC link stopped with N result(s)' line is due here (that path is "
     "asserted in test_plc_fault_line.py::test_sigterm_while_the_plc_is_down with a 64-result buffer).",
+    "- PLC answers every 10th result late: the PLC stores the block, its reply comes 0.3 s later, past the "
+    "link's 100 ms timeout, so the link reconnects and reads `result_seq` back before writing anything else: "
+    "every part is `written` once, none is written again or counted `missed_deadline` (before stop 19 such a "
+    "part was written again, or logged `missed_deadline` while the PLC held it when its deadline passed during "
+    "the reconnect). The lost / re-established / read-back lines are throttled per fault episode (3 of each, "
+    "then one '... and N more' line).",
     "- pymodbus logs two records of its own per outage (`Connection ... failed`, `Repeating....`); the PLC link "
     "logs one flight-recorder dump per fault episode (the *dumps* column; ~65 lines, one record).",
     "- Unreadable files: the first 5 are logged one by one, then one line a minute and the rest at close "

@@ -23,6 +23,15 @@ def _cfg(port: int, **kw: object) -> PlcConfig:
                                 "reconnected_flag_hold_ms": 300, **kw})
 
 
+def _started(port: int, reg: CollectorRegistry, **cfg: object) -> tuple[PlcLink, Records]:
+    """A started link with a record sink (what the decision log would receive)."""
+    link = PlcLink.from_config(_cfg(port, **cfg), metrics_registry=reg)
+    records = Records()
+    link.set_record_sink(records)
+    link.start()
+    return link, records
+
+
 def _run(link: PlcLink) -> Iterator[PlcLink]:
     link.start()
     t0 = time.monotonic()
@@ -102,10 +111,7 @@ def test_result_whose_answer_was_lost_is_read_back(sim: PlcSimulator, handshake:
     again (deadline 2 s) or counting it missed (deadline 50 ms, passed while the link was down):
     either way the PLC holds it once and the decision log says written."""
     reg = CollectorRegistry()
-    link = PlcLink.from_config(_cfg(sim.port, handshake=handshake, deadline_ms=deadline_ms), metrics_registry=reg)
-    records = Records()
-    link.set_record_sink(records)
-    link.start()
+    link, records = _started(sim.port, reg, handshake=handshake, deadline_ms=deadline_ms)
     try:
         feed(link, [1])
         assert settle(link, 3.0)
@@ -129,10 +135,7 @@ def test_replies_lost_on_the_network_are_read_back(sim: PlcSimulator) -> None:
     hardware-in-the-loop check uses against the real PLC): nothing is written twice or lost."""
     relay = ReplyLossRelay((sim.host, sim.port), result_seq_address=sim.cfg.result_seq.address, every=3).start()
     reg = CollectorRegistry()
-    link = PlcLink.from_config(_cfg(relay.port, deadline_ms=2000), metrics_registry=reg)
-    records = Records()
-    link.set_record_sink(records)
-    link.start()
+    link, records = _started(relay.port, reg, deadline_ms=2000)
     try:
         for pid in range(1, 10):
             feed(link, [pid])
@@ -171,11 +174,8 @@ def test_stop_retries_a_link_in_backoff_to_flush_what_is_buffered(sim: PlcSimula
     """The PLC is back but the link waits out a 10 s backoff: stop() retries at once and the
     buffered results (still within their 5 s deadline) reach the PLC inside its flush time."""
     reg = CollectorRegistry()
-    cfg = _cfg(sim.port, deadline_ms=5000, reconnect_backoff_initial_ms=10_000, reconnect_backoff_max_ms=10_000)
-    link = PlcLink.from_config(cfg, metrics_registry=reg)
-    records = Records()
-    link.set_record_sink(records)
-    link.start()
+    link, records = _started(sim.port, reg, deadline_ms=5000, reconnect_backoff_initial_ms=10_000,
+                             reconnect_backoff_max_ms=10_000)
     try:
         feed(link, [1])
         assert settle(link, 3.0)
