@@ -39,13 +39,14 @@ from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, Vi
 
 
 def _accuracies(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[np.float32]],
-                y: npt.NDArray[np.int64], names: tuple[str, ...], rows: dict[str, npt.NDArray[np.int64]],
+                y: npt.NDArray[np.int64], subsets: dict[str, tuple[str, ...]], rows: dict[str, npt.NDArray[np.int64]],
                 ) -> dict[str, float]:
+    """Accuracy per split, read through each named subset of views (probabilities averaged over it)."""
     out = {}
     for split, idx in rows.items():
-        stacked = torch.from_numpy(np.stack([maps[v][idx] for v in names], axis=1))
-        out[f"{split}_identity"] = float((view_averaged_probs(late, head, stacked[:, :1]).argmax(1) == y[idx]).mean())
-        out[f"{split}_averaged"] = float((view_averaged_probs(late, head, stacked).argmax(1) == y[idx]).mean())
+        for label, names in subsets.items():
+            stacked = torch.from_numpy(np.stack([maps[v][idx] for v in names], axis=1))
+            out[f"{split}_{label}"] = float((view_averaged_probs(late, head, stacked).argmax(1) == y[idx]).mean())
     return out
 
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frozen", action="store_true", help="also the shipped frozen classifier on the same splits")
     p.add_argument("--cache", type=Path, default=Path("/tmp/lineguard_clf_cache"))
     p.add_argument("--json", type=Path, default=None, help="append one JSON line per setting here")
+    p.add_argument("--eval-views", nargs="*", default=[], metavar="VIEW+VIEW",
+                   help="also read the models through these view subsets, e.g. identity+rot180 (the cost of "
+                        "a flagged part grows with the number of views)")
     args = p.parse_args(argv)
     root = args.datasets / "neu_det"
     if not root.is_dir():
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = np.setdiff1d(np.arange(len(y)), test_idx)
     everything = np.arange(len(y))
     maps = {v: cm.maps(v, images, everything, view=v) for v in views.names}  # row = image index
+    subsets = {"identity": ("identity",), "averaged": views.names}
+    subsets |= {v.replace("+", "_"): tuple(v.split("+")) for v in args.eval_views}
     late0 = LateStages(cm.backbone, stages=cfg.stages, first_trained_stage="stage6")
     splits = {s: np.concatenate([orders[s][c][: args.n] for c in range(len(NEU_CLASSES))]) for s in args.seeds}
 
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             fs = FeatureSet(classes=NEU_CLASSES, x=feats[:, 0], y=y[train], x_aug=feats[:0, 0],
                             aug_source=np.zeros(0, np.int64), x_views=feats[:, 1:], average_views=False)
             head, _, _ = fit_from_features(fs, config=cfg, seed=seed)
-            for k, v in _accuracies(late0, (head.mu, head.sd, head.weight, head.bias), maps, y, views.names,
+            for k, v in _accuracies(late0, (head.mu, head.sd, head.weight, head.bias), maps, y, subsets,
                                     rows(seed)).items():
                 res.setdefault(k, []).append(v)
             progress_line(f"frozen seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in res.items()))
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                          stages=cfg.stages, fit_head=fit, config=ft, seed=seed)
             times.append(time.perf_counter() - t0)
             tuned = LateStages(r.backbone, stages=cfg.stages, first_trained_stage=ft.first_trained_stage)
-            for k, v in _accuracies(tuned, (r.mu, r.sd, r.weight, r.bias), maps, y, views.names, rows(seed)).items():
+            for k, v in _accuracies(tuned, (r.mu, r.sd, r.weight, r.bias), maps, y, subsets, rows(seed)).items():
                 res.setdefault(k, []).append(v)
             progress_line(f"{setting} seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in res.items())
                           + f" ({times[-1]:.0f} s)")
