@@ -50,6 +50,24 @@ def _accuracies(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[
     return out
 
 
+def _cascade(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[np.float32]],
+             y: npt.NDArray[np.int64], names: tuple[str, ...], rows: dict[str, npt.NDArray[np.int64]],
+             taus: list[float]) -> dict[str, float]:
+    """Views only where needed: the identity view's answer where its top probability is at least tau,
+    else the average over every view. Accuracy and the share of parts that needed the views, per tau."""
+    out = {}
+    for split, idx in rows.items():
+        stacked = torch.from_numpy(np.stack([maps[v][idx] for v in names], axis=1))
+        p1 = view_averaged_probs(late, head, stacked[:, :1])
+        p_all = view_averaged_probs(late, head, stacked)
+        for tau in taus:
+            sure = p1.max(1) >= tau
+            pred = np.where(sure, p1.argmax(1), p_all.argmax(1))
+            out[f"{split}_cascade{tau:g}"] = float((pred == y[idx]).mean())
+            out[f"{split}_escalated{tau:g}"] = float((~sure).mean())
+    return out
+
+
 def _line(name: str, res: dict[str, list[float]]) -> str:
     return f"{name}: " + " | ".join(f"{k} {np.mean(v) * 100:.2f} ± {np.std(v) * 100:.2f}" for k, v in res.items())
 
@@ -66,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frozen", action="store_true", help="also the shipped frozen classifier on the same splits")
     p.add_argument("--cache", type=Path, default=Path("/tmp/lineguard_clf_cache"))
     p.add_argument("--json", type=Path, default=None, help="append one JSON line per setting here")
+    p.add_argument("--cascade", type=float, nargs="*", default=[], metavar="TAU",
+                   help="also read the fine-tuned models through the identity view alone where its top class "
+                        "probability is at least TAU, and through every view only below it")
     p.add_argument("--eval-views", nargs="*", default=[], metavar="VIEW+VIEW",
                    help="also read the models through these view subsets, e.g. identity+rot180 (the cost of "
                         "a flagged part grows with the number of views)")
@@ -135,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             tuned = LateStages(r.backbone, stages=cfg.stages, first_trained_stage=ft.first_trained_stage)
             for k, v in _accuracies(tuned, (r.mu, r.sd, r.weight, r.bias), maps, y, subsets, rows(seed)).items():
                 res.setdefault(k, []).append(v)
+            if args.cascade:
+                for k, v in _cascade(tuned, (r.mu, r.sd, r.weight, r.bias), maps, y, views.names, rows(seed),
+                                     args.cascade).items():
+                    res.setdefault(k, []).append(v)
             progress_line(f"{setting} seed {seed}: " + ", ".join(f"{k} {v[-1] * 100:.2f}" for k, v in res.items())
                           + f" ({times[-1]:.0f} s)")
         report(f"fine-tuned stage6, {setting} (epochs:lr), 8 views, n={args.n}, {np.mean(times):.0f} s/run",
