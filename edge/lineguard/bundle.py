@@ -35,6 +35,7 @@ SIGNATURE = "manifest.sig"  # detached Ed25519 signature over manifest.json (opt
 _Strict = ConfigDict(extra="forbid", frozen=True)
 IMAGE_SOURCE = "image"
 ANOMALY_PREFIX = "anomaly:"
+VIEWS_ROLE = "classifier_views"  # the classifier averaged over its orientation views, run only when unsure
 
 
 class EngineSpec(BaseModel):
@@ -102,6 +103,11 @@ class ClassifierSpec(BaseModel):
         description="per class: below this probability the defect is reported as 'unknown'"
     )
     camera_profile: dict[str, Any] = Field(default_factory=dict, description="augmentation profile used")
+    views_below: float | None = Field(
+        None, gt=0.0, le=1.0, description="views only where needed: where the 'classifier' engine's top class "
+        "probability is below this, the part is classified again by the 'classifier_views' engine (the same "
+        "model averaged over its orientation views) and those probabilities are used (docs/classifier.md)",
+    )
 
     @model_validator(mode="after")
     def verify_thresholds(self) -> ClassifierSpec:
@@ -135,7 +141,8 @@ class Manifest(BaseModel):
     recipe: int = Field(0, ge=0, le=65535, description="PLC recipe number this bundle serves")
     created_utc: str
     input: InputSpec
-    engines: dict[str, EngineSpec] = Field(description="role ('anomaly', 'classifier') -> engine")
+    engines: dict[str, EngineSpec] = Field(
+        description="role ('anomaly', 'classifier', 'classifier_views') -> engine")
     thresholds: Thresholds
     score_tolerance: float = Field(
         1e-3, gt=0, description="relative tolerance for golden scores across runtimes"
@@ -154,12 +161,26 @@ class Manifest(BaseModel):
             raise ValueError("the bundle has no 'anomaly' engine")
         if self.classifier is not None and "classifier" not in self.engines:
             raise ValueError("classifier section present but no 'classifier' engine")
+        verify_views_engine(self)
         verify_input_sources(self)
         referenced = [e.file for e in self.engines.values()] + [g.file for g in self.golden]
         missing = [f for f in referenced if f not in self.files]
         if missing:
             raise ValueError(f"files referenced but not listed with a hash: {missing}")
         return self
+
+
+def verify_views_engine(m: Manifest) -> None:
+    """The 'classifier_views' engine and ``classifier.views_below`` come together, and the views engine
+    reads the image (it turns the part itself)."""
+    below = m.classifier.views_below if m.classifier is not None else None
+    views = m.engines.get(VIEWS_ROLE)
+    if below is not None and views is None:
+        raise ValueError(f"classifier.views_below is set but the bundle has no {VIEWS_ROLE!r} engine")
+    if views is not None and below is None:
+        raise ValueError(f"engine {VIEWS_ROLE!r} present but classifier.views_below is not set (when to run it)")
+    if views is not None and views.source_output is not None:
+        raise ValueError(f"engine {VIEWS_ROLE!r} must read the image, not {views.input_source!r}")
 
 
 def verify_input_sources(m: Manifest) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor, nn
+from torch import nn
 
 from lineguard.bundle import ClassifierSpec, EngineSpec
 from lineguard.errors import ConfigError, DatasetError
@@ -52,6 +52,7 @@ from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
 from lineguard_models.classifier_features import FeatureSet, Image, ProgressFn, build_features
+from lineguard_models.classifier_finetuned import finetuned
 from lineguard_models.classifier_graph import (
     INPUT_NAME,
     PROBS_OUTPUT,
@@ -68,7 +69,7 @@ from lineguard_models.classifier_head import (
     stratified_folds,
 )
 from lineguard_models.data import Dataset
-from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, finetune_cross_validated, view_maps
+from lineguard_models.finetune import FinetuneConfig, cascade_probs
 from lineguard_models.views import IDENTITY, ViewAveraged, Views
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,12 @@ class ClassifierConfig(BaseModel):
         "(docs/benchmarks/classifier.md); costs finetune_folds + 1 fine-tuning runs at training and one "
         "backbone pass per view for every classified part, and the backbone pass is no longer shared. "
         "None = frozen backbone (the default)",
+    )
+    views_only_when_unsure: bool = Field(
+        True, description="with finetune: the bundle's classifier reads one view, and a second engine averaged over "
+        "every view runs only where its top class probability is below a threshold chosen out of fold (the views' "
+        "accuracy kept with the fewest parts paying for them: NEU-DET 40/class 99.00 % with 7 % of flagged parts "
+        "through the views, docs/classifier.md); false = every classified part runs every view",
     )
     finetune_folds: int = Field(
         3, ge=2, le=10, description="folds of the fine-tuned model's cross-validation (accuracy report and "
@@ -320,31 +327,55 @@ class TrainedClassifier:
     graph: ClassifierGraph
     spec: InputSpec
     profile: CameraProfile
-    views: Views = IDENTITY  # averaged by the exported graph
+    views: Views = IDENTITY  # averaged by the exported graph (by the views graph with views_below)
+    # views only where needed: the exported graph reads one view and ``views_graph`` (every view averaged)
+    # runs where its top probability is below this (the bundle's 'classifier_views' engine)
+    views_below: float | None = None
     warnings: tuple[str, ...] = field(default=())
 
     def exported_graph(self) -> nn.Module:
-        """The torch module that is exported: ``graph`` averaged over ``views``."""
-        return ViewAveraged(self.graph, self.views).eval()
+        """The torch module that is exported: ``graph`` averaged over ``views`` (one view with views_below)."""
+        return ViewAveraged(self.graph, IDENTITY if self.views_below is not None else self.views).eval()
+
+    def views_graph(self) -> nn.Module | None:
+        """The graph run only below ``views_below`` (every view averaged), or None."""
+        return ViewAveraged(self.graph, self.views).eval() if self.views_below is not None else None
 
     def predict_proba(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
-        """class_probs of raw images through the same graph that is exported (torch, for checks)."""
-        graph, out = self.exported_graph(), []
-        with torch.inference_mode():
-            for s in range(0, len(images), 16):
-                batch = np.concatenate([prepare(im, self.spec)[0] for im in images[s : s + 16]])
-                out.append(graph(torch.from_numpy(batch)).numpy())
-        return np.concatenate(out).astype(np.float32)
+        """class_probs of raw images as the edge computes them from the exported graphs (torch, for checks)."""
+        probs = _probs_of(self.exported_graph(), images, self.spec)
+        views = self.views_graph()
+        if views is None or self.views_below is None:
+            return probs
+        return cascade_probs(probs, _probs_of(views, images, self.spec), self.views_below)
 
     def export_onnx(self, path: Path) -> EngineSpec:
         """Write the ONNX graph; returns the bundle engine entry (file name relative to its folder)."""
-        export_classifier_onnx(self.exported_graph(), Path(path), spec=self.spec)
-        return EngineSpec(file=Path(path).name, input_name=INPUT_NAME, outputs={"probs": PROBS_OUTPUT})
+        return _export(self.exported_graph(), Path(path), self.spec)
+
+    def export_views_onnx(self, path: Path) -> EngineSpec | None:
+        """Write the views graph (with ``views_below``); returns its engine entry, or None."""
+        views = self.views_graph()
+        return _export(views, Path(path), self.spec) if views is not None else None
 
     def classifier_spec(self) -> ClassifierSpec:
         """The manifest's ``classifier`` section."""
         return ClassifierSpec(classes=list(self.classes), min_confidence=dict(self.min_confidence),
-                              camera_profile=self.profile.model_dump(mode="json"))
+                              camera_profile=self.profile.model_dump(mode="json"), views_below=self.views_below)
+
+
+def _probs_of(graph: nn.Module, images: Sequence[Image], spec: InputSpec) -> npt.NDArray[np.float32]:
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(images), 16):
+            batch = np.concatenate([prepare(im, spec)[0] for im in images[s : s + 16]])
+            out.append(graph(torch.from_numpy(batch)).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _export(graph: nn.Module, path: Path, spec: InputSpec) -> EngineSpec:
+    export_classifier_onnx(graph, path, spec=spec)
+    return EngineSpec(file=path.name, input_name=INPUT_NAME, outputs={"probs": PROBS_OUTPUT})
 
 
 def training_views(
@@ -410,75 +441,18 @@ def train_classifier(
                             seed=seed, progress=progress, views=views, average_views=config.average_views)
         head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
     graph = ClassifierGraph(extract.features, head)
+    views_below = None
     if config.finetune is not None:
-        graph, thresholds, report = _finetuned(images_by_class, fs, extract, views, report, config=config,
-                                               seed=seed, progress=progress)
+        graph, thresholds, report, views_below = finetuned(images_by_class, fs, extract, views, report,
+                                                            config=config, seed=seed, progress=progress)
     report["warnings"] = warnings_
     report["augmentation"] = {"copies_per_image": profile.copies_per_image, "views": list(views.names)}
     log.info("classifier: %d classes, CV accuracy %.3f (balanced %.3f), l2=%g", len(fs.classes),
              report["accuracy"], report["balanced_accuracy"], report["l2"])
     return TrainedClassifier(classes=fs.classes, min_confidence=thresholds, cv_report=report,
                              graph=graph, spec=spec, profile=profile,
-                             views=views if fs.average_views else IDENTITY,
+                             views=views if fs.average_views else IDENTITY, views_below=views_below,
                              warnings=tuple(warnings_))
-
-
-def _finetuned(
-    images_by_class: Mapping[str, Sequence[Image]], fs: FeatureSet, extract: FeatureExtractor, views: Views,
-    frozen_report: dict[str, Any], *, config: ClassifierConfig, seed: int,
-    progress: ProgressFn | None,
-) -> tuple[ClassifierGraph, dict[str, float], dict[str, Any]]:
-    """Fine-tune after the frozen fit (``config.finetune``): cached prefix maps of every view,
-    cross-validated runs for the report and the thresholds, the final run on everything. Returns
-    the graph with the tuned backbone, its thresholds and the report (the frozen CV kept in it)."""
-    assert config.finetune is not None
-    ft = config.finetune
-    features = extract.features
-    backbone = features.backbone
-    if not isinstance(backbone, EfficientNetLite0):
-        raise ConfigError("classifier fine-tuning needs the EfficientNet-Lite0 backbone")
-    late0 = LateStages(backbone, stages=features.stages, first_trained_stage=ft.first_trained_stage)
-    images = [im for c in fs.classes for im in images_by_class[c]]
-
-    def chunk(part: Sequence[Image]) -> Tensor:
-        raw = torch.from_numpy(np.concatenate([prepare(im, extract.spec)[0] for im in part]))
-        return view_maps(backbone, raw, views, in_scale=features.get_buffer("in_scale"),
-                         in_shift=features.get_buffer("in_shift"), last_block=late0.first_block - 1)
-
-    chunks = [chunk(images[:32])]  # its map size decides whether the rest is computed at all
-    mib = chunks[0][0, 0].numel() * 4 * len(images) * len(views) / 2**20
-    if mib > config.finetune_max_map_mib:
-        raise ConfigError(f"classifier fine-tuning would cache {mib:.0f} MiB of {late0.prefix_stage} maps "
-                          f"({len(images)} images x {len(views)} views), above finetune_max_map_mib "
-                          f"{config.finetune_max_map_mib}: train without fine-tuning (at 80 images per class "
-                          "the frozen classifier already reached 99.4 % on NEU-DET) or raise the cap")
-    chunks += [chunk(images[s : s + 32]) for s in range(32, len(images), 32)]
-    maps = torch.cat(chunks)
-    l2 = float(frozen_report["l2"])
-
-    def start_head(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> HeadParams:
-        h = fit_head(x, y, len(fs.classes), l2=l2, max_iter=config.max_iter)
-        return h.mu, h.sd, h.weight, h.bias
-
-    n_folds = min(config.finetune_folds, int(np.bincount(fs.y).min()))
-    result, oof = finetune_cross_validated(
-        backbone, maps, fs.y, stages=features.stages, fit_head=start_head, config=ft,
-        folds=stratified_folds(fs.y, n_folds, seed), seed=seed, progress=progress)
-    thresholds = confidence_thresholds(oof, fs.y, fs.classes, quantile=config.confidence_quantile,
-                                      cap=config.max_min_confidence)
-    tuned_stages = [s for s in features.stages if s in late0.taps.values()]
-    report = {
-        **frozen_report,
-        "method": f"{list(config.stages)} GAP features, {tuned_stages} and the logistic head fine-tuned on "
-                  f"{len(views)} orientation view(s), probabilities averaged over them",
-        "folds": n_folds,
-        "frozen": {k: frozen_report[k] for k in ("method", "folds", "accuracy", "balanced_accuracy")},
-        **cv_summary(oof, fs.y, fs.classes, thresholds),
-        "finetune": {**ft.model_dump(mode="json"), "maps_mib": round(mib, 1)},
-    }
-    head = SoftmaxHead(mu=result.mu, sd=result.sd, weight=result.weight, bias=result.bias)
-    pooled = PooledFeatures(result.backbone, max_value=extract.spec.max_value, pooling=extract.features.pooling)
-    return ClassifierGraph(pooled, head), thresholds, report
 
 
 def defect_images(dataset: Dataset) -> dict[str, list[Image]]:

@@ -38,6 +38,7 @@ from lineguard_models.ortscore import OrtScorer, engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
 
 ONNX_FILE = "classifier.onnx"
+VIEWS_ONNX_FILE = "classifier_views.onnx"
 LATENCY_RUNS = 20  # timed runs of the line's anomaly engine for the per-line choice's latency filter
 
 
@@ -140,9 +141,10 @@ def classifier_for_bundle(
 ) -> dict[str, Any] | None:
     """Called by ``lineguard train``: train when every defect folder has enough images.
 
-    Writes ``classifier.onnx`` into the bundle staging folder and returns the manifest fields
-    ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict, "report": cv report,
-    "anomaly_outputs": extra anomaly output roles}``, or None (with the reason sent to ``progress``)
+    Writes ``classifier.onnx`` (and, fine-tuned, ``classifier_views.onnx``) into the bundle staging folder
+    and returns the manifest fields ``{"engine": EngineSpec dict, "classifier": ClassifierSpec dict,
+    "report": cv report, "anomaly_outputs": extra anomaly output roles, "views_engine": EngineSpec dict or
+    None}``, or None (with the reason sent to ``progress``)
     when there is nothing to train. Given the fitted ``anomaly`` scorer and its exported
     ``anomaly_onnx``, the classifier shares its backbone pass where that applies
     (``lineguard_models.shared``): ``anomaly_onnx`` is then re-exported with the ``shared_features``
@@ -188,5 +190,10 @@ def classifier_for_bundle(
     report = {**clf.cv_report, "shared_backbone": shared_report}
     if tiles_report is not None:
         report["tiles"] = tiles_report
+    views = clf.export_views_onnx(staging / VIEWS_ONNX_FILE)  # fine-tuned: every view, only when unsure
+    if views is not None:
+        progress(f"classifier: every orientation view averaged where the single view's top probability is below "
+                 f"{clf.views_below:g} ({VIEWS_ONNX_FILE})")
     return {"engine": engine.model_dump(exclude_defaults=True), "classifier": clf.classifier_spec().model_dump(),
-            "report": report, "anomaly_outputs": anomaly_outputs}
+            "report": report, "anomaly_outputs": anomaly_outputs,
+            "views_engine": views.model_dump(exclude_defaults=True) if views is not None else None}

@@ -10,8 +10,8 @@ stages and copies; every candidate's CV figures go into ``calibration.classifier
 
 Candidates (docs/benchmarks/quality-classifier.md): pooled stages {5,6} (the default) with the
 camera profile's photometric copies and without, {5,6,7} and {4,5,6,7} with them. Fine-tuning is not a
-candidate: its view-averaged graph costs 134 ms per flagged part on this 2-core CPU
-(docs/classifier.md), above the 40 ms latency budget; it stays an explicit option.
+candidate (``FINETUNE_EXCLUDED``): its four runs take minutes and the suite has not measured it as a
+per-line choice; it stays an explicit option.
 Views: a line that declared its camera profile gets the views it allows, in every candidate. A line that
 declared none (``lineguard train`` without ``--camera-profile``: orientation unknown) keeps the identity
 in the candidates above and gets two more, ``views`` and ``s4567_views``: the same stage sets trained on
@@ -197,9 +197,9 @@ def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[st
 
 
 FINETUNE_EXCLUDED = (
-    "fine-tuning averages the orientation views in the graph: 8 views cost 134 ms per flagged part "
-    "(docs/classifier.md), above the 40 ms budget; read through one view it measured below the frozen "
-    "classifier (NEU-DET 40/class 98.44 vs 98.72 %) and its 4 runs take ~10 min: not a candidate"
+    "fine-tuning is an option (--classifier-finetune), not a candidate: its 4 runs take 5-10 min on 2 cores, and "
+    "the classifier suite has not measured it as a per-line choice; reading the views only where the single "
+    "view is unsure keeps its median flagged part at the single view's cost (docs/classifier.md)"
 )
 
 

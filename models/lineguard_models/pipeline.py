@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lineguard.bundle import Bundle, load_bundle, staging_dir, write_bundle
+from lineguard.bundle import VIEWS_ROLE, Bundle, load_bundle, staging_dir, write_bundle
 from lineguard.errors import BundleError, CalibrationError, DatasetError
 from lineguard.preprocess import InputSpec, TileSpec, tile_regions
 from lineguard_models.augment import CameraProfile
@@ -420,6 +420,8 @@ def _finish(staging: Path, out: Path, ds: Dataset, scored: list[Scored], policy:
     }
     if classifier is not None:  # defect classifier (issue 5): engine, class list + thresholds, CV report
         manifest["engines"]["classifier"] = classifier["engine"]
+        if classifier.get("views_engine"):  # fine-tuned: every view, run only below classifier.views_below
+            manifest["engines"][VIEWS_ROLE] = classifier["views_engine"]
         manifest["engines"]["anomaly"]["outputs"].update(classifier.get("anomaly_outputs", {}))  # shared map
         manifest["classifier"] = classifier["classifier"]
     if clf_report is not None:  # its CV report (the classifier is not recalibrated: it carries over unchanged)

@@ -6,6 +6,8 @@ the reason, the anomaly bundle is still written) and unreadable files (refused u
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 
 from lineguard.bundle import load_bundle
 from lineguard.cli import main
+from lineguard.engines.config import OrtEngineConfig
+from lineguard.engines.runner import BundleRunner
 from lineguard.errors import DatasetError
 from lineguard.preprocess import prepare
 from lineguard_models.classifier import defect_images, train_classifier
@@ -124,13 +128,42 @@ def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
     assert "fine-tuned" in report["method"] and report["frozen"]["folds"] == 5
     assert m.provenance["training"]["classifier"]["finetune"]["epochs"] == 4
     assert report["augmentation"]["views"] == ["identity", "hflip"]
-    sess = ort.InferenceSession(str(tmp_path / "b" / engine.file), providers=["CPUExecutionProvider"])
+    # one view in 'classifier'; every view averaged in 'classifier_views', run only below views_below
+    views = m.engines["classifier_views"]
+    below = m.classifier.views_below
+    assert views.input_source == "image" and below is not None
+    assert report["views_only_when_unsure"]["views_below"] == below
+    one, every = (ort.InferenceSession(str(tmp_path / "b" / e.file), providers=["CPUExecutionProvider"])
+                  for e in (engine, views))
     cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
-    hits = 0
-    for label in CLASSES:
-        for i in range(100, 103):
-            batch, _ = prepare(render_pixels(cfg, label, i), m.input)
-            probs = sess.run(["class_probs"], {"image": batch})[0]
-            assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
-            hits += m.classifier.classes[int(probs.argmax())] == label
+    bundle = load_bundle(tmp_path / "b")
+    hits = flagged = 0
+    with BundleRunner.from_bundle(bundle, OrtEngineConfig(intra_op_threads=1)) as runner:
+        runner.warmup(1)
+        for label in CLASSES:
+            for i in range(100, 103):
+                image = render_pixels(cfg, label, i)
+                batch, _ = prepare(image, m.input)
+                p_one, p_every = (sess.run(["class_probs"], {"image": batch})[0][0] for sess in (one, every))
+                assert p_one.shape == (3,) and abs(float(p_one.sum()) - 1.0) < 1e-5
+                expected = p_every if p_one.max() < below else p_one
+                hits += m.classifier.classes[int(expected.argmax())] == label
+                got = runner.infer(image).class_probs
+                if got is not None:  # flagged by the anomaly engine: the edge combined the two engines
+                    flagged += 1
+                    np.testing.assert_allclose(got, expected, atol=1e-5)
     assert hits >= 6  # of 9; chance is 3
+    assert flagged >= 6, flagged
+    # the same bundle told to send every flagged part through the views: the edge reports the views' answer
+    copy = tmp_path / "every"
+    shutil.copytree(tmp_path / "b", copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["classifier"]["views_below"] = 1.0
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with BundleRunner.from_bundle(load_bundle(copy), OrtEngineConfig(intra_op_threads=1)) as runner:
+        for label in CLASSES:
+            image = render_pixels(cfg, label, 100)
+            batch, _ = prepare(image, m.input)
+            got = runner.infer(image).class_probs
+            if got is not None:
+                np.testing.assert_allclose(got, every.run(["class_probs"], {"image": batch})[0][0], atol=1e-5)

@@ -1,7 +1,9 @@
-"""Manifest rules for a classifier fed by the anomaly engine (shared backbone pass); pure, no graphs.
+"""Manifest rules for a classifier fed by the anomaly engine (shared backbone pass), and for the
+classifier's views engine (run only below ``views_below``); pure, no graphs.
 
 Old manifests (no ``input_source``) must keep loading unchanged; a manifest whose classifier claims
-an anomaly output that is not there, or that shares with a tiled spec, is refused at load.
+an anomaly output that is not there, or that shares with a tiled spec, is refused at load. A views
+engine without its threshold (or the reverse), or one fed by the anomaly engine, is refused too.
 """
 
 from __future__ import annotations
@@ -124,3 +126,39 @@ def test_tensorrt_io_check_binds_the_shared_map_by_name_and_shape() -> None:
     _check_engine_io(classifier, "shared_features", (80, 3, 4), "c")
     with pytest.raises(BundleError, match="engine input"):
         _check_engine_io(classifier, "shared_features", (1, 48, 64), "c")
+
+
+VIEWS = {"file": "v.onnx", "outputs": {"probs": "class_probs"}}
+
+
+def _with_views(views: dict[str, Any] | None, below: float | None) -> dict[str, Any]:
+    doc = _doc(anomaly_outputs={"score": "anomaly_score", "features": "shared_features"})
+    if views is not None:
+        doc["engines"]["classifier_views"] = views
+        doc["files"]["v.onnx"] = "2" * 64
+    if below is not None:
+        doc["classifier"]["views_below"] = below
+    return doc
+
+
+def test_views_engine_with_its_threshold_loads(tmp_path: Path) -> None:
+    m = _load(tmp_path, _with_views(VIEWS, 0.7))
+    assert m.classifier is not None and m.classifier.views_below == 0.7
+    assert m.engines["classifier_views"].source_output is None
+    # a manifest without either still loads as before
+    old = _load(tmp_path / "old", _with_views(None, None))
+    assert old.classifier is not None and old.classifier.views_below is None and "classifier_views" not in old.engines
+
+
+@pytest.mark.parametrize(("views", "below", "message"), [
+    (None, 0.7, "no 'classifier_views' engine"),
+    (VIEWS, None, "views_below is not set"),
+    ({**VIEWS, "input_name": "shared_features", "input_source": "anomaly:shared_features", "input_chw": [80, 3, 4]},
+     0.7, "must read the image"),
+    (VIEWS, 1.5, "less than or equal to 1"),
+    (VIEWS, 0.0, "greater than 0"),
+], ids=["threshold-without-engine", "engine-without-threshold", "engine-fed-by-anomaly", "above-1", "zero"])
+def test_views_engine_rules_are_checked_at_load(tmp_path: Path, views: dict[str, Any] | None, below: float | None,
+                                                message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        _load(tmp_path, _with_views(views, below))

@@ -20,10 +20,13 @@ from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.classifier import ClassifierConfig, fit_head, train_classifier
 from lineguard_models.classifier_graph import PROBS_OUTPUT, PooledFeatures
 from lineguard_models.finetune import (
+    VIEWS_BELOW_GRID,
     FinetuneConfig,
     HeadParams,
     LateStages,
     Views,
+    cascade_probs,
+    choose_views_below,
     finetune,
     internal_split,
     view_maps,
@@ -145,13 +148,48 @@ def test_train_classifier_fine_tunes_and_exports_what_it_measured(tmp_path: Path
              if not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(),
                                                           strict=True))}
     assert moved and min(moved) >= late.first_block, moved
-    # the exported ONNX graph computes the probabilities the training measured, views averaged
-    clf.export_onnx(tmp_path / "c.onnx")
-    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    # views only where the single view is unsure: the threshold was chosen out of fold and reported
+    assert clf.views_below in VIEWS_BELOW_GRID
+    assert report["views_only_when_unsure"]["views_below"] == clf.views_below
+    assert clf.classifier_spec().views_below == clf.views_below
+    # the two exported ONNX graphs (one view; every view averaged), combined as the edge combines them,
+    # compute the probabilities the training measured
+    assert clf.export_onnx(tmp_path / "c.onnx").file == "c.onnx"
+    views_engine = clf.export_views_onnx(tmp_path / "v.onnx")
+    assert views_engine is not None and views_engine.outputs == {"probs": PROBS_OUTPUT}
     unseen = [im for v in _by_class(2, start=50).values() for im in v]
     batch = np.concatenate([prepare(im, SPEC)[0] for im in unseen]).astype(np.float32)
-    onnx_probs = sess.run([PROBS_OUTPUT], {"image": batch})[0]
-    np.testing.assert_allclose(onnx_probs, clf.predict_proba(unseen), atol=1e-4)
+    one, every = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(
+        [PROBS_OUTPUT], {"image": batch})[0] for f in ("c.onnx", "v.onnx"))
+    assert not np.allclose(one, every, atol=1e-3)  # the views graph really averages other views
+    np.testing.assert_allclose(cascade_probs(one, every, clf.views_below), clf.predict_proba(unseen), atol=1e-4)
+    # without it (views_only_when_unsure false) the one graph averages every view, as before
+    always = TUNED.model_copy(update={"views_only_when_unsure": False})
+    plain = train_classifier(_by_class(6), spec=SPEC, profile=FREE, seed=0, config=always)
+    assert plain.views_below is None and plain.export_views_onnx(tmp_path / "none.onnx") is None
+    assert "views_only_when_unsure" not in plain.cv_report
+
+
+def test_views_threshold_is_the_smallest_that_keeps_the_views_accuracy() -> None:
+    y = np.array([0, 1, 0, 1, 0, 1], np.int64)
+    views = np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.7, 0.3], [0.2, 0.8]], np.float32)
+    identity = views.copy()
+    identity[3] = [0.65, 0.35]  # wrong through one view at p=0.65; the views put it right
+    assert choose_views_below(identity, views, y) == 0.7  # 0.5 and 0.6 would leave it wrong
+    got = cascade_probs(identity, views, 0.7)
+    np.testing.assert_array_equal(got[3], views[3])
+    np.testing.assert_array_equal(got[0], identity[0])  # sure through one view: the views are not used
+    # where the single view already answers as well as the views, the lowest threshold
+    assert choose_views_below(views, views, y) == min(VIEWS_BELOW_GRID)
+    # a mistake the single view makes with p=0.97: 0.99; with p=0.995 only the last resort is left
+    identity[3] = [0.97, 0.03]
+    assert choose_views_below(identity, views, y) == 0.99
+    identity[3] = [0.995, 0.005]
+    assert choose_views_below(identity, views, y) == 1.0
+    # the views' own mistakes do not raise it: identity right where the views are wrong
+    wrong_views = views.copy()
+    wrong_views[5] = [0.6, 0.4]
+    assert choose_views_below(views, wrong_views, y) == min(VIEWS_BELOW_GRID)
 
 
 def test_the_map_cache_cap_stops_before_fine_tuning() -> None:

@@ -31,7 +31,9 @@ BACKENDS: dict[str, str] = {
 }
 
 # role of an engine -> output roles it must provide (bundle.py documents the shapes)
-REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {"anomaly": ("score",), "classifier": ("probs",)}
+REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "anomaly": ("score",), "classifier": ("probs",), "classifier_views": ("probs",),
+}
 
 
 class Engine(Protocol):

@@ -4,8 +4,10 @@ Data flow: ``Frame.image`` -> :func:`lineguard.preprocess.prepare` (tiles, lette
 comes from the bundle) -> anomaly engine on all tiles -> image score = max over tiles ->
 classifier on the highest-scoring tile (its image, or -- shared backbone pass, manifest
 ``input_source: anomaly:<output>`` -- that tile's stage map from the anomaly engine, so the
-backbone runs once) -> optional stitched anomaly map -> ``EngineOutput`` (with per-stage
-timings) -> decision.
+backbone runs once) -> where the bundle has a ``classifier_views`` engine and the classifier's top
+probability is below ``classifier.views_below``, that tile again through the views engine (the
+same model averaged over its orientation views; its probabilities replace the first) -> optional
+stitched anomaly map -> ``EngineOutput`` (with per-stage timings) -> decision.
 
 Used from one inference thread; a hot swap builds a new runner, warms it up, self-tests it and
 then replaces the reference, so a frame is never scored by two bundles. Must never: return a
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lineguard.bundle import Bundle
+from lineguard.bundle import VIEWS_ROLE, Bundle
 from lineguard.contracts import EngineOutput
 from lineguard.engines.base import Engine, build_engine
 from lineguard.engines.config import OrtEngineConfig, TensorrtEngineConfig
@@ -51,15 +53,18 @@ class BundleRunner:
     """The engines of one bundle; build with :meth:`from_bundle`."""
 
     def __init__(
-        self, *, bundle: Bundle, anomaly: Engine, classifier: Engine | None, with_map: bool
+        self, *, bundle: Bundle, anomaly: Engine, classifier: Engine | None, with_map: bool,
+        views: Engine | None = None,
     ) -> None:
         self._bundle = bundle
         self._anomaly = anomaly
         self._classifier = classifier
+        self._views = views  # run only below views_below (image-fed: the manifest's validator says so)
         self._with_map = with_map
         self._tiles = bundle.manifest.input.tiles.count
         clf = bundle.manifest.classifier
         self._n_classes = len(clf.classes) if clf else 0
+        self._views_below = clf.views_below if clf and clf.views_below is not None else 0.0
         # parts scored below the accept threshold are accepted whatever the classifier says:
         # skip the classifier and the map stitching for them (most parts on a real line)
         self._lower = bundle.manifest.thresholds.lower
@@ -83,17 +88,22 @@ class BundleRunner:
         if with_map and "map" not in m.engines["anomaly"].outputs:
             raise BundleError(f"bundle {m.bundle_id}: an anomaly map was requested but the engine has no 'map' output")
         anomaly = build_engine(bundle, "anomaly", engine_cfg, batch=m.input.tiles.count)
-        classifier = None
+        classifier = views = None
         if m.classifier is not None:
             try:
                 # the classifier sees only the tile with the highest anomaly score: batch 1
                 classifier = build_engine(bundle, "classifier", engine_cfg, batch=1)
+                if VIEWS_ROLE in m.engines:
+                    views = build_engine(bundle, VIEWS_ROLE, engine_cfg, batch=1)
             except BaseException:
                 anomaly.close()
+                if classifier is not None:
+                    classifier.close()
                 raise
-        log.info("bundle %s ready on %s (classifier: %s)", m.bundle_id, anomaly.provider,
-                 classifier.provider if classifier else "none")
-        return cls(bundle=bundle, anomaly=anomaly, classifier=classifier, with_map=with_map)
+        log.info("bundle %s ready on %s (classifier: %s%s)", m.bundle_id, anomaly.provider,
+                 classifier.provider if classifier else "none",
+                 f"; its views below p={m.classifier.views_below:g}" if views and m.classifier else "")
+        return cls(bundle=bundle, anomaly=anomaly, classifier=classifier, with_map=with_map, views=views)
 
     @property
     def bundle(self) -> Bundle:
@@ -116,7 +126,9 @@ class BundleRunner:
         suspect = bool(scores[top] >= self._lower)
         probs = None
         if self._classifier is not None and suspect:
-            probs = self._class_probs(self._classifier_input(batch, out, top))
+            probs = self._class_probs(self._classifier, self._classifier_input(batch, out, top))
+            if self._views is not None and float(probs.max()) < self._views_below:
+                probs = self._class_probs(self._views, batch[top : top + 1])
         t3 = time.perf_counter_ns()
         amap = None
         if self._with_map and suspect:
@@ -159,11 +171,10 @@ class BundleRunner:
                               f"[{self._tiles}, {', '.join(map(str, self._feed_chw or ()))}] (the classifier's input)")
         return np.ascontiguousarray(feats[top : top + 1], dtype=np.float32)
 
-    def _class_probs(self, tile: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        assert self._classifier is not None
-        probs = self._classifier.run(tile)["probs"]
+    def _class_probs(self, engine: Engine, tile: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        probs = engine.run(tile)["probs"]
         if probs.shape != (1, self._n_classes):
-            raise EngineError(f"classifier 'probs' output has shape {probs.shape}, expected [1, {self._n_classes}]")
+            raise EngineError(f"{engine.role} 'probs' output has shape {probs.shape}, expected [1, {self._n_classes}]")
         return np.ascontiguousarray(probs[0], dtype=np.float32)
 
     def warmup(self, runs: int = 3) -> None:
@@ -183,14 +194,28 @@ class BundleRunner:
         t0 = time.perf_counter_ns()
         for _ in range(runs):
             self.infer(frame)
+            self._run_classifiers(frame)
         elapsed = _ms(t0, time.perf_counter_ns())
         log.info("bundle %s warmed up: %d runs in %.1f ms", self._bundle.bundle_id, runs, elapsed)
+
+    def _run_classifiers(self, frame: npt.NDArray[Any]) -> None:
+        """Run the classifier (and its views engine) on ``frame`` whatever its score: a pad-value frame
+        scores below the accept threshold, and warm-up must reach every engine a flagged part uses."""
+        if self._classifier is None:
+            return
+        batch, _ = prepare(frame, self._bundle.manifest.input)
+        out = self._anomaly.run(batch) if self._feed_role is not None else {}
+        self._class_probs(self._classifier, self._classifier_input(batch, out, 0))
+        if self._views is not None:
+            self._class_probs(self._views, batch[:1])
 
     def close(self) -> None:
         """Release the engines. Idempotent."""
         self._anomaly.close()
         if self._classifier is not None:
             self._classifier.close()
+        if self._views is not None:
+            self._views.close()
 
     def __enter__(self) -> BundleRunner:
         return self

@@ -1,0 +1,104 @@
+"""Benchmark the fine-tuned classifier as `lineguard train --classifier-finetune` ships it: one view, and
+every orientation view only where the single view is unsure (``ClassifierConfig.views_only_when_unsure``).
+
+NEU-DET, the held-out set and training draws of ``scripts/bench_classifier.py`` (``neu_splits``: 100 test
+images per class, seeds 0-2), the NEU camera profile (flips and 90-degree turns: 8 views). Per seed the
+product's ``train_classifier`` (frozen fit, then fine-tuning with its 3-fold cross-validation, the threshold
+chosen out of fold) -> both exported ONNX graphs -> ONNX Runtime on the CPU at 2 threads, each test image
+through the single-view graph and, below ``views_below``, the views graph, as the edge's ``BundleRunner``
+does. Prints accuracy (one view / as shipped / every view always), the share of parts that needed the
+views, the classifier's latency per flagged part (p50 / p90 / p99, both graphs counted) and the training
+time; the figures go into docs/classifier.md by hand.
+
+    .venv/bin/python scripts/bench_classifier_views.py --n 40 --json /tmp/views.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_classifier import NEU_CLASSES, NEU_PROFILE, load_classes, neu_splits, progress_line
+
+from lineguard.preprocess import prepare, spec_for_images
+from lineguard_models.classifier import ClassifierConfig, train_classifier
+from lineguard_models.classifier_graph import PROBS_OUTPUT
+from lineguard_models.finetune import FinetuneConfig
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n", type=int, default=40, help="training images per class")
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--json", type=Path, default=None, help="append one JSON line per seed here")
+    args = p.parse_args(argv)
+    root = args.datasets / "neu_det"
+    if not root.is_dir():
+        print(f"skip: {root} not found")
+        return 0
+    data = load_classes(root, NEU_CLASSES)
+    images = [im for c in NEU_CLASSES for im in data[c]]
+    y = np.array([i for i, c in enumerate(NEU_CLASSES) for _ in data[c]], np.int64)
+    spec = spec_for_images(images[:5], input_width=224, input_height=224)
+    test_idx, orders = neu_splits(y, test_per_class=args.test_per_class, seeds=max(args.seeds) + 1)
+    config = ClassifierConfig(finetune=FinetuneConfig(), average_views=True)
+    for seed in args.seeds:
+        train = {c: [images[i] for i in orders[seed][k][: args.n]] for k, c in enumerate(NEU_CLASSES)}
+        t0 = time.perf_counter()
+        clf = train_classifier(train, spec=spec, profile=NEU_PROFILE, seed=seed, config=config)
+        train_s = time.perf_counter() - t0
+        assert clf.views_below is not None, "views_only_when_unsure is the default"
+        with tempfile.TemporaryDirectory() as tmp:
+            clf.export_onnx(Path(tmp) / "c.onnx")
+            clf.export_views_onnx(Path(tmp) / "v.onnx")
+            one, every = _session(Path(tmp) / "c.onnx"), _session(Path(tmp) / "v.onnx")
+            pred_one, pred_shipped, pred_every, ms, needed = [], [], [], [], 0
+            for i in test_idx:
+                batch, _ = prepare(images[i], spec)
+                t = time.perf_counter()
+                p1 = one.run([PROBS_OUTPUT], {"image": batch})[0][0]
+                shipped = p1
+                if p1.max() < clf.views_below:
+                    shipped = every.run([PROBS_OUTPUT], {"image": batch})[0][0]
+                    needed += 1
+                ms.append((time.perf_counter() - t) * 1e3)
+                pv = shipped if shipped is not p1 else every.run([PROBS_OUTPUT], {"image": batch})[0][0]
+                pred_one.append(int(p1.argmax()))
+                pred_shipped.append(int(shipped.argmax()))
+                pred_every.append(int(pv.argmax()))
+        truth = y[test_idx]
+        row = {
+            "seed": seed, "n": args.n, "views_below": clf.views_below,
+            "views_oof": clf.cv_report["views_only_when_unsure"],
+            "accuracy_one_view": float((np.array(pred_one) == truth).mean()),
+            "accuracy_shipped": float((np.array(pred_shipped) == truth).mean()),
+            "accuracy_every_view": float((np.array(pred_every) == truth).mean()),
+            "through_views": needed / len(test_idx),
+            "classifier_ms_p50_p90_p99": [round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)],
+            "train_s": round(train_s, 1),
+        }
+        progress_line(json.dumps(row))
+        if args.json:
+            with args.json.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
