@@ -33,6 +33,8 @@ from lineguard_models.classifier import ClassifierConfig, train_classifier
 from lineguard_models.classifier_graph import PROBS_OUTPUT
 from lineguard_models.finetune import FinetuneConfig
 
+TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
 
 def _session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             clf.export_onnx(Path(tmp) / "c.onnx")
             clf.export_views_onnx(Path(tmp) / "v.onnx")
             one, every = _session(Path(tmp) / "c.onnx"), _session(Path(tmp) / "v.onnx")
-            pred_one, pred_shipped, pred_every, ms, needed = [], [], [], [], 0
+            pred_one, pred_shipped, pred_every, ms, needed, top_one = [], [], [], [], 0, []
             for i in test_idx:
                 batch, _ = prepare(images[i], spec)
                 t = time.perf_counter()
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     needed += 1
                 ms.append((time.perf_counter() - t) * 1e3)
                 pv = shipped if shipped is not p1 else every.run([PROBS_OUTPUT], {"image": batch})[0][0]
+                top_one.append(float(p1.max()))
                 pred_one.append(int(p1.argmax()))
                 pred_shipped.append(int(shipped.argmax()))
                 pred_every.append(int(pv.argmax()))
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_shipped": float((np.array(pred_shipped) == truth).mean()),
             "accuracy_every_view": float((np.array(pred_every) == truth).mean()),
             "through_views": needed / len(test_idx),
+            # the same models at other thresholds: accuracy and share through the views
+            "curve": {f"{t:g}": [float((np.where(np.array(top_one) < t, pred_every, pred_one) == truth).mean()),
+                                 float((np.array(top_one) < t).mean())] for t in TAUS},
             "classifier_ms_p50_p90_p99": [round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)],
             "train_s": round(train_s, 1),
         }

@@ -174,9 +174,9 @@ def test_views_threshold_is_the_smallest_that_keeps_the_views_accuracy() -> None
     y = np.array([0, 1, 0, 1, 0, 1], np.int64)
     views = np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.7, 0.3], [0.2, 0.8]], np.float32)
     identity = views.copy()
-    identity[3] = [0.65, 0.35]  # wrong through one view at p=0.65; the views put it right
-    assert choose_views_below(identity, views, y) == 0.7  # 0.5 and 0.6 would leave it wrong
-    got = cascade_probs(identity, views, 0.7)
+    identity[3] = [0.85, 0.15]  # wrong through one view at p=0.85; the views put it right
+    assert choose_views_below(identity, views, y) == 0.9  # 0.8 would leave it wrong
+    got = cascade_probs(identity, views, 0.9)
     np.testing.assert_array_equal(got[3], views[3])
     np.testing.assert_array_equal(got[0], identity[0])  # sure through one view: the views are not used
     # where the single view already answers as well as the views, the lowest threshold
