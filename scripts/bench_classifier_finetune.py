@@ -35,7 +35,15 @@ from bench_classifier import NEU_CLASSES, CachedMaps, load_classes, neu_splits, 
 from lineguard.preprocess import spec_for_images
 from lineguard_models.classifier import ClassifierConfig, fit_from_features, fit_head
 from lineguard_models.classifier_features import FeatureSet
-from lineguard_models.finetune import FinetuneConfig, HeadParams, LateStages, Views, finetune, view_averaged_probs
+from lineguard_models.finetune import (
+    FinetuneConfig,
+    HeadParams,
+    LateStages,
+    Views,
+    cascade_probs,
+    finetune,
+    view_averaged_probs,
+)
 
 
 def _accuracies(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[np.float32]],
@@ -61,10 +69,8 @@ def _cascade(late: LateStages, head: HeadParams, maps: dict[str, npt.NDArray[np.
         p1 = view_averaged_probs(late, head, stacked[:, :1])
         p_all = view_averaged_probs(late, head, stacked)
         for tau in taus:
-            sure = p1.max(1) >= tau
-            pred = np.where(sure, p1.argmax(1), p_all.argmax(1))
-            out[f"{split}_cascade{tau:g}"] = float((pred == y[idx]).mean())
-            out[f"{split}_escalated{tau:g}"] = float((~sure).mean())
+            out[f"{split}_cascade{tau:g}"] = float((cascade_probs(p1, p_all, tau).argmax(1) == y[idx]).mean())
+            out[f"{split}_escalated{tau:g}"] = float((p1.max(1) < tau).mean())
     return out
 
 

@@ -116,6 +116,11 @@ class BundleRunner:
 
     def infer(self, image: npt.NDArray[Any]) -> EngineOutput:
         """Score one frame. Raises :class:`ImageError` (frame does not match the spec) or :class:`EngineError`."""
+        return self._infer(image, flagged=False)
+
+    def _infer(self, image: npt.NDArray[Any], *, flagged: bool) -> EngineOutput:
+        """``flagged``: take the flagged part's whole path (classifier, its views engine, map) whatever the
+        scores say -- warm-up's pad-value frame scores below the accept threshold."""
         t0 = time.perf_counter_ns()
         batch, placements = prepare(image, self._bundle.manifest.input)
         t1 = time.perf_counter_ns()
@@ -123,11 +128,11 @@ class BundleRunner:
         scores = self._scores(out)
         top = int(np.argmax(scores))
         t2 = time.perf_counter_ns()
-        suspect = bool(scores[top] >= self._lower)
+        suspect = flagged or bool(scores[top] >= self._lower)
         probs = None
         if self._classifier is not None and suspect:
             probs = self._class_probs(self._classifier, self._classifier_input(batch, out, top))
-            if self._views is not None and float(probs.max()) < self._views_below:
+            if self._views is not None and (flagged or float(probs.max()) < self._views_below):
                 probs = self._class_probs(self._views, batch[top : top + 1])
         t3 = time.perf_counter_ns()
         amap = None
@@ -184,7 +189,8 @@ class BundleRunner:
         TensorRT run loads kernels and autotunes, and CUDA initialises lazily; together that can
         take hundreds of milliseconds, far beyond a cycle time. Paying it here keeps the first real
         part from missing its deadline. Uses a pad-value frame of the spec's geometry, so it needs
-        no image from the camera.
+        no image from the camera, and sends it down a flagged part's whole path (classifier, views
+        engine, map) whatever it scores.
         """
         spec = self._bundle.manifest.input
         width = spec.image_width or spec.input_width * spec.tiles.cols
@@ -193,21 +199,9 @@ class BundleRunner:
         frame = np.full(shape, spec.pad_value, dtype=np.dtype(spec.dtype))
         t0 = time.perf_counter_ns()
         for _ in range(runs):
-            self.infer(frame)
-            self._run_classifiers(frame)
+            self._infer(frame, flagged=True)
         elapsed = _ms(t0, time.perf_counter_ns())
         log.info("bundle %s warmed up: %d runs in %.1f ms", self._bundle.bundle_id, runs, elapsed)
-
-    def _run_classifiers(self, frame: npt.NDArray[Any]) -> None:
-        """Run the classifier (and its views engine) on ``frame`` whatever its score: a pad-value frame
-        scores below the accept threshold, and warm-up must reach every engine a flagged part uses."""
-        if self._classifier is None:
-            return
-        batch, _ = prepare(frame, self._bundle.manifest.input)
-        out = self._anomaly.run(batch) if self._feed_role is not None else {}
-        self._class_probs(self._classifier, self._classifier_input(batch, out, 0))
-        if self._views is not None:
-            self._class_probs(self._views, batch[:1])
 
     def close(self) -> None:
         """Release the engines. Idempotent."""
