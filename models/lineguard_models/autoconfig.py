@@ -457,13 +457,20 @@ def _cap_classifier(cfg: TrainConfig, record: dict[str, Any], deadline: Deadline
     if not est["classifier_s"]:
         return cfg
     rest = FinalEstimate(fit_s=est["fit_s"], score_s=est["score_s"], classifier_s=0.0, report_s=est["report_s"])
-    cap = classifier_select_budget(deadline.left(), rest, cfg.classifier.select_time_budget_s)
-    if cap is None:
+    left = deadline.left()
+    cap = classifier_select_budget(left, rest, cfg.classifier.select_time_budget_s)
+    # the fine-tuning candidate's budget counts the frozen candidates' time too: the same share caps it
+    tune_cap = classifier_select_budget(left, rest, cfg.classifier.finetune_candidate_budget_s)
+    update: dict[str, float] = {}
+    if cap is not None:
+        update["select_time_budget_s"] = record["classifier_select_budget_s"] = cap
+        progress(f"auto: classifier selection budget {cap:.0f} s (of {cfg.classifier.select_time_budget_s:.0f} s): "
+                 f"what the search left")
+    if tune_cap is not None and cfg.classifier.finetune_candidate is not None:
+        update["finetune_candidate_budget_s"] = record["classifier_finetune_budget_s"] = tune_cap
+    if not update:
         return cfg
-    record["classifier_select_budget_s"] = cap
-    progress(f"auto: classifier selection budget {cap:.0f} s (of {cfg.classifier.select_time_budget_s:.0f} s): "
-             f"what the search left")
-    return cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"select_time_budget_s": cap})})
+    return cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update=update)})
 
 
 def train_auto(data: Path, out: Path, base: TrainConfig, auto: AutoConfig | None = None, *,

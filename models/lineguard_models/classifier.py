@@ -19,6 +19,8 @@ frozen fit, stage6 and the head are fine-tuned on every orientation view (``line
 and the graph averages the views: 99.00 % instead of 98.72 % at 40 images per class on NEU-DET, for
 (folds + 1) fine-tuning runs at training, one backbone pass per view per classified part and no
 shared backbone pass; the fine-tuned model's own cross-validation gives the report and ``min_confidence``.
+Since stop 20 the per-line choice also tries that fine-tuning itself (``tuner``,
+``classifier_select.consider_finetuning``) and keeps it only where cross-validation says it pays.
 
 Exported graph (``export_onnx``): input ``image`` [N, C, H, W] float32 raw units -> /max_value,
 mono -> 3 channels, backbone normalisation -> backbone -> pooled features -> head -> softmax
@@ -35,6 +37,7 @@ class order differs from ``classes``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +149,7 @@ class ClassifierConfig(BaseModel):
         "the shorter side is this many pixels (aspect kept, never scaled up): the recipe and its figures are "
         "from 224 px (docs/benchmarks/quality-classifier.md), and at a 288 px anomaly input the classifier "
         "cost 1.6x more per flagged part (docs/classifier.md). Not applied when the backbone pass is shared "
-        "(the anomaly engine's stage map sets the size) or with fine-tuning. None = the anomaly input size",
+        "(the anomaly engine's stage map sets the size). None = the anomaly input size",
     )
     batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
     max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
@@ -171,6 +174,23 @@ class ClassifierConfig(BaseModel):
     finetune_max_map_mib: float = Field(
         2048.0, gt=0.0, le=1 << 20, description="memory cap of the cached prefix maps of every view of every image; "
         "above it training stops with the numbers (use fewer images or views, or no fine-tuning)",
+    )
+    finetune_candidate: FinetuneConfig | None = Field(
+        FinetuneConfig(), description="the fine-tuning recipe the per-line choice (select) also tries where the line "
+        "has at least finetune_candidate_min_per_class images in every class and orientation views are allowed "
+        "(the declared profile's, else every flip and 90-degree turn), within finetune_candidate_budget_s and the "
+        "flagged-part latency budget; kept only if its cross-validated accuracy beats the frozen choice's by one "
+        "image or more. None = never tried",
+    )
+    finetune_candidate_min_per_class: int = Field(
+        30, ge=2, le=100000, description="fine-tuning is tried only from this many images in the smallest class "
+        "(at 20 per class it lost to the frozen choice on every classifier-suite split measured, docs/classifier.md)",
+    )
+    finetune_candidate_budget_s: float = Field(
+        600.0, gt=0.0, le=86400.0, description="seconds the per-line choice may take with the fine-tuning candidate: "
+        "the frozen candidates' time counts against it, and the candidate runs only if its estimate (its prefix "
+        "maps and every training step, from one measured step) fits what is left; else it is skipped with the "
+        "estimate in the report. Automatic configuration caps it to what its search left",
     )
     select: bool = Field(
         True, description="choose the pooled stages and the photometric copies per line by cross-validation on "
@@ -236,9 +256,9 @@ class FeatureExtractor:
             backbone = EfficientNetLite0.from_state_dict_file(out_stages=config.stages)
         elif tuple(backbone.out_stages) != tuple(config.stages):
             raise ConfigError(f"backbone returns stages {backbone.out_stages}, classifier wants {config.stages}")
-        resize = None if config.finetune is not None else classifier_resize(spec, config.input_px)
         return cls(features=PooledFeatures(backbone, max_value=spec.max_value, pooling=config.pooling,
-                                           resize_to=resize), spec=spec, batch_size=config.batch_size)
+                                           resize_to=classifier_resize(spec, config.input_px)),
+                   spec=spec, batch_size=config.batch_size)
 
     def __call__(self, images: Sequence[Image], view: str = "identity") -> npt.NDArray[np.float32]:
         """Features [N, D] of ``images`` seen in orientation ``view`` (``lineguard_models.views``)."""
@@ -408,11 +428,14 @@ def train_classifier(
     config: ClassifierConfig | None = None,
     backbone: Backbone | None = None,
     selector: Callable[..., Any] | None = None,
+    tuner: Callable[..., Any] | None = None,
 ) -> TrainedClassifier:
     """Train the defect classifier on raw images (the layout ``Dataset.load`` returns).
 
     ``selector`` (``classifier_select.select_and_fit``) chooses stages and copies by cross-validation
-    when ``config.select`` is on; without it the configured stages are used as they are.
+    when ``config.select`` is on; without it the configured stages are used as they are. ``tuner``
+    (``classifier_select.consider_finetuning``) then tries the fine-tuning candidate
+    (``config.finetune_candidate``) against the frozen choice.
 
     ``profile`` defaults to :meth:`CameraProfile.conservative_for` the spec. Raises
     :class:`DatasetError` for fewer than 2 classes or a class below :data:`MIN_IMAGES_PER_CLASS`.
@@ -422,6 +445,7 @@ def train_classifier(
     for w in warnings_:
         log.warning("%s", w)
     views, free = training_views(profile, spec, config)
+    declared, spent_s = views, 0.0
     profile = profile or CameraProfile.conservative_for(spec)
     profile.verify_matches(spec)
     torch.manual_seed(seed)
@@ -433,26 +457,37 @@ def train_classifier(
     if selector is not None and config.selects_per_line and backbone is None:
         # issue 16: the per-line choice (classifier_select.select_and_fit, passed in by the caller
         # above this module: classifier_bundle, so the import graph keeps one direction)
+        t_select = time.perf_counter()
         extract, fs, head, thresholds, report = selector(
             images_by_class, spec=spec, config=config, plausible=plausible, copies=profile.copies_per_image,
             views=views, seed=seed, progress=progress, free_views=free)
         views = Views(names=tuple(report["selection"]["views"]))  # what the chosen candidate trained on
+        spent_s = time.perf_counter() - t_select
     else:
         fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
                             seed=seed, progress=progress, views=views, average_views=config.average_views)
         head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
     graph = ClassifierGraph(extract.features, head)
-    views_below = None
+    views_below, averaged = None, views if fs.average_views else IDENTITY
     if config.finetune is not None:
         graph, thresholds, report, views_below = finetuned(images_by_class, fs, extract, views, report,
                                                             config=config, seed=seed, progress=progress)
+    elif tuner is not None and config.finetune_candidate is not None and "selection" in report:
+        tune_views = declared if len(declared) > 1 else free or IDENTITY  # CV guards orientation-tied classes
+        tune_cfg = config.model_copy(update={"finetune": config.finetune_candidate, "pooling": "mean",
+                                             "average_views": True})
+        tuned = tuner(images_by_class, fs, FeatureExtractor.from_config(spec, tune_cfg), tune_views, report,
+                      config=tune_cfg, seed=seed, progress=progress, spent_s=spent_s)
+        if tuned is not None:
+            graph, thresholds, report, views_below = tuned
+            views = averaged = tune_views
     report["warnings"] = warnings_
     report["augmentation"] = {"copies_per_image": profile.copies_per_image, "views": list(views.names)}
     log.info("classifier: %d classes, CV accuracy %.3f (balanced %.3f), l2=%g", len(fs.classes),
              report["accuracy"], report["balanced_accuracy"], report["l2"])
     return TrainedClassifier(classes=fs.classes, min_confidence=thresholds, cv_report=report,
                              graph=graph, spec=spec, profile=profile,
-                             views=views if fs.average_views else IDENTITY, views_below=views_below,
+                             views=averaged, views_below=views_below,
                              warnings=tuple(warnings_))
 
 

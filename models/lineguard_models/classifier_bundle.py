@@ -32,7 +32,7 @@ from lineguard_models.backbone import EfficientNetLite0, LiteVariant
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures, classifier_resize, export_classifier_onnx
 from lineguard_models.classifier_head import SoftmaxHead
-from lineguard_models.classifier_select import PREPROCESS_MS, line_candidates, select_and_fit
+from lineguard_models.classifier_select import PREPROCESS_MS, consider_finetuning, line_candidates, select_and_fit
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import OrtScorer, engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
@@ -171,15 +171,19 @@ def classifier_for_bundle(
         images, clf_spec, tiles_report = top_tiles(images, spec, anomaly_onnx)
         progress(f"classifier: trained on each image's top-scoring tile of {spec.tiles.rows}x{spec.tiles.cols} "
                  f"(chosen per tile: {tiles_report['chosen_per_tile']})")
-    selector = None
+    selector = tuner = None
     if config.selects_per_line:  # the latency filter: the line's anomaly engine and the candidates' graphs, here
         price = functools.partial(classifier_prices, spec=clf_spec, config=config,
                                   frame=next(iter(images.values()))[0], n_classes=len(counts))
-        selector = functools.partial(select_and_fit, anomaly_p50_ms=_anomaly_p50_ms(frame, spec, anomaly_onnx),
-                                     classifier_price=price)
+        anomaly_ms = _anomaly_p50_ms(frame, spec, anomaly_onnx)
+        selector = functools.partial(select_and_fit, anomaly_p50_ms=anomaly_ms, classifier_price=price)
+        # the fine-tuned graph pools by the average and never shares the backbone pass: priced as such
+        tuned_price = functools.partial(price, [tuple(config.stages)],
+                                        config=config.model_copy(update={"pooling": "mean"}))
+        tuner = functools.partial(consider_finetuning, anomaly_p50_ms=anomaly_ms, price=tuned_price)
     clf = train_classifier(images, spec=clf_spec, profile=profile, seed=seed, config=config,
                            progress=lambda msg, frac: progress(f"{msg}: {frac * 100:.0f}%"),
-                           selector=selector)  # per-line choice (issue 16) when config.select
+                           selector=selector, tuner=tuner)  # per-line choice (issue 16) when config.select
     sel = clf.cv_report.get("selection")
     if sel:
         progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")

@@ -8,6 +8,7 @@ probabilities the edge will report -> the final run's graph. docs/classifier.md 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -34,7 +35,9 @@ from lineguard_models.finetune import (
     LateStages,
     cascade_probs,
     choose_views_below,
+    estimated_seconds,
     finetune_cross_validated,
+    seconds_per_step,
     view_maps,
 )
 from lineguard_models.views import Views
@@ -60,16 +63,24 @@ class Extractor(Protocol):
     spec: InputSpec
 
 
+class OverBudget(Exception):
+    """Fine-tuning would take longer than its time budget (estimated before the expensive part)."""
+
+
 def finetuned(
     images_by_class: Mapping[str, Sequence[Image]], fs: FeatureSet, extract: Extractor, views: Views,
     frozen_report: dict[str, Any], *, config: TuneSettings, seed: int,
-    progress: ProgressFn | None,
+    progress: ProgressFn | None, time_budget_s: float | None = None,
 ) -> tuple[ClassifierGraph, dict[str, float], dict[str, Any], float | None]:
     """Fine-tune after the frozen fit (``config.finetune``): cached prefix maps of every view,
     cross-validated runs for the report and the thresholds, the final run on everything. Returns
     the graph with the tuned backbone, its thresholds, the report (the frozen CV kept in it) and, with
     ``views_only_when_unsure``, the top probability below which a part goes through the views (chosen
-    out of fold: ``finetune.choose_views_below``; None: every part through every view)."""
+    out of fold: ``finetune.choose_views_below``; None: every part through every view).
+
+    ``time_budget_s``: after the first 32 images' maps, the rest of the maps and every training step are
+    estimated (``finetune.seconds_per_step`` measured here); above the budget :class:`OverBudget` is raised
+    with the estimate, before the expensive part."""
     assert config.finetune is not None
     ft = config.finetune
     features = extract.features
@@ -82,15 +93,27 @@ def finetuned(
     def chunk(part: Sequence[Image]) -> Tensor:
         raw = torch.from_numpy(np.concatenate([prepare(im, extract.spec)[0] for im in part]))
         return view_maps(backbone, raw, views, in_scale=features.get_buffer("in_scale"),
-                         in_shift=features.get_buffer("in_shift"), last_block=late0.first_block - 1)
+                         in_shift=features.get_buffer("in_shift"), last_block=late0.first_block - 1,
+                         resize_to=features.resize_to)
 
+    t0 = time.perf_counter()
     chunks = [chunk(images[:32])]  # its map size decides whether the rest is computed at all
+    maps_s = (time.perf_counter() - t0) * max(0, len(images) - 32) / 32
     mib = chunks[0][0, 0].numel() * 4 * len(images) * len(views) / 2**20
     if mib > config.finetune_max_map_mib:
         raise ConfigError(f"classifier fine-tuning would cache {mib:.0f} MiB of {late0.prefix_stage} maps "
                           f"({len(images)} images x {len(views)} views), above finetune_max_map_mib "
                           f"{config.finetune_max_map_mib}: train without fine-tuning (at 80 images per class "
                           "the frozen classifier already reached 99.4 % on NEU-DET) or raise the cap")
+    n_folds = min(config.finetune_folds, int(np.bincount(fs.y).min()))
+    estimate = None
+    if time_budget_s is not None:
+        step_s = seconds_per_step(backbone, chunks[0].reshape(-1, *chunks[0].shape[2:]), stages=features.stages,
+                                  config=ft, n_classes=len(fs.classes))
+        estimate = maps_s + estimated_seconds(len(images), len(views), n_folds, ft, step_s)
+        if estimate > time_budget_s:
+            raise OverBudget(f"fine-tuning estimated at {estimate:.0f} s ({len(images)} images x {len(views)} views, "
+                             f"{n_folds} folds + the final run) > its budget {time_budget_s:.0f} s")
     chunks += [chunk(images[s : s + 32]) for s in range(32, len(images), 32)]
     maps = torch.cat(chunks)
     l2 = float(frozen_report["l2"])
@@ -99,7 +122,6 @@ def finetuned(
         h = fit_head(x, y, len(fs.classes), l2=l2, max_iter=config.max_iter)
         return h.mu, h.sd, h.weight, h.bias
 
-    n_folds = min(config.finetune_folds, int(np.bincount(fs.y).min()))
     result, oof_views, oof_identity = finetune_cross_validated(
         backbone, maps, fs.y, stages=features.stages, fit_head=start_head, config=ft,
         folds=stratified_folds(fs.y, n_folds, seed), seed=seed, progress=progress)
@@ -125,8 +147,10 @@ def finetuned(
         "folds": n_folds,
         "frozen": {k: frozen_report[k] for k in ("method", "folds", "accuracy", "balanced_accuracy")},
         **cv_summary(oof, fs.y, fs.classes, thresholds),
-        "finetune": {**ft.model_dump(mode="json"), "maps_mib": round(mib, 1)},
+        "finetune": {**ft.model_dump(mode="json"), "maps_mib": round(mib, 1),
+                     **({"estimated_s": round(estimate, 1)} if estimate is not None else {})},
     }
     head = SoftmaxHead(mu=result.mu, sd=result.sd, weight=result.weight, bias=result.bias)
-    pooled = PooledFeatures(result.backbone, max_value=extract.spec.max_value, pooling=extract.features.pooling)
+    pooled = PooledFeatures(result.backbone, max_value=extract.spec.max_value, pooling=features.pooling,
+                            resize_to=features.resize_to)
     return ClassifierGraph(pooled, head), thresholds, report, views_below

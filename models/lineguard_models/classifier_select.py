@@ -9,9 +9,10 @@ slices of those features -> :func:`pick` -> the classifier is fitted and exporte
 stages and copies; every candidate's CV figures go into ``calibration.classifier.selection``.
 
 Candidates (docs/benchmarks/quality-classifier.md): pooled stages {5,6} (the default) with the
-camera profile's photometric copies and without, {5,6,7} and {4,5,6,7} with them. Fine-tuning is not a
-candidate (``FINETUNE_EXCLUDED``): its four runs take minutes and the suite has not measured it as a
-per-line choice; it stays an explicit option.
+camera profile's photometric copies and without, {5,6,7} and {4,5,6,7} with them. Then fine-tuning
+(:func:`consider_finetuning`, since stop 20): stage6 and the head fine-tuned on every orientation view, tried
+where every class has ``finetune_candidate_min_per_class`` images (30) and views are allowed, within its time
+and latency budgets, kept only if its out-of-fold accuracy beats the frozen choice's by one image.
 Views: a line that declared its camera profile gets the views it allows, in every candidate. A line that
 declared none (``lineguard train`` without ``--camera-profile``: orientation unknown) keeps the identity
 in the candidates above and gets two more, ``views`` and ``s4567_views``: the same stage sets trained on
@@ -35,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from lineguard_models.classifier import FeatureExtractor, fit_from_features
+from lineguard_models.classifier import FeatureExtractor, fit_from_features, out_of_fold_probs
 from lineguard_models.classifier_features import FeatureSet, build_features
+from lineguard_models.classifier_finetuned import OverBudget, finetuned
 from lineguard_models.classifier_graph import POOL_WIDTH
-from lineguard_models.classifier_head import SoftmaxHead
+from lineguard_models.classifier_head import SoftmaxHead, stratified_folds
 from lineguard_models.views import IDENTITY, Views
 
 # One latency model of a flagged part (anomaly engine + the frame's preprocessing + classifier), used both
@@ -196,11 +198,92 @@ def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[st
     return np.array(cols, np.int64)
 
 
-FINETUNE_EXCLUDED = (
-    "fine-tuning is an option (--classifier-finetune), not a candidate: its 4 runs take 5-10 min on 2 cores, and "
-    "the classifier suite has not measured it as a per-line choice; reading the views only where the single "
-    "view is unsure keeps its median flagged part at the single view's cost (docs/classifier.md)"
+FINETUNE_SMALL = (
+    "{n} images in the smallest class, below finetune_candidate_min_per_class {need}: at 20 per class "
+    "fine-tuning lost to the frozen choice on every classifier-suite split measured (docs/classifier.md)"
 )
+FINETUNE_NO_VIEWS = ("no orientation views allowed (the declared camera profile ties the classes to "
+                     "orientation): fine-tuning sees each image once per epoch, too few steps to pay")
+
+
+def finetuned_p50_ms(stages: Sequence[str], price: Callable[[], Mapping[str, float]] | None) -> float:
+    """The fine-tuned classifier's single-view graph, p50 ms: measured (``price``: ``classifier_bundle.
+    classifier_prices`` of its stage set, pooled by the average, on this CPU) or the table's price of its stages
+    (:data:`CLASSIFIER_P50_MS`; the graph scales the frame to ``input_px`` like the frozen one)."""
+    key = "+".join(stages)
+    return (price() if price is not None else CLASSIFIER_P50_MS).get(key, float("inf"))
+
+
+def consider_finetuning(
+    images_by_class: Any, fs: FeatureSet, extract: Any, views: Views, frozen_report: dict[str, Any], *,
+    config: Any, seed: int, progress: Any = None, anomaly_p50_ms: float | None = None,
+    price: Callable[[], Mapping[str, float]] | None = None, spent_s: float = 0.0, force: bool = False,
+) -> tuple[Any, dict[str, float], dict[str, Any], float | None] | None:
+    """The per-line choice's fine-tuning candidate (``ClassifierConfig.finetune_candidate``), after the frozen
+    choice (``frozen_report["selection"]``, which gets the candidate's figures or the reason it was skipped).
+
+    Tried where the smallest class has ``finetune_candidate_min_per_class`` images, ``views`` has more than the
+    identity, its flagged part fits ``select_latency_budget_ms`` and its estimated time what is left of
+    ``finetune_candidate_budget_s`` after the frozen choice (``spent_s``); kept only where its out-of-fold
+    accuracy (3 folds, as the edge reads it) beats the frozen choice's cross-validated accuracy by one image or
+    more, both measured on the same folds: the frozen choice's features are cross-validated again on the
+    fine-tuning's 3 folds (its own 5-fold figure comes from more training images per fold, and it won a
+    comparison among several candidates). Returns ``classifier_finetuned.finetuned``'s (graph, thresholds,
+    report, views_below) when kept, else None. ``force`` (benchmarks) returns it whenever it was trained; the
+    entry still says what the rule decided (``beats_frozen``). ``config``: the line's
+    ``ClassifierConfig`` with ``finetune`` set to the candidate recipe (``classifier.train_classifier``)."""
+    sel = frozen_report["selection"]
+    entry: dict[str, Any] = {"name": "finetune", "stages": list(config.stages), "copies": 0, "pooling": "mean",
+                             "views": len(views) > 1, "cv_accuracy": None, "cv_log_loss": None, "skipped": ""}
+    sel["candidates"].append(entry)
+    n_min = int(np.bincount(fs.y).min())
+    need = config.finetune_candidate_min_per_class
+    flagged = (ANOMALY_P50_MS if anomaly_p50_ms is None else anomaly_p50_ms) + PREPROCESS_MS
+    if n_min < need:
+        entry["skipped"] = FINETUNE_SMALL.format(n=n_min, need=need)
+        return None
+    if len(views) < 2:
+        entry["skipped"] = FINETUNE_NO_VIEWS
+        return None
+    clf_ms = finetuned_p50_ms(config.stages, price)
+    flagged += clf_ms
+    entry.update(flagged_p50_ms=round(flagged, 1), classifier_p50_ms=round(clf_ms, 2),
+                 classifier_p50_source="measured on this CPU (its stage set, pooled by the average)"
+                 if price is not None else "table CLASSIFIER_P50_MS")
+    if flagged > config.select_latency_budget_ms:
+        entry["skipped"] = (f"estimated flagged part {flagged:.0f} ms p50 (one view) > budget "
+                            f"{config.select_latency_budget_ms:.0f} ms")
+        return None
+    left = config.finetune_candidate_budget_s - spent_s
+    if left <= 0:
+        entry["skipped"] = (f"time budget {config.finetune_candidate_budget_s:.0f} s spent by the frozen candidates "
+                            f"({spent_s:.0f} s)")
+        return None
+    t0 = time.perf_counter()
+    try:
+        graph, thr, report, views_below = finetuned(images_by_class, fs, extract, views, frozen_report,
+                                                    config=config, seed=seed, progress=progress, time_budget_s=left)
+    except OverBudget as e:
+        entry["skipped"] = str(e)
+        return None
+    n = len(fs.y)
+    folds = stratified_folds(fs.y, int(report["folds"]), seed)  # the fine-tuning's own folds
+    oof = out_of_fold_probs(fs, folds, l2=float(frozen_report["l2"]), max_iter=config.max_iter)
+    cv_t, cv_f = float(report["accuracy"]), float((oof.argmax(1) == fs.y).mean())
+    cascade = report.get("views_only_when_unsure", {})
+    beats = cv_t >= cv_f + 1.0 / n - 1e-9
+    entry.update(cv_accuracy=cv_t, frozen_cv_same_folds=round(cv_f, 4), beats_frozen=beats,
+                 cv_unknown_rate=report.get("unknown_rate"), fit_s=round(time.perf_counter() - t0, 2),
+                 estimated_s=report.get("finetune", {}).get("estimated_s"), views_below=views_below,
+                 through_views_oof=cascade.get("through_views_oof"))
+    if not beats and not force:
+        return None
+    report["selection"] = {**sel, "chosen": "finetune", "stages": list(config.stages), "copies": 0,
+                           "pooling": "mean", "views": list(views.names),
+                           "reason": f"fine-tuned CV accuracy {cv_t:.4f} vs the frozen choice {sel['chosen']} "
+                                     f"{cv_f:.4f} on the same {len(np.unique(folds))} folds (>= one image of {n} "
+                                     "better)" if beats else "forced (benchmark)"}
+    return graph, thr, report, views_below
 
 
 def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "mean_gem", *,
@@ -290,7 +373,6 @@ def select_and_fit(
         + [{"name": c.name, "stages": list(c.stages), "copies": c.copies, "pooling": c.pooling, "views": c.views,
             "skipped": f"estimated flagged part {flagged_ms(c):.0f} ms p50 > budget "
                        f"{config.select_latency_budget_ms:.0f} ms"} for c in over],
-        "not_candidates": {"finetune": FINETUNE_EXCLUDED},
         "time_budget_s": config.select_time_budget_s, "search_s": round(time.perf_counter() - t0, 1),
         "latency_budget_ms": config.select_latency_budget_ms,
         "anomaly_p50_ms": None if anomaly_p50_ms is None else round(anomaly_p50_ms, 2),

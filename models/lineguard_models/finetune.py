@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.views import Views
 
 __all__ = ["VIEWS_BELOW_GRID", "FinetuneConfig", "FinetuneResult", "LateStages", "Views", "cascade_probs",
-           "choose_views_below", "finetune", "finetune_cross_validated",
-           "internal_split", "prefix_maps", "view_maps"]
+           "choose_views_below", "estimated_seconds", "finetune", "finetune_cross_validated",
+           "internal_split", "prefix_maps", "seconds_per_step", "view_maps"]
 
 ProgressFn = Callable[[str, float], None]
 
@@ -236,15 +237,53 @@ def finetune(
     )
 
 
+def seconds_per_step(backbone: EfficientNetLite0, maps: Tensor, *, stages: Sequence[str], config: FinetuneConfig,
+                     n_classes: int, repeats: int = 2) -> float:
+    """Seconds of one optimiser step on a batch of ``maps`` [B, C, h, w] (a throwaway copy of the trained blocks
+    and a zero head; the fastest of ``repeats`` after one untimed step): what :func:`estimated_seconds` scales."""
+    late = LateStages(copy.deepcopy(backbone), stages=stages, first_trained_stage=config.first_trained_stage)
+    late.requires_grad_(True)
+    with torch.no_grad():
+        d = late(maps[:1]).shape[1]
+    model = _Model(late, torch.zeros(d), torch.ones(d), torch.zeros(d, n_classes), torch.zeros(n_classes))
+    batch = maps[: config.batch_size]
+    y = torch.zeros(len(batch), dtype=torch.int64)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    model.eval()  # BatchNorm frozen, as in train_late_stages
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(batch), y)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        times.append((time.perf_counter() - t0) * config.batch_size / len(batch))
+    return min(times[1:])
+
+
+def estimated_seconds(n_images: int, n_views: int, folds: int, config: FinetuneConfig, step_s: float) -> float:
+    """Seconds of the training steps of :func:`finetune_cross_validated`: one run per fold on the other folds'
+    maps and the final run on all of them, ``config.epochs`` each (prediction passes excluded: a few %)."""
+    rows_per_fold = n_images * n_views * (folds - 1) / folds
+    steps = config.epochs * (folds * math.ceil(rows_per_fold / config.batch_size)
+                             + math.ceil(n_images * n_views / config.batch_size))
+    return steps * step_s
+
+
 def view_maps(
     backbone: EfficientNetLite0, prepared: Tensor, views: Views, *, in_scale: Tensor, in_shift: Tensor,
-    last_block: int, batch: int = 32,
+    last_block: int, batch: int = 32, resize_to: tuple[int, int] | None = None,
 ) -> Tensor:
     """Frozen prefix maps [N, V, C, h, w] of prepared engine inputs (raw units) in every view:
     the view is applied to the raw input, then the graph's own normalisation (``in_scale``,
-    ``in_shift``), then the frozen blocks up to ``last_block`` (``LateStages.first_block - 1``)."""
-    per_view = [prefix_maps(backbone, Views.apply(v, prepared) * in_scale + in_shift, last_block=last_block,
-                            batch=batch) for v in views.names]
+    ``in_shift``) and scaling (``resize_to``, ``PooledFeatures.resize_to``: the same order as the exported
+    graph), then the frozen blocks up to ``last_block`` (``LateStages.first_block - 1``)."""
+
+    def seen(v: str) -> Tensor:
+        x = Views.apply(v, prepared) * in_scale + in_shift
+        return x if resize_to is None else F.interpolate(x, size=resize_to, mode="bilinear", align_corners=False)
+
+    per_view = [prefix_maps(backbone, seen(v), last_block=last_block, batch=batch) for v in views.names]
     return torch.stack(per_view, dim=1)
 
 

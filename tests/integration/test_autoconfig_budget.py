@@ -117,6 +117,9 @@ def test_the_whole_call_keeps_the_budget_and_records_its_seconds(data: Path, tmp
     # the classifier's selection got what the search left (nothing: its default candidate only)
     assert auto["classifier_select_budget_s"] == 1.0
     assert m.provenance["training"]["classifier"]["select_time_budget_s"] == 1.0
+    # and so did the fine-tuning candidate, whose budget counts the frozen candidates' time too
+    assert auto["classifier_finetune_budget_s"] == 1.0
+    assert m.provenance["training"]["classifier"]["finetune_candidate_budget_s"] == 1.0
     assert not [r for r in caplog.records if "over its" in r.getMessage()]
     report = (out / "report" / "report.md").read_text()
     assert "- time: scan and search 130 s + final training 10 s before this report, of the 150 s budget" in report

@@ -51,6 +51,8 @@ def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
     assert m.classifier.camera_profile["sensor"] == "mono"
     assert sorted(m.classifier.camera_profile["flips"]) == ["horizontal", "vertical"]  # --camera-profile used
     assert m.calibration["classifier"]["folds"] == 5
+    tuned = [c for c in m.calibration["classifier"]["selection"]["candidates"] if c["name"] == "finetune"]
+    assert tuned and tuned[0]["skipped"].startswith("6 images in the smallest class")  # recorded, not tried
     anomaly = ort.InferenceSession(str(bundle / m.engines["anomaly"].file), providers=["CPUExecutionProvider"])
     sess = ort.InferenceSession(str(bundle / engine.file), providers=["CPUExecutionProvider"])
     cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
@@ -167,3 +169,33 @@ def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
             got = runner.infer(image).class_probs
             if got is not None:
                 np.testing.assert_allclose(got, every.run(["class_probs"], {"image": batch})[0][0], atol=1e-5)
+
+
+def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path) -> None:
+    """Through the bundle glue: the candidate's graph is priced on this CPU, trained for real, and the bundle
+    gets the views engine exactly when the fine-tuned classifier is the one chosen."""
+    from lineguard.preprocess import InputSpec
+    from lineguard_models.augment import CameraProfile
+    from lineguard_models.classifier import ClassifierConfig
+    from lineguard_models.classifier_bundle import classifier_for_bundle
+    from lineguard_models.finetune import FinetuneConfig
+
+    write_dataset(tmp_path / "data", SynthConfig(width_px=64, height_px=64, n_good=4, n_defect_per_class=6,
+                                                 defect_classes=CLASSES, defect_strength=2.0, seed=5))
+    spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
+    profile = CameraProfile.conservative_for(spec).model_copy(update={"orientation_specific": False,
+                                                                      "flips": ("horizontal",)})
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    config = ClassifierConfig(finetune_candidate_min_per_class=2, finetune_candidate=FinetuneConfig(epochs=1))
+    out = classifier_for_bundle(scan_dataset(tmp_path / "data"), spec, staging, seed=0, progress=lambda _: None,
+                                profile=profile, config=config)
+    assert out is not None
+    sel = out["report"]["selection"]
+    (entry,) = [c for c in sel["candidates"] if c["name"] == "finetune"]
+    assert not entry["skipped"] and 0.0 <= entry["cv_accuracy"] <= 1.0
+    assert entry["classifier_p50_source"].startswith("measured on this CPU")
+    assert entry["flagged_p50_ms"] == pytest.approx(27.0 + 1.2 + entry["classifier_p50_ms"], abs=0.06)
+    chosen = sel["chosen"] == "finetune"
+    assert (out["views_engine"] is not None) == chosen == (staging / "classifier_views.onnx").exists()
+    assert (out["classifier"]["views_below"] is not None) == chosen

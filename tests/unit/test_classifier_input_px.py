@@ -51,14 +51,14 @@ def test_the_backbone_sees_the_scaled_frame() -> None:
         assert not torch.allclose(scaled(big), native(big), atol=1e-2)
 
 
-def test_extractor_scales_unless_fine_tuning() -> None:
+def test_extractor_scales_fine_tuned_or_not() -> None:
     from lineguard_models.classifier import FinetuneConfig
 
     spec = _spec(288, 288)
     assert FeatureExtractor.from_config(spec, ClassifierConfig()).features.resize_to == (224, 224)
     assert FeatureExtractor.from_config(spec, ClassifierConfig(input_px=None)).features.resize_to is None
     tuned = ClassifierConfig(finetune=FinetuneConfig(), average_views=True)
-    assert FeatureExtractor.from_config(spec, tuned).features.resize_to is None
+    assert FeatureExtractor.from_config(spec, tuned).features.resize_to == (224, 224)
 
 
 def _blobs(n: int, seed: int, bright: bool) -> list[np.ndarray]:

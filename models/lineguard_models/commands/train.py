@@ -66,11 +66,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with ``lineguard retrain``."""
     p.add_argument("--classifier-finetune", action="store_true",
-                   help="fine-tune the defect classifier's last stage on every orientation view; at inference "
-                        "the views are averaged only for a flagged part whose single view is unsure (NEU-DET, "
-                        "40/class: 98.7 %% as trained here, 99.0 %% in the fine-tuning study, vs 98.2-98.7 %% frozen; "
-                        "1 flagged part in 6 through the views, p50 15 ms, p99 100 ms for the classifier), several "
-                        "times the classifier's training time, no shared backbone pass (docs/classifier.md)")
+                   help="always fine-tune the defect classifier's last stage on every orientation view (without "
+                        "this flag the per-line choice tries it from 30 images per class and keeps it only where "
+                        "cross-validation says it pays); at inference the views are averaged only for a flagged part "
+                        "whose single view is unsure (NEU-DET, 40/class: 98.7 %% as trained here, 99.0 %% in the "
+                        "fine-tuning study, vs 98.2-98.7 %% frozen; 1 flagged part in 6 through the views, p50 15 ms, "
+                        "p99 100 ms for the classifier), several times the classifier's training time, no shared "
+                        "backbone pass (docs/classifier.md)")
 
 
 def classifier_config(args: argparse.Namespace) -> ClassifierConfig:
