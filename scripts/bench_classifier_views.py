@@ -31,6 +31,7 @@ from bench_classifier import NEU_CLASSES, NEU_PROFILE, load_classes, neu_splits,
 from lineguard.preprocess import prepare, spec_for_images
 from lineguard_models.classifier import ClassifierConfig, train_classifier
 from lineguard_models.classifier_graph import PROBS_OUTPUT
+from lineguard_models.classifier_select import select_and_fit
 from lineguard_models.finetune import FinetuneConfig, cascade_probs
 
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=40, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=100)
     p.add_argument("--json", type=Path, default=None, help="append one JSON line per seed here")
+    p.add_argument("--frozen", action="store_true", help="also the frozen per-line choice on the same images: its "
+                   "CV and held-out accuracy, and which of the two the per-line rule (CV, one image) would keep")
     args = p.parse_args(argv)
     root = args.datasets / "neu_det"
     if not root.is_dir():
@@ -70,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         clf = train_classifier(train, spec=spec, profile=NEU_PROFILE, seed=seed, config=config)
         train_s = time.perf_counter() - t0
+        frozen_row = {}
+        if args.frozen:
+            t0 = time.perf_counter()
+            frozen = train_classifier(train, spec=spec, profile=NEU_PROFILE, seed=seed, selector=select_and_fit)
+            cv_f, cv_t = float(frozen.cv_report["accuracy"]), float(clf.cv_report["accuracy"])
+            n_train = sum(len(v) for v in train.values())
+            frozen_row = {"frozen_choice": frozen.cv_report["selection"]["chosen"], "cv_frozen": cv_f,
+                          "cv_finetune": cv_t, "accuracy_frozen": accuracy(frozen.predict_proba([images[i] for i in
+                                                                                               test_idx])),
+                          "rule_keeps": "finetune" if cv_t >= cv_f + 1.0 / n_train - 1e-9 else "frozen",
+                          "frozen_s": round(time.perf_counter() - t0, 1)}
         assert clf.views_below is not None, "views_only_when_unsure is the default"
         with tempfile.TemporaryDirectory() as tmp:
             clf.export_onnx(Path(tmp) / "c.onnx")
@@ -86,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 p_every.append(pv if pv is not None else every.run([PROBS_OUTPUT], {"image": batch})[0][0])
         one_p, every_p = np.stack(p_one), np.stack(p_every)
         row = {
-            "seed": seed, "n": args.n, "views_below": clf.views_below,
+            "seed": seed, "n": args.n, "frozen_l2": clf.cv_report["l2"],
+            "views_below": clf.views_below,
             "views_oof": clf.cv_report["views_only_when_unsure"],
             "accuracy_one_view": accuracy(one_p),
             "accuracy_shipped": accuracy(cascade_probs(one_p, every_p, clf.views_below)),
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "curve": {f"{t:g}": [accuracy(cascade_probs(one_p, every_p, t)), float((one_p.max(1) < t).mean())]
                       for t in TAUS},
             "classifier_ms_p50_p90_p99": [round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)],
-            "train_s": round(train_s, 1),
+            "train_s": round(train_s, 1), **frozen_row,
         }
         progress_line(json.dumps(row))
         if args.json:

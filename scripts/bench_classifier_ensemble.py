@@ -1,0 +1,109 @@
+"""Averaging the per-line candidates' heads instead of picking one (issue 16), on the classifier suite's splits.
+
+Same features, splits and candidates as ``scripts/bench_quality_classifier.py`` (its ``Cache`` under
+``/work/data/quality/classifier``). Per set, seed and images per class: every candidate cross-validated by the
+library (``classifier_select.evaluate``), its out-of-fold probabilities at its chosen L2 recomputed on the
+same folds, and held-out probabilities of its final head. Rows printed (held-out accuracy / named right, %):
+
+* *pick*: what ``lineguard train`` ships (``classifier_select.pick``);
+* *mean_all*: the class probabilities averaged over every candidate (one backbone pass to the union of their
+  stages, several linear heads), ``min_confidence`` from the averaged out-of-fold probabilities;
+* *pick+mean*: ``pick`` with *mean_all* as one more candidate judged by the same rule (its CV accuracy from the
+  averaged out-of-fold probabilities; the folds are the same for every candidate).
+
+    nice -n 10 .venv/bin/python scripts/bench_classifier_ensemble.py --json /work/data/ensemble.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality_classifier import BASE, DATASETS, Cache, _candidates, load_set, log, splits
+
+from lineguard_models.classifier import ClassifierConfig, out_of_fold_probs
+from lineguard_models.classifier_head import confidence_thresholds, stratified_folds
+from lineguard_models.classifier_select import evaluate, pick
+
+SETS = ("mvtec_bottle", "deeppcb_defects", "xsdd_steel", "neu_det")
+
+
+def _scores(p: npt.NDArray[np.float32], y: npt.NDArray[np.int64], thr: npt.NDArray[np.float64]) -> dict[str, float]:
+    pred = p.argmax(1)
+    unknown = p.max(1) < thr[pred]
+    return {"accuracy": float((pred == y).mean()), "named_right": float(((pred == y) & ~unknown).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", nargs="*", default=list(SETS))
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--sizes", type=int, nargs="*", default=[20, 40])
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if not DATASETS.is_dir():
+        print(f"skip: {DATASETS} not found (benchmarks need the shared datasets)")
+        return 0
+    torch.set_num_threads(2)
+    cache_dir = BASE / "classifier"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    config = ClassifierConfig()
+    candidates = _candidates()
+    for name in args.sets:
+        images, y, classes, paths = load_set(name)
+        cache = Cache(name, images, cache_dir)
+        plans = [splits(name, y, paths, s, max(args.sizes)) for s in args.seeds]
+        need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
+        pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
+        cache.ensure(need, pool)
+        cache.ensure_views(pool)
+        for seed, (order, test) in zip(args.seeds, plans, strict=True):
+            for n in args.sizes if name != "mvtec_bottle" else [min(len(v) for v in order.values())]:
+                train = np.concatenate([v[:n] for v in order.values()])
+                evs = evaluate(lambda c, idx=train, cc=cache, k=classes, yy=y: cc.feature_set(c, k, idx, yy),
+                               candidates, config=config, seed=seed)
+                yt, ytr = y[test], y[train]
+                folds = stratified_folds(ytr, min(config.cv_folds, int(np.bincount(ytr).min())), seed)
+                oof, hold = {}, {}
+                for ev in evs:
+                    fs = cache.feature_set(ev.candidate, classes, train, y)
+                    oof[ev.candidate.name] = out_of_fold_probs(fs, folds, l2=float(ev.report["l2"]),
+                                                               max_iter=config.max_iter)
+                    assert ev.head is not None
+                    fs_test = cache.feature_set(ev.candidate, classes, test, y)
+                    hold[ev.candidate.name] = fs_test.probs(ev.head, np.arange(len(test)))
+                rows: dict[str, Any] = {}
+                for ev in evs:
+                    thr = np.array([ev.thresholds[c] for c in classes])
+                    rows[ev.candidate.name] = {"cv": ev.cv_accuracy, **_scores(hold[ev.candidate.name], yt, thr)}
+                chosen = pick(evs).name
+                mean_oof = np.mean(list(oof.values()), axis=0)
+                mean_hold = np.mean(list(hold.values()), axis=0)
+                t = confidence_thresholds(mean_oof, ytr, classes, quantile=config.confidence_quantile,
+                                          cap=config.max_min_confidence)
+                cv_mean = float((mean_oof.argmax(1) == ytr).mean())
+                rows["mean_all"] = {"cv": cv_mean, **_scores(mean_hold, yt, np.array([t[c] for c in classes]))}
+                default_cv = evs[0].cv_accuracy
+                beats = cv_mean >= default_cv + 1.0 / len(ytr) - 1e-9 and cv_mean > rows[chosen]["cv"] + 1e-9
+                out = {"set": name, "seed": seed, "n": int(n), "pick": chosen, "pick_row": rows[chosen],
+                       "mean_all": rows["mean_all"], "pick_plus_mean": "mean_all" if beats else chosen,
+                       "candidates": rows}
+                log(f"{name} s{seed} n={n}: pick {chosen} {rows[chosen]['accuracy']:.4f}/"
+                    f"{rows[chosen]['named_right']:.4f} | mean_all {rows['mean_all']['accuracy']:.4f}/"
+                    f"{rows['mean_all']['named_right']:.4f} (cv {cv_mean:.4f} vs pick {rows[chosen]['cv']:.4f})")
+                if args.json:
+                    with args.json.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
