@@ -171,9 +171,13 @@ def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
                 np.testing.assert_allclose(got, every.run(["class_probs"], {"image": batch})[0][0], atol=1e-5)
 
 
-def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frozen_planted_poor", [False, True])
+def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path, frozen_planted_poor: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the bundle glue: the candidate's graph is priced on this CPU, trained for real, and the bundle
-    gets the views engine exactly when the fine-tuned classifier is the one chosen."""
+    gets the views engine exactly when the fine-tuned classifier is the one chosen. With the frozen choice's
+    re-run on the fine-tuning's folds planted at chance, the fine-tuned classifier is chosen: then the written
+    engines must be the fine-tuned pair and read like it."""
     from lineguard.preprocess import InputSpec
     from lineguard_models.augment import CameraProfile
     from lineguard_models.classifier import ClassifierConfig
@@ -187,6 +191,11 @@ def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path
                                                                       "flips": ("horizontal",)})
     staging = tmp_path / "staging"
     staging.mkdir()
+    if frozen_planted_poor:
+        from lineguard_models import classifier_select
+
+        monkeypatch.setattr(classifier_select, "out_of_fold_probs",
+                            lambda fs, folds, **_: np.full((len(fs.y), len(fs.classes)), 1 / len(fs.classes)))
     config = ClassifierConfig(finetune_candidate_min_per_class=2, finetune_candidate=FinetuneConfig(epochs=1))
     out = classifier_for_bundle(scan_dataset(tmp_path / "data"), spec, staging, seed=0, progress=lambda _: None,
                                 profile=profile, config=config)
@@ -199,3 +208,15 @@ def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path
     chosen = sel["chosen"] == "finetune"
     assert (out["views_engine"] is not None) == chosen == (staging / "classifier_views.onnx").exists()
     assert (out["classifier"]["views_below"] is not None) == chosen
+    if not frozen_planted_poor:
+        return
+    assert chosen and entry["beats_frozen"] and entry["frozen_cv_same_folds"] == pytest.approx(1 / 3, abs=0.1)
+    assert out["engine"].get("input_name", "image") == "image" and out["report"]["shared_backbone"]["shared"] is False
+    assert out["report"]["augmentation"]["views"] == ["identity", "hflip"] and "fine-tuned" in out["report"]["method"]
+    one, every = (ort.InferenceSession(str(staging / f), providers=["CPUExecutionProvider"])
+                  for f in ("classifier.onnx", "classifier_views.onnx"))
+    image = render_pixels(SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5), "pit", 100)
+    batch, _ = prepare(image, spec)
+    p_one, p_every = (sess.run(["class_probs"], {"image": batch})[0][0] for sess in (one, every))
+    flipped = one.run(["class_probs"], {"image": np.ascontiguousarray(batch[..., ::-1])})[0][0]
+    np.testing.assert_allclose(p_every, (p_one + flipped) / 2, atol=1e-5)  # the views engine averages both views
