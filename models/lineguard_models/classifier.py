@@ -184,7 +184,8 @@ class ClassifierConfig(BaseModel):
     )
     finetune_candidate_min_per_class: int = Field(
         30, ge=2, le=100000, description="fine-tuning is tried only from this many images in the smallest class "
-        "(at 20 per class it lost to the frozen choice on every classifier-suite split measured, docs/classifier.md)",
+        "(at 10-20 per class cross-validation never kept it on the classifier suite's splits, and held out it was "
+        "worse on 4 of 6; docs/classifier.md)",
     )
     finetune_candidate_budget_s: float = Field(
         600.0, gt=0.0, le=86400.0, description="seconds the per-line choice may take with the fine-tuning candidate: "

@@ -199,8 +199,9 @@ def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[st
 
 
 FINETUNE_SMALL = (
-    "{n} images in the smallest class, below finetune_candidate_min_per_class {need}: at 20 per class "
-    "fine-tuning lost to the frozen choice on every classifier-suite split measured (docs/classifier.md)"
+    "{n} images in the smallest class, below finetune_candidate_min_per_class {need}: at 10-20 per class "
+    "cross-validation never kept fine-tuning on the classifier suite's splits, and held out it was worse on 4 "
+    "of 6 (docs/classifier.md)"
 )
 FINETUNE_NO_VIEWS = ("no orientation views allowed (the declared camera profile ties the classes to "
                      "orientation): fine-tuning sees each image once per epoch, too few steps to pay")
