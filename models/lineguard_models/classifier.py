@@ -36,6 +36,7 @@ class order differs from ``classes``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -477,8 +478,9 @@ def train_classifier(
         tune_views = declared if len(declared) > 1 else free or IDENTITY  # CV guards orientation-tied classes
         tune_cfg = config.model_copy(update={"finetune": config.finetune_candidate, "pooling": "mean",
                                              "average_views": True})
-        tuned = tuner(images_by_class, fs, FeatureExtractor.from_config(spec, tune_cfg), tune_views, report,
-                      config=tune_cfg, seed=seed, progress=progress, spent_s=spent_s)
+        # the extractor (a backbone file read) is built only if the candidate gets past its cheap checks
+        tuned = tuner(images_by_class, fs, functools.partial(FeatureExtractor.from_config, spec, tune_cfg),
+                      tune_views, report, config=tune_cfg, seed=seed, progress=progress, spent_s=spent_s)
         if tuned is not None:
             graph, thresholds, report, views_below = tuned
             views = averaged = tune_views

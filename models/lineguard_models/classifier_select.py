@@ -216,7 +216,7 @@ def finetuned_p50_ms(stages: Sequence[str], price: Callable[[], Mapping[str, flo
 
 
 def consider_finetuning(
-    images_by_class: Any, fs: FeatureSet, extract: Any, views: Views, frozen_report: dict[str, Any], *,
+    images_by_class: Any, fs: FeatureSet, extractor: Callable[[], Any], views: Views, frozen_report: dict[str, Any], *,
     config: Any, seed: int, progress: Any = None, anomaly_p50_ms: float | None = None,
     price: Callable[[], Mapping[str, float]] | None = None, spent_s: float = 0.0, force: bool = False,
 ) -> tuple[Any, dict[str, float], dict[str, Any], float | None] | None:
@@ -231,7 +231,8 @@ def consider_finetuning(
     fine-tuning's 3 folds (its own 5-fold figure comes from more training images per fold, and it won a
     comparison among several candidates). Returns ``classifier_finetuned.finetuned``'s (graph, thresholds,
     report, views_below) when kept, else None. ``force`` (benchmarks) returns it whenever it was trained; the
-    entry still says what the rule decided (``beats_frozen``). ``config``: the line's
+    entry still says what the rule decided (``beats_frozen``). ``extractor`` builds the fine-tuning's feature
+    extractor (called only once the cheap checks pass). ``config``: the line's
     ``ClassifierConfig`` with ``finetune`` set to the candidate recipe (``classifier.train_classifier``)."""
     sel = frozen_report["selection"]
     entry: dict[str, Any] = {"name": "finetune", "stages": list(config.stages), "copies": 0, "pooling": "mean",
@@ -239,7 +240,6 @@ def consider_finetuning(
     sel["candidates"].append(entry)
     n_min = int(np.bincount(fs.y).min())
     need = config.finetune_candidate_min_per_class
-    flagged = (ANOMALY_P50_MS if anomaly_p50_ms is None else anomaly_p50_ms) + PREPROCESS_MS
     if n_min < need:
         entry["skipped"] = FINETUNE_SMALL.format(n=n_min, need=need)
         return None
@@ -247,7 +247,7 @@ def consider_finetuning(
         entry["skipped"] = FINETUNE_NO_VIEWS
         return None
     clf_ms = finetuned_p50_ms(config.stages, price)
-    flagged += clf_ms
+    flagged = (ANOMALY_P50_MS if anomaly_p50_ms is None else anomaly_p50_ms) + PREPROCESS_MS + clf_ms
     entry.update(flagged_p50_ms=round(flagged, 1), classifier_p50_ms=round(clf_ms, 2),
                  classifier_p50_source="measured on this CPU (its stage set, pooled by the average)"
                  if price is not None else "table CLASSIFIER_P50_MS")
@@ -262,7 +262,7 @@ def consider_finetuning(
         return None
     t0 = time.perf_counter()
     try:
-        graph, thr, report, views_below = finetuned(images_by_class, fs, extract, views, frozen_report,
+        graph, thr, report, views_below = finetuned(images_by_class, fs, extractor(), views, frozen_report,
                                                     config=config, seed=seed, progress=progress, time_budget_s=left)
     except OverBudget as e:
         entry["skipped"] = str(e)

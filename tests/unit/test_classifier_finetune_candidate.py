@@ -109,7 +109,7 @@ def test_kept_only_when_its_cv_beats_the_frozen_choice_by_one_image(monkeypatch:
         report = {"accuracy": 0.99, "l2": 1e-3,
                   "selection": {"chosen": "default", "candidates": [], "views": ["identity"]}}
         monkeypatch.setattr(classifier_select, "finetuned", planted(acc))
-        out = consider_finetuning({}, fs, None, Views(names=("identity", "hflip")), report, config=cfg, seed=0,
+        out = consider_finetuning({}, fs, lambda: None, Views(names=("identity", "hflip")), report, config=cfg, seed=0,
                                   anomaly_p50_ms=10.0)
         (entry,) = report["selection"]["candidates"]
         assert entry["cv_accuracy"] == acc and not entry["skipped"] and entry["views_below"] == 0.9
@@ -124,7 +124,7 @@ def test_kept_only_when_its_cv_beats_the_frozen_choice_by_one_image(monkeypatch:
     # the frozen choice was measured on the fine-tuning's folds: 3 stratified folds of the same seed
     assert all(np.array_equal(f, stratified_folds(y, 3, 0)) for f in frozen_folds)
     monkeypatch.setattr(classifier_select, "finetuned", planted(0.5))  # worse, yet kept when forced
-    forced = consider_finetuning({}, fs, None, Views(names=("identity", "hflip")),
+    forced = consider_finetuning({}, fs, lambda: None, Views(names=("identity", "hflip")),
                                  {"accuracy": 0.99, "l2": 1e-3, "selection": {"chosen": "default", "candidates": []}},
                                  config=cfg, seed=0, anomaly_p50_ms=10.0, force=True)
     assert forced is not None and forced[2]["selection"]["reason"] == "forced (benchmark)"
@@ -178,3 +178,19 @@ def test_a_real_candidate_run_is_reported_and_the_classifier_follows_the_choice(
         assert entry["cv_accuracy"] < clf.cv_report["accuracy"] + 1 / 24
     probs = clf.predict_proba(_data(2, seed=9)["stain"])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_a_skipped_candidate_never_builds_its_extractor() -> None:
+    def never() -> Any:
+        raise AssertionError("the fine-tuning extractor was built for a skipped candidate")
+
+    fs = FeatureSet(classes=("a", "b"), x=np.zeros((12, 2), np.float32), y=np.repeat([0, 1], 6),
+                    x_aug=np.zeros((0, 2), np.float32), aug_source=np.zeros(0, np.int64))
+    flips = Views(names=("identity", "hflip"))
+    for cfg, views, why in ((ClassifierConfig(), flips, "6 images in the smallest class"),
+                            (ClassifierConfig(finetune_candidate_min_per_class=2), IDENTITY, FINETUNE_NO_VIEWS),
+                            (ClassifierConfig(finetune_candidate_min_per_class=2, finetune_candidate_budget_s=1.0),
+                             flips, "time budget 1 s spent")):
+        report: dict[str, Any] = {"accuracy": 0.9, "l2": 1e-3, "selection": {"chosen": "default", "candidates": []}}
+        assert consider_finetuning({}, fs, never, views, report, config=cfg, seed=0, spent_s=5.0) is None
+        assert report["selection"]["candidates"][0]["skipped"].startswith(why)
