@@ -17,29 +17,31 @@ same folds, and held-out probabilities of its final head. Rows printed (held-out
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality_classifier import BASE, DATASETS, Cache, _candidates, load_set, log, splits
+from bench_quality_classifier import (
+    BASE,
+    DATASETS,
+    Cache,
+    _candidates,
+    append_jsonl,
+    load_set,
+    log,
+    named_scores,
+    splits,
+)
 
 from lineguard_models.classifier import ClassifierConfig, out_of_fold_probs
 from lineguard_models.classifier_head import confidence_thresholds, stratified_folds
 from lineguard_models.classifier_select import evaluate, pick
 
 SETS = ("mvtec_bottle", "deeppcb_defects", "xsdd_steel", "neu_det")
-
-
-def _scores(p: npt.NDArray[np.float32], y: npt.NDArray[np.int64], thr: npt.NDArray[np.float64]) -> dict[str, float]:
-    pred = p.argmax(1)
-    unknown = p.max(1) < thr[pred]
-    return {"accuracy": float((pred == y).mean()), "named_right": float(((pred == y) & ~unknown).mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                     hold[ev.candidate.name] = fs_test.probs(ev.head, np.arange(len(test)))
                 rows: dict[str, Any] = {}
                 for ev in evs:
-                    thr = np.array([ev.thresholds[c] for c in classes])
-                    rows[ev.candidate.name] = {"cv": ev.cv_accuracy, **_scores(hold[ev.candidate.name], yt, thr)}
+                    rows[ev.candidate.name] = {"cv": ev.cv_accuracy,
+                                               **named_scores(hold[ev.candidate.name], yt, classes, ev.thresholds)}
                 chosen = pick(evs).name
                 mean_oof = np.mean(list(oof.values()), axis=0)
                 mean_hold = np.mean(list(hold.values()), axis=0)
                 t = confidence_thresholds(mean_oof, ytr, classes, quantile=config.confidence_quantile,
                                           cap=config.max_min_confidence)
                 cv_mean = float((mean_oof.argmax(1) == ytr).mean())
-                rows["mean_all"] = {"cv": cv_mean, **_scores(mean_hold, yt, np.array([t[c] for c in classes]))}
+                rows["mean_all"] = {"cv": cv_mean, **named_scores(mean_hold, yt, classes, t)}
                 default_cv = evs[0].cv_accuracy
                 beats = cv_mean >= default_cv + 1.0 / len(ytr) - 1e-9 and cv_mean > rows[chosen]["cv"] + 1e-9
                 out = {"set": name, "seed": seed, "n": int(n), "pick": chosen, "pick_row": rows[chosen],
@@ -99,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name} s{seed} n={n}: pick {chosen} {rows[chosen]['accuracy']:.4f}/"
                     f"{rows[chosen]['named_right']:.4f} | mean_all {rows['mean_all']['accuracy']:.4f}/"
                     f"{rows['mean_all']['named_right']:.4f} (cv {cv_mean:.4f} vs pick {rows[chosen]['cv']:.4f})")
-                if args.json:
-                    with args.json.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(out) + "\n")
+                append_jsonl(args.json, out)
     return 0
 
 

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality_classifier import DATASETS, PX, load_set, log, splits
+from bench_quality_classifier import DATASETS, PX, append_jsonl, load_set, log, named_scores, splits
 
 from lineguard.preprocess import spec_for_images
 from lineguard_models.classifier import ClassifierConfig, TrainedClassifier, train_classifier
@@ -45,13 +45,8 @@ from lineguard_models.classifier_select import consider_finetuning, select_and_f
 SETS = ("mvtec_bottle", "deeppcb_defects", "xsdd_steel", "neu_det")
 
 
-def _held_out(clf: TrainedClassifier, images: list[Any], y: npt.NDArray[np.int64]) -> dict[str, float]:
-    p = clf.predict_proba(images)
-    pred = p.argmax(1)
-    thr = np.array([clf.min_confidence[clf.classes[j]] for j in pred])
-    unknown = p.max(1) < thr
-    return {"accuracy": float((pred == y).mean()), "named_right": float(((pred == y) & ~unknown).mean()),
-            "unknown_rate": float(unknown.mean())}
+def _held_out(clf: TrainedClassifier, images: list[Any], y: npt.NDArray[np.int64]) -> dict[str, Any]:
+    return named_scores(clf.predict_proba(images), y, clf.classes, clf.min_confidence)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                    "product": held["finetuned"] if entry.get("beats_frozen") else held["frozen"],
                    "train_s": round(train_s, 1)}
             log(json.dumps(row))
-            if args.json:
-                with args.json.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_jsonl(args.json, row)
     return 0
 
 

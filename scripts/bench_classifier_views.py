@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classifier import NEU_CLASSES, NEU_PROFILE, load_classes, neu_splits, progress_line
+from bench_quality_classifier import append_jsonl
 
 from lineguard.preprocess import prepare, spec_for_images
 from lineguard_models.classifier import ClassifierConfig, train_classifier
@@ -114,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": round(train_s, 1), **frozen_row,
         }
         progress_line(json.dumps(row))
-        if args.json:
-            with args.json.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(args.json, row)
     return 0
 
 

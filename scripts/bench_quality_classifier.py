@@ -220,14 +220,26 @@ class Cache:
                           x_views=self.xv[idx][:, :, cols] if cand.views else None)
 
 
-def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str, Any]:
-    p = fs_test.probs(head, np.arange(len(fs_test.y)))
-    pred, yt = p.argmax(1), fs_test.y
-    unknown = p.max(1) < np.array([thr[fs_test.classes[j]] for j in pred])
-    named = (pred == yt) & ~unknown
+def named_scores(p: npt.NDArray[np.float32], yt: npt.NDArray[np.int64], classes: Sequence[str],
+                 thr: dict[str, float]) -> dict[str, Any]:
+    """Held-out class probabilities with the edge's ``unknown`` routing (top probability below its class's
+    ``min_confidence``): accuracy of the best guess, unknown rate, named right, per-class recall."""
+    pred = p.argmax(1)
+    unknown = p.max(1) < np.array([thr[classes[j]] for j in pred])
     return {"accuracy": float((pred == yt).mean()), "unknown_rate": float(unknown.mean()),
-            "named_right": float(named.mean()),
-            "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(fs_test.classes)}}
+            "named_right": float(((pred == yt) & ~unknown).mean()),
+            "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(classes)}}
+
+
+def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str, Any]:
+    return named_scores(fs_test.probs(head, np.arange(len(fs_test.y))), fs_test.y, fs_test.classes, thr)
+
+
+def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
+    """Given ``path``, append one result row there as a JSON line (the classifier benches' result files)."""
+    if path is not None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def _candidates() -> list[Candidate]:
