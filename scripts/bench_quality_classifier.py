@@ -63,8 +63,12 @@ from lineguard_models.classifier_select import (
 from lineguard_models.views import Views
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# public sets fetched by this project (not in ../shared): built by their scripts/build_*.py, outside the repo
+FETCHED = Path(__file__).resolve().parents[2] / "data" / "datasets"
 BASE = Path("/work/data/quality")
-SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle")
+SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle", "pku_pcb_defects")
+GROUPED = {"pku_pcb_defects"}  # crops of one photo stay on one side of a split (the manifest's `group`)
+TEST_PER_CLASS = 100  # held-out cap per class on the grouped sets (the fixed NEU-DET test set's size)
 ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
 LITE0 = "efficientnet_lite0"  # the product classifier's backbone; --backbone measures another
 PX = 224
@@ -76,13 +80,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def set_root(name: str) -> Path:
+    """The shared copy of a set, else the project's fetched copy (``FETCHED``)."""
+    return DATASETS / name if (DATASETS / name).is_dir() else FETCHED / name
+
+
 def load_set(name: str) -> tuple[list[Image], npt.NDArray[np.int64], tuple[str, ...], list[str]]:
     """Defect images (resized to PX x PX), labels, class names, manifest paths."""
-    items = [it for it in q.read_manifest(DATASETS / name) if it.label != "good"]
+    items = [it for it in q.read_manifest(set_root(name)) if it.label != "good"]
     classes = tuple(sorted({it.label for it in items}))
     images = []
     for it in items:
-        im = read_image(DATASETS / name / it.path)
+        im = read_image(set_root(name) / it.path)
         im = np.ascontiguousarray(im[..., 0]) if is_grey_rgb(im) else im
         # DeepPCB crops differ in size (21-123 px): the classifier sees every input at PX x PX
         images.append(cv2.resize(im, (PX, PX), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > PX
@@ -96,6 +105,9 @@ def splits(name: str, y: npt.NDArray[np.int64], paths: list[str], seed: int, n_m
 
     NEU-DET: the classifier benchmark's fixed test set (100 per class) and per-seed draws from the rest.
     mvtec_bottle: the quality suite's split (make_split: half of each class trains, the rest tests).
+    Grouped sets (crops cut from shared photos): per seed and class the photos are permuted; one crop of each
+    of the first ``n_max`` photos may train (one per photo, as a line engineer labels defects of different
+    parts), every crop of the other photos may test, at most ``TEST_PER_CLASS`` drawn from them.
     Others: per seed, the first ``n_max`` of each class's permutation may train, the rest tests.
     """
     if name == "mvtec_bottle":
@@ -116,11 +128,24 @@ def splits(name: str, y: npt.NDArray[np.int64], paths: list[str], seed: int, n_m
         return {c: rng.permutation(pool_a[y[pool_a] == c]) for c in np.unique(y)}, np.array(test)
     rng = np.random.default_rng([seed, 16])
     order, test = {}, []
+    if name in GROUPED:
+        groups = np.array([photo_group(p) for p in paths])
+        for c in np.unique(y):
+            photos = rng.permutation(np.unique(groups[y == c]))
+            order[c] = np.array([rng.choice(np.flatnonzero((groups == g) & (y == c))) for g in photos[:n_max]])
+            rest = np.flatnonzero(np.isin(groups, photos[n_max:]) & (y == c))
+            test += rng.choice(rest, min(TEST_PER_CLASS, len(rest)), replace=False).tolist()
+        return order, np.array(sorted(test))
     for c in np.unique(y):
         perm = rng.permutation(np.flatnonzero(y == c))
         order[c] = perm[:n_max]
         test += perm[n_max:].tolist()
     return order, np.array(test)
+
+
+def photo_group(path: str) -> str:
+    """The source photo of a crop (``<photo>_roi_<k>.jpg``, the grouped sets' naming)."""
+    return Path(path).name.rsplit("_roi_", 1)[0]
 
 
 class Cache:
@@ -398,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
-        if (DATASETS / name).is_dir():
+        if set_root(name).is_dir():
             res = run_set(name, args.seeds, args.sizes, args.out,
                           [c for c in _candidates() if c.name in args.candidates], args.backbone)
             (args.out / f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
