@@ -1,4 +1,7 @@
-"""Classifier part of the quality suite (issue 16): every shared set with >= 3 defect classes.
+"""Classifier part of the quality suite (issue 16): every shared set with >= 3 defect classes, and the fetched ones.
+
+Fetched sets (not in ../shared) live under ``../data/datasets`` and are built by their ``scripts/build_*.py``
+(``pku_pcb_defects``: ``scripts/build_pku_pcb_defects.py``); a set that is absent is skipped.
 
 Data flow per set: manifest defect images -> resized to the classifier's 224x224 input (what ``lineguard
 train`` feeds it for square frames) -> frozen EfficientNet-Lite0, average and generalised-mean pooling
@@ -67,7 +70,7 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FETCHED = Path(__file__).resolve().parents[2] / "data" / "datasets"
 BASE = Path("/work/data/quality")
 SETS = ("neu_det", "xsdd_steel", "deeppcb_defects", "mvtec_bottle", "pku_pcb_defects")
-GROUPED = {"pku_pcb_defects"}  # crops of one photo stay on one side of a split (the manifest's `group`)
+GROUPED = {"pku_pcb_defects"}  # crops of one photo stay on one side of a split (photo_group of the file name)
 TEST_PER_CLASS = 100  # held-out cap per class on the grouped sets (the fixed NEU-DET test set's size)
 ALL_STAGES = ("stage4", "stage5", "stage6", "stage7")
 LITE0 = "efficientnet_lite0"  # the product classifier's backbone; --backbone measures another
