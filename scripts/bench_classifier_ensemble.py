@@ -28,13 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality_classifier import (
     BASE,
     DATASETS,
-    Cache,
     _candidates,
     append_jsonl,
-    load_set,
     log,
     named_scores,
-    splits,
+    prepare_set,
+    trainings,
 )
 
 from lineguard_models.classifier import ClassifierConfig, out_of_fold_probs
@@ -60,16 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ClassifierConfig()
     candidates = _candidates()
     for name in args.sets:
-        images, y, classes, paths = load_set(name)
-        cache = Cache(name, images, cache_dir)
-        plans = [splits(name, y, paths, s, max(args.sizes)) for s in args.seeds]
-        need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
-        pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
-        cache.ensure(need, pool)
-        cache.ensure_views(pool)
+        cache, y, classes, plans = prepare_set(name, args.seeds, max(args.sizes), cache_dir=cache_dir)
         for seed, (order, test) in zip(args.seeds, plans, strict=True):
-            for n in args.sizes if name != "mvtec_bottle" else [min(len(v) for v in order.values())]:
-                train = np.concatenate([v[:n] for v in order.values()])
+            for n, train in trainings(name, order, args.sizes):
                 evs = evaluate(lambda c, idx=train, cc=cache, k=classes, yy=y: cc.feature_set(c, k, idx, yy),
                                candidates, config=config, seed=seed)
                 yt, ytr = y[test], y[train]

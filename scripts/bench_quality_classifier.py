@@ -276,22 +276,43 @@ def _candidates() -> list[Candidate]:
     return line_candidates(cfg.stages, COPIES, cfg.pooling, free_views=True)  # the profile is not declared
 
 
+Plan = tuple[dict[int, npt.NDArray[np.int64]], npt.NDArray[np.int64]]
+
+
+def prepare_set(name: str, seeds: Sequence[int], n_max: int, *, cache_dir: Path = BASE / "classifier",
+                backbone: str = LITE0, copies: bool = True, views_of: str = "pool"
+                ) -> tuple[Cache, npt.NDArray[np.int64], tuple[str, ...], list[Plan]]:
+    """A set's images, its seeded splits (``splits``) and the cached features they need: every image a split
+    trains or tests on, the photometric copies of those it may train on (``copies``) and the other orientation
+    views of those it may train on (``views_of="pool"``) or of every one (``"all"``; ``""``: none)."""
+    images, y, classes, paths = load_set(name)
+    cache = Cache(name, images, cache_dir, backbone)
+    plans = [splits(name, y, paths, s, n_max) for s in seeds]
+    need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
+    pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
+    cache.ensure(need, pool if copies else np.zeros(0, np.int64))
+    if views_of:
+        cache.ensure_views(pool if views_of == "pool" else need)
+    return cache, y, classes, plans
+
+
+def trainings(name: str, order: dict[int, npt.NDArray[np.int64]], sizes: Sequence[int]
+              ) -> list[tuple[int, npt.NDArray[np.int64]]]:
+    """(images per class, training rows) for each size; mvtec_bottle trains on all its split allows (10-11)."""
+    ns = sizes if name != "mvtec_bottle" else [min(len(v) for v in order.values())]
+    return [(int(n), np.concatenate([v[:n] for v in order.values()])) for n in ns]
+
+
 def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
             candidates: Sequence[Candidate] | None = None, backbone: str = LITE0) -> dict[str, Any]:
     candidates = list(candidates) if candidates is not None else _candidates()
-    images, y, classes, paths = load_set(name)
-    cache = Cache(name, images, cache_dir, backbone)
-    plans = [splits(name, y, paths, s, max(sizes)) for s in seeds]
-    need = np.unique(np.concatenate([np.concatenate([*o.values(), t]) for o, t in plans]))
-    pool = np.unique(np.concatenate([np.concatenate(list(o.values())) for o, _ in plans]))
-    cache.ensure(need, pool if any(c.copies for c in candidates) else np.zeros(0, np.int64))
-    if any(c.views for c in candidates):
-        cache.ensure_views(pool)
+    cache, y, classes, plans = prepare_set(name, seeds, max(sizes), cache_dir=cache_dir, backbone=backbone,
+                                           copies=any(c.copies for c in candidates),
+                                           views_of="pool" if any(c.views for c in candidates) else "")
     config = ClassifierConfig()
     rows = []
     for seed, (order, test) in zip(seeds, plans, strict=True):
-        for n in sizes if name != "mvtec_bottle" else [min(len(v) for v in order.values())]:
-            train = np.concatenate([v[:n] for v in order.values()])
+        for n, train in trainings(name, order, sizes):
             t0 = time.perf_counter()
             cands = evaluate(lambda c, idx=train: cache.feature_set(c, classes, idx, y), candidates,
                              config=config, seed=seed)
