@@ -10,6 +10,11 @@ candidate (``<name>_tta``) beside the product's candidates, judged by the same r
 on CV accuracy), so the table says what the per-line choice would have shipped with it. Also printed: the
 held-out accuracy of every candidate read through the average of all 8 views (no cascade).
 
+Stop 22 added two readings of each twin's ``unknown`` floors beside that one (floors from the out-of-fold cascade
+probabilities): ``named_right_identity_thr``, the identity view's floors for every part (what the product adopted,
+``classifier_select.views_twin``), and ``named_right_split``, the identity view's floors for the parts it reads and
+floors from the out-of-fold averaged probabilities for the parts through the views.
+
 Same splits, feature caches and held-out scoring as ``scripts/bench_quality_classifier.py``; one JSON line
 per split in ``--out``.
 
@@ -65,9 +70,24 @@ def _cascade_twin(ev: Evaluated, cache: bq.Cache, classes: tuple[str, ...], trai
                      float(-np.log(np.clip(oof[np.arange(len(fs.y)), fs.y], 1e-7, 1.0)).mean()), 0.0,
                      n_images=ev.n_images)
     _, p_id, p_all = _reads(ev, cache, classes, test, y)
+    thr_all = confidence_thresholds(oof_all, fs.y, classes, quantile=cfg.confidence_quantile,
+                                    cap=cfg.max_min_confidence)
+    p = cascade_probs(p_id, p_all, tau)
+    unsure = p_id.max(1) < tau
     return twin, {"cv_accuracy": twin.cv_accuracy, "cv_log_loss": twin.cv_log_loss, "views_below": tau,
-                  "through_views_held_out": float((p_id.max(1) < tau).mean()),
-                  **bq.named_scores(cascade_probs(p_id, p_all, tau), y[test], classes, thr)}
+                  "through_views_held_out": float(unsure.mean()),
+                  **bq.named_scores(p, y[test], classes, thr),
+                  "named_right_split": _named_right(p, y[test], classes, unsure, ev.thresholds, thr_all),
+                  "named_right_identity_thr": _named_right(p, y[test], classes, unsure, ev.thresholds,
+                                                           ev.thresholds)}
+
+
+def _named_right(p: npt.NDArray[np.float32], yt: npt.NDArray[np.int64], classes: tuple[str, ...],
+                 unsure: npt.NDArray[np.bool_], thr_one: dict[str, float], thr_views: dict[str, float]) -> float:
+    """Named right with the identity view's floors for the parts it reads and the views' own for the rest."""
+    pred = p.argmax(1)
+    floor = np.array([(thr_views if u else thr_one)[classes[j]] for j, u in zip(pred, unsure, strict=True)])
+    return float(((pred == yt) & (p.max(1) >= floor)).mean())
 
 
 def run_set(name: str, seeds: list[int], sizes: list[int], out: Path) -> None:

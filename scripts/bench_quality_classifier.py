@@ -62,6 +62,8 @@ from lineguard_models.classifier_select import (
     feature_columns,
     line_candidates,
     pick,
+    probs_as_read,
+    with_views_twins,
 )
 from lineguard_models.views import Views
 
@@ -259,10 +261,6 @@ def named_scores(p: npt.NDArray[np.float32], yt: npt.NDArray[np.int64], classes:
             "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(classes)}}
 
 
-def held_out(fs_test: FeatureSet, head: Any, thr: dict[str, float]) -> dict[str, Any]:
-    return named_scores(fs_test.probs(head, np.arange(len(fs_test.y))), fs_test.y, fs_test.classes, thr)
-
-
 def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
     """Given ``path``, append one result row there as a JSON line (the classifier benches' result files)."""
     if path is not None:
@@ -306,28 +304,38 @@ def trainings(name: str, order: dict[int, npt.NDArray[np.int64]], sizes: Sequenc
 def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Path,
             candidates: Sequence[Candidate] | None = None, backbone: str = LITE0) -> dict[str, Any]:
     candidates = list(candidates) if candidates is not None else _candidates()
+    config = ClassifierConfig()
+    # the views twins read the held-out images through their views too (classifier_select.views_twin)
+    views = any(c.views for c in candidates)
     cache, y, classes, plans = prepare_set(name, seeds, max(sizes), cache_dir=cache_dir, backbone=backbone,
                                            copies=any(c.copies for c in candidates),
-                                           views_of="pool" if any(c.views for c in candidates) else "")
-    config = ClassifierConfig()
+                                           views_of=("all" if config.views_when_unsure else "pool") if views else "")
     rows = []
     for seed, (order, test) in zip(seeds, plans, strict=True):
         for n, train in trainings(name, order, sizes):
             t0 = time.perf_counter()
             cands = evaluate(lambda c, idx=train: cache.feature_set(c, classes, idx, y), candidates,
                              config=config, seed=seed)
+            cands = with_views_twins(cands, lambda c, idx=train: cache.feature_set(c, classes, idx, y),
+                                     config=config, seed=seed)  # as select_and_fit adds them
             fit_s = time.perf_counter() - t0
             chosen = pick(cands)
             row: dict[str, Any] = {"seed": seed, "n": int(n), "n_test": len(test), "chosen": chosen.name,
                                    "base": candidates[0].name,
                                    "fit_s_all_candidates": round(fit_s, 1), "candidates": {}}
             for ev in cands:
+                if ev.skipped:  # a twin refused (most parts through the views)
+                    row["candidates"][ev.candidate.name] = {"skipped": ev.skipped}
+                    continue
                 fs_test = cache.feature_set(ev.candidate, classes, test, y)
                 passes = len(train) * (1 + ev.candidate.copies)
                 row["candidates"][ev.candidate.name] = {
                     "cv_accuracy": ev.cv_accuracy, "cv_log_loss": ev.cv_log_loss, "fit_s": ev.fit_s,
                     "train_s_est": round(passes * (cache.s_per_pass or 0) + ev.fit_s, 1),
-                    **held_out(fs_test, ev.head, ev.thresholds)}
+                    **named_scores(probs_as_read(ev, fs_test, np.arange(len(test))), y[test], classes,
+                                   ev.thresholds),
+                    **({"views_when_unsure": ev.report["views_only_when_unsure"]}
+                       if ev.candidate.views_when_unsure else {})}
             rows.append(row)
             d, ch = row["candidates"][candidates[0].name], row["candidates"][chosen.name]
             log(f"{name} seed {seed} n={n}: default acc {d['accuracy']:.4f} named {d['named_right']:.4f} | "

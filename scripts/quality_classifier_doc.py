@@ -59,12 +59,13 @@ def _cand_rows(res: dict[str, Any], names: list[str]) -> list[str]:
     for n, rows in sorted(by_n.items()):
         cells = []
         for nm in names:
-            if nm not in rows[0]["candidates"]:
-                cells.append("not run")
+            got = [r["candidates"][nm] for r in rows if "accuracy" in r["candidates"].get(nm, {})]
+            if not got:  # never offered, or a twin refused at every seed (most parts through the views)
+                cells.append("not run" if nm not in rows[0]["candidates"] else "refused")
                 continue
-            cv = np.mean([r["candidates"][nm]["cv_accuracy"] for r in rows]) * 100
-            te = np.mean([r["candidates"][nm]["accuracy"] for r in rows]) * 100
-            cells.append(f"{cv:.1f} / {te:.1f}")
+            cv = np.mean([c["cv_accuracy"] for c in got]) * 100
+            te = np.mean([c["accuracy"] for c in got]) * 100
+            cells.append(f"{cv:.1f} / {te:.1f}" + (f" ({len(got)} of {len(rows)})" if len(got) < len(rows) else ""))
         out.append(f"| {res['set']} | {n} | " + " | ".join(cells) + " |")
     return out
 
@@ -184,7 +185,10 @@ def render(out_dir: Path) -> str:
               "average alone, which never beat the default on held-out images); `views` and `s4567_views` (since "
               "stop 14, tried only where the line declared no camera profile, as here) = `default` and `s4567` "
               "trained on the 8 flips and 90-degree turns of every image as well (copies in feature space; the "
-              "exported graph is the same). The per-line "
+              "exported graph is the same); `views_tta` and `s4567_views_tta` (since stop 22) = those two heads read "
+              "through one view and through the 8 views averaged where its top probability is below a threshold "
+              "chosen out of fold (a second engine for those parts; the identity view's `min_confidence`)."
+              " The per-line "
               "choice takes another only if its CV accuracy beats the default's by one image or more.", ""]
     lines += ["", "## End to end, mvtec_bottle (anomaly stage + classifier, the product's bundles)", ""]
     if e2e["rows"]:

@@ -194,7 +194,7 @@ def classifier_for_bundle(
     report = {**clf.cv_report, "shared_backbone": shared_report}
     if tiles_report is not None:
         report["tiles"] = tiles_report
-    views = clf.export_views_onnx(staging / VIEWS_ONNX_FILE)  # fine-tuned: every view, only when unsure
+    views = clf.export_views_onnx(staging / VIEWS_ONNX_FILE)  # fine-tuned or a views twin: only when unsure
     if views is not None:
         progress(f"classifier: every orientation view averaged where the single view's top probability is below "
                  f"{clf.views_below:g} ({VIEWS_ONNX_FILE})")

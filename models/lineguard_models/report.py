@@ -149,6 +149,12 @@ def classifier_rows(clf: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
     if sel:
         facts.append(f"recipe chosen for this line: {sel.get('chosen')} ({sel.get('reason', '')}); trained on the "
                      f"views {', '.join(sel.get('views', []))}")
+        if sel.get("views_below") is not None:  # a views twin (classifier_select.views_twin)
+            cascade = clf.get("views_only_when_unsure") or {}
+            facts.append(f"read through one view, and through the {cascade.get('views', 'orientation')} views averaged "
+                         f"(engine classifier_views) where its top probability is below {_num(sel['views_below'])}: "
+                         f"{_pct(cascade['through_views_oof']) if 'through_views_oof' in cascade else '-'} of the "
+                         "images out of fold; such a part costs one backbone pass per view more")
         prices = ", ".join(f"{k} {v:.1f} ms" for k, v in (sel.get("classifier_p50_ms") or {}).items())
         facts.append(f"latency filter: a flagged part within {_num(sel.get('latency_budget_ms'), 0)} ms p50 = anomaly "
                      f"engine {_num(sel.get('anomaly_p50_ms'), 1)} ms ({sel.get('anomaly_p50_source', '')}) + the "

@@ -102,7 +102,7 @@ def shared_stage_for(
     if line_spec.tiles.count != 1:
         return None, TILED
     if len(clf.views) > 1:
-        return None, "the classifier graph averages orientation views of the image"
+        return None, "the classifier reads orientation views of the image (averaged, or where it is unsure)"
     a_bb, c_feats = anomaly.features.backbone, clf.graph.features
     c_bb = c_feats.backbone
     if c_feats.resize_to is not None:

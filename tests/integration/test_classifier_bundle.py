@@ -220,3 +220,65 @@ def test_the_per_line_choice_tries_fine_tuning_priced_on_this_cpu(tmp_path: Path
     p_one, p_every = (sess.run(["class_probs"], {"image": batch})[0][0] for sess in (one, every))
     flipped = one.run(["class_probs"], {"image": np.ascontiguousarray(batch[..., ::-1])})[0][0]
     np.testing.assert_allclose(p_every, (p_one + flipped) / 2, atol=1e-5)  # the views engine averages both views
+
+
+def test_a_views_twin_chosen_per_line_ships_both_engines_and_the_edge_reads_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No camera profile declared: the per-line choice tries the views candidates and their twins (read through
+    every view where one view is unsure). With the pick told to take a twin whenever there is one (on 6 images a
+    class the real rule rarely does), ``lineguard train`` must write the twin's head as one view in 'classifier',
+    every view averaged in 'classifier_views' and its views_below, and the
+    edge must combine the two engines as the twin's cross-validation did."""
+    from lineguard_models import classifier_select
+
+    real_pick = classifier_select.pick
+
+    def twin_first(evaluated: list[classifier_select.Evaluated]) -> classifier_select.Candidate:
+        twins = [e for e in evaluated if e.candidate.views_when_unsure and not e.skipped]
+        return twins[0].candidate if twins else real_pick(evaluated)
+
+    monkeypatch.setattr(classifier_select, "pick", twin_first)
+    write_dataset(tmp_path / "data", SynthConfig(width_px=64, height_px=64, n_good=10, n_defect_per_class=6,
+                                                 defect_classes=CLASSES, defect_strength=2.0, seed=5))
+    rc = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), "--input-size", "64",
+               "--bank-size", "32", "--seed", "2", "--backbone", "efficientnet_lite0"])
+    assert rc == 0
+    m = load_bundle(tmp_path / "b").manifest
+    assert m.classifier is not None
+    sel = m.calibration["classifier"]["selection"]
+    by = {c["name"]: c for c in sel["candidates"]}
+    assert {"views_tta", "s4567_views_tta"} <= set(by) and sel["chosen"].endswith("_tta")
+    twin, base = by[sel["chosen"]], by[sel["chosen"].removesuffix("_tta")]
+    below = m.classifier.views_below
+    assert below is not None and below == sel["views_below"] == twin["views_when_unsure"]["views_below"]
+    assert len(sel["views"]) == 8 and sel["free_views"] == sel["views"]  # trained on every flip and turn
+    assert twin["stages"] == base["stages"] and twin["views"] and base["cv_accuracy"] is not None
+    md = (tmp_path / "b" / "report" / "report.md").read_text(encoding="utf-8")
+    share = twin["views_when_unsure"]["through_views_oof"] * 100
+    assert (f"read through one view, and through the 8 views averaged (engine classifier_views) where its top "
+            f"probability is below {below:.3f}: {share:.1f} % of the images out of fold") in md
+    # one view in 'classifier' (reading the image: the views need it), every view in 'classifier_views'
+    engine, views = m.engines["classifier"], m.engines["classifier_views"]
+    assert views.input_source == "image"
+    assert m.calibration["classifier"]["shared_backbone"]["shared"] is False
+    one, every = (ort.InferenceSession(str(tmp_path / "b" / e.file), providers=["CPUExecutionProvider"])
+                  for e in (engine, views))
+    cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
+    flagged = 0
+    with BundleRunner.from_bundle(load_bundle(tmp_path / "b"), OrtEngineConfig(intra_op_threads=1)) as runner:
+        for label in CLASSES:
+            for i in range(100, 103):
+                image = render_pixels(cfg, label, i)
+                batch, _ = prepare(image, m.input)
+                p_one, p_every = (s.run(["class_probs"], {engine.input_name: batch})[0][0] for s in (one, every))
+                got = runner.infer(image).class_probs
+                if got is not None:
+                    flagged += 1
+                    np.testing.assert_allclose(got, p_every if p_one.max() < below else p_one, atol=1e-5)
+    assert flagged >= 6, flagged
+    # the averaged engine is the mean over the 8 flips and turns of the single-view engine
+    batch, _ = prepare(render_pixels(cfg, "pit", 100), m.input)
+    turned = [batch, batch[..., ::-1], batch[..., ::-1, :], batch[..., ::-1, ::-1]]
+    turned += [np.swapaxes(b, -1, -2) for b in turned]
+    mean = np.mean([one.run(["class_probs"], {engine.input_name: np.ascontiguousarray(b)})[0][0] for b in turned], 0)
+    np.testing.assert_allclose(every.run(["class_probs"], {views.input_name: batch})[0][0], mean, atol=1e-5)

@@ -130,6 +130,37 @@ def test_kept_only_when_its_cv_beats_the_frozen_choice_by_one_image(monkeypatch:
     assert forced is not None and forced[2]["selection"]["reason"] == "forced (benchmark)"
 
 
+def test_a_views_twin_as_the_frozen_choice_is_compared_as_the_edge_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frozen choice is a views twin (``selection.views_below``): on the fine-tuning's folds it is read through
+    one view and through the views below views_below. Planted: one view names 90 of 100 and is unsure (0.6) of the
+    10 it gets wrong, the views name all 100: the twin's 1.00 keeps a fine-tuned 0.95 out, the one view's 0.90
+    would not have."""
+    y = np.repeat([0, 1], 50)
+
+    def frozen_oof(fs: FeatureSet, folds: np.ndarray, **_k: Any) -> np.ndarray:
+        p = np.zeros((100, 2), np.float32)
+        p[np.arange(100), y] = 1.0
+        if not fs.average_views:
+            p[:10] = np.where(p[:10] > 0.5, 0.4, 0.6)  # wrong and unsure
+        return p
+
+    def tuned(*_a: Any, **_k: Any) -> tuple[str, dict[str, float], dict[str, Any], float]:
+        return "tuned graph", {"a": 0.5}, {"accuracy": 0.95, "unknown_rate": 0.02, "folds": 3}, 0.9
+
+    monkeypatch.setattr(classifier_select, "out_of_fold_probs", frozen_oof)
+    monkeypatch.setattr(classifier_select, "finetuned", tuned)
+    fs = FeatureSet(classes=("a", "b"), x=np.zeros((100, 2), np.float32), y=y, x_aug=np.zeros((0, 2), np.float32),
+                    aug_source=np.zeros(0, np.int64), x_views=np.zeros((100, 1, 2), np.float32))
+    cfg = ClassifierConfig(finetune_candidate_min_per_class=2)
+    for below, frozen_cv, kept in ((0.8, 1.0, False), (None, 0.9, True)):
+        report = {"accuracy": 0.99, "l2": 1e-3, "selection": {"chosen": "views_tta" if below else "views",
+                                                              "candidates": [], "views_below": below}}
+        out = consider_finetuning({}, fs, lambda: None, Views(names=("identity", "hflip")), report, config=cfg,
+                                  seed=0, anomaly_p50_ms=10.0)
+        (entry,) = report["selection"]["candidates"]
+        assert entry["frozen_cv_same_folds"] == frozen_cv and entry["beats_frozen"] == kept == (out is not None)
+
+
 def test_skipped_below_the_images_per_class_and_where_no_view_is_allowed() -> None:
     small = _train(6)  # default finetune_candidate_min_per_class 30
     entry = _entry(small)

@@ -123,7 +123,9 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
                            selector=functools.partial(select_and_fit, anomaly_p50_ms=anomaly_ms))
     sel = clf.cv_report["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    assert names[0] == "default" and set(names) == {c.name for c in CANDIDATES}  # no profile: views tried too
+    twins = {n for n in names if n.endswith("_tta")}
+    base = [n for n in names if n not in twins]
+    assert names[0] == "default" and set(base) == {c.name for c in CANDIDATES}  # no profile: views tried too
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     assert not chosen["skipped"] and tuple(sel["stages"]) == clf.graph.features.stages
     assert "finetune" not in names  # no tuner given: the fine-tuning candidate is not tried
@@ -131,10 +133,15 @@ def test_training_reports_every_candidate_and_the_choice(budget: float, anomaly_
     assert all(0 <= c["cv_accuracy"] <= 1 for c in sel["candidates"] if c["name"] in tried)
     assert sel["anomaly_p50_ms"] == anomaly_ms
     # a flagged part = anomaly engine + 1.2 ms + classifier (stage5+6 7.8 ms, the deeper sets 8.4 ms) <= 40 ms
-    expect = {None: set(names), 31.0: {"default", "views", "s56_nocopies"}, 120.0: {"default"}}[anomaly_ms]
-    assert tried == expect  # the default always runs: it is what the line gets anyway
+    expect = {None: set(base), 31.0: {"default", "views", "s56_nocopies"}, 120.0: {"default"}}[anomaly_ms]
+    assert tried - twins == expect  # the default always runs: it is what the line gets anyway
+    # every views candidate evaluated has its twin (read through the views where unsure), refused only with why
+    assert twins == {f"{n}_tta" for n in expect & {"views", "s4567_views"}}
     for c in sel["candidates"]:
-        if c["name"] not in tried:
+        if c["name"] in twins:
+            assert c["views_when_unsure"]["views"] == 8
+            assert not c["skipped"] or "through the views" in c["skipped"]
+        elif c["name"] not in tried:
             assert c["skipped"].startswith("estimated flagged part") and "> budget 40 ms" in c["skipped"]
     probs = clf.predict_proba(data["band"][:2])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
