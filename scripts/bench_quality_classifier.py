@@ -65,7 +65,7 @@ from lineguard_models.classifier_select import (
     probs_as_read,
     with_views_twins,
 )
-from lineguard_models.views import Views
+from lineguard_models.views import IDENTITY, Views
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # public sets fetched by this project (not in ../shared): built by their scripts/build_*.py, outside the repo
@@ -355,9 +355,15 @@ def latency(out_dir: Path, runs: int = 60, backbone: str = LITE0) -> dict[str, A
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=PX, input_height=PX)
     x = np.random.default_rng(0).uniform(0, 255, (1, 1, PX, PX)).astype(np.float32)
     res = {}
-    for stages in sorted({c.stages for c in CANDIDATES if c.stages}):
-        path = export_priced_graph(stages, out_dir / f"clf_{'_'.join(stages)}.onnx", spec=spec,
-                                   config=ClassifierConfig(), n_classes=3, variant=backbone)  # type: ignore[arg-type]
+    # the single-view graph of every stage set; the views twins' second engine (8 views averaged) of theirs
+    every_view = Views.for_profile(flips=("horizontal", "vertical"), rotate_90=True, square=True)
+    priced = [(s, IDENTITY) for s in sorted({c.stages for c in CANDIDATES if c.stages})]
+    priced += [(s, every_view) for s in sorted({c.stages or ClassifierConfig().stages for c in CANDIDATES if c.views})]
+    for stages, views in priced:
+        key = "+".join(stages) + ("" if len(views) == 1 else f" ({len(views)} views averaged)")
+        path = export_priced_graph(stages, out_dir / f"clf_{'_'.join(stages)}_{len(views)}v.onnx", spec=spec,
+                                   config=ClassifierConfig(), n_classes=3, variant=backbone,  # type: ignore[arg-type]
+                                   views=views)
         sess = cpu_session(path)
         for _ in range(5):
             sess.run(None, {"image": x})
@@ -366,8 +372,8 @@ def latency(out_dir: Path, runs: int = 60, backbone: str = LITE0) -> dict[str, A
             t0 = time.perf_counter()
             sess.run(None, {"image": x})
             t.append((time.perf_counter() - t0) * 1e3)
-        res["+".join(stages)] = {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95))}
-        log(f"latency {stages}: {res['+'.join(stages)]}")
+        res[key] = {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95))}
+        log(f"latency {key}: {res[key]}")
     return {"per_stages": res, "loadavg": os.getloadavg()[0]}
 
 

@@ -216,5 +216,9 @@ def render(out_dir: Path) -> str:
             lines.append(f"| {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} |")
         lines += ["", "A loaded box inflates the absolute numbers; the",
                   "ratios between stage sets are what the per-line choice uses (classifier_select.CLASSIFIER_P50_MS:",
-                  "stage5+6 7.8 ms measured idle at 224 px, docs/classifier.md, the others scaled by 1.08)."]
+                  "stage5+6 7.8 ms measured idle at 224 px, docs/classifier.md, the others scaled by 1.08).",
+                  "A row with views averaged is the second engine of a views twin (`views_tta`,",
+                  "`s4567_views_tta`): a flagged part whose single view is unsure pays it on top of the",
+                  "single-view graph; training prices it on the line's own CPU",
+                  "(`views_only_when_unsure.views_p50_ms` in the twin's report entry)."]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,7 @@ from lineguard_models.classifier_select import PREPROCESS_MS, consider_finetunin
 from lineguard_models.data import Dataset
 from lineguard_models.ortscore import OrtScorer, engine_p50_ms
 from lineguard_models.shared import export_for_bundle, may_share
+from lineguard_models.views import IDENTITY, ViewAveraged, Views
 
 ONNX_FILE = "classifier.onnx"
 VIEWS_ONNX_FILE = "classifier_views.onnx"
@@ -51,30 +52,32 @@ def _anomaly_p50_ms(frame: Any, spec: InputSpec, anomaly_onnx: Path | None) -> f
 
 
 def export_priced_graph(stages: Sequence[str], path: Path, *, spec: InputSpec, config: ClassifierConfig,
-                        n_classes: int, variant: LiteVariant = "efficientnet_lite0") -> Path:
+                        n_classes: int, variant: LiteVariant = "efficientnet_lite0", views: Views = IDENTITY) -> Path:
     """The image-path classifier graph of one stage set as a bundle exports it (the backbone to its deepest
     stage, the configured pooling and input size) with a head of zeros for ``n_classes``: its weights do not
-    change the cost, so it prices a candidate before any head is fitted."""
+    change the cost, so it prices a candidate before any head is fitted. ``views``: averaged over those
+    orientation views (the ``classifier_views`` engine of a views twin)."""
     feats = PooledFeatures(EfficientNetLite0.from_state_dict_file(out_stages=stages, variant=variant),
                            max_value=spec.max_value, pooling=config.pooling,
                            resize_to=classifier_resize(spec, config.input_px))
     d = feats.out_dim
     head = SoftmaxHead(mu=np.zeros(d, np.float32), sd=np.ones(d, np.float32),
                        weight=np.zeros((d, n_classes), np.float32), bias=np.zeros(n_classes, np.float32))
-    return export_classifier_onnx(ClassifierGraph(feats, head), path, spec=spec)
+    return export_classifier_onnx(ViewAveraged(ClassifierGraph(feats, head), views).eval(), path, spec=spec)
 
 
 def classifier_prices(stage_sets: Sequence[tuple[str, ...]], *, spec: InputSpec, config: ClassifierConfig,
-                      frame: Any, n_classes: int, runs: int = LATENCY_RUNS) -> dict[str, float]:
-    """p50 ms of each stage set's classifier graph (:func:`export_priced_graph`) on this CPU, run in ONNX
-    Runtime (2 threads) on ``frame`` prepared with ``spec``: the per-line choice's latency filter then
-    prices what this machine really runs."""
+                      frame: Any, n_classes: int, runs: int = LATENCY_RUNS,
+                      views: Views = IDENTITY) -> dict[str, float]:
+    """p50 ms of each stage set's classifier graph (:func:`export_priced_graph`, averaged over ``views``) on this
+    CPU, run in ONNX Runtime (2 threads) on ``frame`` prepared with ``spec``: the per-line choice's latency filter
+    then prices what this machine really runs."""
     batch = prepare(frame, spec)[0][:1]
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lineguard-clf-price-") as tmp:
         for i, stages in enumerate(stage_sets):
             path = export_priced_graph(stages, Path(tmp) / f"price_{i}.onnx", spec=spec, config=config,
-                                       n_classes=n_classes)
+                                       n_classes=n_classes, views=views)
             out["+".join(stages)] = engine_p50_ms(path, batch, runs, output="class_probs")
     return out
 

@@ -20,6 +20,9 @@ every flip and 90-degree turn of its images as well (copies in feature space; th
 unchanged, so a flagged part costs the same). Cross-validation decides: where a class is tied to its
 orientation (a scratch along the feed), its turned copies teach the wrong thing and the CV accuracy
 falls (X-SDD), where it is not they add examples (DeepPCB crops, 20 per class: 88.8 -> 94.6 % held out).
+Each evaluated views candidate then gets a twin (:func:`views_twin`, since stop 22): the same head read through
+one view and, where that view is unsure, through the 8 views averaged (a second engine, run only for those parts),
+judged by the same cross-validation.
 
 A candidate replaces the default only when its CV accuracy is higher by at least one image of the
 line's labelled set (ties and noise keep the measured default); among those, the higher CV accuracy
@@ -266,6 +269,24 @@ def probs_as_read(ev: Evaluated, fs: FeatureSet, rows: np.ndarray) -> np.ndarray
                          replace(fs, average_views=True).probs(ev.head, rows), below)
 
 
+def price_twins(evaluated: Sequence[Evaluated], price: Callable[..., Mapping[str, float]], views: Views,
+                anomaly_p50_ms: float | None, single: Mapping[str, float] | None) -> None:
+    """What a part through the views costs, for the report of each evaluated twin (``views_only_when_unsure``:
+    ``views_p50_ms``, the views graph on this CPU; ``flagged_through_views_p50_ms``, the anomaly engine +
+    preprocessing + the single-view graph + the views graph). The latency budget stays a p50 and the twins send at
+    most ``MAX_THROUGH_VIEWS`` of the parts through the views, so this is for the PLC deadline, not the filter."""
+    twins = [e for e in evaluated if e.candidate.views_when_unsure and not e.skipped]
+    if not twins:
+        return
+    ms = price(sorted({e.candidate.stages for e in twins}), views=views)
+    for e in twins:
+        key = "+".join(e.candidate.stages)
+        cascade = e.report["views_only_when_unsure"]
+        cascade["views_p50_ms"] = round(ms[key], 2)
+        cascade["flagged_through_views_p50_ms"] = round(estimated_p50_ms(e.candidate.stages, anomaly_p50_ms, single)
+                                                        + ms[key], 1)
+
+
 def feature_columns(dims: dict[str, int], have: Sequence[str], want: Sequence[str], *, have_pooling: str = "mean",
                     want_pooling: str = "mean") -> np.ndarray:
     """Column indices of ``want`` stages pooled by ``want_pooling`` inside features of ``have`` stages pooled
@@ -396,7 +417,7 @@ def line_candidates(default_stages: Sequence[str], copies: int, pooling: str = "
 def select_and_fit(
     images_by_class: Any, *, spec: Any, config: Any, plausible: Any, copies: int, views: Views, seed: int,
     progress: Any = None, anomaly_p50_ms: float | None = None, free_views: Views | None = None,
-    classifier_price: Callable[[Sequence[tuple[str, ...]]], dict[str, float]] | None = None,
+    classifier_price: Callable[..., dict[str, float]] | None = None,
 ) -> tuple[Any, Any, SoftmaxHead, dict[str, float], dict[str, Any]]:
     """Features once for the union of the candidates' stages, CV of each, the chosen one fitted.
 
@@ -448,6 +469,8 @@ def select_and_fit(
     evs = evaluate(fs_for, cands, config=config, seed=seed, time_budget_s=budget)
     evs = with_views_twins(evs, fs_for, config=config, seed=seed,
                            time_left_s=max(0.0, config.select_time_budget_s - (time.perf_counter() - t0)))
+    if classifier_price is not None and want_free is not None:
+        price_twins(evs, classifier_price, want_free, anomaly_p50_ms, prices)
     chosen = pick(evs)
     ev = next(e for e in evs if e.candidate == chosen)
     default = evs[0]

@@ -154,7 +154,10 @@ def classifier_rows(clf: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
             facts.append(f"read through one view, and through the {cascade.get('views', 'orientation')} views averaged "
                          f"(engine classifier_views) where its top probability is below {_num(sel['views_below'])}: "
                          f"{_pct(cascade['through_views_oof']) if 'through_views_oof' in cascade else '-'} of the "
-                         "images out of fold; such a part costs one backbone pass per view more")
+                         "images out of fold; such a part costs one backbone pass per view more"
+                         + (f" (the views graph {_num(cascade['views_p50_ms'], 1)} ms p50 on the training machine, "
+                            f"a flagged part through it {_num(cascade['flagged_through_views_p50_ms'], 1)} ms)"
+                            if "views_p50_ms" in cascade else ""))
         prices = ", ".join(f"{k} {v:.1f} ms" for k, v in (sel.get("classifier_p50_ms") or {}).items())
         facts.append(f"latency filter: a flagged part within {_num(sel.get('latency_budget_ms'), 0)} ms p50 = anomaly "
                      f"engine {_num(sel.get('anomaly_p50_ms'), 1)} ms ({sel.get('anomaly_p50_source', '')}) + the "

@@ -257,6 +257,10 @@ def test_a_views_twin_chosen_per_line_ships_both_engines_and_the_edge_reads_them
     share = twin["views_when_unsure"]["through_views_oof"] * 100
     assert (f"read through one view, and through the 8 views averaged (engine classifier_views) where its top "
             f"probability is below {below:.3f}: {share:.1f} % of the images out of fold") in md
+    # the views graph was priced on this CPU: one backbone pass per view on top of the single view
+    cascade = twin["views_when_unsure"]
+    assert cascade["views_p50_ms"] > 0 and f"the views graph {cascade['views_p50_ms']:.1f} ms p50" in md
+    assert cascade["flagged_through_views_p50_ms"] > cascade["views_p50_ms"]
     # one view in 'classifier' (reading the image: the views need it), every view in 'classifier_views'
     engine, views = m.engines["classifier"], m.engines["classifier_views"]
     assert views.input_source == "image"

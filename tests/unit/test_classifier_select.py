@@ -18,6 +18,7 @@ from lineguard_models.classifier_select import (
     pick,
     select_and_fit,
 )
+from lineguard_models.views import IDENTITY, Views
 
 DEFAULT, OTHER, THIRD = CANDIDATES[0], CANDIDATES[1], CANDIDATES[2]
 
@@ -157,16 +158,29 @@ def test_measured_classifier_prices_decide_the_latency_filter() -> None:
     spec = InputSpec(channels=1, dtype="uint8", max_value=255, input_width=64, input_height=64)
     data = {c: [_planted(rng, i) for _ in range(5)] for i, c in enumerate(("band", "stripe"))}
     asked: list[list[tuple[str, ...]]] = []
+    asked_views: list[int] = []
 
-    def price(stage_sets: list[tuple[str, ...]]) -> dict[str, float]:
+    def price(stage_sets: list[tuple[str, ...]], views: Views = IDENTITY) -> dict[str, float]:
         asked.append(list(stage_sets))
+        asked_views.append(len(views))
+        if len(views) > 1:  # the views twins' second engine: every view averaged
+            return {"+".join(s): 40.0 + len(s) for s in stage_sets}
         return {"+".join(s): (30.0 if s == ("stage5", "stage6", "stage7") else 5.0) for s in stage_sets}
 
     clf = train_classifier(data, spec=spec, seed=0, config=ClassifierConfig(),
                            selector=functools.partial(select_and_fit, anomaly_p50_ms=20.0, classifier_price=price))
     sel = clf.cv_report["selection"]
-    assert asked == [sorted({c.stages for c in line_candidates(("stage5", "stage6"), 2, free_views=True)})]
+    assert asked[0] == sorted({c.stages for c in line_candidates(("stage5", "stage6"), 2, free_views=True)})
     by = {c["name"]: c for c in sel["candidates"]}
+    # then the views graph of every twin tried (no profile declared: the 8 flips and turns), for its report
+    twins = {n: c for n, c in by.items() if n.endswith("_tta") and not c["skipped"]}
+    assert twins and asked[1:] == [sorted({tuple(c["stages"]) for c in twins.values()})]
+    assert asked_views == [1, 8][: len(asked)]
+    for c in twins.values():
+        cascade = c["views_when_unsure"]
+        assert cascade["views_p50_ms"] == 40.0 + len(c["stages"])
+        # anomaly 20 + preprocessing 1.2 + the single view (5 measured) + the views graph
+        assert cascade["flagged_through_views_p50_ms"] == pytest.approx(26.2 + 40.0 + len(c["stages"]), abs=0.06)
     assert by["s567"]["skipped"] == "estimated flagged part 51 ms p50 > budget 40 ms"  # 20 + 1.2 + 30
     assert not by["s4567"]["skipped"] and not by["default"]["skipped"]  # 8.4 ms in the table, 5 measured
     assert sel["classifier_p50_ms"]["stage5+stage6+stage7"] == 30.0
