@@ -60,14 +60,9 @@ def run_set(name: str, seeds: list[int]) -> dict[str, Any]:
             a = agg[ev.candidate.name]
             a.setdefault("known_unknown", []).append(float(unk.mean()))
             a.setdefault("named_right", []).append(float(((p.argmax(1) == y[test]) & ~unk).mean()))
-        for left in range(len(classes)):  # each class never trained, in turn
-            keep = [c for c in range(len(classes)) if c != left]
-            relabel = np.full_like(y, -1)
-            for i, c in enumerate(keep):
-                relabel[y == c] = i
-            sub = tuple(classes[c] for c in keep)
+        for left, sub, rows, relabel in bq.left_out(y, classes, order, N):  # each class never trained, in turn
             novel = test[y[test] == left]
-            for ev in _pair(cache, sub, np.concatenate([order[c][:N] for c in keep]), relabel, seed):
+            for ev in _pair(cache, sub, rows, relabel, seed):
                 if ev.skipped:
                     continue
                 fs_n = cache.feature_set(ev.candidate, sub, novel, relabel)

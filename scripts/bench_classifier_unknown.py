@@ -125,13 +125,8 @@ def run(name: str, seeds: tuple[int, ...] = (0, 1, 2), n: int = 20) -> dict[str,
             a = agg.setdefault(k, {"known_unknown": [], "named_right": [], "novel_caught": []})
             a["known_unknown"].append(float(u.mean()))
             a["named_right"].append(float(((pred == fst.y) & ~u).mean()))
-        for left in range(len(classes)):  # each class never trained, in turn
-            keep = [c for c in range(len(classes)) if c != left]
-            relabel = np.full_like(y, -1)
-            for i, c in enumerate(keep):
-                relabel[y == c] = i
-            sub = tuple(classes[c] for c in keep)
-            fs_l = cache.feature_set(cand, sub, np.concatenate([order[c][:n] for c in keep]), relabel)
+        for left, sub, rows, relabel in b.left_out(y, classes, order, n):  # each class never trained, in turn
+            fs_l = cache.feature_set(cand, sub, rows, relabel)
             xq = cache.feature_set(cand, classes, test[y[test] == left], y).x
             _, unk_l = routed(fs_l, fitted(fs_l, cand.stages, cand.pooling, seed), seed, xq)
             for k, u in unk_l.items():

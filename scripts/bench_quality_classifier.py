@@ -36,7 +36,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,19 @@ def named_scores(p: npt.NDArray[np.float32], yt: npt.NDArray[np.int64], classes:
     return {"accuracy": float((pred == yt).mean()), "unknown_rate": float(unknown.mean()),
             "named_right": float(((pred == yt) & ~unknown).mean()),
             "recall": {c: float((pred[yt == i] == i).mean()) for i, c in enumerate(classes)}}
+
+
+def left_out(y: npt.NDArray[np.int64], classes: tuple[str, ...], order: dict[int, npt.NDArray[np.int64]], n: int
+             ) -> Iterator[tuple[int, tuple[str, ...], npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Each class never trained, in turn (the unknown-routing benches): (the class left out, the other classes'
+    names, their training rows: the first ``n`` of each in ``order``, the labels renumbered over them, -1 for the
+    class left out)."""
+    for left in range(len(classes)):
+        keep = [c for c in range(len(classes)) if c != left]
+        relabel = np.full_like(y, -1)
+        for i, c in enumerate(keep):
+            relabel[y == c] = i
+        yield left, tuple(classes[c] for c in keep), np.concatenate([order[c][:n] for c in keep]), relabel
 
 
 def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
