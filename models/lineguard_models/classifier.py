@@ -204,7 +204,7 @@ class ClassifierConfig(BaseModel):
         True, description="with select, where the line declared no camera profile: each views candidate (trained "
         "on every flip and 90-degree turn) also gets a twin read through one view and, where its top probability is "
         "below a threshold chosen out of fold, through every view averaged (a second engine, classifier_views, run "
-        "only for those parts); judged by the same cross-validation. The classifier suite: named right 91.5 -> 92.3 % "
+        "only for those parts); judged by the same cross-validation. The classifier suite: named right 91.2 -> 92.1 % "
         "over five sets at 20 per class, DeepPCB crops 92.4 -> 95.1 %, no set lower (docs/classifier.md)",
     )
     select_time_budget_s: float = Field(
