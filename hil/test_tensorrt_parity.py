@@ -106,3 +106,36 @@ def test_ort_tensorrt_provider_really_runs(bundle: Bundle, cpu_scores: dict[str,
         assert run_golden(runner, bundle) == []
         _report("ort-trt-ep", runner, bundle, cpu_scores)
     assert any((tmp_path / "ortcache").iterdir()), "ORT's TensorRT EP did not write its engine cache"
+
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_classifier_engines_match_ort_cpu(precision: str, bundle: Bundle, tmp_path: Path) -> None:
+    """Each image-fed classifier engine ('classifier', and 'classifier_views' where the bundle has it: a fine-tuned
+    classifier or a views twin) built by TensorRT gives ONNX Runtime CPU's class probabilities on every golden
+    image's first tile: the same best class, each probability within 1e-3 (FP32) or 0.02 (FP16). A classifier fed by
+    the anomaly engine's stage map is covered through the golden classes (``run_golden``), not here."""
+    import numpy as np
+
+    from lineguard.engines.base import build_engine
+    from lineguard.preprocess import prepare
+
+    m = bundle.manifest
+    roles = [r for r in ("classifier", "classifier_views") if r in m.engines and m.engines[r].source_output is None]
+    if not roles or not m.golden:
+        pytest.skip("the bundle has no image-fed classifier engine or no golden image")
+    tol = 1e-3 if precision == "fp32" else 0.02
+    trt_cfg = TensorrtEngineConfig(backend="tensorrt", precision=precision, cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    cpu_cfg = OrtEngineConfig(providers=[CpuProvider(type="cpu")])
+    for role in roles:
+        cpu, gpu = build_engine(bundle, role, cpu_cfg, batch=1), build_engine(bundle, role, trt_cfg, batch=1)
+        try:
+            for g in m.golden:
+                tile = np.ascontiguousarray(prepare(read_image(bundle.path(g.file)), m.input)[0][:1])
+                a, b = cpu.run(tile)["probs"][0], gpu.run(tile)["probs"][0]
+                print(f"{precision} {role} {g.file}: cpu {np.round(a, 4).tolist()} gpu {np.round(b, 4).tolist()}")
+                assert int(np.argmax(a)) == int(np.argmax(b)), (role, g.file)
+                np.testing.assert_allclose(b, a, atol=tol)
+        finally:
+            cpu.close()
+            gpu.close()
