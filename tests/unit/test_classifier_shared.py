@@ -130,7 +130,12 @@ def test_not_shared_when_switched_off_tiled_or_views_averaged(anomaly: AnomalySc
         "the input spec is tiled: the classifier reads the top-scoring tile")
     views = Views.for_profile(flips=("horizontal",), rotate_90=False, square=False)
     averaged = dataclasses.replace(clf, views=views)
-    assert "averages orientation views" in shared_stage_for(anomaly, averaged, ClassifierConfig(), SPEC)[1]
+    why = "the classifier reads orientation views of the image (averaged, or where it is unsure)"
+    assert shared_stage_for(anomaly, averaged, ClassifierConfig(), SPEC) == (None, why)
+    # a views twin: one view in 'classifier', the views only where it is unsure; the views engine needs the image
+    twin = dataclasses.replace(clf, views=views, views_below=0.8)
+    assert shared_stage_for(anomaly, twin, ClassifierConfig(), SPEC) == (None, why)
+    assert shared_stage_for(anomaly, clf, ClassifierConfig(), SPEC)[0] is not None  # one view alone: shared
 
 
 def test_not_shared_with_other_weights_normalisation_or_earlier_stages(anomaly: AnomalyScorer) -> None:
