@@ -371,9 +371,14 @@ class TrainedClassifier:
         """The graph run only below ``views_below`` (every view averaged), or None."""
         return ViewAveraged(self.graph, self.views).eval() if self.views_below is not None else None
 
+    def exported_probs(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
+        """class_probs of raw images from the 'classifier' engine's graph alone (torch): with ``views_below``
+        the single view, before the views engine is consulted."""
+        return _probs_of(self.exported_graph(), images, self.spec)
+
     def predict_proba(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
         """class_probs of raw images as the edge computes them from the exported graphs (torch, for checks)."""
-        probs = _probs_of(self.exported_graph(), images, self.spec)
+        probs = self.exported_probs(images)
         if self.views_below is None:
             return probs
         every = _probs_of(ViewAveraged(self.graph, self.views).eval(), images, self.spec)

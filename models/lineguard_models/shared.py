@@ -101,8 +101,10 @@ def shared_stage_for(
         return None, "share_backbone is off"
     if line_spec.tiles.count != 1:
         return None, TILED
-    if len(clf.views) > 1:
-        return None, "the classifier reads orientation views of the image (averaged, or where it is unsure)"
+    if len(clf.views) > 1 and clf.views_below is None:
+        return None, "the classifier graph averages orientation views of the image"
+    # with views_below (a views twin; a fine-tuned graph fails the same-weights check below) 'classifier' reads one
+    # view and may continue the anomaly pass; 'classifier_views' reads the image for the parts it is unsure of
     a_bb, c_feats = anomaly.features.backbone, clf.graph.features
     c_bb = c_feats.backbone
     if c_feats.resize_to is not None:
@@ -136,7 +138,8 @@ def verify_shared(
     images: Sequence[npt.NDArray[Any]],
 ) -> dict[str, float]:
     """ONNX Runtime check: the new anomaly graph scores like the old one, and class_probs from its
-    shared map equal the image path (torch ``predict_proba``, the graph the CV measured).
+    shared map equal the image path (torch, the single-view graph the CV measured: ``TrainedClassifier.
+    exported_probs``).
 
     Returns the largest differences; raises :class:`EngineError` beyond tolerance.
     """
@@ -144,7 +147,7 @@ def verify_shared(
     (old_scores,) = cpu_session(old_anomaly).run([SCORE_OUTPUT], {"image": batch})
     new_scores, maps = cpu_session(new_anomaly).run([SCORE_OUTPUT, SHARED_OUTPUT], {"image": batch})
     (probs,) = cpu_session(classifier).run([PROBS_OUTPUT], {SHARED_OUTPUT: maps})
-    expected = clf.predict_proba(list(images))
+    expected = clf.exported_probs(list(images))
     score_rel = float(np.max(np.abs(new_scores - old_scores) / np.maximum(np.abs(old_scores), 1e-12)))
     probs_abs = float(np.max(np.abs(probs - expected)))
     if score_rel > SCORE_RTOL:

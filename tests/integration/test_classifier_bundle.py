@@ -240,8 +240,10 @@ def test_a_views_twin_chosen_per_line_ships_both_engines_and_the_edge_reads_them
     monkeypatch.setattr(classifier_select, "pick", twin_first)
     write_dataset(tmp_path / "data", SynthConfig(width_px=64, height_px=64, n_good=10, n_defect_per_class=6,
                                                  defect_classes=CLASSES, defect_strength=2.0, seed=5))
+    # the default anomaly backbone (Lite2): the classifier reads the image (a twin sharing the anomaly engine's
+    # pass: tests/integration/test_classifier_shared_bundle.py)
     rc = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), "--input-size", "64",
-               "--bank-size", "32", "--seed", "2", "--backbone", "efficientnet_lite0"])
+               "--bank-size", "32", "--seed", "2"])
     assert rc == 0
     m = load_bundle(tmp_path / "b").manifest
     assert m.classifier is not None

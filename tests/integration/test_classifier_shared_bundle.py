@@ -79,6 +79,12 @@ def test_manifest_and_golden_self_test_of_a_shared_bundle(trained: tuple[Bundle,
     assert m.engines["anomaly"].outputs["features"] == "shared_features"
     report = m.calibration["classifier"]["shared_backbone"]
     assert report["shared"] and report["stage"] == "stage4" and report["max_probs_abs_diff"] < 1e-4
+    # no camera profile declared: the per-line choice may take a views twin; its one view still continues the
+    # anomaly pass, and its views engine reads the image (the parts one view is unsure of)
+    chosen = m.calibration["classifier"]["selection"]["chosen"]
+    assert ("classifier_views" in m.engines) == chosen.endswith("_tta") == (m.classifier.views_below is not None)
+    if "classifier_views" in m.engines:
+        assert m.engines["classifier_views"].input_source == "image"
     with BundleRunner.from_bundle(bundle, CPU) as runner:
         runner.warmup()
         assert run_golden(runner, bundle) == []
@@ -111,6 +117,13 @@ def test_shared_class_probs_equal_the_image_path(trained: tuple[Bundle, Path], t
     assert "input_source" not in image_path["engine"]  # an image-mode entry is written as before
     assert image_path["classifier"]["classes"] == bundle.manifest.classifier.classes  # type: ignore[union-attr]
     sess = ort.InferenceSession(str(tmp_path / image_path["engine"]["file"]), providers=["CPUExecutionProvider"])
+    # where the per-line choice took a views twin, parts its one view is unsure of are read by the views engine,
+    # which reads the image in both bundles
+    below = image_path["classifier"]["views_below"]
+    assert (below is not None) == (image_path["views_engine"] is not None)
+    assert (below is not None) == ("classifier_views" in bundle.manifest.engines)
+    views = None if below is None else ort.InferenceSession(str(tmp_path / image_path["views_engine"]["file"]),
+                                                            providers=["CPUExecutionProvider"])
     compared = 0
     with BundleRunner.from_bundle(bundle, CPU) as runner:
         for image in _suspects(bundle):
@@ -119,6 +132,8 @@ def test_shared_class_probs_equal_the_image_path(trained: tuple[Bundle, Path], t
                 continue
             batch, _ = prepare(image, bundle.manifest.input)
             (expected,) = sess.run(["class_probs"], {"image": batch})
+            if views is not None and expected[0].max() < below:
+                (expected,) = views.run(["class_probs"], {"image": batch})
             np.testing.assert_allclose(out.class_probs, expected[0], atol=1e-5)
             compared += 1
     assert compared >= 4

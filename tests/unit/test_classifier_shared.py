@@ -130,12 +130,14 @@ def test_not_shared_when_switched_off_tiled_or_views_averaged(anomaly: AnomalySc
         "the input spec is tiled: the classifier reads the top-scoring tile")
     views = Views.for_profile(flips=("horizontal",), rotate_90=False, square=False)
     averaged = dataclasses.replace(clf, views=views)
-    why = "the classifier reads orientation views of the image (averaged, or where it is unsure)"
+    why = "the classifier graph averages orientation views of the image"
     assert shared_stage_for(anomaly, averaged, ClassifierConfig(), SPEC) == (None, why)
-    # a views twin: one view in 'classifier', the views only where it is unsure; the views engine needs the image
+    # a views twin: 'classifier' reads one view and may continue the anomaly pass ('classifier_views' reads the
+    # image, only for the parts that view is unsure of)
     twin = dataclasses.replace(clf, views=views, views_below=0.8)
-    assert shared_stage_for(anomaly, twin, ClassifierConfig(), SPEC) == (None, why)
-    assert shared_stage_for(anomaly, clf, ClassifierConfig(), SPEC)[0] is not None  # one view alone: shared
+    assert shared_stage_for(anomaly, twin, ClassifierConfig(), SPEC) == shared_stage_for(anomaly, clf,
+                                                                                       ClassifierConfig(), SPEC)
+    assert shared_stage_for(anomaly, clf, ClassifierConfig(), SPEC)[0] is not None
 
 
 def test_not_shared_with_other_weights_normalisation_or_earlier_stages(anomaly: AnomalyScorer) -> None:
