@@ -154,28 +154,19 @@ class ClassifierConfig(BaseModel):
     )
     batch_size: int = Field(16, ge=1, le=512, description="images per backbone forward pass")
     max_iter: int = Field(200, ge=10, le=5000, description="L-BFGS iterations for the head")
-    finetune: FinetuneConfig | None = Field(
-        None, description="after the frozen fit, fine-tune the late backbone stage(s) and the head on every "
-        "orientation view (needs average_views). NEU-DET at 40 images per class: 99.00 % vs 98.33-98.72 % frozen "
-        "(docs/benchmarks/classifier.md); costs finetune_folds + 1 fine-tuning runs at training and one "
-        "backbone pass per view for every classified part, and the backbone pass is no longer shared. "
-        "None = frozen backbone (the default)",
-    )
-    views_only_when_unsure: bool = Field(
-        True, description="with finetune: the bundle's classifier reads one view, and a second engine averaged over "
-        "every view runs only where its top class probability is below a threshold chosen out of fold (the views' "
-        "out-of-fold accuracy kept with the fewest parts paying for them; NEU-DET 40/class as trained here: 98.67 % "
-        "against 98.72 % with every view, 16-17 % of flagged parts through the views, docs/classifier.md); "
-        "false = every classified part runs every view",
-    )
-    finetune_folds: int = Field(
-        3, ge=2, le=10, description="folds of the fine-tuned model's cross-validation (accuracy report and "
-        "min_confidence; fewer when a class is smaller)",
-    )
-    finetune_max_map_mib: float = Field(
-        2048.0, gt=0.0, le=1 << 20, description="memory cap of the cached prefix maps of every view of every image; "
-        "above it training stops with the numbers (use fewer images or views, or no fine-tuning)",
-    )
+    finetune: FinetuneConfig | None = Field(None, description="after the frozen fit, fine-tune the late stage(s) "
+                                            "and the head on every orientation view (needs average_views; "
+                                            "docs/classifier.md): finetune_folds + 1 more runs, no shared backbone "
+                                            "pass. None = frozen backbone (the default)")
+    views_only_when_unsure: bool = Field(True, description="with finetune: the bundle's classifier reads one view, "
+                                         "and a second engine averaged over every view runs only below a top "
+                                         "probability chosen out of fold (docs/classifier.md); false = every view "
+                                         "for every classified part")
+    finetune_folds: int = Field(3, ge=2, le=10, description="folds of the fine-tuned model's cross-validation "
+                                "(accuracy report and min_confidence; fewer when a class is smaller)")
+    finetune_max_map_mib: float = Field(2048.0, gt=0.0, le=1 << 20, description="memory cap of the cached prefix "
+                                        "maps of every view of every image; above it training stops with the numbers "
+                                        "(use fewer images or views, or no fine-tuning)")
     finetune_candidate: FinetuneConfig | None = Field(
         FinetuneConfig(), description="the fine-tuning recipe the per-line choice (select) also tries where the line "
         "has at least finetune_candidate_min_per_class images in every class and orientation views are allowed "
@@ -200,13 +191,10 @@ class ClassifierConfig(BaseModel):
         "report; applied by lineguard train through classifier_bundle); false = exactly `stages` and the "
         "profile's copies. Not with finetune or a given backbone",
     )
-    views_when_unsure: bool = Field(
-        True, description="with select, where the line declared no camera profile: each views candidate (trained "
-        "on every flip and 90-degree turn) also gets a twin read through one view and, where its top probability is "
-        "below a threshold chosen out of fold, through every view averaged (a second engine, classifier_views, run "
-        "only for those parts); judged by the same cross-validation. The classifier suite: named right 91.2 -> 92.1 % "
-        "over five sets at 20 per class, DeepPCB crops 92.4 -> 95.1 %, no set lower (docs/classifier.md)",
-    )
+    views_when_unsure: bool = Field(True, description="with select and no camera profile declared: each views "
+                                    "candidate also gets a twin read through every view averaged where one view is "
+                                    "unsure (engine classifier_views), judged by the same cross-validation "
+                                    "(docs/classifier.md: the suite's named right 91.2 -> 92.1 %)")
     select_time_budget_s: float = Field(
         300.0, gt=0.0, le=86400.0, description="time for the selection's feature pass and cross-validations; "
         "candidates left when it is spent are skipped (the default always runs)",
@@ -372,8 +360,7 @@ class TrainedClassifier:
         return ViewAveraged(self.graph, self.views).eval() if self.views_below is not None else None
 
     def exported_probs(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:
-        """class_probs of raw images from the 'classifier' engine's graph alone (torch): with ``views_below``
-        the single view, before the views engine is consulted."""
+        """class_probs of raw images from the 'classifier' engine's graph alone (torch; one view with views_below)."""
         return _probs_of(self.exported_graph(), images, self.spec)
 
     def predict_proba(self, images: Sequence[Image]) -> npt.NDArray[np.float32]:

@@ -189,9 +189,7 @@ def pick(evaluated: Sequence[Evaluated]) -> Candidate:
     return best.candidate
 
 
-# a twin that sends more than this share of the out-of-fold images through the views is not tried: above it the
-# median flagged part would pay every view (8 backbone passes), and the latency budget is a p50
-MAX_THROUGH_VIEWS = 0.5
+MAX_THROUGH_VIEWS = 0.5  # a twin above this out-of-fold share through the views: the median part would pay them
 TWIN_SUFFIX = "_tta"
 
 
@@ -271,10 +269,8 @@ def probs_as_read(ev: Evaluated, fs: FeatureSet, rows: np.ndarray) -> np.ndarray
 
 def price_twins(evaluated: Sequence[Evaluated], price: Callable[..., Mapping[str, float]], views: Views,
                 anomaly_p50_ms: float | None, single: Mapping[str, float] | None) -> None:
-    """What a part through the views costs, for the report of each evaluated twin (``views_only_when_unsure``:
-    ``views_p50_ms``, the views graph on this CPU; ``flagged_through_views_p50_ms``, the anomaly engine +
-    preprocessing + the single-view graph + the views graph). The latency budget stays a p50 and the twins send at
-    most ``MAX_THROUGH_VIEWS`` of the parts through the views, so this is for the PLC deadline, not the filter."""
+    """For each evaluated twin's report (``views_only_when_unsure``): ``views_p50_ms``, its views graph on this CPU,
+    and ``flagged_through_views_p50_ms``, a flagged part through it (for the PLC deadline; the budget is a p50)."""
     twins = [e for e in evaluated if e.candidate.views_when_unsure and not e.skipped]
     if not twins:
         return
