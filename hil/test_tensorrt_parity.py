@@ -18,12 +18,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lineguard.bundle import Bundle, load_bundle
 from lineguard.engines import BundleRunner, OrtEngineConfig, TensorrtEngineConfig, run_golden
+from lineguard.engines.base import build_engine
 from lineguard.engines.config import CpuProvider, CudaProvider, TensorrtProvider
 from lineguard.imageio import read_image
+from lineguard.preprocess import prepare
 
 pytestmark = pytest.mark.hil
 
@@ -115,11 +118,6 @@ def test_classifier_engines_match_ort_cpu(precision: str, bundle: Bundle, tmp_pa
     classifier or a views twin) built by TensorRT gives ONNX Runtime CPU's class probabilities on every golden
     image's first tile: the same best class, each probability within 1e-3 (FP32) or 0.02 (FP16). A classifier fed by
     the anomaly engine's stage map is covered through the golden classes (``run_golden``), not here."""
-    import numpy as np
-
-    from lineguard.engines.base import build_engine
-    from lineguard.preprocess import prepare
-
     m = bundle.manifest
     roles = [r for r in ("classifier", "classifier_views") if r in m.engines and m.engines[r].source_output is None]
     if not roles or not m.golden:

@@ -37,7 +37,7 @@ from bench_quality_classifier import (
 )
 
 from lineguard_models.classifier import ClassifierConfig, out_of_fold_probs
-from lineguard_models.classifier_head import confidence_thresholds, stratified_folds
+from lineguard_models.classifier_head import confidence_thresholds, cv_folds
 from lineguard_models.classifier_select import evaluate, pick
 
 SETS = ("mvtec_bottle", "deeppcb_defects", "xsdd_steel", "neu_det")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 evs = evaluate(lambda c, idx=train, cc=cache, k=classes, yy=y: cc.feature_set(c, k, idx, yy),
                                candidates, config=config, seed=seed)
                 yt, ytr = y[test], y[train]
-                folds = stratified_folds(ytr, min(config.cv_folds, int(np.bincount(ytr).min())), seed)
+                folds = cv_folds(ytr, config.cv_folds, seed)
                 oof, hold = {}, {}
                 for ev in evs:
                     fs = cache.feature_set(ev.candidate, classes, train, y)

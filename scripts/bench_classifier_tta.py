@@ -24,6 +24,7 @@ per split in ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -36,11 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality_classifier as bq
 
-from lineguard_models.classifier import ClassifierConfig, out_of_fold_probs
+from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.classifier_features import FeatureSet
-from lineguard_models.classifier_head import confidence_thresholds, stratified_folds
-from lineguard_models.classifier_select import Evaluated, evaluate, pick
-from lineguard_models.finetune import cascade_probs, choose_views_below
+from lineguard_models.classifier_head import confidence_thresholds, cv_folds
+from lineguard_models.classifier_select import Evaluated, evaluate, pick, probs_as_read, views_oof, views_twin
+from lineguard_models.finetune import cascade_probs
 
 
 def _reads(ev: Evaluated, cache: bq.Cache, classes: tuple[str, ...], rows: npt.NDArray[np.int64],
@@ -56,30 +57,28 @@ def _reads(ev: Evaluated, cache: bq.Cache, classes: tuple[str, ...], rows: npt.N
 def _cascade_twin(ev: Evaluated, cache: bq.Cache, classes: tuple[str, ...], train: npt.NDArray[np.int64],
                   test: npt.NDArray[np.int64], y: npt.NDArray[np.int64], cfg: ClassifierConfig,
                   seed: int) -> tuple[Evaluated, dict[str, Any]]:
-    """The views candidate ``ev`` read through the views where unsure: its CV figures (the candidate's own folds
-    and L2) as an ``Evaluated`` for ``pick``, and its held-out scores."""
+    """The views candidate ``ev``'s twin as ``select_and_fit`` adds it (``classifier_select.views_twin``), and its
+    held-out scores read as the edge reads it, under three ``unknown`` floor rules: the product's (the identity
+    view's, ``named_right_identity_thr``), stop 21's (from the out-of-fold cascade probabilities: the scores'
+    ``named_right``) and ``named_right_split`` (the identity view's for the parts it reads, from the out-of-fold
+    averaged probabilities for the rest)."""
     fs = cache.feature_set(ev.candidate, classes, train, y)
-    folds = stratified_folds(fs.y, min(cfg.cv_folds, int(np.bincount(fs.y).min())), seed)
-    l2 = float(ev.report["l2"])
-    oof_id = out_of_fold_probs(fs, folds, l2=l2, max_iter=cfg.max_iter)
-    oof_all = out_of_fold_probs(replace(fs, average_views=True), folds, l2=l2, max_iter=cfg.max_iter)
-    tau = choose_views_below(oof_id, oof_all, fs.y)
-    oof = cascade_probs(oof_id, oof_all, tau)
-    thr = confidence_thresholds(oof, fs.y, classes, quantile=cfg.confidence_quantile, cap=cfg.max_min_confidence)
-    twin = Evaluated(replace(ev.candidate, name=f"{ev.candidate.name}_tta"), float((oof.argmax(1) == fs.y).mean()),
-                     float(-np.log(np.clip(oof[np.arange(len(fs.y)), fs.y], 1e-7, 1.0)).mean()), 0.0,
-                     n_images=ev.n_images)
-    _, p_id, p_all = _reads(ev, cache, classes, test, y)
-    thr_all = confidence_thresholds(oof_all, fs.y, classes, quantile=cfg.confidence_quantile,
-                                    cap=cfg.max_min_confidence)
-    p = cascade_probs(p_id, p_all, tau)
+    twin = views_twin(ev, fs, config=cfg, seed=seed)
+    if twin.skipped:
+        return twin, {"skipped": twin.skipped}
+    tau = float(twin.report["views_only_when_unsure"]["views_below"])
+    one, every = views_oof(fs, cv_folds(fs.y, cfg.cv_folds, seed), l2=float(ev.report["l2"]), max_iter=cfg.max_iter)
+    floors = functools.partial(confidence_thresholds, y=fs.y, classes=classes, quantile=cfg.confidence_quantile,
+                               cap=cfg.max_min_confidence)
+    fs_test, p_id, _ = _reads(ev, cache, classes, test, y)
+    p = probs_as_read(twin, fs_test, np.arange(len(test)))
     unsure = p_id.max(1) < tau
     return twin, {"cv_accuracy": twin.cv_accuracy, "cv_log_loss": twin.cv_log_loss, "views_below": tau,
                   "through_views_held_out": float(unsure.mean()),
-                  **bq.named_scores(p, y[test], classes, thr),
-                  "named_right_split": _named_right(p, y[test], classes, unsure, ev.thresholds, thr_all),
-                  "named_right_identity_thr": _named_right(p, y[test], classes, unsure, ev.thresholds,
-                                                           ev.thresholds)}
+                  **bq.named_scores(p, y[test], classes, floors(cascade_probs(one, every, tau))),
+                  "named_right_split": _named_right(p, y[test], classes, unsure, twin.thresholds, floors(every)),
+                  "named_right_identity_thr": _named_right(p, y[test], classes, unsure, twin.thresholds,
+                                                           twin.thresholds)}
 
 
 def _named_right(p: npt.NDArray[np.float32], yt: npt.NDArray[np.int64], classes: tuple[str, ...],

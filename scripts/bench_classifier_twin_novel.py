@@ -42,8 +42,9 @@ def _pair(cache: bq.Cache, classes: tuple[str, ...], rows: npt.NDArray[np.int64]
     """The views candidate (the line's stages, copies, every view) and its twin, trained on ``rows``."""
     cand = next(c for c in bq._candidates() if c.name == "views")
     cfg = ClassifierConfig()
-    (ev,) = evaluate(lambda c: cache.feature_set(c, classes, rows, y), [cand], config=cfg, seed=seed)
-    return [ev, views_twin(ev, cache.feature_set(cand, classes, rows, y), config=cfg, seed=seed)]
+    fs = cache.feature_set(cand, classes, rows, y)
+    (ev,) = evaluate(lambda _c: fs, [cand], config=cfg, seed=seed)
+    return [ev, views_twin(ev, fs, config=cfg, seed=seed)]
 
 
 def run_set(name: str, seeds: list[int]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import bench_quality_classifier as b
 
 from lineguard_models.classifier import ClassifierConfig, fit_from_features
 from lineguard_models.classifier_features import FeatureSet
-from lineguard_models.classifier_head import SoftmaxHead, stratified_folds
+from lineguard_models.classifier_head import SoftmaxHead, cv_folds
 
 Arr = npt.NDArray[np.float32]
 Distance = Callable[[Arr], npt.NDArray[np.float64]]
@@ -73,7 +73,7 @@ def distances(fs: FeatureSet, seed: int) -> tuple[dict[str, Distance], dict[str,
     """Distance functions fitted on every training row, and the originals' out-of-fold distances."""
     x, y = fs.training_rows(np.arange(len(fs.y)))
     std = _standardiser(x)
-    folds = stratified_folds(fs.y, min(5, int(np.bincount(fs.y).min())), seed)
+    folds = cv_folds(fs.y, 5, seed)
     oof = {"knn": np.zeros(len(fs.y)), "maha": np.zeros(len(fs.y))}
     for f in np.unique(folds):
         xt, yt = fs.training_rows(np.flatnonzero(folds != f))

@@ -32,6 +32,7 @@ results JSON under ``/work/data/quality/classifier``; ``--doc`` writes docs/benc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -327,10 +328,9 @@ def run_set(name: str, seeds: Sequence[int], sizes: Sequence[int], cache_dir: Pa
     for seed, (order, test) in zip(seeds, plans, strict=True):
         for n, train in trainings(name, order, sizes):
             t0 = time.perf_counter()
-            cands = evaluate(lambda c, idx=train: cache.feature_set(c, classes, idx, y), candidates,
-                             config=config, seed=seed)
-            cands = with_views_twins(cands, lambda c, idx=train: cache.feature_set(c, classes, idx, y),
-                                     config=config, seed=seed)  # as select_and_fit adds them
+            fs_of = functools.partial(cache.feature_set, classes=classes, idx=train, y=y)
+            cands = evaluate(fs_of, candidates, config=config, seed=seed)
+            cands = with_views_twins(cands, fs_of, config=config, seed=seed)  # as select_and_fit adds them
             fit_s = time.perf_counter() - t0
             chosen = pick(cands)
             row: dict[str, Any] = {"seed": seed, "n": int(n), "n_test": len(test), "chosen": chosen.name,

@@ -68,9 +68,9 @@ from lineguard_models.classifier_graph import (
 from lineguard_models.classifier_head import (
     SoftmaxHead,
     confidence_thresholds,
+    cv_folds,
     cv_summary,
     fit_head,
-    stratified_folds,
 )
 from lineguard_models.data import Dataset
 from lineguard_models.finetune import FinetuneConfig, cascade_probs
@@ -302,9 +302,8 @@ def fit_from_features(
     fs: FeatureSet, *, config: ClassifierConfig, seed: int, progress: ProgressFn | None = None
 ) -> tuple[SoftmaxHead, dict[str, float], dict[str, Any]]:
     """Cross-validate the L2 strength, derive thresholds, fit the final head on everything."""
-    n_min = int(np.bincount(fs.y).min())
-    n_folds = min(config.cv_folds, n_min)
-    folds = stratified_folds(fs.y, n_folds, seed)
+    folds = cv_folds(fs.y, config.cv_folds, seed)
+    n_folds = len(np.unique(folds))
     scores, oofs = {}, {}
     for i, l2 in enumerate(config.l2_grid):
         oof = out_of_fold_probs(fs, folds, l2=l2, max_iter=config.max_iter)

@@ -82,6 +82,11 @@ def stratified_folds(y: npt.NDArray[np.int64], n_folds: int, seed: int) -> npt.N
     return fold
 
 
+def cv_folds(y: npt.NDArray[np.int64], n_max: int, seed: int) -> npt.NDArray[np.int64]:
+    """Stratified folds for cross-validation: ``n_max``, or fewer where the smallest class has fewer images."""
+    return stratified_folds(y, min(n_max, int(np.bincount(y).min())), seed)
+
+
 def confidence_thresholds(
     oof: npt.NDArray[np.float32], y: npt.NDArray[np.int64], classes: Sequence[str], *, quantile: float, cap: float
 ) -> dict[str, float]:

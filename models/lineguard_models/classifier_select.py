@@ -20,9 +20,8 @@ every flip and 90-degree turn of its images as well (copies in feature space; th
 unchanged, so a flagged part costs the same). Cross-validation decides: where a class is tied to its
 orientation (a scratch along the feed), its turned copies teach the wrong thing and the CV accuracy
 falls (X-SDD), where it is not they add examples (DeepPCB crops, 20 per class: 88.8 -> 94.6 % held out).
-Each evaluated views candidate then gets a twin (:func:`views_twin`, since stop 22): the same head read through
-one view and, where that view is unsure, through the 8 views averaged (a second engine, run only for those parts),
-judged by the same cross-validation.
+Each evaluated views candidate then gets a twin (:func:`views_twin`): the same head, read through every view
+averaged where one view is unsure (a second engine, run only for those parts), judged by the same CV.
 
 A candidate replaces the default only when its CV accuracy is higher by at least one image of the
 line's labelled set (ties and noise keep the measured default); among those, the higher CV accuracy
@@ -43,7 +42,7 @@ from lineguard_models.classifier import FeatureExtractor, fit_from_features, out
 from lineguard_models.classifier_features import FeatureSet, build_features
 from lineguard_models.classifier_finetuned import OverBudget, finetuned
 from lineguard_models.classifier_graph import POOL_WIDTH
-from lineguard_models.classifier_head import SoftmaxHead, cv_summary, stratified_folds
+from lineguard_models.classifier_head import SoftmaxHead, cv_folds, cv_summary, stratified_folds
 from lineguard_models.finetune import cascade_probs, choose_views_below
 from lineguard_models.views import IDENTITY, Views
 
@@ -193,25 +192,30 @@ MAX_THROUGH_VIEWS = 0.5  # a twin above this out-of-fold share through the views
 TWIN_SUFFIX = "_tta"
 
 
+def twin_of(c: Candidate) -> Candidate:
+    """The views twin's candidate entry of the views candidate ``c``."""
+    return replace(c, name=c.name + TWIN_SUFFIX, views_when_unsure=True)
+
+
+def views_oof(fs: FeatureSet, folds: np.ndarray, *, l2: float, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold class probabilities of ``fs`` through the identity view and averaged over every view."""
+    return (out_of_fold_probs(replace(fs, average_views=False), folds, l2=l2, max_iter=max_iter),
+            out_of_fold_probs(replace(fs, average_views=True), folds, l2=l2, max_iter=max_iter))
+
+
 def views_twin(ev: Evaluated, fs: FeatureSet, *, config: Any, seed: int) -> Evaluated:
-    """The twin of the views candidate ``ev`` (stop 22): its head (trained on every orientation view), read
-    through the identity view and, where that view's top probability is below ``views_below``, through the
-    class probabilities averaged over every view (the bundle's ``classifier_views`` engine, as the fine-tuned
-    classifier is read). On ``ev``'s own folds and L2: out-of-fold probabilities through one view and through
-    every view, ``views_below`` by ``finetune.choose_views_below`` (the views' out-of-fold accuracy with the
-    fewest parts through them), the twin's CV accuracy and log-loss from the cascade. ``min_confidence`` stays
-    ``ev``'s (the identity view's floors): the views' averaged probabilities are flatter, and floors set on them
-    sent right answers to ``unknown`` (the classifier suite: named right 92.3 against 91.6 % over five sets,
-    docs/classifier.md). ``fs``: ``ev``'s features with their views."""
+    """The twin of the views candidate ``ev`` (stop 22; docs/classifier.md "Views twins"): its head read through
+    one view and, below ``views_below``, through every view averaged (the ``classifier_views`` engine). On ``ev``'s
+    folds and L2 (:func:`views_oof`); ``views_below`` by ``finetune.choose_views_below``; CV figures from the
+    cascade; ``min_confidence`` stays ``ev``'s (identity-view floors: floors set on the flatter averaged
+    probabilities sent right answers to ``unknown``). ``fs``: ``ev``'s features with their views."""
     c = ev.candidate
-    twin = replace(c, name=c.name + TWIN_SUFFIX, views_when_unsure=True)
+    twin = twin_of(c)
     if not c.views or ev.skipped or ev.head is None or fs.x_views is None:
         return Evaluated(twin, float("nan"), float("nan"), 0.0, skipped=f"{c.name} has no views to read")
     t0 = time.perf_counter()
-    folds = stratified_folds(fs.y, min(config.cv_folds, int(np.bincount(fs.y).min())), seed)
-    l2 = float(ev.report["l2"])
-    one = out_of_fold_probs(replace(fs, average_views=False), folds, l2=l2, max_iter=config.max_iter)
-    every = out_of_fold_probs(replace(fs, average_views=True), folds, l2=l2, max_iter=config.max_iter)
+    one, every = views_oof(fs, cv_folds(fs.y, config.cv_folds, seed), l2=float(ev.report["l2"]),
+                           max_iter=config.max_iter)
     below = choose_views_below(one, every, fs.y)
     oof = cascade_probs(one, every, below)
     n_views = int(fs.x_views.shape[1]) + 1
@@ -247,8 +251,7 @@ def with_views_twins(evaluated: Sequence[Evaluated], feature_set: Callable[[Cand
             continue
         spent = time.perf_counter() - t0
         if time_left_s is not None and spent > time_left_s:
-            out.append(Evaluated(replace(ev.candidate, name=ev.candidate.name + TWIN_SUFFIX, views_when_unsure=True),
-                                 float("nan"), float("nan"), 0.0,
+            out.append(Evaluated(twin_of(ev.candidate), float("nan"), float("nan"), 0.0,
                                  skipped=f"time budget spent ({spent:.0f} s of the {time_left_s:.0f} s left)"))
             continue
         out.append(views_twin(ev, feature_set(ev.candidate), config=config, seed=seed))
@@ -371,11 +374,11 @@ def consider_finetuning(
         return None
     n = len(fs.y)
     folds = stratified_folds(fs.y, int(report["folds"]), seed)  # the fine-tuning's own folds
-    oof = out_of_fold_probs(fs, folds, l2=float(frozen_report["l2"]), max_iter=config.max_iter)
+    l2 = float(frozen_report["l2"])
     if sel.get("views_below") is not None:  # the frozen choice is a views twin: read it as the edge would
-        every = out_of_fold_probs(replace(fs, average_views=True), folds, l2=float(frozen_report["l2"]),
-                                  max_iter=config.max_iter)
-        oof = cascade_probs(oof, every, float(sel["views_below"]))
+        oof = cascade_probs(*views_oof(fs, folds, l2=l2, max_iter=config.max_iter), float(sel["views_below"]))
+    else:
+        oof = out_of_fold_probs(fs, folds, l2=l2, max_iter=config.max_iter)
     cv_t, cv_f = float(report["accuracy"]), float((oof.argmax(1) == fs.y).mean())
     cascade = report.get("views_only_when_unsure", {})
     beats = cv_t >= cv_f + 1.0 / n - 1e-9

@@ -51,7 +51,7 @@ from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
 from lineguard_models.classifier_graph import gem
-from lineguard_models.classifier_head import fit_head, stratified_folds
+from lineguard_models.classifier_head import cv_folds, fit_head
 from lineguard_models.data import Dataset, Sample
 from lineguard_models.ortscore import OrtScorer, Scored
 
@@ -157,7 +157,7 @@ def fit_logit(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], l2: float
 def out_of_fold_logits(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], cfg: VerdictHeadConfig, seed: int
                        ) -> npt.NDArray[np.float64]:
     """Each image's head logit from a head fitted on the other folds (stratified)."""
-    fold = stratified_folds(y, min(cfg.folds, int(np.bincount(y).min())), seed)
+    fold = cv_folds(y, cfg.folds, seed)
     out = np.empty(len(y))
     for f in np.unique(fold):
         mu, sd, d, b = fit_logit(x[fold != f], y[fold != f], cfg.l2)
