@@ -10,8 +10,8 @@ copies), held-out accuracy in %:
 
 - ``s56`` the shipped recipe (stage5+6, average and GeM at 224 px), ``s456`` with stage4;
 - ``+w<tau>``: beside it, the stage maps averaged with weights softmax(anomaly map / (tau * its std)) (the
-  defect's cells dominate); ``+top10``: the mean of the 10 % most anomalous cells; ``+stats``: the map's
-  maximum, mean, spread and the share of cells above 0.6 / 0.8 / 1 x the accept threshold;
+  defect's cells dominate); ``+top10``: the mean of the 10 % most anomalous cells; ``+stats`` (and ``stats
+  alone``): the map's maximum, mean, spread and the share of cells above 0.6 / 0.8 / 1 x the accept threshold;
 - ``crop<px>``: a px x px window of the prepared input around the map's peak, scaled to 224 (alone and beside);
 - ``s56@288`` / ``s56@384``: the prepared input scaled to that size; ``s56 native``: the 384 px dataset image.
 
@@ -54,6 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     "s56 (shipped)": ["stage5_mg", "stage6_mg"],
     "s456": ["stage4_mg", "stage5_mg", "stage6_mg"],
     "s56 +stats": ["stage5_mg", "stage6_mg", "stats"],
+    "stats alone": ["stats"],  # stop 23: does the defect's size (the map's spread) name the bottle's breaks?
     "s56 +w0.5": ["stage5_mg", "stage6_mg", "stage5_w0.5", "stage6_w0.5"],
     "s56 +w1": ["stage5_mg", "stage6_mg", "stage5_w1.0", "stage6_w1.0"],
     "s56 +w2": ["stage5_mg", "stage6_mg", "stage5_w2.0", "stage6_w2.0"],

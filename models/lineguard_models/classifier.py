@@ -11,15 +11,10 @@ out-of-fold probabilities; each class's ``min_confidence`` is a low quantile of 
 out-of-fold probability, so the edge reports ``unknown`` for a frame no known class explains as
 well as its own examples.
 
-Why this method: measured on NEU-DET and MVTec bottle (``docs/classifier.md``,
-``scripts/bench_classifier.py``): pooled multi-scale features + logistic head beat the plain
-head-feature probe and train in about a minute on 2 CPU cores; orientation views as training
-copies add a little. Option ``ClassifierConfig.finetune`` (``--classifier-finetune``): after the
-frozen fit, stage6 and the head are fine-tuned on every orientation view (``lineguard_models.finetune``)
-and the graph averages the views: 99.00 % instead of 98.72 % at 40 images per class on NEU-DET, for
-(folds + 1) fine-tuning runs at training, one backbone pass per view per classified part and no
-shared backbone pass; the fine-tuned model's own cross-validation gives the report and ``min_confidence``.
-Since stop 20 the per-line choice also tries that fine-tuning itself (``tuner``,
+Why this method (``docs/classifier.md``): pooled multi-scale features + logistic head beat the plain
+head-feature probe and train in about a minute on 2 CPU cores. Option ``ClassifierConfig.finetune``:
+stage6 and the head fine-tuned on every orientation view (``lineguard_models.finetune``), the views
+averaged where one is unsure; the per-line choice also tries it (``tuner``,
 ``classifier_select.consider_finetuning``) and keeps it only where cross-validation says it pays.
 
 Exported graph (``export_onnx``): input ``image`` [N, C, H, W] float32 raw units -> /max_value,
@@ -55,6 +50,7 @@ from lineguard.errors import ConfigError, DatasetError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.augment import CameraProfile, augment
 from lineguard_models.backbone import Backbone, EfficientNetLite0
+from lineguard_models.classifier_curve import curve_for
 from lineguard_models.classifier_features import FeatureSet, Image, ProgressFn, build_features
 from lineguard_models.classifier_finetuned import finetuned
 from lineguard_models.classifier_graph import (
@@ -111,9 +107,6 @@ class ClassifierConfig(BaseModel):
         "small defect is; quality suite mean +1.7 points at 10-20 labelled per class, "
         "docs/benchmarks/quality-classifier.md)",
     )
-    # stop 12: the grid reached down to 1e-3 only, and NEU-DET and X-SDD picked that edge on every split;
-    # with 1e-5 and 1e-4 in reach the suite's named-right share at 20/class rose on NEU-DET 93.9 -> 95.7 %
-    # and X-SDD 95.4 -> 96.1 %, DeepPCB crops level (docs/benchmarks/quality-classifier.md)
     l2_grid: tuple[float, ...] = Field(
         (1e-5, 1e-4, 1e-3, 1e-2), min_length=1, max_length=8,
         description="L2 strengths tried by cross-validation (per mean squared weight); the lowest out-of-fold "
@@ -199,6 +192,9 @@ class ClassifierConfig(BaseModel):
         300.0, gt=0.0, le=86400.0, description="time for the selection's feature pass and cross-validations; "
         "candidates left when it is spent are skipped (the default always runs)",
     )
+    learning_curve: bool = Field(True, description="report the learning curve: out-of-fold accuracy on 40, 60 and 80 % "
+                                 "of each class, the accuracy to expect and the images per class 90 / 95 / 99 % "
+                                 "would need (lineguard_models.classifier_curve; docs/classifier.md)")
     select_latency_budget_ms: float = Field(
         40.0, gt=0.0, le=10000.0, description="candidates whose measured classifier latency per flagged part "
         "(p50, this CPU class) is above this are not considered",
@@ -469,6 +465,11 @@ def train_classifier(
         fs = build_features(images_by_class, extract, augment_fn=plausible, copies=profile.copies_per_image,
                             seed=seed, progress=progress, views=views, average_views=config.average_views)
         head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
+    # what labelling more would buy (classifier_curve), from the frozen choice; its time counts against fine-tuning's
+    t_curve = time.perf_counter()
+    curve = (curve_for(fs, report, cv_folds(fs.y, config.cv_folds, seed), max_iter=config.max_iter, seed=seed)
+             if config.learning_curve else None)
+    spent_s += time.perf_counter() - t_curve
     graph = ClassifierGraph(extract.features, head)
     averaged = views if fs.average_views or views_below is not None else IDENTITY
     if config.finetune is not None:
@@ -484,7 +485,7 @@ def train_classifier(
         if tuned is not None:
             graph, thresholds, report, views_below = tuned
             views = averaged = tune_views
-    report["warnings"] = warnings_
+    report["warnings"], report["learning_curve"] = warnings_, curve
     report["augmentation"] = {"copies_per_image": profile.copies_per_image, "views": list(views.names)}
     log.info("classifier: %d classes, CV accuracy %.3f (balanced %.3f), l2=%g", len(fs.classes),
              report["accuracy"], report["balanced_accuracy"], report["l2"])

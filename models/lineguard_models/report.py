@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lineguard_models.calibration import CalibrationResult, roc_curve
+from lineguard_models.classifier_curve import curve_sentence
 
 _PNG_META = {"Software": None}  # keep the PNG bytes free of the matplotlib version string
 
@@ -162,6 +163,8 @@ def classifier_rows(clf: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
         facts.append(f"latency filter: a flagged part within {_num(sel.get('latency_budget_ms'), 0)} ms p50 = anomaly "
                      f"engine {_num(sel.get('anomaly_p50_ms'), 1)} ms ({sel.get('anomaly_p50_source', '')}) + the "
                      f"classifier ({prices}; {sel.get('classifier_p50_source', '')})")
+    if curve := clf.get("learning_curve"):  # classifier_curve: what labelling more would buy
+        facts.append(curve_sentence(curve))
     if tiles := clf.get("tiles"):
         facts.append(f"tiled line ({tiles['rows']}x{tiles['cols']}): trained on {tiles['trained_on']}; images per "
                      f"tile {tiles['chosen_per_tile']}")

@@ -21,6 +21,7 @@ from lineguard.engines.runner import BundleRunner
 from lineguard.errors import DatasetError
 from lineguard.preprocess import prepare
 from lineguard_models.classifier import defect_images, train_classifier
+from lineguard_models.classifier_curve import SHARES
 from lineguard_models.data import scan_dataset
 from lineguard_models.synth import SynthConfig, render_pixels, write_dataset
 
@@ -53,6 +54,12 @@ def test_bundle_carries_a_working_classifier(bundle: Path) -> None:
     assert m.calibration["classifier"]["folds"] == 5
     tuned = [c for c in m.calibration["classifier"]["selection"]["candidates"] if c["name"] == "finetune"]
     assert tuned and tuned[0]["skipped"].startswith("6 images in the smallest class")  # recorded, not tried
+    # what labelling more would buy: out-of-fold points on thinned folds, and the report says it
+    curve = m.calibration["classifier"]["learning_curve"]
+    assert len(curve["points"]) == len(SHARES) + 1 and curve["images_per_class"] == 6
+    assert [p[0] for p in curve["points"]] == sorted(p[0] for p in curve["points"])
+    assert curve["points"][-1][1] == m.calibration["classifier"]["accuracy"]
+    assert "Learning curve" in (bundle / "report" / "report.md").read_text()
     anomaly = ort.InferenceSession(str(bundle / m.engines["anomaly"].file), providers=["CPUExecutionProvider"])
     sess = ort.InferenceSession(str(bundle / engine.file), providers=["CPUExecutionProvider"])
     cfg = SynthConfig(width_px=64, height_px=64, defect_strength=2.0, seed=5)
