@@ -30,6 +30,7 @@ from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.augment import CameraProfile
 from lineguard_models.backbone import EfficientNetLite0, LiteVariant
 from lineguard_models.classifier import ClassifierConfig, defect_images, too_few_defects, train_classifier
+from lineguard_models.classifier_curve import curve_sentence
 from lineguard_models.classifier_graph import ClassifierGraph, PooledFeatures, classifier_resize, export_classifier_onnx
 from lineguard_models.classifier_head import SoftmaxHead
 from lineguard_models.classifier_select import PREPROCESS_MS, consider_finetuning, line_candidates, select_and_fit
@@ -191,6 +192,8 @@ def classifier_for_bundle(
     if sel:
         progress(f"classifier recipe chosen per line: {sel['chosen']} ({sel['reason']})")
     progress(f"classifier: CV accuracy {clf.cv_report['accuracy']:.3f}, min_confidence {clf.min_confidence}")
+    if curve := clf.cv_report.get("learning_curve"):
+        progress(f"classifier: {curve_sentence(curve)}")
     engine, anomaly_outputs, shared_report = export_for_bundle(
         clf, staging / ONNX_FILE, config=config, anomaly=anomaly, anomaly_onnx=anomaly_onnx,
         check_images=[im for v in images.values() for im in v[:2]], progress=progress, line_spec=spec)

@@ -120,7 +120,7 @@ def test_impossible_camera_profile_is_refused_before_training(
     assert not (tmp_path / "b").exists()
 
 
-def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
+def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path / "data", SynthConfig(width_px=64, height_px=64, n_good=10, n_defect_per_class=6,
                                                  defect_classes=CLASSES, defect_strength=2.0, seed=5))
     profile = tmp_path / "camera.yaml"
@@ -130,6 +130,10 @@ def test_finetuned_classifier_bundle_takes_the_image(tmp_path: Path) -> None:
     assert rc == 0
     m = load_bundle(tmp_path / "b").manifest
     assert m.classifier is not None
+    # the learning curve is the frozen fit's (fine-tuning starts from it), and training says it on the console
+    assert m.calibration["classifier"]["learning_curve"]["points"][-1][1] == m.calibration["classifier"]["frozen"][
+        "accuracy"]
+    assert "classifier: Learning curve" in capsys.readouterr().out
     engine = m.engines["classifier"]
     # a fine-tuned backbone is not the anomaly engine's: the classifier runs from the image, views averaged
     assert engine.input_name == "image" and engine.input_source == "image"
