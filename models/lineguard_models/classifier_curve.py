@@ -74,7 +74,7 @@ def fit_power_law(points: Sequence[tuple[float, float]], n_images: int) -> tuple
     is flat or rising (b < MIN_SLOPE) or there is no error to fit (every point right)."""
     n = np.array([p[0] for p in points])
     err = np.array([1.0 - p[1] for p in points])
-    if err.max() <= 0.0:
+    if err.max() <= 0.0 or np.ptp(np.log(n)) < 1e-9:  # nothing to fit, or every point at one size
         return None
     err = np.maximum(err, 0.5 / max(1, n_images))  # one image in two sets: the resolution of the points
     slope = np.polyfit(np.log(n), np.log(err), 1)[0]

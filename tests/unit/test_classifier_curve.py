@@ -44,6 +44,7 @@ def test_no_extrapolation_from_a_flat_or_errorless_curve() -> None:
     assert cc.fit_power_law([(4.0, 0.80), (6.0, 0.79), (8.0, 0.81), (10.0, 0.80)], 60) is None
     assert cc.fit_power_law([(4.0, 0.70), (6.0, 0.68), (8.0, 0.66)], 60) is None  # rising error
     assert cc.fit_power_law([(4.0, 1.0), (8.0, 1.0)], 60) is None
+    assert cc.fit_power_law([(4.0, 0.7), (4.0, 0.8)], 60) is None  # one size: no slope to read
     # a steep fall from a few noisy points is clipped, and the level refitted through the points
     fit = cc.fit_power_law([(2.0, 0.5), (4.0, 0.99)], 10_000)
     assert fit is not None and fit[1] == cc.MAX_SLOPE
