@@ -114,12 +114,13 @@ def learning_curve(fs: FeatureSet, folds: npt.NDArray[np.int64], *, l2: float, m
         "reading": f"the frozen head out of fold, {'its views averaged' if fs.average_views else 'through one view'}; "
                    "every fold's training images thinned",
     }
-    if fit is None:
-        out.update(fit=None, flat=True, accuracy_now=None, accuracy_at_twice=None,
+    if fit is None:  # flat or rising; or no out-of-fold error at any size (nothing to forecast either way)
+        errorless = all(acc >= 1.0 for _, acc in points)
+        out.update(fit=None, flat=not errorless, errorless=errorless, accuracy_now=None, accuracy_at_twice=None,
                    needed_per_class={f"{t:g}": None for t in targets})
         return out
     out.update(
-        fit={"a": round(fit[0], 4), "b": round(fit[1], 4)}, flat=False,
+        fit={"a": round(fit[0], 4), "b": round(fit[1], 4)}, flat=False, errorless=False,
         accuracy_now=round(accuracy_at(fit, per_class), 4),
         accuracy_at_twice=round(accuracy_at(fit, 2 * per_class), 4),
         needed_per_class={f"{t:g}": needed_per_class(fit, t) for t in targets},
@@ -138,7 +139,10 @@ def curve_for(fs: FeatureSet, report: dict[str, Any], folds: npt.NDArray[np.int6
 def curve_sentence(curve: dict[str, Any]) -> str:
     """One line for the training report."""
     n = curve["images_per_class"]
-    if curve.get("flat"):
+    if curve.get("errorless"):
+        return ("Learning curve: every image named right out of fold, even on 40 % of the images; nothing to "
+                "forecast (more images guard against defects unlike these).")
+    if curve.get("fit") is None:
         return (f"Learning curve: flat from {curve['points'][0][0]:.0f} to {curve['points'][-1][0]:.0f} images "
                 f"per class out of fold, so more images of the same kind are unlikely to name more right; "
                 f"label the confused classes' hard cases instead.")

@@ -132,3 +132,13 @@ def test_the_training_report_states_the_curve() -> None:
     assert "90% about 30 per class" in line and f"99% more than {cc.MAX_NEEDED} per class" in line
     flat = {**curve, "fit": None, "flat": True}
     assert any("unlikely to name more right" in f for f in classifier_rows({"learning_curve": flat})[0])
+    perfect = {**curve, "fit": None, "flat": False, "errorless": True}
+    assert any("every image named right" in f for f in classifier_rows({"learning_curve": perfect})[0])
+
+
+def test_a_line_named_right_at_every_size_is_told_so_not_called_flat() -> None:
+    fs = planted(10, 0, spread=40.0)  # classes far apart: every share names every held-out image
+    curve = cc.learning_curve(fs, cv_folds(fs.y, 5, seed=0), l2=1e-3, max_iter=100, seed=0, oof_accuracy=1.0)
+    assert curve["errorless"] and not curve["flat"] and curve["fit"] is None
+    assert all(p[1] == 1.0 for p in curve["points"])
+    assert cc.curve_sentence(curve).startswith("Learning curve: every image named right")
