@@ -13,8 +13,10 @@ the curve reads one view; the default where no stored run is found):
 - its ``accuracy_at_twice`` against the held-out accuracy of the same candidate trained on 2n per class (the
   sets with 40 per class in the suite).
 
-Usage: ``.venv/bin/python scripts/bench_classifier_curve.py [--sets ...] [--seeds 0 1 2]``; writes
-``/work/data/quality/classifier/curve.json`` and prints a Markdown table (docs/classifier.md, "Learning curve").
+Usage: ``.venv/bin/python scripts/bench_classifier_curve.py [--sets ...] [--seeds 0 1 2]``; ``--n 40 --sets neu_det
+pku_pcb_defects`` checks 40 -> 80 per class (the other sets hold at most 80 per class: none would be left to test);
+writes ``/work/data/quality/classifier/curve.json`` (``--out``) and prints a Markdown table (docs/classifier.md,
+"Learning curve").
 """
 
 from __future__ import annotations
