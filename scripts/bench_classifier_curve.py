@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality_classifier as bqc
 
 from lineguard_models.classifier import ClassifierConfig, fit_from_features
-from lineguard_models.classifier_curve import DRAWS, SHARES, accuracy_at, curve_for, learning_curve
-from lineguard_models.classifier_head import cv_folds
+from lineguard_models.classifier_curve import DRAWS, SHARES, accuracy_at, curve_for
 from lineguard_models.classifier_select import TWIN_SUFFIX, Candidate, evaluate, pick, probs_as_read, with_views_twins
 
 OUT = bqc.BASE / "classifier" / "curve.json"
@@ -55,10 +54,9 @@ def held_out_accuracy(cache: bqc.Cache, cand: Candidate, classes: tuple[str, ...
                       train: np.ndarray, test: np.ndarray, config: ClassifierConfig, seed: int
                       ) -> tuple[float, Any, Any]:
     fs = cache.feature_set(cand, classes, train, y)
-    head, _, report = fit_from_features(fs, config=config, seed=seed)
+    head, thr, report = fit_from_features(fs, config=config, seed=seed)
     fs_t = cache.feature_set(cand, classes, test, y)
-    acc = float((fs_t.probs(head, np.arange(len(test))).argmax(axis=1) == y[test]).mean())
-    return acc, fs, report
+    return bqc.named_scores(fs_t.probs(head, np.arange(len(test))), y[test], classes, thr)["accuracy"], fs, report
 
 
 def run(name: str, seeds: list[int], n: int, **curve_kw: Any) -> list[dict[str, Any]]:
@@ -72,8 +70,7 @@ def run(name: str, seeds: list[int], n: int, **curve_kw: Any) -> list[dict[str, 
         (k_n, train), *more = bqc.trainings(name, order, [n, twice] if twice else [n])
         t0 = time.perf_counter()
         acc_n, fs, report = held_out_accuracy(cache, cand, classes, y, train, test, config, seed)
-        curve = learning_curve(fs, cv_folds(fs.y, config.cv_folds, seed), l2=report["l2"],
-                               max_iter=config.max_iter, seed=seed, oof_accuracy=report["accuracy"], **curve_kw)
+        curve = curve_for(fs, report, n_folds=config.cv_folds, max_iter=config.max_iter, seed=seed, **curve_kw)
         curve_s = time.perf_counter() - t0
         row = {"set": name, "seed": seed, "n": k_n, "candidate": cand.name, "held_out": acc_n,
                "oof": report["accuracy"], "curve": curve, "curve_s": round(curve_s, 1)}
@@ -113,11 +110,11 @@ def bottle_counts(counts: list[int], draws: int) -> list[dict[str, Any]]:
                                                             classes, ev.thresholds)["named_right"]
             base = next(e for e in evs if e.candidate.name == chosen.name.removesuffix(TWIN_SUFFIX))
             fs_t = cache.feature_set(base.candidate, classes, test, y)
-            one_view = float((fs_t.probs(base.head, np.arange(len(test))).argmax(1) == y[test]).mean())
+            one_view = bqc.named_scores(fs_t.probs(base.head, np.arange(len(test))), y[test], classes,
+                                        base.thresholds)["accuracy"]
             if n == counts[0]:
-                fs = fs_of(base.candidate)
-                fits[draw] = curve_for(fs, base.report, cv_folds(fs.y, config.cv_folds, draw), max_iter=config.max_iter,
-                                       seed=draw)["fit"]
+                fits[draw] = curve_for(fs_of(base.candidate), base.report, n_folds=config.cv_folds,
+                                       max_iter=config.max_iter, seed=draw)["fit"]
             fit = fits.get(draw)
             rows.append({"n": n, "draw": draw, "n_test": len(test), "chosen": chosen.name,
                          "named_right": named[chosen.name], "default_named_right": named[cands[0].name],

@@ -467,7 +467,7 @@ def train_classifier(
         head, thresholds, report = fit_from_features(fs, config=config, seed=seed, progress=progress)
     # what labelling more would buy (classifier_curve), from the frozen choice; its time counts against fine-tuning's
     t_curve = time.perf_counter()
-    curve = (curve_for(fs, report, cv_folds(fs.y, config.cv_folds, seed), max_iter=config.max_iter, seed=seed)
+    curve = (curve_for(fs, report, n_folds=config.cv_folds, max_iter=config.max_iter, seed=seed)
              if config.learning_curve else None)
     spent_s += time.perf_counter() - t_curve
     graph = ClassifierGraph(extract.features, head)

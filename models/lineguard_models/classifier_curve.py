@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lineguard_models.classifier_features import FeatureSet
-from lineguard_models.classifier_head import fit_head
+from lineguard_models.classifier_head import cv_folds, fit_head
 
 SHARES = (0.4, 0.6, 0.8)  # of each class's training images in a fold; 1.0 is the plain cross-validation
 DRAWS = 2  # random thinnings per share
@@ -128,12 +128,14 @@ def learning_curve(fs: FeatureSet, folds: npt.NDArray[np.int64], *, l2: float, m
     return out
 
 
-def curve_for(fs: FeatureSet, report: dict[str, Any], folds: npt.NDArray[np.int64], *, max_iter: int,
-              seed: int) -> dict[str, Any]:
-    """:func:`learning_curve` of a fitted classifier's features and CV report (a views twin's through one view)."""
+def curve_for(fs: FeatureSet, report: dict[str, Any], *, n_folds: int, max_iter: int, seed: int,
+              shares: Sequence[float] = SHARES, draws: int = DRAWS) -> dict[str, Any]:
+    """:func:`learning_curve` of a fitted classifier's features and CV report, on the folds its cross-validation
+    used (``cv_folds`` with the same count and seed; a views twin read through one view)."""
     cascade = report.get("views_only_when_unsure")
     oof = cascade["accuracy_identity_oof"] if cascade else report["accuracy"]
-    return learning_curve(fs, folds, l2=float(report["l2"]), max_iter=max_iter, seed=seed, oof_accuracy=float(oof))
+    return learning_curve(fs, cv_folds(fs.y, n_folds, seed), l2=float(report["l2"]), max_iter=max_iter, seed=seed,
+                          oof_accuracy=float(oof), shares=shares, draws=draws)
 
 
 def curve_sentence(curve: dict[str, Any]) -> str:
