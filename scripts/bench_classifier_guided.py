@@ -13,7 +13,10 @@ copies), held-out accuracy in %:
   defect's cells dominate); ``+top10``: the mean of the 10 % most anomalous cells; ``+stats`` (and ``stats
   alone``): the map's maximum, mean, spread and the share of cells above 0.6 / 0.8 / 1 x the accept threshold;
 - ``crop<px>``: a px x px window of the prepared input around the map's peak, scaled to 224 (alone and beside);
-- ``s56@288`` / ``s56@384``: the prepared input scaled to that size; ``s56 native``: the 384 px dataset image.
+- ``s56@288`` / ``s56@384``: the prepared input scaled to that size; ``s56 native``: the 384 px dataset image;
+- ``+res`` (stop 24): each cell's stage feature less its nearest neighbour among the 60 training goods' cells (what
+  the part has that no good part has), the mean residual and mean absolute residual over the 10 % of cells farthest
+  from the goods, stages 4-6; ``+area``: the share of cells farther from the goods than 99 % of good cells are.
 
 Usage: ``.venv/bin/python scripts/bench_classifier_guided.py`` (about 2 min on 2 cores); the figures are in
 docs/classifier.md ("Measured at stop 18").
@@ -68,6 +71,12 @@ VARIANTS: dict[str, list[str]] = {
     "s56@384": ["stage5_mg384", "stage6_mg384"],
     "s56 native 384": ["stage5_native", "stage6_native"],
     "s456 native 384": ["stage4_native", "stage5_native", "stage6_native"],
+    # stop 24: what differs from the nearest good patch (each cell's feature less its nearest neighbour among the
+    # split's 60 training goods' cells, the anomaly bank's view), pooled over the cells that differ most
+    "s56 +res": ["stage5_mg", "stage6_mg", "stage4_res", "stage5_res", "stage6_res"],
+    "res alone": ["stage4_res", "stage5_res", "stage6_res"],
+    "s56 +res +area": ["stage5_mg", "stage6_mg", "stage4_res", "stage5_res", "stage6_res", "area"],
+    "area alone": ["area"],
 }
 
 
@@ -93,6 +102,37 @@ class Backbone:
         return maps
 
 
+def good_banks(bb: Backbone, sp: q.Split, spec: Any, mono: bool) -> dict[str, torch.Tensor]:
+    """Every cell of every stage map of the split's training goods, [cells, C] per stage, and the 99th percentile
+    of each good cell's distance to its nearest cell of another good image (``<stage>_q99``)."""
+    per: dict[str, list[torch.Tensor]] = {s: [] for s in STAGES}
+    for it in sp.train_good:
+        im = read_image(DATASETS / "mvtec_bottle" / it.path)
+        im = np.ascontiguousarray(im[..., 0]) if mono and im.ndim == 3 else im
+        unit = torch.from_numpy(prepare(im, spec)[0]).float() / spec.max_value
+        maps = bb.pooled(unit, 224, "bank", {})
+        for s in STAGES:
+            per[s].append(maps[s][0].flatten(1).T)
+    out: dict[str, torch.Tensor] = {}
+    for s in STAGES:
+        out[s] = torch.cat(per[s])
+        half = len(per[s]) // 2  # cells of the first half scored against the second: a good cell's own distance
+        d = torch.cdist(torch.cat(per[s][:half]), torch.cat(per[s][half:])).min(1).values
+        out[f"{s}_q99"] = torch.quantile(d, 0.99)
+    return out
+
+
+def residual(m: torch.Tensor, bank: torch.Tensor, q99: torch.Tensor) -> tuple[npt.NDArray[np.float32], float]:
+    """(the mean residual and mean |residual| over the 10 % of cells farthest from the goods, the share of cells
+    beyond the goods' own 99th percentile distance) of one stage map [C, H, W]."""
+    cells = m.flatten(1).T
+    dist = torch.cdist(cells, bank)
+    d, nn_ix = dist.min(1)
+    r = cells - bank[nn_ix]
+    top = torch.topk(d, max(1, d.numel() // 10)).indices
+    return torch.cat([r[top].mean(0), r[top].abs().mean(0)]).numpy(), float((d > q99).float().mean())
+
+
 def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
     bundle = load_bundle(BUNDLES / f"mvtec_bottle_s{seed}")
     spec = bundle.manifest.input
@@ -100,6 +140,7 @@ def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
     sess = ort.InferenceSession(str(bundle.root / "anomaly.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     sp = q.make_split(DATASETS, "mvtec_bottle", seed)
+    banks = good_banks(bb, sp, spec, mono)
     rows = []
     for part, items in (("train", sp.calib_defects), ("test", [i for i in sp.test if i.label != "good"])):
         for it in items:
@@ -114,6 +155,11 @@ def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
                 bb.pooled(unit, px, f"mg{px}", f)
             raw = torch.from_numpy(im.astype(np.float32) / 255.0)
             bb.pooled(raw.permute(2, 0, 1)[None] if raw.ndim == 3 else raw[None, None], None, "native", f)
+            areas = []
+            for s in STAGES:
+                f[f"{s}_res"], share = residual(maps[s][0], banks[s], banks[f"{s}_q99"])
+                areas.append(share)
+            f["area"] = np.log(np.array(areas, np.float32) + 1e-3)
             for s in STAGES:
                 m = maps[s][0]
                 a = F.interpolate(amap.float(), size=m.shape[1:], mode="bilinear", align_corners=False)[0, 0]

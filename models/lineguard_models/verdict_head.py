@@ -194,7 +194,8 @@ def choose_weight(scored: Sequence[Scored], logits: dict[str, float], cfg: Verdi
         f = fused_scores(raw, lg, sigma * w / 4.0, cfg.clip_range())
         res = calibrate(f[good], {c: f[ix] for c, ix in by_class.items()}, capped, quiet=True)
         decided = float(np.mean((f < res.lower) | (f >= res.upper)))
-        table.append({"weight": w, "oof_automated": round(decided, 4), "oof_auroc": round(auroc(f[good], f[~good]), 5)})
+        table.append({"weight": w, "oof_automated": round(decided, 4), "oof_auroc": round(auroc(f[good], f[~good]), 5),
+                      "lower": round(res.lower, 6), "upper": round(res.upper, 6)})
     zero = next((r for r in table if r["weight"] == 0), None)
     kept = [r["weight"] for r in table
             if zero is None or not harms(r["oof_automated"], zero["oof_automated"], len(scored))]

@@ -117,6 +117,10 @@ def test_the_largest_weight_the_calibration_shows_no_harm_in_is_chosen_and_a_har
     # the plain engine's accept threshold caps every weight's: the fused bundle accepts no part it would not
     plain = calibrate(np.array(goods), {"pit": np.array(pits)}, policy)
     assert capped.accept_ceiling == pytest.approx(plain.lower)
+    # each weight's row records the thresholds its calibration set: weight 0's are the plain engine's, and no
+    # weight's accept threshold is above that ceiling
+    assert (by[0.0]["lower"], by[0.0]["upper"]) == (pytest.approx(plain.lower), pytest.approx(plain.upper))
+    assert all(r["lower"] <= plain.lower + 1e-6 for r in table)  # recorded to 6 decimals
     # where the calibration images are already all decided the shares tie: that is no evidence against the head,
     # so the largest weight is kept (stop 16's rule, "beat the plain engine", kept the plain engine here)
     apart = _scored(goods, [20.0, 21, 22, 23, 24, 25, 26, 27, 28, 30])
