@@ -77,6 +77,11 @@ VARIANTS: dict[str, list[str]] = {
     "res alone": ["stage4_res", "stage5_res", "stage6_res"],
     "s56 +res +area": ["stage5_mg", "stage6_mg", "stage4_res", "stage5_res", "stage6_res", "area"],
     "area alone": ["area"],
+    # stop 24: where on the part the defect is (the anomaly map's peak and weighted centre, their distance from
+    # the frame's centre): a break sits on the rim, contamination inside
+    "s56 +loc": ["stage5_mg", "stage6_mg", "loc"],
+    "loc alone": ["loc"],
+    "s56 +loc +stats": ["stage5_mg", "stage6_mg", "loc", "stats"],
 }
 
 
@@ -133,6 +138,19 @@ def residual(m: torch.Tensor, bank: torch.Tensor, q99: torch.Tensor) -> tuple[np
     return torch.cat([r[top].mean(0), r[top].abs().mean(0)]).numpy(), float((d > q99).float().mean())
 
 
+def location(a: torch.Tensor) -> npt.NDArray[np.float32]:
+    """Where the defect is on an anomaly map [H, W]: the peak's and the weighted centre's position (0-1 across the
+    frame) and their distance from the frame's centre."""
+    h, w = a.shape
+    yy, xx = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    iy, ix = np.unravel_index(int(a.argmax()), (h, w))
+    peak = (float(yy[iy, ix]), float(xx[iy, ix]))
+    wgt = torch.softmax(((a - a.max()) / (a.std() + 1e-6)).flatten(), 0).view_as(a)
+    centre = (float((wgt * yy).sum()), float((wgt * xx).sum()))
+    dist = [float(np.hypot(p[0] - 0.5, p[1] - 0.5)) for p in (peak, centre)]
+    return np.array([*peak, *centre, *dist], np.float32)
+
+
 def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
     bundle = load_bundle(BUNDLES / f"mvtec_bottle_s{seed}")
     spec = bundle.manifest.input
@@ -175,6 +193,7 @@ def features(bb: Backbone, seed: int) -> list[tuple[str, str, Feats]]:
             for cs in (96, 144):
                 y0, x0 = int(min(max(cy - cs / 2, 0), h - cs)), int(min(max(cx - cs / 2, 0), w_ - cs))
                 bb.pooled(unit[:, :, y0:y0 + cs, x0:x0 + cs], 224, f"crop{cs}", f)
+            f["loc"] = location(a)
             lower = bundle.manifest.thresholds.lower
             stats = [float(a.max()), float(a.mean()), float(a.std())] + [float((a > lower * r).float().mean())
                                                                          for r in (0.6, 0.8, 1.0)]
