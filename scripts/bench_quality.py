@@ -85,9 +85,12 @@ def train_config(seed: int, name: str) -> Any:
     return TrainConfig.model_validate({**base, "golden_good": 1, "golden_defect": 1, **CONFIGS[name]})
 
 
+DEFECTS_TAG = ""  # "_d<N>" with --defects-per-class N: the auto arm's folders, bundles and results apart
+
+
 def _result_path(arm: str, cfg: str, name: str, seed: int) -> Path:
     folder = arm if arm in ("plain", "auto", "auto_rethresholded", "auto_rethresholded_observed") else f"{arm}_{cfg}"
-    return BASE / "results" / folder / f"{name}_s{seed}.json"
+    return BASE / "results" / (folder + DEFECTS_TAG if arm == "auto" else folder) / f"{name}_s{seed}.json"
 
 
 def _load(sp: q.Split, item: q.Item, mono: bool) -> np.ndarray:
@@ -149,9 +152,9 @@ def run_auto(name: str, seed: int) -> dict[str, Any]:
     from lineguard_models.autoconfig import AutoConfig, train_auto
 
     sp = q.make_split(DATASETS, name, seed)
-    folder = q.build_folder(sp, BASE / "folders")
-    out = BASE / "bundles" / "auto" / f"{name}_s{seed}"
-    log = (BASE / "logs" / f"train_auto_{name}_s{seed}.log")
+    folder = q.build_folder(sp, BASE / f"folders{DEFECTS_TAG}")
+    out = BASE / "bundles" / f"auto{DEFECTS_TAG}" / f"{name}_s{seed}"
+    log = (BASE / "logs" / f"train_auto{DEFECTS_TAG}_{name}_s{seed}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with log.open("w") as f:
@@ -347,7 +350,13 @@ def main() -> None:
     ap.add_argument("--configs", default="default")
     ap.add_argument("--latency", action="store_true", help="time the seed-0 bundles instead of running arms")
     ap.add_argument("--doc", action="store_true", help="write docs/benchmarks/quality.md from the JSON")
+    ap.add_argument("--defects-per-class", type=int, default=None,
+                    help="calibration defects per class for the auto arm (default 20; at most half of a class); "
+                    "its folders, bundles and results go to *_d<N>")
     a = ap.parse_args()
+    if a.defects_per_class is not None:
+        global DEFECTS_TAG
+        q.DEFECTS_PER_CLASS, DEFECTS_TAG = a.defects_per_class, f"_d{a.defects_per_class}"
     import torch
 
     torch.set_num_threads(2 if a.latency else THREADS)

@@ -55,7 +55,8 @@ def replay(run: dict[str, Any], plain: tuple[float, float] | None, rule: str) ->
 
 
 def main() -> int:
-    bundles, results = ([a for a in sys.argv[1:]] + ["auto", "auto"][len(sys.argv) - 1:])[:2]
+    args = sys.argv[1:]
+    bundles, results = (args + ["auto", "auto"][len(args):])[:2]
     runs = ret.load(bundles, results)
     plains = {r["name"]: plain_thresholds(bundles, r["name"]) for r in runs}
     print(f"{len(runs)} runs ({bundles} / {results}); per run: automated / escapes / false rejects %")
