@@ -411,7 +411,12 @@ def calibrate(
         )
     lower, upper = _thresholds(t_fr, t_esc, policy, good, classes)
     if policy.accept_ceiling is not None and lower > policy.accept_ceiling:  # a verdict head's bundle: never
-        lower, upper = policy.accept_ceiling, max(upper, policy.accept_ceiling)  # accept more than the plain engine
+        warnings.append(  # accept more than the plain engine; say what holds the line back, and what moves it
+            f"the accept threshold is held at {policy.accept_ceiling:.6g}, the plain anomaly engine's (accept_ceiling: "
+            f"the verdict head accepts no part the bank alone would not); the fused scores alone would put it at "
+            f"{lower:.6g}. More defect images raise that cap only by retraining (lineguard train): lineguard "
+            "calibrate keeps it (docs/calibration.md, 'The accept ceiling')")
+        lower, upper = policy.accept_ceiling, max(upper, policy.accept_ceiling)
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise CalibrationError(f"calibration produced non-finite thresholds ({lower}, {upper})")
     per_class = tuple(_class_stats(n, good, d, lower, upper, policy, allow_c[n]) for n, d in classes.items())
