@@ -66,9 +66,11 @@ def write_golden(staging: Path, ds: Dataset, scored: Sequence[Scored], result: C
 def write_scores(staging: Path, scored: Sequence[Scored]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "sha256", "label", "score"])
+    plain = any(s.plain is not None for s in scored)  # a verdict head's bundle: the plain engine's scores too
+    w.writerow(["file", "sha256", "label", "score", *(["plain_score"] if plain else [])])
     for s in scored:
-        w.writerow([s.rel, s.sha256, s.label, repr(s.score)])
+        w.writerow([s.rel, s.sha256, s.label, repr(s.score), *([repr(s.plain) if s.plain is not None else ""]
+                                                             if plain else [])])
     (staging / SCORES_FILE).parent.mkdir(parents=True, exist_ok=True)
     (staging / SCORES_FILE).write_text(buf.getvalue(), encoding="utf-8")
 
@@ -78,8 +80,8 @@ def read_scores(bundle: Bundle) -> list[Scored]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as f:
-        return [Scored(rel=r["file"], sha256=r["sha256"], label=r["label"], score=float(r["score"]))
-                for r in csv.DictReader(f)]
+        return [Scored(rel=r["file"], sha256=r["sha256"], label=r["label"], score=float(r["score"]),
+                       plain=float(r["plain_score"]) if r.get("plain_score") else None) for r in csv.DictReader(f)]
 
 
 def git_commit() -> str | None:

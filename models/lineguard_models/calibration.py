@@ -414,8 +414,9 @@ def calibrate(
         warnings.append(  # accept more than the plain engine; say what holds the line back, and what moves it
             f"the accept threshold is held at {policy.accept_ceiling:.6g}, the plain anomaly engine's (accept_ceiling: "
             f"the verdict head accepts no part the bank alone would not); the fused scores alone would put it at "
-            f"{lower:.6g}. More defect images raise that cap only by retraining (lineguard train): lineguard "
-            "calibrate keeps it (docs/calibration.md, 'The accept ceiling')")
+            f"{lower:.6g}. More defect images raise that cap: lineguard calibrate recalibrates it from the plain "
+            "engine's scores (a bundle trained before stop 24 keeps it: retrain) (docs/calibration.md, 'The accept "
+            "ceiling')")
         lower, upper = policy.accept_ceiling, max(upper, policy.accept_ceiling)
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise CalibrationError(f"calibration produced non-finite thresholds ({lower}, {upper})")

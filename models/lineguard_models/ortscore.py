@@ -38,6 +38,7 @@ class Scored:
     sha256: str
     label: str
     score: float
+    plain: float | None = None  # the plain anomaly engine's score where a verdict head fused its opinion into score
 
 
 def file_sha256(path: Path) -> str:
@@ -56,9 +57,10 @@ def cpu_session(onnx_path: Path) -> ort.InferenceSession:
 class OrtScorer:
     """The exported graph in ONNX Runtime on the CPU, fed exactly like the edge feeds it."""
 
-    def __init__(self, onnx_path: Path, spec: InputSpec) -> None:
+    def __init__(self, onnx_path: Path, spec: InputSpec, output: str = "anomaly_score") -> None:
         self.session = cpu_session(onnx_path)
         self.spec = spec
+        self.output = output
 
     def score(self, image: npt.NDArray[Any]) -> float:
         return float(np.max(self.tile_scores(image)))  # image score = the worst tile
@@ -66,7 +68,7 @@ class OrtScorer:
     def tile_scores(self, image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The anomaly score of every tile [T] (one on an untiled spec); the edge classifies the arg-max tile."""
         batch, _ = prepare(image, self.spec)
-        (scores,) = self.session.run(["anomaly_score"], {"image": batch})
+        (scores,) = self.session.run([self.output], {"image": batch})
         return np.asarray(scores, np.float32).reshape(-1)
 
 

@@ -49,7 +49,7 @@ from lineguard_models.data import Dataset, Sample, scan_dataset
 from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
-from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head, head_context
+from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head, head_context, recalibrated_ceiling
 
 if TYPE_CHECKING:  # crossfit imports torch: only when folds are fitted
     from lineguard_models.crossfit import OutOfFold
@@ -467,12 +467,17 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
     if not fresh:
         raise CalibrationError(f"{data} holds no images that are new to bundle {m.bundle_id}")
     scorer = OrtScorer(old.path(m.engines["anomaly"].file), m.input)
-    scored = previous + score_samples(scorer, ds, fresh, progress)
+    new_scores = score_samples(scorer, ds, fresh, progress)
     base_policy = {k: v for k, v in m.thresholds.policy.items() if k != "mode"}
     policy = policy or CalibrationPolicy.model_validate(base_policy)
+    ceiling = None
+    if (m.provenance.get("verdict_head") or {}).get("applied") and policy.accept_ceiling is not None:
+        new_scores, policy, ceiling = recalibrated_ceiling(old.path(m.engines["anomaly"].file), m.input, ds,
+                                                           new_scores, previous, policy, progress)
+    scored = previous + new_scores
     cfg = TrainConfig(product=m.product, recipe=m.recipe)
     provenance = {**m.provenance, "recalibrated_from": m.bundle_id, "recalibration_dataset": ds.summary(),
-                  "recalibration_versions": versions()}
+                  "recalibration_versions": versions(), **({"accept_ceiling": ceiling} if ceiling else {})}
     staging = staging_dir(out)
     try:
         keep_files = [e.file for e in m.engines.values()] + [g.file for g in m.golden]

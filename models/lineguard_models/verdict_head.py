@@ -260,7 +260,7 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, fitted: Sequence[Sampl
     head = FusedScorer(scorer, mu=mu, sd=sd, direction=direction, bias=bias, scale=scale, clip=cfg.clip_range())
     export(head.eval(), onnx_path)
     raised = fused_scores([s.score for s in scored], [logits[s.rel] for s in scored], scale, cfg.clip_range())
-    lifted = [replace(s, score=float(v)) for s, v in zip(scored, raised, strict=True)]
+    lifted = [replace(s, score=float(v), plain=s.score) for s, v in zip(scored, raised, strict=True)]
     ort = OrtScorer(onnx_path, spec)  # the final graph on the images that may become golden tests (never a fitted one)
     never_golden = {s.rel for s in fitted}
     final = [replace(s, score=float(ort.score(ds.load(by_rel[s.rel])))) for s in scored if s.rel not in never_golden]
@@ -270,3 +270,60 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, fitted: Sequence[Sampl
     return lifted, final, {**rec, "applied": True, "scale": round(scale, 6), "accept_ceiling": capped.accept_ceiling,
                            "why": "the largest weight that decides as many calibration images out of fold as the "
                            "bank alone, within the noise"}
+
+
+def plain_score_model(fused_onnx: Path, out: Path) -> Path:
+    """A copy of a verdict head's fused graph whose one output, ``bank_score``, is the bank's own score: the factor
+    of the graph's last product that the head's ``exp(c * logit)`` scales. For re-calibrating the accept ceiling
+    (:func:`recalibrated_ceiling`); the bundle's graph is not changed. Raises ValueError on a graph of another shape."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(fused_onnx))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    last = producer.get("anomaly_score")
+    bank = [i for i in (last.input if last is not None and last.op_type == "Mul" else [])
+            if i not in producer or producer[i].op_type != "Exp"]
+    if len(bank) != 1:
+        raise ValueError(f"{fused_onnx}: anomaly_score is not the bank's score times the verdict head's factor")
+    model.graph.node.append(helper.make_node("Identity", [bank[0]], ["bank_score"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("bank_score", TensorProto.FLOAT, None))
+    onnx.save(model, str(out))
+    return out
+
+
+def recalibrated_ceiling(fused_onnx: Path, spec: InputSpec, ds: Dataset, fresh: list[Scored], previous: list[Scored],
+                         policy: CalibrationPolicy, progress: Callable[[str], None]
+                         ) -> tuple[list[Scored], CalibrationPolicy, dict[str, Any]]:
+    """``lineguard calibrate`` on a verdict head's bundle: the plain engine's scores of the ``fresh`` images (from
+    :func:`plain_score_model`), and the accept ceiling recalibrated from every plain score, previous and fresh, with
+    the line's targets, as training set it. Returns (fresh with their plain scores, the policy with the new ceiling,
+    the record for the provenance). Without the previous plain scores (a bundle from before stop 24) the ceiling is
+    kept and the record says why. Raises ValueError where a fresh image's fused score is below its plain one (the
+    derived graph is not the bank's score)."""
+    old = policy.accept_ceiling
+    if any(s.plain is None for s in previous):
+        why = "the bundle's report/scores.csv has no plain_score column (trained before stop 24): ceiling kept"
+        progress(f"verdict head: {why}; retrain to let new defect images raise it")
+        return fresh, policy, {"from": old, "to": old, "why": why}
+    import tempfile
+
+    by_rel = {s.rel: s for s in ds.samples}
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = OrtScorer(plain_score_model(fused_onnx, Path(tmp) / "plain.onnx"), spec, output="bank_score")
+        fresh = [replace(s, plain=scorer.score(ds.load(by_rel[s.rel]))) for s in fresh]
+    bad = [s.rel for s in fresh if s.plain is not None and s.score < s.plain * (1.0 - 1e-4)]
+    if bad:
+        raise ValueError(f"fused scores below the bank's own for {bad[:3]}: the derived plain graph does not match")
+    both = previous + fresh
+    good = np.array([s.plain for s in both if s.label == "good"], np.float64)
+    classes: dict[str, list[float]] = {}
+    for s in both:
+        if s.label != "good" and s.plain is not None:
+            classes.setdefault(s.label, []).append(s.plain)
+    new = calibrate(good, classes, policy.model_copy(update={"accept_ceiling": None}), quiet=True).lower
+    progress(f"verdict head: the accept ceiling (the plain engine's accept threshold) {old:.6g} -> {new:.6g} from "
+             f"{len(good)} good and {sum(map(len, classes.values()))} defect plain scores")
+    return fresh, policy.model_copy(update={"accept_ceiling": new}), {
+        "from": old, "to": new, "why": "recalibrated from the plain engine's scores of every calibration image"}

@@ -4,12 +4,15 @@ The head's opinion lives inside ``anomaly.onnx`` (``verdict_head.FusedScorer``),
 change: its golden self-test passes on the fused graph. Calibration used out-of-fold fused scores (the head
 that scored a calibration image never saw it), so ``report/scores.csv`` differs from what the exported head,
 fitted on every image, gives those images; a line without enough defect images, or with the head switched
-off, keeps the plain engine and says why.
+off, keeps the plain engine and says why. The plain engine's scores are kept beside the fused ones, so
+``lineguard calibrate`` moves the accept ceiling with new defect images (the bank's score from a graph derived from
+the fused one).
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,13 @@ from lineguard.bundle import Bundle, load_bundle
 from lineguard.engines import BundleRunner, OrtEngineConfig
 from lineguard.engines.selftest import run_golden
 from lineguard.imageio import read_image
-from lineguard_models.pipeline import TrainConfig, train
+from lineguard_models.bundle_files import read_scores
+from lineguard_models.calibration import CalibrationPolicy, calibrate
+from lineguard_models.data import scan_dataset
+from lineguard_models.ortscore import OrtScorer
+from lineguard_models.pipeline import TrainConfig, recalibrate, train
 from lineguard_models.synth import SynthConfig, write_dataset
-from lineguard_models.verdict_head import VerdictHeadConfig, harms
+from lineguard_models.verdict_head import VerdictHeadConfig, harms, plain_score_model, recalibrated_ceiling
 
 CPU = OrtEngineConfig(intra_op_threads=1)
 SYNTH = SynthConfig(n_good=20, n_defect_per_class=8, defect_classes=("scratch", "pit"), defect_strength=0.4, seed=5)
@@ -100,3 +107,56 @@ def test_lineguard_train_no_verdict_head_keeps_the_plain_engine(data: Path, tmp_
                  "64", "--calibration-folds", "3", "--no-verdict-head"]) == 0
     rec = load_bundle(out).manifest.provenance["verdict_head"]
     assert rec["applied"] is False and rec["why"].startswith("disabled")
+
+
+def _plain_calibration(bundle: Bundle) -> float:
+    """The accept threshold the plain engine's scores in ``report/scores.csv`` give with the default targets."""
+    with bundle.path("report/scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["score"]) >= float(r["plain_score"]) * (1 - 1e-6) for r in rows)  # head only raises
+    defects: dict[str, list[float]] = {}
+    for r in rows:
+        if r["label"] != "good":
+            defects.setdefault(r["label"], []).append(float(r["plain_score"]))
+    return calibrate([float(r["plain_score"]) for r in rows if r["label"] == "good"], defects,
+                     CalibrationPolicy(), quiet=True).lower
+
+
+def test_the_plain_engines_scores_are_kept_and_its_graph_derived_from_the_fused_one(fused: Bundle, data: Path,
+                                                                                   tmp_path: Path) -> None:
+    # report/scores.csv keeps the plain engine's score beside the fused one; they give training's accept ceiling
+    assert _plain_calibration(fused) == pytest.approx(fused.manifest.provenance["verdict_head"]["accept_ceiling"])
+    # the graph derived from the fused one scores as the plain engine trained on the same images and seed does
+    plain_out = tmp_path / "plain"
+    train(data, plain_out, CFG.model_copy(update={"verdict_head": VerdictHeadConfig(enabled=False)}),
+          progress=lambda _m: None)
+    plain = load_bundle(plain_out)
+    derived = OrtScorer(plain_score_model(fused.path("anomaly.onnx"), tmp_path / "derived.onnx"), fused.manifest.input,
+                        output="bank_score")
+    runner, fused_runner = BundleRunner.from_bundle(plain, CPU), BundleRunner.from_bundle(fused, CPU)
+    for f in sorted((data / "pit").iterdir())[:3] + sorted((data / "good").iterdir())[:2]:
+        image = read_image(f)
+        bank = derived.score(image)
+        assert bank == pytest.approx(runner.infer(image).anomaly_score, rel=1e-4)
+        assert fused_runner.infer(image).anomaly_score >= bank * (1 - 1e-4)
+
+
+def test_recalibration_moves_the_accept_ceiling_with_the_new_defect_images(fused: Bundle, tmp_path: Path) -> None:
+    more = tmp_path / "more"  # new defect images of both classes, no goods: lineguard calibrate's usual input
+    write_dataset(more, SynthConfig(n_good=0, n_defect_per_class=10, defect_classes=("scratch", "pit"),
+                                    defect_strength=0.4, seed=6))
+    out = recalibrate(fused.root, more, tmp_path / "recal", progress=lambda _m: None)
+    rec = out.manifest.provenance["accept_ceiling"]
+    old = fused.manifest.thresholds.policy["accept_ceiling"]
+    assert rec["from"] == pytest.approx(old) and rec["why"].startswith("recalibrated from the plain engine")
+    new = _plain_calibration(out)  # every plain score, previous and new, with the line's targets
+    assert rec["to"] == pytest.approx(new) and out.manifest.thresholds.policy["accept_ceiling"] == pytest.approx(new)
+    assert out.manifest.thresholds.lower <= new + 1e-9
+    with out.path("report/scores.csv").open() as f:
+        assert sum(1 for r in csv.DictReader(f) if r["label"] != "good") == 16 + 20
+    # a bundle from before the plain scores were kept: the ceiling stays, and the record says why
+    previous = [replace(s, plain=None) for s in read_scores(fused)]
+    kept, policy, why = recalibrated_ceiling(fused.path("anomaly.onnx"), fused.manifest.input,
+                                             scan_dataset(more, require_good=False), [], previous,
+                                             CalibrationPolicy(accept_ceiling=old), lambda _m: None)
+    assert kept == [] and policy.accept_ceiling == old and "no plain_score column" in why["why"]

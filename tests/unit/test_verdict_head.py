@@ -157,7 +157,7 @@ def test_an_accept_ceiling_caps_the_accept_threshold_and_the_figures_follow_it()
     # the report says what holds the accept threshold, where the fused scores alone would put it, and what moves it
     held = [w for w in capped.warnings if "accept threshold is held at" in w]
     assert len(held) == 1 and f"{ceiling:.6g}" in held[0] and f"{free.lower:.6g}" in held[0]
-    assert "retraining" in held[0] and "lineguard calibrate keeps it" in held[0]
+    assert "More defect images raise that cap: lineguard calibrate recalibrates it" in held[0]
     # a ceiling that does not bind says nothing
     loose = calibrate(goods, {"pit": pits}, CalibrationPolicy(accept_ceiling=free.lower + 1.0))
     assert loose.lower == free.lower and not any("accept threshold is held" in w for w in loose.warnings)
