@@ -47,6 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from lineguard.errors import CalibrationError
 from lineguard.preprocess import InputSpec, prepare
 from lineguard_models.anomaly import AnomalyScorer
 from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
@@ -275,7 +276,8 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, fitted: Sequence[Sampl
 def plain_score_model(fused_onnx: Path, out: Path) -> Path:
     """A copy of a verdict head's fused graph whose one output, ``bank_score``, is the bank's own score: the factor
     of the graph's last product that the head's ``exp(c * logit)`` scales. For re-calibrating the accept ceiling
-    (:func:`recalibrated_ceiling`); the bundle's graph is not changed. Raises ValueError on a graph of another shape."""
+    (:func:`recalibrated_ceiling`); the bundle's graph is not changed. Raises CalibrationError on a graph of another
+    shape."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -285,7 +287,8 @@ def plain_score_model(fused_onnx: Path, out: Path) -> Path:
     bank = [i for i in (last.input if last is not None and last.op_type == "Mul" else [])
             if i not in producer or producer[i].op_type != "Exp"]
     if len(bank) != 1:
-        raise ValueError(f"{fused_onnx}: anomaly_score is not the bank's score times the verdict head's factor")
+        raise CalibrationError(f"{fused_onnx}: anomaly_score is not the bank's score times the verdict head's factor; "
+                               "retrain the bundle to recalibrate its accept ceiling")
     model.graph.node.append(helper.make_node("Identity", [bank[0]], ["bank_score"]))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("bank_score", TensorProto.FLOAT, None))
@@ -300,8 +303,8 @@ def recalibrated_ceiling(fused_onnx: Path, spec: InputSpec, ds: Dataset, fresh: 
     :func:`plain_score_model`), and the accept ceiling recalibrated from every plain score, previous and fresh, with
     the line's targets, as training set it. Returns (fresh with their plain scores, the policy with the new ceiling,
     the record for the provenance). Without the previous plain scores (a bundle from before stop 24) the ceiling is
-    kept and the record says why. Raises ValueError where a fresh image's fused score is below its plain one (the
-    derived graph is not the bank's score)."""
+    kept and the record says why. Raises CalibrationError where a fresh image's fused score is below its plain one
+    (the derived graph is not the bank's score)."""
     old = policy.accept_ceiling
     if any(s.plain is None for s in previous):
         why = "the bundle's report/scores.csv has no plain_score column (trained before stop 24): ceiling kept"
@@ -315,7 +318,8 @@ def recalibrated_ceiling(fused_onnx: Path, spec: InputSpec, ds: Dataset, fresh: 
         fresh = [replace(s, plain=scorer.score(ds.load(by_rel[s.rel]))) for s in fresh]
     bad = [s.rel for s in fresh if s.plain is not None and s.score < s.plain * (1.0 - 1e-4)]
     if bad:
-        raise ValueError(f"fused scores below the bank's own for {bad[:3]}: the derived plain graph does not match")
+        raise CalibrationError(f"fused scores below the bank's own for {bad[:3]}: the plain graph derived from the "
+                               "fused one does not match it; retrain the bundle to recalibrate its accept ceiling")
     both = previous + fresh
     good = np.array([s.plain for s in both if s.label == "good"], np.float64)
     classes: dict[str, list[float]] = {}

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from lineguard.errors import CalibrationError
 from lineguard_models.anomaly import AnomalyScorer, ScorerSpec
 from lineguard_models.backbone import EfficientNetLite0
 from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
@@ -23,6 +24,7 @@ from lineguard_models.verdict_head import (
     fused_scores,
     harms,
     out_of_fold_logits,
+    plain_score_model,
     pooled,
 )
 
@@ -161,3 +163,32 @@ def test_an_accept_ceiling_caps_the_accept_threshold_and_the_figures_follow_it()
     # a ceiling that does not bind says nothing
     loose = calibrate(goods, {"pit": pits}, CalibrationPolicy(accept_ceiling=free.lower + 1.0))
     assert loose.lower == free.lower and not any("accept threshold is held" in w for w in loose.warnings)
+
+
+def _graph(path: Path, fused: bool) -> Path:
+    """A tiny graph shaped like the exported ones: anomaly_score = mean(image), times exp(sum(image)) if fused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["image"], ["bank" if fused else "anomaly_score"], axes=[1], keepdims=0)]
+    if fused:
+        nodes += [helper.make_node("ReduceSum", ["image", "axis"], ["logit"], keepdims=0),
+                  helper.make_node("Exp", ["logit"], ["factor"]),
+                  helper.make_node("Mul", ["bank", "factor"], ["anomaly_score"])]
+    axis = [helper.make_tensor("axis", TensorProto.INT64, [1], [1])] if fused else []
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, [1])], axis)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_the_plain_graph_is_the_banks_factor_of_the_fused_score_and_other_shapes_are_refused(tmp_path: Path) -> None:
+    x = np.array([[0.2, 0.4, 0.9]], np.float32)
+    fused = _graph(tmp_path / "fused.onnx", fused=True)
+    (score,) = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"]).run(["anomaly_score"], {"image": x})
+    assert float(score[0]) == pytest.approx(float(x.mean() * np.exp(x.sum())), rel=1e-5)
+    derived = plain_score_model(fused, tmp_path / "plain.onnx")
+    (bank,) = ort.InferenceSession(str(derived), providers=["CPUExecutionProvider"]).run(["bank_score"], {"image": x})
+    assert float(bank[0]) == pytest.approx(float(x.mean()), rel=1e-5)  # the bank's factor, not the fused score
+    with pytest.raises(CalibrationError, match="not the bank's score times the verdict head's factor"):
+        plain_score_model(_graph(tmp_path / "plain_engine.onnx", fused=False), tmp_path / "no.onnx")
