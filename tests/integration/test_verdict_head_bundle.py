@@ -152,6 +152,7 @@ def test_recalibration_moves_the_accept_ceiling_with_the_new_defect_images(fused
     new = _plain_calibration(out)  # every plain score, previous and new, with the line's targets
     assert rec["to"] == pytest.approx(new) and out.manifest.thresholds.policy["accept_ceiling"] == pytest.approx(new)
     assert out.manifest.thresholds.lower <= new + 1e-9
+    assert run_golden(BundleRunner.from_bundle(out, CPU), out) == []  # the edge runs the recalibrated bundle as is
     with out.path("report/scores.csv").open() as f:
         assert sum(1 for r in csv.DictReader(f) if r["label"] != "good") == 16 + 20
     # a bundle from before the plain scores were kept: the ceiling stays, and the record says why
