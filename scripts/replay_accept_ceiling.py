@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay_escape_tail as ret
 
 from lineguard.bundle import load_bundle
-from lineguard_models.calibration import CalibrationPolicy, calibrate
 
 RULES = ("plain_accept", "plain_reject", "none")
 
@@ -46,12 +45,10 @@ def plain_thresholds(bundles: str, name: str) -> tuple[float, float] | None:
 
 
 def replay(run: dict[str, Any], plain: tuple[float, float] | None, rule: str) -> tuple[float, ...]:
-    """(lower, upper, automated, escapes, false rejects) on the run's test images under ``rule``."""
+    """(lower, upper, automated, escapes, false rejects) on the run's test images under ``rule``
+    (``replay_escape_tail.replay`` with that ceiling)."""
     ceiling = None if plain is None or rule == "none" else plain[0] if rule == "plain_accept" else plain[1]
-    res = calibrate(run["good"], run["classes"], CalibrationPolicy(accept_ceiling=ceiling), quiet=True)
-    s, good = run["test"], run["labels"] == "good"
-    return (res.lower, res.upper, float(np.mean((s < res.lower) | (s >= res.upper))),
-            float(np.mean(s[~good] < res.lower)), float(np.mean(s[good] >= res.upper)))
+    return ret.replay({**run, "ceiling": ceiling}, ceiling is not None)
 
 
 def main() -> int:

@@ -57,19 +57,24 @@ def cpu_session(onnx_path: Path) -> ort.InferenceSession:
 class OrtScorer:
     """The exported graph in ONNX Runtime on the CPU, fed exactly like the edge feeds it."""
 
-    def __init__(self, onnx_path: Path, spec: InputSpec, output: str = "anomaly_score") -> None:
+    def __init__(self, onnx_path: Path, spec: InputSpec, plain_output: str | None = None) -> None:
         self.session = cpu_session(onnx_path)
         self.spec = spec
-        self.output = output
+        self.plain_output = plain_output  # a verdict head's graph with the bank's own score as a second output
 
     def score(self, image: npt.NDArray[Any]) -> float:
         return float(np.max(self.tile_scores(image)))  # image score = the worst tile
 
     def tile_scores(self, image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The anomaly score of every tile [T] (one on an untiled spec); the edge classifies the arg-max tile."""
+        return self.scores(image)[0]
+
+    def scores(self, image: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], float | None]:
+        """(every tile's anomaly score, the plain engine's score where ``plain_output`` names it), one run."""
         batch, _ = prepare(image, self.spec)
-        (scores,) = self.session.run([self.output], {"image": batch})
-        return np.asarray(scores, np.float32).reshape(-1)
+        names = ["anomaly_score", *([self.plain_output] if self.plain_output else [])]
+        out = self.session.run(names, {"image": batch})
+        return np.asarray(out[0], np.float32).reshape(-1), float(np.max(out[1])) if self.plain_output else None
 
 
 def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int, *,
@@ -89,11 +94,24 @@ def engine_p50_ms(onnx_path: Path, batch: npt.NDArray[np.float32], runs: int, *,
     return float(np.median(times))
 
 
+def by_label(scored: Sequence[Scored], *, plain: bool = False
+             ) -> tuple[npt.NDArray[np.float64], dict[str, list[float]]]:
+    """(good scores, defect scores per class) of calibration images, the plain engine's where ``plain``."""
+    value = (lambda s: s.plain) if plain else (lambda s: s.score)
+    defects: dict[str, list[float]] = {}
+    for s in scored:
+        if s.label != "good":
+            defects.setdefault(s.label, []).append(value(s))
+    return np.array([value(s) for s in scored if s.label == "good"], np.float64), defects
+
+
 def score_samples(scorer: OrtScorer, ds: Dataset, samples: Sequence[Sample], progress: Progress) -> list[Scored]:
     out = []
     t0 = time.monotonic()
     for i, s in enumerate(samples, 1):
-        out.append(Scored(rel=s.rel, sha256=file_sha256(s.path), label=s.label, score=scorer.score(ds.load(s))))
+        tiles, plain = scorer.scores(ds.load(s))
+        out.append(Scored(rel=s.rel, sha256=file_sha256(s.path), label=s.label, score=float(np.max(tiles)),
+                          plain=plain))
         if i % 20 == 0 or i == len(samples):
             progress(f"scored {i}/{len(samples)} calibration images with ONNX Runtime ({time.monotonic() - t0:.1f} s)")
     return out

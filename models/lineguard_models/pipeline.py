@@ -46,10 +46,16 @@ from lineguard_models.bundle_files import (
 from lineguard_models.calibration import CalibrationPolicy, CalibrationResult, calibrate
 from lineguard_models.classifier import ClassifierConfig
 from lineguard_models.data import Dataset, Sample, scan_dataset
-from lineguard_models.ortscore import OrtScorer, Progress, Scored, file_sha256, iter_batches, score_samples
+from lineguard_models.ortscore import OrtScorer, Progress, Scored, by_label, file_sha256, iter_batches, score_samples
 from lineguard_models.report import write_report
 from lineguard_models.report_html import write_for_bundle
-from lineguard_models.verdict_head import VerdictHeadConfig, fuse_verdict_head, head_context, recalibrated_ceiling
+from lineguard_models.verdict_head import (
+    VerdictHeadConfig,
+    fuse_verdict_head,
+    head_context,
+    recalibrated_ceiling,
+    recalibration_scorer,
+)
 
 if TYPE_CHECKING:  # crossfit imports torch: only when folds are fitted
     from lineguard_models.crossfit import OutOfFold
@@ -222,11 +228,7 @@ def pick_defects(ds: Dataset, cap: int | None, seed: int) -> list[Sample]:
 
 
 def calibrate_scored(scored: Sequence[Scored], policy: CalibrationPolicy) -> tuple[CalibrationResult, Any, Any]:
-    good = np.array([s.score for s in scored if s.label == "good"])
-    defects: dict[str, list[float]] = {}
-    for s in scored:
-        if s.label != "good":
-            defects.setdefault(s.label, []).append(s.score)
+    good, defects = by_label(scored)
     return calibrate(good, defects, policy), good, defects
 
 
@@ -466,15 +468,15 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path | None = None, *, policy
              f"{used_in_training} images the model was trained on and {duplicates} already scored")
     if not fresh:
         raise CalibrationError(f"{data} holds no images that are new to bundle {m.bundle_id}")
-    scorer = OrtScorer(old.path(m.engines["anomaly"].file), m.input)
-    new_scores = score_samples(scorer, ds, fresh, progress)
     base_policy = {k: v for k, v in m.thresholds.policy.items() if k != "mode"}
     policy = policy or CalibrationPolicy.model_validate(base_policy)
+    capped = (m.provenance.get("verdict_head") or {}).get("applied") and policy.accept_ceiling is not None
+    scorer, kept = (recalibration_scorer(old.path(m.engines["anomaly"].file), m.input, previous) if capped
+                    else (OrtScorer(old.path(m.engines["anomaly"].file), m.input), None))
+    scored = previous + score_samples(scorer, ds, fresh, progress)  # a head's bundle: plain scores too, same run
     ceiling = None
-    if (m.provenance.get("verdict_head") or {}).get("applied") and policy.accept_ceiling is not None:
-        new_scores, policy, ceiling = recalibrated_ceiling(old.path(m.engines["anomaly"].file), m.input, ds,
-                                                           new_scores, previous, policy, progress)
-    scored = previous + new_scores
+    if capped:
+        policy, ceiling = recalibrated_ceiling(scored, policy, kept, progress)
     cfg = TrainConfig(product=m.product, recipe=m.recipe)
     provenance = {**m.provenance, "recalibrated_from": m.bundle_id, "recalibration_dataset": ds.summary(),
                   "recalibration_versions": versions(), **({"accept_ceiling": ceiling} if ceiling else {})}

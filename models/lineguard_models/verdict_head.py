@@ -54,7 +54,7 @@ from lineguard_models.calibration import CalibrationPolicy, auroc, calibrate
 from lineguard_models.classifier_graph import gem
 from lineguard_models.classifier_head import cv_folds, fit_head
 from lineguard_models.data import Dataset, Sample
-from lineguard_models.ortscore import OrtScorer, Scored
+from lineguard_models.ortscore import OrtScorer, Scored, by_label
 
 Progress = Callable[[str], None]
 
@@ -274,9 +274,9 @@ def fuse_verdict_head(scorer: AnomalyScorer, ds: Dataset, fitted: Sequence[Sampl
 
 
 def plain_score_model(fused_onnx: Path, out: Path) -> Path:
-    """A copy of a verdict head's fused graph whose one output, ``bank_score``, is the bank's own score: the factor
+    """A copy of a verdict head's fused graph with a second output, ``bank_score``: the bank's own score, the factor
     of the graph's last product that the head's ``exp(c * logit)`` scales. For re-calibrating the accept ceiling
-    (:func:`recalibrated_ceiling`); the bundle's graph is not changed. Raises CalibrationError on a graph of another
+    (:func:`recalibration_scorer`); the bundle's graph is not changed. Raises CalibrationError on a graph of another
     shape."""
     import onnx
     from onnx import TensorProto, helper
@@ -290,44 +290,42 @@ def plain_score_model(fused_onnx: Path, out: Path) -> Path:
         raise CalibrationError(f"{fused_onnx}: anomaly_score is not the bank's score times the verdict head's factor; "
                                "retrain the bundle to recalibrate its accept ceiling")
     model.graph.node.append(helper.make_node("Identity", [bank[0]], ["bank_score"]))
-    del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("bank_score", TensorProto.FLOAT, None))
     onnx.save(model, str(out))
     return out
 
 
-def recalibrated_ceiling(fused_onnx: Path, spec: InputSpec, ds: Dataset, fresh: list[Scored], previous: list[Scored],
-                         policy: CalibrationPolicy, progress: Callable[[str], None]
-                         ) -> tuple[list[Scored], CalibrationPolicy, dict[str, Any]]:
-    """``lineguard calibrate`` on a verdict head's bundle: the plain engine's scores of the ``fresh`` images (from
-    :func:`plain_score_model`), and the accept ceiling recalibrated from every plain score, previous and fresh, with
-    the line's targets, as training set it. Returns (fresh with their plain scores, the policy with the new ceiling,
-    the record for the provenance). Without the previous plain scores (a bundle from before stop 24) the ceiling is
-    kept and the record says why. Raises CalibrationError where a fresh image's fused score is below its plain one
-    (the derived graph is not the bank's score)."""
-    old = policy.accept_ceiling
+def recalibration_scorer(fused_onnx: Path, spec: InputSpec, previous: Sequence[Scored]
+                         ) -> tuple[OrtScorer, str | None]:
+    """``lineguard calibrate`` on a verdict head's bundle: the scorer of the new images, which gives each one's fused
+    and plain score in one run (:func:`plain_score_model`), and None; or, where the previous scores have no plain
+    ones (a bundle trained before stop 24), the fused graph alone and why the accept ceiling must stay."""
     if any(s.plain is None for s in previous):
-        why = "the bundle's report/scores.csv has no plain_score column (trained before stop 24): ceiling kept"
-        progress(f"verdict head: {why}; retrain to let new defect images raise it")
-        return fresh, policy, {"from": old, "to": old, "why": why}
+        return OrtScorer(fused_onnx, spec), ("the bundle's report/scores.csv has no plain_score column (trained "
+                                             "before stop 24): ceiling kept")
     import tempfile
 
-    by_rel = {s.rel: s for s in ds.samples}
-    with tempfile.TemporaryDirectory() as tmp:
-        scorer = OrtScorer(plain_score_model(fused_onnx, Path(tmp) / "plain.onnx"), spec, output="bank_score")
-        fresh = [replace(s, plain=scorer.score(ds.load(by_rel[s.rel]))) for s in fresh]
-    bad = [s.rel for s in fresh if s.plain is not None and s.score < s.plain * (1.0 - 1e-4)]
+    with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph once created
+        return OrtScorer(plain_score_model(fused_onnx, Path(tmp) / "plain.onnx"), spec, plain_output="bank_score"), None
+
+
+def recalibrated_ceiling(scored: Sequence[Scored], policy: CalibrationPolicy, kept: str | None,
+                         progress: Callable[[str], None]) -> tuple[CalibrationPolicy, dict[str, Any]]:
+    """The accept ceiling recalibrated from the plain engine's scores of every calibration image, previous and new,
+    with the line's targets, as training set it: (the policy with the new ceiling, the record for the provenance).
+    ``kept``: why the ceiling stays (:func:`recalibration_scorer`). Raises CalibrationError where an image's fused
+    score is below its plain one (the derived graph is not the bank's score)."""
+    old = policy.accept_ceiling
+    if kept is not None:
+        progress(f"verdict head: {kept}; retrain to let new defect images raise it")
+        return policy, {"from": old, "to": old, "why": kept}
+    bad = [s.rel for s in scored if s.plain is None or s.score < s.plain * (1.0 - 1e-4)]
     if bad:
         raise CalibrationError(f"fused scores below the bank's own for {bad[:3]}: the plain graph derived from the "
                                "fused one does not match it; retrain the bundle to recalibrate its accept ceiling")
-    both = previous + fresh
-    good = np.array([s.plain for s in both if s.label == "good"], np.float64)
-    classes: dict[str, list[float]] = {}
-    for s in both:
-        if s.label != "good" and s.plain is not None:
-            classes.setdefault(s.label, []).append(s.plain)
+    good, classes = by_label(scored, plain=True)
     new = calibrate(good, classes, policy.model_copy(update={"accept_ceiling": None}), quiet=True).lower
     progress(f"verdict head: the accept ceiling (the plain engine's accept threshold) {old:.6g} -> {new:.6g} from "
              f"{len(good)} good and {sum(map(len, classes.values()))} defect plain scores")
-    return fresh, policy.model_copy(update={"accept_ceiling": new}), {
+    return policy.model_copy(update={"accept_ceiling": new}), {
         "from": old, "to": new, "why": "recalibrated from the plain engine's scores of every calibration image"}

@@ -23,11 +23,16 @@ from lineguard.engines.selftest import run_golden
 from lineguard.imageio import read_image
 from lineguard_models.bundle_files import read_scores
 from lineguard_models.calibration import CalibrationPolicy, calibrate
-from lineguard_models.data import scan_dataset
 from lineguard_models.ortscore import OrtScorer
 from lineguard_models.pipeline import TrainConfig, recalibrate, train
 from lineguard_models.synth import SynthConfig, write_dataset
-from lineguard_models.verdict_head import VerdictHeadConfig, harms, plain_score_model, recalibrated_ceiling
+from lineguard_models.verdict_head import (
+    VerdictHeadConfig,
+    harms,
+    plain_score_model,
+    recalibrated_ceiling,
+    recalibration_scorer,
+)
 
 CPU = OrtEngineConfig(intra_op_threads=1)
 SYNTH = SynthConfig(n_good=20, n_defect_per_class=8, defect_classes=("scratch", "pit"), defect_strength=0.4, seed=5)
@@ -132,13 +137,14 @@ def test_the_plain_engines_scores_are_kept_and_its_graph_derived_from_the_fused_
           progress=lambda _m: None)
     plain = load_bundle(plain_out)
     derived = OrtScorer(plain_score_model(fused.path("anomaly.onnx"), tmp_path / "derived.onnx"), fused.manifest.input,
-                        output="bank_score")
+                        plain_output="bank_score")
     runner, fused_runner = BundleRunner.from_bundle(plain, CPU), BundleRunner.from_bundle(fused, CPU)
     for f in sorted((data / "pit").iterdir())[:3] + sorted((data / "good").iterdir())[:2]:
         image = read_image(f)
-        bank = derived.score(image)
-        assert bank == pytest.approx(runner.infer(image).anomaly_score, rel=1e-4)
-        assert fused_runner.infer(image).anomaly_score >= bank * (1 - 1e-4)
+        tiles, bank = derived.scores(image)  # one run gives both: the fused score as the bundle's graph gives it
+        assert bank is not None and bank == pytest.approx(runner.infer(image).anomaly_score, rel=1e-4)
+        fused_score = fused_runner.infer(image).anomaly_score
+        assert float(tiles[0]) == pytest.approx(fused_score, rel=1e-5) and fused_score >= bank * (1 - 1e-4)
 
 
 def test_recalibration_moves_the_accept_ceiling_with_the_new_defect_images(fused: Bundle, tmp_path: Path) -> None:
@@ -157,7 +163,7 @@ def test_recalibration_moves_the_accept_ceiling_with_the_new_defect_images(fused
         assert sum(1 for r in csv.DictReader(f) if r["label"] != "good") == 16 + 20
     # a bundle from before the plain scores were kept: the ceiling stays, and the record says why
     previous = [replace(s, plain=None) for s in read_scores(fused)]
-    kept, policy, why = recalibrated_ceiling(fused.path("anomaly.onnx"), fused.manifest.input,
-                                             scan_dataset(more, require_good=False), [], previous,
-                                             CalibrationPolicy(accept_ceiling=old), lambda _m: None)
-    assert kept == [] and policy.accept_ceiling == old and "no plain_score column" in why["why"]
+    scorer, kept = recalibration_scorer(fused.path("anomaly.onnx"), fused.manifest.input, previous)
+    assert scorer.plain_output is None and kept is not None  # new images get the fused score alone
+    policy, why = recalibrated_ceiling(previous, CalibrationPolicy(accept_ceiling=old), kept, lambda _m: None)
+    assert policy.accept_ceiling == old and "no plain_score column" in why["why"]
